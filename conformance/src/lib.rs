@@ -1,0 +1,381 @@
+//! Conformance harness: the real `spar` binary, real stock Envoy processes and echo
+//! backends on loopback, one 127.x.y.z address per simulated pod.
+//!
+//! ```text
+//!   client ──HTTP──► Envoy (pod IP, outbound listener) ──► Envoy (backend pod IP, inbound
+//!                      ▲          ADS                        listener) ──► echo backend
+//!                      └──────── spar serve --config DIR ◄── YAML (case dir + Istio samples)
+//! ```
+//!
+//! Every process is started with `kill_on_drop`, so a failing or interrupted test leaves
+//! nothing running.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+pub mod echo;
+
+/// The project root (one level above this crate).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Istio's fixtures beside the project (`../shared/fixtures/istio`), read in place.
+pub fn istio_fixtures() -> PathBuf {
+    project_root().join("../shared/fixtures/istio")
+}
+
+/// The Envoy binary: `$ENVOY_BIN`, else the project's virtualenv (`make setup`).
+pub fn envoy_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let p = project_root().join(".venv/bin/envoy");
+    if p.exists() {
+        Ok(p)
+    } else {
+        bail!("no Envoy at {}; run `make setup` (or set ENVOY_BIN)", p.display())
+    }
+}
+
+/// The `spar` binary: `$SPAR_BIN`, else the one next to the running executable's
+/// target directory (`cargo build --bin spar` first; `make test` does).
+pub fn spar_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SPAR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let p = dir.join("spar");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("spar binary not found near {}; run `cargo build --bin spar` (make test does) or set SPAR_BIN", exe.display())
+}
+
+static NEXT_NET: AtomicU32 = AtomicU32::new(0);
+
+/// A block of loopback addresses for one test: `127.<a>.<b>.1..=254`, different for
+/// every harness in the process and, through the pid, across processes.
+#[derive(Debug)]
+pub struct Addresses {
+    a: u8,
+    b: u8,
+    next: u8,
+}
+
+impl Addresses {
+    fn new() -> Self {
+        let n = NEXT_NET.fetch_add(1, Ordering::Relaxed) + std::process::id() * 7;
+        Self { a: 100 + u8::try_from(n % 100).unwrap_or(0), b: u8::try_from((n / 100) % 250).unwrap_or(0), next: 1 }
+    }
+
+    /// A fresh address.
+    pub fn next(&mut self) -> IpAddr {
+        let ip = IpAddr::from([127, self.a, self.b, self.next]);
+        self.next = self.next.wrapping_add(1).max(1);
+        ip
+    }
+}
+
+/// One test's world: a scratch directory, addresses, and the processes it started.
+pub struct Harness {
+    /// Scratch directory (config, bootstraps, logs).
+    pub dir: PathBuf,
+    /// Address allocator.
+    pub addrs: Addresses,
+    /// Spar's xDS address.
+    pub xds: SocketAddr,
+    /// Whether proxies use delta xDS.
+    pub delta: bool,
+    children: Vec<(String, Child)>,
+    echo_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    /// A harness named `name` (used for the scratch directory).
+    pub fn new(name: &str, delta: bool) -> anyhow::Result<Self> {
+        let mut addrs = Addresses::new();
+        let cp = addrs.next();
+        let dir = project_root().join("target/conformance").join(format!("{name}-{}-{}", if delta { "delta" } else { "sotw" }, std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("config"))?;
+        Ok(Self { dir, addrs, xds: SocketAddr::new(cp, 15010), delta, children: Vec::new(), echo_tasks: Vec::new() })
+    }
+
+    /// The directory spar watches.
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+
+    /// Writes a config file into the watched directory.
+    pub fn write_config(&self, file: &str, text: &str) -> anyhow::Result<()> {
+        let path = self.config_dir().join(file);
+        // Write then rename, as config tools do, so spar never reads half a file.
+        let tmp = self.dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    /// Starts `spar serve` on the config directory plus `extra` paths, and waits until
+    /// its xDS port accepts connections.
+    pub async fn start_spar(&mut self, extra: &[PathBuf]) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join("spar.log"))?;
+        let mut cmd = Command::new(spar_bin()?);
+        cmd.arg("serve").arg("--config").arg(self.config_dir());
+        for p in extra {
+            cmd.arg("--config").arg(p);
+        }
+        cmd.arg("--xds-address").arg(self.xds.to_string());
+        cmd.env("RUST_LOG", std::env::var("SPAR_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.stdout(Stdio::null()).stderr(log).kill_on_drop(true);
+        let child = cmd.spawn().context("starting spar")?;
+        self.children.push(("spar".into(), child));
+        wait_for(Duration::from_secs(20), "spar's xDS port", || async { TcpStream::connect(self.xds).await.is_ok() }).await
+    }
+
+    /// Spar's log so far.
+    pub fn spar_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("spar.log")).unwrap_or_default()
+    }
+
+    /// Starts an echo backend named `name` on `addr`.
+    pub async fn start_echo(&mut self, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding echo {name} on {addr}"))?;
+        let name: Arc<str> = Arc::from(name);
+        self.echo_tasks.push(tokio::spawn(echo::serve(listener, name)));
+        Ok(())
+    }
+
+    /// Starts a stock Envoy sidecar for a pod, from `spar bootstrap`.
+    pub async fn start_sidecar(&mut self, pod: &Pod) -> anyhow::Result<Envoy> {
+        let labels = pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let mut args = vec![
+            "bootstrap".to_string(),
+            "--xds-address".into(),
+            self.xds.to_string(),
+            "--namespace".into(),
+            pod.namespace.clone(),
+            "--name".into(),
+            pod.name.clone(),
+            "--labels".into(),
+            labels,
+            "--ip".into(),
+            pod.ip.to_string(),
+            "--service-account".into(),
+            pod.service_account.clone(),
+            "--admin-address".into(),
+            pod.ip.to_string(),
+            "--admin-port".into(),
+            "15000".into(),
+            "-o".into(),
+            "json".into(),
+        ];
+        if self.delta {
+            args.push("--delta".into());
+        }
+        let out = Command::new(spar_bin()?).args(&args).output().await.context("running spar bootstrap")?;
+        if !out.status.success() {
+            bail!("spar bootstrap failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let bootstrap = self.dir.join(format!("{}.bootstrap.json", pod.name));
+        std::fs::write(&bootstrap, &out.stdout)?;
+        let log = std::fs::File::create(self.dir.join(format!("{}.envoy.log", pod.name)))?;
+        let child = Command::new(envoy_bin()?)
+            .arg("-c")
+            .arg(&bootstrap)
+            .args(["--disable-hot-restart", "--log-level", "warn", "--concurrency", "1"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting envoy")?;
+        self.children.push((pod.name.clone(), child));
+        let envoy = Envoy { name: pod.name.clone(), admin: SocketAddr::new(pod.ip, 15000), ip: pod.ip };
+        wait_for(Duration::from_secs(30), &format!("envoy {} to be ready", pod.name), || async {
+            envoy.admin_get("/ready").await.is_ok_and(|(s, _)| s == 200)
+        })
+        .await?;
+        Ok(envoy)
+    }
+
+    /// Checks that every process is still running; names the first that died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (name, child) in &mut self.children {
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("{name} exited: {status}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for t in &self.echo_tasks {
+            t.abort();
+        }
+        for (_, c) in &mut self.children {
+            let _ = c.start_kill();
+        }
+    }
+}
+
+/// A simulated pod.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Pod name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Its own loopback IP.
+    pub ip: IpAddr,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Service account.
+    pub service_account: String,
+}
+
+impl Pod {
+    /// A pod in `default` with the given labels.
+    pub fn new(name: &str, ip: IpAddr, labels: &[(&str, &str)]) -> Self {
+        Self {
+            name: name.into(),
+            namespace: "default".into(),
+            ip,
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            service_account: labels.iter().find(|(k, _)| *k == "app").map_or("default", |(_, v)| v).to_string(),
+        }
+    }
+}
+
+/// A running Envoy.
+#[derive(Clone, Debug)]
+pub struct Envoy {
+    /// Pod name.
+    pub name: String,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Pod IP.
+    pub ip: IpAddr,
+}
+
+impl Envoy {
+    /// GET on the admin interface.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let r = http_request(self.admin, "GET", "localhost", path, &[]).await?;
+        Ok((r.status, r.body))
+    }
+
+    /// A counter or gauge from `/stats`, 0 when absent.
+    pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        let (_, body) = self.admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\."))).await?;
+        Ok(body
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0))
+    }
+}
+
+/// A parsed HTTP/1.1 response.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, lower-cased names.
+    pub headers: BTreeMap<String, String>,
+    /// Body as text.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The echo backend that answered (from `x-echo-name`), if any.
+    pub fn backend(&self) -> Option<&str> {
+        self.headers.get("x-echo-name").map(String::as_str)
+    }
+}
+
+/// Sends one HTTP/1.1 request (Connection: close) and reads the whole response.
+pub async fn http_request(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        parse_response(&buf)
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut).await.context("HTTP request timed out")?
+}
+
+fn parse_response(buf: &[u8]) -> anyhow::Result<HttpResponse> {
+    let text = String::from_utf8_lossy(buf);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers in response")?;
+    let mut lines = head.lines();
+    let status_line = lines.next().context("empty response")?;
+    let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad status line")?;
+    let headers: BTreeMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) { dechunk(body) } else { body.to_string() };
+    Ok(HttpResponse { status, headers, body })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Counts which backend answered each of `n` requests.
+pub async fn tally(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)], n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let r = http_request(addr, "GET", host, path, headers).await?;
+        let who = r.backend().map_or_else(|| format!("status {}", r.status), str::to_string);
+        *out.entry(who).or_insert(0) += 1;
+    }
+    Ok(out)
+}

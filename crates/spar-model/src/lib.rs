@@ -1,0 +1,22 @@
+//! Spar's domain model: the config store, the service registry built from it, and the
+//! immutable snapshot that generators read.
+//!
+//! ```text
+//!   sources ──► Store (objects per unit, with origins and errors)
+//!                 │  Snapshot::build (after the debounce)
+//!                 ▼
+//!   Snapshot (Arc-shared, immutable): services by host, VirtualServices,
+//!   DestinationRules, Sidecars, diagnostics ──► generators (per proxy)
+//! ```
+
+mod host;
+mod proxy;
+mod service;
+mod snapshot;
+mod store;
+
+pub use host::{matches as host_matches, resolve as resolve_host, short_forms};
+pub use proxy::{InterceptionMode, Proxy, ProxyError, ProxyKind};
+pub use service::{Endpoint, Protocol, Resolution, Service, ServicePort, export_allows};
+pub use snapshot::{Config, Diagnostic, MeshConfig, Snapshot};
+pub use store::{Duplicate, Store, Unit};

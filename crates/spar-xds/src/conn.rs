@@ -1,0 +1,412 @@
+//! The I/O-free ADS connection state machine, shared by SotW and delta.
+//!
+//! ```text
+//!   DiscoveryRequest ──► Connection::handle_sotw  ──┐
+//!   DeltaDiscoveryRequest ► Connection::handle_delta ├──► Vec<Response> (what to send now)
+//!   new ProxyResources ─► Connection::on_resources ─┘
+//! ```
+//!
+//! The connection remembers, per type, what the proxy subscribed to, what was last
+//! sent (versions and nonce), what was ACKed and the last NACK. It never buffers
+//! responses: when new resources arrive it computes what differs from what was sent,
+//! so a slow proxy only ever gets the latest state (pushes coalesce) and memory per
+//! connection is bounded by one resource set.
+//!
+//! Protocol reference: <https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol>.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    Resource as DeltaResource,
+};
+
+use crate::resources::{ProxyResources, TypeResources, content_version, type_url};
+
+/// Which protocol variant the stream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// State of the world: every response carries the full set for its type.
+    Sotw,
+    /// Incremental: responses carry only changed and removed resources.
+    Delta,
+}
+
+/// What a proxy asked for, per type.
+///
+/// See "How the client specifies what resources to return" in the xDS protocol page:
+/// an empty first request for LDS/CDS is the legacy wildcard; `*` is the explicit one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// Every resource of the type.
+    pub wildcard: bool,
+    /// Explicitly named resources (besides the wildcard).
+    pub names: BTreeSet<String>,
+}
+
+impl Subscription {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// The last NACK Envoy sent for a type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Nack {
+    /// Version the proxy rejected.
+    pub version: String,
+    /// Nonce of the rejected response.
+    pub nonce: String,
+    /// Envoy's `error_detail.message`.
+    pub message: String,
+    /// Resource names that were in the rejected response.
+    pub resources: Vec<String>,
+    /// When the NACK arrived.
+    pub at: SystemTime,
+}
+
+/// Bookkeeping for one type on one connection; also the per-type sync status.
+#[derive(Clone, Debug, Default)]
+pub struct TypeState {
+    /// What the proxy subscribed to.
+    pub subscription: Subscription,
+    /// Whether the proxy has sent a request for this type at all.
+    pub requested: bool,
+    /// Version and nonce of the last response sent.
+    pub sent_version: Option<String>,
+    /// Nonce of the last response sent.
+    pub sent_nonce: Option<String>,
+    /// When the last response was sent.
+    pub sent_at: Option<SystemTime>,
+    /// Names in the last response (SotW) or in the last delta response.
+    pub sent_names: Vec<String>,
+    /// Last version the proxy ACKed.
+    pub acked_version: Option<String>,
+    /// When it was ACKed.
+    pub acked_at: Option<SystemTime>,
+    /// The last NACK, cleared by a later ACK.
+    pub last_nack: Option<Nack>,
+    /// Per-resource versions the proxy holds, as far as we know: what we sent, or what it
+    /// told us on resume (`initial_resource_versions`). Delta only.
+    client_versions: BTreeMap<String, String>,
+    /// Named resources the proxy was told do not exist (delta), so it is told once only.
+    told_missing: BTreeSet<String>,
+}
+
+/// A response to put on the wire.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    /// SotW response.
+    Sotw(DiscoveryResponse),
+    /// Delta response.
+    Delta(DeltaDiscoveryResponse),
+}
+
+/// What happened when a request was handled, for logs and metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The proxy accepted a response.
+    Ack {
+        /// Type URL.
+        type_url: String,
+        /// Version accepted.
+        version: String,
+    },
+    /// The proxy rejected a response.
+    Nack {
+        /// Type URL.
+        type_url: String,
+        /// Details.
+        nack: Nack,
+    },
+    /// A request carried a nonce other than the latest one sent; ignored as the
+    /// protocol requires.
+    StaleNonce {
+        /// Type URL.
+        type_url: String,
+    },
+}
+
+/// The state of one ADS stream.
+#[derive(Debug)]
+pub struct Connection {
+    variant: Variant,
+    types: BTreeMap<String, TypeState>,
+    current: Arc<ProxyResources>,
+    nonce: u64,
+    /// Events produced by the last `handle_*` call (drained by the caller).
+    events: Vec<Event>,
+}
+
+impl Connection {
+    /// A new connection that will serve `current` until told otherwise.
+    pub fn new(variant: Variant, current: Arc<ProxyResources>) -> Self {
+        Self { variant, types: BTreeMap::new(), current, nonce: 0, events: Vec::new() }
+    }
+
+    /// Protocol variant.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    /// Per-type state, for status pages.
+    pub fn types(&self) -> &BTreeMap<String, TypeState> {
+        &self.types
+    }
+
+    /// The resources currently served.
+    pub fn current(&self) -> &Arc<ProxyResources> {
+        &self.current
+    }
+
+    /// Takes the events recorded since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    /// Handles a SotW request and returns what to send.
+    pub fn handle_sotw(&mut self, req: DiscoveryRequest) -> Vec<Response> {
+        let type_url = req.type_url.clone();
+        let state = self.types.entry(type_url.clone()).or_default();
+        if !req.response_nonce.is_empty() && state.sent_nonce.as_deref() != Some(&req.response_nonce) {
+            self.events.push(Event::StaleNonce { type_url });
+            return Vec::new();
+        }
+        let first = !state.requested;
+        state.requested = true;
+        if !req.response_nonce.is_empty() {
+            record_ack_or_nack(state, &type_url, &req.version_info, &req.response_nonce, req.error_detail.as_ref(), &mut self.events);
+        }
+        // In SotW every request carries the full list of names it wants.
+        let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
+        let wildcard = req.resource_names.iter().any(|n| n == "*")
+            || (req.resource_names.is_empty() && type_url::is_wildcard_type(&type_url));
+        let new_sub = Subscription { wildcard, names };
+        let changed = state.subscription != new_sub;
+        state.subscription = new_sub;
+        if first || changed {
+            // Force a response: a first request is always answered, and a changed
+            // subscription is answered with the full new set.
+            state.sent_version = None;
+        }
+        self.sotw_push(&type_url).into_iter().collect()
+    }
+
+    /// Handles a delta request and returns what to send.
+    pub fn handle_delta(&mut self, req: DeltaDiscoveryRequest) -> Vec<Response> {
+        let type_url = req.type_url.clone();
+        let state = self.types.entry(type_url.clone()).or_default();
+        if !req.response_nonce.is_empty() {
+            if state.sent_nonce.as_deref() != Some(&req.response_nonce) {
+                // A stale ACK/NACK; subscription changes in it still count (Envoy may batch them).
+                self.events.push(Event::StaleNonce { type_url: type_url.clone() });
+            } else {
+                let version = state.sent_version.clone().unwrap_or_default();
+                record_ack_or_nack(state, &type_url, &version, &req.response_nonce, req.error_detail.as_ref(), &mut self.events);
+            }
+        }
+        let first = !state.requested;
+        state.requested = true;
+        if first {
+            // Resume: the proxy tells us what it already holds, on its first request only.
+            state.client_versions = req.initial_resource_versions.clone().into_iter().collect();
+            if req.resource_names_subscribe.is_empty() && type_url::is_wildcard_type(&type_url) {
+                state.subscription.wildcard = true;
+            }
+        }
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                state.subscription.wildcard = true;
+            } else {
+                state.subscription.names.insert(name.clone());
+                // A (re)subscription must be answered even when the client claims to
+                // hold the resource already: it may have dropped it.
+                if !first {
+                    state.client_versions.remove(name);
+                }
+                state.told_missing.remove(name);
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                state.subscription.wildcard = false;
+            } else {
+                state.subscription.names.remove(name);
+            }
+            if !state.subscription.wants(name) {
+                state.client_versions.remove(name);
+                state.told_missing.remove(name);
+            }
+        }
+        self.delta_push(&type_url).into_iter().collect()
+    }
+
+    /// New resources for this proxy: returns the responses that bring it up to date,
+    /// in make-before-break order.
+    pub fn on_resources(&mut self, current: Arc<ProxyResources>) -> Vec<Response> {
+        self.current = current;
+        let mut out = Vec::new();
+        let mut order: Vec<String> = type_url::PUSH_ORDER.iter().map(|s| s.to_string()).collect();
+        order.extend(self.types.keys().filter(|k| !type_url::PUSH_ORDER.contains(&k.as_str())).cloned());
+        for t in order {
+            if !self.types.get(&t).is_some_and(|s| s.requested) {
+                continue;
+            }
+            let r = match self.variant {
+                Variant::Sotw => self.sotw_push(&t),
+                Variant::Delta => self.delta_push(&t),
+            };
+            out.extend(r);
+        }
+        out
+    }
+
+    /// The SotW response for `type_url` if what the proxy should hold differs from what
+    /// was last sent.
+    fn sotw_push(&mut self, type_url: &str) -> Option<Response> {
+        let empty = TypeResources::new();
+        let current = Arc::clone(&self.current);
+        let all = current.of(type_url).unwrap_or(&empty);
+        let state = self.types.get(type_url)?;
+        let selected: Vec<_> = all.values().filter(|r| state.subscription.wants(&r.name)).collect();
+        let version = set_version(selected.iter().map(|r| (&r.name, &r.version)));
+        if state.sent_version.as_deref() == Some(version.as_str()) {
+            return None;
+        }
+        // Named types with nothing to say and nothing said yet: stay silent, as Envoy
+        // waits for the resources it named and an empty response would not help it.
+        if selected.is_empty() && !state.subscription.wildcard && state.sent_version.is_some() {
+            return None;
+        }
+        let nonce = self.next_nonce();
+        let state = self.types.get_mut(type_url)?;
+        state.sent_version = Some(version.clone());
+        state.sent_nonce = Some(nonce.clone());
+        state.sent_at = Some(SystemTime::now());
+        state.sent_names = selected.iter().map(|r| r.name.clone()).collect();
+        Some(Response::Sotw(DiscoveryResponse {
+            version_info: version,
+            resources: selected.iter().map(|r| r.any.clone()).collect(),
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        }))
+    }
+
+    /// The delta response for `type_url`: resources whose version differs from what the
+    /// proxy holds, and removals.
+    fn delta_push(&mut self, type_url: &str) -> Option<Response> {
+        let empty = TypeResources::new();
+        let current = Arc::clone(&self.current);
+        let all = current.of(type_url).unwrap_or(&empty);
+        let nonce_needed;
+        let (resources, removed) = {
+            let state = self.types.get_mut(type_url)?;
+            let mut resources = Vec::new();
+            for r in all.values().filter(|r| state.subscription.wants(&r.name)) {
+                if state.client_versions.get(&r.name) != Some(&r.version) {
+                    resources.push(DeltaResource {
+                        name: r.name.clone(),
+                        version: r.version.clone(),
+                        resource: Some(r.any.clone()),
+                        ..Default::default()
+                    });
+                }
+            }
+            let mut removed: Vec<String> = state
+                .client_versions
+                .keys()
+                .filter(|n| !all.contains_key(*n) || !state.subscription.wants(n))
+                .cloned()
+                .collect();
+            // Named subscriptions to resources that do not exist are answered with a
+            // removal once, so Envoy stops waiting for them.
+            for n in &state.subscription.names {
+                if !all.contains_key(n) && !state.client_versions.contains_key(n) && !state.told_missing.contains(n) {
+                    removed.push(n.clone());
+                }
+            }
+            nonce_needed = !resources.is_empty() || !removed.is_empty();
+            (resources, removed)
+        };
+        if !nonce_needed {
+            return None;
+        }
+        let nonce = self.next_nonce();
+        let state = self.types.get_mut(type_url)?;
+        for r in &resources {
+            state.client_versions.insert(r.name.clone(), r.version.clone());
+        }
+        for n in &removed {
+            state.client_versions.remove(n);
+            if state.subscription.names.contains(n) {
+                state.told_missing.insert(n.clone());
+            }
+        }
+        let version = set_version(state.client_versions.iter());
+        state.sent_version = Some(version.clone());
+        state.sent_nonce = Some(nonce.clone());
+        state.sent_at = Some(SystemTime::now());
+        state.sent_names = resources.iter().map(|r| r.name.clone()).collect();
+        Some(Response::Delta(DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        }))
+    }
+}
+
+fn record_ack_or_nack(
+    state: &mut TypeState,
+    type_url: &str,
+    version: &str,
+    nonce: &str,
+    error: Option<&envoy_types::pb::google::rpc::Status>,
+    events: &mut Vec<Event>,
+) {
+    match error {
+        Some(err) => {
+            let nack = Nack {
+                version: state.sent_version.clone().unwrap_or_default(),
+                nonce: nonce.to_string(),
+                message: err.message.clone(),
+                resources: state.sent_names.clone(),
+                at: SystemTime::now(),
+            };
+            state.last_nack = Some(nack.clone());
+            events.push(Event::Nack { type_url: type_url.to_string(), nack });
+        }
+        None => {
+            state.acked_version = Some(version.to_string());
+            state.acked_at = Some(SystemTime::now());
+            state.last_nack = None;
+            events.push(Event::Ack { type_url: type_url.to_string(), version: version.to_string() });
+        }
+    }
+}
+
+/// The version of a set of resources: the snapshot it came from is not part of it, so
+/// an unchanged set keeps its version across snapshots and is not resent.
+fn set_version<'a>(items: impl Iterator<Item = (&'a String, &'a String)>) -> String {
+    let mut buf = Vec::new();
+    for (n, v) in items {
+        buf.extend_from_slice(n.as_bytes());
+        buf.push(0);
+        buf.extend_from_slice(v.as_bytes());
+        buf.push(0);
+    }
+    content_version(&buf)
+}
+
+#[cfg(test)]
+mod tests;

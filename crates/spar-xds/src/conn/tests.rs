@@ -1,0 +1,189 @@
+use super::*;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+
+fn mk_resources(clusters: &[(&str, u32)]) -> Arc<ProxyResources> {
+    let mut r = ProxyResources::default();
+    for (name, timeout) in clusters {
+        let c = Cluster {
+            name: name.to_string(),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration { seconds: i64::from(*timeout), nanos: 0 }),
+            ..Default::default()
+        };
+        r.insert(type_url::CLUSTER, *name, &c);
+        let cla = ClusterLoadAssignment { cluster_name: name.to_string(), ..Default::default() };
+        r.insert(type_url::ENDPOINT, *name, &cla);
+    }
+    Arc::new(r)
+}
+
+fn mk_sotw(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: type_url.to_string(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        version_info: version.to_string(),
+        response_nonce: nonce.to_string(),
+        ..Default::default()
+    }
+}
+
+fn sotw(r: &Response) -> &DiscoveryResponse {
+    match r {
+        Response::Sotw(r) => r,
+        Response::Delta(_) => panic!("expected a SotW response"),
+    }
+}
+
+fn delta(r: &Response) -> &DeltaDiscoveryResponse {
+    match r {
+        Response::Delta(r) => r,
+        Response::Sotw(_) => panic!("expected a delta response"),
+    }
+}
+
+fn names_of(r: &DiscoveryResponse) -> Vec<String> {
+    use prost::Message;
+    r.resources.iter().map(|a| Cluster::decode(a.value.as_slice()).map(|c| c.name).unwrap_or_default()).collect()
+}
+
+#[test]
+fn sotw_wildcard_ack_and_push() {
+    let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1), ("b", 1)]));
+    let out = c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""));
+    assert_eq!(out.len(), 1);
+    let r = sotw(&out[0]).clone();
+    assert_eq!(names_of(&r), ["a", "b"]);
+    // ACK: nothing to send.
+    assert!(c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], &r.version_info, &r.nonce)).is_empty());
+    assert!(matches!(c.take_events().as_slice(), [Event::Ack { .. }]));
+    assert_eq!(c.types()[type_url::CLUSTER].acked_version.as_deref(), Some(r.version_info.as_str()));
+    // Same content again: no push.
+    assert!(c.on_resources(mk_resources(&[("a", 1), ("b", 1)])).is_empty());
+    // Changed content: one push with the full set.
+    let out = c.on_resources(mk_resources(&[("a", 2), ("b", 1)]));
+    assert_eq!(out.len(), 1);
+    assert_eq!(names_of(sotw(&out[0])), ["a", "b"]);
+    assert_ne!(sotw(&out[0]).version_info, r.version_info);
+}
+
+#[test]
+fn sotw_nack_is_recorded_and_not_resent() {
+    let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1)]));
+    let r = sotw(&c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""))[0]).clone();
+    c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], &r.version_info, &r.nonce));
+    let bad = sotw(&c.on_resources(mk_resources(&[("a", 9)]))[0]).clone();
+    let mut nack = mk_sotw(type_url::CLUSTER, &[], &r.version_info, &bad.nonce);
+    nack.error_detail = Some(RpcStatus { code: 3, message: "bad cluster".into(), details: vec![] });
+    assert!(c.handle_sotw(nack).is_empty());
+    let events = c.take_events();
+    let Some(Event::Nack { nack, .. }) = events.first() else { panic!("expected a NACK event, got {events:?}") };
+    assert_eq!(nack.message, "bad cluster");
+    assert_eq!(nack.resources, ["a"]);
+    let st = &c.types()[type_url::CLUSTER];
+    assert_eq!(st.acked_version.as_deref(), Some(r.version_info.as_str()), "still on the last good version");
+    // The same bad content is not pushed again; a fix is.
+    assert!(c.on_resources(mk_resources(&[("a", 9)])).is_empty());
+    assert_eq!(c.on_resources(mk_resources(&[("a", 3)])).len(), 1);
+}
+
+#[test]
+fn sotw_stale_nonce_is_ignored() {
+    let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1)]));
+    let first = sotw(&c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""))[0]).clone();
+    let _second = c.on_resources(mk_resources(&[("a", 2)]));
+    assert!(c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], &first.version_info, &first.nonce)).is_empty());
+    assert!(matches!(c.take_events().as_slice(), [Event::StaleNonce { .. }]));
+    assert_eq!(c.types()[type_url::CLUSTER].acked_version, None);
+}
+
+#[test]
+fn sotw_named_subscription_change_is_answered() {
+    let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1), ("b", 1)]));
+    let r = sotw(&c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a"], "", ""))[0]).clone();
+    assert_eq!(r.resources.len(), 1);
+    // ACK with a wider subscription: answered with both.
+    let out = c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b"], &r.version_info, &r.nonce));
+    assert_eq!(sotw(&out[0]).resources.len(), 2);
+    // Changes to resources not subscribed to push nothing.
+    let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1), ("b", 1)]));
+    let r = sotw(&c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a"], "", ""))[0]).clone();
+    c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a"], &r.version_info, &r.nonce));
+    let mut res = (*mk_resources(&[("a", 1), ("b", 1)])).clone();
+    res.insert(type_url::ENDPOINT, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
+    assert!(c.on_resources(Arc::new(res)).is_empty());
+}
+
+#[test]
+fn pushes_follow_make_before_break_order() {
+    let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1)]));
+    c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a"], "", ""));
+    c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""));
+    let out = c.on_resources(mk_resources(&[("a", 2)]));
+    let types: Vec<_> = out.iter().map(|r| sotw(r).type_url.clone()).collect();
+    assert_eq!(types, [type_url::CLUSTER]);
+    let out = c.on_resources(mk_resources(&[("a", 2), ("b", 1)]));
+    assert_eq!(sotw(&out[0]).type_url, type_url::CLUSTER);
+}
+
+fn mk_delta(type_url: &str, sub: &[&str], unsub: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: type_url.to_string(),
+        resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+        resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.to_string(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn delta_wildcard_sends_only_changes_and_removals() {
+    let mut c = Connection::new(Variant::Delta, mk_resources(&[("a", 1), ("b", 1)]));
+    let out = c.handle_delta(mk_delta(type_url::CLUSTER, &[], &[], ""));
+    let r = delta(&out[0]).clone();
+    assert_eq!(r.resources.len(), 2);
+    assert!(c.handle_delta(mk_delta(type_url::CLUSTER, &[], &[], &r.nonce)).is_empty());
+    assert!(matches!(c.take_events().as_slice(), [Event::Ack { .. }]));
+    let out = c.on_resources(mk_resources(&[("a", 2)]));
+    let r = delta(&out[0]);
+    assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(r.removed_resources, ["b"]);
+}
+
+#[test]
+fn delta_resume_skips_what_the_proxy_holds() {
+    let res = mk_resources(&[("a", 1), ("b", 1)]);
+    let a_version = res.of(type_url::CLUSTER).map(|m| m["a"].version.clone()).unwrap_or_default();
+    let mut c = Connection::new(Variant::Delta, res);
+    let mut req = mk_delta(type_url::CLUSTER, &[], &[], "");
+    req.initial_resource_versions.insert("a".into(), a_version);
+    req.initial_resource_versions.insert("gone".into(), "x".into());
+    let out = c.handle_delta(req);
+    let r = delta(&out[0]);
+    assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(r.removed_resources, ["gone"]);
+}
+
+#[test]
+fn delta_named_subscriptions() {
+    let mut c = Connection::new(Variant::Delta, mk_resources(&[("a", 1), ("b", 1)]));
+    let r = delta(&c.handle_delta(mk_delta(type_url::ENDPOINT, &["a", "missing"], &[], ""))[0]).clone();
+    assert_eq!(r.resources.len(), 1);
+    assert_eq!(r.removed_resources, ["missing"], "a missing named resource is reported once");
+    assert!(c.handle_delta(mk_delta(type_url::ENDPOINT, &[], &[], &r.nonce)).is_empty());
+    let r2 = delta(&c.handle_delta(mk_delta(type_url::ENDPOINT, &["b"], &["a"], ""))[0]).clone();
+    assert_eq!(r2.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    // "a" was unsubscribed: changing it sends nothing.
+    assert!(c.on_resources(mk_resources(&[("a", 5), ("b", 1)])).is_empty());
+}
+
+#[test]
+fn delta_nack_is_recorded() {
+    let mut c = Connection::new(Variant::Delta, mk_resources(&[("a", 1)]));
+    let r = delta(&c.handle_delta(mk_delta(type_url::CLUSTER, &[], &[], ""))[0]).clone();
+    let mut nack = mk_delta(type_url::CLUSTER, &[], &[], &r.nonce);
+    nack.error_detail = Some(RpcStatus { code: 3, message: "nope".into(), details: vec![] });
+    assert!(c.handle_delta(nack).is_empty());
+    assert!(matches!(c.take_events().as_slice(), [Event::Nack { .. }]));
+    assert!(c.types()[type_url::CLUSTER].last_nack.is_some());
+}

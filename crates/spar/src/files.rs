@@ -1,0 +1,140 @@
+//! The file source: every `*.yaml` / `*.yml` under the configured paths, parsed into
+//! the store, and re-read when files change.
+//!
+//! Changes are noticed through filesystem events (inotify) and, as a safety net for
+//! editors and volumes that replace files in ways events miss, by a periodic scan
+//! comparing modification time and size. Only files that changed are read again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use notify::{RecursiveMode, Watcher};
+use spar_model::Store;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// How often files are rescanned even without filesystem events.
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// (modification time, size) of a file at its last read.
+type Stamp = (SystemTime, u64);
+
+/// Reads config paths into a store.
+pub struct FileSource {
+    paths: Vec<PathBuf>,
+    stamps: BTreeMap<PathBuf, Stamp>,
+    store: Arc<Mutex<Store>>,
+}
+
+impl FileSource {
+    /// A source for `paths` (directories or files) feeding `store`.
+    pub fn new(paths: Vec<PathBuf>, store: Arc<Mutex<Store>>) -> Self {
+        Self { paths, stamps: BTreeMap::new(), store }
+    }
+
+    /// Scans all paths, reads files that are new or changed and forgets removed ones.
+    /// Returns whether the store changed.
+    pub fn sync(&mut self) -> bool {
+        let mut found = BTreeMap::new();
+        for p in &self.paths {
+            collect(p, &mut found, true);
+        }
+        let mut changed = false;
+        let removed: Vec<PathBuf> = self.stamps.keys().filter(|p| !found.contains_key(*p)).cloned().collect();
+        for p in removed {
+            self.stamps.remove(&p);
+            let name = p.to_string_lossy();
+            info!(file = %name, "config file removed");
+            changed |= lock(&self.store).remove_unit(&name);
+        }
+        for (path, stamp) in found {
+            if self.stamps.get(&path) == Some(&stamp) {
+                continue;
+            }
+            self.stamps.insert(path.clone(), stamp);
+            let name = path.to_string_lossy().to_string();
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(file = %name, error = %e, "cannot read config file; keeping what it had before");
+                    continue;
+                }
+            };
+            let parsed = crate::load::parse_and_validate(&name, &text);
+            crate::load::report(&parsed);
+            changed |= lock(&self.store).set_unit(&name, parsed);
+        }
+        changed
+    }
+
+    /// Keeps the store in step with the files until the receiver is dropped; sends a
+    /// unit on `changes` after every change to the store.
+    pub async fn run(mut self, changes: mpsc::Sender<()>) {
+        let (ev_tx, mut ev_rx) = mpsc::channel::<()>(1);
+        let mut watcher = match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+            let _ = ev_tx.try_send(());
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "filesystem events unavailable; falling back to periodic scans");
+                None
+            }
+        };
+        if let Some(w) = watcher.as_mut() {
+            for p in &self.paths {
+                if let Err(e) = w.watch(p, RecursiveMode::Recursive) {
+                    warn!(path = %p.display(), error = %e, "cannot watch path; it is still scanned periodically");
+                }
+            }
+        }
+        let mut tick = tokio::time::interval(RESCAN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ev_rx.recv() => {}
+                _ = tick.tick() => {}
+                () = changes.closed() => return,
+            }
+            if self.sync() && changes.send(()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+    // A panic while holding the lock cannot leave the store half-written: every
+    // mutation is a single map insert or remove.
+    store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn is_yaml(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+fn collect(path: &Path, out: &mut BTreeMap<PathBuf, Stamp>, top: bool) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        if top {
+            warn!(path = %path.display(), "config path does not exist (yet)");
+        }
+        return;
+    };
+    if meta.is_dir() {
+        let Ok(rd) = std::fs::read_dir(path) else { return };
+        let mut entries: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for e in entries {
+            // Hidden files and directories are editors' and Kubernetes' scratch space
+            // (`..data` symlinks of ConfigMap volumes resolve through the visible names).
+            if e.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                continue;
+            }
+            collect(&e, out, false);
+        }
+    } else if top || is_yaml(path) {
+        let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
+        out.insert(path.to_path_buf(), stamp);
+    }
+}

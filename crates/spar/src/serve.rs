@@ -1,0 +1,139 @@
+//! `spar serve`: file source → store → debounced snapshots → ADS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use spar_model::{MeshConfig, Snapshot, Store};
+use spar_xds::server::AdsService;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::files::FileSource;
+
+/// How `spar serve` runs.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Config directories or files.
+    pub config: Vec<PathBuf>,
+    /// Where the plaintext xDS server listens.
+    pub xds_address: SocketAddr,
+    /// Quiet time after the last change before a snapshot is built.
+    pub debounce_quiet: Duration,
+    /// Longest a change waits for a snapshot while changes keep coming.
+    pub debounce_max: Duration,
+    /// Mesh-wide settings.
+    pub mesh: MeshConfig,
+}
+
+/// Runs until SIGINT/SIGTERM.
+pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
+    let store = Arc::new(Mutex::new(Store::new()));
+    let mut source = FileSource::new(cfg.config.clone(), Arc::clone(&store));
+    source.sync();
+    let first = build(&store, &cfg.mesh, 1);
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let (change_tx, change_rx) = mpsc::channel(1);
+    tokio::spawn(source.run(change_tx).instrument(info_span!("file-source")));
+    tokio::spawn(debounce(change_rx, store, cfg.clone(), snap_tx).instrument(info_span!("snapshot")));
+
+    let ads = AdsService::new(snap_rx, shutdown_rx.clone());
+    let listener = tokio::net::TcpListener::bind(cfg.xds_address)
+        .await
+        .with_context(|| format!("binding xDS address {}", cfg.xds_address))?;
+    let bound = listener.local_addr()?;
+    info!(address = %bound, "serving xDS (ADS: SotW and delta)");
+    let incoming = tokio_stream_incoming(listener);
+    let mut shutdown_wait = shutdown_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(ads.into_server())
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown_wait.wait_for(|s| *s).await;
+        });
+    let server = tokio::spawn(server);
+    shutdown_signal().await;
+    info!("shutting down: closing xDS streams");
+    let _ = shutdown_tx.send(true);
+    // Streams end when the shutdown watch fires; give them a moment to say goodbye.
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "xDS server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "xDS server task failed"),
+        Err(_) => warn!("xDS server did not stop within 5s"),
+    }
+    Ok(())
+}
+
+fn tokio_stream_incoming(
+    listener: tokio::net::TcpListener,
+) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+fn build(store: &Mutex<Store>, mesh: &MeshConfig, version: u64) -> Snapshot {
+    let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let snap = Snapshot::build(&store, mesh, version);
+    for d in &snap.diagnostics {
+        warn!(origin = %d.origin, resource = %d.resource, "{}", d.message);
+    }
+    snap
+}
+
+/// Builds a snapshot once changes have been quiet for `debounce_quiet`, or once
+/// `debounce_max` has passed since the first unbuilt change.
+async fn debounce(mut changes: mpsc::Receiver<()>, store: Arc<Mutex<Store>>, cfg: ServeConfig, snap_tx: watch::Sender<Arc<Snapshot>>) {
+    let mut version = 1;
+    while changes.recv().await.is_some() {
+        let first = Instant::now();
+        let mut last = first;
+        loop {
+            let deadline = (last + cfg.debounce_quiet).min(first + cfg.debounce_max);
+            tokio::select! {
+                more = changes.recv() => match more {
+                    Some(()) => last = Instant::now(),
+                    None => return,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        version += 1;
+        let started = Instant::now();
+        let snap = build(&store, &cfg.mesh, version);
+        info!(
+            version,
+            services = snap.services.len(),
+            debounce_ms = u64::try_from(started.duration_since(first).as_millis()).unwrap_or(u64::MAX),
+            build_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "snapshot built"
+        );
+        if snap_tx.send(Arc::new(snap)).is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
