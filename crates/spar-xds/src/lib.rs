@@ -1,1 +1,18 @@
-//! spar-xds
+//! Envoy resources from Spar's snapshot, and the ADS server that delivers them.
+//!
+//! ```text
+//!   Snapshot ─┬─► gen::generate(snapshot, proxy) ─► ProxyResources (encoded once, versioned)
+//!             │                                            │
+//!             └─ watch ─► server (one task per stream) ─► conn::Connection (I/O-free) ─► Envoy
+//! ```
+
+pub mod bootstrap;
+pub mod conn;
+pub mod generator;
+pub mod node;
+pub mod resources;
+pub mod server;
+pub mod support;
+
+pub use generator::generate;
+pub use resources::{Encoded, ProxyResources, type_url};

@@ -1,0 +1,451 @@
+//! The immutable snapshot: services by host (from Kubernetes Services with
+//! Endpoints/EndpointSlices/WorkloadEntries, and from ServiceEntries), and the Istio
+//! routing objects indexed for generators.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1 as corev1;
+use k8s_openapi::api::discovery::v1 as discoveryv1;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use spar_api::istio::destination_rule::DestinationRuleSpec;
+use spar_api::istio::service_entry::{ServiceEntryLocation, ServiceEntryResolution, ServiceEntrySpec};
+use spar_api::istio::sidecar::SidecarSpec;
+use spar_api::istio::virtual_service::VirtualServiceSpec;
+use spar_api::istio::workload_entry::WorkloadEntrySpec;
+use spar_api::{Object, Origin, Resource};
+
+use crate::service::{Endpoint, Protocol, Resolution, Service, ServicePort};
+use crate::{Proxy, Store, host};
+
+/// Mesh-wide settings (Istio's MeshConfig, the parts Spar reads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// DNS domain, `cluster.local`.
+    pub domain: String,
+    /// Root namespace for mesh-wide config, `istio-system`.
+    pub root_namespace: String,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self { domain: "cluster.local".into(), root_namespace: "istio-system".into() }
+    }
+}
+
+/// An Istio object in the snapshot: its spec and where it came from.
+#[derive(Clone, Debug)]
+pub struct Config<S> {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// Origin, for messages.
+    pub origin: Origin,
+    /// `metadata.creationTimestamp`, for istiod's oldest-first precedence.
+    pub created: Option<String>,
+    /// The spec, shared with the store.
+    pub spec: Arc<S>,
+}
+
+impl<S> Config<S> {
+    /// `Kind ns/name` style label.
+    pub fn label(&self, kind: &str) -> String {
+        format!("{kind} {}/{}", self.namespace, self.name)
+    }
+}
+
+/// Something worth telling the operator about the snapshot (a conflict, a dangling
+/// reference, ...), with the object that caused it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Where.
+    pub origin: Origin,
+    /// `Kind ns/name`.
+    pub resource: String,
+    /// What.
+    pub message: String,
+}
+
+/// Everything generators need, immutable and shared.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Monotonic version.
+    pub version: u64,
+    /// Mesh settings.
+    pub mesh: MeshConfig,
+    /// Services by host name.
+    pub services: BTreeMap<String, Arc<Service>>,
+    /// VirtualServices, oldest first (istiod's precedence order), hosts resolved.
+    pub virtual_services: Vec<(Config<VirtualServiceSpec>, Vec<String>)>,
+    /// DestinationRules, oldest first, with the resolved host.
+    pub destination_rules: Vec<(Config<DestinationRuleSpec>, String)>,
+    /// Sidecars.
+    pub sidecars: Vec<Config<SidecarSpec>>,
+    /// Problems found while building.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+fn config<S>(obj: &Object, spec: &Arc<S>) -> Config<S> {
+    Config {
+        name: obj.meta.name.clone(),
+        namespace: obj.meta.namespace.clone(),
+        origin: obj.origin.clone(),
+        created: obj.meta.creation_timestamp.clone(),
+        spec: Arc::clone(spec),
+    }
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+fn u16_port(p: i64) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p > 0)
+}
+
+impl Snapshot {
+    /// Builds a snapshot from everything in `store`.
+    pub fn build(store: &Store, mesh: &MeshConfig, version: u64) -> Snapshot {
+        let (objects, dups) = store.objects();
+        let mut snap = Snapshot { version, mesh: mesh.clone(), ..Default::default() };
+        for d in dups {
+            snap.diagnostics.push(Diagnostic {
+                origin: d.dropped.clone(),
+                resource: d.key.to_string(),
+                message: format!("duplicate definition ignored; the one at {} is used", d.kept),
+            });
+        }
+        let mut workload_entries = Vec::new();
+        let mut k8s_services = Vec::new();
+        let mut endpoints: BTreeMap<(String, String), &corev1::Endpoints> = BTreeMap::new();
+        let mut slices: BTreeMap<(String, String), Vec<&discoveryv1::EndpointSlice>> = BTreeMap::new();
+        let mut service_entries = Vec::new();
+        for obj in &objects {
+            match &obj.resource {
+                Resource::VirtualService(s) => {
+                    let hosts = s.hosts.iter().flatten().map(|h| host::resolve(h, &obj.meta.namespace, &mesh.domain)).collect();
+                    snap.virtual_services.push((config(obj, s), hosts));
+                }
+                Resource::DestinationRule(s) => {
+                    let h = host::resolve(&s.host, &obj.meta.namespace, &mesh.domain);
+                    snap.destination_rules.push((config(obj, s), h));
+                }
+                Resource::Sidecar(s) => snap.sidecars.push(config(obj, s)),
+                Resource::WorkloadEntry(s) => workload_entries.push((*obj, Arc::clone(s))),
+                Resource::ServiceEntry(s) => service_entries.push((*obj, Arc::clone(s))),
+                Resource::Service(s) => k8s_services.push((*obj, Arc::clone(s))),
+                Resource::Endpoints(e) => {
+                    endpoints.insert((obj.meta.namespace.clone(), obj.meta.name.clone()), e);
+                }
+                Resource::EndpointSlice(e) => {
+                    if let Some(svc) = obj.meta.labels.get("kubernetes.io/service-name") {
+                        slices.entry((obj.meta.namespace.clone(), svc.clone())).or_default().push(e);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let oldest_first = |a: &Option<String>, an: (&str, &str), b: &Option<String>, bn: (&str, &str)| {
+            // Objects without a timestamp (files) sort by namespace/name, after timed ones.
+            (a.is_none(), a, an).cmp(&(b.is_none(), b, bn))
+        };
+        snap.virtual_services.sort_by(|(a, _), (b, _)| {
+            oldest_first(&a.created, (&a.namespace, &a.name), &b.created, (&b.namespace, &b.name))
+        });
+        snap.destination_rules.sort_by(|(a, _), (b, _)| {
+            oldest_first(&a.created, (&a.namespace, &a.name), &b.created, (&b.namespace, &b.name))
+        });
+
+        for (obj, svc) in &k8s_services {
+            let key = (obj.meta.namespace.clone(), obj.meta.name.clone());
+            let s = kube_service(obj, svc, endpoints.get(&key).copied(), slices.get(&key).map(Vec::as_slice), &workload_entries, mesh);
+            snap.insert_service(s);
+        }
+        for (obj, se) in &service_entries {
+            for s in service_entry_services(obj, se, &workload_entries) {
+                snap.insert_service(s);
+            }
+        }
+        snap
+    }
+
+    fn insert_service(&mut self, s: Service) {
+        if let Some(existing) = self.services.get(&s.hostname) {
+            self.diagnostics.push(Diagnostic {
+                origin: s.origin.clone(),
+                resource: format!("{} {}/{}", "Service", s.namespace, s.name),
+                message: format!("host {} is already defined at {}; this definition is ignored", s.hostname, existing.origin),
+            });
+            return;
+        }
+        self.services.insert(s.hostname.clone(), Arc::new(s));
+    }
+
+    /// The Sidecar that applies to `proxy`: one in its namespace whose selector matches
+    /// its labels, else its namespace's selector-less one, else the root namespace's.
+    pub fn sidecar_for<'a>(&'a self, proxy: &'a Proxy) -> Option<&'a Config<SidecarSpec>> {
+        fn in_ns<'a>(sidecars: &'a [Config<SidecarSpec>], ns: &'a str) -> impl Iterator<Item = &'a Config<SidecarSpec>> + 'a {
+            sidecars.iter().filter(move |s| s.namespace == ns)
+        }
+        let selected = in_ns(&self.sidecars, &proxy.namespace).find(|s| {
+            s.spec.workload_selector.as_ref().and_then(|w| w.labels.as_ref()).is_some_and(|l| !l.is_empty() && selects(l, &proxy.labels))
+        });
+        let no_selector = |s: &&Config<SidecarSpec>| s.spec.workload_selector.as_ref().and_then(|w| w.labels.as_ref()).is_none_or(BTreeMap::is_empty);
+        selected
+            .or_else(|| in_ns(&self.sidecars, &proxy.namespace).find(no_selector))
+            .or_else(|| in_ns(&self.sidecars, &self.mesh.root_namespace).find(no_selector))
+    }
+
+    /// The DestinationRule for `host` as seen from `proxy_ns`: istiod's lookup order is
+    /// the client's namespace, then the service's namespace, then the root namespace;
+    /// within one namespace an exact host beats a wildcard, then the oldest wins.
+    pub fn destination_rule_for(&self, proxy_ns: &str, service: &Service) -> Option<&Config<DestinationRuleSpec>> {
+        let visible = |c: &Config<DestinationRuleSpec>| {
+            crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns)
+        };
+        let find_in = |ns: &str| {
+            let in_ns = self.destination_rules.iter().filter(|(c, _)| c.namespace == ns && visible(c));
+            let mut best: Option<(&Config<DestinationRuleSpec>, usize)> = None;
+            for (c, h) in in_ns {
+                if host::matches(h, &service.hostname) {
+                    let specificity = if *h == service.hostname { usize::MAX } else { h.len() };
+                    if best.is_none_or(|(_, s)| specificity > s) {
+                        best = Some((c, specificity));
+                    }
+                }
+            }
+            best.map(|(c, _)| c)
+        };
+        find_in(proxy_ns).or_else(|| find_in(&service.namespace)).or_else(|| find_in(&self.mesh.root_namespace))
+    }
+
+    /// VirtualServices visible from `proxy_ns` that bind to sidecars (`mesh`) and whose
+    /// hosts match `hostname`, oldest first.
+    pub fn virtual_services_for<'a>(&'a self, proxy_ns: &'a str, hostname: &'a str) -> impl Iterator<Item = &'a Config<VirtualServiceSpec>> + 'a {
+        self.virtual_services.iter().filter_map(move |(c, hosts)| {
+            let visible = crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns);
+            let mesh_bound = c.spec.gateways.as_ref().is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
+            (visible && mesh_bound && hosts.iter().any(|h| host::matches(h, hostname))).then_some(c)
+        })
+    }
+}
+
+fn target_port(p: Option<&IntOrString>) -> (Option<u16>, Option<String>) {
+    match p {
+        Some(IntOrString::Int(n)) => (u16_port(i64::from(*n)), None),
+        Some(IntOrString::String(s)) => (None, Some(s.clone())),
+        None => (None, None),
+    }
+}
+
+fn kube_service(
+    obj: &Object,
+    svc: &corev1::Service,
+    endpoints: Option<&corev1::Endpoints>,
+    slices: Option<&[&discoveryv1::EndpointSlice]>,
+    workload_entries: &[(&Object, Arc<WorkloadEntrySpec>)],
+    mesh: &MeshConfig,
+) -> Service {
+    let ns = &obj.meta.namespace;
+    let spec = svc.spec.clone().unwrap_or_default();
+    let mut ports = Vec::new();
+    let mut named_targets = BTreeMap::new();
+    for p in spec.ports.iter().flatten() {
+        let Some(port) = u16_port(i64::from(p.port)) else { continue };
+        let name = p.name.clone().unwrap_or_default();
+        let (num, named) = target_port(p.target_port.as_ref());
+        if let Some(n) = named {
+            named_targets.insert(port, n);
+        }
+        ports.push(ServicePort { protocol: Protocol::from_port(&name, p.app_protocol.as_deref()), name, port, target_port: num });
+    }
+    ports.sort_by_key(|p| p.port);
+    let mut eps = Vec::new();
+    let origin_of = |o: &Object| o.origin.clone();
+    // Endpoints: subsets of addresses × ports, ports matched to service ports by name.
+    if let Some(e) = endpoints {
+        for subset in e.subsets.iter().flatten() {
+            let mut port_map = BTreeMap::new();
+            for sp in &ports {
+                let found = subset.ports.iter().flatten().find(|p| p.name.clone().unwrap_or_default() == sp.name || subset.ports.as_ref().is_some_and(|v| v.len() == 1));
+                if let Some(p) = found.and_then(|p| u16_port(i64::from(p.port))) {
+                    port_map.insert(sp.port, p);
+                }
+            }
+            let ready = subset.addresses.iter().flatten().map(|a| (a, true));
+            let not_ready = subset.not_ready_addresses.iter().flatten().map(|a| (a, false));
+            for (a, ready) in ready.chain(not_ready) {
+                eps.push(Endpoint {
+                    address: a.ip.clone(),
+                    ports: port_map.clone(),
+                    labels: BTreeMap::new(),
+                    service_account: String::new(),
+                    locality: String::new(),
+                    weight: 0,
+                    ready,
+                    origin: origin_of(obj),
+                });
+            }
+        }
+    }
+    for slice in slices.into_iter().flatten() {
+        let mut port_map = BTreeMap::new();
+        for sp in &ports {
+            let found = slice.ports.iter().flatten().find(|p| p.name.clone().unwrap_or_default() == sp.name);
+            if let Some(p) = found.and_then(|p| p.port).and_then(|p| u16_port(i64::from(p))) {
+                port_map.insert(sp.port, p);
+            }
+        }
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            for a in &ep.addresses {
+                if eps.iter().any(|e: &Endpoint| &e.address == a) {
+                    continue;
+                }
+                eps.push(Endpoint {
+                    address: a.clone(),
+                    ports: port_map.clone(),
+                    labels: BTreeMap::new(),
+                    service_account: String::new(),
+                    locality: ep.zone.clone().unwrap_or_default(),
+                    weight: 0,
+                    ready,
+                    origin: origin_of(obj),
+                });
+            }
+        }
+    }
+    // WorkloadEntries in the namespace selected by the Service's selector (istiod does
+    // this so that VMs can back Kubernetes Services); they carry labels for subsets.
+    if let Some(sel) = spec.selector.as_ref().filter(|s| !s.is_empty()) {
+        for (we_obj, we) in workload_entries.iter().filter(|(o, _)| &o.meta.namespace == ns) {
+            let labels = we.labels.clone().unwrap_or_else(|| we_obj.meta.labels.clone());
+            if !selects(sel, &labels) {
+                continue;
+            }
+            eps.push(workload_endpoint(we_obj, we, labels, &ports, &named_targets));
+        }
+    }
+    Service {
+        hostname: format!("{}.{ns}.svc.{}", obj.meta.name, mesh.domain),
+        namespace: ns.clone(),
+        name: obj.meta.name.clone(),
+        addresses: spec.cluster_ip.iter().filter(|ip| ip.as_str() != "None" && !ip.is_empty()).cloned().collect(),
+        ports,
+        endpoints: eps,
+        resolution: Resolution::Static,
+        mesh_external: false,
+        export_to: obj.meta.annotations.get("networking.istio.io/exportTo").map(|s| s.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_default(),
+        origin: obj.origin.clone(),
+    }
+}
+
+/// An endpoint from a WorkloadEntry: its `ports` map names service ports (by name) to
+/// endpoint ports; unnamed ones use the service's target port, else the port itself.
+fn workload_endpoint(
+    obj: &Object,
+    we: &WorkloadEntrySpec,
+    labels: BTreeMap<String, String>,
+    ports: &[ServicePort],
+    named_targets: &BTreeMap<u16, String>,
+) -> Endpoint {
+    let mut port_map = BTreeMap::new();
+    for sp in ports {
+        let by_name = we.ports.as_ref().and_then(|m| m.get(&sp.name)).and_then(|p| u16_port(*p));
+        let by_target_name = named_targets.get(&sp.port).and_then(|n| we.ports.as_ref().and_then(|m| m.get(n))).and_then(|p| u16_port(*p));
+        port_map.insert(sp.port, by_name.or(by_target_name).or(sp.target_port).unwrap_or(sp.port));
+    }
+    Endpoint {
+        address: we.address.clone().unwrap_or_default(),
+        ports: port_map,
+        labels,
+        service_account: we.service_account.clone().unwrap_or_default(),
+        locality: we.locality.clone().unwrap_or_default(),
+        weight: we.weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(0),
+        ready: true,
+        origin: obj.origin.clone(),
+    }
+}
+
+fn service_entry_services(obj: &Object, se: &ServiceEntrySpec, workload_entries: &[(&Object, Arc<WorkloadEntrySpec>)]) -> Vec<Service> {
+    let ns = &obj.meta.namespace;
+    let mut ports: Vec<ServicePort> = se
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(ServicePort {
+                name: p.name.clone(),
+                port: u16_port(p.number)?,
+                protocol: p.protocol.as_deref().map_or_else(|| Protocol::from_port(&p.name, None), Protocol::parse),
+                target_port: p.target_port.and_then(u16_port),
+            })
+        })
+        .collect();
+    ports.sort_by_key(|p| p.port);
+    let resolution = match se.resolution {
+        None | Some(ServiceEntryResolution::None) => Resolution::Passthrough,
+        Some(ServiceEntryResolution::Static) => Resolution::Static,
+        // DYNAMIC_DNS is resolved per request by Istio's DNS proxy; Spar resolves it like DNS.
+        Some(ServiceEntryResolution::Dns | ServiceEntryResolution::DynamicDns) => Resolution::Dns,
+        Some(ServiceEntryResolution::DnsRoundRobin) => Resolution::DnsRoundRobin,
+    };
+    let mut eps = Vec::new();
+    for e in se.endpoints.iter().flatten() {
+        let as_we = WorkloadEntrySpec {
+            address: e.address.clone(),
+            labels: e.labels.clone(),
+            locality: e.locality.clone(),
+            network: e.network.clone(),
+            ports: e.ports.clone(),
+            service_account: e.service_account.clone(),
+            weight: e.weight,
+        };
+        eps.push(workload_endpoint(obj, &as_we, e.labels.clone().unwrap_or_default(), &ports, &BTreeMap::new()));
+    }
+    if let Some(sel) = se.workload_selector.as_ref().and_then(|w| w.labels.as_ref()) {
+        for (we_obj, we) in workload_entries.iter().filter(|(o, _)| &o.meta.namespace == ns) {
+            let labels = we.labels.clone().unwrap_or_else(|| we_obj.meta.labels.clone());
+            if selects(sel, &labels) {
+                eps.push(workload_endpoint(we_obj, we, labels, &ports, &BTreeMap::new()));
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    se.hosts
+        .iter()
+        .filter(|h| seen.insert(h.to_string()))
+        .map(|h| {
+            let mut endpoints = eps.clone();
+            // DNS resolution without endpoints resolves the host itself.
+            if endpoints.is_empty() && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) && !h.starts_with('*') {
+                endpoints.push(Endpoint {
+                    address: h.clone(),
+                    ports: ports.iter().map(|p| (p.port, p.target_port.unwrap_or(p.port))).collect(),
+                    labels: BTreeMap::new(),
+                    service_account: String::new(),
+                    locality: String::new(),
+                    weight: 0,
+                    ready: true,
+                    origin: obj.origin.clone(),
+                });
+            }
+            Service {
+                hostname: h.clone(),
+                namespace: ns.clone(),
+                name: obj.meta.name.clone(),
+                addresses: se.addresses.clone().unwrap_or_default(),
+                ports: ports.clone(),
+                endpoints,
+                resolution,
+                mesh_external: matches!(se.location, Some(ServiceEntryLocation::MeshExternal)),
+                export_to: se.export_to.clone().unwrap_or_default(),
+                origin: obj.origin.clone(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

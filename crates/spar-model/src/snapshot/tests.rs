@@ -1,0 +1,113 @@
+use super::*;
+
+fn mk_store(yaml: &str) -> Store {
+    let mut store = Store::new();
+    let parsed = spar_api::parse_file("mesh.yaml", yaml);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    store.set_unit("mesh.yaml", parsed);
+    store
+}
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080, targetPort: 9081}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, namespace: default}
+spec: {address: 127.0.0.11, labels: {app: reviews, version: v1}, serviceAccount: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2, namespace: default}
+spec: {address: 127.0.0.12, labels: {app: reviews, version: v2}, ports: {http: 7000}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: other, namespace: default}
+spec: {address: 127.0.0.13, labels: {app: ratings}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: prod}
+spec:
+  ports: [{name: grpc-api, port: 9090}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: ratings, namespace: prod}
+subsets:
+- addresses: [{ip: 10.0.0.1}, {ip: 10.0.0.2}]
+  ports: [{name: grpc-api, port: 9091}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: default}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports: [{number: 443, name: tls, protocol: TLS}]
+"#;
+
+#[test]
+fn services_from_kubernetes_workload_entries_and_service_entries() {
+    let snap = Snapshot::build(&mk_store(MESH), &MeshConfig::default(), 1);
+    let reviews = &snap.services["reviews.default.svc.cluster.local"];
+    assert_eq!(reviews.endpoints.len(), 2, "WorkloadEntries selected by the Service selector");
+    let v1 = reviews.endpoints.iter().find(|e| e.address == "127.0.0.11").expect("v1 endpoint");
+    assert_eq!(v1.ports[&9080], 9081, "targetPort used when the WorkloadEntry names no port");
+    let v2 = reviews.endpoints.iter().find(|e| e.address == "127.0.0.12").expect("v2 endpoint");
+    assert_eq!(v2.ports[&9080], 7000, "WorkloadEntry ports by service port name");
+    assert_eq!(v2.labels["version"], "v2");
+
+    let ratings = &snap.services["ratings.prod.svc.cluster.local"];
+    assert_eq!(ratings.ports[0].protocol, Protocol::Grpc);
+    assert_eq!(ratings.endpoints.iter().map(|e| e.ports[&9090]).collect::<Vec<_>>(), [9091, 9091]);
+
+    let ext = &snap.services["api.example.com"];
+    assert!(ext.mesh_external);
+    assert_eq!(ext.resolution, Resolution::Dns);
+    assert_eq!(ext.endpoints[0].address, "api.example.com");
+}
+
+#[test]
+fn destination_rule_lookup_order() {
+    let yaml = format!(
+        "{MESH}\n---\n{}",
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: root, namespace: istio-system}
+spec: {host: "*.svc.cluster.local"}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: local, namespace: default}
+spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}
+"#
+    );
+    let snap = Snapshot::build(&mk_store(&yaml), &MeshConfig::default(), 1);
+    let reviews = &snap.services["reviews.default.svc.cluster.local"];
+    assert_eq!(snap.destination_rule_for("default", reviews).map(|c| c.name.as_str()), Some("local"));
+    let ratings = &snap.services["ratings.prod.svc.cluster.local"];
+    assert_eq!(snap.destination_rule_for("prod", ratings).map(|c| c.name.as_str()), Some("root"));
+}
+
+#[test]
+fn duplicate_hosts_are_reported_not_fatal() {
+    let yaml = format!(
+        "{MESH}\n---\n{}",
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext2, namespace: default}
+spec: {hosts: [api.example.com], ports: [{number: 80, name: http}], resolution: DNS}
+"#
+    );
+    let snap = Snapshot::build(&mk_store(&yaml), &MeshConfig::default(), 1);
+    assert_eq!(snap.services["api.example.com"].name, "ext");
+    assert!(snap.diagnostics.iter().any(|d| d.message.contains("already defined")), "{:?}", snap.diagnostics);
+}

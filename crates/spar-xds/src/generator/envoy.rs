@@ -1,0 +1,314 @@
+//! Listeners, clusters and endpoints.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3 as xds_cluster;
+use envoy_types::pb::envoy::config::core::v3 as xds_core;
+use envoy_types::pb::envoy::config::endpoint::v3 as xds_endpoint;
+use envoy_types::pb::envoy::config::listener::v3 as xds_listener;
+use envoy_types::pb::envoy::config::route::v3 as xds_route;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as xds_hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as xds_tcp;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as xds_upstream_http;
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::util::pack_any;
+use spar_model::{InterceptionMode, Protocol, Resolution, Service};
+
+use super::Scope;
+use super::routes;
+use crate::resources::{ProxyResources, type_url};
+
+/// istiod's default `connectTimeout` (MeshConfig).
+const CONNECT_TIMEOUT_SECS: i64 = 10;
+/// istiod's default circuit-breaker limits: effectively unlimited.
+const UNLIMITED: u32 = u32::MAX;
+
+/// `outbound|<port>|<subset>|<host>`.
+pub fn outbound_cluster_name(port: u16, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+pub(super) fn socket_address(ip: &str, port: u32) -> xds_core::Address {
+    xds_core::Address {
+        address: Some(xds_core::address::Address::SocketAddress(xds_core::SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(xds_core::socket_address::PortSpecifier::PortValue(port)),
+            ..Default::default()
+        })),
+    }
+}
+
+fn ads() -> xds_core::ConfigSource {
+    xds_core::ConfigSource {
+        config_source_specifier: Some(xds_core::config_source::ConfigSourceSpecifier::Ads(xds_core::AggregatedConfigSource {})),
+        resource_api_version: xds_core::ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+fn typed_filter(name: &str, any: Any) -> xds_listener::Filter {
+    xds_listener::Filter { name: name.into(), config_type: Some(xds_listener::filter::ConfigType::TypedConfig(any)) }
+}
+
+fn router_filter() -> xds_hcm::HttpFilter {
+    xds_hcm::HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(xds_hcm::http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+        ..Default::default()
+    }
+}
+
+fn hcm(stat_prefix: String, route: xds_hcm::http_connection_manager::RouteSpecifier) -> xds_listener::Filter {
+    let hcm = xds_hcm::HttpConnectionManager {
+        stat_prefix,
+        route_specifier: Some(route),
+        http_filters: vec![router_filter()],
+        // Istio's defaults: no request timeout, HTTP/1.1 and HTTP/2 by sniffing.
+        codec_type: xds_hcm::http_connection_manager::CodecType::Auto as i32,
+        normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+        path_with_escaped_slashes_action: xds_hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32,
+        ..Default::default()
+    };
+    typed_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))
+}
+
+fn tcp_proxy(stat_prefix: String, cluster: String) -> xds_listener::Filter {
+    let tp = xds_tcp::TcpProxy {
+        stat_prefix,
+        cluster_specifier: Some(xds_tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster)),
+        ..Default::default()
+    };
+    typed_filter("envoy.filters.network.tcp_proxy", pack_any(tp))
+}
+
+fn listener(name: String, bind: &str, port: u16, filter: xds_listener::Filter, bind_to_port: bool) -> xds_listener::Listener {
+    xds_listener::Listener {
+        name,
+        address: Some(socket_address(bind, u32::from(port))),
+        filter_chains: vec![xds_listener::FilterChain { filters: vec![filter], ..Default::default() }],
+        bind_to_port: (!bind_to_port).then_some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        traffic_direction: xds_core::TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
+}
+
+/// Outbound listeners and their route configurations.
+pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
+    let bind_to_port = scope.proxy.interception == InterceptionMode::None;
+    let mut taken = BTreeSet::new();
+    for egress in &scope.egress {
+        // Ports this listener serves, each with the protocol of its first service (by host).
+        let mut ports: BTreeMap<u16, Protocol> = BTreeMap::new();
+        match egress.port {
+            Some((p, proto)) => {
+                ports.insert(p, proto);
+            }
+            None => {
+                for s in &egress.services {
+                    for p in &s.ports {
+                        ports.entry(p.port).or_insert(p.protocol);
+                    }
+                }
+            }
+        }
+        for (port, protocol) in ports {
+            let name = format!("{}_{port}", egress.bind);
+            if !taken.insert(name.clone()) {
+                // istiod keeps the first listener for a bind:port; so do we.
+                continue;
+            }
+            let wildcard = egress.bind == "0.0.0.0" || egress.bind == "::";
+            let services: Vec<&Service> = egress.services.iter().filter(|s| s.port(port).is_some()).map(|s| s.as_ref()).collect();
+            if protocol.is_http() {
+                let route_name = if wildcard { port.to_string() } else { format!("{}:{port}", egress.bind) };
+                let rc = routes::route_config(scope, &route_name, port, &services);
+                out.insert(type_url::ROUTE, route_name.clone(), &rc);
+                let rds = xds_hcm::http_connection_manager::RouteSpecifier::Rds(xds_hcm::Rds { config_source: Some(ads()), route_config_name: route_name });
+                let l = listener(name.clone(), &egress.bind, port, hcm(format!("outbound_{}_{port}", egress.bind), rds), bind_to_port);
+                out.insert(type_url::LISTENER, name, &l);
+            } else if let Some(svc) = services.first() {
+                // One opaque-TCP service per bound port: the first by host name.
+                let cluster = outbound_cluster_name(port, "", &svc.hostname);
+                let l = listener(name.clone(), &egress.bind, port, tcp_proxy(cluster.clone(), cluster), bind_to_port);
+                out.insert(type_url::LISTENER, name, &l);
+            }
+        }
+    }
+}
+
+fn thresholds() -> xds_cluster::CircuitBreakers {
+    let u = |v| Some(UInt32Value { value: v });
+    xds_cluster::CircuitBreakers {
+        thresholds: vec![xds_cluster::circuit_breakers::Thresholds {
+            max_connections: u(UNLIMITED),
+            max_pending_requests: u(UNLIMITED),
+            max_requests: u(UNLIMITED),
+            max_retries: u(UNLIMITED),
+            track_remaining: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn http2_options() -> std::collections::HashMap<String, Any> {
+    use xds_upstream_http::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig};
+    let opts = xds_upstream_http::HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
+            protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(xds_core::Http2ProtocolOptions::default())),
+        })),
+        ..Default::default()
+    };
+    std::collections::HashMap::from([("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(), pack_any(opts))])
+}
+
+fn base_cluster(name: String, protocol: Protocol) -> xds_cluster::Cluster {
+    xds_cluster::Cluster {
+        name,
+        connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
+        circuit_breakers: Some(thresholds()),
+        typed_extension_protocol_options: if protocol.is_http2() { http2_options() } else { std::collections::HashMap::new() },
+        ..Default::default()
+    }
+}
+
+/// Endpoints of `svc` for service port `port`, restricted to `labels` (a subset).
+fn load_assignment(cluster: &str, svc: &Service, port: u16, labels: &BTreeMap<String, String>) -> xds_endpoint::ClusterLoadAssignment {
+    let mut by_locality: BTreeMap<&str, Vec<xds_endpoint::LbEndpoint>> = BTreeMap::new();
+    for ep in &svc.endpoints {
+        if !labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)) {
+            continue;
+        }
+        let Some(ep_port) = ep.ports.get(&port).copied() else { continue };
+        let health = if ep.ready { xds_core::HealthStatus::Healthy } else { xds_core::HealthStatus::Unhealthy };
+        by_locality.entry(ep.locality.as_str()).or_default().push(xds_endpoint::LbEndpoint {
+            host_identifier: Some(xds_endpoint::lb_endpoint::HostIdentifier::Endpoint(xds_endpoint::Endpoint {
+                address: Some(socket_address(&ep.address, u32::from(ep_port))),
+                ..Default::default()
+            })),
+            health_status: health as i32,
+            load_balancing_weight: Some(UInt32Value { value: ep.weight.max(1) }),
+            ..Default::default()
+        });
+    }
+    let endpoints = by_locality
+        .into_iter()
+        .map(|(loc, lb_endpoints)| {
+            let mut parts = loc.splitn(3, '/');
+            let locality = xds_core::Locality {
+                region: parts.next().unwrap_or_default().into(),
+                zone: parts.next().unwrap_or_default().into(),
+                sub_zone: parts.next().unwrap_or_default().into(),
+            };
+            let weight = lb_endpoints.iter().filter_map(|e| e.load_balancing_weight.as_ref()).map(|w| w.value).sum();
+            xds_endpoint::LocalityLbEndpoints {
+                locality: (!loc.is_empty()).then_some(locality),
+                lb_endpoints,
+                load_balancing_weight: Some(UInt32Value { value: weight }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    xds_endpoint::ClusterLoadAssignment { cluster_name: cluster.to_string(), endpoints, ..Default::default() }
+}
+
+/// Outbound clusters (and their EDS load assignments) for every imported service port,
+/// plus one per DestinationRule subset.
+pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
+    for svc in &scope.services {
+        let dr = scope.snap.destination_rule_for(&scope.proxy.namespace, svc);
+        let mut subsets: Vec<(String, BTreeMap<String, String>)> = vec![(String::new(), BTreeMap::new())];
+        for s in dr.iter().flat_map(|dr| dr.spec.subsets.iter().flatten()) {
+            subsets.push((s.name.clone(), s.labels.clone().unwrap_or_default()));
+        }
+        for port in &svc.ports {
+            for (subset, labels) in &subsets {
+                let name = outbound_cluster_name(port.port, subset, &svc.hostname);
+                let mut c = base_cluster(name.clone(), port.protocol);
+                match svc.resolution {
+                    Resolution::Static => {
+                        c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(xds_cluster::cluster::DiscoveryType::Eds as i32));
+                        c.eds_cluster_config = Some(xds_cluster::cluster::EdsClusterConfig { eds_config: Some(ads()), service_name: name.clone() });
+                        out.insert(type_url::ENDPOINT, name.clone(), &load_assignment(&name, svc, port.port, labels));
+                    }
+                    Resolution::Dns | Resolution::DnsRoundRobin => {
+                        let t = if svc.resolution == Resolution::Dns { xds_cluster::cluster::DiscoveryType::StrictDns } else { xds_cluster::cluster::DiscoveryType::LogicalDns };
+                        c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(t as i32));
+                        c.dns_lookup_family = xds_cluster::cluster::DnsLookupFamily::V4Preferred as i32;
+                        c.load_assignment = Some(load_assignment(&name, svc, port.port, labels));
+                    }
+                    Resolution::Passthrough => {
+                        c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(xds_cluster::cluster::DiscoveryType::OriginalDst as i32));
+                        c.lb_policy = xds_cluster::cluster::LbPolicy::ClusterProvided as i32;
+                    }
+                }
+                out.insert(type_url::CLUSTER, name, &c);
+            }
+        }
+    }
+}
+
+/// Where a Sidecar `defaultEndpoint` sends traffic: `127.0.0.1:PORT` and `[::1]:PORT`
+/// to loopback, `0.0.0.0:PORT` and `[::]:PORT` to the workload's own IP.
+fn default_endpoint(ep: &str, instance_ip: Option<IpAddr>) -> Option<(String, u16)> {
+    let (host, port) = ep.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_matches(['[', ']']);
+    let ip: IpAddr = host.parse().ok()?;
+    let ip = if ip.is_unspecified() { instance_ip.unwrap_or(ip) } else { ip };
+    Some((ip.to_string(), port))
+}
+
+/// Inbound listeners and clusters from the Sidecar's `ingress` listeners. Without
+/// capture (`INTERCEPTION_MODE=NONE`) each binds the workload's IP (or `ingress[].bind`)
+/// on its port and forwards to the `defaultEndpoint`.
+pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
+    let instance_ip = scope.proxy.ips.first().copied();
+    let bind_to_port = scope.proxy.interception == InterceptionMode::None;
+    for ing in scope.sidecar.iter().flat_map(|s| s.spec.ingress.iter().flatten()) {
+        let Some(port) = u16::try_from(ing.port.number.unwrap_or_default()).ok().filter(|p| *p > 0) else { continue };
+        let protocol = ing.port.protocol.as_deref().map_or_else(|| Protocol::from_port(ing.port.name.as_deref().unwrap_or(""), None), Protocol::parse);
+        let Some((ep_ip, ep_port)) = ing.default_endpoint.as_deref().and_then(|e| default_endpoint(e, instance_ip)) else { continue };
+        let bind = ing.bind.clone().filter(|b| !b.is_empty()).or_else(|| instance_ip.map(|i| i.to_string())).unwrap_or_else(|| "0.0.0.0".into());
+        let cluster_name = format!("inbound|{port}||");
+        let mut c = base_cluster(cluster_name.clone(), protocol);
+        c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(xds_cluster::cluster::DiscoveryType::Static as i32));
+        c.load_assignment = Some(xds_endpoint::ClusterLoadAssignment {
+            cluster_name: cluster_name.clone(),
+            endpoints: vec![xds_endpoint::LocalityLbEndpoints {
+                lb_endpoints: vec![xds_endpoint::LbEndpoint {
+                    host_identifier: Some(xds_endpoint::lb_endpoint::HostIdentifier::Endpoint(xds_endpoint::Endpoint {
+                        address: Some(socket_address(&ep_ip, u32::from(ep_port))),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        out.insert(type_url::CLUSTER, cluster_name.clone(), &c);
+        let name = format!("{bind}_{port}");
+        let filter = if protocol.is_http() {
+            let rc = xds_route::RouteConfiguration {
+                name: cluster_name.clone(),
+                virtual_hosts: vec![xds_route::VirtualHost {
+                    name: format!("inbound|http|{port}"),
+                    domains: vec!["*".into()],
+                    routes: vec![routes::to_cluster_route("default", &cluster_name)],
+                    ..Default::default()
+                }],
+                validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+                ..Default::default()
+            };
+            hcm(format!("inbound_{bind}_{port}"), xds_hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc))
+        } else {
+            tcp_proxy(cluster_name.clone(), cluster_name)
+        };
+        let mut l = listener(name.clone(), &bind, port, filter, bind_to_port);
+        l.traffic_direction = xds_core::TrafficDirection::Inbound as i32;
+        out.insert(type_url::LISTENER, name, &l);
+    }
+}

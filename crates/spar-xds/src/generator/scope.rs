@@ -1,0 +1,73 @@
+//! What one proxy can see: its Sidecar resource, its egress listeners and the services
+//! each imports (Sidecar `egress[].hosts`, `exportTo`).
+
+use std::sync::Arc;
+
+use spar_api::istio::sidecar::SidecarSpec;
+use spar_model::{Config, InterceptionMode, Protocol, Proxy, Service, Snapshot, host_matches};
+
+/// One egress listener: where it binds, its port (when the Sidecar fixes one), and the
+/// services it imports.
+#[derive(Debug)]
+pub struct Egress<'a> {
+    /// Bind address.
+    pub bind: String,
+    /// Fixed port and protocol (`egress[].port`).
+    pub port: Option<(u16, Protocol)>,
+    /// Imported services, by host name.
+    pub services: Vec<&'a Arc<Service>>,
+}
+
+/// A proxy's view of the snapshot.
+#[derive(Debug)]
+pub struct Scope<'a> {
+    /// The snapshot.
+    pub snap: &'a Snapshot,
+    /// The proxy.
+    pub proxy: &'a Proxy,
+    /// The Sidecar resource that applies, if any.
+    pub sidecar: Option<&'a Config<SidecarSpec>>,
+    /// Egress listeners (one default listener when no Sidecar says otherwise).
+    pub egress: Vec<Egress<'a>>,
+    /// Every imported service (union over egress listeners).
+    pub services: Vec<&'a Arc<Service>>,
+}
+
+/// Whether Sidecar egress host `pattern` (`ns/host`) imports `svc` for a proxy in `proxy_ns`.
+fn imports(pattern: &str, svc: &Service, proxy_ns: &str) -> bool {
+    let (ns, h) = pattern.split_once('/').unwrap_or(("*", pattern));
+    let ns_ok = match ns {
+        "*" => true,
+        "." => svc.namespace == proxy_ns,
+        "~" => false,
+        other => svc.namespace == other,
+    };
+    ns_ok && host_matches(h, &svc.hostname)
+}
+
+impl<'a> Scope<'a> {
+    /// Computes the scope of `proxy`.
+    pub fn new(snap: &'a Snapshot, proxy: &'a Proxy) -> Self {
+        let visible: Vec<&Arc<Service>> = snap.services.values().filter(|s| s.visible_to(&proxy.namespace)).collect();
+        let sidecar = snap.sidecar_for(proxy);
+        // Without capture, listeners bind where the Sidecar says, else on loopback as istiod does.
+        let default_bind = if proxy.interception == InterceptionMode::None { "127.0.0.1" } else { "0.0.0.0" };
+        let mut egress = Vec::new();
+        for e in sidecar.iter().flat_map(|s| s.spec.egress.iter().flatten()) {
+            let port = e.port.as_ref().and_then(|p| {
+                let n = u16::try_from(p.number?).ok()?;
+                let proto = p.protocol.as_deref().map_or_else(|| Protocol::from_port(p.name.as_deref().unwrap_or(""), None), Protocol::parse);
+                Some((n, proto))
+            });
+            let services = visible.iter().copied().filter(|s| e.hosts.iter().any(|h| imports(h, s, &proxy.namespace))).collect();
+            egress.push(Egress { bind: e.bind.clone().filter(|b| !b.is_empty()).unwrap_or_else(|| default_bind.into()), port, services });
+        }
+        if egress.is_empty() {
+            egress.push(Egress { bind: default_bind.into(), port: None, services: visible.clone() });
+        }
+        let mut services: Vec<&Arc<Service>> = egress.iter().flat_map(|e| e.services.iter().copied()).collect();
+        services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        services.dedup_by(|a, b| a.hostname == b.hostname);
+        Self { snap, proxy, sidecar, egress, services }
+    }
+}
