@@ -99,6 +99,7 @@ pub struct Harness {
     pub xds: SocketAddr,
     /// Whether proxies use delta xDS.
     pub delta: bool,
+    ips: BTreeMap<String, IpAddr>,
     children: Vec<(String, Child)>,
     echo_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -111,7 +112,69 @@ impl Harness {
         let dir = project_root().join("target/conformance").join(format!("{name}-{}-{}", if delta { "delta" } else { "sotw" }, std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("config"))?;
-        Ok(Self { dir, addrs, xds: SocketAddr::new(cp, 15010), delta, children: Vec::new(), echo_tasks: Vec::new() })
+        Ok(Self {
+            dir,
+            addrs,
+            xds: SocketAddr::new(cp, 15010),
+            delta,
+            ips: BTreeMap::new(),
+            children: Vec::new(),
+            echo_tasks: Vec::new(),
+        })
+    }
+
+    /// The IP of the pod called `name`, allocated on first use.
+    pub fn ip(&mut self, name: &str) -> IpAddr {
+        if let Some(ip) = self.ips.get(name) {
+            return *ip;
+        }
+        let ip = self.addrs.next();
+        self.ips.insert(name.to_string(), ip);
+        ip
+    }
+
+    /// Replaces every `${ip:NAME}` in `text` with the IP of pod NAME.
+    pub fn render(&mut self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(i) = rest.find("${ip:") {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 5..];
+            let Some(end) = after.find('}') else { break };
+            let ip = self.ip(&after[..end]);
+            out.push_str(&ip.to_string());
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Writes every YAML file of `conformance/cases/<case>/` into the watched directory,
+    /// with pod IPs filled in.
+    pub fn load_case(&mut self, case: &str) -> anyhow::Result<()> {
+        let dir = project_root().join("conformance/cases").join(case);
+        let mut files: Vec<_> = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.filter_map(Result::ok).map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f)?;
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let rendered = self.render(&text);
+            self.write_config(&name, &rendered)?;
+        }
+        Ok(())
+    }
+
+    /// Puts Istio's fixture `rel` (under ../shared/fixtures/istio) into the watched
+    /// directory unchanged, as `as_name`.
+    pub fn use_fixture(&self, rel: &str, as_name: &str) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(istio_fixtures().join(rel)).with_context(|| format!("reading fixture {rel}"))?;
+        self.write_config(as_name, &text)
+    }
+
+    /// A pod named `name` with its own IP.
+    pub fn pod(&mut self, name: &str, labels: &[(&str, &str)]) -> Pod {
+        let ip = self.ip(name);
+        Pod::new(name, ip, labels)
     }
 
     /// The directory spar watches.

@@ -135,9 +135,12 @@ pub fn parse_document(origin: &Origin, text: &str) -> Result<Option<Object>, Doc
         .unwrap_or_default()
         .to_string();
     let namespace = value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str).map(str::to_string);
-    let label = || match &namespace {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
+    let cluster_scoped = matches!(kind.as_str(), "Namespace");
+    let label = || match (&namespace, cluster_scoped) {
+        (_, true) => format!("{kind} {name}"),
+        (Some(ns), false) => format!("{kind} {ns}/{name}"),
+        // Objects without a namespace land in `default`, as with `kubectl apply`.
+        (None, false) => format!("{kind} default/{name}"),
     };
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
     let version = api_version.rsplit_once('/').map_or(api_version.as_str(), |(_, v)| v);

@@ -80,7 +80,8 @@ impl Validator {
     fn regex(&mut self, path: &str, m: &Value) {
         if let Some(r) = str_of(m, "regex") {
             if let Err(e) = regex::Regex::new(r) {
-                self.err(format!("{path}.regex"), format!("invalid regular expression {r:?}: {e}"));
+                let reason = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+                self.err(format!("{path}.regex"), format!("invalid regular expression {r:?}: {reason}"));
             }
         }
         if let Some(obj) = m.as_object() {

@@ -117,5 +117,5 @@ fn type_errors_name_file_line_and_field() {
     let e = &parsed.errors[0];
     assert_eq!(e.origin.to_string(), "dir/vs.yaml:15", "{e}");
     assert!(e.reason.contains("weight"), "{e}");
-    assert_eq!(e.resource.as_deref(), Some("VirtualService bad"));
+    assert_eq!(e.resource.as_deref(), Some("VirtualService default/bad"));
 }

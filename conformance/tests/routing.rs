@@ -1,0 +1,233 @@
+//! Routing conformance: real `spar serve`, real stock Envoys, real HTTP requests; the
+//! assertions are on which backend received each request. Every case runs over SotW and
+//! over delta xDS.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use spar_conformance::{Envoy, Harness, http_request, tally, wait_for};
+
+/// Convergence bound for one config change (debounce + push + Envoy apply). Generous on
+/// purpose: these machines are shared; speed is measured by benchmarks, not here.
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Client pod plus backends v1/v2 behind sidecars, as the `header-match`,
+/// `weighted-split` and `broken-document` cases describe them.
+async fn start_backend_mesh(h: &mut Harness) -> anyhow::Result<Envoy> {
+    h.start_spar(&[]).await?;
+    for v in ["v1", "v2"] {
+        let pod = h.pod(&format!("backend-{v}"), &[("app", "backend"), ("version", v)]);
+        h.start_echo(&pod.name, SocketAddr::new(pod.ip, 8080)).await?;
+        h.start_sidecar(&pod).await?;
+    }
+    let client = h.pod("client", &[("app", "client")]);
+    h.start_sidecar(&client).await
+}
+
+fn outbound(client: &Envoy) -> SocketAddr {
+    SocketAddr::new(client.ip, 9080)
+}
+
+/// Waits until `host` answers through the client's sidecar with `backend`.
+async fn wait_routed(client: &Envoy, host: &str, headers: &[(&str, &str)], backend: &str) -> anyhow::Result<()> {
+    wait_for(CONVERGE, &format!("{host} to route to {backend}"), || async {
+        http_request(outbound(client), "GET", host, "/", headers).await.is_ok_and(|r| r.backend() == Some(backend))
+    })
+    .await
+}
+
+async fn header_match(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("header-match", delta)?;
+    h.load_case("header-match")?;
+    let client = start_backend_mesh(&mut h).await?;
+    wait_routed(&client, "backend", &[], "backend-v1").await?;
+    let to = outbound(&client);
+    let who = |method: &'static str, host: &'static str, path: &'static str, headers: &'static [(&'static str, &'static str)]| async move {
+        http_request(to, method, host, path, headers).await.map(|r| r.backend().unwrap_or("none").to_string())
+    };
+    assert_eq!(who("GET", "backend", "/", &[("x-canary", "yes")]).await?, "backend-v2", "exact header match");
+    assert_eq!(who("GET", "backend", "/", &[("x-canary", "no")]).await?, "backend-v1", "header value differs");
+    assert_eq!(who("POST", "backend", "/v2/a", &[]).await?, "backend-v2", "prefix + method");
+    assert_eq!(who("GET", "backend", "/v2/a", &[]).await?, "backend-v1", "prefix without the method");
+    assert_eq!(who("GET", "backend", "/items/42?debug=1", &[]).await?, "backend-v2", "regex + query");
+    assert_eq!(who("GET", "backend", "/items/x?debug=1", &[]).await?, "backend-v1", "regex does not match");
+    // Every name istiod puts in the virtual host's domains reaches the service.
+    for host in ["backend.default.svc.cluster.local", "backend.default", "backend.default.svc", "backend:9080"] {
+        assert_eq!(who("GET", host, "/", &[("x-canary", "yes")]).await?, "backend-v2", "host {host}");
+    }
+    h.check_alive()
+}
+
+async fn weighted_split(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("weighted-split", delta)?;
+    h.load_case("weighted-split")?;
+    let client = start_backend_mesh(&mut h).await?;
+    wait_for(CONVERGE, "backend to answer", || async {
+        http_request(outbound(&client), "GET", "backend", "/", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+    let n = 400;
+    let counts = tally(outbound(&client), "backend", "/", &[], n).await?;
+    let v1 = counts.get("backend-v1").copied().unwrap_or(0);
+    let v2 = counts.get("backend-v2").copied().unwrap_or(0);
+    assert_eq!(v1 + v2, n, "every request answered by a backend: {counts:?}");
+    // 75/25 over 400 requests: v2 ~ Binomial(400, 0.25), mean 100, sd ~8.7; ±4 sd.
+    assert!((65..=135).contains(&v2), "expected about 100 of {n} on v2, got {counts:?}");
+    h.check_alive()
+}
+
+async fn bookinfo(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("bookinfo", delta)?;
+    h.load_case("bookinfo")?;
+    h.use_fixture("samples/bookinfo/platform/kube/bookinfo.yaml", "bookinfo.yaml")?;
+    h.use_fixture("samples/bookinfo/networking/destination-rule-all.yaml", "destination-rule-all.yaml")?;
+    h.use_fixture("samples/bookinfo/networking/virtual-service-all-v1.yaml", "virtual-service.yaml")?;
+    h.start_spar(&[]).await?;
+    for v in ["v1", "v2", "v3"] {
+        let pod = h.pod(&format!("reviews-{v}"), &[("app", "reviews"), ("version", v)]);
+        h.start_echo(&pod.name, SocketAddr::new(pod.ip, 8080)).await?;
+        h.start_sidecar(&pod).await?;
+    }
+    let pp = h.pod("productpage-v1", &[("app", "productpage"), ("version", "v1")]);
+    let client = h.start_sidecar(&pp).await?;
+    let to = outbound(&client);
+
+    // virtual-service-all-v1: every request to reviews lands on v1.
+    wait_routed(&client, "reviews", &[], "reviews-v1").await?;
+    let counts = tally(to, "reviews", "/reviews/0", &[], 30).await?;
+    assert_eq!(counts.get("reviews-v1"), Some(&30), "{counts:?}");
+
+    // virtual-service-reviews-test-v2: jason sees v2, everyone else v1.
+    h.use_fixture("samples/bookinfo/networking/virtual-service-reviews-test-v2.yaml", "virtual-service.yaml")?;
+    wait_routed(&client, "reviews", &[("end-user", "jason")], "reviews-v2").await?;
+    let counts = tally(to, "reviews", "/", &[("end-user", "jason")], 20).await?;
+    assert_eq!(counts.get("reviews-v2"), Some(&20), "{counts:?}");
+    let counts = tally(to, "reviews", "/", &[("end-user", "someone")], 20).await?;
+    assert_eq!(counts.get("reviews-v1"), Some(&20), "{counts:?}");
+
+    // virtual-service-reviews-50-v3: half v1, half v3, never v2.
+    h.use_fixture("samples/bookinfo/networking/virtual-service-reviews-50-v3.yaml", "virtual-service.yaml")?;
+    wait_routed(&client, "reviews", &[("end-user", "jason")], "reviews-v3").await?;
+    let n = 300;
+    let counts = tally(to, "reviews", "/", &[], n).await?;
+    let v3 = counts.get("reviews-v3").copied().unwrap_or(0);
+    assert_eq!(counts.get("reviews-v1").copied().unwrap_or(0) + v3, n, "{counts:?}");
+    // Binomial(300, 0.5): sd ~8.7; ±4 sd around 150.
+    assert!((115..=185).contains(&v3), "expected about 150 of {n} on v3: {counts:?}");
+    h.check_alive()
+}
+
+async fn live_edit(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("live-edit", delta)?;
+    h.load_case("weighted-split")?;
+    let all_to = |subset: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [backend]\n  http:\n  - route: [{{destination: {{host: backend, subset: {subset}}}}}]\n"
+        )
+    };
+    h.write_config("routes.yaml", &all_to("v1"))?;
+    let client = start_backend_mesh(&mut h).await?;
+    wait_routed(&client, "backend", &[], "backend-v1").await?;
+    let before = client.stat("server.uptime").await?;
+    h.write_config("routes.yaml", &all_to("v2"))?;
+    wait_routed(&client, "backend", &[], "backend-v2").await?;
+    let counts = tally(outbound(&client), "backend", "/", &[], 20).await?;
+    assert_eq!(counts.get("backend-v2"), Some(&20), "{counts:?}");
+    // A removed file takes its routes away: the service falls back to its default route.
+    std::fs::remove_file(h.config_dir().join("routes.yaml"))?;
+    wait_for(CONVERGE, "default route over both versions", || async {
+        tally(outbound(&client), "backend", "/", &[], 20).await.is_ok_and(|c| c.len() == 2)
+    })
+    .await?;
+    assert!(client.stat("server.uptime").await? >= before, "Envoy was not restarted");
+    assert!(!h.spar_log().contains("panicked"));
+    h.check_alive()
+}
+
+async fn broken_document(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("broken-document", delta)?;
+    h.load_case("broken-document")?;
+    let client = start_backend_mesh(&mut h).await?;
+    // The good VirtualService between the broken ones is served.
+    wait_routed(&client, "backend", &[], "backend-v2").await?;
+    let counts = tally(outbound(&client), "backend", "/", &[], 20).await?;
+    assert_eq!(counts.get("backend-v2"), Some(&20), "{counts:?}");
+    // Each broken document is reported with its file:line and resource.
+    let log = h.spar_log();
+    let file = h.config_dir().join("routes.yaml");
+    let file = file.to_string_lossy();
+    // Type errors point at the offending line, validation errors at the document, and a
+    // YAML syntax error at the line where the parser gave up (the end of the document).
+    for (line, what) in [(10, "VirtualService default/broken-type"), (20, "VirtualService default/broken-regex"), (30, "")] {
+        let at = format!("{file}:{line} ");
+        assert!(
+            log.lines().any(|l| l.contains(&at) && l.contains(what) && l.contains("rejected")),
+            "no rejection naming {at} {what} in spar's log:\n{log}"
+        );
+    }
+    assert!(log.contains("weight") && log.contains("invalid regular expression"), "{log}");
+    h.check_alive()
+}
+
+/// The client's Sidecar, optionally with a second egress listener bound to an address
+/// this host does not have: valid Istio config that only Envoy can find wrong (the bind
+/// fails), the classic "works on my machine" NACK.
+fn client_sidecar(h: &mut Harness, bad_bind: bool) -> String {
+    let ip = h.ip("client");
+    let mut s = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: client}}\nspec:\n  workloadSelector: {{labels: {{app: client}}}}\n  egress:\n  - {{bind: \"{ip}\", hosts: [\"./*\"]}}\n"
+    );
+    if bad_bind {
+        s.push_str("  - {bind: \"192.0.2.1\", port: {number: 9999, protocol: HTTP, name: http}, hosts: [\"./*\"]}\n");
+    }
+    s
+}
+
+async fn nack(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("nack", delta)?;
+    h.load_case("weighted-split")?;
+    let to = |subset: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [backend]\n  http:\n  - route: [{{destination: {{host: backend, subset: {subset}}}}}]\n"
+        )
+    };
+    h.write_config("routes.yaml", &to("v2"))?;
+    let client = start_backend_mesh(&mut h).await?;
+    wait_routed(&client, "backend", &[], "backend-v2").await?;
+
+    // Envoy cannot bind the new listener and rejects the update; spar logs the NACK with
+    // the proxy, the type, the resources and Envoy's reason, and carries on.
+    let sidecar = client_sidecar(&mut h, true);
+    h.write_config("sidecar-client.yaml", &sidecar)?;
+    wait_for(CONVERGE, "spar to log the NACK", || async { h.spar_log().contains("NACK") }).await?;
+    let log = h.spar_log();
+    let nack_line = log.lines().find(|l| l.contains("NACK")).unwrap_or_default();
+    assert!(nack_line.contains(&format!("~{}~", client.ip)) && nack_line.contains("lds"), "NACK names the proxy and type: {nack_line}");
+    assert!(nack_line.contains("192.0.2.1"), "NACK carries Envoy's error detail: {nack_line}");
+    // The proxy keeps serving with its last good listeners and routes.
+    let counts = tally(outbound(&client), "backend", "/", &[], 20).await?;
+    assert_eq!(counts.get("backend-v2"), Some(&20), "last good config still applies: {counts:?}");
+
+    // Spar is not stuck on the rejected version: fixing the Sidecar and changing the
+    // routes converges.
+    let sidecar = client_sidecar(&mut h, false);
+    h.write_config("sidecar-client.yaml", &sidecar)?;
+    h.write_config("routes.yaml", &to("v1"))?;
+    wait_routed(&client, "backend", &[], "backend-v1").await?;
+    h.check_alive()
+}
+
+macro_rules! both_variants {
+    ($($case:ident),* $(,)?) => {
+        mod sotw {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> anyhow::Result<()> { super::$case(false).await } )*
+        }
+        mod delta {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> anyhow::Result<()> { super::$case(true).await } )*
+        }
+    };
+}
+
+both_variants!(header_match, weighted_split, bookinfo, live_edit, broken_document, nack);
