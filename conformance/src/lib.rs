@@ -41,11 +41,7 @@ pub fn envoy_bin() -> anyhow::Result<PathBuf> {
         return Ok(PathBuf::from(p));
     }
     let p = project_root().join(".venv/bin/envoy");
-    if p.exists() {
-        Ok(p)
-    } else {
-        bail!("no Envoy at {}; run `make setup` (or set ENVOY_BIN)", p.display())
-    }
+    if p.exists() { Ok(p) } else { bail!("no Envoy at {}; run `make setup` (or set ENVOY_BIN)", p.display()) }
 }
 
 /// The `spar` binary: `$SPAR_BIN`, else the one next to the running executable's
@@ -109,7 +105,11 @@ impl Harness {
     pub fn new(name: &str, delta: bool) -> anyhow::Result<Self> {
         let mut addrs = Addresses::new();
         let cp = addrs.next();
-        let dir = project_root().join("target/conformance").join(format!("{name}-{}-{}", if delta { "delta" } else { "sotw" }, std::process::id()));
+        let dir = project_root().join("target/conformance").join(format!(
+            "{name}-{}-{}",
+            if delta { "delta" } else { "sotw" },
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("config"))?;
         Ok(Self {
@@ -153,7 +153,11 @@ impl Harness {
     /// with pod IPs filled in.
     pub fn load_case(&mut self, case: &str) -> anyhow::Result<()> {
         let dir = project_root().join("conformance/cases").join(case);
-        let mut files: Vec<_> = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.filter_map(Result::ok).map(|e| e.path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
         files.sort();
         for f in files {
             let text = std::fs::read_to_string(&f)?;
@@ -167,7 +171,8 @@ impl Harness {
     /// Puts Istio's fixture `rel` (under ../shared/fixtures/istio) into the watched
     /// directory unchanged, as `as_name`.
     pub fn use_fixture(&self, rel: &str, as_name: &str) -> anyhow::Result<()> {
-        let text = std::fs::read_to_string(istio_fixtures().join(rel)).with_context(|| format!("reading fixture {rel}"))?;
+        let text =
+            std::fs::read_to_string(istio_fixtures().join(rel)).with_context(|| format!("reading fixture {rel}"))?;
         self.write_config(as_name, &text)
     }
 
@@ -206,7 +211,8 @@ impl Harness {
         cmd.stdout(Stdio::null()).stderr(log).kill_on_drop(true);
         let child = cmd.spawn().context("starting spar")?;
         self.children.push(("spar".into(), child));
-        wait_for(Duration::from_secs(20), "spar's xDS port", || async { TcpStream::connect(self.xds).await.is_ok() }).await
+        wait_for(Duration::from_secs(20), "spar's xDS port", || async { TcpStream::connect(self.xds).await.is_ok() })
+            .await
     }
 
     /// Spar's log so far.
@@ -371,7 +377,13 @@ impl HttpResponse {
 }
 
 /// Sends one HTTP/1.1 request (Connection: close) and reads the whole response.
-pub async fn http_request(addr: SocketAddr, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<HttpResponse> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
@@ -397,7 +409,11 @@ fn parse_response(buf: &[u8]) -> anyhow::Result<HttpResponse> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let body = if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) { dechunk(body) } else { body.to_string() };
+    let body = if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok(HttpResponse { status, headers, body })
 }
 
@@ -433,7 +449,13 @@ where
 }
 
 /// Counts which backend answered each of `n` requests.
-pub async fn tally(addr: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)], n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+pub async fn tally(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> anyhow::Result<BTreeMap<String, usize>> {
     let mut out = BTreeMap::new();
     for _ in 0..n {
         let r = http_request(addr, "GET", host, path, headers).await?;

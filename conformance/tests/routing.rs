@@ -42,7 +42,10 @@ async fn header_match(delta: bool) -> anyhow::Result<()> {
     let client = start_backend_mesh(&mut h).await?;
     wait_routed(&client, "backend", &[], "backend-v1").await?;
     let to = outbound(&client);
-    let who = |method: &'static str, host: &'static str, path: &'static str, headers: &'static [(&'static str, &'static str)]| async move {
+    let who = |method: &'static str,
+               host: &'static str,
+               path: &'static str,
+               headers: &'static [(&'static str, &'static str)]| async move {
         http_request(to, method, host, path, headers).await.map(|r| r.backend().unwrap_or("none").to_string())
     };
     assert_eq!(who("GET", "backend", "/", &[("x-canary", "yes")]).await?, "backend-v2", "exact header match");
@@ -158,7 +161,9 @@ async fn broken_document(delta: bool) -> anyhow::Result<()> {
     let file = file.to_string_lossy();
     // Type errors point at the offending line, validation errors at the document, and a
     // YAML syntax error at the line where the parser gave up (the end of the document).
-    for (line, what) in [(10, "VirtualService default/broken-type"), (20, "VirtualService default/broken-regex"), (30, "")] {
+    for (line, what) in
+        [(10, "VirtualService default/broken-type"), (20, "VirtualService default/broken-regex"), (30, "")]
+    {
         let at = format!("{file}:{line} ");
         assert!(
             log.lines().any(|l| l.contains(&at) && l.contains(what) && l.contains("rejected")),
@@ -202,7 +207,10 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
     wait_for(CONVERGE, "spar to log the NACK", || async { h.spar_log().contains("NACK") }).await?;
     let log = h.spar_log();
     let nack_line = log.lines().find(|l| l.contains("NACK")).unwrap_or_default();
-    assert!(nack_line.contains(&format!("~{}~", client.ip)) && nack_line.contains("lds"), "NACK names the proxy and type: {nack_line}");
+    assert!(
+        nack_line.contains(&format!("~{}~", client.ip)) && nack_line.contains("lds"),
+        "NACK names the proxy and type: {nack_line}"
+    );
     assert!(nack_line.contains("192.0.2.1"), "NACK carries Envoy's error detail: {nack_line}");
     // The proxy keeps serving with its last good listeners and routes.
     let counts = tally(outbound(&client), "backend", "/", &[], 20).await?;

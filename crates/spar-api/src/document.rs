@@ -128,12 +128,8 @@ pub fn parse_document(origin: &Origin, text: &str) -> Result<Option<Object>, Doc
             }));
         }
     };
-    let name = value
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let name =
+        value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_string();
     let namespace = value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str).map(str::to_string);
     let cluster_scoped = matches!(kind.as_str(), "Namespace");
     let label = || match (&namespace, cluster_scoped) {
@@ -151,7 +147,10 @@ pub fn parse_document(origin: &Origin, text: &str) -> Result<Option<Object>, Doc
         return Err(DocOutcome::Error(DocError {
             origin: origin.clone(),
             resource: Some(label()),
-            reason: format!("apiVersion {api_version} is not served for {kind}; served versions: {}", k.versions().join(", ")),
+            reason: format!(
+                "apiVersion {api_version} is not served for {kind}; served versions: {}",
+                k.versions().join(", ")
+            ),
         }));
     }
     if name.is_empty() {

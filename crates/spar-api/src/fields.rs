@@ -36,7 +36,9 @@ fn walk(v: &Value, path: String, out: &mut Vec<String>) {
 /// shortest uncovered prefix, so `spec.http[].fault` stands for all of its leaves.
 pub fn unacted(value: &Value, acted_on: &[&str]) -> Vec<String> {
     let covered = |p: &str| {
-        acted_on.iter().any(|a| p == *a || p.strip_prefix(a).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('[')))
+        acted_on
+            .iter()
+            .any(|a| p == *a || p.strip_prefix(a).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('[')))
     };
     let mut out: Vec<String> = Vec::new();
     for p in set_paths(value) {
@@ -46,7 +48,8 @@ pub fn unacted(value: &Value, acted_on: &[&str]) -> Vec<String> {
         // Shorten to the first uncovered prefix.
         let mut cut = p.len();
         for (i, c) in p.char_indices() {
-            if (c == '.' || c == '[') && i > 0 && !covered(&p[..i]) && !acted_on.iter().any(|a| a.starts_with(&p[..i])) {
+            if (c == '.' || c == '[') && i > 0 && !covered(&p[..i]) && !acted_on.iter().any(|a| a.starts_with(&p[..i]))
+            {
                 cut = i;
                 break;
             }

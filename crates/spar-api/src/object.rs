@@ -130,7 +130,8 @@ impl Meta {
                 })
                 .unwrap_or_default()
         };
-        let namespace = if kind.is_namespaced() { s("namespace").unwrap_or_else(|| "default".into()) } else { String::new() };
+        let namespace =
+            if kind.is_namespaced() { s("namespace").unwrap_or_else(|| "default".into()) } else { String::new() };
         Self {
             kind,
             api_version,

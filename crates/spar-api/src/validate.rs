@@ -80,7 +80,8 @@ impl Validator {
     fn regex(&mut self, path: &str, m: &Value) {
         if let Some(r) = str_of(m, "regex") {
             if let Err(e) = regex::Regex::new(r) {
-                let reason = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+                let reason =
+                    e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
                 self.err(format!("{path}.regex"), format!("invalid regular expression {r:?}: {reason}"));
             }
         }
@@ -141,7 +142,12 @@ impl Validator {
         for (i, r) in arr(spec, "http") {
             let p = format!("spec.http[{i}]");
             let has_route = r.get("route").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
-            let actions = [has_route, r.get("redirect").is_some(), r.get("directResponse").is_some(), r.get("delegate").is_some()];
+            let actions = [
+                has_route,
+                r.get("redirect").is_some(),
+                r.get("directResponse").is_some(),
+                r.get("delegate").is_some(),
+            ];
             if actions.iter().filter(|a| **a).count() == 0 {
                 self.err(&p, "one of route, redirect, directResponse or delegate is required");
             }
@@ -261,7 +267,9 @@ impl Validator {
     }
 
     fn sidecar(&mut self, spec: &Value) {
-        let has_any = ["egress", "ingress", "outboundTrafficPolicy", "inboundConnectionPool"].iter().any(|k| spec.get(*k).is_some());
+        let has_any = ["egress", "ingress", "outboundTrafficPolicy", "inboundConnectionPool"]
+            .iter()
+            .any(|k| spec.get(*k).is_some());
         if !has_any {
             self.err("spec", "sidecar: empty configuration provided");
         }
@@ -279,7 +287,10 @@ impl Validator {
                             self.host(&format!("{p}.hosts[{j}]"), host, true);
                         }
                     }
-                    _ => self.err(format!("{p}.hosts[{j}]"), format!("{h:?} must be namespace/host (use */ for any namespace, ./ for this one)")),
+                    _ => self.err(
+                        format!("{p}.hosts[{j}]"),
+                        format!("{h:?} must be namespace/host (use */ for any namespace, ./ for this one)"),
+                    ),
                 }
             }
             if let Some(port) = e.get("port") {
@@ -295,7 +306,10 @@ impl Validator {
                         port.parse::<u16>().is_ok() && h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok()
                     });
                     if !ok {
-                        self.err(format!("{p}.defaultEndpoint"), format!("{ep:?} must be IP:PORT (127.0.0.1:PORT, 0.0.0.0:PORT, ...) or unix:///path"));
+                        self.err(
+                            format!("{p}.defaultEndpoint"),
+                            format!("{ep:?} must be IP:PORT (127.0.0.1:PORT, 0.0.0.0:PORT, ...) or unix:///path"),
+                        );
                     }
                 }
             }

@@ -9,7 +9,11 @@ fn fixtures() -> PathBuf {
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("fixture directory is readable").filter_map(Result::ok).map(|e| e.path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("fixture directory is readable")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -60,7 +64,11 @@ fn every_valid_validation_document_is_accepted() {
         let errors: Vec<String> = parsed
             .errors
             .iter()
-            .filter(|e| !(e.origin.file.ends_with("serviceentry-valid.yaml") && e.origin.line == 11 && e.reason.contains("unexpected ':'")))
+            .filter(|e| {
+                !(e.origin.file.ends_with("serviceentry-valid.yaml")
+                    && e.origin.line == 11
+                    && e.reason.contains("unexpected ':'"))
+            })
             .map(ToString::to_string)
             .collect();
         assert!(errors.is_empty(), "{}", errors.join("\n"));
@@ -100,12 +108,15 @@ fn invalid_validation_documents_are_rejected_with_a_location() {
 #[test]
 fn all_versions_are_accepted() {
     for v in ["v1", "v1beta1", "v1alpha3"] {
-        let text = format!("apiVersion: networking.istio.io/{v}\nkind: VirtualService\nmetadata: {{name: r}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n");
+        let text = format!(
+            "apiVersion: networking.istio.io/{v}\nkind: VirtualService\nmetadata: {{name: r}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n"
+        );
         let parsed = parse_file("mem.yaml", &text);
         assert_eq!(parsed.objects.len(), 1, "{v}: {:?}", parsed.errors);
         assert_eq!(parsed.objects[0].meta.kind, Kind::VirtualService);
     }
-    let parsed = parse_file("mem.yaml", "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: r}\n");
+    let parsed =
+        parse_file("mem.yaml", "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: r}\n");
     assert_eq!(parsed.errors.len(), 1);
 }
 

@@ -79,7 +79,10 @@ impl Proxy {
         let get = |k: &str| meta.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
         let namespace = get("NAMESPACE").unwrap_or(pod_ns).to_string();
         if namespace.is_empty() {
-            return Err(ProxyError::BadMetadata { field: "NAMESPACE", reason: "missing, and the node id has none".into() });
+            return Err(ProxyError::BadMetadata {
+                field: "NAMESPACE",
+                reason: "missing, and the node id has none".into(),
+            });
         }
         let mut ips = Vec::new();
         for s in get("INSTANCE_IPS").unwrap_or(ip).split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -95,7 +98,10 @@ impl Proxy {
                 m.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect()
             }
             Some(other) => {
-                return Err(ProxyError::BadMetadata { field: "LABELS", reason: format!("expected a map, got {other}") });
+                return Err(ProxyError::BadMetadata {
+                    field: "LABELS",
+                    reason: format!("expected a map, got {other}"),
+                });
             }
         };
         let interception = match get("INTERCEPTION_MODE").unwrap_or("REDIRECT") {
@@ -142,7 +148,8 @@ mod tests {
             "NAMESPACE": "default", "LABELS": {"app": "reviews", "version": "v1"},
             "SERVICE_ACCOUNT": "bookinfo-reviews", "INSTANCE_IPS": "127.0.1.2,::1", "INTERCEPTION_MODE": "NONE"
         });
-        let p = Proxy::from_node("sidecar~127.0.1.2~reviews-v1.default~default.svc.cluster.local", &meta).expect("valid node");
+        let p = Proxy::from_node("sidecar~127.0.1.2~reviews-v1.default~default.svc.cluster.local", &meta)
+            .expect("valid node");
         assert_eq!(p.kind, ProxyKind::Sidecar);
         assert_eq!(p.name, "reviews-v1");
         assert_eq!(p.labels["version"], "v1");

@@ -124,7 +124,8 @@ impl Snapshot {
         for obj in &objects {
             match &obj.resource {
                 Resource::VirtualService(s) => {
-                    let hosts = s.hosts.iter().flatten().map(|h| host::resolve(h, &obj.meta.namespace, &mesh.domain)).collect();
+                    let hosts =
+                        s.hosts.iter().flatten().map(|h| host::resolve(h, &obj.meta.namespace, &mesh.domain)).collect();
                     snap.virtual_services.push((config(obj, s), hosts));
                 }
                 Resource::DestinationRule(s) => {
@@ -159,7 +160,14 @@ impl Snapshot {
 
         for (obj, svc) in &k8s_services {
             let key = (obj.meta.namespace.clone(), obj.meta.name.clone());
-            let s = kube_service(obj, svc, endpoints.get(&key).copied(), slices.get(&key).map(Vec::as_slice), &workload_entries, mesh);
+            let s = kube_service(
+                obj,
+                svc,
+                endpoints.get(&key).copied(),
+                slices.get(&key).map(Vec::as_slice),
+                &workload_entries,
+                mesh,
+            );
             snap.insert_service(s);
         }
         for (obj, se) in &service_entries {
@@ -175,7 +183,10 @@ impl Snapshot {
             self.diagnostics.push(Diagnostic {
                 origin: s.origin.clone(),
                 resource: format!("{} {}/{}", "Service", s.namespace, s.name),
-                message: format!("host {} is already defined at {}; this definition is ignored", s.hostname, existing.origin),
+                message: format!(
+                    "host {} is already defined at {}; this definition is ignored",
+                    s.hostname, existing.origin
+                ),
             });
             return;
         }
@@ -185,13 +196,22 @@ impl Snapshot {
     /// The Sidecar that applies to `proxy`: one in its namespace whose selector matches
     /// its labels, else its namespace's selector-less one, else the root namespace's.
     pub fn sidecar_for<'a>(&'a self, proxy: &'a Proxy) -> Option<&'a Config<SidecarSpec>> {
-        fn in_ns<'a>(sidecars: &'a [Config<SidecarSpec>], ns: &'a str) -> impl Iterator<Item = &'a Config<SidecarSpec>> + 'a {
+        fn in_ns<'a>(
+            sidecars: &'a [Config<SidecarSpec>],
+            ns: &'a str,
+        ) -> impl Iterator<Item = &'a Config<SidecarSpec>> + 'a {
             sidecars.iter().filter(move |s| s.namespace == ns)
         }
         let selected = in_ns(&self.sidecars, &proxy.namespace).find(|s| {
-            s.spec.workload_selector.as_ref().and_then(|w| w.labels.as_ref()).is_some_and(|l| !l.is_empty() && selects(l, &proxy.labels))
+            s.spec
+                .workload_selector
+                .as_ref()
+                .and_then(|w| w.labels.as_ref())
+                .is_some_and(|l| !l.is_empty() && selects(l, &proxy.labels))
         });
-        let no_selector = |s: &&Config<SidecarSpec>| s.spec.workload_selector.as_ref().and_then(|w| w.labels.as_ref()).is_none_or(BTreeMap::is_empty);
+        let no_selector = |s: &&Config<SidecarSpec>| {
+            s.spec.workload_selector.as_ref().and_then(|w| w.labels.as_ref()).is_none_or(BTreeMap::is_empty)
+        };
         selected
             .or_else(|| in_ns(&self.sidecars, &proxy.namespace).find(no_selector))
             .or_else(|| in_ns(&self.sidecars, &self.mesh.root_namespace).find(no_selector))
@@ -222,7 +242,11 @@ impl Snapshot {
 
     /// VirtualServices visible from `proxy_ns` that bind to sidecars (`mesh`) and whose
     /// hosts match `hostname`, oldest first.
-    pub fn virtual_services_for<'a>(&'a self, proxy_ns: &'a str, hostname: &'a str) -> impl Iterator<Item = &'a Config<VirtualServiceSpec>> + 'a {
+    pub fn virtual_services_for<'a>(
+        &'a self,
+        proxy_ns: &'a str,
+        hostname: &'a str,
+    ) -> impl Iterator<Item = &'a Config<VirtualServiceSpec>> + 'a {
         self.virtual_services.iter().filter_map(move |(c, hosts)| {
             let visible = crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns);
             let mesh_bound = c.spec.gateways.as_ref().is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
@@ -258,7 +282,12 @@ fn kube_service(
         if let Some(n) = named {
             named_targets.insert(port, n);
         }
-        ports.push(ServicePort { protocol: Protocol::from_port(&name, p.app_protocol.as_deref()), name, port, target_port: num });
+        ports.push(ServicePort {
+            protocol: Protocol::from_port(&name, p.app_protocol.as_deref()),
+            name,
+            port,
+            target_port: num,
+        });
     }
     ports.sort_by_key(|p| p.port);
     let mut eps = Vec::new();
@@ -268,7 +297,9 @@ fn kube_service(
         for subset in e.subsets.iter().flatten() {
             let mut port_map = BTreeMap::new();
             for sp in &ports {
-                let found = subset.ports.iter().flatten().find(|p| p.name.clone().unwrap_or_default() == sp.name || subset.ports.as_ref().is_some_and(|v| v.len() == 1));
+                let found = subset.ports.iter().flatten().find(|p| {
+                    p.name.clone().unwrap_or_default() == sp.name || subset.ports.as_ref().is_some_and(|v| v.len() == 1)
+                });
                 if let Some(p) = found.and_then(|p| u16_port(i64::from(p.port))) {
                     port_map.insert(sp.port, p);
                 }
@@ -336,7 +367,12 @@ fn kube_service(
         endpoints: eps,
         resolution: Resolution::Static,
         mesh_external: false,
-        export_to: obj.meta.annotations.get("networking.istio.io/exportTo").map(|s| s.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_default(),
+        export_to: obj
+            .meta
+            .annotations
+            .get("networking.istio.io/exportTo")
+            .map(|s| s.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default(),
         origin: obj.origin.clone(),
     }
 }
@@ -353,7 +389,10 @@ fn workload_endpoint(
     let mut port_map = BTreeMap::new();
     for sp in ports {
         let by_name = we.ports.as_ref().and_then(|m| m.get(&sp.name)).and_then(|p| u16_port(*p));
-        let by_target_name = named_targets.get(&sp.port).and_then(|n| we.ports.as_ref().and_then(|m| m.get(n))).and_then(|p| u16_port(*p));
+        let by_target_name = named_targets
+            .get(&sp.port)
+            .and_then(|n| we.ports.as_ref().and_then(|m| m.get(n)))
+            .and_then(|p| u16_port(*p));
         port_map.insert(sp.port, by_name.or(by_target_name).or(sp.target_port).unwrap_or(sp.port));
     }
     Endpoint {
@@ -368,7 +407,11 @@ fn workload_endpoint(
     }
 }
 
-fn service_entry_services(obj: &Object, se: &ServiceEntrySpec, workload_entries: &[(&Object, Arc<WorkloadEntrySpec>)]) -> Vec<Service> {
+fn service_entry_services(
+    obj: &Object,
+    se: &ServiceEntrySpec,
+    workload_entries: &[(&Object, Arc<WorkloadEntrySpec>)],
+) -> Vec<Service> {
     let ns = &obj.meta.namespace;
     let mut ports: Vec<ServicePort> = se
         .ports
@@ -419,7 +462,10 @@ fn service_entry_services(obj: &Object, se: &ServiceEntrySpec, workload_entries:
         .map(|h| {
             let mut endpoints = eps.clone();
             // DNS resolution without endpoints resolves the host itself.
-            if endpoints.is_empty() && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) && !h.starts_with('*') {
+            if endpoints.is_empty()
+                && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+                && !h.starts_with('*')
+            {
                 endpoints.push(Endpoint {
                     address: h.clone(),
                     ports: ports.iter().map(|p| (p.port, p.target_port.unwrap_or(p.port))).collect(),

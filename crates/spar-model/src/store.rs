@@ -85,11 +85,9 @@ impl Store {
                 Entry::Vacant(e) => {
                     e.insert(obj);
                 }
-                Entry::Occupied(e) => dups.push(Duplicate {
-                    key: obj.key(),
-                    kept: e.get().origin.clone(),
-                    dropped: obj.origin.clone(),
-                }),
+                Entry::Occupied(e) => {
+                    dups.push(Duplicate { key: obj.key(), kept: e.get().origin.clone(), dropped: obj.origin.clone() })
+                }
             }
         }
         (seen.into_values().collect(), dups)

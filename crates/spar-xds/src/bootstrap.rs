@@ -132,7 +132,8 @@ mod tests {
         assert_eq!(b["node"]["metadata"]["LABELS"]["app"], "frontend");
         assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "DELTA_GRPC");
         // The node the bootstrap describes is one the server understands.
-        let p = Proxy::from_node(b["node"]["id"].as_str().unwrap_or_default(), &b["node"]["metadata"]).expect("round trip");
+        let p =
+            Proxy::from_node(b["node"]["id"].as_str().unwrap_or_default(), &b["node"]["metadata"]).expect("round trip");
         assert_eq!(p.service_account, "frontend");
     }
 

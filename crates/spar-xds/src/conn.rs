@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-    Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
 };
 
 use crate::resources::{ProxyResources, TypeResources, content_version, type_url};
@@ -182,7 +181,14 @@ impl Connection {
         let first = !state.requested;
         state.requested = true;
         if !req.response_nonce.is_empty() {
-            record_ack_or_nack(state, &type_url, &req.version_info, &req.response_nonce, req.error_detail.as_ref(), &mut self.events);
+            record_ack_or_nack(
+                state,
+                &type_url,
+                &req.version_info,
+                &req.response_nonce,
+                req.error_detail.as_ref(),
+                &mut self.events,
+            );
         }
         // In SotW every request carries the full list of names it wants.
         let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
@@ -209,7 +215,14 @@ impl Connection {
                 self.events.push(Event::StaleNonce { type_url: type_url.clone() });
             } else {
                 let version = state.sent_version.clone().unwrap_or_default();
-                record_ack_or_nack(state, &type_url, &version, &req.response_nonce, req.error_detail.as_ref(), &mut self.events);
+                record_ack_or_nack(
+                    state,
+                    &type_url,
+                    &version,
+                    &req.response_nonce,
+                    req.error_detail.as_ref(),
+                    &mut self.events,
+                );
             }
         }
         let first = !state.requested;

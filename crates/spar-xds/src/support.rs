@@ -43,7 +43,9 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
             "spec.workloadSelector",
             "spec.exportTo",
         ],
-        Kind::WorkloadEntry => &["spec.address", "spec.labels", "spec.ports", "spec.serviceAccount", "spec.locality", "spec.weight"],
+        Kind::WorkloadEntry => {
+            &["spec.address", "spec.labels", "spec.ports", "spec.serviceAccount", "spec.locality", "spec.weight"]
+        }
         Kind::Sidecar => &[
             "spec.workloadSelector",
             "spec.egress[].hosts",

@@ -171,7 +171,11 @@ fn run_scenario(name: &str, services: usize, store: &Store, proxy: &Proxy, expec
     let mesh = MeshConfig::default();
     let (build, snapshot) = measure(build_plan, || Snapshot::build(store, &mesh, 1));
     if !snapshot.diagnostics.is_empty() {
-        eprintln!("warning: {name}/{services}: {} snapshot diagnostics, first: {:?}", snapshot.diagnostics.len(), snapshot.diagnostics[0]);
+        eprintln!(
+            "warning: {name}/{services}: {} snapshot diagnostics, first: {:?}",
+            snapshot.diagnostics.len(),
+            snapshot.diagnostics[0]
+        );
     }
     let (generate, resources): (Samples, ProxyResources) = measure(gen_plan, || spar_xds::generate(&snapshot, proxy));
     let (scope, _) = measure(gen_plan, || Scope::new(&snapshot, proxy).services.len());
@@ -189,7 +193,10 @@ fn run_scenario(name: &str, services: usize, store: &Store, proxy: &Proxy, expec
     }
     let (encode, reencoded) = measure(gen_plan, || decoded.iter().map(|d| d.encode().len()).sum::<usize>());
     if reencoded != resources.encoded_len() {
-        eprintln!("warning: {name}/{services}: re-encoding gave {reencoded} bytes, generation {}", resources.encoded_len());
+        eprintln!(
+            "warning: {name}/{services}: re-encoding gave {reencoded} bytes, generation {}",
+            resources.encoded_len()
+        );
     }
     // Versioning: hashing every resource's bytes, as `Encoded::new` does.
     let all: Vec<&[u8]> = resources.by_type.values().flat_map(|m| m.values()).map(|e| e.any.value.as_slice()).collect();
@@ -217,7 +224,10 @@ fn run_scenario(name: &str, services: usize, store: &Store, proxy: &Proxy, expec
     };
     // Each imported service: a cluster and a load assignment for the service and for each subset.
     let per_service = 1 + scenario::VERSIONS.len();
-    if row.count("cds") != expect_services * per_service || row.count("eds") != expect_services * per_service || virtual_hosts != expect_services {
+    if row.count("cds") != expect_services * per_service
+        || row.count("eds") != expect_services * per_service
+        || virtual_hosts != expect_services
+    {
         eprintln!(
             "warning: {name}/{services}: expected {expect_services} services in scope, got {} clusters, {} load assignments, {virtual_hosts} virtual hosts",
             row.count("cds"),
@@ -229,14 +239,21 @@ fn run_scenario(name: &str, services: usize, store: &Store, proxy: &Proxy, expec
 
 fn env_list(name: &str) -> Option<Vec<usize>> {
     let v = std::env::var(name).ok()?;
-    let list: Vec<usize> = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.replace('_', "").parse().expect("a comma-separated list of numbers")).collect();
+    let list: Vec<usize> = v
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.replace('_', "").parse().expect("a comma-separated list of numbers"))
+        .collect();
     (!list.is_empty()).then_some(list)
 }
 
 fn peak_rss() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim_start_matches("VmHWM:").trim().to_string()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown (no /proc/self/status)".into())
 }
 
@@ -269,7 +286,12 @@ fn main() {
         let parsed = spar_api::parse_file("mesh.yaml", &text);
         let parse_ms = t.elapsed().as_secs_f64() * 1e3;
         if !parsed.errors.is_empty() || !parsed.ignored.is_empty() {
-            eprintln!("warning: {n} services: {} documents failed, {} ignored; first: {:?}", parsed.errors.len(), parsed.ignored.len(), parsed.errors.first());
+            eprintln!(
+                "warning: {n} services: {} documents failed, {} ignored; first: {:?}",
+                parsed.errors.len(),
+                parsed.ignored.len(),
+                parsed.errors.first()
+            );
         }
         notes.push(format!(
             "{n} services over {} namespaces: {} objects, {:.1} MB of YAML generated in {gen_ms:.0} ms, parsed in {parse_ms:.0} ms",
@@ -287,7 +309,9 @@ fn main() {
         rows.push(run_scenario(&format!("sidecar: {SCOPED_HOSTS} hosts"), n, &store, &proxy, scoped));
     }
 
-    println!("| scenario | services | snapshot build (ms) | generate per proxy (ms, median / p90) | encode floor (ms) | bytes per proxy | resources (listeners / routes / clusters / endpoints) |");
+    println!(
+        "| scenario | services | snapshot build (ms) | generate per proxy (ms, median / p90) | encode floor (ms) | bytes per proxy | resources (listeners / routes / clusters / endpoints) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
@@ -309,11 +333,16 @@ fn main() {
     println!();
     println!("Per type (count / bytes), and where generation time goes (medians, ms):");
     println!();
-    println!("| scenario | services | cds | eds | lds | rds (virtual hosts, routes) | scope | encode | version hash | rest of generate | runs (build / generate) |");
+    println!(
+        "| scenario | services | cds | eds | lds | rds (virtual hosts, routes) | scope | encode | version hash | rest of generate | runs (build / generate) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let ty = |short: &str| {
-            r.by_type.iter().find(|(t, _, _)| *t == short).map_or_else(|| "0".to_string(), |(_, n, b)| format!("{} / {}", thousands(*n), thousands(*b)))
+            r.by_type
+                .iter()
+                .find(|(t, _, _)| *t == short)
+                .map_or_else(|| "0".to_string(), |(_, n, b)| format!("{} / {}", thousands(*n), thousands(*b)))
         };
         let rest = r.generate.median() - r.scope.median() - r.encode.median() - r.hash.median();
         println!(

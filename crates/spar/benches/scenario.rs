@@ -38,7 +38,8 @@ pub struct Mesh {
 impl Mesh {
     /// `services` services over `namespaces` namespaces: `default`, then `ns-1`, `ns-2`, ...
     pub fn new(services: usize, namespaces: usize) -> Self {
-        let namespaces = (0..namespaces.max(1)).map(|n| if n == 0 { "default".to_string() } else { format!("ns-{n}") }).collect();
+        let namespaces =
+            (0..namespaces.max(1)).map(|n| if n == 0 { "default".to_string() } else { format!("ns-{n}") }).collect();
         Self { services, namespaces }
     }
 
@@ -169,8 +170,11 @@ spec:
     /// or a wildcard, so `./svc-3` alone would import nothing). Returns the YAML and the
     /// number of hosts actually listed (fewer when the namespace has fewer services).
     pub fn sidecar_yaml(&self, client_ns: &str, count: usize) -> (String, usize) {
-        let hosts: Vec<String> =
-            (0..self.services).filter(|&i| self.namespace(i) == client_ns).take(count).map(|i| format!("./{}", self.hostname(i))).collect();
+        let hosts: Vec<String> = (0..self.services)
+            .filter(|&i| self.namespace(i) == client_ns)
+            .take(count)
+            .map(|i| format!("./{}", self.hostname(i)))
+            .collect();
         let mut out = format!(
             "---
 apiVersion: networking.istio.io/v1

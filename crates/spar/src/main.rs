@@ -134,7 +134,8 @@ fn main() -> anyhow::Result<()> {
                 debounce_max: a.debounce_max,
                 mesh: MeshConfig { domain: a.domain, root_namespace: a.root_namespace },
             };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            let rt =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
             rt.block_on(serve::run(cfg))
         }
         Command::Bootstrap(a) => {

@@ -70,9 +70,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tokio_stream_incoming(
-    listener: tokio::net::TcpListener,
-) -> tokio_stream::wrappers::TcpListenerStream {
+fn tokio_stream_incoming(listener: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
     tokio_stream::wrappers::TcpListenerStream::new(listener)
 }
 
@@ -87,7 +85,12 @@ fn build(store: &Mutex<Store>, mesh: &MeshConfig, version: u64) -> Snapshot {
 
 /// Builds a snapshot once changes have been quiet for `debounce_quiet`, or once
 /// `debounce_max` has passed since the first unbuilt change.
-async fn debounce(mut changes: mpsc::Receiver<()>, store: Arc<Mutex<Store>>, cfg: ServeConfig, snap_tx: watch::Sender<Arc<Snapshot>>) {
+async fn debounce(
+    mut changes: mpsc::Receiver<()>,
+    store: Arc<Mutex<Store>>,
+    cfg: ServeConfig,
+    snap_tx: watch::Sender<Arc<Snapshot>>,
+) {
     let mut version = 1;
     while changes.recv().await.is_some() {
         let first = Instant::now();

@@ -8,7 +8,10 @@ fn mk_resources(clusters: &[(&str, u32)]) -> Arc<ProxyResources> {
     for (name, timeout) in clusters {
         let c = Cluster {
             name: name.to_string(),
-            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration { seconds: i64::from(*timeout), nanos: 0 }),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: i64::from(*timeout),
+                nanos: 0,
+            }),
             ..Default::default()
         };
         r.insert(type_url::CLUSTER, *name, &c);
@@ -72,6 +75,7 @@ fn sotw_nack_is_recorded_and_not_resent() {
     let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1)]));
     let r = sotw(&c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""))[0]).clone();
     c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], &r.version_info, &r.nonce));
+    assert!(matches!(c.take_events().as_slice(), [Event::Ack { .. }]));
     let bad = sotw(&c.on_resources(mk_resources(&[("a", 9)]))[0]).clone();
     let mut nack = mk_sotw(type_url::CLUSTER, &[], &r.version_info, &bad.nonce);
     nack.error_detail = Some(RpcStatus { code: 3, message: "bad cluster".into(), details: vec![] });

@@ -42,7 +42,9 @@ pub(super) fn socket_address(ip: &str, port: u32) -> xds_core::Address {
 
 fn ads() -> xds_core::ConfigSource {
     xds_core::ConfigSource {
-        config_source_specifier: Some(xds_core::config_source::ConfigSourceSpecifier::Ads(xds_core::AggregatedConfigSource {})),
+        config_source_specifier: Some(xds_core::config_source::ConfigSourceSpecifier::Ads(
+            xds_core::AggregatedConfigSource {},
+        )),
         resource_api_version: xds_core::ApiVersion::V3 as i32,
         ..Default::default()
     }
@@ -68,7 +70,8 @@ fn hcm(stat_prefix: String, route: xds_hcm::http_connection_manager::RouteSpecif
         // Istio's defaults: no request timeout, HTTP/1.1 and HTTP/2 by sniffing.
         codec_type: xds_hcm::http_connection_manager::CodecType::Auto as i32,
         normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
-        path_with_escaped_slashes_action: xds_hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32,
+        path_with_escaped_slashes_action: xds_hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged
+            as i32,
         ..Default::default()
     };
     typed_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))
@@ -83,7 +86,13 @@ fn tcp_proxy(stat_prefix: String, cluster: String) -> xds_listener::Filter {
     typed_filter("envoy.filters.network.tcp_proxy", pack_any(tp))
 }
 
-fn listener(name: String, bind: &str, port: u16, filter: xds_listener::Filter, bind_to_port: bool) -> xds_listener::Listener {
+fn listener(
+    name: String,
+    bind: &str,
+    port: u16,
+    filter: xds_listener::Filter,
+    bind_to_port: bool,
+) -> xds_listener::Listener {
     xds_listener::Listener {
         name,
         address: Some(socket_address(bind, u32::from(port))),
@@ -120,13 +129,23 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 continue;
             }
             let wildcard = egress.bind == "0.0.0.0" || egress.bind == "::";
-            let services: Vec<&Service> = egress.services.iter().filter(|s| s.port(port).is_some()).map(|s| s.as_ref()).collect();
+            let services: Vec<&Service> =
+                egress.services.iter().filter(|s| s.port(port).is_some()).map(|s| s.as_ref()).collect();
             if protocol.is_http() {
                 let route_name = if wildcard { port.to_string() } else { format!("{}:{port}", egress.bind) };
                 let rc = routes::route_config(scope, &route_name, port, &services);
                 out.insert(type_url::ROUTE, route_name.clone(), &rc);
-                let rds = xds_hcm::http_connection_manager::RouteSpecifier::Rds(xds_hcm::Rds { config_source: Some(ads()), route_config_name: route_name });
-                let l = listener(name.clone(), &egress.bind, port, hcm(format!("outbound_{}_{port}", egress.bind), rds), bind_to_port);
+                let rds = xds_hcm::http_connection_manager::RouteSpecifier::Rds(xds_hcm::Rds {
+                    config_source: Some(ads()),
+                    route_config_name: route_name,
+                });
+                let l = listener(
+                    name.clone(),
+                    &egress.bind,
+                    port,
+                    hcm(format!("outbound_{}_{port}", egress.bind), rds),
+                    bind_to_port,
+                );
                 out.insert(type_url::LISTENER, name, &l);
             } else if let Some(svc) = services.first() {
                 // One opaque-TCP service per bound port: the first by host name.
@@ -154,14 +173,19 @@ fn thresholds() -> xds_cluster::CircuitBreakers {
 }
 
 fn http2_options() -> std::collections::HashMap<String, Any> {
-    use xds_upstream_http::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig};
+    use xds_upstream_http::http_protocol_options::{
+        ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+    };
     let opts = xds_upstream_http::HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
             protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(xds_core::Http2ProtocolOptions::default())),
         })),
         ..Default::default()
     };
-    std::collections::HashMap::from([("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(), pack_any(opts))])
+    std::collections::HashMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        pack_any(opts),
+    )])
 }
 
 fn base_cluster(name: String, protocol: Protocol) -> xds_cluster::Cluster {
@@ -169,13 +193,22 @@ fn base_cluster(name: String, protocol: Protocol) -> xds_cluster::Cluster {
         name,
         connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
         circuit_breakers: Some(thresholds()),
-        typed_extension_protocol_options: if protocol.is_http2() { http2_options() } else { std::collections::HashMap::new() },
+        typed_extension_protocol_options: if protocol.is_http2() {
+            http2_options()
+        } else {
+            std::collections::HashMap::new()
+        },
         ..Default::default()
     }
 }
 
 /// Endpoints of `svc` for service port `port`, restricted to `labels` (a subset).
-fn load_assignment(cluster: &str, svc: &Service, port: u16, labels: &BTreeMap<String, String>) -> xds_endpoint::ClusterLoadAssignment {
+fn load_assignment(
+    cluster: &str,
+    svc: &Service,
+    port: u16,
+    labels: &BTreeMap<String, String>,
+) -> xds_endpoint::ClusterLoadAssignment {
     let mut by_locality: BTreeMap<&str, Vec<xds_endpoint::LbEndpoint>> = BTreeMap::new();
     for ep in &svc.endpoints {
         if !labels.iter().all(|(k, v)| ep.labels.get(k) == Some(v)) {
@@ -229,18 +262,29 @@ pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
                 let mut c = base_cluster(name.clone(), port.protocol);
                 match svc.resolution {
                     Resolution::Static => {
-                        c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(xds_cluster::cluster::DiscoveryType::Eds as i32));
-                        c.eds_cluster_config = Some(xds_cluster::cluster::EdsClusterConfig { eds_config: Some(ads()), service_name: name.clone() });
+                        c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(
+                            xds_cluster::cluster::DiscoveryType::Eds as i32,
+                        ));
+                        c.eds_cluster_config = Some(xds_cluster::cluster::EdsClusterConfig {
+                            eds_config: Some(ads()),
+                            service_name: name.clone(),
+                        });
                         out.insert(type_url::ENDPOINT, name.clone(), &load_assignment(&name, svc, port.port, labels));
                     }
                     Resolution::Dns | Resolution::DnsRoundRobin => {
-                        let t = if svc.resolution == Resolution::Dns { xds_cluster::cluster::DiscoveryType::StrictDns } else { xds_cluster::cluster::DiscoveryType::LogicalDns };
+                        let t = if svc.resolution == Resolution::Dns {
+                            xds_cluster::cluster::DiscoveryType::StrictDns
+                        } else {
+                            xds_cluster::cluster::DiscoveryType::LogicalDns
+                        };
                         c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(t as i32));
                         c.dns_lookup_family = xds_cluster::cluster::DnsLookupFamily::V4Preferred as i32;
                         c.load_assignment = Some(load_assignment(&name, svc, port.port, labels));
                     }
                     Resolution::Passthrough => {
-                        c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(xds_cluster::cluster::DiscoveryType::OriginalDst as i32));
+                        c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(
+                            xds_cluster::cluster::DiscoveryType::OriginalDst as i32,
+                        ));
                         c.lb_policy = xds_cluster::cluster::LbPolicy::ClusterProvided as i32;
                     }
                 }
@@ -269,20 +313,35 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
     let bind_to_port = scope.proxy.interception == InterceptionMode::None;
     for ing in scope.sidecar.iter().flat_map(|s| s.spec.ingress.iter().flatten()) {
         let Some(port) = u16::try_from(ing.port.number.unwrap_or_default()).ok().filter(|p| *p > 0) else { continue };
-        let protocol = ing.port.protocol.as_deref().map_or_else(|| Protocol::from_port(ing.port.name.as_deref().unwrap_or(""), None), Protocol::parse);
-        let Some((ep_ip, ep_port)) = ing.default_endpoint.as_deref().and_then(|e| default_endpoint(e, instance_ip)) else { continue };
-        let bind = ing.bind.clone().filter(|b| !b.is_empty()).or_else(|| instance_ip.map(|i| i.to_string())).unwrap_or_else(|| "0.0.0.0".into());
+        let protocol = ing
+            .port
+            .protocol
+            .as_deref()
+            .map_or_else(|| Protocol::from_port(ing.port.name.as_deref().unwrap_or(""), None), Protocol::parse);
+        let Some((ep_ip, ep_port)) = ing.default_endpoint.as_deref().and_then(|e| default_endpoint(e, instance_ip))
+        else {
+            continue;
+        };
+        let bind = ing
+            .bind
+            .clone()
+            .filter(|b| !b.is_empty())
+            .or_else(|| instance_ip.map(|i| i.to_string()))
+            .unwrap_or_else(|| "0.0.0.0".into());
         let cluster_name = format!("inbound|{port}||");
         let mut c = base_cluster(cluster_name.clone(), protocol);
-        c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(xds_cluster::cluster::DiscoveryType::Static as i32));
+        c.cluster_discovery_type =
+            Some(xds_cluster::cluster::ClusterDiscoveryType::Type(xds_cluster::cluster::DiscoveryType::Static as i32));
         c.load_assignment = Some(xds_endpoint::ClusterLoadAssignment {
             cluster_name: cluster_name.clone(),
             endpoints: vec![xds_endpoint::LocalityLbEndpoints {
                 lb_endpoints: vec![xds_endpoint::LbEndpoint {
-                    host_identifier: Some(xds_endpoint::lb_endpoint::HostIdentifier::Endpoint(xds_endpoint::Endpoint {
-                        address: Some(socket_address(&ep_ip, u32::from(ep_port))),
-                        ..Default::default()
-                    })),
+                    host_identifier: Some(xds_endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        xds_endpoint::Endpoint {
+                            address: Some(socket_address(&ep_ip, u32::from(ep_port))),
+                            ..Default::default()
+                        },
+                    )),
                     ..Default::default()
                 }],
                 ..Default::default()

@@ -5,14 +5,21 @@ use std::collections::BTreeSet;
 use envoy_types::pb::envoy::config::route::v3 as xds_route;
 use envoy_types::pb::envoy::r#type::matcher::v3 as xds_matcher;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
-use spar_api::istio::virtual_service::{VirtualServiceHttp, VirtualServiceHttpMatch, VirtualServiceHttpRouteDestination};
+use spar_api::istio::virtual_service::{
+    VirtualServiceHttp, VirtualServiceHttpMatch, VirtualServiceHttpRouteDestination,
+};
 use spar_model::{Config, Service, resolve_host, short_forms};
 
 use super::Scope;
 use super::envoy::outbound_cluster_name;
 
 /// A string match as Istio writes it (`exact`, `prefix` or `regex`).
-fn string_matcher(exact: Option<&String>, prefix: Option<&String>, regex: Option<&String>, ignore_case: bool) -> Option<xds_matcher::StringMatcher> {
+fn string_matcher(
+    exact: Option<&String>,
+    prefix: Option<&String>,
+    regex: Option<&String>,
+    ignore_case: bool,
+) -> Option<xds_matcher::StringMatcher> {
     use xds_matcher::string_matcher::MatchPattern;
     let pattern = if let Some(e) = exact {
         MatchPattern::Exact(e.clone())
@@ -53,17 +60,26 @@ fn route_match(m: &VirtualServiceHttpMatch) -> xds_route::RouteMatch {
     let path = match &m.uri {
         Some(u) if u.exact.is_some() => PathSpecifier::Path(u.exact.clone().unwrap_or_default()),
         Some(u) if u.prefix.is_some() => PathSpecifier::Prefix(u.prefix.clone().unwrap_or_default()),
-        Some(u) if u.regex.is_some() => {
-            PathSpecifier::SafeRegex(xds_matcher::RegexMatcher { regex: u.regex.clone().unwrap_or_default(), ..Default::default() })
-        }
+        Some(u) if u.regex.is_some() => PathSpecifier::SafeRegex(xds_matcher::RegexMatcher {
+            regex: u.regex.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
         _ => PathSpecifier::Prefix("/".into()),
     };
     let mut headers = Vec::new();
     for (name, hm) in m.headers.iter().flatten() {
-        headers.push(header_matcher(name, string_matcher(hm.exact.as_ref(), hm.prefix.as_ref(), hm.regex.as_ref(), false), false));
+        headers.push(header_matcher(
+            name,
+            string_matcher(hm.exact.as_ref(), hm.prefix.as_ref(), hm.regex.as_ref(), false),
+            false,
+        ));
     }
     for (name, hm) in m.without_headers.iter().flatten() {
-        headers.push(header_matcher(name, string_matcher(hm.exact.as_ref(), hm.prefix.as_ref(), hm.regex.as_ref(), false), true));
+        headers.push(header_matcher(
+            name,
+            string_matcher(hm.exact.as_ref(), hm.prefix.as_ref(), hm.regex.as_ref(), false),
+            true,
+        ));
     }
     if let Some(sm) = sm!(m.method) {
         headers.push(header_matcher(":method", Some(sm), false));
@@ -126,7 +142,10 @@ fn route_action(cluster: xds_route::route_action::ClusterSpecifier) -> xds_route
 pub(super) fn to_cluster_route(name: &str, cluster: &str) -> xds_route::Route {
     xds_route::Route {
         name: name.into(),
-        r#match: Some(xds_route::RouteMatch { path_specifier: Some(xds_route::route_match::PathSpecifier::Prefix("/".into())), ..Default::default() }),
+        r#match: Some(xds_route::RouteMatch {
+            path_specifier: Some(xds_route::route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
         action: Some(route_action(xds_route::route_action::ClusterSpecifier::Cluster(cluster.into()))),
         ..Default::default()
     }
@@ -135,14 +154,20 @@ pub(super) fn to_cluster_route(name: &str, cluster: &str) -> xds_route::Route {
 /// The cluster a VirtualService destination names: host resolved in the VirtualService's
 /// namespace, port from the destination, else the service's only port, else the
 /// listener's port.
-fn destination_cluster(scope: &Scope<'_>, vs_ns: &str, d: &VirtualServiceHttpRouteDestination, listener_port: u16) -> String {
+fn destination_cluster(
+    scope: &Scope<'_>,
+    vs_ns: &str,
+    d: &VirtualServiceHttpRouteDestination,
+    listener_port: u16,
+) -> String {
     let host = resolve_host(&d.host, vs_ns, &scope.snap.mesh.domain);
-    let port = d.port.as_ref().and_then(|p| p.number).and_then(|n| u16::try_from(n).ok()).unwrap_or_else(|| {
-        match scope.snap.services.get(&host) {
-            Some(s) if s.ports.len() == 1 => s.ports[0].port,
-            _ => listener_port,
-        }
-    });
+    let port =
+        d.port.as_ref().and_then(|p| p.number).and_then(|n| u16::try_from(n).ok()).unwrap_or_else(|| {
+            match scope.snap.services.get(&host) {
+                Some(s) if s.ports.len() == 1 => s.ports[0].port,
+                _ => listener_port,
+            }
+        });
     outbound_cluster_name(port, d.subset.as_deref().unwrap_or(""), &host)
 }
 
@@ -163,7 +188,12 @@ fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: 
         return;
     }
     let cluster = if dests.len() == 1 {
-        xds_route::route_action::ClusterSpecifier::Cluster(destination_cluster(scope, vs_ns, &dests[0].destination, port))
+        xds_route::route_action::ClusterSpecifier::Cluster(destination_cluster(
+            scope,
+            vs_ns,
+            &dests[0].destination,
+            port,
+        ))
     } else {
         // Weights absent everywhere mean an even split.
         let all_unset = dests.iter().all(|d| d.weight.unwrap_or(0) == 0);
@@ -171,12 +201,17 @@ fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: 
             .iter()
             .map(|d| xds_route::weighted_cluster::ClusterWeight {
                 name: destination_cluster(scope, vs_ns, &d.destination, port),
-                weight: Some(UInt32Value { value: if all_unset { 1 } else { u32::try_from(d.weight.unwrap_or(0)).unwrap_or(0) } }),
+                weight: Some(UInt32Value {
+                    value: if all_unset { 1 } else { u32::try_from(d.weight.unwrap_or(0)).unwrap_or(0) },
+                }),
                 ..Default::default()
             })
             .filter(|c| c.weight.as_ref().is_some_and(|w| w.value > 0))
             .collect();
-        xds_route::route_action::ClusterSpecifier::WeightedClusters(xds_route::WeightedCluster { clusters, ..Default::default() })
+        xds_route::route_action::ClusterSpecifier::WeightedClusters(xds_route::WeightedCluster {
+            clusters,
+            ..Default::default()
+        })
     };
     let mut action = route_action(cluster);
     if let xds_route::route::Action::Route(ra) = &mut action {
@@ -209,7 +244,10 @@ fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: 
             continue;
         }
         let rm = m.map_or_else(
-            || xds_route::RouteMatch { path_specifier: Some(xds_route::route_match::PathSpecifier::Prefix("/".into())), ..Default::default() },
+            || xds_route::RouteMatch {
+                path_specifier: Some(xds_route::route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            },
             route_match,
         );
         out.push(xds_route::Route {

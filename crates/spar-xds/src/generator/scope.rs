@@ -56,11 +56,19 @@ impl<'a> Scope<'a> {
         for e in sidecar.iter().flat_map(|s| s.spec.egress.iter().flatten()) {
             let port = e.port.as_ref().and_then(|p| {
                 let n = u16::try_from(p.number?).ok()?;
-                let proto = p.protocol.as_deref().map_or_else(|| Protocol::from_port(p.name.as_deref().unwrap_or(""), None), Protocol::parse);
+                let proto = p
+                    .protocol
+                    .as_deref()
+                    .map_or_else(|| Protocol::from_port(p.name.as_deref().unwrap_or(""), None), Protocol::parse);
                 Some((n, proto))
             });
-            let services = visible.iter().copied().filter(|s| e.hosts.iter().any(|h| imports(h, s, &proxy.namespace))).collect();
-            egress.push(Egress { bind: e.bind.clone().filter(|b| !b.is_empty()).unwrap_or_else(|| default_bind.into()), port, services });
+            let services =
+                visible.iter().copied().filter(|s| e.hosts.iter().any(|h| imports(h, s, &proxy.namespace))).collect();
+            egress.push(Egress {
+                bind: e.bind.clone().filter(|b| !b.is_empty()).unwrap_or_else(|| default_bind.into()),
+                port,
+                services,
+            });
         }
         if egress.is_empty() {
             egress.push(Egress { bind: default_bind.into(), port: None, services: visible.clone() });

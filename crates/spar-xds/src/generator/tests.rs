@@ -1,0 +1,218 @@
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint::HostIdentifier};
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter::ConfigType};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route::Action, route_action::ClusterSpecifier};
+use prost::Message;
+use spar_model::{MeshConfig, Proxy, Snapshot, Store};
+
+use super::generate;
+use crate::resources::{ProxyResources, type_url};
+
+const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: backend}
+spec: {selector: {app: backend}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: data}
+spec: {selector: {app: db}, ports: [{name: tcp-db, port: 5432}]}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: backend-v1}
+spec: {address: 10.0.0.2, labels: {app: backend, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: backend-v2}
+spec: {address: 10.0.0.3, labels: {app: backend, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec: {host: backend, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  http:
+  - match: [{headers: {x-user: {exact: tester}}}]
+    route: [{destination: {host: backend, subset: v2}}]
+  - route:
+    - {destination: {host: backend, subset: v1}, weight: 80}
+    - {destination: {host: backend, subset: v2}, weight: 20}
+"#;
+
+const SIDECARS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: client}
+spec:
+  workloadSelector: {labels: {app: client}}
+  egress: [{bind: 10.0.0.1, hosts: ["./*", "data/*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: backend}
+spec:
+  workloadSelector: {labels: {app: backend}}
+  ingress:
+  - {port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: "0.0.0.0:8080"}
+  - {port: {number: 9090, protocol: TCP, name: tcp}, defaultEndpoint: "127.0.0.1:7070"}
+"#;
+
+fn mk_snapshot(yaml: &str) -> Snapshot {
+    let mut store = Store::new();
+    let parsed = spar_api::parse_file("t.yaml", yaml);
+    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+    store.set_unit("t.yaml", parsed);
+    Snapshot::build(&store, &MeshConfig::default(), 1)
+}
+
+fn mk_proxy(ip: &str, labels: serde_json::Value, mode: &str) -> Proxy {
+    let id = format!("sidecar~{ip}~p.default~default.svc.cluster.local");
+    Proxy::from_node(&id, &serde_json::json!({"LABELS": labels, "INTERCEPTION_MODE": mode})).expect("valid node")
+}
+
+fn decode<M: Message + Default>(r: &ProxyResources, t: &str, name: &str) -> M {
+    let e = r
+        .of(t)
+        .and_then(|m| m.get(name))
+        .unwrap_or_else(|| panic!("no {t} named {name}; have {:?}", r.of(t).map(|m| m.keys().collect::<Vec<_>>())));
+    M::decode(e.any.value.as_slice()).expect("decodes")
+}
+
+fn names(r: &ProxyResources, t: &str) -> BTreeSet<String> {
+    r.of(t).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+}
+
+#[test]
+fn outbound_names_follow_istio_for_bound_listeners() {
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
+    let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
+    assert_eq!(names(&r, type_url::LISTENER), BTreeSet::from(["10.0.0.1_9080".into(), "10.0.0.1_5432".into()]));
+    assert_eq!(names(&r, type_url::ROUTE), BTreeSet::from(["10.0.0.1:9080".into()]));
+    assert_eq!(
+        names(&r, type_url::CLUSTER),
+        BTreeSet::from([
+            "outbound|9080||backend.default.svc.cluster.local".into(),
+            "outbound|9080|v1|backend.default.svc.cluster.local".into(),
+            "outbound|9080|v2|backend.default.svc.cluster.local".into(),
+            "outbound|5432||db.data.svc.cluster.local".into(),
+        ])
+    );
+    let l: Listener = decode(&r, type_url::LISTENER, "10.0.0.1_9080");
+    let filters: Vec<_> = l.filter_chains.iter().flat_map(|c| &c.filters).map(|f| f.name.clone()).collect();
+    assert_eq!(filters, ["envoy.filters.network.http_connection_manager"]);
+    let tcp: Listener = decode(&r, type_url::LISTENER, "10.0.0.1_5432");
+    let Some(ConfigType::TypedConfig(any)) = &tcp.filter_chains[0].filters[0].config_type else {
+        panic!("typed config")
+    };
+    assert!(any.type_url.ends_with("tcp_proxy.v3.TcpProxy"));
+}
+
+#[test]
+fn capture_mode_uses_wildcard_listeners_and_port_route_names() {
+    let snap = mk_snapshot(MESH);
+    let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({}), "REDIRECT"));
+    assert!(names(&r, type_url::LISTENER).contains("0.0.0.0_9080"));
+    assert_eq!(names(&r, type_url::ROUTE), BTreeSet::from(["9080".into()]));
+}
+
+#[test]
+fn virtual_service_routes_and_domains() {
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
+    let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
+    let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "10.0.0.1:9080");
+    let vh = &rc.virtual_hosts[0];
+    assert_eq!(vh.name, "backend.default.svc.cluster.local:9080");
+    for d in ["backend.default.svc.cluster.local", "backend", "backend:9080", "backend.default", "backend.default.svc"]
+    {
+        assert!(vh.domains.iter().any(|x| x == d), "missing domain {d}: {:?}", vh.domains);
+    }
+    assert_eq!(vh.routes.len(), 2);
+    assert_eq!(vh.routes[0].r#match.as_ref().map(|m| m.headers[0].name.as_str()), Some("x-user"));
+    let Some(Action::Route(ra)) = &vh.routes[1].action else { panic!("route action") };
+    let Some(ClusterSpecifier::WeightedClusters(wc)) = &ra.cluster_specifier else { panic!("weighted") };
+    let split: Vec<_> =
+        wc.clusters.iter().map(|c| (c.name.as_str(), c.weight.as_ref().map_or(0, |w| w.value))).collect();
+    assert_eq!(
+        split,
+        [
+            ("outbound|9080|v1|backend.default.svc.cluster.local", 80),
+            ("outbound|9080|v2|backend.default.svc.cluster.local", 20)
+        ]
+    );
+    assert_eq!(ra.timeout.as_ref().map(|t| t.seconds), Some(0), "istiod disables the route timeout");
+}
+
+#[test]
+fn subset_endpoints_are_filtered_by_labels() {
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
+    let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
+    let addrs = |name: &str| -> Vec<String> {
+        let cla: ClusterLoadAssignment = decode(&r, type_url::ENDPOINT, name);
+        cla.endpoints
+            .iter()
+            .flat_map(|l| &l.lb_endpoints)
+            .filter_map(|e| match &e.host_identifier {
+                Some(HostIdentifier::Endpoint(ep)) => ep.address.as_ref().map(|a| format!("{a:?}")),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(addrs("outbound|9080||backend.default.svc.cluster.local").len(), 2);
+    let v1 = addrs("outbound|9080|v1|backend.default.svc.cluster.local");
+    assert_eq!(v1.len(), 1);
+    assert!(v1[0].contains("10.0.0.2"), "{v1:?}");
+}
+
+#[test]
+fn sidecar_ingress_builds_inbound_listeners_and_clusters() {
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
+    let r = generate(&snap, &mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "NONE"));
+    assert!(
+        names(&r, type_url::LISTENER).is_superset(&BTreeSet::from(["10.0.0.2_9080".into(), "10.0.0.2_9090".into()]))
+    );
+    let c: Cluster = decode(&r, type_url::CLUSTER, "inbound|9080||");
+    let ep = format!("{:?}", c.load_assignment);
+    assert!(ep.contains("10.0.0.2") && ep.contains("8080"), "0.0.0.0:PORT forwards to the instance IP: {ep}");
+    let c: Cluster = decode(&r, type_url::CLUSTER, "inbound|9090||");
+    let ep = format!("{:?}", c.load_assignment);
+    assert!(ep.contains("127.0.0.1") && ep.contains("7070"), "127.0.0.1:PORT forwards to loopback: {ep}");
+}
+
+#[test]
+fn sidecar_egress_hosts_limit_what_a_proxy_receives() {
+    let scoped = r#"
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress: [{hosts: ["data/*"]}]
+"#;
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{scoped}"));
+    let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({}), "NONE"));
+    assert_eq!(names(&r, type_url::CLUSTER), BTreeSet::from(["outbound|5432||db.data.svc.cluster.local".into()]));
+    assert!(names(&r, type_url::ROUTE).is_empty());
+}
+
+#[test]
+fn generated_config_uses_only_stock_envoy_extensions() {
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
+    for (ip, labels) in
+        [("10.0.0.1", serde_json::json!({"app": "client"})), ("10.0.0.2", serde_json::json!({"app": "backend"}))]
+    {
+        let r = generate(&snap, &mk_proxy(ip, labels, "NONE"));
+        for res in r.by_type.values().flat_map(|m| m.values()) {
+            let text = String::from_utf8_lossy(&res.any.value);
+            assert!(!text.contains("istio."), "{} mentions an Istio-only extension", res.name);
+        }
+    }
+}

