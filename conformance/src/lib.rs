@@ -78,7 +78,7 @@ impl Addresses {
     }
 
     /// A fresh address.
-    pub fn next(&mut self) -> IpAddr {
+    pub fn allocate(&mut self) -> IpAddr {
         let ip = IpAddr::from([127, self.a, self.b, self.next]);
         self.next = self.next.wrapping_add(1).max(1);
         ip
@@ -104,7 +104,7 @@ impl Harness {
     /// A harness named `name` (used for the scratch directory).
     pub fn new(name: &str, delta: bool) -> anyhow::Result<Self> {
         let mut addrs = Addresses::new();
-        let cp = addrs.next();
+        let cp = addrs.allocate();
         let dir = project_root().join("target/conformance").join(format!(
             "{name}-{}-{}",
             if delta { "delta" } else { "sotw" },
@@ -128,7 +128,7 @@ impl Harness {
         if let Some(ip) = self.ips.get(name) {
             return *ip;
         }
-        let ip = self.addrs.next();
+        let ip = self.addrs.allocate();
         self.ips.insert(name.to_string(), ip);
         ip
     }

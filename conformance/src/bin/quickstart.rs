@@ -41,7 +41,7 @@ async fn run() -> anyhow::Result<()> {
             h.start_echo(&pod.name, SocketAddr::new(pod.ip, 8080)).await?;
             println!("==> backend {} listening on {}:8080", pod.name, pod.ip);
         }
-        h.start_sidecar(&pod).await?;
+        h.start_sidecar(pod).await?;
         println!(
             "==> envoy sidecar for {} (admin {}:15000, {} xDS)",
             pod.name,

@@ -58,8 +58,7 @@ pub fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
     let mut start = 0usize;
     let mut start_line = 1u32;
     let mut offset = 0usize;
-    let mut line_no = 1u32;
-    for line in text.split_inclusive('\n') {
+    for (line_no, line) in (1u32..).zip(text.split_inclusive('\n')) {
         let l = line.trim_end();
         let is_marker = l == "---" || l.starts_with("--- ") || l == "..." || l.starts_with("---\t");
         if is_marker {
@@ -68,7 +67,6 @@ pub fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
             start_line = line_no + 1;
         }
         offset += line.len();
-        line_no += 1;
     }
     docs.push(RawDoc { text: &text[start..], line: start_line });
     docs.retain(|d| d.text.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));

@@ -78,12 +78,11 @@ impl Validator {
     }
 
     fn regex(&mut self, path: &str, m: &Value) {
-        if let Some(r) = str_of(m, "regex") {
-            if let Err(e) = regex::Regex::new(r) {
-                let reason =
-                    e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
-                self.err(format!("{path}.regex"), format!("invalid regular expression {r:?}: {reason}"));
-            }
+        if let Some(r) = str_of(m, "regex")
+            && let Err(e) = regex::Regex::new(r)
+        {
+            let reason = e.to_string().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+            self.err(format!("{path}.regex"), format!("invalid regular expression {r:?}: {reason}"));
         }
         if let Some(obj) = m.as_object() {
             let set = ["exact", "prefix", "regex"].iter().filter(|k| obj.contains_key(**k)).count();
@@ -115,10 +114,10 @@ impl Validator {
                 }
             }
         }
-        if let Some(w) = d.get("weight").and_then(Value::as_i64) {
-            if w < 0 {
-                self.err(format!("{path}.weight"), "weight must not be negative");
-            }
+        if let Some(w) = d.get("weight").and_then(Value::as_i64)
+            && w < 0
+        {
+            self.err(format!("{path}.weight"), "weight must not be negative");
         }
     }
 
@@ -221,10 +220,10 @@ impl Validator {
         let mut port_names = std::collections::BTreeSet::new();
         for (i, p) in arr(spec, "ports") {
             self.port_number(&format!("spec.ports[{i}].number"), p.get("number"), true);
-            if let Some(n) = str_of(p, "name") {
-                if !port_names.insert(n.to_string()) {
-                    self.err(format!("spec.ports[{i}].name"), format!("duplicate port name {n:?}"));
-                }
+            if let Some(n) = str_of(p, "name")
+                && !port_names.insert(n.to_string())
+            {
+                self.err(format!("spec.ports[{i}].name"), format!("duplicate port name {n:?}"));
             }
         }
         if spec.get("workloadSelector").is_some() && spec.get("endpoints").is_some() {
@@ -232,21 +231,19 @@ impl Validator {
         }
         for (i, e) in arr(spec, "endpoints") {
             let p = format!("spec.endpoints[{i}]");
-            if resolution == "STATIC" {
-                if let Some(a) = str_of(e, "address") {
-                    if a.parse::<std::net::IpAddr>().is_err() && !a.starts_with("unix://") {
-                        self.err(format!("{p}.address"), format!("{a:?} must be an IP address with resolution STATIC"));
-                    }
-                }
+            if resolution == "STATIC"
+                && let Some(a) = str_of(e, "address")
+                && a.parse::<std::net::IpAddr>().is_err()
+                && !a.starts_with("unix://")
+            {
+                self.err(format!("{p}.address"), format!("{a:?} must be an IP address with resolution STATIC"));
             }
             self.workload_entry(&p, e);
         }
-        if resolution == "DNS" || resolution == "DNS_ROUND_ROBIN" {
-            if spec.get("endpoints").is_none() {
-                for (i, h) in hosts.iter().enumerate() {
-                    if h.starts_with('*') {
-                        self.err(format!("spec.hosts[{i}]"), "wildcard hosts need endpoints with resolution DNS");
-                    }
+        if (resolution == "DNS" || resolution == "DNS_ROUND_ROBIN") && spec.get("endpoints").is_none() {
+            for (i, h) in hosts.iter().enumerate() {
+                if h.starts_with('*') {
+                    self.err(format!("spec.hosts[{i}]"), "wildcard hosts need endpoints with resolution DNS");
                 }
             }
         }
@@ -300,17 +297,17 @@ impl Validator {
         for (i, ing) in arr(spec, "ingress") {
             let p = format!("spec.ingress[{i}]");
             self.port_number(&format!("{p}.port.number"), ing.get("port").and_then(|p| p.get("number")), true);
-            if let Some(ep) = str_of(ing, "defaultEndpoint") {
-                if !ep.starts_with("unix://") {
-                    let ok = ep.rsplit_once(':').is_some_and(|(h, port)| {
-                        port.parse::<u16>().is_ok() && h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok()
-                    });
-                    if !ok {
-                        self.err(
-                            format!("{p}.defaultEndpoint"),
-                            format!("{ep:?} must be IP:PORT (127.0.0.1:PORT, 0.0.0.0:PORT, ...) or unix:///path"),
-                        );
-                    }
+            if let Some(ep) = str_of(ing, "defaultEndpoint")
+                && !ep.starts_with("unix://")
+            {
+                let ok = ep.rsplit_once(':').is_some_and(|(h, port)| {
+                    port.parse::<u16>().is_ok() && h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok()
+                });
+                if !ok {
+                    self.err(
+                        format!("{p}.defaultEndpoint"),
+                        format!("{ep:?} must be IP:PORT (127.0.0.1:PORT, 0.0.0.0:PORT, ...) or unix:///path"),
+                    );
                 }
             }
         }

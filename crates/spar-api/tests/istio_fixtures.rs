@@ -74,7 +74,7 @@ fn every_valid_validation_document_is_accepted() {
         assert!(errors.is_empty(), "{}", errors.join("\n"));
         assert!(parsed.ignored.is_empty(), "ignored: {:?}", parsed.ignored);
         for obj in &parsed.objects {
-            if let Err(e) = validate(&obj) {
+            if let Err(e) = validate(obj) {
                 panic!("{}: {} rejected: {e:?}", obj.origin, obj.key());
             }
             count += 1;

@@ -33,10 +33,10 @@ pub fn short_forms(fqdn: &str, client_ns: &str, domain: &str) -> Vec<String> {
     if let Some(name_ns) = fqdn.strip_suffix(&suffix) {
         out.push(format!("{name_ns}.svc"));
         out.push(name_ns.to_string());
-        if let Some((name, ns)) = name_ns.split_once('.') {
-            if ns == client_ns {
-                out.push(name.to_string());
-            }
+        if let Some((name, ns)) = name_ns.split_once('.')
+            && ns == client_ns
+        {
+            out.push(name.to_string());
         }
     }
     out
