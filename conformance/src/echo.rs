@@ -1,21 +1,67 @@
 //! A tiny HTTP/1.1 echo backend: answers every request with its own name (header
-//! `x-echo-name` and JSON body) and what it received (method, path, headers).
+//! `x-echo-name` and a JSON body) and what it received (method, path, headers), and keeps
+//! a log of what it received so tests can assert on it.
+//!
+//! Request headers steer it, so tests can make a backend misbehave on demand:
+//! - `x-echo-status: NNN` answers with that status;
+//! - `x-echo-delay-ms: N` waits N ms before answering;
+//! - `x-echo-fail: N` with `x-echo-key: K` answers 503 to the first N requests with key K.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Serves until the task is aborted.
-pub async fn serve(listener: TcpListener, name: Arc<str>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        tokio::spawn(handle(stream, Arc::clone(&name)));
+/// One request as the backend saw it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Method.
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Headers, lower-cased names.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// How a backend behaves whatever the request says.
+#[derive(Clone, Debug, Default)]
+pub struct EchoOptions {
+    /// Answer every request with this status.
+    pub status: Option<u16>,
+}
+
+/// A running echo backend's shared state.
+#[derive(Debug, Default)]
+pub struct EchoState {
+    /// Everything received, in order.
+    pub received: Mutex<Vec<Received>>,
+    failures: Mutex<BTreeMap<String, u32>>,
+    options: EchoOptions,
+}
+
+impl EchoState {
+    /// A copy of the log.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|v| v.clone()).unwrap_or_default()
     }
 }
 
-async fn handle(stream: TcpStream, name: Arc<str>) {
+/// Serves until the task is aborted.
+pub async fn serve(listener: TcpListener, name: Arc<str>, state: Arc<EchoState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(handle(stream, Arc::clone(&name), Arc::clone(&state)));
+    }
+}
+
+/// State for a backend with `options`.
+pub fn state(options: EchoOptions) -> Arc<EchoState> {
+    Arc::new(EchoState { options, ..Default::default() })
+}
+
+async fn handle(stream: TcpStream, name: Arc<str>, state: Arc<EchoState>) {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     loop {
@@ -51,10 +97,31 @@ async fn handle(stream: TcpStream, name: Arc<str>) {
                 return;
             }
         }
+        if let Ok(mut log) = state.received.lock() {
+            log.push(Received { method: method.clone(), path: path.clone(), headers: headers.clone() });
+        }
+        if let Some(ms) = headers.get("x-echo-delay-ms").and_then(|v| v.parse().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let mut status = state.options.status.unwrap_or(200);
+        if let Some(s) = headers.get("x-echo-status").and_then(|v| v.parse().ok()) {
+            status = s;
+        }
+        if let (Some(n), Some(key)) =
+            (headers.get("x-echo-fail").and_then(|v| v.parse::<u32>().ok()), headers.get("x-echo-key"))
+        {
+            if let Ok(mut f) = state.failures.lock() {
+                let seen = f.entry(key.clone()).or_insert(0);
+                *seen += 1;
+                if *seen <= n {
+                    status = 503;
+                }
+            }
+        }
         let close = headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let body = serde_json::json!({"name": &*name, "method": method, "path": path, "headers": headers}).to_string();
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-echo-name: {name}\r\ncontent-length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nx-echo-name: {name}\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
         if w.write_all(resp.as_bytes()).await.is_err() || close {

@@ -221,11 +221,21 @@ impl Harness {
     }
 
     /// Starts an echo backend named `name` on `addr`.
-    pub async fn start_echo(&mut self, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+    pub async fn start_echo(&mut self, name: &str, addr: SocketAddr) -> anyhow::Result<Arc<echo::EchoState>> {
+        self.start_echo_with(name, addr, echo::EchoOptions::default()).await
+    }
+
+    /// Starts an echo backend with fixed behaviour (e.g. always failing).
+    pub async fn start_echo_with(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+        options: echo::EchoOptions,
+    ) -> anyhow::Result<Arc<echo::EchoState>> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding echo {name} on {addr}"))?;
-        let name: Arc<str> = Arc::from(name);
-        self.echo_tasks.push(tokio::spawn(echo::serve(listener, name)));
-        Ok(())
+        let state = echo::state(options);
+        self.echo_tasks.push(tokio::spawn(echo::serve(listener, Arc::from(name), Arc::clone(&state))));
+        Ok(state)
     }
 
     /// Starts a stock Envoy sidecar for a pod, from `spar bootstrap`.

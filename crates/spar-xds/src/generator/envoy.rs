@@ -17,7 +17,7 @@ use envoy_types::util::pack_any;
 use spar_model::{InterceptionMode, Protocol, Resolution, Service};
 
 use super::Scope;
-use super::routes;
+use super::{policy, routes};
 use crate::resources::{ProxyResources, type_url};
 
 /// istiod's default `connectTimeout` (MeshConfig).
@@ -54,19 +54,35 @@ fn typed_filter(name: &str, any: Any) -> xds_listener::Filter {
     xds_listener::Filter { name: name.into(), config_type: Some(xds_listener::filter::ConfigType::TypedConfig(any)) }
 }
 
-fn router_filter() -> xds_hcm::HttpFilter {
+fn http_filter(name: &str, any: Any) -> xds_hcm::HttpFilter {
     xds_hcm::HttpFilter {
-        name: "envoy.filters.http.router".into(),
-        config_type: Some(xds_hcm::http_filter::ConfigType::TypedConfig(pack_any(Router::default()))),
+        name: name.into(),
+        config_type: Some(xds_hcm::http_filter::ConfigType::TypedConfig(any)),
         ..Default::default()
     }
+}
+
+/// The HTTP filter chain istiod builds for sidecars, minus Istio-only filters: CORS and
+/// fault (configured per route; inert otherwise), then the router.
+fn http_filters() -> Vec<xds_hcm::HttpFilter> {
+    vec![
+        http_filter(
+            routes::CORS_FILTER,
+            pack_any(envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors::default()),
+        ),
+        http_filter(
+            routes::FAULT_FILTER,
+            pack_any(envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default()),
+        ),
+        http_filter("envoy.filters.http.router", pack_any(Router::default())),
+    ]
 }
 
 fn hcm(stat_prefix: String, route: xds_hcm::http_connection_manager::RouteSpecifier) -> xds_listener::Filter {
     let hcm = xds_hcm::HttpConnectionManager {
         stat_prefix,
         route_specifier: Some(route),
-        http_filters: vec![router_filter()],
+        http_filters: http_filters(),
         // Istio's defaults: no request timeout, HTTP/1.1 and HTTP/2 by sniffing.
         codec_type: xds_hcm::http_connection_manager::CodecType::Auto as i32,
         normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
@@ -269,7 +285,6 @@ pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
                             eds_config: Some(ads()),
                             service_name: name.clone(),
                         });
-                        out.insert(type_url::ENDPOINT, name.clone(), &load_assignment(&name, svc, port.port, labels));
                     }
                     Resolution::Dns | Resolution::DnsRoundRobin => {
                         let t = if svc.resolution == Resolution::Dns {
@@ -287,6 +302,12 @@ pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
                         ));
                         c.lb_policy = xds_cluster::cluster::LbPolicy::ClusterProvided as i32;
                     }
+                }
+                if let Some(dr) = dr {
+                    policy::apply(&policy::effective(&dr.spec, subset, port.port), &mut c, port.protocol);
+                }
+                if c.eds_cluster_config.is_some() {
+                    out.insert(type_url::ENDPOINT, name.clone(), &load_assignment(&name, svc, port.port, labels));
                 }
                 out.insert(type_url::CLUSTER, name, &c);
             }

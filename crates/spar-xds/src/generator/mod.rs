@@ -15,6 +15,7 @@
 //! ```
 
 mod envoy;
+mod policy;
 mod routes;
 mod scope;
 

@@ -1,17 +1,30 @@
 //! Route configurations: one virtual host per service, routes from VirtualServices.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use envoy_types::pb::envoy::config::core::v3 as xds_core;
 use envoy_types::pb::envoy::config::route::v3 as xds_route;
+use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as xds_fault_common;
+use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as xds_cors;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as xds_fault;
 use envoy_types::pb::envoy::r#type::matcher::v3 as xds_matcher;
-use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
+use envoy_types::pb::envoy::r#type::v3 as xds_type;
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use envoy_types::util::pack_any;
 use spar_api::istio::virtual_service::{
-    VirtualServiceHttp, VirtualServiceHttpMatch, VirtualServiceHttpRouteDestination,
+    VirtualServiceHttp, VirtualServiceHttpCorsPolicy, VirtualServiceHttpCorsPolicyUnmatchedPreflights,
+    VirtualServiceHttpDirectResponse, VirtualServiceHttpFault, VirtualServiceHttpMatch, VirtualServiceHttpRedirect,
+    VirtualServiceHttpRouteDestination,
 };
 use spar_model::{Config, Service, resolve_host, short_forms};
 
 use super::Scope;
 use super::envoy::outbound_cluster_name;
+
+/// The HTTP fault filter's name (per-route config key).
+pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
+/// The CORS filter's name (per-route config key).
+pub(super) const CORS_FILTER: &str = "envoy.filters.http.cors";
 
 /// A string match as Istio writes it (`exact`, `prefix` or `regex`).
 fn string_matcher(
@@ -171,6 +184,20 @@ fn destination_cluster(
     outbound_cluster_name(port, d.subset.as_deref().unwrap_or(""), &host)
 }
 
+/// The consistent-hash policy of the DestinationRule (and subset) a destination uses.
+fn hash_policy_for(
+    scope: &Scope<'_>,
+    vs_ns: &str,
+    d: &VirtualServiceHttpRouteDestination,
+    listener_port: u16,
+) -> Vec<xds_route::route_action::HashPolicy> {
+    let host = resolve_host(&d.host, vs_ns, &scope.snap.mesh.domain);
+    let Some(svc) = scope.snap.services.get(&host) else { return Vec::new() };
+    let Some(dr) = scope.snap.destination_rule_for(&scope.proxy.namespace, svc) else { return Vec::new() };
+    let port = d.port.as_ref().and_then(|p| p.number).and_then(|n| u16::try_from(n).ok()).unwrap_or(listener_port);
+    super::policy::hash_policy(&super::policy::effective(&dr.spec, d.subset.as_deref().unwrap_or(""), port))
+}
+
 /// Whether an `HTTPMatchRequest` applies to this proxy and listener port.
 fn match_applies(scope: &Scope<'_>, m: &VirtualServiceHttpMatch, port: u16) -> bool {
     let port_ok = m.port.is_none_or(|p| i64::from(port) == p);
@@ -180,33 +207,240 @@ fn match_applies(scope: &Scope<'_>, m: &VirtualServiceHttpMatch, port: u16) -> b
     port_ok && gw_ok && labels_ok && ns_ok
 }
 
-/// Envoy routes for one VirtualService `http` rule.
-fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: u16, out: &mut Vec<xds_route::Route>) {
+/// Header operations as Istio writes them (`set`, `add`, `remove`).
+struct HeaderOps<'a> {
+    set: Option<&'a BTreeMap<String, String>>,
+    add: Option<&'a BTreeMap<String, String>>,
+    remove: Option<&'a Vec<String>>,
+}
+
+impl HeaderOps<'_> {
+    fn to_add(&self) -> Vec<xds_core::HeaderValueOption> {
+        use xds_core::header_value_option::HeaderAppendAction;
+        let mk = |(k, v): (&String, &String), action: HeaderAppendAction| xds_core::HeaderValueOption {
+            header: Some(xds_core::HeaderValue { key: k.clone(), value: v.clone(), ..Default::default() }),
+            append_action: action as i32,
+            ..Default::default()
+        };
+        let set = self.set.into_iter().flatten().map(|kv| mk(kv, HeaderAppendAction::OverwriteIfExistsOrAdd));
+        let add = self.add.into_iter().flatten().map(|kv| mk(kv, HeaderAppendAction::AppendIfExistsOrAdd));
+        set.chain(add).collect()
+    }
+
+    fn to_remove(&self) -> Vec<String> {
+        self.remove.cloned().unwrap_or_default()
+    }
+}
+
+macro_rules! header_ops {
+    ($h:expr) => {
+        $h.as_ref().map(|h| HeaderOps { set: h.set.as_ref(), add: h.add.as_ref(), remove: h.remove.as_ref() })
+    };
+}
+
+/// Istio percentages (0-100, fractional) as Envoy's per-million fraction.
+fn percent(value: Option<f64>) -> xds_type::FractionalPercent {
+    let v = value.unwrap_or(100.0).clamp(0.0, 100.0);
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped to 0..=1e6
+    let numerator = (v * 10_000.0).round() as u32;
+    xds_type::FractionalPercent {
+        numerator,
+        denominator: xds_type::fractional_percent::DenominatorType::Million as i32,
+    }
+}
+
+/// gRPC status names Istio accepts in `fault.abort.grpcStatus`.
+fn grpc_code(name: &str) -> Option<u32> {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    NAMES.iter().position(|n| *n == name).and_then(|i| u32::try_from(i).ok()).or_else(|| name.parse().ok())
+}
+
+fn fault_config(f: &VirtualServiceHttpFault) -> Any {
+    use xds_fault::fault_abort::ErrorType;
+    use xds_fault_common::fault_delay::FaultDelaySecifier;
+    let delay = f.delay.as_ref().and_then(|d| {
+        let fixed = parse_duration(d.fixed_delay.as_deref()?)?;
+        let pct = d.percentage.as_ref().and_then(|p| p.value).or(d.percent.map(f64::from));
+        Some(xds_fault_common::FaultDelay {
+            fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(fixed)),
+            percentage: Some(percent(pct)),
+            ..Default::default()
+        })
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        let error_type = match (a.http_status, a.grpc_status.as_deref()) {
+            (Some(s), _) => ErrorType::HttpStatus(u32::try_from(s).ok()?),
+            (None, Some(g)) => ErrorType::GrpcStatus(grpc_code(g)?),
+            _ => return None,
+        };
+        Some(xds_fault::FaultAbort {
+            error_type: Some(error_type),
+            percentage: Some(percent(a.percentage.as_ref().and_then(|p| p.value))),
+            ..Default::default()
+        })
+    });
+    pack_any(xds_fault::HttpFault { delay, abort, ..Default::default() })
+}
+
+fn cors_config(c: &VirtualServiceHttpCorsPolicy) -> Any {
+    let mut origins: Vec<xds_matcher::StringMatcher> = c
+        .allow_origins
+        .iter()
+        .flatten()
+        .filter_map(|o| string_matcher(o.exact.as_ref(), o.prefix.as_ref(), o.regex.as_ref(), false))
+        .collect();
+    // The deprecated `allowOrigin` list is exact origins.
+    origins.extend(c.allow_origin.iter().flatten().filter_map(|o| string_matcher(Some(o), None, None, false)));
+    let join = |v: &Option<Vec<String>>| v.as_deref().unwrap_or_default().join(",");
+    let max_age = c.max_age.as_deref().and_then(parse_duration).map(|d| d.seconds.to_string()).unwrap_or_default();
+    pack_any(xds_cors::CorsPolicy {
+        allow_origin_string_match: origins,
+        allow_methods: join(&c.allow_methods),
+        allow_headers: join(&c.allow_headers),
+        expose_headers: join(&c.expose_headers),
+        max_age,
+        allow_credentials: c.allow_credentials.map(|value| BoolValue { value }),
+        forward_not_matching_preflights: c
+            .unmatched_preflights
+            .as_ref()
+            .map(|u| BoolValue { value: !matches!(u, VirtualServiceHttpCorsPolicyUnmatchedPreflights::Ignore) }),
+        ..Default::default()
+    })
+}
+
+fn redirect_action(r: &VirtualServiceHttpRedirect) -> xds_route::route::Action {
+    use xds_route::redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
+    let code = match r.redirect_code.unwrap_or(301) {
+        302 => RedirectResponseCode::Found,
+        303 => RedirectResponseCode::SeeOther,
+        307 => RedirectResponseCode::TemporaryRedirect,
+        308 => RedirectResponseCode::PermanentRedirect,
+        _ => RedirectResponseCode::MovedPermanently,
+    };
+    let path = r
+        .uri
+        .clone()
+        .map(PathRewriteSpecifier::PathRedirect)
+        .or_else(|| r.prefix_rewrite.clone().map(PathRewriteSpecifier::PrefixRewrite));
+    xds_route::route::Action::Redirect(xds_route::RedirectAction {
+        host_redirect: r.authority.clone().unwrap_or_default(),
+        port_redirect: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        response_code: code as i32,
+        scheme_rewrite_specifier: r.scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
+        path_rewrite_specifier: path,
+        ..Default::default()
+    })
+}
+
+fn direct_response_action(d: &VirtualServiceHttpDirectResponse) -> xds_route::route::Action {
+    use xds_core::data_source::Specifier;
+    let body = d.body.as_ref().and_then(|b| match (&b.string, &b.bytes) {
+        (Some(s), _) => Some(Specifier::InlineString(s.clone())),
+        (None, Some(b64)) => decode_base64(b64).map(Specifier::InlineBytes),
+        _ => None,
+    });
+    xds_route::route::Action::DirectResponse(xds_route::DirectResponseAction {
+        status: u32::try_from(d.status).unwrap_or(200),
+        body: body.map(|s| xds_core::DataSource { specifier: Some(s), ..Default::default() }),
+        ..Default::default()
+    })
+}
+
+/// Standard base64 (Istio's `bytes` fields in YAML).
+fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        buf = (buf << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((buf >> bits) & 0xff).ok()?);
+        }
+    }
+    Some(out)
+}
+
+/// A `RouteAction` for the rule's destinations, with rewrites, timeout, retries and
+/// mirrors; `None` when the rule has no destinations.
+fn forward_action(
+    scope: &Scope<'_>,
+    vs_ns: &str,
+    rule: &VirtualServiceHttp,
+    port: u16,
+    route: &mut xds_route::Route,
+) -> Option<xds_route::route::Action> {
     let dests = rule.route.as_deref().unwrap_or_default();
     if dests.is_empty() {
-        // redirect / directResponse / delegate: not translated yet (reported as unacted fields).
-        return;
+        return None;
     }
-    let cluster = if dests.len() == 1 {
-        xds_route::route_action::ClusterSpecifier::Cluster(destination_cluster(
-            scope,
-            vs_ns,
-            &dests[0].destination,
-            port,
-        ))
+    let cluster = if let [only] = dests {
+        // A single destination's header operations apply to the whole route.
+        if let Some(h) = &only.headers {
+            route.request_headers_to_add.extend(header_ops!(h.request).map(|o| o.to_add()).unwrap_or_default());
+            route.request_headers_to_remove.extend(header_ops!(h.request).map(|o| o.to_remove()).unwrap_or_default());
+            route.response_headers_to_add.extend(header_ops!(h.response).map(|o| o.to_add()).unwrap_or_default());
+            route.response_headers_to_remove.extend(header_ops!(h.response).map(|o| o.to_remove()).unwrap_or_default());
+        }
+        xds_route::route_action::ClusterSpecifier::Cluster(destination_cluster(scope, vs_ns, &only.destination, port))
     } else {
         // Weights absent everywhere mean an even split.
         let all_unset = dests.iter().all(|d| d.weight.unwrap_or(0) == 0);
         let clusters = dests
             .iter()
-            .map(|d| xds_route::weighted_cluster::ClusterWeight {
-                name: destination_cluster(scope, vs_ns, &d.destination, port),
-                weight: Some(UInt32Value {
-                    value: if all_unset { 1 } else { u32::try_from(d.weight.unwrap_or(0)).unwrap_or(0) },
-                }),
-                ..Default::default()
+            .filter_map(|d| {
+                let weight =
+                    if all_unset { 1 } else { u32::try_from(d.weight.unwrap_or(0)).ok().filter(|w| *w > 0)? };
+                let h = d.headers.as_ref();
+                Some(xds_route::weighted_cluster::ClusterWeight {
+                    name: destination_cluster(scope, vs_ns, &d.destination, port),
+                    weight: Some(UInt32Value { value: weight }),
+                    request_headers_to_add: h
+                        .and_then(|h| header_ops!(h.request))
+                        .map(|o| o.to_add())
+                        .unwrap_or_default(),
+                    request_headers_to_remove: h
+                        .and_then(|h| header_ops!(h.request))
+                        .map(|o| o.to_remove())
+                        .unwrap_or_default(),
+                    response_headers_to_add: h
+                        .and_then(|h| header_ops!(h.response))
+                        .map(|o| o.to_add())
+                        .unwrap_or_default(),
+                    response_headers_to_remove: h
+                        .and_then(|h| header_ops!(h.response))
+                        .map(|o| o.to_remove())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                })
             })
-            .filter(|c| c.weight.as_ref().is_some_and(|w| w.value > 0))
             .collect();
         xds_route::route_action::ClusterSpecifier::WeightedClusters(xds_route::WeightedCluster {
             clusters,
@@ -214,26 +448,126 @@ fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: 
         })
     };
     let mut action = route_action(cluster);
-    if let xds_route::route::Action::Route(ra) = &mut action {
-        if let Some(t) = rule.timeout.as_deref().and_then(parse_duration) {
-            ra.timeout = Some(t);
-        }
-        if let Some(r) = &rule.retries {
-            match r.attempts {
-                Some(0) => ra.retry_policy = None,
-                attempts => {
-                    let mut rp = default_retry();
-                    if let Some(a) = attempts {
-                        rp.num_retries = Some(UInt32Value { value: u32::try_from(a).unwrap_or(0) });
-                    }
-                    if let Some(on) = &r.retry_on {
-                        rp.retry_on = on.clone();
-                    }
-                    rp.per_try_timeout = r.per_try_timeout.as_deref().and_then(parse_duration);
-                    ra.retry_policy = Some(rp);
-                }
+    let xds_route::route::Action::Route(ra) = &mut action else { return Some(action) };
+    // Consistent hashing is configured on the destination's DestinationRule and applied
+    // per route, as istiod does (from the first destination).
+    ra.hash_policy = hash_policy_for(scope, vs_ns, &dests[0].destination, port);
+    if let Some(t) = rule.timeout.as_deref().and_then(parse_duration) {
+        ra.timeout = Some(t);
+    }
+    if let Some(r) = &rule.retries {
+        if r.attempts == Some(0) {
+            ra.retry_policy = None;
+        } else {
+            let mut rp = default_retry();
+            if let Some(a) = r.attempts {
+                rp.num_retries = Some(UInt32Value { value: u32::try_from(a).unwrap_or(0) });
             }
+            if let Some(on) = &r.retry_on {
+                // Istio lets status codes stand in the list; Envoy wants them apart.
+                let (codes, policies): (Vec<&str>, Vec<&str>) =
+                    on.split(',').map(str::trim).filter(|s| !s.is_empty()).partition(|s| s.parse::<u32>().is_ok());
+                let mut policies = policies.join(",");
+                if !codes.is_empty() && !policies.contains("retriable-status-codes") {
+                    policies.push_str(if policies.is_empty() {
+                        "retriable-status-codes"
+                    } else {
+                        ",retriable-status-codes"
+                    });
+                }
+                rp.retry_on = policies;
+                rp.retriable_status_codes = codes.iter().filter_map(|c| c.parse().ok()).collect();
+            }
+            rp.per_try_timeout = r.per_try_timeout.as_deref().and_then(parse_duration);
+            if r.retry_ignore_previous_hosts == Some(false) {
+                rp.retry_host_predicate.clear();
+            }
+            ra.retry_policy = Some(rp);
         }
+    }
+    if let Some(rw) = &rule.rewrite {
+        if let Some(uri) = &rw.uri {
+            ra.prefix_rewrite = uri.clone();
+        }
+        if let Some(rr) = &rw.uri_regex_rewrite {
+            ra.regex_rewrite = Some(xds_matcher::RegexMatchAndSubstitute {
+                pattern: Some(xds_matcher::RegexMatcher {
+                    regex: rr.r#match.clone().unwrap_or_default(),
+                    ..Default::default()
+                }),
+                substitution: rr.rewrite.clone().unwrap_or_default(),
+            });
+        }
+        if let Some(a) = &rw.authority {
+            ra.host_rewrite_specifier =
+                Some(xds_route::route_action::HostRewriteSpecifier::HostRewriteLiteral(a.clone()));
+        }
+    }
+    let mirror = |host: &str, port_num: Option<i64>, subset: Option<&String>, pct: Option<f64>| {
+        let d = VirtualServiceHttpRouteDestination {
+            host: host.to_string(),
+            port: port_num
+                .map(|n| spar_api::istio::virtual_service::VirtualServiceHttpRouteDestinationPort { number: Some(n) }),
+            subset: subset.cloned(),
+        };
+        xds_route::route_action::RequestMirrorPolicy {
+            cluster: destination_cluster(scope, vs_ns, &d, port),
+            runtime_fraction: Some(xds_core::RuntimeFractionalPercent {
+                default_value: Some(percent(pct)),
+                ..Default::default()
+            }),
+            trace_sampled: Some(BoolValue { value: false }),
+            ..Default::default()
+        }
+    };
+    if let Some(m) = &rule.mirror {
+        let pct = rule.mirror_percentage.as_ref().and_then(|p| p.value).or(rule.mirror_percent.map(|p| p as f64));
+        ra.request_mirror_policies.push(mirror(
+            &m.host,
+            m.port.as_ref().and_then(|p| p.number),
+            m.subset.as_ref(),
+            pct,
+        ));
+    }
+    for m in rule.mirrors.iter().flatten() {
+        let d = &m.destination;
+        ra.request_mirror_policies.push(mirror(
+            &d.host,
+            d.port.as_ref().and_then(|p| p.number),
+            d.subset.as_ref(),
+            m.percentage.as_ref().and_then(|p| p.value),
+        ));
+    }
+    Some(action)
+}
+
+/// Envoy routes for one VirtualService `http` rule.
+fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: u16, out: &mut Vec<xds_route::Route>) {
+    let mut template = xds_route::Route::default();
+    let action = if let Some(r) = &rule.redirect {
+        redirect_action(r)
+    } else if let Some(d) = &rule.direct_response {
+        direct_response_action(d)
+    } else {
+        match forward_action(scope, vs_ns, rule, port, &mut template) {
+            Some(a) => a,
+            // delegate: resolved by the caller when supported; nothing to route here.
+            None => return,
+        }
+    };
+    if let Some(ops) = rule.headers.as_ref() {
+        template.request_headers_to_add.extend(header_ops!(ops.request).map(|o| o.to_add()).unwrap_or_default());
+        template.request_headers_to_remove.extend(header_ops!(ops.request).map(|o| o.to_remove()).unwrap_or_default());
+        template.response_headers_to_add.extend(header_ops!(ops.response).map(|o| o.to_add()).unwrap_or_default());
+        template
+            .response_headers_to_remove
+            .extend(header_ops!(ops.response).map(|o| o.to_remove()).unwrap_or_default());
+    }
+    if let Some(f) = &rule.fault {
+        template.typed_per_filter_config.insert(FAULT_FILTER.into(), fault_config(f));
+    }
+    if let Some(c) = &rule.cors_policy {
+        template.typed_per_filter_config.insert(CORS_FILTER.into(), cors_config(c));
     }
     let matches: Vec<Option<&VirtualServiceHttpMatch>> = match rule.r#match.as_deref() {
         None | Some([]) => vec![None],
@@ -250,12 +584,11 @@ fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: 
             },
             route_match,
         );
-        out.push(xds_route::Route {
-            name: rule.name.clone().or_else(|| m.and_then(|m| m.name.clone())).unwrap_or_default(),
-            r#match: Some(rm),
-            action: Some(action.clone()),
-            ..Default::default()
-        });
+        let mut r = template.clone();
+        r.name = rule.name.clone().or_else(|| m.and_then(|m| m.name.clone())).unwrap_or_default();
+        r.r#match = Some(rm);
+        r.action = Some(action.clone());
+        out.push(r);
     }
 }
 
@@ -314,7 +647,15 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
                 }
                 routes
             }
-            None => vec![to_cluster_route("default", &outbound_cluster_name(port, "", &svc.hostname))],
+            None => {
+                let mut r = to_cluster_route("default", &outbound_cluster_name(port, "", &svc.hostname));
+                if let (Some(xds_route::route::Action::Route(ra)), Some(dr)) =
+                    (r.action.as_mut(), scope.snap.destination_rule_for(&scope.proxy.namespace, svc))
+                {
+                    ra.hash_policy = super::policy::hash_policy(&super::policy::effective(&dr.spec, "", port));
+                }
+                vec![r]
+            }
         };
         vhosts.push(xds_route::VirtualHost {
             name: format!("{}:{port}", svc.hostname),

@@ -1,0 +1,314 @@
+//! Traffic-management conformance: VirtualService actions and DestinationRule traffic
+//! policies, proven with real requests through stock Envoy. Each case runs over SotW and
+//! delta.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use spar_conformance::echo::{EchoOptions, EchoState};
+use spar_conformance::{Envoy, Harness, HttpResponse, http_request, tally, wait_for};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+/// The `traffic` case mesh (client + backend v1/v2) plus `routes` as routes.yaml.
+struct Mesh {
+    h: Harness,
+    client: Envoy,
+    v1: Arc<EchoState>,
+    v2: Arc<EchoState>,
+}
+
+impl Mesh {
+    async fn start(name: &str, delta: bool, routes: &str, v1: EchoOptions) -> anyhow::Result<Self> {
+        let mut h = Harness::new(name, delta)?;
+        h.load_case("traffic")?;
+        h.write_config("routes.yaml", routes)?;
+        if !routes.contains("kind: DestinationRule") {
+            // Subsets v1 and v2, no traffic policy.
+            h.write_config("destination-rule.yaml", &dr("    {}"))?;
+        }
+        h.start_spar(&[]).await?;
+        let mut states = Vec::new();
+        for (v, opts) in [("v1", v1), ("v2", EchoOptions::default())] {
+            let pod = h.pod(&format!("backend-{v}"), &[("app", "backend"), ("version", v)]);
+            states.push(h.start_echo_with(&pod.name, SocketAddr::new(pod.ip, 8080), opts).await?);
+            h.start_sidecar(&pod).await?;
+        }
+        let client = h.pod("client", &[("app", "client")]);
+        let client = h.start_sidecar(&client).await?;
+        let v2 = states.pop().unwrap_or_default();
+        let v1 = states.pop().unwrap_or_default();
+        let m = Self { h, client, v1, v2 };
+        // Routes are in place once the backend answers through the client's sidecar.
+        wait_for(CONVERGE, "routes to converge", || async {
+            m.get("/ready-check", &[]).await.is_ok_and(|r| r.status != 404 && r.status != 503)
+        })
+        .await?;
+        Ok(m)
+    }
+
+    fn to(&self) -> SocketAddr {
+        SocketAddr::new(self.client.ip, 9080)
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<HttpResponse> {
+        http_request(self.to(), "GET", "backend", path, headers).await
+    }
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [backend]\n  http:\n{http}"
+    )
+}
+
+fn dr(traffic_policy: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: backend}}\nspec:\n  host: backend\n  trafficPolicy:\n{traffic_policy}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n"
+    )
+}
+
+fn body_json(r: &HttpResponse) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_default()
+}
+
+async fn redirect_direct_response_rewrite(delta: bool) -> anyhow::Result<()> {
+    let routes = vs(r#"  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, authority: other.example, redirectCode: 302}
+  - match: [{uri: {prefix: /static}}]
+    directResponse: {status: 418, body: {string: teapot}}
+  - match: [{uri: {prefix: /api/}}]
+    rewrite: {uri: /v1/, authority: internal.example}
+    route: [{destination: {host: backend, subset: v1}}]
+  - match: [{uri: {prefix: /re/}}]
+    rewrite: {uriRegexRewrite: {match: "^/re/(.*)$", rewrite: "/regex/\\1"}}
+    route: [{destination: {host: backend, subset: v1}}]
+  - route: [{destination: {host: backend, subset: v2}}]
+"#);
+    let mut m = Mesh::start("redirect", delta, &routes, EchoOptions::default()).await?;
+    let r = m.get("/old/page", &[]).await?;
+    assert_eq!(r.status, 302);
+    assert_eq!(r.headers.get("location").map(String::as_str), Some("http://other.example/new"));
+    let r = m.get("/static/x", &[]).await?;
+    assert_eq!((r.status, r.body.as_str()), (418, "teapot"));
+    let r = m.get("/api/items?q=1", &[]).await?;
+    assert_eq!(r.backend(), Some("backend-v1"));
+    let seen = body_json(&r);
+    assert_eq!(seen["path"], "/v1/items?q=1");
+    assert_eq!(seen["headers"]["host"], "internal.example");
+    let r = m.get("/re/abc", &[]).await?;
+    assert_eq!(body_json(&r)["path"], "/regex/abc");
+    assert!(m.v2.received().is_empty() || m.v2.received().iter().all(|q| q.path == "/ready-check"));
+    m.h.check_alive()
+}
+
+async fn header_manipulation(delta: bool) -> anyhow::Result<()> {
+    let routes = vs(r#"  - headers:
+      request: {set: {x-set: "yes"}, add: {x-added: "1"}, remove: [x-secret]}
+      response: {set: {x-resp: "set"}, remove: [x-echo-remove-me]}
+    route:
+    - destination: {host: backend, subset: v2}
+      headers: {request: {set: {x-dest: v2}}, response: {add: {x-dest-resp: v2}}}
+"#);
+    let mut m = Mesh::start("headers", delta, &routes, EchoOptions::default()).await?;
+    let r = m.get("/", &[("x-secret", "hunter2"), ("x-set", "client")]).await?;
+    let seen = &body_json(&r)["headers"];
+    assert_eq!(seen["x-set"], "yes", "set overwrites: {seen}");
+    assert_eq!(seen["x-added"], "1");
+    assert_eq!(seen["x-dest"], "v2", "per-destination header");
+    assert!(seen.get("x-secret").is_none(), "removed: {seen}");
+    assert_eq!(r.headers.get("x-resp").map(String::as_str), Some("set"));
+    assert_eq!(r.headers.get("x-dest-resp").map(String::as_str), Some("v2"));
+    m.h.check_alive()
+}
+
+async fn timeouts_and_retries(delta: bool) -> anyhow::Result<()> {
+    let routes = vs(r#"  - match: [{uri: {prefix: /slow}}]
+    timeout: 300ms
+    route: [{destination: {host: backend, subset: v1}}]
+  - retries: {attempts: 3, retryOn: "5xx"}
+    route: [{destination: {host: backend, subset: v1}}]
+"#);
+    let mut m = Mesh::start("retries", delta, &routes, EchoOptions::default()).await?;
+    let t = Instant::now();
+    let r = m.get("/slow", &[("x-echo-delay-ms", "3000")]).await?;
+    assert_eq!(r.status, 504, "route timeout");
+    assert!(t.elapsed() < Duration::from_millis(2500), "timed out by Envoy, not the backend: {:?}", t.elapsed());
+    // Fails twice, then succeeds: the client sees 200 after 3 attempts.
+    let r = m.get("/flaky", &[("x-echo-fail", "2"), ("x-echo-key", "a")]).await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(body_json(&r)["headers"]["x-envoy-attempt-count"], "3");
+    // Fails five times: 1 try + 3 retries all fail.
+    let r = m.get("/flaky", &[("x-echo-fail", "5"), ("x-echo-key", "b")]).await?;
+    assert_eq!(r.status, 503);
+    let tries = m.v1.received().iter().filter(|q| q.headers.get("x-echo-key").map(String::as_str) == Some("b")).count();
+    assert_eq!(tries, 4);
+    m.h.check_alive()
+}
+
+async fn fault_injection(delta: bool) -> anyhow::Result<()> {
+    let routes = vs(r#"  - match: [{headers: {x-fault: {exact: abort}}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: backend, subset: v1}}]
+  - match: [{headers: {x-fault: {exact: delay}}}]
+    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
+    route: [{destination: {host: backend, subset: v1}}]
+  - route: [{destination: {host: backend, subset: v1}}]
+"#);
+    let mut m = Mesh::start("fault", delta, &routes, EchoOptions::default()).await?;
+    let before = m.v1.received().len();
+    let r = m.get("/", &[("x-fault", "abort")]).await?;
+    assert_eq!(r.status, 418);
+    assert_eq!(m.v1.received().len(), before, "aborted requests never reach the backend");
+    let t = Instant::now();
+    let r = m.get("/", &[("x-fault", "delay")]).await?;
+    assert_eq!(r.status, 200);
+    assert!(t.elapsed() >= Duration::from_millis(400), "delayed: {:?}", t.elapsed());
+    m.h.check_alive()
+}
+
+async fn mirroring(delta: bool) -> anyhow::Result<()> {
+    let routes = vs(r#"  - route: [{destination: {host: backend, subset: v1}}]
+    mirror: {host: backend, subset: v2}
+    mirrorPercentage: {value: 100}
+"#);
+    let mut m = Mesh::start("mirror", delta, &routes, EchoOptions::default()).await?;
+    let r = m.get("/mirrored/1", &[]).await?;
+    assert_eq!(r.backend(), Some("backend-v1"));
+    wait_for(Duration::from_secs(5), "the mirror to receive the request", || async {
+        m.v2.received().iter().any(|q| q.path == "/mirrored/1")
+    })
+    .await?;
+    let shadow = m.v2.received().into_iter().find(|q| q.path == "/mirrored/1").map(|q| q.headers).unwrap_or_default();
+    assert_eq!(shadow.get("host").map(String::as_str), Some("backend-shadow"), "Envoy marks shadowed requests");
+    m.h.check_alive()
+}
+
+async fn cors_preflight(delta: bool) -> anyhow::Result<()> {
+    let routes = vs(r#"  - corsPolicy:
+      allowOrigins: [{exact: "https://example.com"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-custom]
+      maxAge: 24h
+    route: [{destination: {host: backend, subset: v1}}]
+"#);
+    let mut m = Mesh::start("cors", delta, &routes, EchoOptions::default()).await?;
+    let pre = |origin: &'static str| {
+        let to = m.to();
+        async move {
+            http_request(
+                to,
+                "OPTIONS",
+                "backend",
+                "/",
+                &[("origin", origin), ("access-control-request-method", "POST")],
+            )
+            .await
+        }
+    };
+    let r = pre("https://example.com").await?;
+    assert_eq!(r.headers.get("access-control-allow-origin").map(String::as_str), Some("https://example.com"), "{r:?}");
+    assert!(r.headers.get("access-control-allow-methods").is_some_and(|m| m.contains("POST")));
+    assert_eq!(r.headers.get("access-control-max-age").map(String::as_str), Some("86400"));
+    let r = pre("https://evil.example").await?;
+    assert!(r.headers.get("access-control-allow-origin").is_none(), "{r:?}");
+    m.h.check_alive()
+}
+
+async fn consistent_hash(delta: bool) -> anyhow::Result<()> {
+    let routes = dr("    loadBalancer: {consistentHash: {httpHeaderName: x-user}}");
+    let mut m = Mesh::start("hash", delta, &routes, EchoOptions::default()).await?;
+    for user in ["alice", "bob", "carol"] {
+        let counts = tally(m.to(), "backend", "/", &[("x-user", user)], 20).await?;
+        assert_eq!(counts.len(), 1, "{user} sticks to one backend: {counts:?}");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let user = format!("user-{i}");
+        if let Some(b) = m.get("/", &[("x-user", &user)]).await?.backend() {
+            seen.insert(b.to_string());
+        }
+    }
+    assert_eq!(seen.len(), 2, "different users spread over both backends: {seen:?}");
+    m.h.check_alive()
+}
+
+async fn outlier_ejection(delta: bool) -> anyhow::Result<()> {
+    let routes = dr(
+        "    outlierDetection: {consecutive5xxErrors: 1, interval: 100ms, baseEjectionTime: 60s, maxEjectionPercent: 100}",
+    );
+    // v1 always answers 500.
+    let mut m = Mesh::start("outlier", delta, &routes, EchoOptions { status: Some(500) }).await?;
+    wait_for(CONVERGE, "the failing endpoint to be ejected", || async {
+        tally(m.to(), "backend", "/", &[], 10).await.is_ok_and(|c| c.get("backend-v2") == Some(&10))
+    })
+    .await?;
+    let counts = tally(m.to(), "backend", "/", &[], 30).await?;
+    assert_eq!(counts.get("backend-v2"), Some(&30), "{counts:?}");
+    assert!(
+        m.client
+            .stat("cluster.outbound|9080||backend.default.svc.cluster.local.outlier_detection.ejections_active")
+            .await?
+            >= 1
+    );
+    m.h.check_alive()
+}
+
+async fn connection_pool_overflow(delta: bool) -> anyhow::Result<()> {
+    let routes = format!(
+        "{}---\n{}",
+        dr(
+            "    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1}}"
+        ),
+        vs("  - retries: {attempts: 0}\n    route: [{destination: {host: backend, subset: v1}}]\n")
+    );
+    let mut m = Mesh::start("pool", delta, &routes, EchoOptions::default()).await?;
+    let to = m.to();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            http_request(to, "GET", "backend", "/", &[("x-echo-delay-ms", "700")]).await
+        }));
+    }
+    let mut overflowed = 0;
+    let mut ok = 0;
+    for t in tasks {
+        let r = t.await??;
+        if r.status == 503 && r.headers.get("x-envoy-overloaded").is_some() {
+            overflowed += 1;
+        } else if r.status == 200 {
+            ok += 1;
+        }
+    }
+    assert!(
+        ok >= 1 && overflowed >= 1,
+        "expected some requests served and some rejected by the pool: ok={ok} overflowed={overflowed}"
+    );
+    m.h.check_alive()
+}
+
+macro_rules! both_variants {
+    ($($case:ident),* $(,)?) => {
+        mod sotw {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> anyhow::Result<()> { super::$case(false).await } )*
+        }
+        mod delta {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> anyhow::Result<()> { super::$case(true).await } )*
+        }
+    };
+}
+
+both_variants!(
+    redirect_direct_response_rewrite,
+    header_manipulation,
+    timeouts_and_retries,
+    fault_injection,
+    mirroring,
+    cors_preflight,
+    consistent_hash,
+    outlier_ejection,
+    connection_pool_overflow,
+);
