@@ -1,0 +1,5 @@
+//! (to be written)
+
+use super::Analyzer;
+
+pub(super) static ANALYZERS: &[Analyzer] = &[];

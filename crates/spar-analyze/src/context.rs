@@ -1,0 +1,259 @@
+//! What analyzers read: resources by kind and by key, and the mesh configuration. The
+//! context is built once (from files today, from a live cluster later) and is read-only.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use spar_api::{Object, Origin};
+
+use crate::fieldmap::FieldLines;
+use crate::message::Subject;
+
+/// A group and kind, the way analyzers ask for resources (`networking.istio.io`
+/// `Gateway` and `gateway.networking.k8s.io` `Gateway` are different kinds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Gk {
+    /// API group; empty for the core group.
+    pub group: &'static str,
+    /// Kind.
+    pub kind: &'static str,
+}
+
+/// The kinds analyzers read.
+#[allow(missing_docs, reason = "each constant is its kind's name")]
+pub mod gk {
+    use super::Gk;
+
+    const fn k(group: &'static str, kind: &'static str) -> Gk {
+        Gk { group, kind }
+    }
+    const NET: &str = "networking.istio.io";
+    const SEC: &str = "security.istio.io";
+    const GW_API: &str = "gateway.networking.k8s.io";
+    pub const VIRTUAL_SERVICE: Gk = k(NET, "VirtualService");
+    pub const DESTINATION_RULE: Gk = k(NET, "DestinationRule");
+    pub const GATEWAY: Gk = k(NET, "Gateway");
+    pub const SERVICE_ENTRY: Gk = k(NET, "ServiceEntry");
+    pub const SIDECAR: Gk = k(NET, "Sidecar");
+    pub const ENVOY_FILTER: Gk = k(NET, "EnvoyFilter");
+    pub const WORKLOAD_ENTRY: Gk = k(NET, "WorkloadEntry");
+    pub const AUTHORIZATION_POLICY: Gk = k(SEC, "AuthorizationPolicy");
+    pub const REQUEST_AUTHENTICATION: Gk = k(SEC, "RequestAuthentication");
+    pub const PEER_AUTHENTICATION: Gk = k(SEC, "PeerAuthentication");
+    pub const TELEMETRY: Gk = k("telemetry.istio.io", "Telemetry");
+    pub const K8S_GATEWAY: Gk = k(GW_API, "Gateway");
+    pub const HTTP_ROUTE: Gk = k(GW_API, "HTTPRoute");
+    pub const GRPC_ROUTE: Gk = k(GW_API, "GRPCRoute");
+    pub const SERVICE: Gk = k("", "Service");
+    pub const POD: Gk = k("", "Pod");
+    pub const NAMESPACE: Gk = k("", "Namespace");
+    pub const SECRET: Gk = k("", "Secret");
+    pub const CONFIG_MAP: Gk = k("", "ConfigMap");
+    pub const DEPLOYMENT: Gk = k("apps", "Deployment");
+    pub const MUTATING_WEBHOOK: Gk = k("admissionregistration.k8s.io", "MutatingWebhookConfiguration");
+    pub const VALIDATING_WEBHOOK: Gk = k("admissionregistration.k8s.io", "ValidatingWebhookConfiguration");
+    pub const CRD: Gk = k("apiextensions.k8s.io", "CustomResourceDefinition");
+}
+
+/// One resource, whatever its kind: its metadata, the document as written, where it was
+/// read, and (for the kinds Spar serves) the typed object.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    /// Group and kind.
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// `apiVersion` as written.
+    pub api_version: String,
+    /// Namespace: as written, else the context's default; empty for cluster-scoped kinds.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
+    /// The document as JSON.
+    pub raw: Value,
+    /// Where the document starts.
+    pub origin: Origin,
+    /// Lines of its fields.
+    pub fields: FieldLines,
+    /// The typed object, when Spar serves this kind and it parsed.
+    pub object: Option<Object>,
+    /// Why the typed parse or Spar's validation rejected it (each names the field).
+    pub invalid: Vec<String>,
+    /// Cluster it came from (multi-cluster analysis); empty for the only cluster.
+    pub cluster: String,
+}
+
+impl Resource {
+    /// Whether it is of kind `k`.
+    pub fn is(&self, k: Gk) -> bool {
+        self.kind == k.kind && self.group == k.group
+    }
+
+    /// The message subject.
+    pub fn subject(&self) -> Subject {
+        Subject { kind: self.kind.clone(), namespace: self.namespace.clone(), name: self.name.clone() }
+    }
+
+    /// `spec`, or null.
+    pub fn spec(&self) -> &Value {
+        self.raw.get("spec").unwrap_or(&Value::Null)
+    }
+
+    /// The line of `path` (`spec.gateways[0]`), else of the document.
+    pub fn line_of(&self, path: &str) -> u32 {
+        self.fields.get(path).copied().unwrap_or(self.origin.line)
+    }
+
+    /// Whether `path` is a field with a known line.
+    pub fn has_line(&self, path: &str) -> bool {
+        self.fields.contains_key(path)
+    }
+
+    /// `ns/name`, or `name` without a namespace.
+    pub fn full_name(&self) -> String {
+        if self.namespace.is_empty() { self.name.clone() } else { format!("{}/{}", self.namespace, self.name) }
+    }
+
+    /// The `spec.selector`-style label map at `v` (string values only).
+    pub fn string_map(v: Option<&Value>) -> BTreeMap<String, String> {
+        v.and_then(Value::as_object)
+            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), scalar(v)?))).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A scalar as a string (YAML authors write `"1"`, `1` and `true` interchangeably in labels).
+pub fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Mesh-wide settings analyzers read (Istio's MeshConfig). Unknown fields are kept in
+/// `raw`.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// `rootNamespace`, `istio-system` by default.
+    pub root_namespace: String,
+    /// The cluster DNS domain, `cluster.local`.
+    pub domain: String,
+    /// `ingressService`, `istio-ingressgateway` by default.
+    pub ingress_service: String,
+    /// `ingressControllerMode`, `STRICT` by default (`OFF` disables the default ingress).
+    pub ingress_controller_mode: String,
+    /// The MeshConfig document as given (`defaultConfig`, `outboundTrafficPolicy`, ...).
+    pub raw: Value,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        Self {
+            root_namespace: "istio-system".into(),
+            domain: "cluster.local".into(),
+            ingress_service: "istio-ingressgateway".into(),
+            ingress_controller_mode: "STRICT".into(),
+            raw: Value::Object(serde_json::Map::new()),
+        }
+    }
+}
+
+impl MeshConfig {
+    /// Reads a MeshConfig YAML document (the `mesh` key of Istio's `istio` ConfigMap),
+    /// with Istio's defaults for what it does not set.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+        let raw = serde_json::to_value(v).map_err(|e| e.to_string())?;
+        let raw = match raw {
+            Value::Null => Value::Object(serde_json::Map::new()),
+            Value::Object(_) => raw,
+            _ => return Err("a MeshConfig must be a YAML mapping".into()),
+        };
+        let d = Self::default();
+        let s = |k: &str, def: String| raw.get(k).and_then(Value::as_str).map_or(def, str::to_string);
+        Ok(Self {
+            root_namespace: s("rootNamespace", d.root_namespace),
+            domain: d.domain,
+            ingress_service: s("ingressService", d.ingress_service),
+            ingress_controller_mode: s("ingressControllerMode", d.ingress_controller_mode),
+            raw,
+        })
+    }
+
+    /// `defaultConfig` (ProxyConfig), or null.
+    pub fn default_config(&self) -> &Value {
+        self.raw.get("defaultConfig").unwrap_or(&Value::Null)
+    }
+
+    /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` unless set.
+    pub fn outbound_traffic_policy(&self) -> &str {
+        self.raw.pointer("/outboundTrafficPolicy/mode").and_then(Value::as_str).unwrap_or("ALLOW_ANY")
+    }
+
+    /// `defaultConfig.proxyMetadata.<key>`.
+    pub fn proxy_metadata(&self, key: &str) -> Option<&str> {
+        self.default_config().get("proxyMetadata").and_then(|m| m.get(key)).and_then(Value::as_str)
+    }
+}
+
+/// The read-only view analyzers work on.
+#[derive(Debug, Default)]
+pub struct Context {
+    resources: Vec<Resource>,
+    by_kind: BTreeMap<(String, String), Vec<usize>>,
+    by_key: BTreeMap<(String, String, String, String), usize>,
+    mesh: MeshConfig,
+    mesh_networks: Option<Value>,
+}
+
+impl Context {
+    /// A context over `resources`. The first definition of a key wins for lookups
+    /// (later duplicates are still listed by kind and reported by Spar's analyzer).
+    pub fn new(resources: Vec<Resource>, mesh: MeshConfig, mesh_networks: Option<Value>) -> Self {
+        let mut by_kind: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+        let mut by_key = BTreeMap::new();
+        for (i, r) in resources.iter().enumerate() {
+            by_kind.entry((r.group.clone(), r.kind.clone())).or_default().push(i);
+            by_key.entry((r.group.clone(), r.kind.clone(), r.namespace.clone(), r.name.clone())).or_insert(i);
+        }
+        Self { resources, by_kind, by_key, mesh, mesh_networks }
+    }
+
+    /// Every resource.
+    pub fn resources(&self) -> &[Resource] {
+        &self.resources
+    }
+
+    /// Resources of kind `k`, in input order.
+    pub fn of(&self, k: Gk) -> impl Iterator<Item = &Resource> + '_ {
+        self.by_kind.get(&(k.group.to_string(), k.kind.to_string())).into_iter().flatten().map(|i| &self.resources[*i])
+    }
+
+    /// The resource of kind `k` named `ns/name`.
+    pub fn get(&self, k: Gk, namespace: &str, name: &str) -> Option<&Resource> {
+        self.by_key
+            .get(&(k.group.to_string(), k.kind.to_string(), namespace.to_string(), name.to_string()))
+            .map(|i| &self.resources[*i])
+    }
+
+    /// Whether `ns/name` of kind `k` exists.
+    pub fn exists(&self, k: Gk, namespace: &str, name: &str) -> bool {
+        self.get(k, namespace, name).is_some()
+    }
+
+    /// Mesh settings.
+    pub fn mesh(&self) -> &MeshConfig {
+        &self.mesh
+    }
+
+    /// MeshNetworks, when given.
+    pub fn mesh_networks(&self) -> Option<&Value> {
+        self.mesh_networks.as_ref()
+    }
+}
