@@ -47,6 +47,7 @@ pub mod gk {
     pub const SERVICE: Gk = k("", "Service");
     pub const POD: Gk = k("", "Pod");
     pub const NAMESPACE: Gk = k("", "Namespace");
+    pub const NODE: Gk = k("", "Node");
     pub const SECRET: Gk = k("", "Secret");
     pub const CONFIG_MAP: Gk = k("", "ConfigMap");
     pub const DEPLOYMENT: Gk = k("apps", "Deployment");

@@ -191,6 +191,8 @@ pub(crate) fn mirror_destinations(spec: &Value) -> Vec<Dest<'_>> {
 #[derive(Clone, Debug)]
 pub(crate) struct HostEntry {
     pub ports: Vec<i64>,
+    /// A ServiceEntry's `workloadSelector.labels` (empty for Services).
+    pub selector: BTreeMap<String, String>,
 }
 
 /// Hosts of ServiceEntries and Services, keyed by `scope/fqdn` (scope `*` for all
@@ -200,7 +202,10 @@ pub(crate) fn service_entry_host_map(ctx: &Context) -> BTreeMap<String, HostEntr
     let key = |scope: &str, ns: &str, host: &str| format!("{scope}/{}", fqdn(ns, host));
     for se in ctx.of(gk::SERVICE_ENTRY) {
         let spec = se.spec();
-        let entry = HostEntry { ports: arr(spec, "ports").iter().filter_map(|p| p.get("number")?.as_i64()).collect() };
+        let entry = HostEntry {
+            ports: arr(spec, "ports").iter().filter_map(|p| p.get("number")?.as_i64()).collect(),
+            selector: Resource::string_map(spec.pointer("/workloadSelector/labels")),
+        };
         let export = strs(spec, "exportTo");
         for h in strs(spec, "hosts") {
             if export.is_empty() || export.contains(&"*") {
@@ -214,8 +219,10 @@ pub(crate) fn service_entry_host_map(ctx: &Context) -> BTreeMap<String, HostEntr
         }
     }
     for svc in ctx.of(gk::SERVICE) {
-        let entry =
-            HostEntry { ports: arr(svc.spec(), "ports").iter().filter_map(|p| p.get("port")?.as_i64()).collect() };
+        let entry = HostEntry {
+            ports: arr(svc.spec(), "ports").iter().filter_map(|p| p.get("port")?.as_i64()).collect(),
+            selector: BTreeMap::new(),
+        };
         let scopes: Vec<String> = match svc.annotations.get("networking.istio.io/exportTo") {
             None => vec!["*".into()],
             Some(a) if a.is_empty() => vec!["*".into()],
