@@ -41,6 +41,7 @@ pub mod gk {
     pub const REQUEST_AUTHENTICATION: Gk = k(SEC, "RequestAuthentication");
     pub const PEER_AUTHENTICATION: Gk = k(SEC, "PeerAuthentication");
     pub const TELEMETRY: Gk = k("telemetry.istio.io", "Telemetry");
+    pub const WASM_PLUGIN: Gk = k("extensions.istio.io", "WasmPlugin");
     pub const K8S_GATEWAY: Gk = k(GW_API, "Gateway");
     pub const HTTP_ROUTE: Gk = k(GW_API, "HTTPRoute");
     pub const GRPC_ROUTE: Gk = k(GW_API, "GRPCRoute");

@@ -133,6 +133,33 @@ pub(crate) fn selects(
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// The containers (and init containers) of a Pod, Deployment (or other workload with a
+/// pod template), as JSON values.
+pub(crate) fn containers(r: &Resource, with_init: bool) -> Vec<&Value> {
+    let spec = if r.kind == "Pod" { r.spec() } else { r.spec().pointer("/template/spec").unwrap_or(&Value::Null) };
+    let mut out: Vec<&Value> = arr(spec, "containers").iter().collect();
+    if with_init {
+        out.extend(arr(spec, "initContainers"));
+    }
+    out
+}
+
+/// Istio's `PodInMesh`: an `istio-proxy` container with an image, else the
+/// `sidecar.istio.io/inject` label or annotation, else the namespace's
+/// `istio-injection=enabled` label.
+pub(crate) fn pod_in_mesh(ctx: &Context, pod: &Resource) -> bool {
+    if containers(pod, true).iter().any(|c| st(c, "name") == "istio-proxy" && !st(c, "image").is_empty()) {
+        return true;
+    }
+    for m in [&pod.labels, &pod.annotations] {
+        if let Some(v) = m.get("sidecar.istio.io/inject") {
+            return v == "true";
+        }
+    }
+    ctx.get(crate::context::gk::NAMESPACE, "", &pod.namespace)
+        .is_some_and(|ns| ns.labels.get("istio-injection").is_some_and(|v| v == "enabled"))
+}
+
 /// `ns/name` from a reference written `name` or `ns/name` in namespace `ns`.
 pub(crate) fn short_or_full(ns: &str, reference: &str) -> (String, String) {
     match reference.split_once('/') {
