@@ -301,6 +301,22 @@ macro_rules! both_variants {
     };
 }
 
+/// One module with a SotW and a delta test for `case`.
+macro_rules! both_variants_mod {
+    ($module:ident, $case:ident) => {
+        mod $module {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sotw() -> anyhow::Result<()> {
+                super::$case(false).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn delta() -> anyhow::Result<()> {
+                super::$case(true).await
+            }
+        }
+    };
+}
+
 both_variants!(
     redirect_direct_response_rewrite,
     header_manipulation,
@@ -312,3 +328,82 @@ both_variants!(
     outlier_ejection,
     connection_pool_overflow,
 );
+
+/// Opaque TCP through `tcp_proxy` on both sides, split by a VirtualService `tcp` rule
+/// (HTTP requests are used as the payload only to learn which backend answered).
+async fn tcp_routing(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("tcp", delta)?;
+    h.load_case("tcp")?;
+    h.start_spar(&[]).await?;
+    for v in ["v1", "v2"] {
+        let pod = h.pod(&format!("echo-{v}"), &[("app", "echo"), ("version", v)]);
+        h.start_echo(&pod.name, SocketAddr::new(pod.ip, 8080)).await?;
+        h.start_sidecar(&pod).await?;
+    }
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let to = SocketAddr::new(client.ip, 9000);
+    wait_for(CONVERGE, "TCP routes", || async {
+        http_request(to, "GET", "any", "/", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+    let n = 200;
+    let counts = tally(to, "any", "/", &[], n).await?;
+    let v2 = counts.get("echo-v2").copied().unwrap_or(0);
+    assert_eq!(counts.get("echo-v1").copied().unwrap_or(0) + v2, n, "{counts:?}");
+    // Binomial(200, 0.8): mean 160, sd ~5.7; ±4 sd.
+    assert!((137..=183).contains(&v2), "expected about 160 of {n} on v2: {counts:?}");
+    h.check_alive()
+}
+
+both_variants_mod!(tcp, tcp_routing);
+
+/// REGISTRY_ONLY: hosts outside the registry are refused (502 from `block_all`) while
+/// registered services keep working.
+async fn registry_only(delta: bool) -> anyhow::Result<()> {
+    let routes = vs("  - route: [{destination: {host: backend, subset: v1}}]\n");
+    let mut m = Mesh::start("registry-only", delta, &routes, EchoOptions::default()).await?;
+    let ip = m.client.ip;
+    m.h.write_config(
+        "sidecar-client.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: client}}\nspec:\n  workloadSelector: {{labels: {{app: client}}}}\n  egress: [{{bind: \"{ip}\", hosts: [\"./*\"]}}]\n  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\n"
+        ),
+    )?;
+    wait_for(CONVERGE, "unknown hosts to be refused", || async {
+        http_request(m.to(), "GET", "unknown.example.com", "/", &[]).await.is_ok_and(|r| r.status == 502)
+    })
+    .await?;
+    assert_eq!(m.get("/", &[]).await?.backend(), Some("backend-v1"), "registered services still work");
+    m.h.check_alive()
+}
+
+/// A Sidecar's egress hosts shrink what a proxy receives: with 40 services in the mesh,
+/// a client that imports only `./backend` holds a handful of clusters.
+async fn sidecar_scoping(delta: bool) -> anyhow::Result<()> {
+    let mut extra = String::new();
+    for i in 0..40 {
+        extra.push_str(&format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n"));
+    }
+    let mut m = Mesh::start("scoping", delta, &extra, EchoOptions::default()).await?;
+    let full = m.client.stat("cluster_manager.active_clusters").await?;
+    let ip = m.client.ip;
+    m.h.write_config(
+        "sidecar-client.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: client}}\nspec:\n  workloadSelector: {{labels: {{app: client}}}}\n  egress: [{{bind: \"{ip}\", hosts: [\"./backend.default.svc.cluster.local\"]}}]\n"
+        ),
+    )?;
+    let client = m.client.clone();
+    wait_for(CONVERGE, "the scoped config", || async {
+        client.stat("cluster_manager.active_clusters").await.is_ok_and(|n| n < 10)
+    })
+    .await?;
+    let scoped = client.stat("cluster_manager.active_clusters").await?;
+    assert!(full >= 40 + 3 && scoped < 10, "clusters: {full} unscoped, {scoped} scoped");
+    assert_eq!(m.get("/", &[]).await?.status, 200, "the imported service still works");
+    m.h.check_alive()
+}
+
+both_variants_mod!(registry, registry_only);
+both_variants_mod!(scoping, sidecar_scoping);

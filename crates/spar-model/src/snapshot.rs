@@ -25,11 +25,14 @@ pub struct MeshConfig {
     pub domain: String,
     /// Root namespace for mesh-wide config, `istio-system`.
     pub root_namespace: String,
+    /// `outboundTrafficPolicy.mode`: whether traffic to hosts outside the registry is
+    /// let through (`ALLOW_ANY`, Istio's default) or refused (`REGISTRY_ONLY`).
+    pub registry_only: bool,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        Self { domain: "cluster.local".into(), root_namespace: "istio-system".into() }
+        Self { domain: "cluster.local".into(), root_namespace: "istio-system".into(), registry_only: false }
     }
 }
 

@@ -48,6 +48,16 @@ struct ServeArgs {
     /// Istio root namespace (mesh-wide Sidecar, DestinationRule defaults).
     #[arg(long, default_value = "istio-system")]
     root_namespace: String,
+    /// Mesh-wide outbound traffic policy for hosts not in the registry (a Sidecar's
+    /// `outboundTrafficPolicy` overrides it for its workloads).
+    #[arg(long, value_enum, default_value = "allow-any")]
+    outbound_traffic_policy: OutboundPolicy,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum OutboundPolicy {
+    AllowAny,
+    RegistryOnly,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -132,7 +142,11 @@ fn main() -> anyhow::Result<()> {
                 xds_address: a.xds_address,
                 debounce_quiet: a.debounce_quiet,
                 debounce_max: a.debounce_max,
-                mesh: MeshConfig { domain: a.domain, root_namespace: a.root_namespace },
+                mesh: MeshConfig {
+                    domain: a.domain,
+                    root_namespace: a.root_namespace,
+                    registry_only: matches!(a.outbound_traffic_policy, OutboundPolicy::RegistryOnly),
+                },
             };
             let rt =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;

@@ -25,6 +25,32 @@ const CONNECT_TIMEOUT_SECS: i64 = 10;
 /// istiod's default circuit-breaker limits: effectively unlimited.
 const UNLIMITED: u32 = u32::MAX;
 
+/// Where ALLOW_ANY traffic to unknown hosts goes (original destination).
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Where refused traffic goes: a cluster with no endpoints.
+pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+
+/// istiod's two catch-all clusters.
+fn catch_all_clusters(out: &mut ProxyResources) {
+    use xds_cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy};
+    let passthrough = xds_cluster::Cluster {
+        name: PASSTHROUGH_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
+        lb_policy: LbPolicy::ClusterProvided as i32,
+        connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
+        circuit_breakers: Some(thresholds()),
+        ..Default::default()
+    };
+    out.insert(type_url::CLUSTER, PASSTHROUGH_CLUSTER, &passthrough);
+    let blackhole = xds_cluster::Cluster {
+        name: BLACKHOLE_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
+        ..Default::default()
+    };
+    out.insert(type_url::CLUSTER, BLACKHOLE_CLUSTER, &blackhole);
+}
+
 /// `outbound|<port>|<subset>|<host>`.
 pub fn outbound_cluster_name(port: u16, subset: &str, host: &str) -> String {
     format!("outbound|{port}|{subset}|{host}")
@@ -163,14 +189,240 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                     bind_to_port,
                 );
                 out.insert(type_url::LISTENER, name, &l);
+            } else if matches!(protocol, Protocol::Tls | Protocol::Https) {
+                // TLS is routed by SNI: a filter chain per VirtualService `tls` match, and
+                // one per service host for the rest.
+                let chains = tls_chains(scope, port, &services);
+                if chains.is_empty() {
+                    continue;
+                }
+                let mut l =
+                    listener(name.clone(), &egress.bind, port, tcp_proxy(String::new(), String::new()), bind_to_port);
+                l.filter_chains = chains;
+                l.listener_filters = vec![tls_inspector()];
+                out.insert(type_url::LISTENER, name, &l);
             } else if let Some(svc) = services.first() {
-                // One opaque-TCP service per bound port: the first by host name.
-                let cluster = outbound_cluster_name(port, "", &svc.hostname);
-                let l = listener(name.clone(), &egress.bind, port, tcp_proxy(cluster.clone(), cluster), bind_to_port);
+                // One opaque-TCP service per bound port (the first by host name), routed by
+                // its VirtualService `tcp` rules when it has some.
+                let chains = tcp_chains(scope, port, svc);
+                let mut l =
+                    listener(name.clone(), &egress.bind, port, tcp_proxy(String::new(), String::new()), bind_to_port);
+                l.filter_chains = chains;
                 out.insert(type_url::LISTENER, name, &l);
             }
         }
     }
+}
+
+fn tls_inspector() -> xds_listener::ListenerFilter {
+    xds_listener::ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(xds_listener::listener_filter::ConfigType::TypedConfig(pack_any(
+            envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// A `tcp_proxy` to one cluster, or split by weight over several.
+fn tcp_proxy_to(stat_prefix: String, clusters: Vec<(String, u32)>) -> xds_listener::Filter {
+    use xds_tcp::tcp_proxy::{ClusterSpecifier, WeightedCluster, weighted_cluster::ClusterWeight};
+    let spec = match clusters.as_slice() {
+        [(one, _)] => ClusterSpecifier::Cluster(one.clone()),
+        _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: clusters
+                .into_iter()
+                .map(|(name, weight)| ClusterWeight { name, weight, ..Default::default() })
+                .collect(),
+        }),
+    };
+    let tp = xds_tcp::TcpProxy { stat_prefix, cluster_specifier: Some(spec), ..Default::default() };
+    typed_filter("envoy.filters.network.tcp_proxy", pack_any(tp))
+}
+
+/// Weighted clusters for `tcp`/`tls` route destinations (host, port, subset, weight).
+fn l4_destinations<'d>(
+    scope: &Scope<'_>,
+    vs_ns: &str,
+    port: u16,
+    dests: impl Iterator<Item = (&'d str, Option<i64>, Option<&'d String>, Option<i32>)>,
+) -> Vec<(String, u32)> {
+    let dests: Vec<_> = dests.collect();
+    let all_unset = dests.iter().all(|d| d.3.unwrap_or(0) == 0);
+    dests
+        .into_iter()
+        .filter_map(|(host, p, subset, weight)| {
+            let host = spar_model::resolve_host(host, vs_ns, &scope.snap.mesh.domain);
+            let p = p.and_then(|n| u16::try_from(n).ok()).unwrap_or(port);
+            let w = if all_unset { 1 } else { u32::try_from(weight.unwrap_or(0)).ok().filter(|w| *w > 0)? };
+            Some((outbound_cluster_name(p, subset.map_or("", String::as_str), &host), w))
+        })
+        .collect()
+}
+
+fn l4_match_applies(
+    scope: &Scope<'_>,
+    port: u16,
+    m_port: Option<i64>,
+    labels: Option<&BTreeMap<String, String>>,
+    ns: Option<&String>,
+    gateways: Option<&Vec<String>>,
+) -> bool {
+    m_port.is_none_or(|p| p == i64::from(port))
+        && labels.into_iter().flatten().all(|(k, v)| scope.proxy.labels.get(k) == Some(v))
+        && ns.is_none_or(|ns| *ns == scope.proxy.namespace)
+        && gateways.is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"))
+}
+
+fn cidr(s: &str) -> Option<xds_core::CidrRange> {
+    let (ip, len) = s.split_once('/').map_or((s, None), |(a, l)| (a, l.parse::<u32>().ok()));
+    let addr: IpAddr = ip.parse().ok()?;
+    let len = len.unwrap_or(if addr.is_ipv4() { 32 } else { 128 });
+    Some(xds_core::CidrRange { address_prefix: addr.to_string(), prefix_len: Some(UInt32Value { value: len }) })
+}
+
+/// Filter chains for an opaque TCP port: the service's VirtualService `tcp` rules in
+/// order (a rule with `destinationSubnets` gets its own chain), else its own cluster.
+fn tcp_chains(scope: &Scope<'_>, port: u16, svc: &Service) -> Vec<xds_listener::FilterChain> {
+    let mut chains = Vec::new();
+    let mut default_set = false;
+    if let Some(vs) = scope.snap.virtual_services_for(&scope.proxy.namespace, &svc.hostname).next() {
+        for rule in vs.spec.tcp.iter().flatten() {
+            let dests = l4_destinations(
+                scope,
+                &vs.namespace,
+                port,
+                rule.route.iter().flatten().map(|r| {
+                    (
+                        r.destination.host.as_str(),
+                        r.destination.port.as_ref().and_then(|p| p.number),
+                        r.destination.subset.as_ref(),
+                        r.weight,
+                    )
+                }),
+            );
+            if dests.is_empty() {
+                continue;
+            }
+            let matches: Vec<_> = rule.r#match.iter().flatten().collect();
+            let applicable: Vec<_> = matches
+                .iter()
+                .filter(|m| {
+                    l4_match_applies(
+                        scope,
+                        port,
+                        m.port,
+                        m.source_labels.as_ref(),
+                        m.source_namespace.as_ref(),
+                        m.gateways.as_ref(),
+                    )
+                })
+                .collect();
+            if !matches.is_empty() && applicable.is_empty() {
+                continue;
+            }
+            let subnets: Vec<_> = applicable
+                .iter()
+                .flat_map(|m| m.destination_subnets.iter().flatten())
+                .filter_map(|s| cidr(s))
+                .collect();
+            let stat = format!("outbound|{port}||{}", svc.hostname);
+            if subnets.is_empty() {
+                if !default_set {
+                    chains.push(xds_listener::FilterChain {
+                        filters: vec![tcp_proxy_to(stat, dests)],
+                        ..Default::default()
+                    });
+                    default_set = true;
+                }
+            } else {
+                chains.insert(
+                    0,
+                    xds_listener::FilterChain {
+                        filter_chain_match: Some(xds_listener::FilterChainMatch {
+                            prefix_ranges: subnets,
+                            ..Default::default()
+                        }),
+                        filters: vec![tcp_proxy_to(stat, dests)],
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+    if !default_set {
+        let cluster = outbound_cluster_name(port, "", &svc.hostname);
+        chains.push(xds_listener::FilterChain {
+            filters: vec![tcp_proxy(cluster.clone(), cluster)],
+            ..Default::default()
+        });
+    }
+    chains
+}
+
+/// Filter chains for a TLS port, by SNI.
+fn tls_chains(scope: &Scope<'_>, port: u16, services: &[&Service]) -> Vec<xds_listener::FilterChain> {
+    let mut chains = Vec::new();
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut chain =
+        |names: Vec<String>, dests: Vec<(String, u32)>, stat: String, chains: &mut Vec<xds_listener::FilterChain>| {
+            let names: Vec<String> = names.into_iter().filter(|n| taken.insert(n.clone())).collect();
+            if names.is_empty() || dests.is_empty() {
+                return;
+            }
+            chains.push(xds_listener::FilterChain {
+                filter_chain_match: Some(xds_listener::FilterChainMatch {
+                    server_names: names,
+                    transport_protocol: "tls".into(),
+                    ..Default::default()
+                }),
+                filters: vec![tcp_proxy_to(stat, dests)],
+                ..Default::default()
+            });
+        };
+    for svc in services {
+        let stat = format!("outbound|{port}||{}", svc.hostname);
+        let mut routed = false;
+        if let Some(vs) = scope.snap.virtual_services_for(&scope.proxy.namespace, &svc.hostname).next() {
+            for rule in vs.spec.tls.iter().flatten() {
+                let dests = l4_destinations(
+                    scope,
+                    &vs.namespace,
+                    port,
+                    rule.route.iter().flatten().map(|r| {
+                        (
+                            r.destination.host.as_str(),
+                            r.destination.port.as_ref().and_then(|p| p.number),
+                            r.destination.subset.as_ref(),
+                            r.weight,
+                        )
+                    }),
+                );
+                for m in &rule.r#match {
+                    if l4_match_applies(
+                        scope,
+                        port,
+                        m.port,
+                        m.source_labels.as_ref(),
+                        m.source_namespace.as_ref(),
+                        m.gateways.as_ref(),
+                    ) {
+                        chain(m.sni_hosts.clone(), dests.clone(), stat.clone(), &mut chains);
+                        routed = true;
+                    }
+                }
+            }
+        }
+        if !routed {
+            chain(
+                vec![svc.hostname.clone()],
+                vec![(outbound_cluster_name(port, "", &svc.hostname), 1)],
+                stat,
+                &mut chains,
+            );
+        }
+    }
+    chains
 }
 
 fn thresholds() -> xds_cluster::CircuitBreakers {
@@ -266,6 +518,7 @@ fn load_assignment(
 /// Outbound clusters (and their EDS load assignments) for every imported service port,
 /// plus one per DestinationRule subset.
 pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
+    catch_all_clusters(out);
     for svc in &scope.services {
         let dr = scope.snap.destination_rule_for(&scope.proxy.namespace, svc);
         let mut subsets: Vec<(String, BTreeMap<String, String>)> = vec![(String::new(), BTreeMap::new())];

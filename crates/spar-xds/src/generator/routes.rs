@@ -665,6 +665,35 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
             ..Default::default()
         });
     }
+    // Hosts outside the registry: refused with 502 under REGISTRY_ONLY; passed through
+    // under ALLOW_ANY when the proxy captures traffic (without capture there is no
+    // original destination to pass through to, so unknown hosts get Envoy's 404).
+    if scope.registry_only {
+        vhosts.push(xds_route::VirtualHost {
+            name: "block_all".into(),
+            domains: vec!["*".into()],
+            routes: vec![xds_route::Route {
+                name: "block_all".into(),
+                r#match: Some(xds_route::RouteMatch {
+                    path_specifier: Some(xds_route::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(xds_route::route::Action::DirectResponse(xds_route::DirectResponseAction {
+                    status: 502,
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    } else if scope.proxy.interception != spar_model::InterceptionMode::None {
+        vhosts.push(xds_route::VirtualHost {
+            name: "allow_any".into(),
+            domains: vec!["*".into()],
+            routes: vec![to_cluster_route("allow_any", super::envoy::PASSTHROUGH_CLUSTER)],
+            ..Default::default()
+        });
+    }
     xds_route::RouteConfiguration {
         name: name.to_string(),
         virtual_hosts: vhosts,

@@ -31,6 +31,9 @@ pub struct Scope<'a> {
     pub egress: Vec<Egress<'a>>,
     /// Every imported service (union over egress listeners).
     pub services: Vec<&'a Arc<Service>>,
+    /// Traffic to hosts outside the registry is refused (Sidecar or mesh
+    /// `outboundTrafficPolicy: REGISTRY_ONLY`).
+    pub registry_only: bool,
 }
 
 /// Whether Sidecar egress host `pattern` (`ns/host`) imports `svc` for a proxy in `proxy_ns`.
@@ -76,6 +79,13 @@ impl<'a> Scope<'a> {
         let mut services: Vec<&Arc<Service>> = egress.iter().flat_map(|e| e.services.iter().copied()).collect();
         services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
         services.dedup_by(|a, b| a.hostname == b.hostname);
-        Self { snap, proxy, sidecar, egress, services }
+        use spar_api::istio::sidecar::SidecarOutboundTrafficPolicyMode as Mode;
+        let registry_only =
+            match sidecar.and_then(|s| s.spec.outbound_traffic_policy.as_ref()).and_then(|p| p.mode.as_ref()) {
+                Some(Mode::RegistryOnly) => true,
+                Some(Mode::AllowAny) => false,
+                None => snap.mesh.registry_only,
+            };
+        Self { snap, proxy, sidecar, egress, services, registry_only }
     }
 }

@@ -105,6 +105,8 @@ fn outbound_names_follow_istio_for_bound_listeners() {
             "outbound|9080|v1|backend.default.svc.cluster.local".into(),
             "outbound|9080|v2|backend.default.svc.cluster.local".into(),
             "outbound|5432||db.data.svc.cluster.local".into(),
+            "PassthroughCluster".into(),
+            "BlackHoleCluster".into(),
         ])
     );
     let l: Listener = decode(&r, type_url::LISTENER, "10.0.0.1_9080");
@@ -199,7 +201,14 @@ spec:
 "#;
     let snap = mk_snapshot(&format!("{MESH}\n---\n{scoped}"));
     let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({}), "NONE"));
-    assert_eq!(names(&r, type_url::CLUSTER), BTreeSet::from(["outbound|5432||db.data.svc.cluster.local".into()]));
+    assert_eq!(
+        names(&r, type_url::CLUSTER),
+        BTreeSet::from([
+            "outbound|5432||db.data.svc.cluster.local".into(),
+            "PassthroughCluster".into(),
+            "BlackHoleCluster".into()
+        ])
+    );
     assert!(names(&r, type_url::ROUTE).is_empty());
 }
 
