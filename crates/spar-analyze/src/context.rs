@@ -37,6 +37,7 @@ pub mod gk {
     pub const SIDECAR: Gk = k(NET, "Sidecar");
     pub const ENVOY_FILTER: Gk = k(NET, "EnvoyFilter");
     pub const WORKLOAD_ENTRY: Gk = k(NET, "WorkloadEntry");
+    pub const PROXY_CONFIG: Gk = k(NET, "ProxyConfig");
     pub const AUTHORIZATION_POLICY: Gk = k(SEC, "AuthorizationPolicy");
     pub const REQUEST_AUTHENTICATION: Gk = k(SEC, "RequestAuthentication");
     pub const PEER_AUTHENTICATION: Gk = k(SEC, "PeerAuthentication");

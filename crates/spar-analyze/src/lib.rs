@@ -52,6 +52,13 @@ pub fn run(ctx: &Context, selected: &[&Analyzer]) -> Vec<Message> {
         let mut r = Reporter::new(a.name, &mut out);
         (a.run)(ctx, &mut r);
     }
+    // The same finding reported twice (from two fields, or twice by one analyzer) is
+    // one message, kept at its first line; Istio dedups the same way when it cannot
+    // place a field.
+    out.sort_by(|a, b| {
+        (a.code(), &a.subject, &a.text, &a.file, a.line).cmp(&(b.code(), &b.subject, &b.text, &b.file, b.line))
+    });
+    out.dedup_by(|a, b| a.code() == b.code() && a.subject == b.subject && a.text == b.text && a.file == b.file);
     sort(&mut out);
     out
 }

@@ -46,6 +46,9 @@ const CLUSTER_SCOPED: &[&str] = &[
     "APIService",
 ];
 
+/// Namespaces istioctl leaves out of analysis (Istio's injection-ignored namespaces).
+pub const IGNORED_NAMESPACES: &[&str] = &["kube-system", "kube-public", "kube-node-lease", "local-path-storage"];
+
 impl Loaded {
     /// Reads every document of `text`, from `file` (`-` for standard input).
     pub fn add_text(&mut self, file: &str, text: &str, opts: &LoadOptions) {
@@ -121,6 +124,10 @@ impl Loaded {
                 .filter(|n| !n.is_empty())
                 .map_or_else(|| opts.default_namespace.clone(), str::to_string)
         };
+        let scope = if kind == "Namespace" { name.as_str() } else { namespace.as_str() };
+        if IGNORED_NAMESPACES.contains(&scope) {
+            return;
+        }
         if name.is_empty() {
             let subject = Subject { kind: kind.clone(), namespace, name: String::new() };
             self.unreadable(&origin, Some(subject), "metadata.name is required");
