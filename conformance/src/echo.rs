@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// One request as the backend saw it.
@@ -62,7 +62,12 @@ pub fn state(options: EchoOptions) -> Arc<EchoState> {
 }
 
 async fn handle(stream: TcpStream, name: Arc<str>, state: Arc<EchoState>) {
-    let (r, mut w) = stream.into_split();
+    handle_stream(stream, name, state).await;
+}
+
+/// Serves HTTP/1.1 requests on one connection (plain or TLS).
+pub async fn handle_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S, name: Arc<str>, state: Arc<EchoState>) {
+    let (r, mut w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     loop {
         let mut line = String::new();
@@ -124,7 +129,11 @@ async fn handle(stream: TcpStream, name: Arc<str>, state: Arc<EchoState>) {
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nx-echo-name: {name}\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
-        if w.write_all(resp.as_bytes()).await.is_err() || close {
+        if w.write_all(resp.as_bytes()).await.is_err() || w.flush().await.is_err() {
+            return;
+        }
+        if close {
+            let _ = w.shutdown().await;
             return;
         }
     }

@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 pub mod echo;
+pub mod tls;
 
 /// The project root (one level above this crate).
 pub fn project_root() -> PathBuf {
@@ -238,6 +239,22 @@ impl Harness {
         Ok(state)
     }
 
+    /// Starts an echo backend that speaks TLS with `cert`.
+    pub async fn start_echo_tls(
+        &mut self,
+        name: &str,
+        addr: SocketAddr,
+        cert: tls::Cert,
+    ) -> anyhow::Result<Arc<echo::EchoState>> {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding TLS echo {name} on {addr}"))?;
+        let state = echo::state(echo::EchoOptions::default());
+        let (name, st) = (Arc::from(name), Arc::clone(&state));
+        self.echo_tasks.push(tokio::spawn(async move {
+            let _ = tls::serve_echo_tls(listener, name, st, cert).await;
+        }));
+        Ok(state)
+    }
+
     /// Starts a stock Envoy sidecar for a pod, from `spar bootstrap`.
     pub async fn start_sidecar(&mut self, pod: &Pod) -> anyhow::Result<Envoy> {
         let labels = pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
@@ -409,7 +426,7 @@ pub async fn http_request(
     tokio::time::timeout(Duration::from_secs(10), fut).await.context("HTTP request timed out")?
 }
 
-fn parse_response(buf: &[u8]) -> anyhow::Result<HttpResponse> {
+pub(crate) fn parse_response(buf: &[u8]) -> anyhow::Result<HttpResponse> {
     let text = String::from_utf8_lossy(buf);
     let (head, body) = text.split_once("\r\n\r\n").context("no end of headers in response")?;
     let mut lines = head.lines();

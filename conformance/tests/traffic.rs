@@ -407,3 +407,63 @@ async fn sidecar_scoping(delta: bool) -> anyhow::Result<()> {
 
 both_variants_mod!(registry, registry_only);
 both_variants_mod!(scoping, sidecar_scoping);
+
+/// TLS to external services: passed through and routed by SNI, and originated by the
+/// sidecar for plain-HTTP clients (DestinationRule `tls.mode: SIMPLE`, CA from a file).
+async fn tls_sni_and_origination(delta: bool) -> anyhow::Result<()> {
+    use spar_conformance::tls::{Pki, tls_request};
+    let mut h = Harness::new("tls", delta)?;
+    h.load_case("tls")?;
+    let pki = Pki::new("conformance CA")?;
+    let ca_file = pki.write_ca(&h.dir, "ca.pem")?;
+    h.write_config(
+        "origination.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: secure}}\nspec:\n  host: secure.example.com\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: \"{}\", sni: secure.example.com}}\n",
+            ca_file.display()
+        ),
+    )?;
+    h.start_spar(&[]).await?;
+    let a = h.ip("tls-a");
+    let b = h.ip("tls-b");
+    h.start_echo_tls("tls-a", SocketAddr::new(a, 8443), pki.server_cert(&["a.example.com", "secure.example.com"])?)
+        .await?;
+    h.start_echo_tls("tls-b", SocketAddr::new(b, 8443), pki.server_cert(&["b.example.com"])?).await?;
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let tls_port = SocketAddr::new(client.ip, 9443);
+    wait_for(CONVERGE, "SNI routes", || async {
+        tls_request(tls_port, "a.example.com", &pki.ca_pem, "/").await.is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+    for (sni, who) in [("a.example.com", "tls-a"), ("b.example.com", "tls-b"), ("a.example.com", "tls-a")] {
+        let r = tls_request(tls_port, sni, &pki.ca_pem, "/").await?;
+        assert_eq!(r.backend(), Some(who), "SNI {sni}");
+    }
+    // Plain HTTP in, TLS out: the backend only speaks TLS.
+    let http_port = SocketAddr::new(client.ip, 9081);
+    wait_for(CONVERGE, "TLS origination", || async {
+        http_request(http_port, "GET", "secure.example.com", "/", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+    let r = http_request(http_port, "GET", "secure.example.com", "/originated", &[]).await?;
+    assert_eq!((r.status, r.backend()), (200, Some("tls-a")));
+    assert_eq!(body_json(&r)["path"], "/originated");
+    // With a CA that did not sign the server's certificate, the handshake fails.
+    let other = Pki::new("another CA")?;
+    let other_ca = other.write_ca(&h.dir, "other-ca.pem")?;
+    h.write_config(
+        "origination.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: secure}}\nspec:\n  host: secure.example.com\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: \"{}\", sni: secure.example.com}}\n",
+            other_ca.display()
+        ),
+    )?;
+    wait_for(CONVERGE, "verification against the wrong CA to fail", || async {
+        http_request(http_port, "GET", "secure.example.com", "/", &[]).await.is_ok_and(|r| r.status == 503)
+    })
+    .await?;
+    h.check_alive()
+}
+
+both_variants_mod!(tls, tls_sni_and_origination);

@@ -1,0 +1,114 @@
+//! Test PKI (rcgen) and TLS plumbing for conformance: a CA, server certificates, an echo
+//! backend behind TLS, and a TLS client that sends one HTTP/1.1 request.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::HttpResponse;
+use crate::echo::{self, EchoState};
+
+/// A throwaway certificate authority.
+pub struct Pki {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+}
+
+/// A certificate and its key, PEM, and where they were written.
+#[derive(Clone, Debug)]
+pub struct Cert {
+    /// Certificate chain, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM.
+    pub key_pem: String,
+}
+
+impl Pki {
+    /// A new CA.
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let ca_pem = cert.pem();
+        Ok(Self { issuer: Issuer::new(params, key), ca_pem })
+    }
+
+    /// A server certificate for `names` (DNS SANs).
+    pub fn server_cert(&self, names: &[&str]) -> anyhow::Result<Cert> {
+        let params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Cert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// Writes the CA certificate to `dir/name` and returns the path.
+    pub fn write_ca(&self, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+        let p = dir.join(name);
+        std::fs::write(&p, &self.ca_pem)?;
+        Ok(p)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Serves the echo backend over TLS with `cert` until the task is aborted.
+pub async fn serve_echo_tls(
+    listener: TcpListener,
+    name: Arc<str>,
+    state: Arc<EchoState>,
+    cert: Cert,
+) -> anyhow::Result<()> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let acceptor = acceptor.clone();
+        let (name, state) = (Arc::clone(&name), Arc::clone(&state));
+        tokio::spawn(async move {
+            if let Ok(tls) = acceptor.accept(stream).await {
+                echo::handle_stream(tls, name, state).await;
+            }
+        });
+    }
+}
+
+/// One HTTP/1.1 GET over TLS to `addr`, with SNI `sni`, trusting `ca_pem`.
+pub async fn tls_request(addr: SocketAddr, sni: &str, ca_pem: &str, path: &str) -> anyhow::Result<HttpResponse> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let fut = async {
+        let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let mut tls = connector.connect(ServerName::try_from(sni.to_string())?, tcp).await.context("TLS handshake")?;
+        tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+        let mut buf = Vec::new();
+        // A peer that closes without close_notify still delivered the response.
+        let _ = tls.read_to_end(&mut buf).await;
+        crate::parse_response(&buf)
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), fut).await.context("TLS request timed out")?
+}
