@@ -467,3 +467,37 @@ async fn tls_sni_and_origination(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(tls, tls_sni_and_origination);
+
+/// Delegation: the root VirtualService hands `/v2` to a delegate whose rules apply under
+/// the root's match.
+async fn delegate_virtual_service(delta: bool) -> anyhow::Result<()> {
+    let routes = format!(
+        "{}---\n{}",
+        vs(r#"  - match: [{uri: {prefix: /v2}}]
+    delegate: {name: backend-v2-routes}
+  - route: [{destination: {host: backend, subset: v1}}]
+"#),
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend-v2-routes}
+spec:
+  http:
+  - match: [{headers: {x-user: {exact: tester}}}]
+    route: [{destination: {host: backend, subset: v2}}]
+  - route: [{destination: {host: backend, subset: v1}, headers: {request: {set: {x-delegated: "yes"}}}}]
+"#
+    );
+    let mut m = Mesh::start("delegate", delta, &routes, EchoOptions::default()).await?;
+    assert_eq!(m.get("/v2/a", &[("x-user", "tester")]).await?.backend(), Some("backend-v2"));
+    let r = m.get("/v2/a", &[]).await?;
+    assert_eq!(
+        (r.backend(), &body_json(&r)["headers"]["x-delegated"]),
+        (Some("backend-v1"), &serde_json::json!("yes"))
+    );
+    let r = m.get("/other", &[("x-user", "tester")]).await?;
+    assert_eq!(r.backend(), Some("backend-v1"), "the delegate's match applies only under /v2");
+    assert!(body_json(&r)["headers"].get("x-delegated").is_none());
+    m.h.check_alive()
+}
+
+both_variants_mod!(delegate, delegate_virtual_service);

@@ -161,6 +161,36 @@ impl Snapshot {
             oldest_first(&a.created, (&a.namespace, &a.name), &b.created, (&b.namespace, &b.name))
         });
 
+        // istiod gives each host to the oldest VirtualService bound to sidecars; later ones
+        // lose it silently. Spar says so.
+        let mut claimed: BTreeMap<(String, &str), &Config<VirtualServiceSpec>> = BTreeMap::new();
+        for (vs, hosts) in &snap.virtual_services {
+            let mesh_bound = vs.spec.gateways.as_ref().is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
+            if !mesh_bound {
+                continue;
+            }
+            for h in hosts {
+                let scope = if vs.spec.export_to.as_ref().is_some_and(|e| e.iter().any(|x| x == ".")) {
+                    vs.namespace.as_str()
+                } else {
+                    "*"
+                };
+                match claimed.get(&(h.clone(), scope)) {
+                    Some(first) => snap.diagnostics.push(Diagnostic {
+                        origin: vs.origin.clone(),
+                        resource: vs.label("VirtualService"),
+                        message: format!(
+                            "host {h} is also claimed by the older {} ({}); sidecars use that one for this host",
+                            first.label("VirtualService"),
+                            first.origin
+                        ),
+                    }),
+                    None => {
+                        claimed.insert((h.clone(), scope), vs);
+                    }
+                }
+            }
+        }
         for (obj, svc) in &k8s_services {
             let key = (obj.meta.namespace.clone(), obj.meta.name.clone());
             let s = kube_service(

@@ -14,7 +14,7 @@ use envoy_types::util::pack_any;
 use spar_api::istio::virtual_service::{
     VirtualServiceHttp, VirtualServiceHttpCorsPolicy, VirtualServiceHttpCorsPolicyUnmatchedPreflights,
     VirtualServiceHttpDirectResponse, VirtualServiceHttpFault, VirtualServiceHttpMatch, VirtualServiceHttpRedirect,
-    VirtualServiceHttpRouteDestination,
+    VirtualServiceHttpRouteDestination, VirtualServiceSpec,
 };
 use spar_model::{Config, Service, resolve_host, short_forms};
 
@@ -592,6 +592,85 @@ fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: 
     }
 }
 
+/// The root VirtualService's `http` rules with each `delegate` replaced by the delegate
+/// VirtualService's rules, as istiod merges them: the delegate's matches are ANDed with
+/// the root rule's (a field set on both takes the delegate's, narrower, value), and the
+/// delegate's actions win, with the root's filling what the delegate leaves unset.
+/// Each rule comes with the namespace its hosts resolve in.
+fn expand_delegates(scope: &Scope<'_>, root: &Config<VirtualServiceSpec>) -> Vec<(String, VirtualServiceHttp)> {
+    let mut out = Vec::new();
+    for rule in root.spec.http.iter().flatten() {
+        let Some(d) = &rule.delegate else {
+            out.push((root.namespace.clone(), rule.clone()));
+            continue;
+        };
+        let ns = d.namespace.clone().unwrap_or_else(|| root.namespace.clone());
+        let name = d.name.clone().unwrap_or_default();
+        let Some((delegate, _)) = scope.snap.virtual_services.iter().find(|(c, hosts)| {
+            c.name == name
+                && c.namespace == ns
+                && hosts.is_empty()
+                && spar_model::export_allows(
+                    c.spec.export_to.as_deref().unwrap_or_default(),
+                    &c.namespace,
+                    &root.namespace,
+                )
+        }) else {
+            continue;
+        };
+        for drule in delegate.spec.http.iter().flatten() {
+            let mut merged = drule.clone();
+            merged.r#match = merge_matches(rule.r#match.as_deref(), drule.r#match.as_deref());
+            macro_rules! inherit {
+                ($($f:ident),*) => { $( if merged.$f.is_none() { merged.$f = rule.$f.clone(); } )* };
+            }
+            inherit!(timeout, retries, fault, cors_policy, headers, mirror, mirror_percentage, mirrors, rewrite);
+            out.push((delegate.namespace.clone(), merged));
+        }
+    }
+    out
+}
+
+fn merge_matches(
+    root: Option<&[VirtualServiceHttpMatch]>,
+    delegate: Option<&[VirtualServiceHttpMatch]>,
+) -> Option<Vec<VirtualServiceHttpMatch>> {
+    match (root.filter(|r| !r.is_empty()), delegate.filter(|d| !d.is_empty())) {
+        (None, None) => None,
+        (Some(r), None) => Some(r.to_vec()),
+        (None, Some(d)) => Some(d.to_vec()),
+        (Some(r), Some(d)) => {
+            let mut out = Vec::new();
+            for rm in r {
+                for dm in d {
+                    let mut m = dm.clone();
+                    macro_rules! fill {
+                        ($($f:ident),*) => { $( if m.$f.is_none() { m.$f = rm.$f.clone(); } )* };
+                    }
+                    fill!(
+                        uri,
+                        scheme,
+                        method,
+                        authority,
+                        port,
+                        source_labels,
+                        source_namespace,
+                        gateways,
+                        ignore_uri_case,
+                        query_params,
+                        without_headers
+                    );
+                    let mut headers = rm.headers.clone().unwrap_or_default();
+                    headers.extend(dm.headers.clone().unwrap_or_default());
+                    m.headers = (!headers.is_empty()).then_some(headers);
+                    out.push(m);
+                }
+            }
+            Some(out)
+        }
+    }
+}
+
 /// Istio durations: `1s`, `500ms`, `1m`, `1h`, `1.5s`.
 pub(super) fn parse_duration(s: &str) -> Option<Duration> {
     let (num, mult_ns): (&str, f64) = if let Some(n) = s.strip_suffix("ms") {
@@ -642,8 +721,8 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
         let routes = match vs {
             Some(vs) => {
                 let mut routes = Vec::new();
-                for rule in vs.spec.http.iter().flatten() {
-                    http_routes(scope, &vs.namespace, rule, port, &mut routes);
+                for (ns, rule) in expand_delegates(scope, vs) {
+                    http_routes(scope, &ns, &rule, port, &mut routes);
                 }
                 routes
             }
