@@ -213,9 +213,18 @@ pub struct Context {
     by_key: BTreeMap<(String, String, String, String), usize>,
     mesh: MeshConfig,
     mesh_networks: Option<Value>,
+    strict_selectors: bool,
 }
 
 impl Context {
+    /// Treats the input as the whole cluster, as istioctl does: selectors that match no
+    /// Pod are reported even when the input lists no Pods at all.
+    #[must_use]
+    pub fn with_strict_selectors(mut self, strict: bool) -> Self {
+        self.strict_selectors = strict;
+        self
+    }
+
     /// A context over `resources`. The first definition of a key wins for lookups
     /// (later duplicates are still listed by kind and reported by Spar's analyzer).
     pub fn new(resources: Vec<Resource>, mesh: MeshConfig, mesh_networks: Option<Value>) -> Self {
@@ -225,7 +234,7 @@ impl Context {
             by_kind.entry((r.group.clone(), r.kind.clone())).or_default().push(i);
             by_key.entry((r.group.clone(), r.kind.clone(), r.namespace.clone(), r.name.clone())).or_insert(i);
         }
-        Self { resources, by_kind, by_key, mesh, mesh_networks }
+        Self { resources, by_kind, by_key, mesh, mesh_networks, strict_selectors: false }
     }
 
     /// Every resource.
@@ -253,6 +262,14 @@ impl Context {
     /// Mesh settings.
     pub fn mesh(&self) -> &MeshConfig {
         &self.mesh
+    }
+
+    /// Whether the input lists workloads (Pods other than istioctl's default ingress
+    /// pod), or strict selectors are on. Checks that say "selects no pods" only run when
+    /// it is true: Spar's file mode has no Pods, and reporting every selector as
+    /// dangling there would be noise.
+    pub fn workloads_known(&self) -> bool {
+        self.strict_selectors || self.of(gk::POD).any(|p| &*p.origin.file != crate::load::DEFAULT_RESOURCES_FILE)
     }
 
     /// MeshNetworks, when given.

@@ -177,10 +177,22 @@ impl Loaded {
         let text = DEFAULT_INGRESS
             .replace("{namespace}", &mesh.root_namespace)
             .replace("{ingressService}", &mesh.ingress_service);
-        let opts = LoadOptions::default();
-        self.add_text("internal-ingress", &text, &opts);
+        let mut defaults = Loaded::default();
+        defaults.add_text(DEFAULT_RESOURCES_FILE, &text, &LoadOptions::default());
+        for r in defaults.resources {
+            let exists = self
+                .resources
+                .iter()
+                .any(|x| x.group == r.group && x.kind == r.kind && x.namespace == r.namespace && x.name == r.name);
+            if !exists {
+                self.resources.push(r);
+            }
+        }
     }
 }
+
+/// The file name given to the default ingress resources.
+pub const DEFAULT_RESOURCES_FILE: &str = "internal-ingress";
 
 /// istioctl's default ingress resources (pkg/config/analysis/local/defaults.go).
 const DEFAULT_INGRESS: &str = "\

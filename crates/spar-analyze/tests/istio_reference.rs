@@ -87,7 +87,7 @@ fn run(case: &Case) -> Option<Vec<(String, String, String)>> {
         loaded.add_text(file, &text, &LoadOptions { default_namespace: String::new(), cluster });
     }
     loaded.add_default_resources(&mesh);
-    let ctx = Context::new(loaded.resources, mesh, networks);
+    let ctx = Context::new(loaded.resources, mesh, networks).with_strict_selectors(true);
     let msgs = spar_analyze::run(&ctx, &[analyzer]);
     Some(
         msgs.iter()

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use spar_model::{MeshConfig, ProxyKind};
 
+mod analyze;
 mod files;
 mod load;
 mod serve;
@@ -26,6 +27,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print an Envoy bootstrap for a sidecar or gateway.
     Bootstrap(BootstrapArgs),
+    /// Analyze Istio configuration offline (exit 79 when findings reach --failure-threshold).
+    Analyze(analyze::AnalyzeArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -129,6 +132,7 @@ fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Analyze(a) => std::process::exit(analyze::run(a)),
         Command::Serve(a) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -104,6 +104,9 @@ fn subsets_select_pods(ctx: &Context, r: &mut Reporter<'_>) {
             r.report_at(dr, code::UNKNOWN_DESTINATION_RULE_HOST, "spec.host", vec![host.into()]);
             continue;
         };
+        if !ctx.workloads_known() {
+            continue;
+        }
         for (i, s) in arr(spec, "subsets").iter().enumerate() {
             let mut selector = entry.selector.clone();
             selector.extend(Resource::string_map(s.get("labels")));

@@ -99,6 +99,9 @@ fn ingress_ports(ctx: &Context, r: &mut Reporter<'_>) {
             }
         }
         if matched == 0 {
+            if !ctx.workloads_known() {
+                continue;
+            }
             r.report_at(
                 gw,
                 code::REFERENCED_RESOURCE_NOT_FOUND,
@@ -125,6 +128,9 @@ fn secrets(ctx: &Context, r: &mut Reporter<'_>) {
     for gw in ctx.of(gk::GATEWAY) {
         let sel = gw_selector(gw);
         let Some(pod) = ctx.of(gk::POD).find(|p| selects(&sel, &p.labels)) else {
+            if !ctx.workloads_known() {
+                continue;
+            }
             r.report_at(
                 gw,
                 code::REFERENCED_RESOURCE_NOT_FOUND,

@@ -101,7 +101,8 @@ impl<'a> Reporter<'a> {
     }
 }
 
-fn suppressed_by_annotation(r: &Resource, code: &str) -> bool {
+/// Whether `r` carries the suppress annotation for `code` (or `*`).
+pub fn suppressed_by_annotation(r: &Resource, code: &str) -> bool {
     r.annotations
         .get(SUPPRESS_ANNOTATION)
         .is_some_and(|v| v.split(',').map(str::trim).any(|c| c == "*" || c.eq_ignore_ascii_case(code)))

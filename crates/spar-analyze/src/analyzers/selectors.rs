@@ -106,7 +106,7 @@ fn select_pods<'c>(
                 out.entry((pod.namespace.clone(), pod.name.clone())).or_insert((pod, Vec::new())).1.push(res);
             }
         }
-        if !found {
+        if !found && ctx.workloads_known() {
             let sel_path = sel.keys().next().map(|k| {
                 if res.kind == "Telemetry" {
                     format!("spec.selector.matchLabels.{k}")

@@ -1,5 +1,93 @@
-//! (to be written)
+//! Spar's own analyzers, for configuration that is accepted and then silently has no
+//! effect, which istioctl does not report.
 
-use super::Analyzer;
+use std::collections::BTreeMap;
 
-pub(super) static ANALYZERS: &[Analyzer] = &[];
+use super::virtualservice::{gateway_hosts, names_for_namespace};
+use super::{Analyzer, Reporter, host_matches, short_or_full, strs};
+use crate::context::{Context, Resource, gk};
+
+/// `SPAR0002` ConfigurationDropped.
+pub const CONFIGURATION_DROPPED: &str = "SPAR0002";
+/// `SPAR0003` DuplicateResource.
+pub const DUPLICATE_RESOURCE: &str = "SPAR0003";
+
+pub(super) static ANALYZERS: &[Analyzer] = &[
+    Analyzer {
+        name: "spar.DroppedConfigAnalyzer",
+        description: "Finds VirtualServices that no proxy will receive: bound only to Gateways that do not exist, or whose hosts match no server of the Gateways they bind to",
+        codes: &[CONFIGURATION_DROPPED],
+        default: true,
+        run: dropped_virtual_services,
+    },
+    Analyzer {
+        name: "spar.DuplicateResourceAnalyzer",
+        description: "Finds resources defined more than once in the input; only the first definition is used",
+        codes: &[DUPLICATE_RESOURCE],
+        default: true,
+        run: duplicates,
+    },
+];
+
+fn dropped_virtual_services(ctx: &Context, r: &mut Reporter<'_>) {
+    for vs in ctx.of(gk::VIRTUAL_SERVICE) {
+        let spec = vs.spec();
+        let gateways = strs(spec, "gateways");
+        if gateways.is_empty() || gateways.contains(&"mesh") {
+            continue;
+        }
+        let hosts = strs(spec, "hosts");
+        let mut missing = Vec::new();
+        let mut unmatched = Vec::new();
+        let mut effective = false;
+        for g in &gateways {
+            let (ns, name) = short_or_full(&vs.namespace, g);
+            if let Some(gw) = ctx.get(gk::GATEWAY, &ns, &name) {
+                let server_hosts = names_for_namespace(&gateway_hosts(gw), &vs.namespace);
+                if server_hosts.iter().any(|sh| hosts.iter().any(|h| host_matches(sh, h))) {
+                    effective = true;
+                } else {
+                    unmatched.push(g.to_string());
+                }
+            } else if ctx.get(gk::K8S_GATEWAY, &ns, &name).is_some() {
+                // Gateway API listeners: Istio's GatewayAnalyzer checks hostnames; assume bound.
+                effective = true;
+            } else {
+                missing.push(g.to_string());
+            }
+        }
+        if effective {
+            continue;
+        }
+        let mut reasons = Vec::new();
+        if !missing.is_empty() {
+            reasons.push(format!("the gateways {} do not exist", missing.join(", ")));
+        }
+        if !unmatched.is_empty() {
+            reasons.push(format!(
+                "its hosts ({}) match no server host of the gateways {}",
+                hosts.join(", "),
+                unmatched.join(", ")
+            ));
+        }
+        let reason = format!("it binds only to gateways and no proxy will receive its routes: {}", reasons.join("; "));
+        r.report_at(vs, CONFIGURATION_DROPPED, "spec.gateways", vec![reason]);
+    }
+}
+
+fn duplicates(ctx: &Context, r: &mut Reporter<'_>) {
+    let mut first: BTreeMap<(&str, &str, &str, &str, &str), &Resource> = BTreeMap::new();
+    for res in ctx.resources() {
+        let key =
+            (res.cluster.as_str(), res.group.as_str(), res.kind.as_str(), res.namespace.as_str(), res.name.as_str());
+        match first.get(&key) {
+            None => {
+                first.insert(key, res);
+            }
+            Some(kept) => {
+                let label = res.subject().label();
+                r.report(res, DUPLICATE_RESOURCE, vec![label, kept.origin.to_string()]);
+            }
+        }
+    }
+}
