@@ -501,3 +501,45 @@ spec:
 }
 
 both_variants_mod!(delegate, delegate_virtual_service);
+
+/// Istio's helloworld, httpbin and tcp-echo Services unchanged, plus helloworld's
+/// gateway-bound VirtualService (which must not change sidecar routing).
+async fn istio_samples(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("samples", delta)?;
+    h.load_case("samples")?;
+    h.use_fixture("samples/helloworld/helloworld.yaml", "helloworld.yaml")?;
+    h.use_fixture("samples/helloworld/helloworld-gateway.yaml", "helloworld-gateway.yaml")?;
+    h.use_fixture("samples/httpbin/httpbin.yaml", "httpbin.yaml")?;
+    h.use_fixture("samples/tcp-echo/tcp-echo-services.yaml", "tcp-echo-services.yaml")?;
+    h.start_spar(&[]).await?;
+    for (name, labels, app_port) in [
+        ("helloworld-v1", [("app", "helloworld"), ("version", "v1")], 8080),
+        ("helloworld-v2", [("app", "helloworld"), ("version", "v2")], 8080),
+        ("httpbin", [("app", "httpbin"), ("version", "v1")], 18080),
+        ("tcp-echo", [("app", "tcp-echo"), ("version", "v1")], 8080),
+    ] {
+        let pod = h.pod(name, &labels);
+        h.start_echo(name, SocketAddr::new(pod.ip, app_port)).await?;
+        h.start_sidecar(&pod).await?;
+    }
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let hello = SocketAddr::new(client.ip, 5000);
+    wait_for(CONVERGE, "helloworld", || async {
+        http_request(hello, "GET", "helloworld", "/hello", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+    let counts = tally(hello, "helloworld", "/hello", &[], 40).await?;
+    assert_eq!(
+        counts.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["helloworld-v1", "helloworld-v2"],
+        "both versions serve: {counts:?}"
+    );
+    let r = http_request(SocketAddr::new(client.ip, 8000), "GET", "httpbin:8000", "/headers", &[]).await?;
+    assert_eq!(r.backend(), Some("httpbin"), "httpbin through targetPort 8080");
+    let r = http_request(SocketAddr::new(client.ip, 9000), "GET", "x", "/", &[]).await?;
+    assert_eq!(r.backend(), Some("tcp-echo"), "tcp-echo over TCP");
+    h.check_alive()
+}
+
+both_variants_mod!(samples, istio_samples);
