@@ -1,0 +1,301 @@
+//! Spar's certificate authority.
+//!
+//! ```text
+//!   CA dir ──load_or_create──► Ca { signer (root or plugged-in intermediate), chain, trust bundle }
+//!                                 │ issue(identity, ttl)       → leaf + chain, fresh key (SDS `default`)
+//!                                 │ sign_csr(csr, identity)    → leaf + chain (Istio CSR API)
+//!                                 └ trust_bundle_pem()          → every trusted root (SDS `ROOTCA`)
+//! ```
+//!
+//! Two layouts are read from the CA directory:
+//! - Istio's `cacerts` (`ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`, `root-cert.pem`):
+//!   an operator-provided intermediate; Spar signs with it and serves its chain;
+//! - Spar's own self-signed root (`root-cert.pem`, `root-key.pem`), created on first start
+//!   and reused afterwards, so a restart keeps the same root.
+//!
+//! `trust-bundle.pem`, when present, adds roots that are trusted besides the signing root:
+//! that is the overlap window of a root rotation (trust old and new, then switch signing).
+//! The identity in a certificate is always the one the caller proved; nothing in a CSR
+//! chooses it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// A workload identity: `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Identity {
+    /// Trust domain, `cluster.local` by default.
+    pub trust_domain: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Service account.
+    pub service_account: String,
+}
+
+impl Identity {
+    /// An identity in `trust_domain`.
+    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Self {
+        Self { trust_domain: trust_domain.into(), namespace: namespace.into(), service_account: service_account.into() }
+    }
+
+    /// Parses a SPIFFE URI of Istio's form.
+    pub fn parse(uri: &str) -> Option<Self> {
+        let rest = uri.strip_prefix("spiffe://")?;
+        let (td, path) = rest.split_once('/')?;
+        let mut parts = path.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("ns"), Some(ns), Some("sa"), Some(sa), None)
+                if !td.is_empty() && !ns.is_empty() && !sa.is_empty() =>
+            {
+                Some(Self::new(td, ns, sa))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
+    }
+}
+
+/// CA failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Reading or writing the CA directory failed.
+    #[error("CA directory {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A certificate or key could not be parsed or produced.
+    #[error("{0}")]
+    Cert(String),
+}
+
+fn cert_err(e: impl fmt::Display) -> CaError {
+    CaError::Cert(e.to_string())
+}
+
+/// A certificate chain (leaf first) with its private key, PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// Leaf first, then intermediates, up to (and including) the root.
+    pub chain_pem: String,
+    /// The leaf's private key (PKCS#8 PEM); empty for CSR-signed certificates.
+    pub key_pem: String,
+    /// When the leaf expires.
+    pub not_after: SystemTime,
+    /// When it was issued (its `not_before`, backdated a minute for clock skew).
+    pub not_before: SystemTime,
+}
+
+impl Issued {
+    /// When to replace it: after 80% of its lifetime, as Istio's agent does by default.
+    pub fn refresh_at(&self) -> SystemTime {
+        let life = self.not_after.duration_since(self.not_before).unwrap_or_default();
+        self.not_before + life.mul_f64(0.8)
+    }
+}
+
+/// The certificate authority.
+pub struct Ca {
+    trust_domain: String,
+    issuer: Issuer<'static, KeyPair>,
+    /// The signing certificate and the chain above it (PEM, signing cert first).
+    chain_pem: String,
+    /// Every trusted root (PEM, concatenated).
+    bundle_pem: String,
+}
+
+impl fmt::Debug for Ca {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca").field("trust_domain", &self.trust_domain).finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Option<String>, CaError> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CaError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), CaError> {
+    let io = |source| CaError::Io { path: path.to_path_buf(), source };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+fn offset(t: SystemTime) -> time::OffsetDateTime {
+    time::OffsetDateTime::from(t)
+}
+
+/// Default root lifetime: ten years, as istiod's self-signed root.
+const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Certificates are backdated this much so that small clock differences do not matter.
+const SKEW: Duration = Duration::from_secs(60);
+
+impl Ca {
+    /// Loads the CA from `dir` (Istio `cacerts` layout, or Spar's own root), creating and
+    /// persisting a self-signed root when the directory holds neither.
+    pub fn load_or_create(dir: &Path, trust_domain: &str) -> Result<Self, CaError> {
+        std::fs::create_dir_all(dir).map_err(|source| CaError::Io { path: dir.to_path_buf(), source })?;
+        let extra = read(&dir.join("trust-bundle.pem"))?.unwrap_or_default();
+        if let (Some(cert), Some(key)) = (read(&dir.join("ca-cert.pem"))?, read(&dir.join("ca-key.pem"))?) {
+            let chain = read(&dir.join("cert-chain.pem"))?.unwrap_or_else(|| cert.clone());
+            let root = read(&dir.join("root-cert.pem"))?.unwrap_or_else(|| cert.clone());
+            return Self::from_pem(trust_domain, &cert, &key, &chain, &format!("{root}{extra}"));
+        }
+        let (cert_path, key_path) = (dir.join("root-cert.pem"), dir.join("root-key.pem"));
+        let (cert, key) = match (read(&cert_path)?, read(&key_path)?) {
+            (Some(c), Some(k)) => (c, k),
+            _ => {
+                let (c, k) = Self::new_root_pem(trust_domain)?;
+                write_private(&key_path, &k)?;
+                write_private(&cert_path, &c)?;
+                (c, k)
+            }
+        };
+        Self::from_pem(trust_domain, &cert, &key, &cert, &format!("{cert}{extra}"))
+    }
+
+    /// A new self-signed root (certificate and key, PEM).
+    pub fn new_root_pem(trust_domain: &str) -> Result<(String, String), CaError> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::OrganizationName, trust_domain);
+        params.distinguished_name.push(DnType::CommonName, "Spar root CA");
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let now = SystemTime::now();
+        params.not_before = offset(now - SKEW);
+        params.not_after = offset(now + ROOT_TTL);
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = params.self_signed(&key).map_err(cert_err)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A CA from PEM material: the signing certificate and key, the chain from the signing
+    /// certificate up (signing certificate first), and the trusted roots.
+    pub fn from_pem(
+        trust_domain: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        chain_pem: &str,
+        bundle_pem: &str,
+    ) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(cert_err)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(cert_err)?;
+        Ok(Self {
+            trust_domain: trust_domain.into(),
+            issuer,
+            chain_pem: ensure_newline(chain_pem),
+            bundle_pem: ensure_newline(bundle_pem),
+        })
+    }
+
+    /// Trust domain.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Every trusted root, PEM (the `ROOTCA` secret and the xDS server's client roots).
+    pub fn trust_bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+
+    fn leaf_params(
+        &self,
+        id: &Identity,
+        ttl: Duration,
+    ) -> Result<(CertificateParams, SystemTime, SystemTime), CaError> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+        let uri = id.to_string();
+        params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into().map_err(cert_err)?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = SystemTime::now();
+        let (nb, na) = (now - SKEW, now + ttl);
+        params.not_before = offset(nb);
+        params.not_after = offset(na);
+        Ok((params, nb, na))
+    }
+
+    /// Issues a certificate with a fresh key for `id`, valid for `ttl`.
+    pub fn issue(&self, id: &Identity, ttl: Duration) -> Result<Issued, CaError> {
+        let (params, not_before, not_after) = self.leaf_params(id, ttl)?;
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(cert_err)?;
+        Ok(Issued {
+            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
+            key_pem: key.serialize_pem(),
+            not_after,
+            not_before,
+        })
+    }
+
+    /// Signs a CSR for `id` (the proven identity; whatever the CSR asks for is ignored
+    /// apart from its public key), valid for `ttl`.
+    pub fn sign_csr(&self, csr_pem: &str, id: &Identity, ttl: Duration) -> Result<Issued, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::Cert(format!("invalid CSR: {e}")))?;
+        let (params, not_before, not_after) = self.leaf_params(id, ttl)?;
+        let csr = CertificateSigningRequestParams { params, public_key: csr.public_key };
+        let cert = csr.signed_by(&self.issuer).map_err(cert_err)?;
+        Ok(Issued {
+            chain_pem: format!("{}{}", cert.pem(), self.chain_pem),
+            key_pem: String::new(),
+            not_after,
+            not_before,
+        })
+    }
+}
+
+fn ensure_newline(s: &str) -> String {
+    if s.is_empty() || s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
+}
+
+/// The SPIFFE identities in a DER certificate's URI SANs.
+pub fn identities_in(cert_der: &[u8]) -> Vec<Identity> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Identity::parse(u),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The DER certificates in a PEM bundle.
+pub fn pem_to_der(pem: &str) -> Vec<Vec<u8>> {
+    x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
+        .filter_map(Result::ok)
+        .filter(|p| p.label == "CERTIFICATE")
+        .map(|p| p.contents)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

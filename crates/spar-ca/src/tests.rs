@@ -1,0 +1,85 @@
+use super::*;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("spar-ca-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn root_is_created_once_and_reused() {
+    let dir = tmpdir("reuse");
+    let a = Ca::load_or_create(&dir, "cluster.local").expect("create");
+    let b = Ca::load_or_create(&dir, "cluster.local").expect("load");
+    assert_eq!(a.trust_bundle_pem(), b.trust_bundle_pem(), "a restart keeps the same root");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("root-key.pem")).expect("key").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the root key is private");
+    }
+}
+
+#[test]
+fn workload_certificate_has_spiffe_san_and_chain() {
+    let ca = Ca::load_or_create(&tmpdir("issue"), "cluster.local").expect("create");
+    let id = Identity::new("cluster.local", "default", "reviews");
+    let issued = ca.issue(&id, Duration::from_secs(3600)).expect("issue");
+    let ders = pem_to_der(&issued.chain_pem);
+    assert_eq!(ders.len(), 2, "leaf then root");
+    assert_eq!(identities_in(&ders[0]), [id.clone()]);
+    assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/reviews");
+    let (_, leaf) = x509_parser::parse_x509_certificate(&ders[0]).expect("leaf parses");
+    let (_, root) = x509_parser::parse_x509_certificate(&ders[1]).expect("root parses");
+    assert!(leaf.verify_signature(Some(root.public_key())).is_ok(), "signed by the root");
+    let life = leaf.validity().not_after.timestamp() - leaf.validity().not_before.timestamp();
+    assert!((3600..=3600 + 61).contains(&life), "{life}");
+    assert!(issued.refresh_at() < issued.not_after && issued.refresh_at() > SystemTime::now());
+}
+
+#[test]
+fn csr_identity_comes_from_the_caller_not_the_csr() {
+    let ca = Ca::load_or_create(&tmpdir("csr"), "cluster.local").expect("create");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["evil.example.com".to_string()]).expect("params");
+    params
+        .subject_alt_names
+        .push(SanType::URI("spiffe://cluster.local/ns/kube-system/sa/admin".try_into().expect("uri")));
+    let csr = params.serialize_request(&key).expect("csr").pem().expect("pem");
+    let id = Identity::new("cluster.local", "default", "client");
+    let issued = ca.sign_csr(&csr, &id, Duration::from_secs(600)).expect("sign");
+    let leaf = &pem_to_der(&issued.chain_pem)[0];
+    assert_eq!(identities_in(leaf), [id]);
+    assert!(ca.sign_csr("not a csr", &Identity::new("cluster.local", "a", "b"), Duration::from_secs(1)).is_err());
+}
+
+#[test]
+fn plugged_in_intermediate_signs_and_serves_its_chain() {
+    // An operator's root and intermediate in Istio's cacerts layout.
+    let (root_pem, root_key_pem) = Ca::new_root_pem("cluster.local").expect("root");
+    let root = Issuer::from_ca_cert_pem(&root_pem, KeyPair::from_pem(&root_key_pem).expect("key")).expect("issuer");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "intermediate");
+    let ikey = KeyPair::generate().expect("key");
+    let inter = p.signed_by(&ikey, &root).expect("intermediate");
+    let dir = tmpdir("cacerts");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("ca-cert.pem"), inter.pem()).expect("write");
+    std::fs::write(dir.join("ca-key.pem"), ikey.serialize_pem()).expect("write");
+    std::fs::write(dir.join("cert-chain.pem"), format!("{}{}", inter.pem(), root_pem)).expect("write");
+    std::fs::write(dir.join("root-cert.pem"), &root_pem).expect("write");
+    let ca = Ca::load_or_create(&dir, "cluster.local").expect("load cacerts");
+    assert_eq!(ca.trust_bundle_pem().trim(), root_pem.trim());
+    let issued = ca.issue(&Identity::new("cluster.local", "ns", "sa"), Duration::from_secs(60)).expect("issue");
+    assert_eq!(pem_to_der(&issued.chain_pem).len(), 3, "leaf, intermediate, root");
+    assert!(!dir.join("root-key.pem").exists(), "no self-signed root is made when cacerts is present");
+}
+
+#[test]
+fn spiffe_parsing() {
+    assert!(Identity::parse("spiffe://td/ns/a/sa/b").is_some());
+    for bad in ["spiffe://td/ns/a", "http://td/ns/a/sa/b", "spiffe:///ns/a/sa/b", "spiffe://td/ns/a/sa/b/c"] {
+        assert!(Identity::parse(bad).is_none(), "{bad}");
+    }
+}
