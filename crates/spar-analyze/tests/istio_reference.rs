@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use spar_analyze::{Context, LoadOptions, Loaded, MeshConfig, analyzers};
 
 /// Cases that must pass; raise it as analyzers are added.
-const PASSING_FLOOR: usize = 0;
+const PASSING_FLOOR: usize = 93;
+/// Expected messages that must be found.
+const MATCHED_FLOOR: usize = 183;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/istio/analyzer")
@@ -158,5 +160,7 @@ fn istio_analyzer_cases() {
         println!("  - {f}");
     }
     assert!(false_positives.is_empty(), "cases expecting no messages produced some: {false_positives:?}");
+    assert_eq!(extra_total, 0, "messages Istio does not expect (false positives); see the FAIL lines above");
     assert!(passed >= PASSING_FLOOR, "{passed} cases pass, the floor is {PASSING_FLOOR}");
+    assert!(matched >= MATCHED_FLOOR, "{matched} expected messages found, the floor is {MATCHED_FLOOR}");
 }

@@ -36,7 +36,8 @@ fn unverified(tls: &Value, has_selector: bool) -> Option<&str> {
     }
     let ca = st(tls, "caCertificates");
     let credential = st(tls, "credentialName");
-    (ca.is_empty() && !(has_selector && !credential.is_empty())).then_some(mode)
+    // A credential from a Secret verifies the server only for workload-selected rules.
+    (ca.is_empty() && (!has_selector || credential.is_empty())).then_some(mode)
 }
 
 fn ca_certificates(ctx: &Context, r: &mut Reporter<'_>) {

@@ -232,7 +232,8 @@ fn service_entry_addresses(ctx: &Context, r: &mut Reporter<'_>) {
 
 fn service_entry_protocols(ctx: &Context, r: &mut Reporter<'_>) {
     // (scope, host, port) -> [(protocol, se)]
-    let mut index: BTreeMap<(String, String, i64), Vec<(String, &Resource)>> = BTreeMap::new();
+    type Entries<'c> = Vec<(String, &'c Resource)>;
+    let mut index: BTreeMap<(String, String, i64), Entries<'_>> = BTreeMap::new();
     for se in ctx.of(gk::SERVICE_ENTRY) {
         let spec = se.spec();
         let export = strs(spec, "exportTo");
