@@ -105,6 +105,39 @@ pub fn bootstrap(p: &BootstrapParams) -> Result<Value, BootstrapError> {
     }))
 }
 
+/// Points the bootstrap's `xds-grpc` cluster at the secure port: mutual TLS with the
+/// workload's credential files, trusting `root` and only a server proving
+/// `control_plane` (so another workload's certificate cannot pose as Spar).
+pub fn secure_xds(
+    b: &mut Value,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    root: &std::path::Path,
+    control_plane: &str,
+) {
+    let tls = json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "spar",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": cert.display().to_string()},
+                    "private_key": {"filename": key.display().to_string()},
+                }],
+                "validation_context": {
+                    "trusted_ca": {"filename": root.display().to_string()},
+                    "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": control_plane}}],
+                },
+            },
+        },
+    });
+    if let Some(c) = b.pointer_mut("/static_resources/clusters/0") {
+        c["transport_socket"] = tls;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ pub mod conn;
 pub mod generator;
 pub mod node;
 pub mod resources;
+pub mod sds;
 pub mod server;
 pub mod support;
 

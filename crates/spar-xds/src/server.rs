@@ -23,6 +23,13 @@ use tonic::{Request, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::conn::{Connection, Event, Response, Variant};
+use crate::sds::{CertState, Security};
+use spar_ca::Identity;
+use std::time::{Duration, SystemTime};
+
+/// How often a stream re-checks its certificate (and the CA) even when nothing is due:
+/// picks up a replaced CA within this time.
+const IDLE_REFRESH: Duration = Duration::from_secs(5);
 use crate::resources::type_url;
 
 /// Responses queued per stream before the task waits for the proxy to read. Small on
@@ -46,12 +53,28 @@ pub struct AdsService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    security: Option<Arc<Security>>,
 }
 
 impl AdsService {
     /// A service that serves proxies from `snapshots` until `shutdown` turns true.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { snapshots, metrics: Arc::default(), shutdown }
+        Self { snapshots, metrics: Arc::default(), shutdown, security: None }
+    }
+
+    /// Issues workload certificates (SDS) to proxies that prove an identity with a
+    /// client certificate. Proxies without one still get config, never certificates.
+    #[must_use]
+    pub fn with_security(mut self, security: Arc<Security>) -> Self {
+        self.security = Some(security);
+        self
+    }
+
+    /// The same service sharing counters, for a second listener.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Shared counters.
@@ -123,6 +146,14 @@ impl AdsService {
         request: Request<Streaming<Req>>,
     ) -> Result<tonic::Response<BoxStream<Resp>>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        // The identity a client certificate proves (the secure port verified the chain).
+        let proven: Option<Identity> = request
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| spar_ca::identities_in(c.as_ref())))
+            .and_then(|ids| ids.into_iter().next());
+        if request.peer_certs().is_some() && proven.is_none() {
+            return Err(Status::unauthenticated("client certificate carries no SPIFFE identity"));
+        }
         let mut inbound = request.into_inner();
         // The node is on the first message (Envoy sets set_node_on_first_message_only).
         let first = match inbound.next().await {
@@ -131,7 +162,18 @@ impl AdsService {
             None => return Err(Status::cancelled("stream closed before the first request")),
         };
         let node = first.node().ok_or_else(|| Status::invalid_argument("first request carries no node"))?;
-        let proxy = crate::node::to_proxy(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut proxy = crate::node::to_proxy(node).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some(id) = &proven {
+            // The claim in the node metadata must be the proven identity, or nothing is served.
+            if id.namespace != proxy.namespace || id.service_account != proxy.service_account {
+                warn!(proxy = %proxy.id, proven = %id, claimed_namespace = %proxy.namespace, claimed_service_account = %proxy.service_account, %peer, "refused: node metadata claims another identity");
+                return Err(Status::permission_denied(format!(
+                    "node claims namespace {:?} and service account {:?} but the client certificate proves {id}",
+                    proxy.namespace, proxy.service_account
+                )));
+            }
+            proxy.identity = Some(id.to_string());
+        }
         let (tx, rx) = mpsc::channel::<Result<Resp, Status>>(OUTBOUND_QUEUE);
         let span = info_span!("ads", proxy = %proxy.id, variant = ?variant, %peer);
         let task = StreamTask {
@@ -139,6 +181,8 @@ impl AdsService {
             snapshots: self.snapshots.clone(),
             metrics: Arc::clone(&self.metrics),
             shutdown: self.shutdown.clone(),
+            security: proven.and_then(|id| self.security.clone().map(|s| (s, id))),
+            certs: CertState::default(),
         };
         tokio::spawn(task.run(variant, first, inbound, tx).instrument(span));
         let out = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -151,6 +195,9 @@ struct StreamTask {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    /// The CA and the proven identity, for proxies that get certificates.
+    security: Option<(Arc<Security>, Identity)>,
+    certs: CertState,
 }
 
 impl StreamTask {
@@ -163,8 +210,10 @@ impl StreamTask {
     ) {
         self.metrics.connected.fetch_add(1, Ordering::Relaxed);
         info!("proxy connected");
-        let snapshot = self.snapshots.borrow_and_update().clone();
-        let mut conn = Connection::new(variant, Arc::new(crate::generate(&snapshot, &self.proxy)));
+        let mut snapshot = self.snapshots.borrow_and_update().clone();
+        let mut refresh_at = SystemTime::now() + IDLE_REFRESH;
+        let initial = self.resources(&snapshot, &mut refresh_at);
+        let mut conn = Connection::new(variant, Arc::new(initial));
         let mut pending = first.handle(&mut conn);
         'stream: loop {
             self.log_events(&mut conn);
@@ -183,8 +232,14 @@ impl StreamTask {
                 },
                 changed = self.snapshots.changed() => {
                     if changed.is_err() { break; }
-                    let snapshot = self.snapshots.borrow_and_update().clone();
-                    let resources = crate::generate(&snapshot, &self.proxy);
+                    snapshot = self.snapshots.borrow_and_update().clone();
+                    let resources = self.resources(&snapshot, &mut refresh_at);
+                    pending = conn.on_resources(Arc::new(resources));
+                }
+                () = tokio::time::sleep(refresh_at.duration_since(SystemTime::now()).unwrap_or_default()) => {
+                    // Certificate rotation (or the CA changed): only the secrets differ,
+                    // so only SDS is pushed.
+                    let resources = self.resources(&snapshot, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
                 }
                 _ = self.shutdown.changed() => break,
@@ -192,6 +247,20 @@ impl StreamTask {
         }
         self.metrics.connected.fetch_sub(1, Ordering::Relaxed);
         info!("proxy disconnected");
+    }
+
+    /// Generated config plus, for a proxy with a proven identity, its secrets.
+    fn resources(&mut self, snapshot: &Snapshot, refresh_at: &mut SystemTime) -> crate::ProxyResources {
+        let mut r = crate::generate(snapshot, &self.proxy);
+        *refresh_at = SystemTime::now() + IDLE_REFRESH;
+        if let Some((security, id)) = &self.security {
+            match self.certs.ensure(security, id) {
+                Ok(at) => *refresh_at = at.min(SystemTime::now() + IDLE_REFRESH),
+                Err(e) => warn!(identity = %id, error = %e, "cannot issue a workload certificate; retrying"),
+            }
+            self.certs.add_secrets(&mut r);
+        }
+        r
     }
 
     fn log_events(&self, conn: &mut Connection) {

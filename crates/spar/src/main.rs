@@ -12,6 +12,7 @@ use spar_model::{MeshConfig, ProxyKind};
 mod analyze;
 mod files;
 mod load;
+mod secure;
 mod serve;
 
 #[derive(Parser, Debug)]
@@ -55,6 +56,19 @@ struct ServeArgs {
     /// `outboundTrafficPolicy` overrides it for its workloads).
     #[arg(long, value_enum, default_value = "allow-any")]
     outbound_traffic_policy: OutboundPolicy,
+    /// CA directory (Istio `cacerts` layout, or Spar's own root, created when absent).
+    /// Enables the secure xDS port, workload certificates over SDS and mutual TLS.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// Address of the secure xDS port (TLS, client certificate required).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    secure_xds_address: SocketAddr,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Lifetime of workload certificates (rotated after 80% of it).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    workload_cert_ttl: Duration,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -107,6 +121,22 @@ struct BootstrapArgs {
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "yaml")]
     output: Format,
+    /// Spar's CA directory: mint an xDS client certificate proving this workload's
+    /// namespace and service account, and connect to the secure xDS port with it.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// Where the minted credential is written (xds-cert.pem, xds-key.pem, root-cert.pem).
+    #[arg(long, requires = "ca_dir")]
+    credential_dir: Option<PathBuf>,
+    /// Lifetime of the minted xDS credential.
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    credential_ttl: Duration,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Namespace of the control plane's identity (what the proxy verifies on 15012).
+    #[arg(long, default_value = "istio-system")]
+    root_namespace: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -116,7 +146,8 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unit must be ms, s, m or h")),
     }
 }
 
@@ -151,6 +182,12 @@ fn main() -> anyhow::Result<()> {
                     root_namespace: a.root_namespace,
                     registry_only: matches!(a.outbound_traffic_policy, OutboundPolicy::RegistryOnly),
                 },
+                security: a.ca_dir.map(|dir| serve::SecurityConfig {
+                    ca_dir: dir,
+                    secure_xds_address: a.secure_xds_address,
+                    trust_domain: a.trust_domain,
+                    workload_cert_ttl: a.workload_cert_ttl,
+                }),
             };
             let rt =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
@@ -170,7 +207,29 @@ fn main() -> anyhow::Result<()> {
                 delta: a.delta,
                 interception_mode: a.interception_mode,
             };
-            let b = spar_xds::bootstrap::bootstrap(&params)?;
+            let mut b = spar_xds::bootstrap::bootstrap(&params)?;
+            if let Some(ca_dir) = &a.ca_dir {
+                let dir =
+                    a.credential_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}-credential", params.name)));
+                let ca = spar_ca::Ca::load_or_create(ca_dir, &a.trust_domain)?;
+                let id = spar_ca::Identity::new(&a.trust_domain, &params.namespace, &params.service_account);
+                let issued = ca.issue(&id, a.credential_ttl)?;
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                let write = |name: &str, text: &str| {
+                    let p = dir.join(name);
+                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display())).map(|()| p)
+                };
+                let cert = write("xds-cert.pem", &issued.chain_pem)?;
+                let key = write("xds-key.pem", &issued.key_pem)?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+                }
+                let root = write("root-cert.pem", ca.trust_bundle_pem())?;
+                let cp = secure::control_plane_identity(&a.trust_domain, &a.root_namespace);
+                spar_xds::bootstrap::secure_xds(&mut b, &cert, &key, &root, &cp.to_string());
+            }
             let out = match a.output {
                 Format::Json => serde_json::to_string_pretty(&b)?,
                 Format::Yaml => serde_yaml_ng::to_string(&b)?,

@@ -27,6 +27,21 @@ pub struct ServeConfig {
     pub debounce_max: Duration,
     /// Mesh-wide settings.
     pub mesh: MeshConfig,
+    /// The CA and secure port, when enabled.
+    pub security: Option<SecurityConfig>,
+}
+
+/// The CA and the secure xDS port.
+#[derive(Clone, Debug)]
+pub struct SecurityConfig {
+    /// CA directory.
+    pub ca_dir: PathBuf,
+    /// Secure xDS address (15012).
+    pub secure_xds_address: SocketAddr,
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Workload certificate lifetime.
+    pub workload_cert_ttl: Duration,
 }
 
 /// Runs until SIGINT/SIGTERM.
@@ -43,6 +58,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(debounce(change_rx, store, cfg.clone(), snap_tx).instrument(info_span!("snapshot")));
 
     let ads = AdsService::new(snap_rx, shutdown_rx.clone());
+    let ads_secure = ads.clone();
     let listener = tokio::net::TcpListener::bind(cfg.xds_address)
         .await
         .with_context(|| format!("binding xDS address {}", cfg.xds_address))?;
@@ -57,6 +73,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             let _ = shutdown_wait.wait_for(|s| *s).await;
         });
     let server = tokio::spawn(server);
+    let secure = match &cfg.security {
+        Some(sec) => Some(tokio::spawn(
+            serve_secure(sec.clone(), cfg.mesh.root_namespace.clone(), ads_secure, shutdown_rx.clone()).await?,
+        )),
+        None => None,
+    };
     shutdown_signal().await;
     info!("shutting down: closing xDS streams");
     let _ = shutdown_tx.send(true);
@@ -67,7 +89,55 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         Ok(Err(e)) => warn!(error = %e, "xDS server task failed"),
         Err(_) => warn!("xDS server did not stop within 5s"),
     }
+    if let Some(s) = secure {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+    }
     Ok(())
+}
+
+/// Starts the secure xDS port; returns the server future to spawn.
+async fn serve_secure(
+    sec: SecurityConfig,
+    root_namespace: String,
+    ads: AdsService,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let ca = spar_ca::Ca::load_or_create(&sec.ca_dir, &sec.trust_domain)
+        .with_context(|| format!("loading the CA from {}", sec.ca_dir.display()))?;
+    let me = crate::secure::control_plane_identity(&sec.trust_domain, &root_namespace);
+    let (tls, refresh_at) = crate::secure::server_config(&ca, &me)?;
+    let security = std::sync::Arc::new(spar_xds::sds::Security::new(ca, sec.workload_cert_ttl));
+    let (cfg_tx, cfg_rx) = watch::channel(tls);
+    tokio::spawn(
+        crate::secure::maintain(
+            sec.ca_dir.clone(),
+            sec.trust_domain.clone(),
+            me,
+            std::sync::Arc::clone(&security),
+            cfg_tx,
+            refresh_at,
+        )
+        .instrument(info_span!("ca")),
+    );
+    let listener = tokio::net::TcpListener::bind(sec.secure_xds_address)
+        .await
+        .with_context(|| format!("binding secure xDS address {}", sec.secure_xds_address))?;
+    info!(address = %listener.local_addr()?, ca_dir = %sec.ca_dir.display(), "serving xDS over mutual TLS (workload certificates over SDS)");
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::secure::incoming(listener, cfg_rx));
+    let ads = ads.with_security(security);
+    let mut shutdown_wait = shutdown;
+    Ok(async move {
+        let r = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(ads.into_server())
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = shutdown_wait.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            warn!(error = %e, "secure xDS server ended with an error");
+        }
+    })
 }
 
 fn tokio_stream_incoming(listener: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {

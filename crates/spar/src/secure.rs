@@ -1,0 +1,144 @@
+//! The secure xDS port (15012): TLS with a required client certificate issued by Spar's
+//! CA. The certificate's SPIFFE identity is what the ADS server trusts; a client without
+//! one, with a forged or expired one, or with one from another CA fails the handshake.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use spar_ca::{Ca, Identity};
+use spar_xds::sds::Security;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, info, warn};
+
+/// Handshakes that take longer than this are dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lifetime of the control plane's own serving certificate (re-issued well before).
+const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How often the CA directory is checked for a new root, intermediate or trust bundle.
+const CA_RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// The control plane's own identity, which proxies verify on 15012.
+pub fn control_plane_identity(trust_domain: &str, root_namespace: &str) -> Identity {
+    Identity::new(trust_domain, root_namespace, "spar")
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// rustls server config: our serving certificate, and client certificates required and
+/// verified against every root of the trust bundle.
+pub fn server_config(ca: &Ca, me: &Identity) -> anyhow::Result<(Arc<rustls::ServerConfig>, SystemTime)> {
+    let issued = ca.issue(me, SERVER_CERT_TTL)?;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes()).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.trust_bundle_pem().as_bytes()) {
+        roots.add(c?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .context("client certificate verifier")?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((Arc::new(cfg), issued.refresh_at()))
+}
+
+/// Accepts TCP connections and completes TLS handshakes off the accept loop; yields
+/// only connections whose client certificate verified.
+pub fn incoming(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<rustls::ServerConfig>>,
+) -> mpsc::Receiver<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "accept failed on the secure xDS port");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
+            let conn_tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = conn_tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => info!(%peer, error = %e, "refused on the secure xDS port: TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn stamp(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
+    ["root-cert.pem", "root-key.pem", "ca-cert.pem", "ca-key.pem", "cert-chain.pem", "trust-bundle.pem"]
+        .iter()
+        .map(|f| {
+            let p = dir.join(f);
+            let m = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, m)
+        })
+        .collect()
+}
+
+/// Keeps the CA and the serving certificate current: reloads the CA directory when its
+/// files change (root rotation: add the new root to `trust-bundle.pem`, then swap the
+/// signing material, then drop the old root), and re-issues the serving certificate
+/// before it expires.
+pub async fn maintain(
+    dir: PathBuf,
+    trust_domain: String,
+    me: Identity,
+    security: Arc<Security>,
+    config_tx: watch::Sender<Arc<rustls::ServerConfig>>,
+    mut refresh_at: SystemTime,
+) {
+    let mut last = stamp(&dir);
+    loop {
+        tokio::time::sleep(CA_RELOAD_EVERY).await;
+        let now = stamp(&dir);
+        let ca_changed = now != last;
+        if ca_changed {
+            last = now;
+            match Ca::load_or_create(&dir, &trust_domain) {
+                Ok(ca) => {
+                    info!(dir = %dir.display(), "CA directory changed: reloaded; proxies get the new trust bundle and certificates");
+                    security.replace_ca(ca);
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "CA directory changed but cannot be loaded; keeping the previous CA");
+                    continue;
+                }
+            }
+        }
+        if ca_changed || SystemTime::now() >= refresh_at {
+            match server_config(&security.ca(), &me) {
+                Ok((cfg, at)) => {
+                    refresh_at = at;
+                    let _ = config_tx.send(cfg);
+                }
+                Err(e) => warn!(error = %e, "cannot renew the secure xDS serving certificate"),
+            }
+        }
+    }
+}
