@@ -96,6 +96,8 @@ pub struct Harness {
     pub xds: SocketAddr,
     /// Whether proxies use delta xDS.
     pub delta: bool,
+    /// Spar runs its CA and proxies connect to the secure port with minted credentials.
+    pub secure: Option<SecureOptions>,
     ips: BTreeMap<String, IpAddr>,
     children: Vec<(String, Child)>,
     echo_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -118,6 +120,7 @@ impl Harness {
             addrs,
             xds: SocketAddr::new(cp, 15010),
             delta,
+            secure: None,
             ips: BTreeMap::new(),
             children: Vec::new(),
             echo_tasks: Vec::new(),
@@ -208,12 +211,82 @@ impl Harness {
             cmd.arg("--config").arg(p);
         }
         cmd.arg("--xds-address").arg(self.xds.to_string());
+        if let Some(sec) = &self.secure {
+            cmd.arg("--ca-dir").arg(self.ca_dir());
+            cmd.arg("--secure-xds-address").arg(self.secure_xds().to_string());
+            cmd.arg("--workload-cert-ttl").arg(&sec.workload_cert_ttl);
+        }
         cmd.env("RUST_LOG", std::env::var("SPAR_LOG").unwrap_or_else(|_| "info".into()));
         cmd.stdout(Stdio::null()).stderr(log).kill_on_drop(true);
         let child = cmd.spawn().context("starting spar")?;
         self.children.push(("spar".into(), child));
         wait_for(Duration::from_secs(20), "spar's xDS port", || async { TcpStream::connect(self.xds).await.is_ok() })
             .await
+    }
+
+    /// Turns on Spar's CA, the secure port and minted credentials for sidecars.
+    pub fn with_security(mut self, workload_cert_ttl: &str) -> Self {
+        self.secure = Some(SecureOptions { workload_cert_ttl: workload_cert_ttl.into() });
+        self
+    }
+
+    /// Spar's CA directory.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.join("ca")
+    }
+
+    /// The secure xDS address (same IP as the plaintext one, port 15012).
+    pub fn secure_xds(&self) -> SocketAddr {
+        SocketAddr::new(self.xds.ip(), 15012)
+    }
+
+    /// `spar bootstrap` for `pod` (JSON). With security on, this also mints the pod's
+    /// credential into `<dir>/<pod>-credential`.
+    pub async fn bootstrap(&self, pod: &Pod) -> anyhow::Result<serde_json::Value> {
+        let labels = pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+        let mut cmd = Command::new(spar_bin()?);
+        cmd.arg("bootstrap").args(["--namespace", &pod.namespace, "--name", &pod.name, "--labels", &labels]);
+        cmd.args(["--ip", &pod.ip.to_string(), "--service-account", &pod.service_account]);
+        cmd.args(["--admin-address", &pod.ip.to_string(), "--admin-port", "15000", "-o", "json"]);
+        if self.delta {
+            cmd.arg("--delta");
+        }
+        if self.secure.is_some() {
+            cmd.arg("--xds-address").arg(self.secure_xds().to_string());
+            cmd.arg("--ca-dir").arg(self.ca_dir());
+            cmd.arg("--credential-dir").arg(self.dir.join(format!("{}-credential", pod.name)));
+        } else {
+            cmd.arg("--xds-address").arg(self.xds.to_string());
+        }
+        let out = cmd.output().await.context("running spar bootstrap")?;
+        if !out.status.success() {
+            bail!("spar bootstrap failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Starts Envoy with a given bootstrap; waits until its admin port answers (not until
+    /// it is ready: a refused proxy never is).
+    pub async fn start_envoy_with(&mut self, pod: &Pod, bootstrap: &serde_json::Value) -> anyhow::Result<Envoy> {
+        let path = self.dir.join(format!("{}.bootstrap.json", pod.name));
+        std::fs::write(&path, serde_json::to_vec_pretty(bootstrap)?)?;
+        let log = std::fs::File::create(self.dir.join(format!("{}.envoy.log", pod.name)))?;
+        let child = Command::new(envoy_bin()?)
+            .arg("-c")
+            .arg(&path)
+            .args(["--disable-hot-restart", "--log-level", "warn", "--concurrency", "1"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting envoy")?;
+        self.children.push((pod.name.clone(), child));
+        let envoy = Envoy { name: pod.name.clone(), admin: SocketAddr::new(pod.ip, 15000), ip: pod.ip };
+        wait_for(Duration::from_secs(30), &format!("envoy {} admin", pod.name), || async {
+            envoy.admin_get("/server_info").await.is_ok()
+        })
+        .await?;
+        Ok(envoy)
     }
 
     /// Spar's log so far.
@@ -257,6 +330,15 @@ impl Harness {
 
     /// Starts a stock Envoy sidecar for a pod, from `spar bootstrap`.
     pub async fn start_sidecar(&mut self, pod: &Pod) -> anyhow::Result<Envoy> {
+        if self.secure.is_some() {
+            let b = self.bootstrap(pod).await?;
+            let envoy = self.start_envoy_with(pod, &b).await?;
+            wait_for(Duration::from_secs(30), &format!("envoy {} to be ready", pod.name), || async {
+                envoy.admin_get("/ready").await.is_ok_and(|(s, _)| s == 200)
+            })
+            .await?;
+            return Ok(envoy);
+        }
         let labels = pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
         let mut args = vec![
             "bootstrap".to_string(),
@@ -327,6 +409,13 @@ impl Drop for Harness {
             let _ = c.start_kill();
         }
     }
+}
+
+/// Settings for a harness whose Spar runs a CA (`Harness::secure`).
+#[derive(Clone, Debug)]
+pub struct SecureOptions {
+    /// `--workload-cert-ttl`.
+    pub workload_cert_ttl: String,
 }
 
 /// A simulated pod.

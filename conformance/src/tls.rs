@@ -112,3 +112,36 @@ pub async fn tls_request(addr: SocketAddr, sni: &str, ca_pem: &str, path: &str) 
     };
     tokio::time::timeout(std::time::Duration::from_secs(10), fut).await.context("TLS request timed out")?
 }
+
+/// A TLS handshake to `addr` trusting `ca_pem`, presenting `client` (certificate chain
+/// and key, PEM) if given; `Ok` when the server accepted it.
+pub async fn handshake(addr: SocketAddr, sni: &str, ca_pem: &str, client: Option<(&str, &str)>) -> anyhow::Result<()> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((chain, key)) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<_, _>>()?;
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes())?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await?;
+    let mut tls = connector.connect(ServerName::try_from(sni.to_string())?, tcp).await.context("TLS handshake")?;
+    // TLS 1.3 reports a rejected client certificate after the handshake: read to see it.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => anyhow::bail!("closed by the server"),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Ok(()),
+    }
+}

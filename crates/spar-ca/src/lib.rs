@@ -100,10 +100,12 @@ pub struct Issued {
 }
 
 impl Issued {
-    /// When to replace it: after 80% of its lifetime, as Istio's agent does by default.
+    /// When to replace it: after 80% of its lifetime (counted from issuance, not from the
+    /// backdated `not_before`), as Istio's agent does by default.
     pub fn refresh_at(&self) -> SystemTime {
-        let life = self.not_after.duration_since(self.not_before).unwrap_or_default();
-        self.not_before + life.mul_f64(0.8)
+        let issued = self.not_before + SKEW;
+        let life = self.not_after.duration_since(issued).unwrap_or_default();
+        issued + life.mul_f64(0.8)
     }
 }
 
@@ -242,7 +244,15 @@ impl Ca {
 
     /// Issues a certificate with a fresh key for `id`, valid for `ttl`.
     pub fn issue(&self, id: &Identity, ttl: Duration) -> Result<Issued, CaError> {
-        let (params, not_before, not_after) = self.leaf_params(id, ttl)?;
+        self.issue_with_dns(id, &[], ttl)
+    }
+
+    /// Like [`Ca::issue`], with DNS names beside the SPIFFE identity (serving certificates).
+    pub fn issue_with_dns(&self, id: &Identity, dns: &[&str], ttl: Duration) -> Result<Issued, CaError> {
+        let (mut params, not_before, not_after) = self.leaf_params(id, ttl)?;
+        for d in dns {
+            params.subject_alt_names.push(SanType::DnsName((*d).try_into().map_err(cert_err)?));
+        }
         let key = KeyPair::generate().map_err(cert_err)?;
         let cert = params.signed_by(&key, &self.issuer).map_err(cert_err)?;
         Ok(Issued {

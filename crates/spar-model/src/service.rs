@@ -117,6 +117,8 @@ pub struct Endpoint {
     pub weight: u32,
     /// Whether the endpoint takes traffic.
     pub ready: bool,
+    /// The endpoint has a sidecar that accepts Istio mutual TLS (`tlsMode: istio`).
+    pub istio_mtls: bool,
     /// Where the endpoint was declared.
     pub origin: Origin,
 }

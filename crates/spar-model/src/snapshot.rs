@@ -9,6 +9,9 @@ use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::discovery::v1 as discoveryv1;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use spar_api::istio::destination_rule::DestinationRuleSpec;
+use spar_api::istio::peer_authentication::{
+    PeerAuthenticationMtlsMode, PeerAuthenticationPortLevelMtlsMode, PeerAuthenticationSpec,
+};
 use spar_api::istio::service_entry::{ServiceEntryLocation, ServiceEntryResolution, ServiceEntrySpec};
 use spar_api::istio::sidecar::SidecarSpec;
 use spar_api::istio::virtual_service::VirtualServiceSpec;
@@ -85,8 +88,41 @@ pub struct Snapshot {
     pub destination_rules: Vec<(Config<DestinationRuleSpec>, String)>,
     /// Sidecars.
     pub sidecars: Vec<Config<SidecarSpec>>,
+    /// PeerAuthentications.
+    pub peer_authentications: Vec<Config<PeerAuthenticationSpec>>,
     /// Problems found while building.
     pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Inbound mutual TLS mode (PeerAuthentication).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// Mutual TLS only.
+    Strict,
+    /// Mutual TLS or plaintext.
+    Permissive,
+    /// Plaintext only.
+    Disable,
+}
+
+impl MtlsMode {
+    fn from_mode(m: &PeerAuthenticationMtlsMode) -> Option<Self> {
+        match m {
+            PeerAuthenticationMtlsMode::Strict => Some(Self::Strict),
+            PeerAuthenticationMtlsMode::Permissive => Some(Self::Permissive),
+            PeerAuthenticationMtlsMode::Disable => Some(Self::Disable),
+            PeerAuthenticationMtlsMode::Unset => None,
+        }
+    }
+
+    fn from_port_mode(m: &PeerAuthenticationPortLevelMtlsMode) -> Option<Self> {
+        match m {
+            PeerAuthenticationPortLevelMtlsMode::Strict => Some(Self::Strict),
+            PeerAuthenticationPortLevelMtlsMode::Permissive => Some(Self::Permissive),
+            PeerAuthenticationPortLevelMtlsMode::Disable => Some(Self::Disable),
+            PeerAuthenticationPortLevelMtlsMode::Unset => None,
+        }
+    }
 }
 
 fn config<S>(obj: &Object, spec: &Arc<S>) -> Config<S> {
@@ -136,6 +172,7 @@ impl Snapshot {
                     snap.destination_rules.push((config(obj, s), h));
                 }
                 Resource::Sidecar(s) => snap.sidecars.push(config(obj, s)),
+                Resource::PeerAuthentication(s) => snap.peer_authentications.push(config(obj, s)),
                 Resource::WorkloadEntry(s) => workload_entries.push((*obj, Arc::clone(s))),
                 Resource::ServiceEntry(s) => service_entries.push((*obj, Arc::clone(s))),
                 Resource::Service(s) => k8s_services.push((*obj, Arc::clone(s))),
@@ -250,6 +287,60 @@ impl Snapshot {
             .or_else(|| in_ns(&self.sidecars, &self.mesh.root_namespace).find(no_selector))
     }
 
+    /// The mutual TLS mode for inbound traffic on `port` of a workload in `namespace` with
+    /// `labels`: istiod's precedence is workload (selector) over namespace over mesh (root
+    /// namespace), `UNSET` inheriting from the level above, port-level settings of the
+    /// workload policy winning for their port; PERMISSIVE when nothing says otherwise.
+    pub fn mtls_mode(&self, namespace: &str, labels: &BTreeMap<String, String>, port: u16) -> MtlsMode {
+        fn oldest(it: Vec<&Config<PeerAuthenticationSpec>>) -> Option<&Config<PeerAuthenticationSpec>> {
+            it.into_iter().min_by(|a, b| {
+                (a.created.is_none(), &a.created, &a.name).cmp(&(b.created.is_none(), &b.created, &b.name))
+            })
+        }
+        let no_selector = |c: &&Config<PeerAuthenticationSpec>| {
+            c.spec.selector.as_ref().and_then(|s| s.match_labels.as_ref()).is_none_or(BTreeMap::is_empty)
+        };
+        let mesh = oldest(
+            self.peer_authentications
+                .iter()
+                .filter(|c| c.namespace == self.mesh.root_namespace)
+                .filter(no_selector)
+                .collect(),
+        );
+        let ns =
+            oldest(self.peer_authentications.iter().filter(|c| c.namespace == namespace).filter(no_selector).collect());
+        let workload = oldest(
+            self.peer_authentications
+                .iter()
+                .filter(|c| c.namespace == namespace)
+                .filter(|c| {
+                    c.spec
+                        .selector
+                        .as_ref()
+                        .and_then(|s| s.match_labels.as_ref())
+                        .is_some_and(|l| !l.is_empty() && selects(l, labels))
+                })
+                .collect(),
+        );
+        let level = |c: Option<&Config<PeerAuthenticationSpec>>| {
+            c.and_then(|c| c.spec.mtls.as_ref()).and_then(|m| m.mode.as_ref()).and_then(MtlsMode::from_mode)
+        };
+        let mut mode = level(mesh).unwrap_or(MtlsMode::Permissive);
+        if let Some(m) = level(ns) {
+            mode = m;
+        }
+        if let Some(m) = level(workload) {
+            mode = m;
+        }
+        if let Some(pl) = workload.and_then(|w| w.spec.port_level_mtls.as_ref()).and_then(|m| m.get(&port.to_string()))
+        {
+            if let Some(m) = pl.mode.as_ref().and_then(MtlsMode::from_port_mode) {
+                mode = m;
+            }
+        }
+        mode
+    }
+
     /// The DestinationRule for `host` as seen from `proxy_ns`: istiod's lookup order is
     /// the client's namespace, then the service's namespace, then the root namespace;
     /// within one namespace an exact host beats a wildcard, then the oldest wins.
@@ -348,6 +439,7 @@ fn kube_service(
                     locality: String::new(),
                     weight: 0,
                     ready,
+                    istio_mtls: false,
                     origin: origin_of(obj),
                 });
             }
@@ -375,6 +467,7 @@ fn kube_service(
                     locality: ep.zone.clone().unwrap_or_default(),
                     weight: 0,
                     ready,
+                    istio_mtls: false,
                     origin: origin_of(obj),
                 });
             }
@@ -428,6 +521,12 @@ fn workload_endpoint(
             .and_then(|p| u16_port(*p));
         port_map.insert(sp.port, by_name.or(by_target_name).or(sp.target_port).unwrap_or(sp.port));
     }
+    // istiod's rule for WorkloadEntries: the `security.istio.io/tlsMode` label if present,
+    // else Istio mTLS when a service account is set.
+    let istio_mtls = match labels.get("security.istio.io/tlsMode") {
+        Some(mode) => mode == "istio",
+        None => we.service_account.as_deref().is_some_and(|sa| !sa.is_empty()),
+    };
     Endpoint {
         address: we.address.clone().unwrap_or_default(),
         ports: port_map,
@@ -436,6 +535,7 @@ fn workload_endpoint(
         locality: we.locality.clone().unwrap_or_default(),
         weight: we.weight.and_then(|w| u32::try_from(w).ok()).unwrap_or(0),
         ready: true,
+        istio_mtls,
         origin: obj.origin.clone(),
     }
 }
@@ -507,6 +607,7 @@ fn service_entry_services(
                     locality: String::new(),
                     weight: 0,
                     ready: true,
+                    istio_mtls: false,
                     origin: obj.origin.clone(),
                 });
             }

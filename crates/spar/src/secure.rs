@@ -35,7 +35,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// rustls server config: our serving certificate, and client certificates required and
 /// verified against every root of the trust bundle.
 pub fn server_config(ca: &Ca, me: &Identity) -> anyhow::Result<(Arc<rustls::ServerConfig>, SystemTime)> {
-    let issued = ca.issue(me, SERVER_CERT_TTL)?;
+    // The SPIFFE identity is what proxies verify; the DNS name serves SNI-checking clients.
+    let issued = ca.issue_with_dns(me, &["spar"], SERVER_CERT_TTL)?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;

@@ -14,10 +14,10 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as xds_t
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as xds_upstream_http;
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
-use spar_model::{InterceptionMode, Protocol, Resolution, Service};
+use spar_model::{InterceptionMode, MtlsMode, Protocol, Resolution, Service};
 
 use super::Scope;
-use super::{policy, routes};
+use super::{mtls, policy, routes};
 use crate::resources::{ProxyResources, type_url};
 
 /// istiod's default `connectTimeout` (MeshConfig).
@@ -117,6 +117,31 @@ fn hcm(stat_prefix: String, route: xds_hcm::http_connection_manager::RouteSpecif
         ..Default::default()
     };
     typed_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))
+}
+
+/// The inbound HTTP connection manager; over mTLS it passes the client's identity on in
+/// `x-forwarded-client-cert` (sanitized from what the client sent, then set).
+fn inbound_hcm(stat_prefix: String, rc: xds_route::RouteConfiguration, tls: bool) -> xds_listener::Filter {
+    use xds_hcm::http_connection_manager::{ForwardClientCertDetails, SetCurrentClientCertDetails};
+    let mut h = xds_hcm::HttpConnectionManager {
+        stat_prefix,
+        route_specifier: Some(xds_hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)),
+        http_filters: http_filters(),
+        codec_type: xds_hcm::http_connection_manager::CodecType::Auto as i32,
+        normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+        forward_client_cert_details: ForwardClientCertDetails::Sanitize as i32,
+        ..Default::default()
+    };
+    if tls {
+        h.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;
+        h.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+            uri: true,
+            dns: true,
+            subject: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
+            ..Default::default()
+        });
+    }
+    typed_filter("envoy.filters.network.http_connection_manager", pack_any(h))
 }
 
 fn tcp_proxy(stat_prefix: String, cluster: String) -> xds_listener::Filter {
@@ -470,6 +495,72 @@ fn base_cluster(name: String, protocol: Protocol) -> xds_cluster::Cluster {
     }
 }
 
+/// Mutual TLS to mesh workloads, as istiod decides it for a proxy that holds a
+/// certificate: DestinationRule `ISTIO_MUTUAL` for every endpoint; no TLS setting (auto
+/// mTLS) for the endpoints labelled `tlsMode: istio` only (transport socket match), plain
+/// text to the rest; `DISABLE`, `SIMPLE` and `MUTUAL` as written.
+fn istio_mtls(
+    scope: &Scope<'_>,
+    svc: &Service,
+    port: u16,
+    subset: &str,
+    labels: &BTreeMap<String, String>,
+    policy: Option<&spar_api::istio::destination_rule::DestinationRuleTrafficPolicy>,
+    c: &mut xds_cluster::Cluster,
+) {
+    use spar_api::istio::destination_rule::DestinationRuleTrafficPolicyTlsMode as Mode;
+    let Some(me) = &scope.proxy.identity else { return };
+    let mode = policy.and_then(|p| p.tls.as_ref()).and_then(|t| t.mode.clone());
+    if svc.mesh_external && mode.is_none() {
+        return;
+    }
+    let td = mtls::trust_domain(me);
+    let mut sans: Vec<String> = svc
+        .endpoints
+        .iter()
+        .filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)) && !e.service_account.is_empty())
+        .map(|e| format!("spiffe://{td}/ns/{}/sa/{}", svc.namespace, e.service_account))
+        .collect();
+    sans.sort();
+    sans.dedup();
+    let socket = mtls::upstream(mtls::sni(port, subset, &svc.hostname), &sans);
+    match mode {
+        Some(Mode::IstioMutual) => c.transport_socket = Some(socket),
+        None => {
+            c.transport_socket_matches = vec![
+                xds_cluster::cluster::TransportSocketMatch {
+                    name: "tlsMode-istio".into(),
+                    r#match: Some(tls_mode_metadata()),
+                    transport_socket: Some(socket),
+                    ..Default::default()
+                },
+                xds_cluster::cluster::TransportSocketMatch {
+                    name: "tlsMode-disabled".into(),
+                    r#match: Some(envoy_types::pb::google::protobuf::Struct::default()),
+                    transport_socket: Some(xds_core::TransportSocket {
+                        name: "envoy.transport_sockets.raw_buffer".into(),
+                        config_type: Some(xds_core::transport_socket::ConfigType::TypedConfig(pack_any(
+                            envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer::default(),
+                        ))),
+                    }),
+                },
+            ];
+        }
+        Some(Mode::Disable | Mode::Simple | Mode::Mutual) => {}
+    }
+}
+
+/// `{tlsMode: istio}`, the transport-socket-match label of endpoints with sidecars.
+fn tls_mode_metadata() -> envoy_types::pb::google::protobuf::Struct {
+    use envoy_types::pb::google::protobuf::{Value, value::Kind};
+    envoy_types::pb::google::protobuf::Struct {
+        fields: std::collections::HashMap::from([(
+            "tlsMode".to_string(),
+            Value { kind: Some(Kind::StringValue("istio".into())) },
+        )]),
+    }
+}
+
 /// Endpoints of `svc` for service port `port`, restricted to `labels` (a subset).
 fn load_assignment(
     cluster: &str,
@@ -484,6 +575,13 @@ fn load_assignment(
         }
         let Some(ep_port) = ep.ports.get(&port).copied() else { continue };
         let health = if ep.ready { xds_core::HealthStatus::Healthy } else { xds_core::HealthStatus::Unhealthy };
+        let metadata = ep.istio_mtls.then(|| xds_core::Metadata {
+            filter_metadata: std::collections::HashMap::from([(
+                "envoy.transport_socket_match".to_string(),
+                tls_mode_metadata(),
+            )]),
+            ..Default::default()
+        });
         by_locality.entry(ep.locality.as_str()).or_default().push(xds_endpoint::LbEndpoint {
             host_identifier: Some(xds_endpoint::lb_endpoint::HostIdentifier::Endpoint(xds_endpoint::Endpoint {
                 address: Some(socket_address(&ep.address, u32::from(ep_port))),
@@ -491,6 +589,7 @@ fn load_assignment(
             })),
             health_status: health as i32,
             load_balancing_weight: Some(UInt32Value { value: ep.weight.max(1) }),
+            metadata,
             ..Default::default()
         });
     }
@@ -556,9 +655,11 @@ pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
                         c.lb_policy = xds_cluster::cluster::LbPolicy::ClusterProvided as i32;
                     }
                 }
-                if let Some(dr) = dr {
-                    policy::apply(&policy::effective(&dr.spec, subset, port.port), &mut c, port.protocol);
+                let effective = dr.map(|dr| policy::effective(&dr.spec, subset, port.port));
+                if let Some(p) = &effective {
+                    policy::apply(p, &mut c, port.protocol);
                 }
+                istio_mtls(scope, svc, port.port, subset, labels, effective.as_ref(), &mut c);
                 if c.eds_cluster_config.is_some() {
                     out.insert(type_url::ENDPOINT, name.clone(), &load_assignment(&name, svc, port.port, labels));
                 }
@@ -624,23 +725,54 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
         });
         out.insert(type_url::CLUSTER, cluster_name.clone(), &c);
         let name = format!("{bind}_{port}");
-        let filter = if protocol.is_http() {
-            let rc = xds_route::RouteConfiguration {
-                name: cluster_name.clone(),
-                virtual_hosts: vec![xds_route::VirtualHost {
-                    name: format!("inbound|http|{port}"),
-                    domains: vec!["*".into()],
-                    routes: vec![routes::to_cluster_route("default", &cluster_name)],
+        let mode = scope.snap.mtls_mode(&scope.proxy.namespace, &scope.proxy.labels, port);
+        let make_filter = |tls: bool| {
+            if protocol.is_http() {
+                let rc = xds_route::RouteConfiguration {
+                    name: cluster_name.clone(),
+                    virtual_hosts: vec![xds_route::VirtualHost {
+                        name: format!("inbound|http|{port}"),
+                        domains: vec!["*".into()],
+                        routes: vec![routes::to_cluster_route("default", &cluster_name)],
+                        ..Default::default()
+                    }],
+                    validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
                     ..Default::default()
-                }],
-                validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
-                ..Default::default()
-            };
-            hcm(format!("inbound_{bind}_{port}"), xds_hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc))
-        } else {
-            tcp_proxy(cluster_name.clone(), cluster_name)
+                };
+                inbound_hcm(format!("inbound_{bind}_{port}"), rc, tls)
+            } else {
+                tcp_proxy(cluster_name.clone(), cluster_name.clone())
+            }
         };
-        let mut l = listener(name.clone(), &bind, port, filter, bind_to_port);
+        // PeerAuthentication: STRICT takes mutual TLS only, PERMISSIVE both (told apart
+        // by the TLS inspector), DISABLE plain text only. A proxy without a certificate
+        // cannot terminate mTLS, so it serves plain text unless STRICT says otherwise.
+        let has_cert = scope.proxy.identity.is_some();
+        let tls_chain = || xds_listener::FilterChain {
+            name: format!("{port}_mtls"),
+            filter_chain_match: Some(xds_listener::FilterChainMatch {
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            }),
+            filters: vec![make_filter(true)],
+            transport_socket: Some(mtls::downstream()),
+            ..Default::default()
+        };
+        let plain_chain = || xds_listener::FilterChain {
+            name: format!("{port}_plaintext"),
+            filters: vec![make_filter(false)],
+            ..Default::default()
+        };
+        let chains = match mode {
+            MtlsMode::Strict => vec![tls_chain()],
+            MtlsMode::Permissive if has_cert => vec![tls_chain(), plain_chain()],
+            MtlsMode::Permissive | MtlsMode::Disable => vec![plain_chain()],
+        };
+        let mut l = listener(name.clone(), &bind, port, tcp_proxy(String::new(), String::new()), bind_to_port);
+        l.filter_chains = chains;
+        if l.filter_chains.len() > 1 {
+            l.listener_filters = vec![tls_inspector()];
+        }
         l.traffic_direction = xds_core::TrafficDirection::Inbound as i32;
         out.insert(type_url::LISTENER, name, &l);
     }

@@ -15,6 +15,7 @@
 //! ```
 
 mod envoy;
+mod mtls;
 mod policy;
 mod routes;
 mod scope;
