@@ -145,3 +145,17 @@ pub async fn handshake(addr: SocketAddr, sni: &str, ca_pem: &str, client: Option
         Err(_) => Ok(()),
     }
 }
+
+/// A PEM CSR with a fresh key, asking for `uri` as its SAN.
+pub fn csr_pem(uri: &str) -> anyhow::Result<String> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.subject_alt_names.push(rcgen::SanType::URI(uri.try_into()?));
+    let key = KeyPair::generate()?;
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+/// The URI SANs of a PEM certificate.
+pub fn uri_sans(pem: &str) -> anyhow::Result<Vec<String>> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())?;
+    Ok(spar_ca::identities_in(der.as_ref()).iter().map(ToString::to_string).collect())
+}

@@ -227,3 +227,74 @@ both_variants_mod!(mtls, mtls_by_default);
 both_variants_mod!(peer_authentication, strict_and_permissive);
 both_variants_mod!(identity, refused_identities);
 both_variants_mod!(rotation, rotation_without_failures);
+
+/// Istio's CSR API on the secure port: an authenticated caller gets a chain for its own
+/// identity (leaf first, root last), whatever its CSR asks for.
+async fn csr_api(_delta: bool) -> anyhow::Result<()> {
+    use spar_xds::csr::{IstioCertificateRequest, IstioCertificateResponse};
+    let mut h = Harness::new("csr", false)?.with_security("1h");
+    h.load_case("traffic")?;
+    h.start_spar(&[]).await?;
+    let pod = h.pod("client", &[("app", "client")]);
+    let _ = h.bootstrap(&pod).await?; // mints client-credential for sa "client"
+    let cred = h.dir.join("client-credential");
+    let ca = std::fs::read_to_string(h.ca_dir().join("root-cert.pem"))?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(cred.join("xds-cert.pem"))?,
+            std::fs::read(cred.join("xds-key.pem"))?,
+        ))
+        .domain_name("spar");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", h.secure_xds()))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    // A CSR asking for someone else's identity.
+    let csr = spar_conformance::tls::csr_pem("spiffe://cluster.local/ns/kube-system/sa/admin")?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/istio.v1.auth.IstioCertificateService/CreateCertificate",
+    );
+    let resp: tonic::Response<IstioCertificateResponse> = grpc
+        .unary(
+            tonic::Request::new(IstioCertificateRequest { csr, validity_duration: 600, metadata: None }),
+            path,
+            tonic_prost::ProstCodec::default(),
+        )
+        .await?;
+    let chain = resp.into_inner().cert_chain;
+    assert_eq!(chain.len(), 2, "leaf and root");
+    assert_eq!(chain.last().map(|c| c.trim()), Some(ca.trim()), "root last");
+    let leaf = spar_conformance::tls::uri_sans(&chain[0])?;
+    assert_eq!(leaf, ["spiffe://cluster.local/ns/default/sa/client"], "the caller's identity, not the CSR's");
+    // Without a client certificate there is no way in.
+    let anon = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+        .domain_name("spar");
+    let refused = async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", h.secure_xds()))?
+            .tls_config(anon)?
+            .connect()
+            .await?;
+        let mut g = tonic::client::Grpc::new(ch);
+        g.ready().await?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/istio.v1.auth.IstioCertificateService/CreateCertificate",
+        );
+        let r: Result<tonic::Response<IstioCertificateResponse>, tonic::Status> = g
+            .unary(tonic::Request::new(IstioCertificateRequest::default()), path, tonic_prost::ProstCodec::default())
+            .await;
+        anyhow::Ok(r.is_ok())
+    };
+    assert!(!refused.await.unwrap_or(false), "an unauthenticated caller gets no certificate");
+    h.check_alive()
+}
+
+mod csr {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn create_certificate() -> anyhow::Result<()> {
+        super::csr_api(false).await
+    }
+}

@@ -8,6 +8,7 @@
 
 pub mod bootstrap;
 pub mod conn;
+pub mod csr;
 pub mod generator;
 pub mod node;
 pub mod resources;

@@ -124,12 +124,14 @@ async fn serve_secure(
         .with_context(|| format!("binding secure xDS address {}", sec.secure_xds_address))?;
     info!(address = %listener.local_addr()?, ca_dir = %sec.ca_dir.display(), "serving xDS over mutual TLS (workload certificates over SDS)");
     let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::secure::incoming(listener, cfg_rx));
+    let csr = spar_xds::csr::CertificateService::new(std::sync::Arc::clone(&security));
     let ads = ads.with_security(security);
     let mut shutdown_wait = shutdown;
     Ok(async move {
         let r = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ads.into_server())
+            .add_service(csr)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = shutdown_wait.wait_for(|s| *s).await;
             })

@@ -1,0 +1,173 @@
+//! Istio's certificate-signing API, `istio.v1.auth.IstioCertificateService/CreateCertificate`,
+//! so that agents that speak it can get workload certificates from Spar.
+//!
+//! Served on the secure port only: the caller's identity is the one its client
+//! certificate proves, and it is the only identity the signed certificate carries; the
+//! CSR contributes its public key and nothing else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::google::protobuf::Struct;
+use tonic::codegen::{Body, BoxFuture, Context, Poll, StdError, http};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::sds::Security;
+
+/// `istio.v1.auth.IstioCertificateRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IstioCertificateRequest {
+    /// PEM-encoded certificate request.
+    #[prost(string, tag = "1")]
+    pub csr: String,
+    /// Requested lifetime in seconds.
+    #[prost(int64, tag = "3")]
+    pub validity_duration: i64,
+    /// Optional metadata (ignored for identity).
+    #[prost(message, optional, tag = "4")]
+    pub metadata: Option<Struct>,
+}
+
+/// `istio.v1.auth.IstioCertificateResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IstioCertificateResponse {
+    /// PEM certificates: leaf first, root last.
+    #[prost(string, repeated, tag = "1")]
+    pub cert_chain: Vec<String>,
+}
+
+/// gRPC service name.
+pub const SERVICE_NAME: &str = "istio.v1.auth.IstioCertificateService";
+const METHOD: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
+
+/// The service.
+#[derive(Clone, Debug)]
+pub struct CertificateService {
+    security: Arc<Security>,
+}
+
+impl CertificateService {
+    /// A service signing with `security`'s CA.
+    pub fn new(security: Arc<Security>) -> Self {
+        Self { security }
+    }
+
+    /// Handles one request.
+    pub fn create(&self, req: Request<IstioCertificateRequest>) -> Result<Response<IstioCertificateResponse>, Status> {
+        let id = req
+            .peer_certs()
+            .and_then(|c| c.first().map(|c| spar_ca::identities_in(c.as_ref())))
+            .and_then(|ids| ids.into_iter().next())
+            .ok_or_else(|| Status::unauthenticated("a client certificate with a SPIFFE identity is required"))?;
+        let req = req.into_inner();
+        // Istio caps the lifetime at its maximum; Spar caps it at the workload TTL.
+        let max = self.security.workload_ttl;
+        let ttl = u64::try_from(req.validity_duration)
+            .ok()
+            .filter(|s| *s > 0)
+            .map_or(max, |s| Duration::from_secs(s).min(max));
+        let issued =
+            self.security.ca().sign_csr(&req.csr, &id, ttl).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        info!(identity = %id, ttl_secs = ttl.as_secs(), "signed a CSR");
+        let cert_chain = spar_ca::pem_to_der(&issued.chain_pem).iter().map(|der| to_pem(der)).collect();
+        Ok(Response::new(IstioCertificateResponse { cert_chain }))
+    }
+}
+
+fn to_pem(der: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::new();
+    for chunk in der.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+impl tonic::server::NamedService for CertificateService {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+struct Unary(CertificateService);
+
+impl tonic::server::UnaryService<IstioCertificateRequest> for Unary {
+    type Response = IstioCertificateResponse;
+    type Future = BoxFuture<Response<Self::Response>, Status>;
+    fn call(&mut self, request: Request<IstioCertificateRequest>) -> Self::Future {
+        let svc = self.0.clone();
+        Box::pin(async move { svc.create(request) })
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for CertificateService
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let svc = self.clone();
+        Box::pin(async move {
+            if req.uri().path() != METHOD {
+                return Ok(Status::unimplemented(format!("no method {}", req.uri().path())).into_http());
+            }
+            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+            Ok(grpc.unary(Unary(svc), req).await)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_round_trip() {
+        let der: Vec<u8> = (0..=255u8).collect();
+        let pem = to_pem(&der);
+        let back = x509_der(&pem);
+        assert_eq!(back, der);
+    }
+
+    fn x509_der(pem: &str) -> Vec<u8> {
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let mut out = Vec::new();
+        let (mut buf, mut bits) = (0u32, 0);
+        for c in b64.bytes().filter(|c| *c != b'=') {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                _ => 63,
+            };
+            buf = (buf << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push(((buf >> bits) & 0xff) as u8);
+            }
+        }
+        out
+    }
+}
