@@ -8,6 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::discovery::v1 as discoveryv1;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use spar_api::istio::authorization_policy::AuthorizationPolicySpec;
 use spar_api::istio::destination_rule::DestinationRuleSpec;
 use spar_api::istio::peer_authentication::{
     PeerAuthenticationMtlsMode, PeerAuthenticationPortLevelMtlsMode, PeerAuthenticationSpec,
@@ -90,6 +91,8 @@ pub struct Snapshot {
     pub sidecars: Vec<Config<SidecarSpec>>,
     /// PeerAuthentications.
     pub peer_authentications: Vec<Config<PeerAuthenticationSpec>>,
+    /// AuthorizationPolicies.
+    pub authorization_policies: Vec<Config<AuthorizationPolicySpec>>,
     /// Problems found while building.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -173,6 +176,7 @@ impl Snapshot {
                 }
                 Resource::Sidecar(s) => snap.sidecars.push(config(obj, s)),
                 Resource::PeerAuthentication(s) => snap.peer_authentications.push(config(obj, s)),
+                Resource::AuthorizationPolicy(s) => snap.authorization_policies.push(config(obj, s)),
                 Resource::WorkloadEntry(s) => workload_entries.push((*obj, Arc::clone(s))),
                 Resource::ServiceEntry(s) => service_entries.push((*obj, Arc::clone(s))),
                 Resource::Service(s) => k8s_services.push((*obj, Arc::clone(s))),

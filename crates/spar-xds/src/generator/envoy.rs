@@ -17,7 +17,7 @@ use envoy_types::util::pack_any;
 use spar_model::{InterceptionMode, MtlsMode, Protocol, Resolution, Service};
 
 use super::Scope;
-use super::{mtls, policy, routes};
+use super::{authz, mtls, policy, routes};
 use crate::resources::{ProxyResources, type_url};
 
 /// istiod's default `connectTimeout` (MeshConfig).
@@ -121,12 +121,19 @@ fn hcm(stat_prefix: String, route: xds_hcm::http_connection_manager::RouteSpecif
 
 /// The inbound HTTP connection manager; over mTLS it passes the client's identity on in
 /// `x-forwarded-client-cert` (sanitized from what the client sent, then set).
-fn inbound_hcm(stat_prefix: String, rc: xds_route::RouteConfiguration, tls: bool) -> xds_listener::Filter {
+fn inbound_hcm(
+    stat_prefix: String,
+    rc: xds_route::RouteConfiguration,
+    tls: bool,
+    rbac: Vec<xds_hcm::HttpFilter>,
+) -> xds_listener::Filter {
     use xds_hcm::http_connection_manager::{ForwardClientCertDetails, SetCurrentClientCertDetails};
+    let mut filters = rbac;
+    filters.extend(http_filters());
     let mut h = xds_hcm::HttpConnectionManager {
         stat_prefix,
         route_specifier: Some(xds_hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)),
-        http_filters: http_filters(),
+        http_filters: filters,
         codec_type: xds_hcm::http_connection_manager::CodecType::Auto as i32,
         normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         forward_client_cert_details: ForwardClientCertDetails::Sanitize as i32,
@@ -726,6 +733,9 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
         out.insert(type_url::CLUSTER, cluster_name.clone(), &c);
         let name = format!("{bind}_{port}");
         let mode = scope.snap.mtls_mode(&scope.proxy.namespace, &scope.proxy.labels, port);
+        let policies = authz::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels);
+        let td = scope.proxy.identity.as_deref().map_or("cluster.local", mtls::trust_domain);
+        let rbac = authz::build(&policies, td, !protocol.is_http());
         let make_filter = |tls: bool| {
             if protocol.is_http() {
                 let rc = xds_route::RouteConfiguration {
@@ -739,9 +749,11 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                     validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
                     ..Default::default()
                 };
-                inbound_hcm(format!("inbound_{bind}_{port}"), rc, tls)
+                vec![inbound_hcm(format!("inbound_{bind}_{port}"), rc, tls, authz::http_filters(&rbac))]
             } else {
-                tcp_proxy(cluster_name.clone(), cluster_name.clone())
+                let mut filters = authz::network_filters(&rbac);
+                filters.push(tcp_proxy(cluster_name.clone(), cluster_name.clone()));
+                filters
             }
         };
         // PeerAuthentication: STRICT takes mutual TLS only, PERMISSIVE both (told apart
@@ -754,13 +766,13 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 transport_protocol: "tls".into(),
                 ..Default::default()
             }),
-            filters: vec![make_filter(true)],
+            filters: make_filter(true),
             transport_socket: Some(mtls::downstream()),
             ..Default::default()
         };
         let plain_chain = || xds_listener::FilterChain {
             name: format!("{port}_plaintext"),
-            filters: vec![make_filter(false)],
+            filters: make_filter(false),
             ..Default::default()
         };
         let chains = match mode {

@@ -14,6 +14,10 @@
 //!     └─ inbound: per Sidecar ingress listener ─► Listener + Cluster inbound|<port>||
 //! ```
 
+// JWT claims are matched through RBAC's metadata principal, deprecated upstream in favour
+// of a newer matcher but what istiod generates and what Envoy 1.36-1.40 still accept.
+#[allow(deprecated)]
+pub mod authz;
 mod envoy;
 mod mtls;
 mod policy;
