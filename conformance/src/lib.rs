@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 pub mod echo;
+pub mod netns;
 pub mod tls;
 
 /// The project root (one level above this crate).
@@ -287,6 +288,11 @@ impl Harness {
         })
         .await?;
         Ok(envoy)
+    }
+
+    /// Records a process the harness must stop.
+    pub fn adopt(&mut self, name: &str, child: Child) {
+        self.children.push((name.to_string(), child));
     }
 
     /// Spar's log so far.

@@ -11,6 +11,7 @@ use spar_model::{MeshConfig, ProxyKind};
 
 mod analyze;
 mod files;
+mod iptables;
 mod load;
 mod secure;
 mod serve;
@@ -28,6 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Print an Envoy bootstrap for a sidecar or gateway.
     Bootstrap(BootstrapArgs),
+    /// Set up traffic capture (iptables REDIRECT) in the current network namespace.
+    Iptables(IptablesArgs),
     /// Analyze Istio configuration offline (exit 79 when findings reach --failure-threshold).
     Analyze(analyze::AnalyzeArgs),
 }
@@ -75,6 +78,28 @@ struct ServeArgs {
 enum OutboundPolicy {
     AllowAny,
     RegistryOnly,
+}
+
+#[derive(clap::Args, Debug)]
+struct IptablesArgs {
+    /// uid of the proxy (its traffic is not captured).
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// gid of the proxy.
+    #[arg(long, default_value_t = 1337)]
+    proxy_gid: u32,
+    /// Port of the proxy's outbound capture listener (virtualOutbound).
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// Port of the proxy's inbound capture listener (virtualInbound).
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Inbound ports not captured (admin, health, metrics), comma separated.
+    #[arg(long, default_value = "15000,15020,15021,15090", value_delimiter = ',')]
+    exclude_inbound_ports: Vec<u16>,
+    /// Print the rules instead of applying them.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -193,6 +218,16 @@ fn main() -> anyhow::Result<()> {
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
             rt.block_on(serve::run(cfg))
         }
+        Command::Iptables(a) => iptables::run(
+            &iptables::Capture {
+                proxy_uid: a.proxy_uid,
+                proxy_gid: a.proxy_gid,
+                outbound_port: a.outbound_port,
+                inbound_port: a.inbound_port,
+                exclude_inbound_ports: a.exclude_inbound_ports,
+            },
+            a.dry_run,
+        ),
         Command::Bootstrap(a) => {
             let params = spar_xds::bootstrap::BootstrapParams {
                 kind: if a.router { ProxyKind::Router } else { ProxyKind::Sidecar },
