@@ -95,6 +95,22 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Config<AuthorizationPolicySpec>>,
     /// Problems found while building.
     pub diagnostics: Vec<Diagnostic>,
+    /// Lookup indexes over the lists above, built once per snapshot so that per-proxy
+    /// generation does not scan every rule for every service.
+    index: Index,
+}
+
+/// Positions into `virtual_services` and `destination_rules`, by host.
+#[derive(Debug, Default)]
+struct Index {
+    /// VirtualServices by exact (resolved) host; ascending positions = oldest first.
+    vs_exact: BTreeMap<String, Vec<usize>>,
+    /// VirtualServices with a wildcard host.
+    vs_wildcard: Vec<usize>,
+    /// DestinationRules by namespace, then exact host.
+    dr_exact: BTreeMap<String, BTreeMap<String, Vec<usize>>>,
+    /// DestinationRules with a wildcard host, by namespace.
+    dr_wildcard: BTreeMap<String, Vec<usize>>,
 }
 
 /// Inbound mutual TLS mode (PeerAuthentication).
@@ -232,23 +248,26 @@ impl Snapshot {
                 }
             }
         }
+        // WorkloadEntries by namespace: services only ever select in their own.
+        let mut entries_by_ns: BTreeMap<&str, Vec<(&Object, Arc<WorkloadEntrySpec>)>> = BTreeMap::new();
+        for (o, we) in &workload_entries {
+            entries_by_ns.entry(o.meta.namespace.as_str()).or_default().push((*o, Arc::clone(we)));
+        }
+        let none = Vec::new();
         for (obj, svc) in &k8s_services {
             let key = (obj.meta.namespace.clone(), obj.meta.name.clone());
-            let s = kube_service(
-                obj,
-                svc,
-                endpoints.get(&key).copied(),
-                slices.get(&key).map(Vec::as_slice),
-                &workload_entries,
-                mesh,
-            );
+            let wes = entries_by_ns.get(obj.meta.namespace.as_str()).unwrap_or(&none);
+            let s =
+                kube_service(obj, svc, endpoints.get(&key).copied(), slices.get(&key).map(Vec::as_slice), wes, mesh);
             snap.insert_service(s);
         }
         for (obj, se) in &service_entries {
-            for s in service_entry_services(obj, se, &workload_entries) {
+            let wes = entries_by_ns.get(obj.meta.namespace.as_str()).unwrap_or(&none);
+            for s in service_entry_services(obj, se, wes) {
                 snap.insert_service(s);
             }
         }
+        snap.build_index();
         snap
     }
 
@@ -353,19 +372,47 @@ impl Snapshot {
             crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns)
         };
         let find_in = |ns: &str| {
-            let in_ns = self.destination_rules.iter().filter(|(c, _)| c.namespace == ns && visible(c));
+            let exact = self.index.dr_exact.get(ns).and_then(|m| m.get(&service.hostname)).into_iter().flatten();
+            if let Some(c) = exact.map(|i| &self.destination_rules[*i].0).find(|c| visible(c)) {
+                return Some(c);
+            }
+            // The most specific (longest) matching wildcard; the oldest among equals.
             let mut best: Option<(&Config<DestinationRuleSpec>, usize)> = None;
-            for (c, h) in in_ns {
-                if host::matches(h, &service.hostname) {
-                    let specificity = if *h == service.hostname { usize::MAX } else { h.len() };
-                    if best.is_none_or(|(_, s)| specificity > s) {
-                        best = Some((c, specificity));
-                    }
+            for i in self.index.dr_wildcard.get(ns).into_iter().flatten() {
+                let (c, h) = &self.destination_rules[*i];
+                if visible(c) && host::matches(h, &service.hostname) && best.is_none_or(|(_, len)| h.len() > len) {
+                    best = Some((c, h.len()));
                 }
             }
             best.map(|(c, _)| c)
         };
         find_in(proxy_ns).or_else(|| find_in(&service.namespace)).or_else(|| find_in(&self.mesh.root_namespace))
+    }
+
+    fn build_index(&mut self) {
+        let mut idx = Index::default();
+        for (i, (_, hosts)) in self.virtual_services.iter().enumerate() {
+            for h in hosts {
+                if h.starts_with('*') {
+                    if idx.vs_wildcard.last() != Some(&i) {
+                        idx.vs_wildcard.push(i);
+                    }
+                } else {
+                    let v = idx.vs_exact.entry(h.clone()).or_default();
+                    if v.last() != Some(&i) {
+                        v.push(i);
+                    }
+                }
+            }
+        }
+        for (i, (c, h)) in self.destination_rules.iter().enumerate() {
+            if h.starts_with('*') {
+                idx.dr_wildcard.entry(c.namespace.clone()).or_default().push(i);
+            } else {
+                idx.dr_exact.entry(c.namespace.clone()).or_default().entry(h.clone()).or_default().push(i);
+            }
+        }
+        self.index = idx;
     }
 
     /// VirtualServices visible from `proxy_ns` that bind to sidecars (`mesh`) and whose
@@ -375,10 +422,21 @@ impl Snapshot {
         proxy_ns: &'a str,
         hostname: &'a str,
     ) -> impl Iterator<Item = &'a Config<VirtualServiceSpec>> + 'a {
-        self.virtual_services.iter().filter_map(move |(c, hosts)| {
+        let exact = self.index.vs_exact.get(hostname).map(Vec::as_slice).unwrap_or_default();
+        let wild = self
+            .index
+            .vs_wildcard
+            .iter()
+            .filter(move |i| self.virtual_services[**i].1.iter().any(|h| host::matches(h, hostname)));
+        // Oldest first: merge the two ascending position lists.
+        let mut positions: Vec<usize> = exact.iter().copied().chain(wild.copied()).collect();
+        positions.sort_unstable();
+        positions.dedup();
+        positions.into_iter().filter_map(move |i| {
+            let c = &self.virtual_services[i].0;
             let visible = crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns);
             let mesh_bound = c.spec.gateways.as_ref().is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
-            (visible && mesh_bound && hosts.iter().any(|h| host::matches(h, hostname))).then_some(c)
+            (visible && mesh_bound).then_some(c)
         })
     }
 }
@@ -481,11 +539,11 @@ fn kube_service(
     // this so that VMs can back Kubernetes Services); they carry labels for subsets.
     if let Some(sel) = spec.selector.as_ref().filter(|s| !s.is_empty()) {
         for (we_obj, we) in workload_entries.iter().filter(|(o, _)| &o.meta.namespace == ns) {
-            let labels = we.labels.clone().unwrap_or_else(|| we_obj.meta.labels.clone());
-            if !selects(sel, &labels) {
+            let labels = we.labels.as_ref().unwrap_or(&we_obj.meta.labels);
+            if !selects(sel, labels) {
                 continue;
             }
-            eps.push(workload_endpoint(we_obj, we, labels, &ports, &named_targets));
+            eps.push(workload_endpoint(we_obj, we, labels.clone(), &ports, &named_targets));
         }
     }
     Service {
@@ -586,9 +644,9 @@ fn service_entry_services(
     }
     if let Some(sel) = se.workload_selector.as_ref().and_then(|w| w.labels.as_ref()) {
         for (we_obj, we) in workload_entries.iter().filter(|(o, _)| &o.meta.namespace == ns) {
-            let labels = we.labels.clone().unwrap_or_else(|| we_obj.meta.labels.clone());
-            if selects(sel, &labels) {
-                eps.push(workload_endpoint(we_obj, we, labels, &ports, &BTreeMap::new()));
+            let labels = we.labels.as_ref().unwrap_or(&we_obj.meta.labels);
+            if selects(sel, labels) {
+                eps.push(workload_endpoint(we_obj, we, labels.clone(), &ports, &BTreeMap::new()));
             }
         }
     }

@@ -2,23 +2,28 @@
 //! compares with pure protobuf encoding of the same config.
 //!
 //! For each mesh size (1,000 and 10,000 services; override with
-//! `SPAR_BENCH_SERVICES=500,2000`, spread over `SPAR_BENCH_NAMESPACES` namespaces), the
-//! synthetic mesh of [`scenario`] is parsed into a store, then for two scenarios:
+//! `SPAR_BENCH_SERVICES=500,2000`; spread over `SPAR_BENCH_NAMESPACES`, default 10), the
+//! synthetic mesh of [`scenario`] plus one Sidecar resource is parsed into a store and
+//! `Snapshot::build` is timed (median). On that snapshot, for two client sidecars in
+//! `default`:
 //!
-//! * `full mesh`: a client sidecar in `default` with no Sidecar resource, which sees
-//!   every service;
-//! * `sidecar: 10 hosts`: the same client scoped by a Sidecar resource to 10 services,
+//! * `full mesh`: `client-1` (`app: client`), which no Sidecar selects: it sees every
+//!   service;
+//! * `sidecar: 10 hosts`: `scoped-client-1` (`app: scoped-client`), which the Sidecar
+//!   scopes to 10 services,
 //!
-//! it times `Snapshot::build` (median), `spar_xds::generate` for the client (median and
-//! p90, after one warm-up run) and the "encode floor": `prost::Message::encode_to_vec`
-//! on the generated resources decoded back into their Envoy messages, i.e. what encoding
-//! alone costs. It prints one Markdown table, a per-type breakdown, and the peak RSS.
+//! it times `spar_xds::generate` (median and p90, after a warm-up run) and the "encode
+//! floor": `prost::Message::encode_to_vec` on the generated resources decoded back into
+//! their Envoy messages, i.e. what encoding alone costs. It prints one Markdown table, a
+//! per-type breakdown, and the peak RSS.
 //!
 //! ```text
 //! cargo bench -p spar --bench generate
 //! ```
 //!
-//! No assertion depends on timing; unexpected resource counts are reported as warnings.
+//! Runs are repeated within a time budget; a measurement whose single run takes many
+//! seconds (the 10,000-service snapshot build) runs fewer times, and the run counts are
+//! printed. No assertion depends on timing; unexpected resource counts are warnings.
 
 mod scenario;
 
@@ -38,14 +43,16 @@ use spar_xds::{ProxyResources, type_url};
 
 use scenario::Mesh;
 
-/// The client whose config is generated: a sidecar in `default` without capture.
+/// The client that sees the whole mesh: a sidecar in `default` without capture.
 const CLIENT_ID: &str = "sidecar~10.0.0.1~client-1.default~default.svc.cluster.local";
-/// Services the scoped scenario's Sidecar imports.
+/// The client the Sidecar resource scopes.
+const SCOPED_CLIENT_ID: &str = "sidecar~10.0.0.2~scoped-client-1.default~default.svc.cluster.local";
+/// Services the Sidecar resource imports.
 const SCOPED_HOSTS: usize = 10;
 /// Default mesh sizes.
 const DEFAULT_SERVICES: &[usize] = &[1_000, 10_000];
 /// Default number of namespaces the services are spread over.
-const DEFAULT_NAMESPACES: usize = 4;
+const DEFAULT_NAMESPACES: usize = 10;
 
 /// Wall-clock samples of one measurement.
 struct Samples(Vec<Duration>);
@@ -75,31 +82,40 @@ impl Samples {
     }
 }
 
-/// How many times to run a measurement: at least `min`, then more until `budget` of
-/// wall time has been spent, at most `max`; `warmup` runs first, untimed.
+/// How many times to run a measurement: one warm-up run, then at least `min` timed
+/// runs and more until `budget` of wall time has been spent, at most `max`; but no run
+/// is started that would likely end after `limit` (so a measurement whose runs take
+/// seconds runs fewer times, at least once). A warm-up run slower than [`SLOW_RUN`] is
+/// kept as a sample: at that scale one run is already warm.
 #[derive(Clone, Copy)]
 struct Plan {
-    warmup: usize,
     min: usize,
     max: usize,
     budget: Duration,
+    limit: Duration,
 }
+
+/// Runs slower than this are not repeated for warming up.
+const SLOW_RUN: Duration = Duration::from_millis(500);
 
 /// Runs `f` according to `plan`; returns the samples and the last result.
 fn measure<T>(plan: Plan, mut f: impl FnMut() -> T) -> (Samples, T) {
-    for _ in 0..plan.warmup {
-        black_box(f());
-    }
     let start = Instant::now();
-    let mut samples = Vec::new();
+    let t = Instant::now();
+    let mut out = black_box(f());
+    let first = t.elapsed();
+    let mut samples = if first >= SLOW_RUN { vec![first] } else { Vec::new() };
     loop {
-        let t = Instant::now();
-        let out = black_box(f());
-        samples.push(t.elapsed());
-        if samples.len() >= plan.max || (samples.len() >= plan.min && start.elapsed() >= plan.budget) {
+        let n = samples.len();
+        let slowest = samples.iter().max().copied().unwrap_or(first);
+        let wanted = n < plan.min || start.elapsed() < plan.budget;
+        if n >= plan.max || !wanted || (n > 0 && start.elapsed() + slowest > plan.limit) {
             return (Samples(samples), out);
         }
         drop(out);
+        let t = Instant::now();
+        out = black_box(f());
+        samples.push(t.elapsed());
     }
 }
 
@@ -135,11 +151,13 @@ impl Decoded {
     }
 }
 
-/// One row of the results.
+/// One row of the results: one client on one snapshot.
 struct Row {
-    scenario: String,
+    scenario: &'static str,
     services: usize,
-    build: Samples,
+    /// Snapshot build time (median, ms) and runs; the same snapshot for both clients.
+    build_ms: f64,
+    build_runs: usize,
     generate: Samples,
     encode: Samples,
     scope: Samples,
@@ -157,28 +175,27 @@ impl Row {
     }
 }
 
-fn client() -> Proxy {
-    let meta = serde_json::json!({"NAMESPACE": "default", "LABELS": {"app": "client"}, "INSTANCE_IPS": "10.0.0.1", "INTERCEPTION_MODE": "NONE"});
-    Proxy::from_node(CLIENT_ID, &meta).expect("the client's node id and metadata are valid")
+fn proxy(id: &str, app: &str, ip: &str) -> Proxy {
+    let meta = serde_json::json!({"NAMESPACE": "default", "LABELS": {"app": app}, "INSTANCE_IPS": ip, "INTERCEPTION_MODE": "NONE"});
+    Proxy::from_node(id, &meta).expect("the client's node id and metadata are valid")
 }
 
-/// Times snapshot build, generation, and the encode floor for `store`.
-fn run_scenario(name: &str, services: usize, store: &Store, proxy: &Proxy, expect_services: usize) -> Row {
-    let big = services >= 5_000;
-    let build_plan = Plan { warmup: 0, min: 3, max: 11, budget: Duration::from_secs(if big { 6 } else { 2 }) };
-    let gen_plan = Plan { warmup: 1, min: 10, max: 101, budget: Duration::from_secs(if big { 8 } else { 3 }) };
+/// Times generation for `proxy` and the encode floor of what it gets; `expect_services`
+/// is how many services should be in its scope.
+fn run_client(
+    scenario: &'static str,
+    services: usize,
+    snapshot: &Snapshot,
+    build: &Samples,
+    proxy: &Proxy,
+    expect_services: usize,
+) -> Row {
+    let gen_plan = Plan { min: 3, max: 101, budget: Duration::from_secs(3), limit: Duration::from_secs(40) };
+    // Scope, encoding and hashing alone: cheap, a second is plenty.
+    let part_plan = Plan { min: 5, max: 101, budget: Duration::from_secs(1), limit: Duration::from_secs(5) };
 
-    let mesh = MeshConfig::default();
-    let (build, snapshot) = measure(build_plan, || Snapshot::build(store, &mesh, 1));
-    if !snapshot.diagnostics.is_empty() {
-        eprintln!(
-            "warning: {name}/{services}: {} snapshot diagnostics, first: {:?}",
-            snapshot.diagnostics.len(),
-            snapshot.diagnostics[0]
-        );
-    }
-    let (generate, resources): (Samples, ProxyResources) = measure(gen_plan, || spar_xds::generate(&snapshot, proxy));
-    let (scope, _) = measure(gen_plan, || Scope::new(&snapshot, proxy).services.len());
+    let (generate, resources): (Samples, ProxyResources) = measure(gen_plan, || spar_xds::generate(snapshot, proxy));
+    let (scope, _) = measure(part_plan, || Scope::new(snapshot, proxy).services.len());
 
     // The encode floor: the same messages, encoded again, nothing else.
     let mut decoded = Vec::new();
@@ -191,16 +208,16 @@ fn run_scenario(name: &str, services: usize, store: &Store, proxy: &Proxy, expec
             decoded.push(Decoded::decode(t, &e.any.value).expect("generated resources decode"));
         }
     }
-    let (encode, reencoded) = measure(gen_plan, || decoded.iter().map(|d| d.encode().len()).sum::<usize>());
+    let (encode, reencoded) = measure(part_plan, || decoded.iter().map(|d| d.encode().len()).sum::<usize>());
     if reencoded != resources.encoded_len() {
         eprintln!(
-            "warning: {name}/{services}: re-encoding gave {reencoded} bytes, generation {}",
+            "warning: {scenario}/{services}: re-encoding gave {reencoded} bytes, generation {}",
             resources.encoded_len()
         );
     }
     // Versioning: hashing every resource's bytes, as `Encoded::new` does.
     let all: Vec<&[u8]> = resources.by_type.values().flat_map(|m| m.values()).map(|e| e.any.value.as_slice()).collect();
-    let (hash, _) = measure(gen_plan, || all.iter().map(|b| content_version(b).len()).sum::<usize>());
+    let (hash, _) = measure(part_plan, || all.iter().map(|b| content_version(b).len()).sum::<usize>());
 
     let (mut virtual_hosts, mut routes) = (0, 0);
     for d in &decoded {
@@ -209,10 +226,25 @@ fn run_scenario(name: &str, services: usize, store: &Store, proxy: &Proxy, expec
             routes += rc.virtual_hosts.iter().map(|v| v.routes.len()).sum::<usize>();
         }
     }
-    let row = Row {
-        scenario: name.to_string(),
+    // Each imported service: a cluster and a load assignment for the service and for
+    // each subset (besides PassthroughCluster, BlackHoleCluster and the like).
+    let per_service = 1 + scenario::VERSIONS.len();
+    let outbound =
+        resources.of(type_url::CLUSTER).map_or(0, |m| m.keys().filter(|k| k.starts_with("outbound|")).count());
+    let eds = resources.of(type_url::ENDPOINT).map_or(0, |m| m.len());
+    if outbound != expect_services * per_service
+        || eds != expect_services * per_service
+        || virtual_hosts != expect_services
+    {
+        eprintln!(
+            "warning: {scenario}/{services}: expected {expect_services} services in scope, got {outbound} outbound clusters, {eds} load assignments, {virtual_hosts} virtual hosts"
+        );
+    }
+    Row {
+        scenario,
         services,
-        build,
+        build_ms: build.median(),
+        build_runs: build.runs(),
         generate,
         encode,
         scope,
@@ -221,20 +253,7 @@ fn run_scenario(name: &str, services: usize, store: &Store, proxy: &Proxy, expec
         by_type,
         virtual_hosts,
         routes,
-    };
-    // Each imported service: a cluster and a load assignment for the service and for each subset.
-    let per_service = 1 + scenario::VERSIONS.len();
-    if row.count("cds") != expect_services * per_service
-        || row.count("eds") != expect_services * per_service
-        || virtual_hosts != expect_services
-    {
-        eprintln!(
-            "warning: {name}/{services}: expected {expect_services} services in scope, got {} clusters, {} load assignments, {virtual_hosts} virtual hosts",
-            row.count("cds"),
-            row.count("eds")
-        );
     }
-    row
 }
 
 fn env_list(name: &str) -> Option<Vec<usize>> {
@@ -243,7 +262,7 @@ fn env_list(name: &str) -> Option<Vec<usize>> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.replace('_', "").parse().expect("a comma-separated list of numbers"))
+        .map(|s| s.replace('_', "").parse().unwrap_or_else(|_| panic!("{name}: {s:?} is not a number")))
         .collect();
     (!list.is_empty()).then_some(list)
 }
@@ -251,9 +270,7 @@ fn env_list(name: &str) -> Option<Vec<usize>> {
 fn peak_rss() -> String {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")).map(|v| v.trim().to_string()))
         .unwrap_or_else(|| "unknown (no /proc/self/status)".into())
 }
 
@@ -262,7 +279,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -273,7 +290,9 @@ fn thousands(n: usize) -> String {
 fn main() {
     let sizes = env_list("SPAR_BENCH_SERVICES").unwrap_or_else(|| DEFAULT_SERVICES.to_vec());
     let namespaces = env_list("SPAR_BENCH_NAMESPACES").and_then(|v| v.first().copied()).unwrap_or(DEFAULT_NAMESPACES);
-    let proxy = client();
+    let client = proxy(CLIENT_ID, "client", "10.0.0.1");
+    let scoped_client = proxy(SCOPED_CLIENT_ID, "scoped-client", "10.0.0.2");
+    let build_plan = Plan { min: 3, max: 11, budget: Duration::from_secs(2), limit: Duration::from_secs(20) };
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
@@ -285,28 +304,36 @@ fn main() {
         let t = Instant::now();
         let parsed = spar_api::parse_file("mesh.yaml", &text);
         let parse_ms = t.elapsed().as_secs_f64() * 1e3;
-        if !parsed.errors.is_empty() || !parsed.ignored.is_empty() {
-            eprintln!(
-                "warning: {n} services: {} documents failed, {} ignored; first: {:?}",
-                parsed.errors.len(),
-                parsed.ignored.len(),
-                parsed.errors.first()
-            );
+        let (sidecar, scoped) = mesh.sidecar_yaml(&scoped_client.namespace, "scoped-client", SCOPED_HOSTS);
+        let parsed_sidecar = spar_api::parse_file("sidecar.yaml", &sidecar);
+        for p in [&parsed, &parsed_sidecar] {
+            if !p.errors.is_empty() || !p.ignored.is_empty() {
+                eprintln!(
+                    "warning: {n} services: {} documents failed, {} ignored; first: {:?}",
+                    p.errors.len(),
+                    p.ignored.len(),
+                    p.errors.first()
+                );
+            }
         }
         notes.push(format!(
             "{n} services over {} namespaces: {} objects, {:.1} MB of YAML generated in {gen_ms:.0} ms, parsed in {parse_ms:.0} ms",
             mesh.namespaces.len(),
-            thousands(parsed.objects.len()),
+            thousands(parsed.objects.len() + parsed_sidecar.objects.len()),
             text.len() as f64 / 1e6
         ));
         drop(text);
         let mut store = Store::new();
         store.set_unit("mesh.yaml", parsed);
-        rows.push(run_scenario("full mesh", n, &store, &proxy, n));
+        store.set_unit("sidecar.yaml", parsed_sidecar);
 
-        let (sidecar, scoped) = mesh.sidecar_yaml(&proxy.namespace, SCOPED_HOSTS);
-        store.set_unit("sidecar.yaml", spar_api::parse_file("sidecar.yaml", &sidecar));
-        rows.push(run_scenario(&format!("sidecar: {SCOPED_HOSTS} hosts"), n, &store, &proxy, scoped));
+        let mesh_config = MeshConfig::default();
+        let (build, snapshot) = measure(build_plan, || Snapshot::build(&store, &mesh_config, 1));
+        if let Some(d) = snapshot.diagnostics.first() {
+            eprintln!("warning: {n} services: {} snapshot diagnostics, first: {d:?}", snapshot.diagnostics.len());
+        }
+        rows.push(run_client("full mesh", n, &snapshot, &build, &client, n));
+        rows.push(run_client("sidecar: 10 hosts", n, &snapshot, &build, &scoped_client, scoped));
     }
 
     println!(
@@ -318,7 +345,7 @@ fn main() {
             "| {} | {} | {:.1} | {:.2} / {:.2} | {:.2} | {} | {} / {} / {} / {} |",
             r.scenario,
             thousands(r.services),
-            r.build.median(),
+            r.build_ms,
             r.generate.median(),
             r.generate.p90(),
             r.encode.median(),
@@ -359,7 +386,7 @@ fn main() {
             r.encode.median(),
             r.hash.median(),
             rest,
-            r.build.runs(),
+            r.build_runs,
             r.generate.runs(),
         );
     }
@@ -367,7 +394,10 @@ fn main() {
     for n in &notes {
         println!("- {n}");
     }
-    println!("- client: {CLIENT_ID} (INTERCEPTION_MODE=NONE); scoped Sidecar imports {SCOPED_HOSTS} `./<fqdn>` hosts");
+    println!("- one snapshot per size serves both rows: {CLIENT_ID} (app: client) sees the whole mesh;");
+    println!(
+        "  {SCOPED_CLIENT_ID} (app: scoped-client) is selected by a Sidecar importing {SCOPED_HOSTS} `./<fqdn>` hosts"
+    );
     println!("- total bench time: {:.1} s", started.elapsed().as_secs_f64());
     println!("- peak RSS (VmHWM): {}", peak_rss());
 }

@@ -13,8 +13,8 @@
 //!
 //! so that a sidecar that sees the whole mesh gets, per service, one virtual host with
 //! two routes, four outbound clusters (the service and its three subsets) and four load
-//! assignments. [`Mesh::sidecar_yaml`] adds a Sidecar resource that scopes a
-//! namespace's proxies to a few services, the way operators shrink sidecar config.
+//! assignments. [`Mesh::sidecar_yaml`] adds a Sidecar resource that scopes some
+//! workloads to a few services, the way operators shrink sidecar config.
 //!
 //! The output only depends on the parameters, so runs are comparable.
 
@@ -164,12 +164,14 @@ spec:
         );
     }
 
-    /// A selector-less Sidecar named `scoped` in `client_ns` whose only egress listener
-    /// imports the first `count` services of that namespace, as `./<fqdn>` (Sidecar
-    /// egress hosts are `namespace/dnsName`, and the DNS name must be fully qualified
-    /// or a wildcard, so `./svc-3` alone would import nothing). Returns the YAML and the
-    /// number of hosts actually listed (fewer when the namespace has fewer services).
-    pub fn sidecar_yaml(&self, client_ns: &str, count: usize) -> (String, usize) {
+    /// A Sidecar named `scoped` in `client_ns` that selects workloads labelled
+    /// `app: <app>` and whose only egress listener imports the first `count` services of
+    /// that namespace, as `./<fqdn>` (Sidecar egress hosts are `namespace/dnsName`, and
+    /// the DNS name must be fully qualified or a wildcard, so `./svc-3` alone would
+    /// import nothing). Other proxies of the namespace keep seeing the whole mesh, so one
+    /// snapshot serves both. Returns the YAML and the number of hosts actually listed
+    /// (fewer when the namespace has fewer services).
+    pub fn sidecar_yaml(&self, client_ns: &str, app: &str, count: usize) -> (String, usize) {
         let hosts: Vec<String> = (0..self.services)
             .filter(|&i| self.namespace(i) == client_ns)
             .take(count)
@@ -183,6 +185,9 @@ metadata:
   name: scoped
   namespace: {client_ns}
 spec:
+  workloadSelector:
+    labels:
+      app: {app}
   egress:
   - hosts:
 "
