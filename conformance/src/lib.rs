@@ -252,6 +252,9 @@ impl Harness {
         if self.delta {
             cmd.arg("--delta");
         }
+        if !pod.locality.is_empty() {
+            cmd.args(["--locality", &pod.locality]);
+        }
         if self.secure.is_some() {
             cmd.arg("--xds-address").arg(self.secure_xds().to_string());
             cmd.arg("--ca-dir").arg(self.ca_dir());
@@ -370,6 +373,10 @@ impl Harness {
         if self.delta {
             args.push("--delta".into());
         }
+        if !pod.locality.is_empty() {
+            args.push("--locality".into());
+            args.push(pod.locality.clone());
+        }
         let out = Command::new(spar_bin()?).args(&args).output().await.context("running spar bootstrap")?;
         if !out.status.success() {
             bail!("spar bootstrap failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -437,6 +444,8 @@ pub struct Pod {
     pub labels: BTreeMap<String, String>,
     /// Service account.
     pub service_account: String,
+    /// `region/zone/subzone`, empty for none.
+    pub locality: String,
 }
 
 impl Pod {
@@ -448,6 +457,7 @@ impl Pod {
             ip,
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             service_account: labels.iter().find(|(k, _)| *k == "app").map_or("default", |(_, v)| v).to_string(),
+            locality: String::new(),
         }
     }
 }

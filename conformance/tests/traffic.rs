@@ -543,3 +543,73 @@ async fn istio_samples(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(samples, istio_samples);
+
+/// Locality-aware load balancing (DestinationRule with outlier detection): a client in
+/// r1/z1 stays in its zone while the local endpoint is healthy and fails over to the
+/// other region when it is ejected.
+async fn locality_failover(delta: bool) -> anyhow::Result<()> {
+    for local_fails in [false, true] {
+        let mut h = Harness::new(if local_fails { "locality-failover" } else { "locality" }, delta)?;
+        let (v1, v2) = (h.ip("backend-v1"), h.ip("backend-v2"));
+        // The case's client Sidecar; the mesh below replaces its mesh.yaml.
+        h.load_case("traffic")?;
+        h.write_config(
+            "mesh.yaml",
+            &format!(
+                r#"apiVersion: v1
+kind: Service
+metadata: {{name: backend}}
+spec: {{selector: {{app: backend}}, ports: [{{name: http, port: 9080}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: backend-v1}}
+spec: {{address: "{v1}", labels: {{app: backend, version: v1}}, locality: r1/z1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: backend-v2}}
+spec: {{address: "{v2}", labels: {{app: backend, version: v2}}, locality: r2/z2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: backend}}
+spec:
+  host: backend
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 100ms, baseEjectionTime: 60s, maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: backend}}
+spec:
+  workloadSelector: {{labels: {{app: backend}}}}
+  ingress: [{{port: {{number: 9080, protocol: HTTP, name: http}}, defaultEndpoint: "0.0.0.0:8080"}}]
+  egress: [{{hosts: ["~/*"]}}]
+"#
+            ),
+        )?;
+        h.start_spar(&[]).await?;
+        for (v, ip) in [("v1", v1), ("v2", v2)] {
+            let pod = h.pod(&format!("backend-{v}"), &[("app", "backend"), ("version", v)]);
+            let status = (local_fails && v == "v1").then_some(500);
+            h.start_echo_with(&pod.name, SocketAddr::new(ip, 8080), EchoOptions { status }).await?;
+            h.start_sidecar(&pod).await?;
+        }
+        let mut client = h.pod("client", &[("app", "client")]);
+        client.locality = "r1/z1".into();
+        let client = h.start_sidecar(&client).await?;
+        let to = SocketAddr::new(client.ip, 9080);
+        let want = if local_fails { "backend-v2" } else { "backend-v1" };
+        wait_for(CONVERGE, &format!("all traffic on {want}"), || async {
+            tally(to, "backend", "/", &[], 10).await.is_ok_and(|c| c.get(want) == Some(&10))
+        })
+        .await?;
+        let counts = tally(to, "backend", "/", &[], 40).await?;
+        assert_eq!(counts.get(want), Some(&40), "local_fails={local_fails}: {counts:?}");
+        h.check_alive()?;
+    }
+    Ok(())
+}
+
+both_variants_mod!(locality, locality_failover);

@@ -45,6 +45,8 @@ pub struct Proxy {
     pub interception: InterceptionMode,
     /// DNS domain the id carries, `<ns>.svc.cluster.local`.
     pub dns_domain: String,
+    /// `region/zone/subzone` from the node's locality (empty when unknown).
+    pub locality: String,
     /// The SPIFFE identity the proxy proved when it connected (its xDS client
     /// certificate), if any. Only a proven identity gets certificates and mTLS.
     pub identity: Option<String>,
@@ -128,6 +130,7 @@ impl Proxy {
             service_account: get("SERVICE_ACCOUNT").unwrap_or("default").to_string(),
             interception,
             dns_domain: domain.to_string(),
+            locality: String::new(),
             identity: None,
         })
     }

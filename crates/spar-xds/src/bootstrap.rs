@@ -31,6 +31,8 @@ pub struct BootstrapParams {
     pub delta: bool,
     /// `INTERCEPTION_MODE`: `NONE` for the loopback setups Spar runs without iptables.
     pub interception_mode: String,
+    /// `region/zone/subzone`, for locality-aware load balancing.
+    pub locality: String,
 }
 
 /// Errors in bootstrap parameters.
@@ -52,10 +54,13 @@ pub fn bootstrap(p: &BootstrapParams) -> Result<Value, BootstrapError> {
     let id = Proxy::node_id(p.kind, &p.ip, &p.name, &p.namespace);
     let app = p.labels.get("app").cloned().unwrap_or_else(|| p.name.clone());
     let api_type = if p.delta { "DELTA_GRPC" } else { "GRPC" };
+    let mut loc = p.locality.splitn(3, '/');
+    let locality = json!({"region": loc.next().unwrap_or(""), "zone": loc.next().unwrap_or(""), "sub_zone": loc.next().unwrap_or("")});
     Ok(json!({
         "node": {
             "id": id,
             "cluster": format!("{app}.{}", p.namespace),
+            "locality": locality,
             "metadata": {
                 "NAMESPACE": p.namespace,
                 "NAME": p.name,
@@ -155,6 +160,7 @@ mod tests {
             admin_port: 15000,
             delta: true,
             interception_mode: "NONE".into(),
+            locality: String::new(),
         }
     }
 

@@ -7,7 +7,14 @@ use spar_model::{Proxy, ProxyError};
 /// Reads the proxy's identity and metadata from its node.
 pub fn to_proxy(node: &Node) -> Result<Proxy, ProxyError> {
     let meta = node.metadata.as_ref().map(struct_to_json).unwrap_or(serde_json::Value::Null);
-    Proxy::from_node(&node.id, &meta)
+    let mut p = Proxy::from_node(&node.id, &meta)?;
+    if let Some(l) = &node.locality {
+        if !l.region.is_empty() {
+            p.locality =
+                [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()].join("/").trim_end_matches('/').to_string();
+        }
+    }
+    Ok(p)
 }
 
 /// A protobuf `Struct` as JSON.

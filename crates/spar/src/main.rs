@@ -140,6 +140,9 @@ struct BootstrapArgs {
     /// A gateway (router) instead of a sidecar.
     #[arg(long)]
     router: bool,
+    /// Locality, region/zone/subzone (locality-aware load balancing).
+    #[arg(long, default_value = "")]
+    locality: String,
     /// INTERCEPTION_MODE (NONE, REDIRECT, TPROXY).
     #[arg(long, default_value = "NONE")]
     interception_mode: String,
@@ -241,6 +244,7 @@ fn main() -> anyhow::Result<()> {
                 admin_port: a.admin_port,
                 delta: a.delta,
                 interception_mode: a.interception_mode,
+                locality: a.locality,
             };
             let mut b = spar_xds::bootstrap::bootstrap(&params)?;
             if let Some(ca_dir) = &a.ca_dir {

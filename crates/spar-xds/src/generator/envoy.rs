@@ -621,6 +621,76 @@ fn load_assignment(
     xds_endpoint::ClusterLoadAssignment { cluster_name: cluster.to_string(), endpoints, ..Default::default() }
 }
 
+/// Istio's locality-aware load balancing, for a client at `client` (region/zone/subzone):
+/// with `distribute`, locality weights from the first rule whose `from` matches; else
+/// failover priorities (same subzone, same zone, same region, the `failover` target
+/// region, the rest). Istio applies it only with outlier detection, which is how
+/// unhealthy localities are left.
+fn apply_locality(
+    cla: &mut xds_endpoint::ClusterLoadAssignment,
+    client: &str,
+    setting: Option<&spar_api::istio::destination_rule::DestinationRuleTrafficPolicyLoadBalancerLocalityLbSetting>,
+) {
+    if client.is_empty() || setting.is_some_and(|s| s.enabled == Some(false)) {
+        return;
+    }
+    let loc_of = |l: &Option<xds_core::Locality>| {
+        l.as_ref().map(|l| [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()].join("/")).unwrap_or_default()
+    };
+    let glob = |pattern: &str, loc: &str| {
+        let (p, l): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), loc.split('/').collect());
+        p.iter().enumerate().all(|(i, seg)| *seg == "*" || l.get(i).is_some_and(|x| x == seg))
+    };
+    if let Some(rule) = setting
+        .and_then(|s| s.distribute.as_ref())
+        .and_then(|d| d.iter().find(|r| r.from.as_deref().is_some_and(|f| glob(f, client))))
+    {
+        let to = rule.to.clone().unwrap_or_default();
+        cla.endpoints.retain_mut(|e| {
+            let loc = loc_of(&e.locality);
+            match to.iter().find(|(pattern, _)| glob(pattern, &loc)) {
+                Some((_, w)) if *w > 0 => {
+                    e.load_balancing_weight = Some(UInt32Value { value: u32::try_from(*w).unwrap_or(1) });
+                    true
+                }
+                _ => false,
+            }
+        });
+        return;
+    }
+    let c: Vec<&str> = client.split('/').collect();
+    let failover_to: Vec<String> = setting
+        .and_then(|s| s.failover.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|f| f.from.as_deref() == c.first().copied())
+        .filter_map(|f| f.to.clone())
+        .collect();
+    for e in &mut cla.endpoints {
+        let loc = loc_of(&e.locality);
+        let l: Vec<&str> = loc.split('/').collect();
+        let same = |n: usize| (0..n).all(|i| c.get(i).is_some_and(|x| !x.is_empty() && l.get(i) == Some(x)));
+        e.priority = if same(3) {
+            0
+        } else if same(2) {
+            1
+        } else if same(1) {
+            2
+        } else if l.first().is_some_and(|r| failover_to.iter().any(|t| t == r)) {
+            3
+        } else {
+            4
+        };
+    }
+    // Envoy wants priorities without gaps.
+    let mut used: Vec<u32> = cla.endpoints.iter().map(|e| e.priority).collect();
+    used.sort_unstable();
+    used.dedup();
+    for e in &mut cla.endpoints {
+        e.priority = u32::try_from(used.iter().position(|p| *p == e.priority).unwrap_or(0)).unwrap_or(0);
+    }
+}
+
 /// Outbound clusters (and their EDS load assignments) for every imported service port,
 /// plus one per DestinationRule subset.
 pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
@@ -668,7 +738,15 @@ pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
                 }
                 istio_mtls(scope, svc, port.port, subset, labels, effective.as_ref(), &mut c);
                 if c.eds_cluster_config.is_some() {
-                    out.insert(type_url::ENDPOINT, name.clone(), &load_assignment(&name, svc, port.port, labels));
+                    let mut cla = load_assignment(&name, svc, port.port, labels);
+                    if let Some(p) = effective.as_ref().filter(|p| p.outlier_detection.is_some()) {
+                        apply_locality(
+                            &mut cla,
+                            &scope.proxy.locality,
+                            p.load_balancer.as_ref().and_then(|lb| lb.locality_lb_setting.as_ref()),
+                        );
+                    }
+                    out.insert(type_url::ENDPOINT, name.clone(), &cla);
                 }
                 out.insert(type_url::CLUSTER, name, &c);
             }
