@@ -15,11 +15,13 @@ mod envoyfilter;
 mod gateway;
 mod injection;
 mod misc;
+mod multicluster;
 mod schema;
 mod selectors;
 mod service;
 mod spar;
 mod virtualservice;
+mod webhook;
 
 /// The annotation that silences codes on one resource (comma-separated, `*` for all).
 pub const SUPPRESS_ANNOTATION: &str = "galley.istio.io/analyze-suppress";
@@ -49,10 +51,12 @@ pub fn all() -> Vec<&'static Analyzer> {
         gateway::ANALYZERS,
         injection::ANALYZERS,
         misc::ANALYZERS,
+        multicluster::ANALYZERS,
         schema::ANALYZERS,
         selectors::ANALYZERS,
         service::ANALYZERS,
         virtualservice::ANALYZERS,
+        webhook::ANALYZERS,
         spar::ANALYZERS,
     ];
     groups.iter().flat_map(|g| g.iter()).collect()
