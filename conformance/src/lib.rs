@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 pub mod echo;
+pub mod jwt;
 pub mod netns;
 pub mod tls;
 

@@ -361,3 +361,75 @@ spec:
 }
 
 both_variants_mod!(authorization_policy, authorization);
+
+/// RequestAuthentication (JWT, inline JWKS) with AuthorizationPolicy on request
+/// principals and claims: a table of real requests with real ES256 tokens.
+async fn jwt_policies(delta: bool) -> anyhow::Result<()> {
+    use spar_conformance::jwt::Issuer;
+    let issuer = Issuer::new("https://issuer.example")?;
+    let other = Issuer::new("https://issuer.example")?; // same name, different key
+    let mut m = start("jwt", delta, "24h").await?;
+    m.h.write_config(
+        "jwt.yaml",
+        &format!(
+            r#"apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: jwt}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  jwtRules:
+  - issuer: https://issuer.example
+    jwks: '{}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: by-token}}
+spec:
+  selector: {{matchLabels: {{app: backend}}}}
+  rules:
+  - from: [{{source: {{requestPrincipals: ["https://issuer.example/alice"]}}}}]
+    to: [{{operation: {{paths: ["/alice"]}}}}]
+  - to: [{{operation: {{paths: ["/admin"]}}}}]
+    when: [{{key: "request.auth.claims[group]", values: ["admin"]}}]
+"#,
+            issuer.jwks()
+        ),
+    )?;
+    let mesh = SocketAddr::new(m.client.ip, 9080);
+    let alice = format!("Bearer {}", issuer.token(&serde_json::json!({"sub": "alice", "group": "admin"}), 3600)?);
+    let bob = format!("Bearer {}", issuer.token(&serde_json::json!({"sub": "bob", "group": "users"}), 3600)?);
+    let expired = format!("Bearer {}", issuer.token(&serde_json::json!({"sub": "alice", "group": "admin"}), -600)?);
+    let forged = format!("Bearer {}", other.token(&serde_json::json!({"sub": "alice", "group": "admin"}), 3600)?);
+    let status = |path: &'static str, token: Option<String>| async move {
+        let headers: Vec<(&str, &str)> = token.as_deref().map(|t| vec![("authorization", t)]).unwrap_or_default();
+        http_request(mesh, "GET", "backend", path, &headers).await.map(|r| r.status)
+    };
+    wait_for(CONVERGE, "JWT policies on every backend", || async {
+        let mut ok = true;
+        for _ in 0..6 {
+            ok &= status("/alice", None).await.is_ok_and(|s| s == 403);
+        }
+        ok
+    })
+    .await?;
+    let cases = [
+        ("no token, /alice", "/alice", None, 403),
+        ("alice, /alice", "/alice", Some(alice.clone()), 200),
+        ("bob, /alice", "/alice", Some(bob.clone()), 403),
+        ("alice (group admin), /admin", "/admin", Some(alice.clone()), 200),
+        ("bob (group users), /admin", "/admin", Some(bob.clone()), 403),
+        ("expired token", "/alice", Some(expired), 401),
+        ("token signed by another key", "/alice", Some(forged), 401),
+    ];
+    let mut wrong = Vec::new();
+    for (what, path, token, want) in cases {
+        let got = status(path, token).await?;
+        if got != want {
+            wrong.push(format!("{what}: want {want}, got {got}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    m.h.check_alive()
+}
+
+both_variants_mod!(request_authentication, jwt_policies);

@@ -13,6 +13,7 @@ use spar_api::istio::destination_rule::DestinationRuleSpec;
 use spar_api::istio::peer_authentication::{
     PeerAuthenticationMtlsMode, PeerAuthenticationPortLevelMtlsMode, PeerAuthenticationSpec,
 };
+use spar_api::istio::request_authentication::RequestAuthenticationSpec;
 use spar_api::istio::service_entry::{ServiceEntryLocation, ServiceEntryResolution, ServiceEntrySpec};
 use spar_api::istio::sidecar::SidecarSpec;
 use spar_api::istio::virtual_service::VirtualServiceSpec;
@@ -93,6 +94,8 @@ pub struct Snapshot {
     pub peer_authentications: Vec<Config<PeerAuthenticationSpec>>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<Config<AuthorizationPolicySpec>>,
+    /// RequestAuthentications.
+    pub request_authentications: Vec<Config<RequestAuthenticationSpec>>,
     /// Problems found while building.
     pub diagnostics: Vec<Diagnostic>,
     /// Lookup indexes over the lists above, built once per snapshot so that per-proxy
@@ -193,6 +196,7 @@ impl Snapshot {
                 Resource::Sidecar(s) => snap.sidecars.push(config(obj, s)),
                 Resource::PeerAuthentication(s) => snap.peer_authentications.push(config(obj, s)),
                 Resource::AuthorizationPolicy(s) => snap.authorization_policies.push(config(obj, s)),
+                Resource::RequestAuthentication(s) => snap.request_authentications.push(config(obj, s)),
                 Resource::WorkloadEntry(s) => workload_entries.push((*obj, Arc::clone(s))),
                 Resource::ServiceEntry(s) => service_entries.push((*obj, Arc::clone(s))),
                 Resource::Service(s) => k8s_services.push((*obj, Arc::clone(s))),

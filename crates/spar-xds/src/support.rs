@@ -140,6 +140,18 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
             "spec.rules[].to[].operation",
             "spec.rules[].when[]",
         ],
+        Kind::RequestAuthentication => &[
+            "spec.selector",
+            "spec.jwtRules[].issuer",
+            "spec.jwtRules[].audiences",
+            "spec.jwtRules[].jwks",
+            "spec.jwtRules[].fromHeaders",
+            "spec.jwtRules[].fromParams",
+            "spec.jwtRules[].fromCookies",
+            "spec.jwtRules[].forwardOriginalToken",
+            "spec.jwtRules[].outputPayloadToHeader",
+            "spec.jwtRules[].outputClaimToHeaders",
+        ],
         // Kubernetes kinds: everything Spar needs is read; nothing to report.
         Kind::Service | Kind::Endpoints | Kind::EndpointSlice | Kind::Namespace | Kind::Secret => &["spec"],
         _ => &[],

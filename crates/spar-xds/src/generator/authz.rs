@@ -378,7 +378,8 @@ fn request_principal(v: &str) -> Princ {
     } else if v.ends_with('*') {
         (v.to_string(), "*".to_string())
     } else {
-        let (i, s) = v.split_once('/').unwrap_or((v, ""));
+        // The issuer is usually a URL: the subject is what follows the last slash.
+        let (i, s) = v.rsplit_once('/').unwrap_or((v, ""));
         (i.to_string(), s.to_string())
     };
     princ_and(vec![princ(Id::Metadata(jwt_claim(&["iss"], &iss))), princ(Id::Metadata(jwt_claim(&["sub"], &sub)))])

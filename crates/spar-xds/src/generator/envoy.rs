@@ -17,7 +17,7 @@ use envoy_types::util::pack_any;
 use spar_model::{InterceptionMode, MtlsMode, Protocol, Resolution, Service};
 
 use super::Scope;
-use super::{authz, mtls, policy, routes};
+use super::{authz, jwt, mtls, policy, routes};
 use crate::resources::{ProxyResources, type_url};
 
 /// istiod's default `connectTimeout` (MeshConfig).
@@ -903,6 +903,7 @@ fn inbound_chains(
     let policies = authz::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels);
     let td = scope.proxy.identity.as_deref().map_or("cluster.local", mtls::trust_domain);
     let rbac = authz::build(&policies, td, !protocol.is_http());
+    let jwt = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
     let make_filter = |tls: bool| {
         if protocol.is_http() {
             let rc = xds_route::RouteConfiguration {
@@ -916,7 +917,10 @@ fn inbound_chains(
                 validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
                 ..Default::default()
             };
-            vec![inbound_hcm(stat.to_string(), rc, tls, authz::http_filters(&rbac))]
+            // JWT validation first, so that RBAC sees the request principal and claims.
+            let mut auth: Vec<_> = jwt.iter().cloned().collect();
+            auth.extend(authz::http_filters(&rbac));
+            vec![inbound_hcm(stat.to_string(), rc, tls, auth)]
         } else {
             let mut filters = authz::network_filters(&rbac);
             filters.push(tcp_proxy(cluster_name.to_string(), cluster_name.to_string()));

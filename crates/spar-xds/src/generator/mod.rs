@@ -19,6 +19,7 @@
 #[allow(deprecated)]
 pub mod authz;
 mod envoy;
+mod jwt;
 mod mtls;
 mod policy;
 mod routes;
