@@ -16,6 +16,8 @@
 //! `messages_gen.rs`; Spar's own codes are `SPAR0001`... .
 
 pub mod analyzers;
+#[rustfmt::skip]
+mod annotations_gen;
 pub mod context;
 pub mod fieldmap;
 pub mod load;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::context::{Context, Resource};
 use crate::message::{Message, message_type};
 
-mod annotations;
+pub(crate) mod annotations;
 mod authz;
 mod destinationrule;
 mod envoyfilter;
