@@ -281,3 +281,58 @@ fn mesh_config_file_is_read() {
     let bad = run(&["--meshConfigFile", "/nonexistent/mesh.yaml", se], None);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// The codes of `out` read back from the format it was written in.
+fn codes_in(format: &str, out: &Output) -> Vec<String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut codes: Vec<String> = match format {
+        // `Error [IST0101] (VirtualService default/reviews <stdin>:9) ...`
+        "log" => stdout.lines().filter_map(|l| Some(l.split_once('[')?.1.split_once(']')?.0.to_string())).collect(),
+        "json" => serde_json::from_str::<Vec<Value>>(&stdout)
+            .expect("JSON array")
+            .iter()
+            .map(|m| m["code"].as_str().unwrap_or_default().to_string())
+            .collect(),
+        "yaml" => serde_yaml_ng::from_str::<Vec<serde_yaml_ng::Value>>(&stdout)
+            .expect("YAML sequence")
+            .iter()
+            .map(|m| m["code"].as_str().unwrap_or_default().to_string())
+            .collect(),
+        "sarif" => serde_json::from_str::<Value>(&stdout).expect("SARIF")["runs"][0]["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| r["ruleId"].as_str().unwrap_or_default().to_string())
+            .collect(),
+        _ => unreachable!("a format the test does not know"),
+    };
+    codes.sort();
+    codes
+}
+
+#[test]
+fn every_format_from_stdin_with_suppression_and_both_exit_codes() {
+    // IST0101 (Error) and IST0132 on the VirtualService, IST0108 (Warning) on the Service.
+    let text = format!(
+        "{BROKEN}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: httpbin\n  namespace: default\n  \
+         annotations:\n    networking.istio.io/exportThree: bar\nspec:\n  ports:\n  - name: http\n    port: 8000\n"
+    );
+    let only = ["--analyzer", "virtualservice.GatewayAnalyzer", "--analyzer", "annotations.K8sAnalyzer"];
+    let suppress = ["--suppress", "*=VirtualService reviews.default"];
+    for format in ["log", "json", "yaml", "sarif"] {
+        let all = run(&[&only[..], &["-o", format, "-"]].concat(), Some(&text));
+        assert_eq!(codes_in(format, &all), ["IST0101", "IST0108", "IST0132"], "{format}: every finding");
+        assert_eq!(all.status.code(), Some(79), "{format}: an Error exits 79");
+
+        let warning_only = run(&[&only[..], &suppress[..], &["-o", format, "-"]].concat(), Some(&text));
+        assert_eq!(codes_in(format, &warning_only), ["IST0108"], "{format}: the suppressed ones are gone");
+        assert_eq!(warning_only.status.code(), Some(0), "{format}: a Warning under the Error threshold exits 0");
+
+        let strict = run(
+            &[&only[..], &suppress[..], &["--failure-threshold", "Warning", "-o", format, "-"]].concat(),
+            Some(&text),
+        );
+        assert_eq!(codes_in(format, &strict), ["IST0108"], "{format}");
+        assert_eq!(strict.status.code(), Some(79), "{format}: a Warning at the Warning threshold exits 79");
+    }
+}
