@@ -159,3 +159,45 @@ pub fn uri_sans(pem: &str) -> anyhow::Result<Vec<String>> {
     let der = CertificateDer::from_pem_slice(pem.as_bytes())?;
     Ok(spar_ca::identities_in(der.as_ref()).iter().map(ToString::to_string).collect())
 }
+
+/// The serial number of a PEM certificate as Envoy's /certs prints it (lower-case hex).
+pub fn serial_hex(pem: &str) -> anyhow::Result<String> {
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())?;
+    let (_, cert) = x509_parser_lite(der.as_ref())?;
+    Ok(cert)
+}
+
+fn x509_parser_lite(der: &[u8]) -> anyhow::Result<((), String)> {
+    // TBSCertificate: SEQUENCE { [0] version, INTEGER serial, ... }: read the serial.
+    fn read_len(d: &[u8], i: &mut usize) -> anyhow::Result<usize> {
+        let b = *d.get(*i).ok_or_else(|| anyhow::anyhow!("short"))?;
+        *i += 1;
+        if b < 0x80 {
+            return Ok(usize::from(b));
+        }
+        let n = usize::from(b & 0x7f);
+        let mut len = 0usize;
+        for _ in 0..n {
+            len = (len << 8) | usize::from(*d.get(*i).ok_or_else(|| anyhow::anyhow!("short"))?);
+            *i += 1;
+        }
+        Ok(len)
+    }
+    let mut i = 1; // outer SEQUENCE
+    read_len(der, &mut i)?;
+    i += 1; // tbs SEQUENCE
+    read_len(der, &mut i)?;
+    if der.get(i) == Some(&0xa0) {
+        i += 1;
+        let l = read_len(der, &mut i)?;
+        i += l;
+    }
+    anyhow::ensure!(der.get(i) == Some(&0x02), "no serial");
+    i += 1;
+    let l = read_len(der, &mut i)?;
+    let mut serial = &der[i..i + l];
+    while serial.len() > 1 && serial[0] == 0 {
+        serial = &serial[1..];
+    }
+    Ok(((), serial.iter().map(|b| format!("{b:02x}")).collect()))
+}

@@ -433,3 +433,64 @@ spec:
 }
 
 both_variants_mod!(request_authentication, jwt_policies);
+
+/// Root rotation with an overlap window: add the new root to the trust bundle, then sign
+/// with it while the old one is still trusted. Requests flow throughout with no failure
+/// and the workload certificates end up signed by the new root.
+async fn root_rotation(delta: bool) -> anyhow::Result<()> {
+    let mut m = start("root-rotation", delta, "1h").await?;
+    let ca_dir = m.h.ca_dir();
+    let old_root = std::fs::read_to_string(ca_dir.join("root-cert.pem"))?;
+    let (new_root, new_key) = spar_ca::Ca::new_root_pem("cluster.local")?;
+    let to = SocketAddr::new(m.client.ip, 9080);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let load = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        while !*stop_rx.borrow() {
+            match http_request(to, "GET", "backend", "/", &[]).await {
+                Ok(r) if r.status == 200 => ok += 1,
+                Ok(r) => failed.push(format!("status {}", r.status)),
+                Err(e) => failed.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (ok, failed)
+    });
+    let write = |name: &str, text: &str| std::fs::write(ca_dir.join(name), text);
+    // 1. Trust both.
+    write("trust-bundle.pem", &new_root)?;
+    let client = m.client.clone();
+    let new_serial = spar_conformance::tls::serial_hex(&new_root)?;
+    wait_for(CONVERGE, "both roots in the client's trust bundle", || async {
+        client
+            .admin_get("/certs")
+            .await
+            .is_ok_and(|(_, c)| c.matches("serial_number").count() >= 3 && c.contains(&new_serial))
+    })
+    .await?;
+    // 2. Sign with the new root; the old one stays trusted.
+    write("trust-bundle.pem", &old_root)?;
+    write("root-key.pem", &new_key)?;
+    write("root-cert.pem", &new_root)?;
+    wait_for(CONVERGE, "certificates signed by the new root", || async {
+        client
+            .admin_get("/certs")
+            .await
+            .is_ok_and(|(_, c)| c.split("\"cert_chain\"").nth(1).is_some_and(|chain| chain.contains(&new_serial)))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = stop_tx.send(true);
+    let (ok, failed) = load.await?;
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rotation: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50, "{ok} requests");
+    m.h.check_alive()
+}
+
+both_variants_mod!(root_rotation_overlap, root_rotation);

@@ -183,7 +183,10 @@ impl Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::OrganizationName, trust_domain);
-        params.distinguished_name.push(DnType::CommonName, "Spar root CA");
+        // A distinct name per root, so that old and new roots trusted side by side during
+        // a rotation are never confused when chains are built.
+        let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        params.distinguished_name.push(DnType::CommonName, format!("Spar root CA {stamp:x}"));
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let now = SystemTime::now();
@@ -204,6 +207,15 @@ impl Ca {
         bundle_pem: &str,
     ) -> Result<Self, CaError> {
         let key = KeyPair::from_pem(key_pem).map_err(cert_err)?;
+        // The key must be the certificate's (a half-written rotation must not sign).
+        let der = pem_to_der(cert_pem)
+            .into_iter()
+            .next()
+            .ok_or_else(|| CaError::Cert("no certificate in the CA certificate file".into()))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(cert_err)?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::Cert("the CA key does not belong to the CA certificate".into()));
+        }
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(cert_err)?;
         Ok(Self {
             trust_domain: trust_domain.into(),

@@ -83,3 +83,11 @@ fn spiffe_parsing() {
         assert!(Identity::parse(bad).is_none(), "{bad}");
     }
 }
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_refused() {
+    let (cert, _) = Ca::new_root_pem("cluster.local").expect("root");
+    let (_, other_key) = Ca::new_root_pem("cluster.local").expect("root");
+    let err = Ca::from_pem("cluster.local", &cert, &other_key, &cert, &cert).expect_err("mismatch");
+    assert!(err.to_string().contains("does not belong"), "{err}");
+}

@@ -120,6 +120,11 @@ pub async fn maintain(
         let now = stamp(&dir);
         let ca_changed = now != last;
         if ca_changed {
+            // Let a rotation that writes several files finish before reading them.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if stamp(&dir) != now {
+                continue;
+            }
             last = now;
             match Ca::load_or_create(&dir, &trust_domain) {
                 Ok(ca) => {
