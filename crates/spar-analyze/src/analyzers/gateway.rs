@@ -240,14 +240,19 @@ fn same_certificate(a: &Value, b: &Value) -> bool {
 }
 
 fn duplicate_certificates(ctx: &Context, r: &mut Reporter<'_>) {
-    for gw in ctx.of(gk::GATEWAY) {
-        let sel = gw_selector(gw);
-        for other in ctx.of(gk::GATEWAY) {
-            if other.full_name() == gw.full_name() {
+    // Only Gateways with TLS servers can share a certificate; names and selectors are
+    // computed once (the pairwise loop below is quadratic in these Gateways only).
+    let tls: Vec<(&Resource, String, BTreeMap<String, String>)> = ctx
+        .of(gk::GATEWAY)
+        .filter(|gw| arr(gw.spec(), "servers").iter().any(|s| s.get("tls").is_some()))
+        .map(|gw| (gw, gw.full_name(), gw_selector(gw)))
+        .collect();
+    for (gw, name, sel) in &tls {
+        for (other, other_name, other_sel) in &tls {
+            if other_name == name {
                 continue;
             }
             // Istio's selectorSubset: every key of this selector is in the other with the same value.
-            let other_sel = gw_selector(other);
             if !sel.is_empty() && !sel.iter().all(|(k, v)| other_sel.get(k) == Some(v)) {
                 continue;
             }
@@ -259,7 +264,7 @@ fn duplicate_certificates(ctx: &Context, r: &mut Reporter<'_>) {
                             gw,
                             code::GATEWAY_DUPLICATE_CERTIFICATE,
                             &format!("spec.servers[{i}].tls"),
-                            vec![go_list(&[gw.full_name(), other.full_name()])],
+                            vec![go_list(&[name.clone(), other_name.clone()])],
                         );
                     }
                 }
