@@ -494,3 +494,37 @@ async fn root_rotation(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(root_rotation_overlap, root_rotation);
+
+/// TLS origination with `credentialName`: the CA comes from a Secret, over SDS, to a
+/// proxy that proved it lives in the Secret's namespace.
+async fn credential_name_origination(delta: bool) -> anyhow::Result<()> {
+    use spar_conformance::tls::Pki;
+    let pki = Pki::new("external CA")?;
+    let mut h = Harness::new("credential-name", delta)?.with_security("24h");
+    h.load_case("tls")?;
+    let indent = |pem: &str| pem.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    h.write_config(
+        "origination.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: ext-ca}}\nstringData:\n  ca.crt: |\n{}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: secure}}\nspec:\n  host: secure.example.com\n  trafficPolicy:\n    tls: {{mode: SIMPLE, credentialName: ext-ca, sni: secure.example.com}}\n",
+            indent(&pki.ca_pem)
+        ),
+    )?;
+    h.start_spar(&[]).await?;
+    let a = h.ip("tls-a");
+    h.start_echo_tls("tls-a", SocketAddr::new(a, 8443), pki.server_cert(&["secure.example.com"])?).await?;
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let to = SocketAddr::new(client.ip, 9081);
+    wait_for(CONVERGE, "origination with the Secret's CA", || async {
+        http_request(to, "GET", "secure.example.com", "/", &[])
+            .await
+            .is_ok_and(|r| r.status == 200 && r.backend() == Some("tls-a"))
+    })
+    .await?;
+    let (_, certs) = client.admin_get("/certs").await?;
+    assert!(certs.contains("external CA") || certs.contains("ca_cert"), "{certs}");
+    h.check_alive()
+}
+
+both_variants_mod!(credential_name, credential_name_origination);

@@ -96,6 +96,8 @@ pub struct Snapshot {
     pub authorization_policies: Vec<Config<AuthorizationPolicySpec>>,
     /// RequestAuthentications.
     pub request_authentications: Vec<Config<RequestAuthenticationSpec>>,
+    /// Secrets by (namespace, name), for `credentialName`.
+    pub secrets: BTreeMap<(String, String), Arc<corev1::Secret>>,
     /// Problems found while building.
     pub diagnostics: Vec<Diagnostic>,
     /// Lookup indexes over the lists above, built once per snapshot so that per-proxy
@@ -197,6 +199,9 @@ impl Snapshot {
                 Resource::PeerAuthentication(s) => snap.peer_authentications.push(config(obj, s)),
                 Resource::AuthorizationPolicy(s) => snap.authorization_policies.push(config(obj, s)),
                 Resource::RequestAuthentication(s) => snap.request_authentications.push(config(obj, s)),
+                Resource::Secret(s) => {
+                    snap.secrets.insert((obj.meta.namespace.clone(), obj.meta.name.clone()), Arc::clone(s));
+                }
                 Resource::WorkloadEntry(s) => workload_entries.push((*obj, Arc::clone(s))),
                 Resource::ServiceEntry(s) => service_entries.push((*obj, Arc::clone(s))),
                 Resource::Service(s) => k8s_services.push((*obj, Arc::clone(s))),

@@ -568,6 +568,55 @@ fn tls_mode_metadata() -> envoy_types::pb::google::protobuf::Struct {
     }
 }
 
+/// The SDS secrets for a `credentialName`, from a Secret in the proxy's own namespace
+/// (`tls.crt`/`tls.key`, and `ca.crt` or `cacert` for the CA part), and only for a proxy
+/// that proved its identity: Secrets never go to a proxy that merely claims a namespace.
+fn credential_secrets(scope: &Scope<'_>, credential: &str, out: &mut ProxyResources) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as xds_tls;
+    if scope.proxy.identity.is_none() {
+        return;
+    }
+    let name = credential.rsplit("://").next().unwrap_or(credential);
+    let Some(secret) = scope.snap.secrets.get(&(scope.proxy.namespace.clone(), name.to_string())) else { return };
+    let get = |k: &str| -> Option<String> {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(k).cloned()))
+    };
+    let inline = |s: String| {
+        Some(xds_core::DataSource {
+            specifier: Some(xds_core::data_source::Specifier::InlineString(s)),
+            ..Default::default()
+        })
+    };
+    let sds_name = policy::credential_resource_name(credential);
+    if let (Some(cert), Some(key)) = (get("tls.crt"), get("tls.key")) {
+        let s = xds_tls::Secret {
+            name: sds_name.clone(),
+            r#type: Some(xds_tls::secret::Type::TlsCertificate(xds_tls::TlsCertificate {
+                certificate_chain: inline(cert),
+                private_key: inline(key),
+                ..Default::default()
+            })),
+        };
+        out.insert(type_url::SECRET, sds_name.clone(), &s);
+    }
+    if let Some(ca) = get("ca.crt").or_else(|| get("cacert")) {
+        let ca_name = format!("{sds_name}-cacert");
+        let s = xds_tls::Secret {
+            name: ca_name.clone(),
+            r#type: Some(xds_tls::secret::Type::ValidationContext(xds_tls::CertificateValidationContext {
+                trusted_ca: inline(ca),
+                ..Default::default()
+            })),
+        };
+        out.insert(type_url::SECRET, ca_name, &s);
+    }
+}
+
 /// Endpoints of `svc` for service port `port`, restricted to `labels` (a subset).
 fn load_assignment(
     cluster: &str,
@@ -735,6 +784,9 @@ pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
                 let effective = dr.map(|dr| policy::effective(&dr.spec, subset, port.port));
                 if let Some(p) = &effective {
                     policy::apply(p, &mut c, port.protocol);
+                    if let Some(name) = p.tls.as_ref().and_then(|t| t.credential_name.as_deref()) {
+                        credential_secrets(scope, name, out);
+                    }
                 }
                 istio_mtls(scope, svc, port.port, subset, labels, effective.as_ref(), &mut c);
                 if c.eds_cluster_config.is_some() {

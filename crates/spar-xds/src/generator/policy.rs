@@ -225,6 +225,27 @@ pub fn apply(policy: &Policy, cluster: &mut xds_cluster::Cluster, protocol: Prot
                     })
                 };
                 let mut common = xds_tls::CommonTlsContext::default();
+                if let Some(name) = tls.credential_name.as_ref().filter(|n| !n.is_empty()) {
+                    // Certificates from a Secret, over SDS (`kubernetes://<name>` and its CA
+                    // part `kubernetes://<name>-cacert`, istiod's names).
+                    let name = credential_resource_name(name);
+                    if matches!(tls.mode, Some(TlsMode::Mutual)) {
+                        common.tls_certificate_sds_secret_configs.push(sds(&name));
+                    }
+                    if !tls.insecure_skip_verify.unwrap_or(false) {
+                        common.validation_context_type =
+                            Some(xds_tls::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                                sds(&format!("{name}-cacert")),
+                            ));
+                    }
+                    let ctx = xds_tls::UpstreamTlsContext {
+                        common_tls_context: Some(common),
+                        sni: tls.sni.clone().unwrap_or_default(),
+                        ..Default::default()
+                    };
+                    cluster.transport_socket = Some(transport_socket(pack_any(ctx)));
+                    return;
+                }
                 if matches!(tls.mode, Some(TlsMode::Mutual)) {
                     common.tls_certificates.push(xds_tls::TlsCertificate {
                         certificate_chain: file(&tls.client_certificate),
@@ -267,6 +288,25 @@ pub fn apply(policy: &Policy, cluster: &mut xds_cluster::Cluster, protocol: Prot
             // Spar's CA and SDS (ISTIO_MUTUAL) come with the identity work.
             Some(TlsMode::IstioMutual) => {}
         }
+    }
+}
+
+/// The SDS name of a `credentialName`: `kubernetes://<name>` (the `kubernetes://` and
+/// `kubernetes-gateway://` forms are accepted as written).
+pub fn credential_resource_name(name: &str) -> String {
+    if name.contains("://") { name.to_string() } else { format!("kubernetes://{name}") }
+}
+
+fn sds(name: &str) -> xds_tls::SdsSecretConfig {
+    xds_tls::SdsSecretConfig {
+        name: name.into(),
+        sds_config: Some(xds_core::ConfigSource {
+            config_source_specifier: Some(xds_core::config_source::ConfigSourceSpecifier::Ads(
+                xds_core::AggregatedConfigSource {},
+            )),
+            resource_api_version: xds_core::ApiVersion::V3 as i32,
+            ..Default::default()
+        }),
     }
 }
 

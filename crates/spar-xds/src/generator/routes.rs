@@ -1,5 +1,6 @@
 //! Route configurations: one virtual host per service, routes from VirtualServices.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3 as xds_core;
@@ -482,6 +483,16 @@ fn forward_action(
             if r.retry_ignore_previous_hosts == Some(false) {
                 rp.retry_host_predicate.clear();
             }
+            if r.retry_remote_localities == Some(true) {
+                // Retries move on to other localities (priorities), as istiod configures it.
+                use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
+                rp.retry_priority = Some(xds_route::retry_policy::RetryPriority {
+                    name: "envoy.retry_priorities.previous_priorities".into(),
+                    config_type: Some(xds_route::retry_policy::retry_priority::ConfigType::TypedConfig(pack_any(
+                        PreviousPrioritiesConfig { update_frequency: 2 },
+                    ))),
+                });
+            }
             ra.retry_policy = Some(rp);
         }
     }
@@ -597,11 +608,14 @@ fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: 
 /// the root rule's (a field set on both takes the delegate's, narrower, value), and the
 /// delegate's actions win, with the root's filling what the delegate leaves unset.
 /// Each rule comes with the namespace its hosts resolve in.
-fn expand_delegates(scope: &Scope<'_>, root: &Config<VirtualServiceSpec>) -> Vec<(String, VirtualServiceHttp)> {
+fn expand_delegates<'a>(
+    scope: &'a Scope<'_>,
+    root: &'a Config<VirtualServiceSpec>,
+) -> Vec<(&'a str, Cow<'a, VirtualServiceHttp>)> {
     let mut out = Vec::new();
     for rule in root.spec.http.iter().flatten() {
         let Some(d) = &rule.delegate else {
-            out.push((root.namespace.clone(), rule.clone()));
+            out.push((root.namespace.as_str(), Cow::Borrowed(rule)));
             continue;
         };
         let ns = d.namespace.clone().unwrap_or_else(|| root.namespace.clone());
@@ -625,7 +639,7 @@ fn expand_delegates(scope: &Scope<'_>, root: &Config<VirtualServiceSpec>) -> Vec
                 ($($f:ident),*) => { $( if merged.$f.is_none() { merged.$f = rule.$f.clone(); } )* };
             }
             inherit!(timeout, retries, fault, cors_policy, headers, mirror, mirror_percentage, mirrors, rewrite);
-            out.push((delegate.namespace.clone(), merged));
+            out.push((delegate.namespace.as_str(), Cow::Owned(merged)));
         }
     }
     out
@@ -722,7 +736,7 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
             Some(vs) => {
                 let mut routes = Vec::new();
                 for (ns, rule) in expand_delegates(scope, vs) {
-                    http_routes(scope, &ns, &rule, port, &mut routes);
+                    http_routes(scope, ns, &rule, port, &mut routes);
                 }
                 routes
             }
