@@ -368,7 +368,28 @@ async fn jwt_policies(delta: bool) -> anyhow::Result<()> {
     use spar_conformance::jwt::Issuer;
     let issuer = Issuer::new("https://issuer.example")?;
     let other = Issuer::new("https://issuer.example")?; // same name, different key
+    let remote = Issuer::new("https://remote.example")?;
     let mut m = start("jwt", delta, "24h").await?;
+    // A JWKS server for the jwksUri rule: Envoy fetches the keys itself.
+    let jwks_addr = SocketAddr::new(m.h.ip("jwks-server"), 8088);
+    let jwks_body = remote.jwks();
+    let jwks_listener = tokio::net::TcpListener::bind(jwks_addr).await?;
+    let jwks_server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = jwks_listener.accept().await else { continue };
+            let body = jwks_body.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
     m.h.write_config(
         "jwt.yaml",
         &format!(
@@ -380,6 +401,8 @@ spec:
   jwtRules:
   - issuer: https://issuer.example
     jwks: '{}'
+  - issuer: https://remote.example
+    jwksUri: http://{jwks_addr}/jwks
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -387,7 +410,7 @@ metadata: {{name: by-token}}
 spec:
   selector: {{matchLabels: {{app: backend}}}}
   rules:
-  - from: [{{source: {{requestPrincipals: ["https://issuer.example/alice"]}}}}]
+  - from: [{{source: {{requestPrincipals: ["https://issuer.example/alice", "https://remote.example/carol"]}}}}]
     to: [{{operation: {{paths: ["/alice"]}}}}]
   - to: [{{operation: {{paths: ["/admin"]}}}}]
     when: [{{key: "request.auth.claims[group]", values: ["admin"]}}]
@@ -400,6 +423,7 @@ spec:
     let bob = format!("Bearer {}", issuer.token(&serde_json::json!({"sub": "bob", "group": "users"}), 3600)?);
     let expired = format!("Bearer {}", issuer.token(&serde_json::json!({"sub": "alice", "group": "admin"}), -600)?);
     let forged = format!("Bearer {}", other.token(&serde_json::json!({"sub": "alice", "group": "admin"}), 3600)?);
+    let carol = format!("Bearer {}", remote.token(&serde_json::json!({"sub": "carol"}), 3600)?);
     let status = |path: &'static str, token: Option<String>| async move {
         let headers: Vec<(&str, &str)> = token.as_deref().map(|t| vec![("authorization", t)]).unwrap_or_default();
         http_request(mesh, "GET", "backend", path, &headers).await.map(|r| r.status)
@@ -420,6 +444,7 @@ spec:
         ("bob (group users), /admin", "/admin", Some(bob.clone()), 403),
         ("expired token", "/alice", Some(expired), 401),
         ("token signed by another key", "/alice", Some(forged), 401),
+        ("carol, keys from jwksUri", "/alice", Some(carol), 200),
     ];
     let mut wrong = Vec::new();
     for (what, path, token, want) in cases {
@@ -429,6 +454,7 @@ spec:
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+    jwks_server.abort();
     m.h.check_alive()
 }
 

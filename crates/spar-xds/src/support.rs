@@ -148,6 +148,7 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
             "spec.jwtRules[].issuer",
             "spec.jwtRules[].audiences",
             "spec.jwtRules[].jwks",
+            "spec.jwtRules[].jwksUri",
             "spec.jwtRules[].fromHeaders",
             "spec.jwtRules[].fromParams",
             "spec.jwtRules[].fromCookies",

@@ -938,6 +938,63 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
     if capture && scope.proxy.kind == spar_model::ProxyKind::Sidecar {
         capture_listeners(scope, virtual_chains, out);
     }
+    jwks_clusters(scope, out);
+}
+
+/// Clusters for the JWKS servers of the RequestAuthentications that apply (`jwksUri`).
+fn jwks_clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as xds_tls;
+    use xds_cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
+    let (_, sources) = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
+    for src in sources {
+        let is_ip = src.host.parse::<IpAddr>().is_ok();
+        let mut c = base_cluster(src.cluster.clone(), Protocol::Http);
+        let kind = if is_ip { DiscoveryType::Static } else { DiscoveryType::StrictDns };
+        c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(kind as i32));
+        c.load_assignment = Some(xds_endpoint::ClusterLoadAssignment {
+            cluster_name: src.cluster.clone(),
+            endpoints: vec![xds_endpoint::LocalityLbEndpoints {
+                lb_endpoints: vec![xds_endpoint::LbEndpoint {
+                    host_identifier: Some(xds_endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                        xds_endpoint::Endpoint {
+                            address: Some(socket_address(&src.host, u32::from(src.port))),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        if src.tls {
+            // Verified against the system's trust store, as any HTTPS client would.
+            let validation = xds_tls::CertificateValidationContext {
+                trusted_ca: Some(xds_core::DataSource {
+                    specifier: Some(xds_core::data_source::Specifier::Filename(
+                        "/etc/ssl/certs/ca-certificates.crt".into(),
+                    )),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let ctx = xds_tls::UpstreamTlsContext {
+                sni: src.host.clone(),
+                common_tls_context: Some(xds_tls::CommonTlsContext {
+                    validation_context_type: Some(
+                        xds_tls::common_tls_context::ValidationContextType::ValidationContext(validation),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            c.transport_socket = Some(xds_core::TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(xds_core::transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
+            });
+        }
+        out.insert(type_url::CLUSTER, src.cluster, &c);
+    }
 }
 
 /// Inbound filter chains for one port, per PeerAuthentication: STRICT takes mutual TLS
@@ -955,7 +1012,7 @@ fn inbound_chains(
     let policies = authz::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels);
     let td = scope.proxy.identity.as_deref().map_or("cluster.local", mtls::trust_domain);
     let rbac = authz::build(&policies, td, !protocol.is_http());
-    let jwt = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
+    let (jwt, _) = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
     let make_filter = |tls: bool| {
         if protocol.is_http() {
             let rc = xds_route::RouteConfiguration {

@@ -36,15 +36,70 @@ pub fn applicable<'a>(
     out
 }
 
-/// The `jwt_authn` filter, or nothing when no rule applies. Rules with a `jwksUri` but no
-/// inline `jwks` are skipped (Spar does not fetch JWKS yet) and reported by the caller's
-/// field report.
-pub fn http_filter(policies: &[&Config<RequestAuthenticationSpec>]) -> Option<HttpFilter> {
+/// A `jwksUri` split into what Envoy needs to fetch it: the cluster for its host and
+/// whether it is TLS.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct JwksSource {
+    /// Cluster name, `jwks|<host>|<port>`.
+    pub cluster: String,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `https`.
+    pub tls: bool,
+}
+
+/// Parses `http(s)://host[:port]/path`.
+pub fn jwks_source(uri: &str) -> Option<JwksSource> {
+    let (tls, rest) =
+        if let Some(r) = uri.strip_prefix("https://") { (true, r) } else { (false, uri.strip_prefix("http://")?) };
+    let authority = rest.split('/').next()?;
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !authority.ends_with(']') => (h.trim_matches(['[', ']']).to_string(), p.parse().ok()?),
+        _ => (authority.trim_matches(['[', ']']).to_string(), if tls { 443 } else { 80 }),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(JwksSource { cluster: format!("jwks|{host}|{port}"), host, port, tls })
+}
+
+/// The `jwt_authn` filter, or nothing when no rule applies, and the JWKS servers Envoy
+/// must be able to reach (inline `jwks` wins over `jwksUri`; a `jwksUri` is fetched by
+/// Envoy itself and cached for 5 minutes).
+pub fn http_filter(policies: &[&Config<RequestAuthenticationSpec>]) -> (Option<HttpFilter>, Vec<JwksSource>) {
     let mut providers = HashMap::new();
     let mut names = Vec::new();
+    let mut sources = Vec::new();
     for p in policies {
         for (i, rule) in p.spec.jwt_rules.iter().flatten().enumerate() {
-            let Some(jwks) = rule.jwks.clone().filter(|j| !j.is_empty()) else { continue };
+            let source =
+                match (rule.jwks.clone().filter(|j| !j.is_empty()), rule.jwks_uri.as_deref().and_then(jwks_source)) {
+                    (Some(jwks), _) => xds_jwt::jwt_provider::JwksSourceSpecifier::LocalJwks(xds_core::DataSource {
+                        specifier: Some(xds_core::data_source::Specifier::InlineString(jwks)),
+                        ..Default::default()
+                    }),
+                    (None, Some(src)) => {
+                        let spec = xds_jwt::jwt_provider::JwksSourceSpecifier::RemoteJwks(xds_jwt::RemoteJwks {
+                            http_uri: Some(xds_core::HttpUri {
+                                uri: rule.jwks_uri.clone().unwrap_or_default(),
+                                timeout: Some(envoy_types::pb::google::protobuf::Duration { seconds: 5, nanos: 0 }),
+                                http_upstream_type: Some(xds_core::http_uri::HttpUpstreamType::Cluster(
+                                    src.cluster.clone(),
+                                )),
+                            }),
+                            cache_duration: Some(envoy_types::pb::google::protobuf::Duration {
+                                seconds: 300,
+                                nanos: 0,
+                            }),
+                            ..Default::default()
+                        });
+                        sources.push(src);
+                        spec
+                    }
+                    (None, None) => continue,
+                };
             let name = format!("origins-{}-{}-{i}", p.namespace, p.name);
             let mut from_headers: Vec<xds_jwt::JwtHeader> = rule
                 .from_headers
@@ -79,12 +134,7 @@ pub fn http_filter(policies: &[&Config<RequestAuthenticationSpec>]) -> Option<Ht
                         ..Default::default()
                     })
                     .collect(),
-                jwks_source_specifier: Some(xds_jwt::jwt_provider::JwksSourceSpecifier::LocalJwks(
-                    xds_core::DataSource {
-                        specifier: Some(xds_core::data_source::Specifier::InlineString(jwks)),
-                        ..Default::default()
-                    },
-                )),
+                jwks_source_specifier: Some(source),
                 ..Default::default()
             };
             providers.insert(name.clone(), provider);
@@ -92,7 +142,7 @@ pub fn http_filter(policies: &[&Config<RequestAuthenticationSpec>]) -> Option<Ht
         }
     }
     if names.is_empty() {
-        return None;
+        return (None, sources);
     }
     use xds_jwt::jwt_requirement::RequiresType;
     let mut any: Vec<xds_jwt::JwtRequirement> = names
@@ -113,9 +163,12 @@ pub fn http_filter(policies: &[&Config<RequestAuthenticationSpec>]) -> Option<Ht
         }],
         ..Default::default()
     };
-    Some(HttpFilter {
+    let filter = HttpFilter {
         name: "envoy.filters.http.jwt_authn".into(),
         config_type: Some(ConfigType::TypedConfig(envoy_types::util::pack_any(cfg))),
         ..Default::default()
-    })
+    };
+    sources.sort();
+    sources.dedup();
+    (Some(filter), sources)
 }
