@@ -114,13 +114,12 @@ pub async fn handle_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S, name: A
         }
         if let (Some(n), Some(key)) =
             (headers.get("x-echo-fail").and_then(|v| v.parse::<u32>().ok()), headers.get("x-echo-key"))
+            && let Ok(mut f) = state.failures.lock()
         {
-            if let Ok(mut f) = state.failures.lock() {
-                let seen = f.entry(key.clone()).or_insert(0);
-                *seen += 1;
-                if *seen <= n {
-                    status = 503;
-                }
+            let seen = f.entry(key.clone()).or_insert(0);
+            *seen += 1;
+            if *seen <= n {
+                status = 503;
             }
         }
         let close = headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));

@@ -338,7 +338,9 @@ spec:
             .is_ok_and(|c| c.values().sum::<usize>() == 10 && c.get("status 403") == Some(&10))
     })
     .await?;
-    let cases: &[(&str, SocketAddr, &str, &str, &[(&str, &str)], u16)] = &[
+    /// (what, where, method, path, headers, expected status)
+    type Case<'a> = (&'a str, SocketAddr, &'a str, &'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: &[Case<'_>] = &[
         ("allowed principal, GET /api/x", mesh, "GET", "/api/x", &[], 200),
         ("allowed principal, GET /public", mesh, "GET", "/public", &[], 200),
         ("allowed namespace, POST /submit", mesh, "POST", "/submit", &[], 200),

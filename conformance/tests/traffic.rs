@@ -212,7 +212,7 @@ async fn cors_preflight(delta: bool) -> anyhow::Result<()> {
     assert!(r.headers.get("access-control-allow-methods").is_some_and(|m| m.contains("POST")));
     assert_eq!(r.headers.get("access-control-max-age").map(String::as_str), Some("86400"));
     let r = pre("https://evil.example").await?;
-    assert!(r.headers.get("access-control-allow-origin").is_none(), "{r:?}");
+    assert!(!r.headers.contains_key("access-control-allow-origin"), "{r:?}");
     m.h.check_alive()
 }
 
@@ -275,7 +275,7 @@ async fn connection_pool_overflow(delta: bool) -> anyhow::Result<()> {
     let mut ok = 0;
     for t in tasks {
         let r = t.await??;
-        if r.status == 503 && r.headers.get("x-envoy-overloaded").is_some() {
+        if r.status == 503 && r.headers.contains_key("x-envoy-overloaded") {
             overflowed += 1;
         } else if r.status == 200 {
             ok += 1;

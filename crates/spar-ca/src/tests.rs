@@ -27,7 +27,7 @@ fn workload_certificate_has_spiffe_san_and_chain() {
     let issued = ca.issue(&id, Duration::from_secs(3600)).expect("issue");
     let ders = pem_to_der(&issued.chain_pem);
     assert_eq!(ders.len(), 2, "leaf then root");
-    assert_eq!(identities_in(&ders[0]), [id.clone()]);
+    assert_eq!(identities_in(&ders[0]), std::slice::from_ref(&id));
     assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/reviews");
     let (_, leaf) = x509_parser::parse_x509_certificate(&ders[0]).expect("leaf parses");
     let (_, root) = x509_parser::parse_x509_certificate(&ders[1]).expect("root parses");

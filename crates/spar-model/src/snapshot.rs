@@ -365,10 +365,9 @@ impl Snapshot {
             mode = m;
         }
         if let Some(pl) = workload.and_then(|w| w.spec.port_level_mtls.as_ref()).and_then(|m| m.get(&port.to_string()))
+            && let Some(m) = pl.mode.as_ref().and_then(MtlsMode::from_port_mode)
         {
-            if let Some(m) = pl.mode.as_ref().and_then(MtlsMode::from_port_mode) {
-                mode = m;
-            }
+            mode = m;
         }
         mode
     }

@@ -8,11 +8,11 @@ use spar_model::{Proxy, ProxyError};
 pub fn to_proxy(node: &Node) -> Result<Proxy, ProxyError> {
     let meta = node.metadata.as_ref().map(struct_to_json).unwrap_or(serde_json::Value::Null);
     let mut p = Proxy::from_node(&node.id, &meta)?;
-    if let Some(l) = &node.locality {
-        if !l.region.is_empty() {
-            p.locality =
-                [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()].join("/").trim_end_matches('/').to_string();
-        }
+    if let Some(l) = &node.locality
+        && !l.region.is_empty()
+    {
+        p.locality =
+            [l.region.as_str(), l.zone.as_str(), l.sub_zone.as_str()].join("/").trim_end_matches('/').to_string();
     }
     Ok(p)
 }

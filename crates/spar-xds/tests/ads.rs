@@ -107,11 +107,8 @@ async fn slow_sotw_proxy_gets_the_latest_version_not_a_backlog() {
     // Reading now yields far fewer responses than versions (what the transport and the
     // small outbound queue held, then the latest), the last one with all 200 clusters.
     let mut got = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_millis(500), responses.message()).await {
-            Ok(Ok(Some(r))) => got.push(r),
-            _ => break,
-        }
+    while let Ok(Ok(Some(r))) = tokio::time::timeout(Duration::from_millis(500), responses.message()).await {
+        got.push(r);
     }
     assert!(!got.is_empty(), "no push after changes");
     assert!(got.len() < 60, "expected coalesced pushes, got {} for 199 versions", got.len());

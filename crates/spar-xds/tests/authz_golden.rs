@@ -58,14 +58,8 @@ fn cidr(c: &envoy_types::pb::envoy::config::core::v3::CidrRange) -> Value {
 fn metadata(m: &xds_matcher::MetadataMatcher) -> Value {
     use xds_matcher::metadata_matcher::path_segment::Segment;
     use xds_matcher::value_matcher::MatchPattern;
-    let path: Vec<Value> = m
-        .path
-        .iter()
-        .filter_map(|p| match &p.segment {
-            Some(Segment::Key(k)) => Some(json!({"key": k})),
-            None => None,
-        })
-        .collect();
+    let path: Vec<Value> =
+        m.path.iter().filter_map(|p| p.segment.as_ref().map(|Segment::Key(k)| json!({"key": k}))).collect();
     fn value(v: Option<&MatchPattern>) -> Value {
         match v {
             Some(MatchPattern::StringMatch(s)) => json!({"stringMatch": sm(s)}),
@@ -144,10 +138,10 @@ fn normal(v: &Value) -> Value {
                     continue;
                 }
                 let mut nv = normal(v);
-                if matches!(k.as_str(), "rules" | "ids") {
-                    if let Value::Array(a) = &mut nv {
-                        a.sort_by_key(|x| x.to_string());
-                    }
+                if matches!(k.as_str(), "rules" | "ids")
+                    && let Value::Array(a) = &mut nv
+                {
+                    a.sort_by_key(|x| x.to_string());
                 }
                 out.insert(k.clone(), nv);
             }

@@ -539,7 +539,6 @@ fn istio_mtls(
                     name: "tlsMode-istio".into(),
                     r#match: Some(tls_mode_metadata()),
                     transport_socket: Some(socket),
-                    ..Default::default()
                 },
                 xds_cluster::cluster::TransportSocketMatch {
                     name: "tlsMode-disabled".into(),
@@ -646,7 +645,6 @@ fn load_assignment(
             health_status: health as i32,
             load_balancing_weight: Some(UInt32Value { value: ep.weight.max(1) }),
             metadata,
-            ..Default::default()
         });
     }
     let endpoints = by_locality

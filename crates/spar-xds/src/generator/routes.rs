@@ -283,7 +283,6 @@ fn fault_config(f: &VirtualServiceHttpFault) -> Any {
         Some(xds_fault_common::FaultDelay {
             fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(fixed)),
             percentage: Some(percent(pct)),
-            ..Default::default()
         })
     });
     let abort = f.abort.as_ref().and_then(|a| {
