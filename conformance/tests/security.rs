@@ -496,15 +496,29 @@ async fn root_rotation(delta: bool) -> anyhow::Result<()> {
             .is_ok_and(|(_, c)| c.matches("serial_number").count() >= 3 && c.contains(&new_serial))
     })
     .await?;
+    // Spar only ever signs with its current CA, so a workload certificate re-issued after
+    // this point is signed by the new root: wait for the SDS certificate (the 1 h one,
+    // not the month-long xDS credential) to change.
+    let sds_leaf = |certs: &str| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(certs).ok()?;
+        v["certificates"].as_array()?.iter().flat_map(|c| c["cert_chain"].as_array().into_iter().flatten()).find_map(
+            |e| {
+                let days = e["days_until_expiration"]
+                    .as_str()
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .or(e["days_until_expiration"].as_u64())?;
+                (days < 2).then(|| e["serial_number"].as_str().unwrap_or_default().to_string())
+            },
+        )
+    };
+    let before = sds_leaf(&client.admin_get("/certs").await?.1);
+    anyhow::ensure!(before.is_some(), "no workload certificate found in /certs");
     // 2. Sign with the new root; the old one stays trusted.
     write("trust-bundle.pem", &old_root)?;
     write("root-key.pem", &new_key)?;
     write("root-cert.pem", &new_root)?;
-    wait_for(CONVERGE, "certificates signed by the new root", || async {
-        client
-            .admin_get("/certs")
-            .await
-            .is_ok_and(|(_, c)| c.split("\"cert_chain\"").nth(1).is_some_and(|chain| chain.contains(&new_serial)))
+    wait_for(CONVERGE, "a certificate signed by the new root", || async {
+        client.admin_get("/certs").await.is_ok_and(|(_, c)| sds_leaf(&c).is_some_and(|s| Some(&s) != before.as_ref()))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -164,7 +164,8 @@ async fn fault_injection(delta: bool) -> anyhow::Result<()> {
     let t = Instant::now();
     let r = m.get("/", &[("x-fault", "delay")]).await?;
     assert_eq!(r.status, 200);
-    assert!(t.elapsed() >= Duration::from_millis(400), "delayed: {:?}", t.elapsed());
+    // Envoy's timers are coarse (a few ms); an undelayed request takes about 1 ms.
+    assert!(t.elapsed() >= Duration::from_millis(350), "delayed: {:?}", t.elapsed());
     m.h.check_alive()
 }
 

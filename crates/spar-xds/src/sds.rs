@@ -24,6 +24,8 @@ pub const ROOT_SECRET: &str = "ROOTCA";
 #[derive(Debug)]
 pub struct Security {
     ca: RwLock<Arc<Ca>>,
+    /// Bumped on every CA change; streams watch it and re-issue at once.
+    generation: tokio::sync::watch::Sender<u64>,
     /// Workload certificate lifetime.
     pub workload_ttl: Duration,
 }
@@ -31,7 +33,7 @@ pub struct Security {
 impl Security {
     /// Security with `ca` issuing certificates valid for `workload_ttl`.
     pub fn new(ca: Ca, workload_ttl: Duration) -> Self {
-        Self { ca: RwLock::new(Arc::new(ca)), workload_ttl }
+        Self { ca: RwLock::new(Arc::new(ca)), generation: tokio::sync::watch::Sender::new(0), workload_ttl }
     }
 
     /// The current CA.
@@ -39,10 +41,16 @@ impl Security {
         Arc::clone(&self.ca.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    /// Replaces the CA (a reloaded or rotated root); streams pick it up at their next
-    /// refresh, and the trust bundle at their next push.
+    /// Replaces the CA (a reloaded or rotated root); every stream re-issues its
+    /// certificate and pushes the new trust bundle right away.
     pub fn replace_ca(&self, ca: Ca) {
         *self.ca.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ca);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Changes whenever the CA does.
+    pub fn ca_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 }
 

@@ -27,9 +27,9 @@ use crate::sds::{CertState, Security};
 use spar_ca::Identity;
 use std::time::{Duration, SystemTime};
 
-/// How often a stream re-checks its certificate (and the CA) even when nothing is due:
-/// picks up a replaced CA within this time.
-const IDLE_REFRESH: Duration = Duration::from_secs(5);
+/// How often a stream re-checks its certificate even when nothing is due (a safety net:
+/// CA changes are announced, and renewals are scheduled).
+const IDLE_REFRESH: Duration = Duration::from_secs(60);
 use crate::resources::type_url;
 
 /// Responses queued per stream before the task waits for the proxy to read. Small on
@@ -211,6 +211,11 @@ impl StreamTask {
         self.metrics.connected.fetch_add(1, Ordering::Relaxed);
         info!("proxy connected");
         let mut snapshot = self.snapshots.borrow_and_update().clone();
+        let mut ca_changes = match &self.security {
+            Some((security, _)) => security.ca_changes(),
+            // Nothing will ever be announced to a proxy without a certificate.
+            None => tokio::sync::watch::channel(0).1,
+        };
         let mut refresh_at = SystemTime::now() + IDLE_REFRESH;
         let initial = self.resources(&snapshot, &mut refresh_at);
         let mut conn = Connection::new(variant, Arc::new(initial));
@@ -233,6 +238,11 @@ impl StreamTask {
                 changed = self.snapshots.changed() => {
                     if changed.is_err() { break; }
                     snapshot = self.snapshots.borrow_and_update().clone();
+                    let resources = self.resources(&snapshot, &mut refresh_at);
+                    pending = conn.on_resources(Arc::new(resources));
+                }
+                Ok(()) = ca_changes.changed() => {
+                    // A new root or intermediate: re-issue now and push the new bundle.
                     let resources = self.resources(&snapshot, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
                 }

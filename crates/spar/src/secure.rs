@@ -21,7 +21,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the control plane's own serving certificate (re-issued well before).
 const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How often the CA directory is checked for a new root, intermediate or trust bundle.
-const CA_RELOAD_EVERY: Duration = Duration::from_secs(5);
+const CA_RELOAD_EVERY: Duration = Duration::from_secs(2);
 
 /// The control plane's own identity, which proxies verify on 15012.
 pub fn control_plane_identity(trust_domain: &str, root_namespace: &str) -> Identity {
