@@ -213,6 +213,7 @@ impl Harness {
             cmd.arg("--config").arg(p);
         }
         cmd.arg("--xds-address").arg(self.xds.to_string());
+        cmd.arg("--debug-address").arg(self.debug_address().to_string());
         if let Some(sec) = &self.secure {
             cmd.arg("--ca-dir").arg(self.ca_dir());
             cmd.arg("--secure-xds-address").arg(self.secure_xds().to_string());
@@ -224,6 +225,25 @@ impl Harness {
         self.children.push(("spar".into(), child));
         wait_for(Duration::from_secs(20), "spar's xDS port", || async { TcpStream::connect(self.xds).await.is_ok() })
             .await
+    }
+
+    /// Spar's metrics and debug endpoint (same IP as xDS, port 15014).
+    pub fn debug_address(&self) -> SocketAddr {
+        SocketAddr::new(self.xds.ip(), 15014)
+    }
+
+    /// Runs `spar proxy-status` against this harness's Spar.
+    pub async fn proxy_status(&self, json: bool) -> anyhow::Result<String> {
+        let mut cmd = Command::new(spar_bin()?);
+        cmd.arg("proxy-status").arg("--debug-address").arg(self.debug_address().to_string());
+        if json {
+            cmd.args(["-o", "json"]);
+        }
+        let out = cmd.output().await?;
+        if !out.status.success() {
+            bail!("spar proxy-status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Turns on Spar's CA, the secure port and minted credentials for sidecars.

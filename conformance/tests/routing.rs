@@ -215,6 +215,19 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
     // The proxy keeps serving with its last good listeners and routes.
     let counts = tally(outbound(&client), "backend", "/", &[], 20).await?;
     assert_eq!(counts.get("backend-v2"), Some(&20), "last good config still applies: {counts:?}");
+    // The rejection is visible: proxy-status says NACKED with Envoy's message, and the
+    // rejects counter moved.
+    let status = h.proxy_status(false).await?;
+    let line = status.lines().find(|l| l.contains(&format!("~{}~", client.ip))).unwrap_or_default().to_string();
+    assert!(line.contains("NACKED"), "proxy-status shows the NACK:\n{status}");
+    assert!(status.contains("lds NACK:") && status.contains("192.0.2.1"), "{status}");
+    let metrics = spar_conformance::http_request(h.debug_address(), "GET", "spar", "/metrics", &[]).await?.body;
+    let rejects: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("pilot_total_xds_rejects "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(rejects >= 1, "{metrics}");
 
     // Spar is not stuck on the rejected version: fixing the Sidecar and changing the
     // routes converges.
@@ -239,3 +252,23 @@ macro_rules! both_variants {
 }
 
 both_variants!(header_match, weighted_split, bookinfo, live_edit, broken_document, nack);
+
+/// `spar proxy-status` reports every proxy SYNCED once it has ACKed what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_status_shows_synced_proxies() -> anyhow::Result<()> {
+    let mut h = Harness::new("proxy-status", false)?;
+    h.load_case("header-match")?;
+    let client = start_backend_mesh(&mut h).await?;
+    wait_routed(&client, "backend", &[], "backend-v1").await?;
+    wait_for(CONVERGE, "all proxies SYNCED", || async {
+        h.proxy_status(false).await.is_ok_and(|s| {
+            let rows: Vec<&str> = s.lines().skip(1).filter(|l| l.starts_with("sidecar~")).collect();
+            rows.len() == 3
+                && rows.iter().all(|l| l.contains("SYNCED") && !l.contains("STALE") && !l.contains("NACKED"))
+        })
+    })
+    .await?;
+    let json: serde_json::Value = serde_json::from_str(&h.proxy_status(true).await?)?;
+    assert_eq!(json.as_array().map(Vec::len), Some(3));
+    h.check_alive()
+}

@@ -5,9 +5,10 @@
 //! is slow to read coalesces every change it missed into the latest one; the outgoing
 //! channel is small and bounded, so a slow proxy never makes the server buffer.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -47,11 +48,112 @@ pub struct Metrics {
     pub rejects: AtomicU64,
 }
 
+/// Sync state of one type on one stream, for `proxy-status`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TypeSync {
+    /// Version last sent.
+    pub sent: Option<String>,
+    /// Nonce last sent.
+    pub nonce: Option<String>,
+    /// Seconds since the epoch of the last push.
+    pub sent_at: Option<u64>,
+    /// Version last ACKed.
+    pub acked: Option<String>,
+    /// Seconds since the epoch of the last ACK.
+    pub acked_at: Option<u64>,
+    /// The last NACK: version, Envoy's message, when.
+    pub nack: Option<NackInfo>,
+}
+
+/// A NACK as shown by `proxy-status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NackInfo {
+    /// Rejected version.
+    pub version: String,
+    /// Envoy's error detail.
+    pub message: String,
+    /// Seconds since the epoch.
+    pub at: u64,
+}
+
+/// One connected proxy's sync state.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ProxySync {
+    /// Node id.
+    pub proxy: String,
+    /// `sotw` or `delta`.
+    pub variant: String,
+    /// Proven identity, if any.
+    pub identity: Option<String>,
+    /// Snapshot version last generated for it.
+    pub snapshot: u64,
+    /// Per type (lds, rds, cds, eds, sds).
+    pub types: BTreeMap<String, TypeSync>,
+}
+
+/// Every open stream's sync state, kept current by the stream tasks.
+#[derive(Debug, Default)]
+pub struct SyncRegistry {
+    streams: Mutex<BTreeMap<u64, ProxySync>>,
+    next: AtomicU64,
+}
+
+impl SyncRegistry {
+    /// A copy of every stream's state.
+    pub fn snapshot(&self) -> Vec<ProxySync> {
+        self.streams.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn update(&self, id: u64, conn: &Connection, proxy: &Proxy, snapshot: u64) {
+        let secs =
+            |t: Option<SystemTime>| t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+        let types = conn
+            .types()
+            .iter()
+            .map(|(t, st)| {
+                let sync = TypeSync {
+                    sent: st.sent_version.clone(),
+                    nonce: st.sent_nonce.clone(),
+                    sent_at: secs(st.sent_at),
+                    acked: st.acked_version.clone(),
+                    acked_at: secs(st.acked_at),
+                    nack: st.last_nack.as_ref().map(|n| NackInfo {
+                        version: n.version.clone(),
+                        message: n.message.clone(),
+                        at: secs(Some(n.at)).unwrap_or(0),
+                    }),
+                };
+                (type_url::short(t).to_string(), sync)
+            })
+            .collect();
+        let entry = ProxySync {
+            proxy: proxy.id.clone(),
+            variant: match conn.variant() {
+                Variant::Sotw => "sotw".into(),
+                Variant::Delta => "delta".into(),
+            },
+            identity: proxy.identity.clone(),
+            snapshot,
+            types,
+        };
+        if let Ok(mut m) = self.streams.lock() {
+            m.insert(id, entry);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut m) = self.streams.lock() {
+            m.remove(&id);
+        }
+    }
+}
+
 /// The ADS service.
 #[derive(Clone, Debug)]
 pub struct AdsService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    sync: Arc<SyncRegistry>,
     shutdown: watch::Receiver<bool>,
     security: Option<Arc<Security>>,
 }
@@ -59,7 +161,12 @@ pub struct AdsService {
 impl AdsService {
     /// A service that serves proxies from `snapshots` until `shutdown` turns true.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { snapshots, metrics: Arc::default(), shutdown, security: None }
+        Self { snapshots, metrics: Arc::default(), sync: Arc::default(), shutdown, security: None }
+    }
+
+    /// Per-proxy sync state (for `/debug/syncz` and `spar proxy-status`).
+    pub fn sync_registry(&self) -> Arc<SyncRegistry> {
+        Arc::clone(&self.sync)
     }
 
     /// Issues workload certificates (SDS) to proxies that prove an identity with a
@@ -70,10 +177,11 @@ impl AdsService {
         self
     }
 
-    /// The same service sharing counters, for a second listener.
+    /// The same service sharing counters and sync state, for a second listener.
     #[must_use]
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>, sync: Arc<SyncRegistry>) -> Self {
         self.metrics = metrics;
+        self.sync = sync;
         self
     }
 
@@ -180,6 +288,7 @@ impl AdsService {
             proxy: Arc::new(proxy),
             snapshots: self.snapshots.clone(),
             metrics: Arc::clone(&self.metrics),
+            sync: Arc::clone(&self.sync),
             shutdown: self.shutdown.clone(),
             security: proven.and_then(|id| self.security.clone().map(|s| (s, id))),
             certs: CertState::default(),
@@ -194,6 +303,7 @@ struct StreamTask {
     proxy: Arc<Proxy>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    sync: Arc<SyncRegistry>,
     shutdown: watch::Receiver<bool>,
     /// The CA and the proven identity, for proxies that get certificates.
     security: Option<(Arc<Security>, Identity)>,
@@ -220,6 +330,7 @@ impl StreamTask {
         let initial = self.resources(&snapshot, &mut refresh_at);
         let mut conn = Connection::new(variant, Arc::new(initial));
         let mut pending = first.handle(&mut conn);
+        let sync_id = self.sync.next.fetch_add(1, Ordering::Relaxed);
         'stream: loop {
             self.log_events(&mut conn);
             for r in pending.drain(..) {
@@ -229,6 +340,7 @@ impl StreamTask {
                 }
                 self.metrics.pushes.fetch_add(1, Ordering::Relaxed);
             }
+            self.sync.update(sync_id, &conn, &self.proxy, snapshot.version);
             tokio::select! {
                 req = inbound.next() => match req {
                     Some(Ok(req)) => pending = req.handle(&mut conn),
@@ -256,6 +368,7 @@ impl StreamTask {
             }
         }
         self.metrics.connected.fetch_sub(1, Ordering::Relaxed);
+        self.sync.remove(sync_id);
         info!("proxy disconnected");
     }
 

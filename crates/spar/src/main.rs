@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use spar_model::{MeshConfig, ProxyKind};
 
 mod analyze;
+mod debug;
 mod files;
 mod iptables;
 mod load;
@@ -31,6 +32,8 @@ enum Command {
     Bootstrap(BootstrapArgs),
     /// Set up traffic capture (iptables REDIRECT) in the current network namespace.
     Iptables(IptablesArgs),
+    /// Sync status of every connected proxy, per xDS type (from spar's debug endpoint).
+    ProxyStatus(ProxyStatusArgs),
     /// Analyze Istio configuration offline (exit 79 when findings reach --failure-threshold).
     Analyze(analyze::AnalyzeArgs),
 }
@@ -72,12 +75,25 @@ struct ServeArgs {
     /// Lifetime of workload certificates (rotated after 80% of it).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     workload_cert_ttl: Duration,
+    /// Metrics and debug endpoint (loopback by default: it shows topology); `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug_address: String,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
 enum OutboundPolicy {
     AllowAny,
     RegistryOnly,
+}
+
+#[derive(clap::Args, Debug)]
+struct ProxyStatusArgs {
+    /// Spar's debug endpoint.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug_address: String,
+    /// Output format (table, or json).
+    #[arg(long, short = 'o', default_value = "table")]
+    output: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -210,6 +226,11 @@ fn main() -> anyhow::Result<()> {
                     root_namespace: a.root_namespace,
                     registry_only: matches!(a.outbound_traffic_policy, OutboundPolicy::RegistryOnly),
                 },
+                debug_address: if a.debug_address == "off" {
+                    None
+                } else {
+                    Some(a.debug_address.parse().with_context(|| format!("--debug-address {:?}", a.debug_address))?)
+                },
                 security: a.ca_dir.map(|dir| serve::SecurityConfig {
                     ca_dir: dir,
                     secure_xds_address: a.secure_xds_address,
@@ -220,6 +241,10 @@ fn main() -> anyhow::Result<()> {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
             rt.block_on(serve::run(cfg))
+        }
+        Command::ProxyStatus(a) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(debug::proxy_status(&a.debug_address, a.output == "json"))
         }
         Command::Iptables(a) => iptables::run(
             &iptables::Capture {

@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub mesh: MeshConfig,
     /// The CA and secure port, when enabled.
     pub security: Option<SecurityConfig>,
+    /// Debug and metrics endpoint (`None`: off).
+    pub debug_address: Option<SocketAddr>,
 }
 
 /// The CA and the secure xDS port.
@@ -55,10 +57,29 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 
     let (change_tx, change_rx) = mpsc::channel(1);
     tokio::spawn(source.run(change_tx).instrument(info_span!("file-source")));
-    tokio::spawn(debounce(change_rx, store, cfg.clone(), snap_tx).instrument(info_span!("snapshot")));
+    tokio::spawn(debounce(change_rx, Arc::clone(&store), cfg.clone(), snap_tx).instrument(info_span!("snapshot")));
 
-    let ads = AdsService::new(snap_rx, shutdown_rx.clone());
+    let ads = AdsService::new(snap_rx.clone(), shutdown_rx.clone());
     let ads_secure = ads.clone();
+    if let Some(addr) = cfg.debug_address {
+        let state = crate::debug::DebugState {
+            metrics: ads.metrics(),
+            sync: ads.sync_registry(),
+            store: Arc::clone(&store),
+            snapshots: snap_rx,
+        };
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding debug address {addr}"))?;
+        info!(address = %listener.local_addr()?, "serving metrics and debug pages");
+        let mut shutdown_wait = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, crate::debug::router(state))
+                .with_graceful_shutdown(async move {
+                    let _ = shutdown_wait.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+    }
     let listener = tokio::net::TcpListener::bind(cfg.xds_address)
         .await
         .with_context(|| format!("binding xDS address {}", cfg.xds_address))?;

@@ -1,0 +1,156 @@
+//! The debug and metrics endpoint (default `127.0.0.1:15014`, loopback because it shows
+//! topology): Prometheus metrics under istiod's names, health, per-proxy sync status and
+//! the config store.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use spar_model::{Snapshot, Store};
+use spar_xds::server::{Metrics, SyncRegistry};
+use tokio::sync::watch;
+
+/// What the endpoint reads.
+#[derive(Clone)]
+pub struct DebugState {
+    /// ADS counters.
+    pub metrics: Arc<Metrics>,
+    /// Per-proxy sync status.
+    pub sync: Arc<SyncRegistry>,
+    /// The config store.
+    pub store: Arc<Mutex<Store>>,
+    /// The current snapshot.
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+}
+
+/// The router.
+pub fn router(state: DebugState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/ready", get(|| async { "ok" }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/configz", get(configz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
+    let snap = s.snapshots.borrow().clone();
+    let rejected = s.store.lock().map(|st| st.errors().count()).unwrap_or(0);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    metric("pilot_xds", "gauge", "Connected xDS clients.", s.metrics.connected.load(Ordering::Relaxed).to_string());
+    metric("pilot_xds_pushes", "counter", "xDS responses sent.", s.metrics.pushes.load(Ordering::Relaxed).to_string());
+    metric(
+        "pilot_total_xds_rejects",
+        "counter",
+        "xDS responses rejected (NACKed) by proxies.",
+        s.metrics.rejects.load(Ordering::Relaxed).to_string(),
+    );
+    metric("pilot_services", "gauge", "Services known.", snap.services.len().to_string());
+    metric("pilot_virt_services", "gauge", "VirtualServices known.", snap.virtual_services.len().to_string());
+    metric("spar_snapshot_version", "gauge", "Version of the current snapshot.", snap.version.to_string());
+    metric(
+        "spar_config_rejected_documents",
+        "gauge",
+        "Config documents rejected (parse or validation).",
+        rejected.to_string(),
+    );
+    metric(
+        "spar_snapshot_diagnostics",
+        "gauge",
+        "Conflicts and dangling references in the current snapshot.",
+        snap.diagnostics.len().to_string(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn syncz(State(s): State<DebugState>) -> impl IntoResponse {
+    axum::Json(s.sync.snapshot())
+}
+
+async fn configz(State(s): State<DebugState>) -> impl IntoResponse {
+    let Ok(store) = s.store.lock() else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "store unavailable").into_response();
+    };
+    let units: Vec<serde_json::Value> = store
+        .units()
+        .iter()
+        .map(|(name, unit)| {
+            serde_json::json!({
+                "file": &**name,
+                "objects": unit.objects.iter().map(|o| serde_json::json!({"resource": o.key().to_string(), "origin": o.origin.to_string()})).collect::<Vec<_>>(),
+                "rejected": unit.errors.iter().map(|e| serde_json::json!({"origin": e.origin.to_string(), "resource": e.resource, "reason": e.reason})).collect::<Vec<_>>(),
+                "ignored": unit.ignored.iter().map(|(o, what)| serde_json::json!({"origin": o.to_string(), "resource": what})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let snap = s.snapshots.borrow().clone();
+    let diagnostics: Vec<_> = snap
+        .diagnostics
+        .iter()
+        .map(|d| serde_json::json!({"origin": d.origin.to_string(), "resource": d.resource, "message": d.message}))
+        .collect();
+    axum::Json(serde_json::json!({"snapshot": snap.version, "units": units, "diagnostics": diagnostics}))
+        .into_response()
+}
+
+/// `spar proxy-status`: one line per proxy and type from `/debug/syncz`.
+pub async fn proxy_status(address: &str, json: bool) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach spar's debug endpoint at {address}: {e}"))?;
+    s.write_all(format!("GET /debug/syncz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let proxies: Vec<serde_json::Value> = serde_json::from_str(body)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&proxies)?);
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    println!("{:<64} {:<6} {:<16} {:<16} {:<16} {:<16} {:<16}", "NAME", "XDS", "CDS", "LDS", "EDS", "RDS", "SDS");
+    for p in &proxies {
+        let col = |t: &str| -> String {
+            let st = &p["types"][t];
+            if st.is_null() || st["sent"].is_null() {
+                return "-".into();
+            }
+            let age = |k: &str| st[k].as_u64().map(|t| format!(" {}s", now.saturating_sub(t))).unwrap_or_default();
+            if st["nack"]["version"] == st["sent"] && !st["nack"].is_null() {
+                format!("NACKED{}", age("sent_at"))
+            } else if st["acked"] == st["sent"] {
+                format!("SYNCED{}", age("acked_at"))
+            } else {
+                format!("STALE{}", age("sent_at"))
+            }
+        };
+        println!(
+            "{:<64} {:<6} {:<16} {:<16} {:<16} {:<16} {:<16}",
+            p["proxy"].as_str().unwrap_or("?"),
+            p["variant"].as_str().unwrap_or("?"),
+            col("cds"),
+            col("lds"),
+            col("eds"),
+            col("rds"),
+            col("sds")
+        );
+        for (t, st) in p["types"].as_object().into_iter().flatten() {
+            if let Some(msg) = st["nack"]["message"].as_str() {
+                println!("    {t} NACK: {msg}");
+            }
+        }
+    }
+    Ok(())
+}
