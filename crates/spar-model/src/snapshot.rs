@@ -375,21 +375,42 @@ impl Snapshot {
     /// The DestinationRule for `host` as seen from `proxy_ns`: istiod's lookup order is
     /// the client's namespace, then the service's namespace, then the root namespace;
     /// within one namespace an exact host beats a wildcard, then the oldest wins.
-    pub fn destination_rule_for(&self, proxy_ns: &str, service: &Service) -> Option<&Config<DestinationRuleSpec>> {
+    pub fn destination_rule_for(
+        &self,
+        proxy_ns: &str,
+        proxy_labels: &BTreeMap<String, String>,
+        service: &Service,
+    ) -> Option<&Config<DestinationRuleSpec>> {
         let visible = |c: &Config<DestinationRuleSpec>| {
             crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns)
         };
+        // A rule with a workloadSelector applies only to the matching workloads of its own
+        // namespace, and wins over the namespace's selector-less rule for them.
+        fn selector(c: &Config<DestinationRuleSpec>) -> Option<&BTreeMap<String, String>> {
+            c.spec.workload_selector.as_ref().and_then(|w| w.match_labels.as_ref()).filter(|l| !l.is_empty())
+        }
+        let rank = |c: &Config<DestinationRuleSpec>| match selector(c) {
+            None => Some(1),
+            Some(sel) => (c.namespace == proxy_ns && selects(sel, proxy_labels)).then_some(0),
+        };
         let find_in = |ns: &str| {
             let exact = self.index.dr_exact.get(ns).and_then(|m| m.get(&service.hostname)).into_iter().flatten();
-            if let Some(c) = exact.map(|i| &self.destination_rules[*i].0).find(|c| visible(c)) {
+            if let Some((c, _)) = exact
+                .map(|i| &self.destination_rules[*i].0)
+                .filter(|c| visible(c))
+                .filter_map(|c| rank(c).map(|r| (c, r)))
+                .min_by_key(|(_, r)| *r)
+            {
                 return Some(c);
             }
             // The most specific (longest) matching wildcard; the oldest among equals.
-            let mut best: Option<(&Config<DestinationRuleSpec>, usize)> = None;
+            let mut best: Option<(&Config<DestinationRuleSpec>, (u8, usize))> = None;
             for i in self.index.dr_wildcard.get(ns).into_iter().flatten() {
                 let (c, h) = &self.destination_rules[*i];
-                if visible(c) && host::matches(h, &service.hostname) && best.is_none_or(|(_, len)| h.len() > len) {
-                    best = Some((c, h.len()));
+                let Some(r) = rank(c) else { continue };
+                let key = (1 - r, h.len());
+                if visible(c) && host::matches(h, &service.hostname) && best.is_none_or(|(_, k)| key > k) {
+                    best = Some((c, key));
                 }
             }
             best.map(|(c, _)| c)

@@ -72,6 +72,7 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
             "spec.exportTo",
             "spec.subsets[].name",
             "spec.subsets[].labels",
+            "spec.workloadSelector",
             "spec.trafficPolicy.loadBalancer.simple",
             "spec.trafficPolicy.loadBalancer.consistentHash",
             "spec.trafficPolicy.connectionPool",

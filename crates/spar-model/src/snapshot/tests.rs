@@ -92,9 +92,36 @@ spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}
     );
     let snap = Snapshot::build(&mk_store(&yaml), &MeshConfig::default(), 1);
     let reviews = &snap.services["reviews.default.svc.cluster.local"];
-    assert_eq!(snap.destination_rule_for("default", reviews).map(|c| c.name.as_str()), Some("local"));
+    assert_eq!(snap.destination_rule_for("default", &BTreeMap::new(), reviews).map(|c| c.name.as_str()), Some("local"));
     let ratings = &snap.services["ratings.prod.svc.cluster.local"];
-    assert_eq!(snap.destination_rule_for("prod", ratings).map(|c| c.name.as_str()), Some("root"));
+    assert_eq!(snap.destination_rule_for("prod", &BTreeMap::new(), ratings).map(|c| c.name.as_str()), Some("root"));
+}
+
+#[test]
+fn destination_rule_workload_selector() {
+    let yaml = format!(
+        "{MESH}\n---\n{}",
+        r#"apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: all, namespace: default}
+spec: {host: reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: for-canary, namespace: default}
+spec: {host: reviews, workloadSelector: {matchLabels: {track: canary}}}
+"#
+    );
+    let snap = Snapshot::build(&mk_store(&yaml), &MeshConfig::default(), 1);
+    let reviews = &snap.services["reviews.default.svc.cluster.local"];
+    let canary = BTreeMap::from([("track".to_string(), "canary".to_string())]);
+    assert_eq!(snap.destination_rule_for("default", &canary, reviews).map(|c| c.name.as_str()), Some("for-canary"));
+    assert_eq!(snap.destination_rule_for("default", &BTreeMap::new(), reviews).map(|c| c.name.as_str()), Some("all"));
+    assert_eq!(
+        snap.destination_rule_for("prod", &canary, reviews).map(|c| c.name.as_str()),
+        Some("all"),
+        "selector rules stay in their namespace"
+    );
 }
 
 #[test]

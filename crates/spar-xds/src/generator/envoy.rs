@@ -743,7 +743,7 @@ fn apply_locality(
 pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
     catch_all_clusters(out);
     for svc in &scope.services {
-        let dr = scope.snap.destination_rule_for(&scope.proxy.namespace, svc);
+        let dr = scope.snap.destination_rule_for(&scope.proxy.namespace, &scope.proxy.labels, svc);
         let mut subsets: Vec<(String, BTreeMap<String, String>)> = vec![(String::new(), BTreeMap::new())];
         for s in dr.iter().flat_map(|dr| dr.spec.subsets.iter().flatten()) {
             subsets.push((s.name.clone(), s.labels.clone().unwrap_or_default()));

@@ -194,7 +194,9 @@ fn hash_policy_for(
 ) -> Vec<xds_route::route_action::HashPolicy> {
     let host = resolve_host(&d.host, vs_ns, &scope.snap.mesh.domain);
     let Some(svc) = scope.snap.services.get(&host) else { return Vec::new() };
-    let Some(dr) = scope.snap.destination_rule_for(&scope.proxy.namespace, svc) else { return Vec::new() };
+    let Some(dr) = scope.snap.destination_rule_for(&scope.proxy.namespace, &scope.proxy.labels, svc) else {
+        return Vec::new();
+    };
     let port = d.port.as_ref().and_then(|p| p.number).and_then(|n| u16::try_from(n).ok()).unwrap_or(listener_port);
     super::policy::hash_policy(&super::policy::effective(&dr.spec, d.subset.as_deref().unwrap_or(""), port))
 }
@@ -741,9 +743,10 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
             }
             None => {
                 let mut r = to_cluster_route("default", &outbound_cluster_name(port, "", &svc.hostname));
-                if let (Some(xds_route::route::Action::Route(ra)), Some(dr)) =
-                    (r.action.as_mut(), scope.snap.destination_rule_for(&scope.proxy.namespace, svc))
-                {
+                if let (Some(xds_route::route::Action::Route(ra)), Some(dr)) = (
+                    r.action.as_mut(),
+                    scope.snap.destination_rule_for(&scope.proxy.namespace, &scope.proxy.labels, svc),
+                ) {
                     ra.hash_policy = super::policy::hash_policy(&super::policy::effective(&dr.spec, "", port));
                 }
                 vec![r]
