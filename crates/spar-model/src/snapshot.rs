@@ -159,7 +159,8 @@ fn config<S>(obj: &Object, spec: &Arc<S>) -> Config<S> {
     }
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+/// Whether every label of `selector` is on `labels` (Kubernetes `matchLabels`).
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -416,6 +417,25 @@ impl Snapshot {
             best.map(|(c, _)| c)
         };
         find_in(proxy_ns).or_else(|| find_in(&service.namespace)).or_else(|| find_in(&self.mesh.root_namespace))
+    }
+
+    /// The policies of `list` that apply to a workload in `namespace` with `labels`:
+    /// those of the root namespace (mesh-wide, or by selector in every namespace) and of
+    /// its own namespace, selector-less or selecting it; ordered by namespace and name.
+    pub fn for_workload<'a, S>(
+        &self,
+        list: &'a [Config<S>],
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        selector: impl Fn(&S) -> Option<&BTreeMap<String, String>>,
+    ) -> Vec<&'a Config<S>> {
+        let mut out: Vec<&Config<S>> = list
+            .iter()
+            .filter(|p| p.namespace == namespace || p.namespace == self.mesh.root_namespace)
+            .filter(|p| selector(&p.spec).is_none_or(|sel| selects(sel, labels)))
+            .collect();
+        out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        out
     }
 
     fn build_index(&mut self) {

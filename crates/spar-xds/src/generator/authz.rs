@@ -12,12 +12,13 @@ use envoy_types::pb::envoy::config::route::v3 as xds_route;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as xds_http_rbac;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3 as xds_net_rbac;
 use envoy_types::pb::envoy::r#type::matcher::v3 as xds_matcher;
-use envoy_types::pb::google::protobuf::UInt32Value;
 use spar_api::istio::authorization_policy::{
     AuthorizationPolicyAction as Action, AuthorizationPolicyRules, AuthorizationPolicyRulesFromSource,
     AuthorizationPolicyRulesToOperation, AuthorizationPolicySpec,
 };
 use spar_model::{Config, Snapshot};
+
+use super::envoy::cidr;
 
 /// The RBAC configs for one workload: DENY, ALLOW, AUDIT (LOG), in that order, each only
 /// when some policy of that action applies.
@@ -27,10 +28,6 @@ pub struct WorkloadRbac {
     pub configs: Vec<xds_rbac::Rbac>,
 }
 
-fn selects(sel: Option<&BTreeMap<String, String>>, labels: &BTreeMap<String, String>) -> bool {
-    sel.is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
-}
-
 /// Policies that apply to a workload in `namespace` with `labels`: the root namespace's
 /// (mesh-wide, or by selector in every namespace) and its own namespace's.
 pub fn applicable<'a>(
@@ -38,14 +35,9 @@ pub fn applicable<'a>(
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Vec<&'a Config<AuthorizationPolicySpec>> {
-    let mut out: Vec<&Config<AuthorizationPolicySpec>> = snap
-        .authorization_policies
-        .iter()
-        .filter(|p| p.namespace == namespace || p.namespace == snap.mesh.root_namespace)
-        .filter(|p| selects(p.spec.selector.as_ref().and_then(|s| s.match_labels.as_ref()), labels))
-        .collect();
-    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    out
+    snap.for_workload(&snap.authorization_policies, namespace, labels, |s| {
+        s.selector.as_ref().and_then(|s| s.match_labels.as_ref())
+    })
 }
 
 /// Builds the workload's RBAC configs; `tcp` drops what a TCP connection cannot match.
@@ -150,15 +142,6 @@ fn header(name: &str, v: &str, ignore_case: bool) -> xds_route::HeaderMatcher {
         HeaderMatchSpecifier::StringMatch(wildcard(v, ignore_case))
     };
     xds_route::HeaderMatcher { name: name.into(), header_match_specifier: Some(spec), ..Default::default() }
-}
-
-fn cidr(s: &str) -> Option<xds_core::CidrRange> {
-    let (ip, len) = s.split_once('/').map_or((s, None), |(a, l)| (a, l.parse::<u32>().ok()));
-    let addr: std::net::IpAddr = ip.parse().ok()?;
-    Some(xds_core::CidrRange {
-        address_prefix: addr.to_string(),
-        prefix_len: Some(UInt32Value { value: len.unwrap_or(if addr.is_ipv4() { 32 } else { 128 }) }),
-    })
 }
 
 fn jwt_claim(path: &[&str], value: &str) -> xds_matcher::MetadataMatcher {

@@ -306,7 +306,8 @@ fn l4_match_applies(
         && gateways.is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"))
 }
 
-fn cidr(s: &str) -> Option<xds_core::CidrRange> {
+/// `10.0.0.0/8` or a bare address (a /32 or /128).
+pub(super) fn cidr(s: &str) -> Option<xds_core::CidrRange> {
     let (ip, len) = s.split_once('/').map_or((s, None), |(a, l)| (a, l.parse::<u32>().ok()));
     let addr: IpAddr = ip.parse().ok()?;
     let len = len.unwrap_or(if addr.is_ipv4() { 32 } else { 128 });

@@ -16,24 +16,15 @@ use envoy_types::pb::google::protobuf::Empty;
 use spar_api::istio::request_authentication::RequestAuthenticationSpec;
 use spar_model::{Config, Snapshot};
 
-fn selects(sel: Option<&BTreeMap<String, String>>, labels: &BTreeMap<String, String>) -> bool {
-    sel.is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
-}
-
 /// RequestAuthentications that apply to a workload: root namespace, its namespace, by selector.
 pub fn applicable<'a>(
     snap: &'a Snapshot,
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Vec<&'a Config<RequestAuthenticationSpec>> {
-    let mut out: Vec<_> = snap
-        .request_authentications
-        .iter()
-        .filter(|p| p.namespace == namespace || p.namespace == snap.mesh.root_namespace)
-        .filter(|p| selects(p.spec.selector.as_ref().and_then(|s| s.match_labels.as_ref()), labels))
-        .collect();
-    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    out
+    snap.for_workload(&snap.request_authentications, namespace, labels, |s| {
+        s.selector.as_ref().and_then(|s| s.match_labels.as_ref())
+    })
 }
 
 /// A `jwksUri` split into what Envoy needs to fetch it: the cluster for its host and
