@@ -614,3 +614,34 @@ spec:
 }
 
 both_variants_mod!(locality, locality_failover);
+
+/// A DestinationRule with a workloadSelector applies to the workloads it selects (here:
+/// the client, for which subset `v1` means version v2), ahead of the namespace's rule.
+async fn destination_rule_workload_selector(delta: bool) -> anyhow::Result<()> {
+    let routes = format!(
+        "{}---\n{}---\n{}",
+        vs("  - route: [{destination: {host: backend, subset: v1}}]\n"),
+        dr("    {}"),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: backend-for-client}\nspec:\n  host: backend\n  workloadSelector: {matchLabels: {app: client}}\n  subsets:\n  - {name: v1, labels: {version: v2}}\n"
+    );
+    let mut m = Mesh::start("dr-selector", delta, &routes, EchoOptions::default()).await?;
+    let counts = tally(m.to(), "backend", "/", &[], 10).await?;
+    assert_eq!(counts.get("backend-v2"), Some(&10), "the selected client uses its own rule: {counts:?}");
+    // Another workload in the namespace gets the namespace's rule.
+    let other = m.h.pod("other", &[("app", "other")]);
+    m.h.write_config(
+        "sidecar-other.yaml",
+        &format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: other}}\nspec:\n  workloadSelector: {{labels: {{app: other}}}}\n  egress: [{{bind: \"{}\", hosts: [\"./*\"]}}]\n", other.ip),
+    )?;
+    let other = m.h.start_sidecar(&other).await?;
+    let to = SocketAddr::new(other.ip, 9080);
+    wait_for(CONVERGE, "the other workload's routes", || async {
+        http_request(to, "GET", "backend", "/", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+    let counts = tally(to, "backend", "/", &[], 10).await?;
+    assert_eq!(counts.get("backend-v1"), Some(&10), "{counts:?}");
+    m.h.check_alive()
+}
+
+both_variants_mod!(dr_workload_selector, destination_rule_workload_selector);
