@@ -28,6 +28,24 @@ pub mod jwt;
 pub mod netns;
 pub mod tls;
 
+/// Two tests for `case(delta: bool)` in a module: `sotw` and `delta`, so that every
+/// conformance case runs over both protocol variants.
+#[macro_export]
+macro_rules! both_variants_mod {
+    ($module:ident, $case:ident) => {
+        mod $module {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sotw() -> anyhow::Result<()> {
+                super::$case(false).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn delta() -> anyhow::Result<()> {
+                super::$case(true).await
+            }
+        }
+    };
+}
+
 /// The project root (one level above this crate).
 pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -358,64 +376,11 @@ impl Harness {
         Ok(state)
     }
 
-    /// Starts a stock Envoy sidecar for a pod, from `spar bootstrap`.
+    /// Starts a stock Envoy sidecar for a pod, from `spar bootstrap` (with a minted
+    /// credential when security is on), and waits until it is ready.
     pub async fn start_sidecar(&mut self, pod: &Pod) -> anyhow::Result<Envoy> {
-        if self.secure.is_some() {
-            let b = self.bootstrap(pod).await?;
-            let envoy = self.start_envoy_with(pod, &b).await?;
-            wait_for(Duration::from_secs(30), &format!("envoy {} to be ready", pod.name), || async {
-                envoy.admin_get("/ready").await.is_ok_and(|(s, _)| s == 200)
-            })
-            .await?;
-            return Ok(envoy);
-        }
-        let labels = pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-        let mut args = vec![
-            "bootstrap".to_string(),
-            "--xds-address".into(),
-            self.xds.to_string(),
-            "--namespace".into(),
-            pod.namespace.clone(),
-            "--name".into(),
-            pod.name.clone(),
-            "--labels".into(),
-            labels,
-            "--ip".into(),
-            pod.ip.to_string(),
-            "--service-account".into(),
-            pod.service_account.clone(),
-            "--admin-address".into(),
-            pod.ip.to_string(),
-            "--admin-port".into(),
-            "15000".into(),
-            "-o".into(),
-            "json".into(),
-        ];
-        if self.delta {
-            args.push("--delta".into());
-        }
-        if !pod.locality.is_empty() {
-            args.push("--locality".into());
-            args.push(pod.locality.clone());
-        }
-        let out = Command::new(spar_bin()?).args(&args).output().await.context("running spar bootstrap")?;
-        if !out.status.success() {
-            bail!("spar bootstrap failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let bootstrap = self.dir.join(format!("{}.bootstrap.json", pod.name));
-        std::fs::write(&bootstrap, &out.stdout)?;
-        let log = std::fs::File::create(self.dir.join(format!("{}.envoy.log", pod.name)))?;
-        let child = Command::new(envoy_bin()?)
-            .arg("-c")
-            .arg(&bootstrap)
-            .args(["--disable-hot-restart", "--log-level", "warn", "--concurrency", "1"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting envoy")?;
-        self.children.push((pod.name.clone(), child));
-        let envoy = Envoy { name: pod.name.clone(), admin: SocketAddr::new(pod.ip, 15000), ip: pod.ip };
+        let b = self.bootstrap(pod).await?;
+        let envoy = self.start_envoy_with(pod, &b).await?;
         wait_for(Duration::from_secs(30), &format!("envoy {} to be ready", pod.name), || async {
             envoy.admin_get("/ready").await.is_ok_and(|(s, _)| s == 200)
         })

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use spar_conformance::{Envoy, Harness, http_request, tally, wait_for};
+use spar_conformance::{Envoy, Harness, both_variants_mod, http_request, tally, wait_for};
 
 /// Convergence bound for one config change (debounce + push + Envoy apply). Generous on
 /// purpose: these machines are shared; speed is measured by benchmarks, not here.
@@ -238,20 +238,12 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
     h.check_alive()
 }
 
-macro_rules! both_variants {
-    ($($case:ident),* $(,)?) => {
-        mod sotw {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() -> anyhow::Result<()> { super::$case(false).await } )*
-        }
-        mod delta {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() -> anyhow::Result<()> { super::$case(true).await } )*
-        }
-    };
-}
-
-both_variants!(header_match, weighted_split, bookinfo, live_edit, broken_document, nack);
+both_variants_mod!(header_match, header_match);
+both_variants_mod!(weighted_split, weighted_split);
+both_variants_mod!(bookinfo, bookinfo);
+both_variants_mod!(live_edit, live_edit);
+both_variants_mod!(broken_document, broken_document);
+both_variants_mod!(nack, nack);
 
 /// `spar proxy-status` reports every proxy SYNCED once it has ACKed what was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

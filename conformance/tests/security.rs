@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use spar_conformance::{Envoy, Harness, Pod, http_request, tally, wait_for};
+use spar_conformance::{Envoy, Harness, Pod, both_variants_mod, http_request, tally, wait_for};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
@@ -206,21 +206,6 @@ async fn rotation_without_failures(delta: bool) -> anyhow::Result<()> {
     );
     assert!(ok > 100);
     m.h.check_alive()
-}
-
-macro_rules! both_variants_mod {
-    ($module:ident, $case:ident) => {
-        mod $module {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sotw() -> anyhow::Result<()> {
-                super::$case(false).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn delta() -> anyhow::Result<()> {
-                super::$case(true).await
-            }
-        }
-    };
 }
 
 both_variants_mod!(mtls, mtls_by_default);

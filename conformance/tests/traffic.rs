@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spar_conformance::echo::{EchoOptions, EchoState};
-use spar_conformance::{Envoy, Harness, HttpResponse, http_request, tally, wait_for};
+use spar_conformance::{Envoy, Harness, HttpResponse, both_variants_mod, http_request, tally, wait_for};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
@@ -289,46 +289,15 @@ async fn connection_pool_overflow(delta: bool) -> anyhow::Result<()> {
     m.h.check_alive()
 }
 
-macro_rules! both_variants {
-    ($($case:ident),* $(,)?) => {
-        mod sotw {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() -> anyhow::Result<()> { super::$case(false).await } )*
-        }
-        mod delta {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() -> anyhow::Result<()> { super::$case(true).await } )*
-        }
-    };
-}
-
-/// One module with a SotW and a delta test for `case`.
-macro_rules! both_variants_mod {
-    ($module:ident, $case:ident) => {
-        mod $module {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sotw() -> anyhow::Result<()> {
-                super::$case(false).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn delta() -> anyhow::Result<()> {
-                super::$case(true).await
-            }
-        }
-    };
-}
-
-both_variants!(
-    redirect_direct_response_rewrite,
-    header_manipulation,
-    timeouts_and_retries,
-    fault_injection,
-    mirroring,
-    cors_preflight,
-    consistent_hash,
-    outlier_ejection,
-    connection_pool_overflow,
-);
+both_variants_mod!(redirect_direct_response_rewrite, redirect_direct_response_rewrite);
+both_variants_mod!(header_manipulation, header_manipulation);
+both_variants_mod!(timeouts_and_retries, timeouts_and_retries);
+both_variants_mod!(fault_injection, fault_injection);
+both_variants_mod!(mirroring, mirroring);
+both_variants_mod!(cors_preflight, cors_preflight);
+both_variants_mod!(consistent_hash, consistent_hash);
+both_variants_mod!(outlier_ejection, outlier_ejection);
+both_variants_mod!(connection_pool_overflow, connection_pool_overflow);
 
 /// Opaque TCP through `tcp_proxy` on both sides, split by a VirtualService `tcp` rule
 /// (HTTP requests are used as the payload only to learn which backend answered).

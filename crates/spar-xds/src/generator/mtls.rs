@@ -10,7 +10,8 @@ use envoy_types::util::pack_any;
 
 use crate::sds::{DEFAULT_SECRET, ROOT_SECRET};
 
-fn sds(name: &str) -> xds_tls::SdsSecretConfig {
+/// An SDS reference to `name` over the proxy's ADS stream.
+pub(super) fn sds(name: &str) -> xds_tls::SdsSecretConfig {
     xds_tls::SdsSecretConfig {
         name: name.into(),
         sds_config: Some(xds_core::ConfigSource {

@@ -20,6 +20,7 @@ use spar_api::istio::destination_rule::{
 };
 use spar_model::Protocol;
 
+use super::mtls::sds;
 use super::routes::parse_duration;
 
 /// The same shape under another generated name (subset and port-level policies) as the
@@ -295,19 +296,6 @@ pub fn apply(policy: &Policy, cluster: &mut xds_cluster::Cluster, protocol: Prot
 /// `kubernetes-gateway://` forms are accepted as written).
 pub fn credential_resource_name(name: &str) -> String {
     if name.contains("://") { name.to_string() } else { format!("kubernetes://{name}") }
-}
-
-fn sds(name: &str) -> xds_tls::SdsSecretConfig {
-    xds_tls::SdsSecretConfig {
-        name: name.into(),
-        sds_config: Some(xds_core::ConfigSource {
-            config_source_specifier: Some(xds_core::config_source::ConfigSourceSpecifier::Ads(
-                xds_core::AggregatedConfigSource {},
-            )),
-            resource_api_version: xds_core::ApiVersion::V3 as i32,
-            ..Default::default()
-        }),
-    }
 }
 
 fn transport_socket(any: Any) -> xds_core::TransportSocket {
