@@ -262,5 +262,13 @@ async fn proxy_status_shows_synced_proxies() -> anyhow::Result<()> {
     .await?;
     let json: serde_json::Value = serde_json::from_str(&h.proxy_status(true).await?)?;
     assert_eq!(json.as_array().map(Vec::len), Some(3));
+    // istiod's metric names, with what happened: pushes per type and push-to-ACK times.
+    let metrics = spar_conformance::http_request(h.debug_address(), "GET", "spar", "/metrics", &[]).await?.body;
+    let value = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    assert!(value("pilot_xds ") >= 3.0, "{metrics}");
+    assert!(value("pilot_xds_pushes{type=\"cds\"} ") >= 3.0, "{metrics}");
+    assert!(value("pilot_proxy_convergence_time_count ") >= 3.0, "{metrics}");
     h.check_alive()
 }

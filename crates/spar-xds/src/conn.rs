@@ -112,6 +112,8 @@ pub enum Event {
         type_url: String,
         /// Version accepted.
         version: String,
+        /// Time from the push to its ACK (`pilot_proxy_convergence_time`).
+        latency: Option<std::time::Duration>,
     },
     /// The proxy rejected a response.
     Nack {
@@ -400,10 +402,12 @@ fn record_ack_or_nack(
             events.push(Event::Nack { type_url: type_url.to_string(), nack });
         }
         None => {
+            let now = SystemTime::now();
+            let latency = state.sent_at.and_then(|t| now.duration_since(t).ok());
             state.acked_version = Some(version.to_string());
-            state.acked_at = Some(SystemTime::now());
+            state.acked_at = Some(now);
             state.last_nack = None;
-            events.push(Event::Ack { type_url: type_url.to_string(), version: version.to_string() });
+            events.push(Event::Ack { type_url: type_url.to_string(), version: version.to_string(), latency });
         }
     }
 }

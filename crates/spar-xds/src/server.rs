@@ -44,8 +44,38 @@ pub struct Metrics {
     pub connected: AtomicU64,
     /// Responses sent.
     pub pushes: AtomicU64,
+    /// Responses sent per type, in `type_url::PUSH_ORDER` order (`pilot_xds_pushes{type}`).
+    pub pushes_by_type: [AtomicU64; 5],
     /// NACKs received (`pilot_total_xds_rejects`).
     pub rejects: AtomicU64,
+    /// Push-to-ACK time (`pilot_proxy_convergence_time`).
+    pub convergence: Histogram,
+}
+
+/// A fixed-bucket histogram of durations, lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Counts per bucket of [`Histogram::BOUNDS`] (cumulative when exported).
+    pub buckets: [AtomicU64; 9],
+    /// Observations.
+    pub count: AtomicU64,
+    /// Sum of observations, microseconds.
+    pub sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Upper bounds in seconds (istiod's buckets for convergence time).
+    pub const BOUNDS: [f64; 9] = [0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = Self::BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
 }
 
 /// Sync state of one type on one stream, for `proxy-status`.
@@ -225,6 +255,7 @@ impl XdsRequest for DeltaDiscoveryRequest {
 /// A response of either variant, unwrapped to the stream's message type.
 trait XdsResponse: Send + 'static + Sized {
     fn from_response(r: Response) -> Option<Self>;
+    fn type_url(&self) -> &str;
 }
 
 impl XdsResponse for DiscoveryResponse {
@@ -234,6 +265,9 @@ impl XdsResponse for DiscoveryResponse {
             Response::Delta(_) => None,
         }
     }
+    fn type_url(&self) -> &str {
+        &self.type_url
+    }
 }
 
 impl XdsResponse for DeltaDiscoveryResponse {
@@ -242,6 +276,9 @@ impl XdsResponse for DeltaDiscoveryResponse {
             Response::Delta(r) => Some(r),
             Response::Sotw(_) => None,
         }
+    }
+    fn type_url(&self) -> &str {
+        &self.type_url
     }
 }
 
@@ -335,10 +372,14 @@ impl StreamTask {
             self.log_events(&mut conn);
             for r in pending.drain(..) {
                 let Some(r) = Resp::from_response(r) else { continue };
+                let kind = r.type_url().to_string();
                 if tx.send(Ok(r)).await.is_err() {
                     break 'stream;
                 }
                 self.metrics.pushes.fetch_add(1, Ordering::Relaxed);
+                if let Some(i) = type_url::PUSH_ORDER.iter().position(|t| *t == kind) {
+                    self.metrics.pushes_by_type[i].fetch_add(1, Ordering::Relaxed);
+                }
             }
             self.sync.update(sync_id, &conn, &self.proxy, snapshot.version);
             tokio::select! {
@@ -389,7 +430,10 @@ impl StreamTask {
     fn log_events(&self, conn: &mut Connection) {
         for e in conn.take_events() {
             match e {
-                Event::Ack { type_url, version } => {
+                Event::Ack { type_url, version, latency } => {
+                    if let Some(l) = latency {
+                        self.metrics.convergence.observe(l);
+                    }
                     debug!(r#type = type_url::short(&type_url), %version, "ACK");
                 }
                 Event::Nack { type_url, nack } => {

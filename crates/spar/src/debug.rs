@@ -43,27 +43,66 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
     let snap = s.snapshots.borrow().clone();
     let rejected = s.store.lock().map(|st| st.errors().count()).unwrap_or(0);
     let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+    fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: String) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-    };
-    metric("pilot_xds", "gauge", "Connected xDS clients.", s.metrics.connected.load(Ordering::Relaxed).to_string());
-    metric("pilot_xds_pushes", "counter", "xDS responses sent.", s.metrics.pushes.load(Ordering::Relaxed).to_string());
+    }
     metric(
+        &mut out,
+        "pilot_xds",
+        "gauge",
+        "Connected xDS clients.",
+        s.metrics.connected.load(Ordering::Relaxed).to_string(),
+    );
+    let _ = writeln!(out, "# HELP pilot_xds_pushes xDS responses sent, by type.\n# TYPE pilot_xds_pushes counter");
+    for (i, t) in spar_xds::type_url::PUSH_ORDER.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "pilot_xds_pushes{{type=\"{}\"}} {}",
+            spar_xds::type_url::short(t),
+            s.metrics.pushes_by_type[i].load(Ordering::Relaxed)
+        );
+    }
+    let h = &s.metrics.convergence;
+    let _ = writeln!(
+        out,
+        "# HELP pilot_proxy_convergence_time Seconds from a push to the proxy's ACK.\n# TYPE pilot_proxy_convergence_time histogram"
+    );
+    let mut cumulative = 0;
+    for (i, bound) in spar_xds::server::Histogram::BOUNDS.iter().enumerate() {
+        cumulative += h.buckets[i].load(Ordering::Relaxed);
+        let _ = writeln!(out, "pilot_proxy_convergence_time_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let count = h.count.load(Ordering::Relaxed);
+    let _ = writeln!(out, "pilot_proxy_convergence_time_bucket{{le=\"+Inf\"}} {count}");
+    #[allow(clippy::cast_precision_loss)] // microseconds to seconds for display
+    let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "pilot_proxy_convergence_time_sum {sum}\npilot_proxy_convergence_time_count {count}");
+    metric(
+        &mut out,
+        "spar_xds_pushes_total",
+        "counter",
+        "xDS responses sent, all types.",
+        s.metrics.pushes.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        &mut out,
         "pilot_total_xds_rejects",
         "counter",
         "xDS responses rejected (NACKed) by proxies.",
         s.metrics.rejects.load(Ordering::Relaxed).to_string(),
     );
-    metric("pilot_services", "gauge", "Services known.", snap.services.len().to_string());
-    metric("pilot_virt_services", "gauge", "VirtualServices known.", snap.virtual_services.len().to_string());
-    metric("spar_snapshot_version", "gauge", "Version of the current snapshot.", snap.version.to_string());
+    metric(&mut out, "pilot_services", "gauge", "Services known.", snap.services.len().to_string());
+    metric(&mut out, "pilot_virt_services", "gauge", "VirtualServices known.", snap.virtual_services.len().to_string());
+    metric(&mut out, "spar_snapshot_version", "gauge", "Version of the current snapshot.", snap.version.to_string());
     metric(
+        &mut out,
         "spar_config_rejected_documents",
         "gauge",
         "Config documents rejected (parse or validation).",
         rejected.to_string(),
     );
     metric(
+        &mut out,
         "spar_snapshot_diagnostics",
         "gauge",
         "Conflicts and dangling references in the current snapshot.",
