@@ -178,9 +178,48 @@ impl SyncRegistry {
     }
 }
 
+/// Shared config per (snapshot, share key): replicas of a workload reuse one generated
+/// and encoded copy instead of building their own. Cleared when the snapshot changes.
+#[derive(Debug, Default)]
+pub struct GenerationCache {
+    inner: Mutex<(u64, std::collections::HashMap<String, Arc<crate::ProxyResources>>)>,
+    /// Lookups served from the cache.
+    pub hits: AtomicU64,
+    /// Lookups that generated.
+    pub misses: AtomicU64,
+}
+
+impl GenerationCache {
+    /// The shared part of `proxy`'s config from `snapshot`, generated at most once per key.
+    pub fn shared(&self, snapshot: &Snapshot, proxy: &Proxy) -> Arc<crate::ProxyResources> {
+        let key = crate::generator::share_key(proxy);
+        if let Ok(g) = self.inner.lock()
+            && g.0 == snapshot.version
+            && let Some(r) = g.1.get(&key)
+        {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Arc::clone(r);
+        }
+        // Generated outside the lock: other streams keep going meanwhile.
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let r = Arc::new(crate::generator::generate_shared(snapshot, proxy));
+        if let Ok(mut g) = self.inner.lock() {
+            if g.0 != snapshot.version {
+                if snapshot.version < g.0 {
+                    return r;
+                }
+                *g = (snapshot.version, std::collections::HashMap::new());
+            }
+            g.1.insert(key, Arc::clone(&r));
+        }
+        r
+    }
+}
+
 /// The ADS service.
 #[derive(Clone, Debug)]
 pub struct AdsService {
+    cache: Arc<GenerationCache>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     sync: Arc<SyncRegistry>,
@@ -191,7 +230,19 @@ pub struct AdsService {
 impl AdsService {
     /// A service that serves proxies from `snapshots` until `shutdown` turns true.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, shutdown: watch::Receiver<bool>) -> Self {
-        Self { snapshots, metrics: Arc::default(), sync: Arc::default(), shutdown, security: None }
+        Self {
+            cache: Arc::default(),
+            snapshots,
+            metrics: Arc::default(),
+            sync: Arc::default(),
+            shutdown,
+            security: None,
+        }
+    }
+
+    /// The shared-generation cache (hit and miss counters).
+    pub fn cache(&self) -> Arc<GenerationCache> {
+        Arc::clone(&self.cache)
     }
 
     /// Per-proxy sync state (for `/debug/syncz` and `spar proxy-status`).
@@ -322,6 +373,7 @@ impl AdsService {
         let (tx, rx) = mpsc::channel::<Result<Resp, Status>>(OUTBOUND_QUEUE);
         let span = info_span!("ads", proxy = %proxy.id, variant = ?variant, %peer);
         let task = StreamTask {
+            cache: Arc::clone(&self.cache),
             proxy: Arc::new(proxy),
             snapshots: self.snapshots.clone(),
             metrics: Arc::clone(&self.metrics),
@@ -337,6 +389,7 @@ impl AdsService {
 }
 
 struct StreamTask {
+    cache: Arc<GenerationCache>,
     proxy: Arc<Proxy>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
@@ -415,7 +468,8 @@ impl StreamTask {
 
     /// Generated config plus, for a proxy with a proven identity, its secrets.
     fn resources(&mut self, snapshot: &Snapshot, refresh_at: &mut SystemTime) -> crate::ProxyResources {
-        let mut r = crate::generate(snapshot, &self.proxy);
+        let mut r = (*self.cache.shared(snapshot, &self.proxy)).clone();
+        crate::generator::add_workload_specific(snapshot, &self.proxy, &mut r);
         *refresh_at = SystemTime::now() + IDLE_REFRESH;
         if let Some((security, id)) = &self.security {
             match self.certs.ensure(security, id) {

@@ -39,9 +39,13 @@ fn outbound_names(resources: &[envoy_types::pb::google::protobuf::Any]) -> Vec<S
 }
 
 fn mk_node() -> Node {
+    mk_node_at("10.0.0.1")
+}
+
+fn mk_node_at(ip: &str) -> Node {
     let s = |v: &str| Value { kind: Some(Kind::StringValue(v.into())) };
     Node {
-        id: "sidecar~10.0.0.1~client.default~default.svc.cluster.local".into(),
+        id: format!("sidecar~{ip}~client-{ip}.default~default.svc.cluster.local"),
         metadata: Some(Struct {
             fields: [("NAMESPACE".to_string(), s("default")), ("INTERCEPTION_MODE".to_string(), s("NONE"))]
                 .into_iter()
@@ -52,16 +56,51 @@ fn mk_node() -> Node {
 }
 
 async fn start(snapshots: watch::Receiver<Arc<Snapshot>>) -> (String, watch::Sender<bool>) {
+    let (url, tx, _) = start_service(snapshots).await;
+    (url, tx)
+}
+
+async fn start_service(snapshots: watch::Receiver<Arc<Snapshot>>) -> (String, watch::Sender<bool>, AdsService) {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let svc = AdsService::new(snapshots, shutdown_rx).into_server();
+    let ads = AdsService::new(snapshots, shutdown_rx);
+    let svc = ads.clone().into_server();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    (format!("http://{addr}"), shutdown_tx)
+    (format!("http://{addr}"), shutdown_tx, ads)
+}
+
+/// Replicas of one workload (same namespace and labels, different IPs) share one
+/// generated copy of their outbound config per snapshot.
+#[tokio::test]
+async fn replicas_share_generated_config() {
+    let (_snap_tx, snap_rx) = watch::channel(mk_snapshot(50, 1));
+    let (url, _shutdown, ads) = start_service(snap_rx).await;
+    let mut streams = Vec::new();
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+        let mut client = AggregatedDiscoveryServiceClient::connect(url.clone()).await.expect("connect");
+        let (req_tx, req_rx) = mpsc::channel(8);
+        req_tx
+            .send(DiscoveryRequest {
+                node: Some(mk_node_at(ip)),
+                type_url: type_url::CLUSTER.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("send");
+        let mut responses =
+            client.stream_aggregated_resources(ReceiverStream::new(req_rx)).await.expect("stream").into_inner();
+        let first = responses.message().await.expect("read").expect("first");
+        assert_eq!(outbound_names(&first.resources).len(), 50);
+        streams.push((req_tx, responses));
+    }
+    let cache = ads.cache();
+    assert_eq!(cache.misses.load(std::sync::atomic::Ordering::Relaxed), 1, "generated once");
+    assert_eq!(cache.hits.load(std::sync::atomic::Ordering::Relaxed), 2, "shared by the other two replicas");
 }
 
 #[tokio::test]

@@ -22,6 +22,8 @@ pub struct DebugState {
     pub metrics: Arc<Metrics>,
     /// Per-proxy sync status.
     pub sync: Arc<SyncRegistry>,
+    /// Shared-generation cache counters.
+    pub cache: Arc<spar_xds::server::GenerationCache>,
     /// The config store.
     pub store: Arc<Mutex<Store>>,
     /// The current snapshot.
@@ -93,6 +95,20 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
     );
     metric(&mut out, "pilot_services", "gauge", "Services known.", snap.services.len().to_string());
     metric(&mut out, "pilot_virt_services", "gauge", "VirtualServices known.", snap.virtual_services.len().to_string());
+    metric(
+        &mut out,
+        "spar_generation_cache_hits",
+        "counter",
+        "Proxies served config generated for another replica.",
+        s.cache.hits.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        &mut out,
+        "spar_generation_cache_misses",
+        "counter",
+        "Config generations (one per snapshot and workload).",
+        s.cache.misses.load(Ordering::Relaxed).to_string(),
+    );
     metric(&mut out, "spar_snapshot_version", "gauge", "Version of the current snapshot.", snap.version.to_string());
     metric(
         &mut out,

@@ -65,6 +65,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         let state = crate::debug::DebugState {
             metrics: ads.metrics(),
             sync: ads.sync_registry(),
+            cache: ads.cache(),
             store: Arc::clone(&store),
             snapshots: snap_rx,
         };

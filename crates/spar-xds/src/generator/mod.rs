@@ -33,12 +33,41 @@ pub use scope::Scope;
 
 /// Everything a proxy gets from `snapshot`.
 pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
+    let mut out = generate_shared(snapshot, proxy);
+    add_workload_specific(snapshot, proxy, &mut out);
+    out
+}
+
+/// The part of a proxy's config that does not depend on its own addresses or name
+/// (outbound listeners and routes, clusters, endpoints): identical for every replica of a
+/// workload, so it can be generated once per snapshot and shared ([`share_key`]).
+pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
     let scope = Scope::new(snapshot, proxy);
     let mut out = ProxyResources { snapshot_version: snapshot.version, ..Default::default() };
     envoy::outbound(&scope, &mut out);
     envoy::clusters(&scope, &mut out);
-    envoy::inbound(&scope, &mut out);
     out
+}
+
+/// Adds what is specific to this proxy instance (inbound listeners and clusters, which
+/// bind or point at its own IP) to the shared part.
+pub fn add_workload_specific(snapshot: &Snapshot, proxy: &Proxy, out: &mut ProxyResources) {
+    let scope = Scope::new(snapshot, proxy);
+    envoy::inbound(&scope, out);
+}
+
+/// Everything [`generate_shared`] reads from the proxy: proxies with equal keys get equal
+/// shared config from the same snapshot.
+pub fn share_key(proxy: &Proxy) -> String {
+    format!(
+        "{:?}|{}|{:?}|{:?}|{}|{}",
+        proxy.kind,
+        proxy.namespace,
+        proxy.labels,
+        proxy.interception,
+        proxy.locality,
+        proxy.identity.as_deref().unwrap_or("")
+    )
 }
 
 #[cfg(test)]

@@ -225,3 +225,15 @@ fn generated_config_uses_only_stock_envoy_extensions() {
         }
     }
 }
+
+#[test]
+fn shared_plus_specific_is_the_whole_config() {
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
+    let p = mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "NONE");
+    let mut split = super::generate_shared(&snap, &p);
+    super::add_workload_specific(&snap, &p, &mut split);
+    assert_eq!(split, generate(&snap, &p));
+    let other = mk_proxy("10.0.0.9", serde_json::json!({"app": "backend", "version": "v1"}), "NONE");
+    assert_eq!(super::share_key(&p), super::share_key(&other), "replicas share");
+    assert_eq!(super::generate_shared(&snap, &p), super::generate_shared(&snap, &other));
+}
