@@ -76,18 +76,8 @@ impl CertificateService {
 }
 
 fn to_pem(der: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut b64 = String::new();
-    for chunk in der.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                b64.push(char::from(T[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                b64.push('=');
-            }
-        }
-    }
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
     for line in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).unwrap_or_default());
@@ -150,24 +140,8 @@ mod tests {
     }
 
     fn x509_der(pem: &str) -> Vec<u8> {
+        use base64::Engine;
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let mut out = Vec::new();
-        let (mut buf, mut bits) = (0u32, 0);
-        for c in b64.bytes().filter(|c| *c != b'=') {
-            let v = match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' => 62,
-                _ => 63,
-            };
-            buf = (buf << 6) | u32::from(v);
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push(((buf >> bits) & 0xff) as u8);
-            }
-        }
-        out
+        base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()
     }
 }

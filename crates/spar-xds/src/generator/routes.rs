@@ -366,28 +366,11 @@ fn direct_response_action(d: &VirtualServiceHttpDirectResponse) -> xds_route::ro
     })
 }
 
-/// Standard base64 (Istio's `bytes` fields in YAML).
+/// Istio's `bytes` fields: standard base64 (line breaks allowed, as YAML folds them).
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| !c.is_ascii_whitespace() && *c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        buf = (buf << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((buf >> bits) & 0xff).ok()?);
-        }
-    }
-    Some(out)
+    use base64::Engine;
+    let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(compact).ok()
 }
 
 /// A `RouteAction` for the rule's destinations, with rewrites, timeout, retries and
