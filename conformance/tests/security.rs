@@ -549,8 +549,23 @@ async fn credential_name_origination(delta: bool) -> anyhow::Result<()> {
             .is_ok_and(|r| r.status == 200 && r.backend() == Some("tls-a"))
     })
     .await?;
-    let (_, certs) = client.admin_get("/certs").await?;
-    assert!(certs.contains("external CA") || certs.contains("ca_cert"), "{certs}");
+    // The Secret is what Envoy verifies with: replace its CA and Envoy trusts the new one.
+    let other = Pki::new("another CA")?;
+    h.write_config(
+        "origination.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: ext-ca}}\nstringData:\n  ca.crt: |\n{}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: secure}}\nspec:\n  host: secure.example.com\n  trafficPolicy:\n    tls: {{mode: SIMPLE, credentialName: ext-ca, sni: secure.example.com}}\n",
+            indent(&other.ca_pem)
+        ),
+    )?;
+    // Open upstream connections keep their verified session (Envoy re-verifies on new
+    // connections), so check what Envoy now trusts: the new CA, from the Secret.
+    let other_serial = spar_conformance::tls::serial_hex(&other.ca_pem)?;
+    let first_serial = spar_conformance::tls::serial_hex(&pki.ca_pem)?;
+    wait_for(CONVERGE, "the Secret's new CA in Envoy", || async {
+        client.admin_get("/certs").await.is_ok_and(|(_, c)| c.contains(&other_serial) && !c.contains(&first_serial))
+    })
+    .await?;
     h.check_alive()
 }
 
