@@ -319,5 +319,38 @@ pub fn pem_to_der(pem: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Checks a serving credential (a Secret's `tls.crt` and `tls.key`) before it is handed
+/// to a proxy: the certificate must parse, a private key must be there, and when the key
+/// is one Spar can read (PKCS#8: ECDSA, Ed25519, RSA) it must belong to the certificate.
+/// The error says what is wrong, for the operator.
+pub fn check_serving_pair(cert_pem: &str, key_pem: &str) -> Result<(), String> {
+    let der = pem_to_der(cert_pem).into_iter().next().ok_or("no PEM certificate in tls.crt")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| format!("tls.crt does not parse: {e}"))?;
+    let has_key = x509_parser::pem::Pem::iter_from_buffer(key_pem.as_bytes())
+        .filter_map(Result::ok)
+        .any(|p| p.label.ends_with("PRIVATE KEY"));
+    if !has_key {
+        return Err("no PEM private key in tls.key".into());
+    }
+    if let Ok(key) = KeyPair::from_pem(key_pem)
+        && cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw()
+    {
+        return Err("tls.key does not belong to the certificate in tls.crt".into());
+    }
+    Ok(())
+}
+
+/// Checks a CA bundle (`ca.crt`): at least one PEM certificate, all of them parsing.
+pub fn check_ca_bundle(pem: &str) -> Result<(), String> {
+    let ders = pem_to_der(pem);
+    if ders.is_empty() {
+        return Err("no PEM certificate in the CA bundle".into());
+    }
+    for d in &ders {
+        x509_parser::parse_x509_certificate(d).map_err(|e| format!("a CA certificate does not parse: {e}"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

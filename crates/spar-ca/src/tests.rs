@@ -91,3 +91,18 @@ fn a_key_that_is_not_the_certificates_is_refused() {
     let err = Ca::from_pem("cluster.local", &cert, &other_key, &cert, &cert).expect_err("mismatch");
     assert!(err.to_string().contains("does not belong"), "{err}");
 }
+
+#[test]
+fn serving_pair_check_names_the_problem() {
+    let (cert, key) = Ca::new_root_pem("example.com").expect("root");
+    let (_, other_key) = Ca::new_root_pem("example.org").expect("root");
+    assert_eq!(check_serving_pair(&cert, &key), Ok(()));
+    assert_eq!(
+        check_serving_pair(&cert, &other_key),
+        Err("tls.key does not belong to the certificate in tls.crt".into())
+    );
+    assert_eq!(check_serving_pair("garbage", &key), Err("no PEM certificate in tls.crt".into()));
+    assert_eq!(check_serving_pair(&cert, "garbage"), Err("no PEM private key in tls.key".into()));
+    assert_eq!(check_ca_bundle(&cert), Ok(()));
+    assert!(check_ca_bundle("").is_err());
+}

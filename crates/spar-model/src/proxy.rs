@@ -50,6 +50,10 @@ pub struct Proxy {
     /// The SPIFFE identity the proxy proved when it connected (its xDS client
     /// certificate), if any. Only a proven identity gets certificates and mTLS.
     pub identity: Option<String>,
+    /// Gateways only: the address listeners bind instead of `0.0.0.0` when a server sets
+    /// no `bind` (Spar's `SPAR_LISTEN_ADDRESS` metadata, for several gateways sharing one
+    /// network namespace, as in the loopback conformance suite).
+    pub listen_address: Option<IpAddr>,
 }
 
 /// Why a node could not be understood.
@@ -120,6 +124,13 @@ impl Proxy {
                 });
             }
         };
+        let listen_address = match get("SPAR_LISTEN_ADDRESS") {
+            None => None,
+            Some(s) => Some(s.parse().map_err(|_| ProxyError::BadMetadata {
+                field: "SPAR_LISTEN_ADDRESS",
+                reason: format!("{s:?} is not an IP address"),
+            })?),
+        };
         Ok(Self {
             id: id.to_string(),
             kind,
@@ -132,6 +143,7 @@ impl Proxy {
             dns_domain: domain.to_string(),
             locality: String::new(),
             identity: None,
+            listen_address,
         })
     }
 

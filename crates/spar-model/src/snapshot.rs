@@ -10,12 +10,14 @@ use k8s_openapi::api::discovery::v1 as discoveryv1;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use spar_api::istio::authorization_policy::AuthorizationPolicySpec;
 use spar_api::istio::destination_rule::DestinationRuleSpec;
+use spar_api::istio::gateway::GatewaySpec;
 use spar_api::istio::peer_authentication::{
     PeerAuthenticationMtlsMode, PeerAuthenticationPortLevelMtlsMode, PeerAuthenticationSpec,
 };
 use spar_api::istio::request_authentication::RequestAuthenticationSpec;
 use spar_api::istio::service_entry::{ServiceEntryLocation, ServiceEntryResolution, ServiceEntrySpec};
 use spar_api::istio::sidecar::SidecarSpec;
+use spar_api::istio::telemetry::TelemetrySpec;
 use spar_api::istio::virtual_service::VirtualServiceSpec;
 use spar_api::istio::workload_entry::WorkloadEntrySpec;
 use spar_api::{Object, Origin, Resource};
@@ -33,11 +35,36 @@ pub struct MeshConfig {
     /// `outboundTrafficPolicy.mode`: whether traffic to hosts outside the registry is
     /// let through (`ALLOW_ANY`, Istio's default) or refused (`REGISTRY_ONLY`).
     pub registry_only: bool,
+    /// `accessLogFile` (with `accessLogFormat` and `accessLogEncoding`): every proxy
+    /// writes an access log there. Off when unset.
+    pub access_log: Option<FileAccessLog>,
+    /// `extensionProviders[].envoyFileAccessLog`, by provider name, for Telemetry
+    /// `accessLogging`. The built-in `envoy` provider (`/dev/stdout`) is always there.
+    pub access_log_providers: BTreeMap<String, FileAccessLog>,
+}
+
+/// A file access log as MeshConfig describes one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileAccessLog {
+    /// Path (`/dev/stdout` for the container log).
+    pub path: String,
+    /// Text format (Envoy command operators); Istio's default format when unset.
+    pub format: Option<String>,
+    /// JSON lines instead of text; with `json_fields` as the fields when given.
+    pub json: bool,
+    /// JSON field name to Envoy command operator (`logFormat.labels`).
+    pub json_fields: BTreeMap<String, String>,
 }
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        Self { domain: "cluster.local".into(), root_namespace: "istio-system".into(), registry_only: false }
+        Self {
+            domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
+            registry_only: false,
+            access_log: None,
+            access_log_providers: BTreeMap::new(),
+        }
     }
 }
 
@@ -98,6 +125,10 @@ pub struct Snapshot {
     pub request_authentications: Vec<Config<RequestAuthenticationSpec>>,
     /// Secrets by (namespace, name), for `credentialName`.
     pub secrets: BTreeMap<(String, String), Arc<corev1::Secret>>,
+    /// Gateways, oldest first.
+    pub gateways: Vec<Config<GatewaySpec>>,
+    /// Telemetry resources.
+    pub telemetries: Vec<Config<TelemetrySpec>>,
     /// Problems found while building.
     pub diagnostics: Vec<Diagnostic>,
     /// Lookup indexes over the lists above, built once per snapshot so that per-proxy
@@ -197,6 +228,8 @@ impl Snapshot {
                     snap.destination_rules.push((config(obj, s), h));
                 }
                 Resource::Sidecar(s) => snap.sidecars.push(config(obj, s)),
+                Resource::Gateway(s) => snap.gateways.push(config(obj, s)),
+                Resource::Telemetry(s) => snap.telemetries.push(config(obj, s)),
                 Resource::PeerAuthentication(s) => snap.peer_authentications.push(config(obj, s)),
                 Resource::AuthorizationPolicy(s) => snap.authorization_policies.push(config(obj, s)),
                 Resource::RequestAuthentication(s) => snap.request_authentications.push(config(obj, s)),
@@ -227,6 +260,8 @@ impl Snapshot {
         snap.destination_rules.sort_by(|(a, _), (b, _)| {
             oldest_first(&a.created, (&a.namespace, &a.name), &b.created, (&b.namespace, &b.name))
         });
+        snap.gateways
+            .sort_by(|a, b| oldest_first(&a.created, (&a.namespace, &a.name), &b.created, (&b.namespace, &b.name)));
 
         // istiod gives each host to the oldest VirtualService bound to sidecars; later ones
         // lose it silently. Spar says so.
@@ -294,6 +329,77 @@ impl Snapshot {
             return;
         }
         self.services.insert(s.hostname.clone(), Arc::new(s));
+    }
+
+    /// The Gateways whose `selector` matches a gateway proxy's labels (an empty selector
+    /// matches every gateway proxy, as in istiod), oldest first. Sidecars get none.
+    pub fn gateways_for<'a>(&'a self, proxy: &'a Proxy) -> impl Iterator<Item = &'a Config<GatewaySpec>> + 'a {
+        let router = proxy.kind == crate::ProxyKind::Router;
+        self.gateways
+            .iter()
+            .filter(move |g| router && g.spec.selector.as_ref().is_none_or(|sel| selects(sel, &proxy.labels)))
+    }
+
+    /// VirtualServices bound to Gateway `gw_ns/gw_name` (their `gateways` names it as
+    /// `ns/name`, or as `name` from the same namespace) and visible from `proxy_ns`, with
+    /// their resolved hosts, oldest first.
+    pub fn virtual_services_for_gateway<'a>(
+        &'a self,
+        proxy_ns: &'a str,
+        gw_ns: &'a str,
+        gw_name: &'a str,
+    ) -> impl Iterator<Item = (&'a Config<VirtualServiceSpec>, &'a [String])> + 'a {
+        self.virtual_services.iter().filter_map(move |(c, hosts)| {
+            let bound = c.spec.gateways.iter().flatten().any(|g| gateway_ref_is(g, &c.namespace, gw_ns, gw_name));
+            let visible = crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns);
+            (bound && visible).then_some((c, hosts.as_slice()))
+        })
+    }
+
+    /// The access logs of a workload in `namespace` with `labels`: from the Telemetry
+    /// resources' `accessLogging` (workload selector over namespace over root
+    /// namespace, the most specific level that says anything winning, `disabled` turning
+    /// logging off), else MeshConfig's `accessLogFile`. Providers Spar cannot serve
+    /// (not file access logs) are skipped.
+    pub fn access_logs(&self, namespace: &str, labels: &BTreeMap<String, String>) -> Vec<FileAccessLog> {
+        let logging = |t: &&Config<TelemetrySpec>| t.spec.access_logging.as_ref().is_some_and(|l| !l.is_empty());
+        let no_selector = |t: &&Config<TelemetrySpec>| {
+            t.spec.selector.as_ref().and_then(|s| s.match_labels.as_ref()).is_none_or(BTreeMap::is_empty)
+        };
+        let workload = self.telemetries.iter().filter(|t| t.namespace == namespace).filter(logging).find(|t| {
+            t.spec
+                .selector
+                .as_ref()
+                .and_then(|s| s.match_labels.as_ref())
+                .is_some_and(|l| !l.is_empty() && selects(l, labels))
+        });
+        let ns_level =
+            || self.telemetries.iter().filter(|t| t.namespace == namespace).filter(logging).find(no_selector);
+        let root = || {
+            self.telemetries
+                .iter()
+                .filter(|t| t.namespace == self.mesh.root_namespace)
+                .filter(logging)
+                .find(no_selector)
+        };
+        let Some(t) = workload.or_else(ns_level).or_else(root) else {
+            return self.mesh.access_log.iter().cloned().collect();
+        };
+        let mut out = Vec::new();
+        for entry in t.spec.access_logging.iter().flatten() {
+            if entry.disabled == Some(true) {
+                return Vec::new();
+            }
+            for p in entry.providers.iter().flatten() {
+                let found = self.mesh.access_log_providers.get(&p.name).cloned().or_else(|| {
+                    (p.name == "envoy").then(|| FileAccessLog { path: "/dev/stdout".into(), ..Default::default() })
+                });
+                if let Some(f) = found.filter(|f| !out.contains(f)) {
+                    out.push(f);
+                }
+            }
+        }
+        out
     }
 
     /// The Sidecar that applies to `proxy`: one in its namespace whose selector matches
@@ -487,6 +593,19 @@ impl Snapshot {
             let mesh_bound = c.spec.gateways.as_ref().is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
             (visible && mesh_bound).then_some(c)
         })
+    }
+}
+
+/// Whether `reference` (a VirtualService `gateways` entry, `name` or `ns/name`, written in
+/// namespace `from_ns`) names Gateway `gw_ns/gw_name`.
+pub fn gateway_ref_is(reference: &str, from_ns: &str, gw_ns: &str, gw_name: &str) -> bool {
+    match reference.split_once('/') {
+        Some((ns, name)) => ns == gw_ns && name == gw_name,
+        // The legacy FQDN form (`name.ns.svc.cluster.local`), as istiod still reads it.
+        None => match reference.split_once('.') {
+            Some((name, rest)) => rest.split('.').next() == Some(gw_ns) && name == gw_name,
+            None => from_ns == gw_ns && reference == gw_name,
+        },
     }
 }
 

@@ -33,6 +33,8 @@ pub struct BootstrapParams {
     pub interception_mode: String,
     /// `region/zone/subzone`, for locality-aware load balancing.
     pub locality: String,
+    /// Gateways: the address listeners bind instead of `0.0.0.0` (`SPAR_LISTEN_ADDRESS`).
+    pub listen_address: Option<std::net::IpAddr>,
 }
 
 /// Errors in bootstrap parameters.
@@ -56,7 +58,7 @@ pub fn bootstrap(p: &BootstrapParams) -> Result<Value, BootstrapError> {
     let api_type = if p.delta { "DELTA_GRPC" } else { "GRPC" };
     let mut loc = p.locality.splitn(3, '/');
     let locality = json!({"region": loc.next().unwrap_or(""), "zone": loc.next().unwrap_or(""), "sub_zone": loc.next().unwrap_or("")});
-    Ok(json!({
+    let mut b = json!({
         "node": {
             "id": id,
             "cluster": format!("{app}.{}", p.namespace),
@@ -107,7 +109,11 @@ pub fn bootstrap(p: &BootstrapParams) -> Result<Value, BootstrapError> {
                 },
             }],
         },
-    }))
+    });
+    if let Some(a) = p.listen_address {
+        b["node"]["metadata"]["SPAR_LISTEN_ADDRESS"] = json!(a.to_string());
+    }
+    Ok(b)
 }
 
 /// Points the bootstrap's `xds-grpc` cluster at the secure port: mutual TLS with the
@@ -161,6 +167,7 @@ mod tests {
             delta: true,
             interception_mode: "NONE".into(),
             locality: String::new(),
+            listen_address: None,
         }
     }
 

@@ -83,6 +83,10 @@ pub struct ProxyResources {
     pub snapshot_version: u64,
     /// Resources per type URL.
     pub by_type: BTreeMap<&'static str, TypeResources>,
+    /// What generation had to leave out for this proxy and why (a Gateway server whose
+    /// credential is missing, a conflicting server, shadowed routes), one line each,
+    /// naming the resource. Logged when they change and shown in the sync status.
+    pub warnings: Vec<String>,
 }
 
 impl ProxyResources {

@@ -119,6 +119,9 @@ pub struct ProxySync {
     pub snapshot: u64,
     /// Per type (lds, rds, cds, eds, sds).
     pub types: BTreeMap<String, TypeSync>,
+    /// What generation left out of this proxy's config and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Every open stream's sync state, kept current by the stream tasks.
@@ -134,7 +137,7 @@ impl SyncRegistry {
         self.streams.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
-    fn update(&self, id: u64, conn: &Connection, proxy: &Proxy, snapshot: u64) {
+    fn update(&self, id: u64, conn: &Connection, proxy: &Proxy, snapshot: u64, warnings: &[String]) {
         let secs =
             |t: Option<SystemTime>| t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs());
         let types = conn
@@ -165,6 +168,7 @@ impl SyncRegistry {
             identity: proxy.identity.clone(),
             snapshot,
             types,
+            warnings: warnings.to_vec(),
         };
         if let Ok(mut m) = self.streams.lock() {
             m.insert(id, entry);
@@ -381,6 +385,7 @@ impl AdsService {
             shutdown: self.shutdown.clone(),
             security: proven.and_then(|id| self.security.clone().map(|s| (s, id))),
             certs: CertState::default(),
+            warnings: Vec::new(),
         };
         tokio::spawn(task.run(variant, first, inbound, tx).instrument(span));
         let out = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -398,6 +403,8 @@ struct StreamTask {
     /// The CA and the proven identity, for proxies that get certificates.
     security: Option<(Arc<Security>, Identity)>,
     certs: CertState,
+    /// The warnings of the last generated config (logged when they change).
+    warnings: Vec<String>,
 }
 
 impl StreamTask {
@@ -434,7 +441,7 @@ impl StreamTask {
                     self.metrics.pushes_by_type[i].fetch_add(1, Ordering::Relaxed);
                 }
             }
-            self.sync.update(sync_id, &conn, &self.proxy, snapshot.version);
+            self.sync.update(sync_id, &conn, &self.proxy, snapshot.version, &self.warnings);
             tokio::select! {
                 req = inbound.next() => match req {
                     Some(Ok(req)) => pending = req.handle(&mut conn),
@@ -470,6 +477,12 @@ impl StreamTask {
     fn resources(&mut self, snapshot: &Snapshot, refresh_at: &mut SystemTime) -> crate::ProxyResources {
         let mut r = (*self.cache.shared(snapshot, &self.proxy)).clone();
         crate::generator::add_workload_specific(snapshot, &self.proxy, &mut r);
+        if r.warnings != self.warnings {
+            for w in r.warnings.iter().filter(|w| !self.warnings.contains(w)) {
+                warn!(snapshot = snapshot.version, "config left out: {w}");
+            }
+            self.warnings.clone_from(&r.warnings);
+        }
         *refresh_at = SystemTime::now() + IDLE_REFRESH;
         if let Some((security, id)) = &self.security {
             match self.certs.ensure(security, id) {

@@ -14,6 +14,7 @@ mod debug;
 mod files;
 mod iptables;
 mod load;
+mod mesh;
 mod secure;
 mod serve;
 
@@ -60,8 +61,14 @@ struct ServeArgs {
     root_namespace: String,
     /// Mesh-wide outbound traffic policy for hosts not in the registry (a Sidecar's
     /// `outboundTrafficPolicy` overrides it for its workloads).
-    #[arg(long, value_enum, default_value = "allow-any")]
-    outbound_traffic_policy: OutboundPolicy,
+    /// Overrides the MeshConfig's `outboundTrafficPolicy.mode` (`allow-any` by default).
+    #[arg(long, value_enum)]
+    outbound_traffic_policy: Option<OutboundPolicy>,
+    /// Istio MeshConfig file (the `mesh` key of the `istio` ConfigMap, or the ConfigMap):
+    /// `rootNamespace`, `outboundTrafficPolicy`, `accessLogFile`/`accessLogFormat`/
+    /// `accessLogEncoding` and `extensionProviders` (file access logs). Read at start.
+    #[arg(long)]
+    mesh_config: Option<PathBuf>,
     /// CA directory (Istio `cacerts` layout, or Spar's own root, created when absent).
     /// Enables the secure xDS port, workload certificates over SDS and mutual TLS.
     #[arg(long)]
@@ -156,6 +163,10 @@ struct BootstrapArgs {
     /// A gateway (router) instead of a sidecar.
     #[arg(long)]
     router: bool,
+    /// Gateways: bind listeners on this address instead of 0.0.0.0 (for several
+    /// gateways sharing one network namespace). Sets `SPAR_LISTEN_ADDRESS`.
+    #[arg(long, requires = "router")]
+    listen_address: Option<std::net::IpAddr>,
     /// Locality, region/zone/subzone (locality-aware load balancing).
     #[arg(long, default_value = "")]
     locality: String,
@@ -221,10 +232,23 @@ fn main() -> anyhow::Result<()> {
                 xds_address: a.xds_address,
                 debounce_quiet: a.debounce_quiet,
                 debounce_max: a.debounce_max,
-                mesh: MeshConfig {
-                    domain: a.domain,
-                    root_namespace: a.root_namespace,
-                    registry_only: matches!(a.outbound_traffic_policy, OutboundPolicy::RegistryOnly),
+                mesh: {
+                    let base = MeshConfig { domain: a.domain, root_namespace: a.root_namespace, ..Default::default() };
+                    let mut mesh = match &a.mesh_config {
+                        Some(p) => {
+                            let (m, ignored) =
+                                mesh::load(p, base).with_context(|| format!("--mesh-config {}", p.display()))?;
+                            if !ignored.is_empty() {
+                                tracing::info!(file = %p.display(), fields = ?ignored, "MeshConfig fields Spar does not act on");
+                            }
+                            m
+                        }
+                        None => base,
+                    };
+                    if let Some(p) = a.outbound_traffic_policy {
+                        mesh.registry_only = matches!(p, OutboundPolicy::RegistryOnly);
+                    }
+                    mesh
                 },
                 debug_address: if a.debug_address == "off" {
                     None
@@ -270,6 +294,7 @@ fn main() -> anyhow::Result<()> {
                 delta: a.delta,
                 interception_mode: a.interception_mode,
                 locality: a.locality,
+                listen_address: a.listen_address,
             };
             let mut b = spar_xds::bootstrap::bootstrap(&params)?;
             if let Some(ca_dir) = &a.ca_dir {

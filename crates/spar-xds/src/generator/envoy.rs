@@ -17,7 +17,7 @@ use envoy_types::util::pack_any;
 use spar_model::{InterceptionMode, MtlsMode, Protocol, Resolution, Service};
 
 use super::Scope;
-use super::{authz, jwt, mtls, policy, routes};
+use super::{authz, credentials, jwt, mtls, policy, routes};
 use crate::resources::{ProxyResources, type_url};
 
 /// istiod's default `connectTimeout` (MeshConfig).
@@ -66,7 +66,7 @@ pub(super) fn socket_address(ip: &str, port: u32) -> xds_core::Address {
     }
 }
 
-fn ads() -> xds_core::ConfigSource {
+pub(super) fn ads() -> xds_core::ConfigSource {
     xds_core::ConfigSource {
         config_source_specifier: Some(xds_core::config_source::ConfigSourceSpecifier::Ads(
             xds_core::AggregatedConfigSource {},
@@ -76,7 +76,7 @@ fn ads() -> xds_core::ConfigSource {
     }
 }
 
-fn typed_filter(name: &str, any: Any) -> xds_listener::Filter {
+pub(super) fn typed_filter(name: &str, any: Any) -> xds_listener::Filter {
     xds_listener::Filter { name: name.into(), config_type: Some(xds_listener::filter::ConfigType::TypedConfig(any)) }
 }
 
@@ -90,7 +90,7 @@ fn http_filter(name: &str, any: Any) -> xds_hcm::HttpFilter {
 
 /// The HTTP filter chain istiod builds for sidecars, minus Istio-only filters: CORS and
 /// fault (configured per route; inert otherwise), then the router.
-fn http_filters() -> Vec<xds_hcm::HttpFilter> {
+pub(super) fn http_filters() -> Vec<xds_hcm::HttpFilter> {
     vec![
         http_filter(
             routes::CORS_FILTER,
@@ -104,7 +104,11 @@ fn http_filters() -> Vec<xds_hcm::HttpFilter> {
     ]
 }
 
-fn hcm(stat_prefix: String, route: xds_hcm::http_connection_manager::RouteSpecifier) -> xds_listener::Filter {
+fn hcm(
+    scope: &Scope<'_>,
+    stat_prefix: String,
+    route: xds_hcm::http_connection_manager::RouteSpecifier,
+) -> xds_listener::Filter {
     let hcm = xds_hcm::HttpConnectionManager {
         stat_prefix,
         route_specifier: Some(route),
@@ -114,6 +118,7 @@ fn hcm(stat_prefix: String, route: xds_hcm::http_connection_manager::RouteSpecif
         normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         path_with_escaped_slashes_action: xds_hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged
             as i32,
+        access_log: scope.access_logs.clone(),
         ..Default::default()
     };
     typed_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))
@@ -122,6 +127,7 @@ fn hcm(stat_prefix: String, route: xds_hcm::http_connection_manager::RouteSpecif
 /// The inbound HTTP connection manager; over mTLS it passes the client's identity on in
 /// `x-forwarded-client-cert` (sanitized from what the client sent, then set).
 fn inbound_hcm(
+    scope: &Scope<'_>,
     stat_prefix: String,
     rc: xds_route::RouteConfiguration,
     tls: bool,
@@ -137,6 +143,7 @@ fn inbound_hcm(
         codec_type: xds_hcm::http_connection_manager::CodecType::Auto as i32,
         normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         forward_client_cert_details: ForwardClientCertDetails::Sanitize as i32,
+        access_log: scope.access_logs.clone(),
         ..Default::default()
     };
     if tls {
@@ -151,10 +158,11 @@ fn inbound_hcm(
     typed_filter("envoy.filters.network.http_connection_manager", pack_any(h))
 }
 
-fn tcp_proxy(stat_prefix: String, cluster: String) -> xds_listener::Filter {
+fn tcp_proxy(scope: &Scope<'_>, stat_prefix: String, cluster: String) -> xds_listener::Filter {
     let tp = xds_tcp::TcpProxy {
         stat_prefix,
         cluster_specifier: Some(xds_tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster)),
+        access_log: scope.access_logs.clone(),
         ..Default::default()
     };
     typed_filter("envoy.filters.network.tcp_proxy", pack_any(tp))
@@ -217,7 +225,7 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                     name.clone(),
                     &egress.bind,
                     port,
-                    hcm(format!("outbound_{}_{port}", egress.bind), rds),
+                    hcm(scope, format!("outbound_{}_{port}", egress.bind), rds),
                     bind_to_port,
                 );
                 out.insert(type_url::LISTENER, name, &l);
@@ -228,8 +236,13 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 if chains.is_empty() {
                     continue;
                 }
-                let mut l =
-                    listener(name.clone(), &egress.bind, port, tcp_proxy(String::new(), String::new()), bind_to_port);
+                let mut l = listener(
+                    name.clone(),
+                    &egress.bind,
+                    port,
+                    tcp_proxy(scope, String::new(), String::new()),
+                    bind_to_port,
+                );
                 l.filter_chains = chains;
                 l.listener_filters = vec![tls_inspector()];
                 out.insert(type_url::LISTENER, name, &l);
@@ -237,8 +250,13 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 // One opaque-TCP service per bound port (the first by host name), routed by
                 // its VirtualService `tcp` rules when it has some.
                 let chains = tcp_chains(scope, port, svc);
-                let mut l =
-                    listener(name.clone(), &egress.bind, port, tcp_proxy(String::new(), String::new()), bind_to_port);
+                let mut l = listener(
+                    name.clone(),
+                    &egress.bind,
+                    port,
+                    tcp_proxy(scope, String::new(), String::new()),
+                    bind_to_port,
+                );
                 l.filter_chains = chains;
                 out.insert(type_url::LISTENER, name, &l);
             }
@@ -246,7 +264,7 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
     }
 }
 
-fn tls_inspector() -> xds_listener::ListenerFilter {
+pub(super) fn tls_inspector() -> xds_listener::ListenerFilter {
     xds_listener::ListenerFilter {
         name: "envoy.filters.listener.tls_inspector".into(),
         config_type: Some(xds_listener::listener_filter::ConfigType::TypedConfig(pack_any(
@@ -257,7 +275,11 @@ fn tls_inspector() -> xds_listener::ListenerFilter {
 }
 
 /// A `tcp_proxy` to one cluster, or split by weight over several.
-fn tcp_proxy_to(stat_prefix: String, clusters: Vec<(String, u32)>) -> xds_listener::Filter {
+pub(super) fn tcp_proxy_to(
+    scope: &Scope<'_>,
+    stat_prefix: String,
+    clusters: Vec<(String, u32)>,
+) -> xds_listener::Filter {
     use xds_tcp::tcp_proxy::{ClusterSpecifier, WeightedCluster, weighted_cluster::ClusterWeight};
     let spec = match clusters.as_slice() {
         [(one, _)] => ClusterSpecifier::Cluster(one.clone()),
@@ -268,12 +290,17 @@ fn tcp_proxy_to(stat_prefix: String, clusters: Vec<(String, u32)>) -> xds_listen
                 .collect(),
         }),
     };
-    let tp = xds_tcp::TcpProxy { stat_prefix, cluster_specifier: Some(spec), ..Default::default() };
+    let tp = xds_tcp::TcpProxy {
+        stat_prefix,
+        cluster_specifier: Some(spec),
+        access_log: scope.access_logs.clone(),
+        ..Default::default()
+    };
     typed_filter("envoy.filters.network.tcp_proxy", pack_any(tp))
 }
 
 /// Weighted clusters for `tcp`/`tls` route destinations (host, port, subset, weight).
-fn l4_destinations<'d>(
+pub(super) fn l4_destinations<'d>(
     scope: &Scope<'_>,
     vs_ns: &str,
     port: u16,
@@ -292,18 +319,23 @@ fn l4_destinations<'d>(
         .collect()
 }
 
-fn l4_match_applies(
+/// Whether a `tcp`/`tls` match (of a VirtualService in `vs_ns`) applies to this proxy,
+/// listener port and binding.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn l4_match_applies(
     scope: &Scope<'_>,
     port: u16,
     m_port: Option<i64>,
     labels: Option<&BTreeMap<String, String>>,
     ns: Option<&String>,
     gateways: Option<&Vec<String>>,
+    binding: routes::Binding<'_>,
+    vs_ns: &str,
 ) -> bool {
     m_port.is_none_or(|p| p == i64::from(port))
         && labels.into_iter().flatten().all(|(k, v)| scope.proxy.labels.get(k) == Some(v))
         && ns.is_none_or(|ns| *ns == scope.proxy.namespace)
-        && gateways.is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"))
+        && binding.admits(gateways, vs_ns)
 }
 
 /// `10.0.0.0/8` or a bare address (a /32 or /128).
@@ -348,6 +380,8 @@ fn tcp_chains(scope: &Scope<'_>, port: u16, svc: &Service) -> Vec<xds_listener::
                         m.source_labels.as_ref(),
                         m.source_namespace.as_ref(),
                         m.gateways.as_ref(),
+                        routes::Binding::Mesh,
+                        &vs.namespace,
                     )
                 })
                 .collect();
@@ -363,7 +397,7 @@ fn tcp_chains(scope: &Scope<'_>, port: u16, svc: &Service) -> Vec<xds_listener::
             if subnets.is_empty() {
                 if !default_set {
                     chains.push(xds_listener::FilterChain {
-                        filters: vec![tcp_proxy_to(stat, dests)],
+                        filters: vec![tcp_proxy_to(scope, stat, dests)],
                         ..Default::default()
                     });
                     default_set = true;
@@ -376,7 +410,7 @@ fn tcp_chains(scope: &Scope<'_>, port: u16, svc: &Service) -> Vec<xds_listener::
                             prefix_ranges: subnets,
                             ..Default::default()
                         }),
-                        filters: vec![tcp_proxy_to(stat, dests)],
+                        filters: vec![tcp_proxy_to(scope, stat, dests)],
                         ..Default::default()
                     },
                 );
@@ -386,7 +420,7 @@ fn tcp_chains(scope: &Scope<'_>, port: u16, svc: &Service) -> Vec<xds_listener::
     if !default_set {
         let cluster = outbound_cluster_name(port, "", &svc.hostname);
         chains.push(xds_listener::FilterChain {
-            filters: vec![tcp_proxy(cluster.clone(), cluster)],
+            filters: vec![tcp_proxy(scope, cluster.clone(), cluster)],
             ..Default::default()
         });
     }
@@ -409,7 +443,7 @@ fn tls_chains(scope: &Scope<'_>, port: u16, services: &[&Service]) -> Vec<xds_li
                     transport_protocol: "tls".into(),
                     ..Default::default()
                 }),
-                filters: vec![tcp_proxy_to(stat, dests)],
+                filters: vec![tcp_proxy_to(scope, stat, dests)],
                 ..Default::default()
             });
         };
@@ -439,6 +473,8 @@ fn tls_chains(scope: &Scope<'_>, port: u16, services: &[&Service]) -> Vec<xds_li
                         m.source_labels.as_ref(),
                         m.source_namespace.as_ref(),
                         m.gateways.as_ref(),
+                        routes::Binding::Mesh,
+                        &vs.namespace,
                     ) {
                         chain(m.sni_hosts.clone(), dests.clone(), stat.clone(), &mut chains);
                         routed = true;
@@ -531,7 +567,17 @@ fn istio_mtls(
         .collect();
     sans.sort();
     sans.dedup();
-    let socket = mtls::upstream(mtls::sni(port, subset, &svc.hostname), &sans);
+    // The DestinationRule's `sni` and `subjectAltNames` replace istiod's defaults (the
+    // egress-gateway pattern sends the external host's name as SNI to the gateway).
+    let tls = policy.and_then(|p| p.tls.as_ref());
+    if let Some(alt) = tls.and_then(|t| t.subject_alt_names.clone()).filter(|v| !v.is_empty()) {
+        sans = alt;
+    }
+    let sni = tls
+        .and_then(|t| t.sni.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| mtls::sni(port, subset, &svc.hostname));
+    let socket = mtls::upstream(sni, &sans);
     match mode {
         Some(Mode::IstioMutual) => c.transport_socket = Some(socket),
         None => {
@@ -565,55 +611,6 @@ fn tls_mode_metadata() -> envoy_types::pb::google::protobuf::Struct {
             "tlsMode".to_string(),
             Value { kind: Some(Kind::StringValue("istio".into())) },
         )]),
-    }
-}
-
-/// The SDS secrets for a `credentialName`, from a Secret in the proxy's own namespace
-/// (`tls.crt`/`tls.key`, and `ca.crt` or `cacert` for the CA part), and only for a proxy
-/// that proved its identity: Secrets never go to a proxy that merely claims a namespace.
-fn credential_secrets(scope: &Scope<'_>, credential: &str, out: &mut ProxyResources) {
-    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as xds_tls;
-    if scope.proxy.identity.is_none() {
-        return;
-    }
-    let name = credential.rsplit("://").next().unwrap_or(credential);
-    let Some(secret) = scope.snap.secrets.get(&(scope.proxy.namespace.clone(), name.to_string())) else { return };
-    let get = |k: &str| -> Option<String> {
-        secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(k))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(k).cloned()))
-    };
-    let inline = |s: String| {
-        Some(xds_core::DataSource {
-            specifier: Some(xds_core::data_source::Specifier::InlineString(s)),
-            ..Default::default()
-        })
-    };
-    let sds_name = policy::credential_resource_name(credential);
-    if let (Some(cert), Some(key)) = (get("tls.crt"), get("tls.key")) {
-        let s = xds_tls::Secret {
-            name: sds_name.clone(),
-            r#type: Some(xds_tls::secret::Type::TlsCertificate(xds_tls::TlsCertificate {
-                certificate_chain: inline(cert),
-                private_key: inline(key),
-                ..Default::default()
-            })),
-        };
-        out.insert(type_url::SECRET, sds_name.clone(), &s);
-    }
-    if let Some(ca) = get("ca.crt").or_else(|| get("cacert")) {
-        let ca_name = format!("{sds_name}-cacert");
-        let s = xds_tls::Secret {
-            name: ca_name.clone(),
-            r#type: Some(xds_tls::secret::Type::ValidationContext(xds_tls::CertificateValidationContext {
-                trusted_ca: inline(ca),
-                ..Default::default()
-            })),
-        };
-        out.insert(type_url::SECRET, ca_name, &s);
     }
 }
 
@@ -782,9 +779,23 @@ pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
                 }
                 let effective = dr.map(|dr| policy::effective(&dr.spec, subset, port.port));
                 if let Some(p) = &effective {
-                    policy::apply(p, &mut c, port.protocol);
-                    if let Some(name) = p.tls.as_ref().and_then(|t| t.credential_name.as_deref()) {
-                        credential_secrets(scope, name, out);
+                    policy::apply(p, &mut c, port.protocol, &svc.hostname);
+                    if let Some(tls) = p.tls.as_ref()
+                        && let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty())
+                    {
+                        use spar_api::istio::destination_rule::DestinationRuleTrafficPolicyTlsMode as Mode;
+                        let needs = credentials::Needs {
+                            key_pair: matches!(tls.mode, Some(Mode::Mutual)),
+                            ca: !tls.insecure_skip_verify.unwrap_or(false),
+                        };
+                        if let Err(e) = credentials::load(scope, name, needs, out)
+                            && let Some(dr) = dr
+                        {
+                            let w = format!("{}: credentialName {name}: {e}", dr.label("DestinationRule"));
+                            if !out.warnings.contains(&w) {
+                                out.warnings.push(w);
+                            }
+                        }
                     }
                 }
                 istio_mtls(scope, svc, port.port, subset, labels, effective.as_ref(), &mut c);
@@ -926,7 +937,7 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
             continue;
         }
         let name = format!("{bind}_{port}");
-        let mut l = listener(name.clone(), &bind, port, tcp_proxy(String::new(), String::new()), true);
+        let mut l = listener(name.clone(), &bind, port, tcp_proxy(scope, String::new(), String::new()), true);
         if chains.len() > 1 {
             l.listener_filters = vec![tls_inspector()];
         }
@@ -941,7 +952,7 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
 }
 
 /// Clusters for the JWKS servers of the RequestAuthentications that apply (`jwksUri`).
-fn jwks_clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
+pub(super) fn jwks_clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as xds_tls;
     use xds_cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
     let (_, sources) = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
@@ -970,9 +981,7 @@ fn jwks_clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
             // Verified against the system's trust store, as any HTTPS client would.
             let validation = xds_tls::CertificateValidationContext {
                 trusted_ca: Some(xds_core::DataSource {
-                    specifier: Some(xds_core::data_source::Specifier::Filename(
-                        "/etc/ssl/certs/ca-certificates.crt".into(),
-                    )),
+                    specifier: Some(xds_core::data_source::Specifier::Filename(policy::SYSTEM_ROOTS.into())),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -1028,10 +1037,10 @@ fn inbound_chains(
             // JWT validation first, so that RBAC sees the request principal and claims.
             let mut auth: Vec<_> = jwt.iter().cloned().collect();
             auth.extend(authz::http_filters(&rbac));
-            vec![inbound_hcm(stat.to_string(), rc, tls, auth)]
+            vec![inbound_hcm(scope, stat.to_string(), rc, tls, auth)]
         } else {
             let mut filters = authz::network_filters(&rbac);
-            filters.push(tcp_proxy(cluster_name.to_string(), cluster_name.to_string()));
+            filters.push(tcp_proxy(scope, cluster_name.to_string(), cluster_name.to_string()));
             filters
         }
     };
@@ -1088,7 +1097,7 @@ fn capture_listeners(scope: &Scope<'_>, mut inbound_chains: Vec<xds_listener::Fi
         use_original_dst: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         filter_chains: vec![xds_listener::FilterChain {
             name: "virtualOutbound-catchall-tcp".into(),
-            filters: vec![tcp_proxy(catch_all.into(), catch_all.into())],
+            filters: vec![tcp_proxy(scope, catch_all.into(), catch_all.into())],
             ..Default::default()
         }],
         traffic_direction: xds_core::TrafficDirection::Outbound as i32,
@@ -1107,7 +1116,7 @@ fn capture_listeners(scope: &Scope<'_>, mut inbound_chains: Vec<xds_listener::Fi
     // STRICT mesh or namespace policy, accepted only over mTLS.
     inbound_chains.push(xds_listener::FilterChain {
         name: "virtualInbound-catchall".into(),
-        filters: vec![tcp_proxy(INBOUND_PASSTHROUGH_CLUSTER.into(), INBOUND_PASSTHROUGH_CLUSTER.into())],
+        filters: vec![tcp_proxy(scope, INBOUND_PASSTHROUGH_CLUSTER.into(), INBOUND_PASSTHROUGH_CLUSTER.into())],
         ..Default::default()
     });
     let vi = xds_listener::Listener {

@@ -18,14 +18,17 @@
 // of a newer matcher but what istiod generates and what Envoy 1.36-1.40 still accept.
 #[allow(deprecated)]
 pub mod authz;
+mod credentials;
 mod envoy;
+mod gateway;
 mod jwt;
 mod mtls;
 mod policy;
 mod routes;
 mod scope;
+mod telemetry;
 
-use spar_model::{Proxy, Snapshot};
+use spar_model::{Proxy, ProxyKind, Snapshot};
 
 use crate::resources::ProxyResources;
 
@@ -44,7 +47,10 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
 pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
     let scope = Scope::new(snapshot, proxy);
     let mut out = ProxyResources { snapshot_version: snapshot.version, ..Default::default() };
-    envoy::outbound(&scope, &mut out);
+    match proxy.kind {
+        ProxyKind::Sidecar => envoy::outbound(&scope, &mut out),
+        ProxyKind::Router => gateway::listeners(&scope, &mut out),
+    }
     envoy::clusters(&scope, &mut out);
     out
 }
@@ -53,22 +59,31 @@ pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
 /// bind or point at its own IP) to the shared part.
 pub fn add_workload_specific(snapshot: &Snapshot, proxy: &Proxy, out: &mut ProxyResources) {
     let scope = Scope::new(snapshot, proxy);
-    envoy::inbound(&scope, out);
+    match proxy.kind {
+        ProxyKind::Sidecar => envoy::inbound(&scope, out),
+        // Gateways have no inbound side; they may validate JWTs.
+        ProxyKind::Router => envoy::jwks_clusters(&scope, out),
+    }
 }
 
 /// Everything [`generate_shared`] reads from the proxy: proxies with equal keys get equal
 /// shared config from the same snapshot.
 pub fn share_key(proxy: &Proxy) -> String {
     format!(
-        "{:?}|{}|{:?}|{:?}|{}|{}",
+        "{:?}|{}|{:?}|{:?}|{}|{}|{:?}|{:?}",
         proxy.kind,
         proxy.namespace,
         proxy.labels,
         proxy.interception,
         proxy.locality,
-        proxy.identity.as_deref().unwrap_or("")
+        proxy.identity.as_deref().unwrap_or(""),
+        proxy.listen_address,
+        // Gateways map server ports through the Services they are endpoints of.
+        if proxy.kind == ProxyKind::Router { proxy.ips.as_slice() } else { &[] },
     )
 }
 
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod tests;

@@ -80,7 +80,7 @@ fn dur(s: Option<&String>) -> Option<Duration> {
 }
 
 /// Applies `policy` to `cluster` for a port speaking `protocol`.
-pub fn apply(policy: &Policy, cluster: &mut xds_cluster::Cluster, protocol: Protocol) {
+pub fn apply(policy: &Policy, cluster: &mut xds_cluster::Cluster, protocol: Protocol, host: &str) {
     use xds_cluster::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig, LbPolicy};
     if let Some(lb) = &policy.load_balancer {
         match lb.simple {
@@ -219,6 +219,16 @@ pub fn apply(policy: &Policy, cluster: &mut xds_cluster::Cluster, protocol: Prot
     if let Some(tls) = &policy.tls {
         match tls.mode {
             Some(TlsMode::Simple | TlsMode::Mutual) => {
+                // istiod's defaults for origination: SNI is the destination host, and
+                // the server's certificate must name it (VERIFY_CERTIFICATE_AT_CLIENT),
+                // checked against the system's roots when no CA is given.
+                let concrete_host = (!host.contains('*')).then_some(host);
+                let sni =
+                    tls.sni.clone().filter(|s| !s.is_empty()).or(concrete_host.map(str::to_string)).unwrap_or_default();
+                let mut san_names: Vec<String> = tls.subject_alt_names.clone().unwrap_or_default();
+                if san_names.is_empty() {
+                    san_names.extend(tls.sni.clone().filter(|s| !s.is_empty()).or(concrete_host.map(str::to_string)));
+                }
                 let file = |f: &Option<String>| {
                     f.as_ref().filter(|s| !s.is_empty()).map(|p| xds_core::DataSource {
                         specifier: Some(xds_core::data_source::Specifier::Filename(p.clone())),
@@ -229,21 +239,25 @@ pub fn apply(policy: &Policy, cluster: &mut xds_cluster::Cluster, protocol: Prot
                 if let Some(name) = tls.credential_name.as_ref().filter(|n| !n.is_empty()) {
                     // Certificates from a Secret, over SDS (`kubernetes://<name>` and its CA
                     // part `kubernetes://<name>-cacert`, istiod's names).
-                    let name = credential_resource_name(name);
+                    let name = super::credentials::resource_name(name);
                     if matches!(tls.mode, Some(TlsMode::Mutual)) {
                         common.tls_certificate_sds_secret_configs.push(sds(&name));
                     }
                     if !tls.insecure_skip_verify.unwrap_or(false) {
                         common.validation_context_type =
-                            Some(xds_tls::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
-                                sds(&format!("{name}-cacert")),
+                            Some(xds_tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+                                xds_tls::common_tls_context::CombinedCertificateValidationContext {
+                                    default_validation_context: Some(xds_tls::CertificateValidationContext {
+                                        match_typed_subject_alt_names: dns_sans(&san_names),
+                                        ..Default::default()
+                                    }),
+                                    validation_context_sds_secret_config: Some(sds(&format!("{name}-cacert"))),
+                                    ..Default::default()
+                                },
                             ));
                     }
-                    let ctx = xds_tls::UpstreamTlsContext {
-                        common_tls_context: Some(common),
-                        sni: tls.sni.clone().unwrap_or_default(),
-                        ..Default::default()
-                    };
+                    let ctx =
+                        xds_tls::UpstreamTlsContext { common_tls_context: Some(common), sni, ..Default::default() };
                     cluster.transport_socket = Some(transport_socket(pack_any(ctx)));
                     return;
                 }
@@ -254,35 +268,20 @@ pub fn apply(policy: &Policy, cluster: &mut xds_cluster::Cluster, protocol: Prot
                         ..Default::default()
                     });
                 }
-                if !tls.insecure_skip_verify.unwrap_or(false) && tls.ca_certificates.is_some() {
-                    let sans = tls
-                        .subject_alt_names
-                        .iter()
-                        .flatten()
-                        .map(|s| xds_tls::SubjectAltNameMatcher {
-                            san_type: xds_tls::subject_alt_name_matcher::SanType::Dns as i32,
-                            matcher: Some(xds_matcher::StringMatcher {
-                                match_pattern: Some(xds_matcher::string_matcher::MatchPattern::Exact(s.clone())),
-                                ignore_case: false,
-                            }),
-                            ..Default::default()
-                        })
-                        .collect();
+                if !tls.insecure_skip_verify.unwrap_or(false) {
+                    let ca =
+                        tls.ca_certificates.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| SYSTEM_ROOTS.into());
                     common.validation_context_type =
                         Some(xds_tls::common_tls_context::ValidationContextType::ValidationContext(
                             xds_tls::CertificateValidationContext {
-                                trusted_ca: file(&tls.ca_certificates),
+                                trusted_ca: file(&Some(ca)),
                                 crl: file(&tls.ca_crl),
-                                match_typed_subject_alt_names: sans,
+                                match_typed_subject_alt_names: dns_sans(&san_names),
                                 ..Default::default()
                             },
                         ));
                 }
-                let ctx = xds_tls::UpstreamTlsContext {
-                    common_tls_context: Some(common),
-                    sni: tls.sni.clone().unwrap_or_default(),
-                    ..Default::default()
-                };
+                let ctx = xds_tls::UpstreamTlsContext { common_tls_context: Some(common), sni, ..Default::default() };
                 cluster.transport_socket = Some(transport_socket(pack_any(ctx)));
             }
             Some(TlsMode::Disable) | None => {}
@@ -292,10 +291,22 @@ pub fn apply(policy: &Policy, cluster: &mut xds_cluster::Cluster, protocol: Prot
     }
 }
 
-/// The SDS name of a `credentialName`: `kubernetes://<name>` (the `kubernetes://` and
-/// `kubernetes-gateway://` forms are accepted as written).
-pub fn credential_resource_name(name: &str) -> String {
-    if name.contains("://") { name.to_string() } else { format!("kubernetes://{name}") }
+/// The system's trusted roots (Debian's bundle, as in Istio's proxy image).
+pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// SAN matchers for DNS names.
+fn dns_sans(names: &[String]) -> Vec<xds_tls::SubjectAltNameMatcher> {
+    names
+        .iter()
+        .map(|s| xds_tls::SubjectAltNameMatcher {
+            san_type: xds_tls::subject_alt_name_matcher::SanType::Dns as i32,
+            matcher: Some(xds_matcher::StringMatcher {
+                match_pattern: Some(xds_matcher::string_matcher::MatchPattern::Exact(s.clone())),
+                ignore_case: false,
+            }),
+            ..Default::default()
+        })
+        .collect()
 }
 
 fn transport_socket(any: Any) -> xds_core::TransportSocket {

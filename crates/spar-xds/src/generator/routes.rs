@@ -201,10 +201,39 @@ fn hash_policy_for(
     super::policy::hash_policy(&super::policy::effective(&dr.spec, d.subset.as_deref().unwrap_or(""), port))
 }
 
+/// What a VirtualService is being turned into routes for: sidecars (`mesh`) or one
+/// Gateway. A match's `gateways` list, when set, must name it.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Binding<'a> {
+    /// Sidecars.
+    Mesh,
+    /// The Gateway `namespace/name`.
+    Gateway {
+        /// Gateway namespace.
+        namespace: &'a str,
+        /// Gateway name.
+        name: &'a str,
+    },
+}
+
+impl Binding<'_> {
+    /// Whether a match's `gateways` (written in namespace `vs_ns`; unset or empty means
+    /// the VirtualService's own list, which already bound it) admits this binding.
+    pub(super) fn admits(self, gateways: Option<&Vec<String>>, vs_ns: &str) -> bool {
+        let Some(list) = gateways.filter(|g| !g.is_empty()) else { return true };
+        match self {
+            Self::Mesh => list.iter().any(|g| g == "mesh"),
+            Self::Gateway { namespace, name } => {
+                list.iter().any(|g| g != "mesh" && spar_model::gateway_ref_is(g, vs_ns, namespace, name))
+            }
+        }
+    }
+}
+
 /// Whether an `HTTPMatchRequest` applies to this proxy and listener port.
-fn match_applies(scope: &Scope<'_>, m: &VirtualServiceHttpMatch, port: u16) -> bool {
+fn match_applies(scope: &Scope<'_>, m: &VirtualServiceHttpMatch, port: u16, binding: Binding<'_>, vs_ns: &str) -> bool {
     let port_ok = m.port.is_none_or(|p| i64::from(port) == p);
-    let gw_ok = m.gateways.as_ref().is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
+    let gw_ok = binding.admits(m.gateways.as_ref(), vs_ns);
     let labels_ok = m.source_labels.iter().flatten().all(|(k, v)| scope.proxy.labels.get(k) == Some(v));
     let ns_ok = m.source_namespace.as_ref().is_none_or(|ns| *ns == scope.proxy.namespace);
     port_ok && gw_ok && labels_ok && ns_ok
@@ -537,7 +566,14 @@ fn forward_action(
 }
 
 /// Envoy routes for one VirtualService `http` rule.
-fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: u16, out: &mut Vec<xds_route::Route>) {
+fn http_routes(
+    scope: &Scope<'_>,
+    vs_ns: &str,
+    rule: &VirtualServiceHttp,
+    port: u16,
+    binding: Binding<'_>,
+    out: &mut Vec<xds_route::Route>,
+) {
     let mut template = xds_route::Route::default();
     let action = if let Some(r) = &rule.redirect {
         redirect_action(r)
@@ -569,7 +605,7 @@ fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: 
         Some(ms) => ms.iter().map(Some).collect(),
     };
     for m in matches {
-        if m.is_some_and(|m| !match_applies(scope, m, port)) {
+        if m.is_some_and(|m| !match_applies(scope, m, port, binding, vs_ns)) {
             continue;
         }
         let rm = m.map_or_else(
@@ -585,6 +621,21 @@ fn http_routes(scope: &Scope<'_>, vs_ns: &str, rule: &VirtualServiceHttp, port: 
         r.action = Some(action.clone());
         out.push(r);
     }
+}
+
+/// Envoy routes for a VirtualService's `http` rules (delegates expanded) on `port`, as
+/// seen by `binding`.
+pub(super) fn vs_routes(
+    scope: &Scope<'_>,
+    vs: &Config<VirtualServiceSpec>,
+    port: u16,
+    binding: Binding<'_>,
+) -> Vec<xds_route::Route> {
+    let mut routes = Vec::new();
+    for (ns, rule) in expand_delegates(scope, vs) {
+        http_routes(scope, ns, &rule, port, binding, &mut routes);
+    }
+    routes
 }
 
 /// The root VirtualService's `http` rules with each `delegate` replaced by the delegate
@@ -717,13 +768,7 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
         }
         let vs: Option<&Config<_>> = scope.snap.virtual_services_for(&scope.proxy.namespace, &svc.hostname).next();
         let routes = match vs {
-            Some(vs) => {
-                let mut routes = Vec::new();
-                for (ns, rule) in expand_delegates(scope, vs) {
-                    http_routes(scope, ns, &rule, port, &mut routes);
-                }
-                routes
-            }
+            Some(vs) => vs_routes(scope, vs, port, Binding::Mesh),
             None => {
                 let mut r = to_cluster_route("default", &outbound_cluster_name(port, "", &svc.hostname));
                 if let (Some(xds_route::route::Action::Route(ra)), Some(dr)) = (

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use spar_api::istio::sidecar::SidecarSpec;
-use spar_model::{Config, InterceptionMode, Protocol, Proxy, Service, Snapshot, host_matches};
+use spar_model::{Config, InterceptionMode, Protocol, Proxy, ProxyKind, Service, Snapshot, host_matches};
 
 /// One egress listener: where it binds, its port (when the Sidecar fixes one), and the
 /// services it imports.
@@ -34,6 +34,8 @@ pub struct Scope<'a> {
     /// Traffic to hosts outside the registry is refused (Sidecar or mesh
     /// `outboundTrafficPolicy: REGISTRY_ONLY`).
     pub registry_only: bool,
+    /// Access loggers for every connection manager and TCP proxy (Telemetry, MeshConfig).
+    pub access_logs: Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog>,
 }
 
 /// Whether Sidecar egress host `pattern` (`ns/host`) imports `svc` for a proxy in `proxy_ns`.
@@ -52,7 +54,8 @@ impl<'a> Scope<'a> {
     /// Computes the scope of `proxy`.
     pub fn new(snap: &'a Snapshot, proxy: &'a Proxy) -> Self {
         let visible: Vec<&Arc<Service>> = snap.services.values().filter(|s| s.visible_to(&proxy.namespace)).collect();
-        let sidecar = snap.sidecar_for(proxy);
+        // Sidecar resources scope sidecars; gateways see every service visible to them.
+        let sidecar = if proxy.kind == ProxyKind::Router { None } else { snap.sidecar_for(proxy) };
         // Without capture, listeners bind where the Sidecar says, else on loopback as istiod does.
         let default_bind = if proxy.interception == InterceptionMode::None { "127.0.0.1" } else { "0.0.0.0" };
         let mut egress = Vec::new();
@@ -86,6 +89,8 @@ impl<'a> Scope<'a> {
                 Some(Mode::AllowAny) => false,
                 None => snap.mesh.registry_only,
             };
-        Self { snap, proxy, sidecar, egress, services, registry_only }
+        let mut scope = Self { snap, proxy, sidecar, egress, services, registry_only, access_logs: Vec::new() };
+        scope.access_logs = super::telemetry::access_logs(&scope);
+        scope
     }
 }

@@ -1,0 +1,148 @@
+//! `credentialName`: certificates from Kubernetes Secrets, checked, then served to the
+//! proxy over SDS on its own ADS stream under istiod's names (`kubernetes://<name>` for
+//! the key pair, `kubernetes://<name>-cacert` for the CA bundle).
+
+use envoy_types::pb::envoy::config::core::v3 as xds_core;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as xds_tls;
+
+use super::Scope;
+use crate::resources::{ProxyResources, type_url};
+
+/// What a use of a credential needs from it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Needs {
+    /// A certificate and its key (serving, or a client certificate).
+    pub key_pair: bool,
+    /// A CA bundle (verifying the peer).
+    pub ca: bool,
+}
+
+/// The SDS names of a loaded credential.
+#[derive(Clone, Debug)]
+pub(super) struct Loaded {
+    /// The key pair's SDS name, when the credential has one.
+    pub key_pair: Option<String>,
+    /// The CA bundle's SDS name, when the credential has one.
+    pub ca: Option<String>,
+}
+
+/// istiod's SDS name for a `credentialName`: `kubernetes://<name>` unless it already
+/// names a scheme.
+pub fn resource_name(name: &str) -> String {
+    if name.contains("://") { name.to_string() } else { format!("kubernetes://{name}") }
+}
+
+/// The Secret a `credentialName` refers to: `name` or `kubernetes://name` in the proxy's
+/// namespace, `kubernetes-gateway://ns/name` in `ns`.
+fn secret_ref<'a>(credential: &'a str, proxy_ns: &'a str) -> (&'a str, &'a str) {
+    if let Some(rest) = credential.strip_prefix("kubernetes-gateway://")
+        && let Some((ns, name)) = rest.split_once('/')
+    {
+        return (ns, name);
+    }
+    (proxy_ns, credential.rsplit("://").next().unwrap_or(credential))
+}
+
+fn secret_value(secret: &k8s_openapi::api::core::v1::Secret, keys: &[&str]) -> Option<String> {
+    keys.iter().find_map(|k| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(*k))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(*k).cloned()))
+    })
+}
+
+fn inline(s: String) -> Option<xds_core::DataSource> {
+    Some(xds_core::DataSource {
+        specifier: Some(xds_core::data_source::Specifier::InlineString(s)),
+        ..Default::default()
+    })
+}
+
+/// Looks up the Secret behind `credential`, checks what `needs` asks of it, and adds its
+/// SDS secrets to `out`. Secrets only go to a proxy that proved its identity: a proxy
+/// that merely claims a namespace never sees that namespace's keys. The error says why
+/// the credential cannot be used, for the operator.
+pub(super) fn load(
+    scope: &Scope<'_>,
+    credential: &str,
+    needs: Needs,
+    out: &mut ProxyResources,
+) -> Result<Loaded, String> {
+    if scope.proxy.identity.is_none() {
+        return Err("not sent: the proxy has not proven its identity (it must connect to the secure xDS port)".into());
+    }
+    let (ns, name) = secret_ref(credential, &scope.proxy.namespace);
+    let secret = scope.snap.secrets.get(&(ns.to_string(), name.to_string()));
+    let sds_name = resource_name(credential);
+    let mut loaded = Loaded { key_pair: None, ca: None };
+    let cert = secret.and_then(|s| secret_value(s, &["tls.crt", "cert"]));
+    let key = secret.and_then(|s| secret_value(s, &["tls.key", "key"]));
+    if needs.key_pair {
+        let Some(secret) = secret else { return Err(format!("Secret {ns}/{name} not found")) };
+        let (Some(cert), Some(key)) = (cert, key) else {
+            let keys: Vec<&String> = secret.data.iter().flat_map(|d| d.keys()).collect();
+            return Err(format!("Secret {ns}/{name} has no tls.crt and tls.key (keys: {keys:?})"));
+        };
+        spar_ca::check_serving_pair(&cert, &key).map_err(|e| format!("Secret {ns}/{name}: {e}"))?;
+        let s = xds_tls::Secret {
+            name: sds_name.clone(),
+            r#type: Some(xds_tls::secret::Type::TlsCertificate(xds_tls::TlsCertificate {
+                certificate_chain: inline(cert),
+                private_key: inline(key),
+                ..Default::default()
+            })),
+        };
+        out.insert(type_url::SECRET, sds_name.clone(), &s);
+        loaded.key_pair = Some(sds_name.clone());
+    }
+    if needs.ca {
+        // The CA bundle: `ca.crt` in the same Secret, else Istio's separate
+        // `<name>-cacert` Secret.
+        let ca_secret_name = format!("{name}-cacert");
+        let own = secret.and_then(|s| secret_value(s, &["ca.crt", "cacert"]));
+        let separate = || {
+            scope
+                .snap
+                .secrets
+                .get(&(ns.to_string(), ca_secret_name.clone()))
+                .and_then(|s| secret_value(s, &["ca.crt", "cacert"]))
+        };
+        let Some(ca) = own.or_else(separate) else {
+            return Err(match secret {
+                None => format!("Secret {ns}/{name} not found"),
+                Some(_) => format!(
+                    "no CA certificate: neither ca.crt in Secret {ns}/{name} nor a Secret {ns}/{ca_secret_name}"
+                ),
+            });
+        };
+        spar_ca::check_ca_bundle(&ca).map_err(|e| format!("Secret {ns}/{name}: {e}"))?;
+        let ca_name = format!("{sds_name}-cacert");
+        let s = xds_tls::Secret {
+            name: ca_name.clone(),
+            r#type: Some(xds_tls::secret::Type::ValidationContext(xds_tls::CertificateValidationContext {
+                trusted_ca: inline(ca),
+                ..Default::default()
+            })),
+        };
+        out.insert(type_url::SECRET, ca_name.clone(), &s);
+        loaded.ca = Some(ca_name);
+    }
+    Ok(loaded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_references() {
+        assert_eq!(secret_ref("cert", "gw"), ("gw", "cert"));
+        assert_eq!(secret_ref("kubernetes://cert", "gw"), ("gw", "cert"));
+        assert_eq!(secret_ref("kubernetes-gateway://other/cert", "gw"), ("other", "cert"));
+        assert_eq!(resource_name("cert"), "kubernetes://cert");
+        assert_eq!(resource_name("kubernetes-gateway://other/cert"), "kubernetes-gateway://other/cert");
+    }
+}

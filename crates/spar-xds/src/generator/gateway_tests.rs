@@ -1,0 +1,233 @@
+//! Gateway generation against Istio's own samples and the conflicts istiod settles.
+
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route::Action, route_action::ClusterSpecifier};
+use prost::Message;
+use spar_model::{MeshConfig, Proxy, Snapshot, Store};
+
+use super::generate;
+use crate::resources::{ProxyResources, type_url};
+
+/// The ingress gateway's Service (80 -> 8080, 443 -> 8443) with the gateway pod as its
+/// endpoint, and the backends the samples route to.
+const INGRESS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports: [{name: http2, port: 80, targetPort: 8080}, {name: https, port: 443, targetPort: 8443}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+subsets:
+- addresses: [{ip: 10.0.0.9}]
+  ports: [{name: http2, port: 8080}, {name: https, port: 8443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: productpage}
+spec: {selector: {app: productpage}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: httpbin}
+spec: {selector: {app: httpbin}, ports: [{name: http, port: 8000, targetPort: 8080}]}
+"#;
+
+fn snapshot(docs: &[&str]) -> Snapshot {
+    let mut store = Store::new();
+    for (i, d) in docs.iter().enumerate() {
+        let name = format!("{i}.yaml");
+        let parsed = spar_api::parse_file(&name, d);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        store.set_unit(&name, parsed);
+    }
+    Snapshot::build(&store, &MeshConfig::default(), 1)
+}
+
+fn fixture(rel: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/istio/samples").join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn gateway_proxy(identity: bool) -> Proxy {
+    let id = "router~10.0.0.9~ingress-1.istio-system~istio-system.svc.cluster.local";
+    let mut p = Proxy::from_node(id, &serde_json::json!({"LABELS": {"istio": "ingressgateway"}})).expect("valid node");
+    if identity {
+        p.identity = Some("spiffe://cluster.local/ns/istio-system/sa/ingress".into());
+    }
+    p
+}
+
+fn decode<M: Message + Default>(r: &ProxyResources, t: &str, name: &str) -> M {
+    let e = r
+        .of(t)
+        .and_then(|m| m.get(name))
+        .unwrap_or_else(|| panic!("no {t} named {name}; have {:?}", r.of(t).map(|m| m.keys().collect::<Vec<_>>())));
+    M::decode(e.any.value.as_slice()).expect("decodes")
+}
+
+fn names(r: &ProxyResources, t: &str) -> Vec<String> {
+    r.of(t).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn cluster_of(rc: &RouteConfiguration, vhost: &str, route: usize) -> String {
+    let vh = rc.virtual_hosts.iter().find(|v| v.name == vhost).unwrap_or_else(|| panic!("no vhost {vhost}"));
+    match &vh.routes[route].action {
+        Some(Action::Route(ra)) => match &ra.cluster_specifier {
+            Some(ClusterSpecifier::Cluster(c)) => c.clone(),
+            other => panic!("not one cluster: {other:?}"),
+        },
+        other => panic!("not a route: {other:?}"),
+    }
+}
+
+#[test]
+fn istio_samples_share_the_mapped_port() {
+    // bookinfo binds server port 8080, httpbin port 80 (-> targetPort 8080): one listener.
+    let bookinfo = fixture("bookinfo/networking/bookinfo-gateway.yaml");
+    let httpbin = fixture("httpbin/httpbin-gateway.yaml");
+    let snap = snapshot(&[INGRESS, &bookinfo, &httpbin]);
+    let r = generate(&snap, &gateway_proxy(false));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(names(&r, type_url::LISTENER), ["0.0.0.0_8080"]);
+    assert_eq!(names(&r, type_url::ROUTE), ["http.8080"]);
+    let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "http.8080");
+    // One host "*": bookinfo's routes (older by name) then httpbin's catch-all.
+    assert_eq!(rc.virtual_hosts.len(), 1);
+    let vh = &rc.virtual_hosts[0];
+    assert_eq!(vh.domains, ["*"]);
+    assert_eq!(vh.routes.len(), 6);
+    assert_eq!(cluster_of(&rc, &vh.name, 0), "outbound|9080||productpage.default.svc.cluster.local");
+    assert_eq!(cluster_of(&rc, &vh.name, 5), "outbound|8000||httpbin.default.svc.cluster.local");
+    // Gateways get clusters for what they can reach, and no sidecar listeners.
+    assert!(names(&r, type_url::CLUSTER).contains(&"outbound|9080||productpage.default.svc.cluster.local".to_string()));
+    assert!(!names(&r, type_url::LISTENER).iter().any(|l| l.starts_with("virtual")));
+    // A sidecar is not a gateway: the Gateway does not select it.
+    let sidecar = Proxy::from_node(
+        "sidecar~10.0.0.7~a.default~default.svc.cluster.local",
+        &serde_json::json!({"LABELS": {"istio": "ingressgateway"}, "INTERCEPTION_MODE": "NONE"}),
+    )
+    .expect("node");
+    assert!(!names(&generate(&snap, &sidecar), type_url::ROUTE).iter().any(|n| n.starts_with("http.")));
+}
+
+const HTTPS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: web, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-good, protocol: HTTPS}
+    hosts: [good.example.com]
+    tls: {mode: SIMPLE, credentialName: good-cert}
+  - port: {number: 443, name: https-missing, protocol: HTTPS}
+    hosts: [missing.example.com]
+    tls: {mode: SIMPLE, credentialName: no-such-secret}
+  - port: {number: 443, name: https-dup, protocol: HTTPS}
+    hosts: [good.example.com]
+    tls: {mode: SIMPLE, credentialName: good-cert}
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+    tls: {httpsRedirect: true}
+  - port: {number: 80, name: tls-clash, protocol: TLS}
+    hosts: ["*"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: istio-system}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [web]
+  http:
+  - route: [{destination: {host: productpage.default.svc.cluster.local, port: {number: 9080}}}]
+"#;
+
+fn secret(name: &str, cert: &str, key: &str) -> String {
+    use base64::Engine;
+    let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: istio-system}}\ntype: kubernetes.io/tls\ndata: {{tls.crt: {}, tls.key: {}}}\n",
+        b(cert),
+        b(key)
+    )
+}
+
+#[test]
+fn a_bad_credential_or_a_conflict_leaves_out_one_server_and_says_why() {
+    let (cert, key) = spar_ca::Ca::new_root_pem("good.example.com").expect("cert");
+    let snap = snapshot(&[INGRESS, HTTPS, &secret("good-cert", &cert, &key)]);
+    let r = generate(&snap, &gateway_proxy(true));
+    assert_eq!(names(&r, type_url::LISTENER), ["0.0.0.0_8080", "0.0.0.0_8443"]);
+    let l: Listener = decode(&r, type_url::LISTENER, "0.0.0.0_8443");
+    let sni: Vec<Vec<String>> =
+        l.filter_chains.iter().map(|c| c.filter_chain_match.clone().unwrap_or_default().server_names).collect();
+    assert_eq!(sni, [vec!["good.example.com".to_string()]]);
+    assert!(names(&r, type_url::SECRET).contains(&"kubernetes://good-cert".to_string()));
+    let w = r.warnings.join("\n");
+    assert!(
+        w.contains("server 1 (https-missing: port 443 HTTPS)")
+            && w.contains("Secret istio-system/no-such-secret not found"),
+        "{w}"
+    );
+    assert!(w.contains("server 2 (https-dup:") && w.contains("host good.example.com is already served"), "{w}");
+    assert!(w.contains("server 4 (tls-clash:") && w.contains("already served as HTTP"), "{w}");
+    // The HTTPS route config is named istiod's way; the HTTP one redirects.
+    assert!(names(&r, type_url::ROUTE).contains(&"https.443.https-good.web.istio-system".to_string()));
+    let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "http.8080");
+    assert_eq!(rc.virtual_hosts[0].domains, ["*.example.com", "*.example.com:*"]);
+    assert_eq!(rc.virtual_hosts[0].require_tls, 2, "ALL");
+
+    // A key that is not the certificate's: that server goes, with the reason.
+    let (_, other_key) = spar_ca::Ca::new_root_pem("x").expect("key");
+    let snap = snapshot(&[INGRESS, HTTPS, &secret("good-cert", &cert, &other_key)]);
+    let r = generate(&snap, &gateway_proxy(true));
+    assert!(r.warnings.iter().any(|w| w.contains("does not belong to the certificate")), "{:?}", r.warnings);
+    assert_eq!(names(&r, type_url::LISTENER), ["0.0.0.0_8080"]);
+
+    // A gateway that did not prove its identity gets no keys.
+    let snap = snapshot(&[INGRESS, HTTPS, &secret("good-cert", &cert, &key)]);
+    let r = generate(&snap, &gateway_proxy(false));
+    assert!(r.warnings.iter().any(|w| w.contains("has not proven its identity")), "{:?}", r.warnings);
+    assert!(names(&r, type_url::SECRET).is_empty());
+}
+
+#[test]
+fn shadowed_routes_are_reported() {
+    let older = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a-all, namespace: istio-system}
+spec:
+  hosts: [shop.example.com]
+  gateways: [gw]
+  http: [{route: [{destination: {host: productpage.default.svc.cluster.local}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b-api, namespace: istio-system}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/gw]
+  http: [{match: [{uri: {prefix: /api}}], route: [{destination: {host: httpbin.default.svc.cluster.local}}]}]
+"#;
+    let snap = snapshot(&[INGRESS, older]);
+    let r = generate(&snap, &gateway_proxy(false));
+    let w = r.warnings.join("\n");
+    assert!(
+        w.contains("VirtualService istio-system/b-api")
+            && w.contains("catch-all route of the older VirtualService istio-system/a-all"),
+        "{w}"
+    );
+}
