@@ -51,6 +51,15 @@ impl Pki {
         Ok(Cert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
+    /// A client certificate for `name` (a DNS SAN), for mutual TLS.
+    pub fn client_cert(&self, name: &str) -> anyhow::Result<Cert> {
+        let mut params = CertificateParams::new(vec![name.to_string()])?;
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Cert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
     /// Writes the CA certificate to `dir/name` and returns the path.
     pub fn write_ca(&self, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
         let p = dir.join(name);
@@ -92,14 +101,32 @@ pub async fn serve_echo_tls(
 
 /// One HTTP/1.1 GET over TLS to `addr`, with SNI `sni`, trusting `ca_pem`.
 pub async fn tls_request(addr: SocketAddr, sni: &str, ca_pem: &str, path: &str) -> anyhow::Result<HttpResponse> {
+    tls_request_as(addr, sni, ca_pem, None, path).await
+}
+
+/// [`tls_request`] presenting a client certificate (`client`: chain and key, PEM).
+pub async fn tls_request_as(
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+    client: Option<&Cert>,
+    path: &str,
+) -> anyhow::Result<HttpResponse> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c?)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(c) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(c.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
+            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())?)?
+        }
+        None => builder.with_no_client_auth(),
+    };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let fut = async {
         let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
@@ -144,6 +171,24 @@ pub async fn handshake(addr: SocketAddr, sni: &str, ca_pem: &str, client: Option
         Ok(Err(e)) => Err(e.into()),
         Err(_) => Ok(()),
     }
+}
+
+/// A Kubernetes TLS Secret (YAML) holding `cert`, and `ca_pem` as `ca.crt` when given.
+pub fn secret_yaml(namespace: &str, name: &str, cert: Option<&Cert>, ca_pem: Option<&str>) -> String {
+    use base64::Engine;
+    let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut data = Vec::new();
+    if let Some(c) = cert {
+        data.push(format!("tls.crt: {}", b(&c.cert_pem)));
+        data.push(format!("tls.key: {}", b(&c.key_pem)));
+    }
+    if let Some(ca) = ca_pem {
+        data.push(format!("ca.crt: {}", b(ca)));
+    }
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: kubernetes.io/tls\ndata: {{{}}}\n",
+        data.join(", ")
+    )
 }
 
 /// A PEM CSR with a fresh key, asking for `uri` as its SAN.

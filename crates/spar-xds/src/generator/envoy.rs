@@ -777,26 +777,35 @@ pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
                         c.lb_policy = xds_cluster::cluster::LbPolicy::ClusterProvided as i32;
                     }
                 }
-                let effective = dr.map(|dr| policy::effective(&dr.spec, subset, port.port));
-                if let Some(p) = &effective {
-                    policy::apply(p, &mut c, port.protocol, &svc.hostname);
-                    if let Some(tls) = p.tls.as_ref()
-                        && let Some(name) = tls.credential_name.as_deref().filter(|n| !n.is_empty())
+                let mut effective = dr.map(|dr| policy::effective(&dr.spec, subset, port.port));
+                if let Some(p) = effective.as_mut() {
+                    if let Some(tls) = p.tls.as_mut()
+                        && let Some(name) = tls.credential_name.clone().filter(|n| !n.is_empty())
                     {
                         use spar_api::istio::destination_rule::DestinationRuleTrafficPolicyTlsMode as Mode;
                         let needs = credentials::Needs {
                             key_pair: matches!(tls.mode, Some(Mode::Mutual)),
                             ca: !tls.insecure_skip_verify.unwrap_or(false),
                         };
-                        if let Err(e) = credentials::load(scope, name, needs, out)
-                            && let Some(dr) = dr
-                        {
-                            let w = format!("{}: credentialName {name}: {e}", dr.label("DestinationRule"));
-                            if !out.warnings.contains(&w) {
-                                out.warnings.push(w);
+                        if let Err(e) = credentials::load(scope, &name, needs, out) {
+                            // Without the Secret the cluster uses the certificate paths (or
+                            // the system's roots) rather than wait for secrets that will
+                            // never come. istiod applies credentialName at sidecars only for
+                            // a DestinationRule with a workloadSelector, so that is when a
+                            // sidecar hears about it; gateways always do.
+                            tls.credential_name = None;
+                            let selected = dr.is_some_and(|d| d.spec.workload_selector.is_some());
+                            if let Some(dr) = dr
+                                && (scope.proxy.kind == spar_model::ProxyKind::Router || selected)
+                            {
+                                let w = format!("{}: credentialName {name}: {e}", dr.label("DestinationRule"));
+                                if !out.warnings.contains(&w) {
+                                    out.warnings.push(w);
+                                }
                             }
                         }
                     }
+                    policy::apply(p, &mut c, port.protocol, &svc.hostname);
                 }
                 istio_mtls(scope, svc, port.port, subset, labels, effective.as_ref(), &mut c);
                 if c.eds_cluster_config.is_some() {
