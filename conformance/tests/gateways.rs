@@ -152,6 +152,11 @@ async fn egress_gateway(delta: bool) -> anyhow::Result<()> {
     h.load_case("gateway-egress")?;
     let external_ca = Pki::new("the internet's CA")?;
     h.write_config("external-ca.yaml", &secret_yaml("istio-system", "external-ca", None, Some(&external_ca.ca_pem)))?;
+    // Istio's external-service samples, unchanged, beside the pattern: the client's
+    // sidecar must accept them (they route nowhere here: no Internet).
+    for f in ["github.yaml", "pypi.yaml", "aptget.yaml"] {
+        h.use_fixture(&format!("samples/external/{f}"), &format!("external-{f}"))?;
+    }
     let mesh = h.dir.join("mesh.yaml");
     std::fs::write(&mesh, "outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n")?;
     h.spar_args = vec!["--mesh-config".into(), mesh.display().to_string()];
@@ -185,6 +190,24 @@ async fn egress_gateway(delta: bool) -> anyhow::Result<()> {
         std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("/audit-me"))
     })
     .await?;
+    // The external samples are in the client's config, and nothing was rejected.
+    let (_, listeners) = client.admin_get("/config_dump?resource=dynamic_listeners").await?;
+    for host in ["github.com", "pypi.org", "files.pythonhosted.org"] {
+        assert!(listeners.contains(&format!("\"{host}\"")), "SNI chain for {host}");
+    }
+    let (_, clusters) = client.admin_get("/config_dump?resource=dynamic_active_clusters").await?;
+    assert!(clusters.contains("outbound|80||deb.debian.org"), "aptget sample cluster");
+    let status = h.proxy_status(true).await?;
+    let parsed: serde_json::Value = serde_json::from_str(&status)?;
+    let nacks: Vec<&serde_json::Value> = parsed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["types"].as_object().into_iter().flat_map(|t| t.values()))
+        .map(|t| &t["nack"])
+        .filter(|n| !n.is_null())
+        .collect();
+    assert!(nacks.is_empty(), "no proxy rejected anything: {status}");
     let log = std::fs::read_to_string(&log_path)?;
     let line = log.lines().find(|l| l.contains("/audit-me")).unwrap_or_default();
     assert!(line.contains("\"GET /audit-me HTTP/2\" 200"), "the sidecar speaks HTTP/2 to the gateway: {line}");

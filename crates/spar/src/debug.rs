@@ -206,6 +206,9 @@ pub async fn proxy_status(address: &str, json: bool) -> anyhow::Result<()> {
                 println!("    {t} NACK: {msg}");
             }
         }
+        for w in p["warnings"].as_array().into_iter().flatten().filter_map(|w| w.as_str()) {
+            println!("    left out: {w}");
+        }
     }
     Ok(())
 }

@@ -148,10 +148,15 @@ spec:
 "#;
 
 fn secret(name: &str, cert: &str, key: &str) -> String {
+    secret_with_ca(name, cert, key, None)
+}
+
+fn secret_with_ca(name: &str, cert: &str, key: &str, ca: Option<&str>) -> String {
     use base64::Engine;
     let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ca = ca.map(|c| format!(", ca.crt: {}", b(c))).unwrap_or_default();
     format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: istio-system}}\ntype: kubernetes.io/tls\ndata: {{tls.crt: {}, tls.key: {}}}\n",
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: istio-system}}\ntype: kubernetes.io/tls\ndata: {{tls.crt: {}, tls.key: {}{ca}}}\n",
         b(cert),
         b(key)
     )
@@ -229,5 +234,78 @@ spec:
         w.contains("VirtualService istio-system/b-api")
             && w.contains("catch-all route of the older VirtualService istio-system/a-all"),
         "{w}"
+    );
+}
+
+#[test]
+fn tls_settings_reach_the_downstream_context() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        DownstreamTlsContext, common_tls_context::ValidationContextType, tls_parameters::TlsProtocol,
+    };
+    let gw = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tls, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-mutual, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls:
+      mode: MUTUAL
+      credentialName: kubernetes-gateway://istio-system/both
+      subjectAltNames: [client.example.com]
+      minProtocolVersion: TLSV1_3
+      maxProtocolVersion: TLSV1_3
+      cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384]
+  - port: {number: 443, name: https-optional, protocol: HTTPS}
+    hosts: [b.example.com]
+    tls: {mode: OPTIONAL_MUTUAL, credentialName: both}
+  - port: {number: 15443, name: tls, protocol: TLS}
+    hosts: ["*.default.svc.cluster.local"]
+    tls: {mode: AUTO_PASSTHROUGH}
+"#;
+    let (cert, key) = spar_ca::Ca::new_root_pem("a.example.com").expect("cert");
+    let both = secret_with_ca("both", &cert, &key, Some(&cert));
+    let snap = snapshot(&[INGRESS, gw, &both]);
+    let r = generate(&snap, &gateway_proxy(true));
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    let l: Listener = decode(&r, type_url::LISTENER, "0.0.0.0_8443");
+    let ctx = |i: usize| -> DownstreamTlsContext {
+        let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) =
+            &l.filter_chains[i].transport_socket.as_ref().expect("tls").config_type
+        else {
+            panic!("typed config")
+        };
+        DownstreamTlsContext::decode(any.value.as_slice()).expect("decodes")
+    };
+    let mutual = ctx(0);
+    assert_eq!(mutual.require_client_certificate.map(|b| b.value), Some(true));
+    let common = mutual.common_tls_context.expect("common");
+    let params = common.tls_params.expect("params");
+    assert_eq!(params.tls_minimum_protocol_version, TlsProtocol::TlSv13 as i32);
+    assert_eq!(params.tls_maximum_protocol_version, TlsProtocol::TlSv13 as i32);
+    assert_eq!(params.cipher_suites, ["ECDHE-ECDSA-AES256-GCM-SHA384"]);
+    assert_eq!(common.alpn_protocols, ["h2", "http/1.1"]);
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "kubernetes-gateway://istio-system/both");
+    let Some(ValidationContextType::CombinedValidationContext(v)) = common.validation_context_type else {
+        panic!("combined validation")
+    };
+    assert_eq!(
+        v.validation_context_sds_secret_config.expect("ca").name,
+        "kubernetes-gateway://istio-system/both-cacert"
+    );
+    assert_eq!(v.default_validation_context.expect("checks").match_typed_subject_alt_names.len(), 2, "DNS or URI");
+    assert_eq!(ctx(1).require_client_certificate.map(|b| b.value), Some(false), "OPTIONAL_MUTUAL");
+    // AUTO_PASSTHROUGH: one chain per service port and subset, by istiod's mTLS SNI.
+    let l: Listener = decode(&r, type_url::LISTENER, "0.0.0.0_15443");
+    let sni: Vec<String> =
+        l.filter_chains.iter().flat_map(|c| c.filter_chain_match.clone().unwrap_or_default().server_names).collect();
+    assert_eq!(
+        sni,
+        [
+            "outbound_.8000_._.httpbin.default.svc.cluster.local",
+            "outbound_.9080_._.productpage.default.svc.cluster.local"
+        ]
     );
 }
