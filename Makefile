@@ -1,5 +1,6 @@
 # Spar's commands, in one place.
 #   make demo   set up, build, and run the quickstart (real Envoys, real traffic)
+#   make demo-gateways   the same for examples/gateways (ingress and egress gateways)
 #   make test   set up, build, and run every test (unit, Istio fixtures, conformance)
 #   make lint   rustfmt and clippy (-D warnings)
 #   make bench  benchmarks (release build)
@@ -7,16 +8,19 @@
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup build demo test lint fmt check-crates bench clean
+.PHONY: setup build demo demo-gateways test lint fmt check-crates bench clean
 
 setup:
 	@scripts/setup.sh
 
 build:
-	$(CARGO) build --bin spar --bin quickstart
+	$(CARGO) build --bin spar --bin quickstart --bin gateways
 
 demo: setup build
 	target/debug/quickstart
+
+demo-gateways: setup build
+	target/debug/gateways
 
 # The conformance suite runs the spar binary, so build it first.
 test: setup

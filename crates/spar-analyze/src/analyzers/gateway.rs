@@ -82,7 +82,8 @@ fn ingress_ports(ctx: &Context, r: &mut Reporter<'_>) {
                     continue;
                 }
                 for p in arr(svc.spec(), "ports") {
-                    if st(p, "protocol") != "TCP" {
+                    // Kubernetes defaults a port's protocol to TCP (files may leave it out).
+                    if !matches!(st(p, "protocol"), "TCP" | "") {
                         continue;
                     }
                     let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
