@@ -73,8 +73,12 @@ impl FileSource {
     /// unit on `changes` after every change to the store.
     pub async fn run(mut self, changes: mpsc::Sender<()>) {
         let (ev_tx, mut ev_rx) = mpsc::channel::<()>(1);
-        let mut watcher = match notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-            let _ = ev_tx.try_send(());
+        let mut watcher = match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Only changes count: the scan's own reads raise access events, which would
+            // otherwise start the next scan, and so on, a core busy doing nothing.
+            if res.is_ok_and(|e| is_change(&e.kind)) {
+                let _ = ev_tx.try_send(());
+            }
         }) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -110,6 +114,18 @@ fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
     store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether a filesystem event may mean a config file changed (created, written,
+/// renamed, removed), as opposed to being read or having its access time updated.
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{MetadataKind, ModifyKind};
+    match kind {
+        EventKind::Access(_) | EventKind::Other => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+    }
+}
+
 fn is_yaml(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
@@ -136,5 +152,23 @@ fn collect(path: &Path, out: &mut BTreeMap<PathBuf, Stamp>, top: bool) {
     } else if top || is_yaml(path) {
         let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
         out.insert(path.to_path_buf(), stamp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::EventKind;
+    use notify::event::{AccessKind, CreateKind, DataChange, MetadataKind, ModifyKind, RemoveKind, RenameMode};
+
+    use super::is_change;
+
+    #[test]
+    fn reads_are_not_changes() {
+        assert!(!is_change(&EventKind::Access(AccessKind::Any)));
+        assert!(!is_change(&EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime))));
+        assert!(is_change(&EventKind::Create(CreateKind::File)));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+        assert!(is_change(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(is_change(&EventKind::Remove(RemoveKind::File)));
     }
 }
