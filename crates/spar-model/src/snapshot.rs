@@ -131,6 +131,10 @@ pub struct Snapshot {
     pub telemetries: Vec<Config<TelemetrySpec>>,
     /// Problems found while building.
     pub diagnostics: Vec<Diagnostic>,
+    /// Label keys any selector that shapes a sidecar's outbound config looks at
+    /// (Sidecar and DestinationRule workload selectors, VirtualService `sourceLabels`,
+    /// Telemetry selectors). Workloads that agree on these get the same outbound config.
+    pub outbound_label_keys: BTreeSet<String>,
     /// Lookup indexes over the lists above, built once per snapshot so that per-proxy
     /// generation does not scan every rule for every service.
     index: Index,
@@ -313,6 +317,7 @@ impl Snapshot {
             }
         }
         snap.build_index();
+        snap.outbound_label_keys = snap.collect_outbound_label_keys();
         snap
     }
 
@@ -542,6 +547,33 @@ impl Snapshot {
             .collect();
         out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         out
+    }
+
+    fn collect_outbound_label_keys(&self) -> BTreeSet<String> {
+        let mut keys = BTreeSet::new();
+        let mut add =
+            |m: Option<&BTreeMap<String, String>>| keys.extend(m.into_iter().flatten().map(|(k, _)| k.clone()));
+        for s in &self.sidecars {
+            add(s.spec.workload_selector.as_ref().and_then(|w| w.labels.as_ref()));
+        }
+        for (dr, _) in &self.destination_rules {
+            add(dr.spec.workload_selector.as_ref().and_then(|w| w.match_labels.as_ref()));
+        }
+        for t in &self.telemetries {
+            add(t.spec.selector.as_ref().and_then(|w| w.match_labels.as_ref()));
+        }
+        for (vs, _) in &self.virtual_services {
+            for m in vs.spec.http.iter().flatten().flat_map(|r| r.r#match.iter().flatten()) {
+                add(m.source_labels.as_ref());
+            }
+            for m in vs.spec.tcp.iter().flatten().flat_map(|r| r.r#match.iter().flatten()) {
+                add(m.source_labels.as_ref());
+            }
+            for m in vs.spec.tls.iter().flatten().flat_map(|r| r.r#match.iter()) {
+                add(m.source_labels.as_ref());
+            }
+        }
+        keys
     }
 
     fn build_index(&mut self) {

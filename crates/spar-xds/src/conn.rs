@@ -18,11 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 
-use crate::resources::{ProxyResources, TypeResources, content_version, type_url};
+use crate::resources::{Encoded, ProxyResources, content_version, type_url};
+use crate::wire::{DeltaResponse, SotwResponse};
 
 /// Which protocol variant the stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,8 +78,8 @@ pub struct TypeState {
     pub sent_nonce: Option<String>,
     /// When the last response was sent.
     pub sent_at: Option<SystemTime>,
-    /// Names in the last response (SotW) or in the last delta response.
-    pub sent_names: Vec<String>,
+    /// The resources of the last response (shared with it, not copied).
+    pub sent: Option<Arc<[Arc<Encoded>]>>,
     /// Last version the proxy ACKed.
     pub acked_version: Option<String>,
     /// When it was ACKed.
@@ -98,9 +97,9 @@ pub struct TypeState {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Response {
     /// SotW response.
-    Sotw(DiscoveryResponse),
+    Sotw(SotwResponse),
     /// Delta response.
-    Delta(DeltaDiscoveryResponse),
+    Delta(DeltaResponse),
 }
 
 /// What happened when a request was handled, for logs and metrics.
@@ -286,9 +285,8 @@ impl Connection {
     /// The SotW response for `type_url` if what the proxy should hold differs from what
     /// was last sent.
     fn sotw_push(&mut self, type_url: &str) -> Option<Response> {
-        let empty = TypeResources::new();
         let current = Arc::clone(&self.current);
-        let all = current.of(type_url).unwrap_or(&empty);
+        let all = current.of(type_url).unwrap_or_default();
         let state = self.types.get(type_url)?;
         let selected: Vec<_> = all.values().filter(|r| state.subscription.wants(&r.name)).collect();
         let version = set_version(selected.iter().map(|r| (&r.name, &r.version)));
@@ -305,34 +303,23 @@ impl Connection {
         state.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_at = Some(SystemTime::now());
-        state.sent_names = selected.iter().map(|r| r.name.clone()).collect();
-        Some(Response::Sotw(DiscoveryResponse {
-            version_info: version,
-            resources: selected.iter().map(|r| r.any.clone()).collect(),
-            type_url: type_url.to_string(),
-            nonce,
-            ..Default::default()
-        }))
+        let resources: Arc<[Arc<Encoded>]> = selected.into_iter().cloned().collect();
+        state.sent = Some(Arc::clone(&resources));
+        Some(Response::Sotw(SotwResponse { version_info: version, resources, type_url: type_url.to_string(), nonce }))
     }
 
     /// The delta response for `type_url`: resources whose version differs from what the
     /// proxy holds, and removals.
     fn delta_push(&mut self, type_url: &str) -> Option<Response> {
-        let empty = TypeResources::new();
         let current = Arc::clone(&self.current);
-        let all = current.of(type_url).unwrap_or(&empty);
+        let all = current.of(type_url).unwrap_or_default();
         let nonce_needed;
         let (resources, removed) = {
             let state = self.types.get_mut(type_url)?;
-            let mut resources = Vec::new();
+            let mut resources: Vec<Arc<Encoded>> = Vec::new();
             for r in all.values().filter(|r| state.subscription.wants(&r.name)) {
                 if state.client_versions.get(&r.name) != Some(&r.version) {
-                    resources.push(DeltaResource {
-                        name: r.name.clone(),
-                        version: r.version.clone(),
-                        resource: Some(r.any.clone()),
-                        ..Default::default()
-                    });
+                    resources.push(Arc::clone(r));
                 }
             }
             let mut removed: Vec<String> = state
@@ -369,14 +356,14 @@ impl Connection {
         state.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_at = Some(SystemTime::now());
-        state.sent_names = resources.iter().map(|r| r.name.clone()).collect();
-        Some(Response::Delta(DeltaDiscoveryResponse {
+        let resources: Arc<[Arc<Encoded>]> = resources.into();
+        state.sent = Some(Arc::clone(&resources));
+        Some(Response::Delta(DeltaResponse {
             system_version_info: version,
             resources,
             type_url: type_url.to_string(),
             removed_resources: removed,
             nonce,
-            ..Default::default()
         }))
     }
 }
@@ -395,7 +382,7 @@ fn record_ack_or_nack(
                 version: state.sent_version.clone().unwrap_or_default(),
                 nonce: nonce.to_string(),
                 message: err.message.clone(),
-                resources: state.sent_names.clone(),
+                resources: state.sent.iter().flat_map(|r| r.iter()).map(|e| e.name.clone()).collect(),
                 at: SystemTime::now(),
             };
             state.last_nack = Some(nack.clone());

@@ -15,6 +15,7 @@ pub mod resources;
 pub mod sds;
 pub mod server;
 pub mod support;
+pub mod wire;
 
 pub use generator::generate;
 pub use resources::{Encoded, ProxyResources, type_url};

@@ -77,12 +77,17 @@ pub fn content_version(bytes: &[u8]) -> String {
 pub type TypeResources = BTreeMap<String, Arc<Encoded>>;
 
 /// Everything generated for one proxy from one snapshot.
+///
+/// Two layers: an optional shared base (the part every replica of a workload gets, one
+/// copy per snapshot for all of them) and the proxy's own resources on top (inbound
+/// listeners and clusters, certificates). A name in the own layer hides the same name
+/// in the base. Looking at a type gives a merged [`TypeView`]; nothing is copied.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProxyResources {
     /// Version of the snapshot these were generated from.
     pub snapshot_version: u64,
-    /// Resources per type URL.
-    pub by_type: BTreeMap<&'static str, TypeResources>,
+    base: Option<Arc<ProxyResources>>,
+    by_type: BTreeMap<&'static str, TypeResources>,
     /// What generation had to leave out for this proxy and why (a Gateway server whose
     /// credential is missing, a conflicting server, shadowed routes), one line each,
     /// naming the resource. Logged when they change and shown in the sync status.
@@ -90,19 +95,117 @@ pub struct ProxyResources {
 }
 
 impl ProxyResources {
-    /// The resources of one type (empty when none were generated).
-    pub fn of(&self, type_url: &str) -> Option<&TypeResources> {
-        self.by_type.get(type_url)
+    /// An empty set for snapshot `version`.
+    pub fn new(snapshot_version: u64) -> Self {
+        Self { snapshot_version, ..Default::default() }
     }
 
-    /// Adds a resource of type `M`.
+    /// Resources on top of a shared `base` (which must itself have no base; a layered
+    /// base is flattened first).
+    pub fn layered(base: Arc<ProxyResources>) -> Self {
+        let base = if base.base.is_some() { Arc::new(base.flattened()) } else { base };
+        Self {
+            snapshot_version: base.snapshot_version,
+            warnings: base.warnings.clone(),
+            base: Some(base),
+            ..Default::default()
+        }
+    }
+
+    fn flattened(&self) -> ProxyResources {
+        let mut by_type: BTreeMap<&'static str, TypeResources> = BTreeMap::new();
+        for t in self.type_urls() {
+            if let Some(v) = self.of(t) {
+                by_type.insert(t, v.values().map(|e| (e.name.clone(), Arc::clone(e))).collect());
+            }
+        }
+        Self { snapshot_version: self.snapshot_version, base: None, by_type, warnings: self.warnings.clone() }
+    }
+
+    /// The type URLs that have resources, in either layer.
+    pub fn type_urls(&self) -> Vec<&'static str> {
+        let mut out: Vec<&'static str> = self.by_type.keys().copied().collect();
+        if let Some(b) = &self.base {
+            out.extend(b.by_type.keys().copied());
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The resources of one type, both layers merged (`None` when there are none).
+    pub fn of(&self, type_url: &str) -> Option<TypeView<'_>> {
+        let own = self.by_type.get(type_url);
+        let base = self.base.as_deref().and_then(|b| b.by_type.get(type_url));
+        (own.is_some() || base.is_some()).then_some(TypeView { base, own })
+    }
+
+    /// Adds a resource of type `M` to the own layer.
     pub fn insert<M: Message + Name>(&mut self, type_url: &'static str, name: impl Into<String>, msg: &M) {
         let e = Encoded::new(name, msg);
         self.by_type.entry(type_url).or_default().insert(e.name.clone(), Arc::new(e));
     }
 
+    /// Every resource, all types, both layers.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Encoded>> + '_ {
+        self.type_urls().into_iter().filter_map(|t| self.of(t)).flat_map(|v| v.values())
+    }
+
     /// Total encoded size in bytes, over all types.
     pub fn encoded_len(&self) -> usize {
-        self.by_type.values().flat_map(|m| m.values()).map(|e| e.any.value.len()).sum()
+        self.all().map(|e| e.any.value.len()).sum()
+    }
+}
+
+/// The resources of one type as a proxy sees them: its own layer over the shared one,
+/// in name order.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TypeView<'a> {
+    base: Option<&'a TypeResources>,
+    own: Option<&'a TypeResources>,
+}
+
+impl<'a> TypeView<'a> {
+    /// The resource called `name`.
+    pub fn get(&self, name: &str) -> Option<&'a Arc<Encoded>> {
+        self.own.and_then(|o| o.get(name)).or_else(|| self.base.and_then(|b| b.get(name)))
+    }
+
+    /// Whether there is a resource called `name`.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Every resource, by name (the own layer winning).
+    pub fn values(self) -> impl Iterator<Item = &'a Arc<Encoded>> + 'a {
+        let mut own = self.own.into_iter().flat_map(|m| m.values()).peekable();
+        let mut base = self.base.into_iter().flat_map(|m| m.values()).peekable();
+        std::iter::from_fn(move || match (own.peek(), base.peek()) {
+            (Some(o), Some(b)) => match o.name.cmp(&b.name) {
+                std::cmp::Ordering::Less => own.next(),
+                std::cmp::Ordering::Greater => base.next(),
+                std::cmp::Ordering::Equal => {
+                    base.next();
+                    own.next()
+                }
+            },
+            (Some(_), None) => own.next(),
+            (None, _) => base.next(),
+        })
+    }
+
+    /// Every name, in order.
+    pub fn keys(self) -> impl Iterator<Item = &'a String> + 'a {
+        self.values().map(|e| &e.name)
+    }
+
+    /// How many resources.
+    pub fn len(&self) -> usize {
+        self.values().count()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.values().next().is_none()
     }
 }

@@ -6,18 +6,12 @@
 //! channel is small and bounded, so a slow proxy never makes the server buffer.
 
 use std::collections::BTreeMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use futures::{Stream, StreamExt};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use futures::StreamExt;
 use spar_model::{Proxy, Snapshot};
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Status, Streaming};
@@ -196,7 +190,7 @@ pub struct GenerationCache {
 impl GenerationCache {
     /// The shared part of `proxy`'s config from `snapshot`, generated at most once per key.
     pub fn shared(&self, snapshot: &Snapshot, proxy: &Proxy) -> Arc<crate::ProxyResources> {
-        let key = crate::generator::share_key(proxy);
+        let key = crate::generator::share_key(snapshot, proxy);
         if let Ok(g) = self.inner.lock()
             && g.0 == snapshot.version
             && let Some(r) = g.1.get(&key)
@@ -276,15 +270,13 @@ impl AdsService {
     }
 
     /// The tonic service to add to a router.
-    pub fn into_server(self) -> AggregatedDiscoveryServiceServer<Self> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(64 << 20)
+    pub fn into_server(self) -> crate::wire::AdsServer {
+        crate::wire::AdsServer::new(self)
     }
 }
 
 /// A request of either protocol variant.
-trait XdsRequest: Send + 'static {
+pub(crate) trait XdsRequest: Send + 'static {
     fn node(&self) -> Option<&Node>;
     fn handle(self, conn: &mut Connection) -> Vec<Response>;
 }
@@ -308,12 +300,12 @@ impl XdsRequest for DeltaDiscoveryRequest {
 }
 
 /// A response of either variant, unwrapped to the stream's message type.
-trait XdsResponse: Send + 'static + Sized {
+pub(crate) trait XdsResponse: Send + 'static + Sized {
     fn from_response(r: Response) -> Option<Self>;
     fn type_url(&self) -> &str;
 }
 
-impl XdsResponse for DiscoveryResponse {
+impl XdsResponse for crate::wire::SotwResponse {
     fn from_response(r: Response) -> Option<Self> {
         match r {
             Response::Sotw(r) => Some(r),
@@ -325,7 +317,7 @@ impl XdsResponse for DiscoveryResponse {
     }
 }
 
-impl XdsResponse for DeltaDiscoveryResponse {
+impl XdsResponse for crate::wire::DeltaResponse {
     fn from_response(r: Response) -> Option<Self> {
         match r {
             Response::Delta(r) => Some(r),
@@ -337,14 +329,12 @@ impl XdsResponse for DeltaDiscoveryResponse {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
-
 impl AdsService {
-    async fn serve<Req: XdsRequest, Resp: XdsResponse>(
+    pub(crate) async fn serve<Req: XdsRequest, Resp: XdsResponse>(
         &self,
         variant: Variant,
         request: Request<Streaming<Req>>,
-    ) -> Result<tonic::Response<BoxStream<Resp>>, Status> {
+    ) -> Result<mpsc::Receiver<Result<Resp, Status>>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         // The identity a client certificate proves (the secure port verified the chain).
         let proven: Option<Identity> = request
@@ -388,8 +378,7 @@ impl AdsService {
             warnings: Vec::new(),
         };
         tokio::spawn(task.run(variant, first, inbound, tx).instrument(span));
-        let out = tokio_stream::wrappers::ReceiverStream::new(rx);
-        Ok(tonic::Response::new(Box::pin(out)))
+        Ok(rx)
     }
 }
 
@@ -475,7 +464,7 @@ impl StreamTask {
 
     /// Generated config plus, for a proxy with a proven identity, its secrets.
     fn resources(&mut self, snapshot: &Snapshot, refresh_at: &mut SystemTime) -> crate::ProxyResources {
-        let mut r = (*self.cache.shared(snapshot, &self.proxy)).clone();
+        let mut r = crate::ProxyResources::layered(self.cache.shared(snapshot, &self.proxy));
         crate::generator::add_workload_specific(snapshot, &self.proxy, &mut r);
         if r.warnings != self.warnings {
             for w in r.warnings.iter().filter(|w| !self.warnings.contains(w)) {
@@ -519,25 +508,5 @@ impl StreamTask {
                 }
             }
         }
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.serve(Variant::Sotw, request).await
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<tonic::Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.serve(Variant::Delta, request).await
     }
 }

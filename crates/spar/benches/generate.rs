@@ -216,7 +216,7 @@ fn run_client(
         );
     }
     // Versioning: hashing every resource's bytes, as `Encoded::new` does.
-    let all: Vec<&[u8]> = resources.by_type.values().flat_map(|m| m.values()).map(|e| e.any.value.as_slice()).collect();
+    let all: Vec<&[u8]> = resources.all().map(|e| e.any.value.as_slice()).collect();
     let (hash, _) = measure(part_plan, || all.iter().map(|b| content_version(b).len()).sum::<usize>());
 
     let (mut virtual_hosts, mut routes) = (0, 0);

@@ -1,6 +1,7 @@
 use super::*;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 
 fn mk_resources(clusters: &[(&str, u32)]) -> Arc<ProxyResources> {
@@ -31,16 +32,16 @@ fn mk_sotw(type_url: &str, names: &[&str], version: &str, nonce: &str) -> Discov
     }
 }
 
-fn sotw(r: &Response) -> &DiscoveryResponse {
+fn sotw(r: &Response) -> DiscoveryResponse {
     match r {
-        Response::Sotw(r) => r,
+        Response::Sotw(r) => r.to_prost(),
         Response::Delta(_) => panic!("expected a SotW response"),
     }
 }
 
-fn delta(r: &Response) -> &DeltaDiscoveryResponse {
+fn delta(r: &Response) -> DeltaDiscoveryResponse {
     match r {
-        Response::Delta(r) => r,
+        Response::Delta(r) => r.to_prost(),
         Response::Sotw(_) => panic!("expected a delta response"),
     }
 }
@@ -66,7 +67,7 @@ fn sotw_wildcard_ack_and_push() {
     // Changed content: one push with the full set.
     let out = c.on_resources(mk_resources(&[("a", 2), ("b", 1)]));
     assert_eq!(out.len(), 1);
-    assert_eq!(names_of(sotw(&out[0])), ["a", "b"]);
+    assert_eq!(names_of(&sotw(&out[0])), ["a", "b"]);
     assert_ne!(sotw(&out[0]).version_info, r.version_info);
 }
 
@@ -157,7 +158,7 @@ fn delta_wildcard_sends_only_changes_and_removals() {
 #[test]
 fn delta_resume_skips_what_the_proxy_holds() {
     let res = mk_resources(&[("a", 1), ("b", 1)]);
-    let a_version = res.of(type_url::CLUSTER).map(|m| m["a"].version.clone()).unwrap_or_default();
+    let a_version = res.of(type_url::CLUSTER).and_then(|m| m.get("a")).map(|e| e.version.clone()).unwrap_or_default();
     let mut c = Connection::new(Variant::Delta, res);
     let mut req = mk_delta(type_url::CLUSTER, &[], &[], "");
     req.initial_resource_versions.insert("a".into(), a_version);

@@ -357,6 +357,10 @@ fn hcm(scope: &Scope<'_>, stat_prefix: String, route_name: String, tls: bool) ->
     envoy::typed_filter("envoy.filters.network.http_connection_manager", pack_any(h))
 }
 
+/// A virtual host being built: its host name, the host, the VirtualServices (namespace,
+/// name) merged into it, and the label of the first.
+type MergedHost = (String, xds_route::VirtualHost, BTreeSet<(String, String)>, String);
+
 fn is_catch_all(r: &xds_route::Route) -> bool {
     r.r#match.as_ref().is_some_and(|m| {
         matches!(&m.path_specifier, Some(xds_route::route_match::PathSpecifier::Prefix(p)) if p == "/")
@@ -375,8 +379,7 @@ fn route_config(
     servers: &[&Server<'_>],
     out: &mut ProxyResources,
 ) -> xds_route::RouteConfiguration {
-    // (host, vhost, VirtualServices merged into it, label of the first)
-    let mut vhosts: Vec<(String, xds_route::VirtualHost, BTreeSet<(String, String)>, String)> = Vec::new();
+    let mut vhosts: Vec<MergedHost> = Vec::new();
     for s in servers {
         for (vs, vs_hosts) in
             scope.snap.virtual_services_for_gateway(&scope.proxy.namespace, &s.gw.namespace, &s.gw.name)

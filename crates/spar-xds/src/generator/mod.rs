@@ -46,7 +46,7 @@ pub fn generate(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
 /// workload, so it can be generated once per snapshot and shared ([`share_key`]).
 pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
     let scope = Scope::new(snapshot, proxy);
-    let mut out = ProxyResources { snapshot_version: snapshot.version, ..Default::default() };
+    let mut out = ProxyResources::new(snapshot.version);
     match proxy.kind {
         ProxyKind::Sidecar => envoy::outbound(&scope, &mut out),
         ProxyKind::Router => gateway::listeners(&scope, &mut out),
@@ -67,20 +67,31 @@ pub fn add_workload_specific(snapshot: &Snapshot, proxy: &Proxy, out: &mut Proxy
 }
 
 /// Everything [`generate_shared`] reads from the proxy: proxies with equal keys get equal
-/// shared config from the same snapshot.
-pub fn share_key(proxy: &Proxy) -> String {
-    format!(
-        "{:?}|{}|{:?}|{:?}|{}|{}|{:?}|{:?}",
+/// shared config from the same snapshot. For sidecars only the labels some selector looks
+/// at count (`Snapshot::outbound_label_keys`), and of the proven identity only its trust
+/// domain, so that all workloads of a namespace usually share one copy; gateways keep
+/// every label (Gateway selectors, policies) and their addresses (port mapping).
+pub fn share_key(snapshot: &Snapshot, proxy: &Proxy) -> String {
+    use std::fmt::Write as _;
+    let router = proxy.kind == ProxyKind::Router;
+    let mut key = format!(
+        "{:?}|{}|{:?}|{}|{}|{:?}|",
         proxy.kind,
         proxy.namespace,
-        proxy.labels,
         proxy.interception,
         proxy.locality,
-        proxy.identity.as_deref().unwrap_or(""),
+        proxy.identity.as_deref().map_or("-", mtls::trust_domain),
         proxy.listen_address,
-        // Gateways map server ports through the Services they are endpoints of.
-        if proxy.kind == ProxyKind::Router { proxy.ips.as_slice() } else { &[] },
-    )
+    );
+    for (k, v) in &proxy.labels {
+        if router || snapshot.outbound_label_keys.contains(k) {
+            let _ = write!(key, "{k}={v},");
+        }
+    }
+    if router {
+        let _ = write!(key, "|{:?}", proxy.ips);
+    }
+    key
 }
 
 #[cfg(test)]

@@ -219,7 +219,7 @@ fn generated_config_uses_only_stock_envoy_extensions() {
         [("10.0.0.1", serde_json::json!({"app": "client"})), ("10.0.0.2", serde_json::json!({"app": "backend"}))]
     {
         let r = generate(&snap, &mk_proxy(ip, labels, "NONE"));
-        for res in r.by_type.values().flat_map(|m| m.values()) {
+        for res in r.all() {
             let text = String::from_utf8_lossy(&res.any.value);
             assert!(!text.contains("istio."), "{} mentions an Istio-only extension", res.name);
         }
@@ -234,6 +234,30 @@ fn shared_plus_specific_is_the_whole_config() {
     super::add_workload_specific(&snap, &p, &mut split);
     assert_eq!(split, generate(&snap, &p));
     let other = mk_proxy("10.0.0.9", serde_json::json!({"app": "backend", "version": "v1"}), "NONE");
-    assert_eq!(super::share_key(&p), super::share_key(&other), "replicas share");
+    assert_eq!(super::share_key(&snap, &p), super::share_key(&snap, &other), "replicas share");
     assert_eq!(super::generate_shared(&snap, &p), super::generate_shared(&snap, &other));
+    // The layered form (shared base, own resources on top) is the same config.
+    let mut layered = crate::ProxyResources::layered(std::sync::Arc::new(super::generate_shared(&snap, &p)));
+    super::add_workload_specific(&snap, &p, &mut layered);
+    let whole = generate(&snap, &p);
+    assert_eq!(layered.type_urls(), whole.type_urls());
+    for t in whole.type_urls() {
+        let names = |r: &crate::ProxyResources| -> Vec<(String, String)> {
+            r.of(t).map(|v| v.values().map(|e| (e.name.clone(), e.version.clone())).collect()).unwrap_or_default()
+        };
+        assert_eq!(names(&layered), names(&whole), "{t}");
+    }
+}
+
+#[test]
+fn workloads_share_outbound_config_unless_a_selector_tells_them_apart() {
+    let snap = mk_snapshot(MESH);
+    let a = mk_proxy("10.0.0.2", serde_json::json!({"app": "a", "pod-template-hash": "x1"}), "NONE");
+    let b = mk_proxy("10.0.0.3", serde_json::json!({"app": "b", "pod-template-hash": "y2"}), "NONE");
+    assert_eq!(super::share_key(&snap, &a), super::share_key(&snap, &b), "no selector looks at these labels");
+    assert_eq!(super::generate_shared(&snap, &a), super::generate_shared(&snap, &b));
+    // A Sidecar selecting app=client makes `app` count.
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
+    assert!(snap.outbound_label_keys.contains("app"));
+    assert_ne!(super::share_key(&snap, &a), super::share_key(&snap, &b));
 }

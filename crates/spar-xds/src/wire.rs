@@ -1,0 +1,485 @@
+//! xDS responses on the wire without copies held per stream.
+//!
+//! A response is the list of shared, already-encoded resources ([`Encoded`]) plus a few
+//! strings. It is serialized lazily into bounded chunks while HTTP/2 flow control lets
+//! it go, so a stream holds at most one chunk in flight instead of a whole encoded
+//! response (tonic's encoder keeps a buffer as large as the largest message for the life
+//! of the stream: megabytes per proxy for a full mesh). The bytes on the wire are exactly
+//! those of `DiscoveryResponse` / `DeltaDiscoveryResponse` (tested against prost).
+//!
+//! ```text
+//!   Connection ─► SotwResponse / DeltaResponse (Arc<Encoded>...) ─► mpsc ─► XdsBody
+//!        ─► 5-byte gRPC prefix + fields + resources, ≤ CHUNK bytes per frame ─► hyper/h2
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
+};
+use http_body::Frame;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::resources::Encoded;
+
+/// Largest chunk handed to HTTP/2 at once (a resource larger than this goes alone).
+const CHUNK: usize = 64 * 1024;
+
+/// A state-of-the-world response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SotwResponse {
+    /// `version_info`.
+    pub version_info: String,
+    /// The resources, shared with the generated config.
+    pub resources: Arc<[Arc<Encoded>]>,
+    /// `type_url`.
+    pub type_url: String,
+    /// `nonce`.
+    pub nonce: String,
+}
+
+/// An incremental response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeltaResponse {
+    /// `system_version_info`.
+    pub system_version_info: String,
+    /// Changed resources (name, version and the resource come from each [`Encoded`]).
+    pub resources: Arc<[Arc<Encoded>]>,
+    /// `type_url`.
+    pub type_url: String,
+    /// `removed_resources`.
+    pub removed_resources: Vec<String>,
+    /// `nonce`.
+    pub nonce: String,
+}
+
+impl SotwResponse {
+    /// The same response as prost's message (tests, tools).
+    pub fn to_prost(&self) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: self.version_info.clone(),
+            resources: self.resources.iter().map(|r| r.any.clone()).collect(),
+            type_url: self.type_url.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl DeltaResponse {
+    /// The same response as prost's message (tests, tools).
+    pub fn to_prost(&self) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: self.system_version_info.clone(),
+            resources: self
+                .resources
+                .iter()
+                .map(|r| DeltaResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.any.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: self.type_url.clone(),
+            removed_resources: self.removed_resources.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn varint_len(v: usize) -> usize {
+    let mut n = 1;
+    let mut v = v >> 7;
+    while v > 0 {
+        n += 1;
+        v >>= 7;
+    }
+    n
+}
+
+fn put_varint(buf: &mut BytesMut, mut v: usize) {
+    while v >= 0x80 {
+        #[allow(clippy::cast_possible_truncation)] // masked to 7 bits
+        buf.put_u8((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    #[allow(clippy::cast_possible_truncation)] // < 0x80
+    buf.put_u8(v as u8);
+}
+
+/// Length of a length-delimited field (key, length, payload) with `len` payload bytes;
+/// every field here has a number below 16, so its key is one byte.
+fn field_len(len: usize) -> usize {
+    1 + varint_len(len) + len
+}
+
+/// A string or bytes field, left out when empty (proto3).
+fn opt_field_len(len: usize) -> usize {
+    if len == 0 { 0 } else { field_len(len) }
+}
+
+fn put_field_header(buf: &mut BytesMut, field: u8, len: usize) {
+    buf.put_u8((field << 3) | 2);
+    put_varint(buf, len);
+}
+
+fn put_opt_bytes(buf: &mut BytesMut, field: u8, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        put_field_header(buf, field, bytes.len());
+        buf.put_slice(bytes);
+    }
+}
+
+fn any_len(e: &Encoded) -> usize {
+    opt_field_len(e.any.type_url.len()) + opt_field_len(e.any.value.len())
+}
+
+fn put_any(buf: &mut BytesMut, e: &Encoded) {
+    put_opt_bytes(buf, 1, e.any.type_url.as_bytes());
+    put_opt_bytes(buf, 2, &e.any.value);
+}
+
+/// `envoy.service.discovery.v3.Resource`: version (1), resource (2), name (3).
+fn delta_resource_len(e: &Encoded) -> usize {
+    opt_field_len(e.version.len()) + field_len(any_len(e)) + opt_field_len(e.name.len())
+}
+
+/// A response being written out: the gRPC message prefix and scalar fields first, then
+/// one resource after another, then (delta) the removed names.
+#[derive(Debug)]
+pub struct Writer {
+    head: Option<BytesMut>,
+    resources: Arc<[Arc<Encoded>]>,
+    next: usize,
+    delta: bool,
+    tail: Option<BytesMut>,
+}
+
+impl Writer {
+    fn sotw(r: &SotwResponse) -> Self {
+        let body_len = opt_field_len(r.version_info.len())
+            + opt_field_len(r.type_url.len())
+            + opt_field_len(r.nonce.len())
+            + r.resources.iter().map(|e| field_len(any_len(e))).sum::<usize>();
+        let mut head = grpc_prefix(body_len);
+        put_opt_bytes(&mut head, 1, r.version_info.as_bytes());
+        put_opt_bytes(&mut head, 4, r.type_url.as_bytes());
+        put_opt_bytes(&mut head, 5, r.nonce.as_bytes());
+        Self { head: Some(head), resources: Arc::clone(&r.resources), next: 0, delta: false, tail: None }
+    }
+
+    fn delta(r: &DeltaResponse) -> Self {
+        let removed_len: usize = r.removed_resources.iter().map(|n| field_len(n.len())).sum();
+        let body_len = opt_field_len(r.system_version_info.len())
+            + opt_field_len(r.type_url.len())
+            + opt_field_len(r.nonce.len())
+            + removed_len
+            + r.resources.iter().map(|e| field_len(delta_resource_len(e))).sum::<usize>();
+        let mut head = grpc_prefix(body_len);
+        put_opt_bytes(&mut head, 1, r.system_version_info.as_bytes());
+        put_opt_bytes(&mut head, 4, r.type_url.as_bytes());
+        put_opt_bytes(&mut head, 5, r.nonce.as_bytes());
+        let mut tail = BytesMut::with_capacity(removed_len);
+        for n in &r.removed_resources {
+            put_field_header(&mut tail, 6, n.len());
+            tail.put_slice(n.as_bytes());
+        }
+        Self {
+            head: Some(head),
+            resources: Arc::clone(&r.resources),
+            next: 0,
+            delta: true,
+            tail: (!tail.is_empty()).then_some(tail),
+        }
+    }
+
+    /// The next chunk, or `None` when the message is written.
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let mut buf = self.head.take().unwrap_or_default();
+        while self.next < self.resources.len() && buf.len() < CHUNK {
+            let e = &self.resources[self.next];
+            self.next += 1;
+            if self.delta {
+                put_field_header(&mut buf, 2, delta_resource_len(e));
+                put_opt_bytes(&mut buf, 1, e.version.as_bytes());
+                put_field_header(&mut buf, 2, any_len(e));
+                put_any(&mut buf, e);
+                put_opt_bytes(&mut buf, 3, e.name.as_bytes());
+            } else {
+                put_field_header(&mut buf, 2, any_len(e));
+                put_any(&mut buf, e);
+            }
+        }
+        if self.next >= self.resources.len()
+            && let Some(t) = self.tail.take()
+        {
+            buf.extend_from_slice(&t);
+        }
+        (!buf.is_empty()).then(|| buf.freeze())
+    }
+}
+
+/// The 5-byte gRPC message prefix (not compressed, big-endian length), with room for
+/// the first fields.
+fn grpc_prefix(body_len: usize) -> BytesMut {
+    let mut b = BytesMut::with_capacity(5 + 256);
+    b.put_u8(0);
+    b.put_u32(u32::try_from(body_len).unwrap_or(u32::MAX));
+    b
+}
+
+/// A response that can be written as one gRPC message.
+pub trait WireMessage: Send + 'static {
+    /// Its writer.
+    fn writer(&self) -> Writer;
+}
+
+impl WireMessage for SotwResponse {
+    fn writer(&self) -> Writer {
+        Writer::sotw(self)
+    }
+}
+
+impl WireMessage for DeltaResponse {
+    fn writer(&self) -> Writer {
+        Writer::delta(self)
+    }
+}
+
+/// The body of a streaming gRPC response: messages from the stream task, serialized
+/// lazily, then the `grpc-status` trailers.
+#[derive(Debug)]
+pub struct XdsBody<M> {
+    rx: mpsc::Receiver<Result<M, Status>>,
+    current: Option<Writer>,
+    done: bool,
+}
+
+impl<M> XdsBody<M> {
+    /// A body fed by `rx`; it ends when the sender is dropped (OK) or sends an error.
+    pub fn new(rx: mpsc::Receiver<Result<M, Status>>) -> Self {
+        Self { rx, current: None, done: false }
+    }
+}
+
+fn trailers(status: Option<&Status>) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    match status {
+        None => {
+            h.insert("grpc-status", http::HeaderValue::from_static("0"));
+        }
+        Some(s) => {
+            if s.add_header(&mut h).is_err() {
+                h.insert("grpc-status", http::HeaderValue::from_static("13"));
+            }
+        }
+    }
+    h
+}
+
+impl<M: WireMessage + Unpin> http_body::Body for XdsBody<M> {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        loop {
+            if let Some(w) = this.current.as_mut() {
+                if let Some(chunk) = w.next_chunk() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                this.current = None;
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(m))) => this.current = Some(m.writer()),
+                Poll::Ready(Some(Err(status))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(Some(&status))))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(None)))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.current.is_none()
+    }
+}
+
+/// The gRPC service `envoy.service.discovery.v3.AggregatedDiscoveryService`, written by
+/// hand so that responses go out through [`XdsBody`]; requests are decoded by tonic.
+#[derive(Clone, Debug)]
+pub struct AdsServer {
+    inner: crate::server::AdsService,
+}
+
+impl AdsServer {
+    pub(crate) fn new(inner: crate::server::AdsService) -> Self {
+        Self { inner }
+    }
+}
+
+impl tonic::server::NamedService for AdsServer {
+    const NAME: &'static str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+}
+
+/// Largest request accepted (Envoy's requests are small; 16 MiB as before).
+const MAX_REQUEST: usize = 16 << 20;
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send>>;
+
+impl<B> tonic::codegen::Service<http::Request<B>> for AdsServer
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let svc = self.inner.clone();
+        Box::pin(async move {
+            let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+            let (parts, body) = req.into_parts();
+            let response = match method.as_str() {
+                "StreamAggregatedResources" => {
+                    let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+                        DiscoveryResponse,
+                        DiscoveryRequest,
+                    >::default());
+                    let stream = tonic::Streaming::new_request(decoder, body, None, Some(MAX_REQUEST));
+                    let mut request = tonic::Request::new(stream);
+                    *request.extensions_mut() = parts.extensions;
+                    grpc_response(
+                        svc.serve::<DiscoveryRequest, SotwResponse>(crate::conn::Variant::Sotw, request).await,
+                    )
+                }
+                "DeltaAggregatedResources" => {
+                    let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
+                        DeltaDiscoveryResponse,
+                        DeltaDiscoveryRequest,
+                    >::default());
+                    let stream = tonic::Streaming::new_request(decoder, body, None, Some(MAX_REQUEST));
+                    let mut request = tonic::Request::new(stream);
+                    *request.extensions_mut() = parts.extensions;
+                    grpc_response(
+                        svc.serve::<DeltaDiscoveryRequest, DeltaResponse>(crate::conn::Variant::Delta, request).await,
+                    )
+                }
+                other => Status::unimplemented(format!("no method {other:?}")).into_http(),
+            };
+            Ok(response)
+        })
+    }
+}
+
+fn grpc_response<M: WireMessage + Unpin>(
+    r: Result<mpsc::Receiver<Result<M, Status>>, Status>,
+) -> http::Response<tonic::body::Body> {
+    match r {
+        Ok(rx) => {
+            let mut resp = http::Response::new(tonic::body::Body::new(XdsBody::new(rx)));
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            resp
+        }
+        Err(status) => status.into_http(),
+    }
+}
+
+/// Writes a whole message (tests).
+pub fn to_bytes(m: &impl WireMessage) -> Vec<u8> {
+    let mut w = m.writer();
+    let mut out = Vec::new();
+    while let Some(c) = w.next_chunk() {
+        out.extend_from_slice(&c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
+
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    fn chunks(m: &impl WireMessage) -> VecDeque<Bytes> {
+        let mut w = m.writer();
+        let mut out = VecDeque::new();
+        while let Some(c) = w.next_chunk() {
+            out.push_back(c);
+        }
+        out
+    }
+
+    fn encoded(n: usize) -> Arc<[Arc<Encoded>]> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Encoded::new(
+                    format!("outbound|9080||svc-{i}.default.svc.cluster.local"),
+                    &Cluster { name: format!("c{i}"), alt_stat_name: "x".repeat(i % 300), ..Default::default() },
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sotw_bytes_are_prosts() {
+        for n in [0, 1, 3, 2000] {
+            let r = SotwResponse {
+                version_info: "v1".into(),
+                resources: encoded(n),
+                type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+                nonce: "7".into(),
+            };
+            let bytes = to_bytes(&r);
+            let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+            assert_eq!((bytes[0], len), (0, bytes.len() - 5), "gRPC prefix");
+            assert_eq!(DiscoveryResponse::decode(&bytes[5..]).expect("decodes"), r.to_prost());
+            assert!(chunks(&r).iter().all(|c| c.len() < CHUNK + 1024), "bounded chunks");
+        }
+    }
+
+    #[test]
+    fn delta_bytes_are_prosts() {
+        let r = DeltaResponse {
+            system_version_info: "abc".into(),
+            resources: encoded(500),
+            type_url: "t".into(),
+            removed_resources: vec!["gone".into(), "also-gone".into()],
+            nonce: "9".into(),
+        };
+        let bytes = to_bytes(&r);
+        assert_eq!(DeltaDiscoveryResponse::decode(&bytes[5..]).expect("decodes"), r.to_prost());
+        let empty = DeltaResponse {
+            system_version_info: String::new(),
+            resources: encoded(0),
+            type_url: "t".into(),
+            removed_resources: vec!["x".into()],
+            nonce: "1".into(),
+        };
+        assert_eq!(DeltaDiscoveryResponse::decode(&to_bytes(&empty)[5..]).expect("decodes"), empty.to_prost());
+    }
+}
