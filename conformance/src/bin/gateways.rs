@@ -44,7 +44,11 @@ async fn run() -> anyhow::Result<()> {
         ),
     )?;
     h.spar_args = vec!["--mesh-config".into(), example.join("mesh-config.yaml").display().to_string()];
-    println!("==> spar serve --config {} --mesh-config {}/mesh-config.yaml (CA on)", example.display(), example.display());
+    println!(
+        "==> spar serve --config {} --mesh-config {}/mesh-config.yaml (CA on)",
+        example.display(),
+        example.display()
+    );
     h.start_spar(&[example]).await.context("starting spar (is another demo running?)")?;
 
     h.start_echo("web", SocketAddr::new(ip(2), 9080)).await?;
@@ -83,7 +87,11 @@ async fn run() -> anyhow::Result<()> {
     })
     .await?;
     let r = http_request(out, "GET", "external.example", "/orders", &[]).await?;
-    println!("    GET /orders -> {} from {} (over mTLS to the egress gateway, TLS from there)", r.status, r.backend().unwrap_or("?"));
+    println!(
+        "    GET /orders -> {} from {} (over mTLS to the egress gateway, TLS from there)",
+        r.status,
+        r.backend().unwrap_or("?")
+    );
     let r = http_request(out, "GET", "elsewhere.example", "/", &[]).await?;
     println!("    GET http://elsewhere.example/ -> {} (REGISTRY_ONLY: not in the registry)", r.status);
     let log = h.stdout_path(&egress.name);

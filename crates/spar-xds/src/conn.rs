@@ -325,7 +325,7 @@ impl Connection {
             let mut removed: Vec<String> = state
                 .client_versions
                 .keys()
-                .filter(|n| !all.contains_key(*n) || !state.subscription.wants(n))
+                .filter(|n| !all.contains_key(n) || !state.subscription.wants(n))
                 .cloned()
                 .collect();
             // Named subscriptions to resources that do not exist are answered with a
