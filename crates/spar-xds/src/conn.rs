@@ -42,11 +42,14 @@ pub struct Subscription {
     pub wildcard: bool,
     /// Explicitly named resources (besides the wildcard).
     pub names: BTreeSet<String>,
+    /// The proxy named exactly the resources it had been sent (Envoy's EDS and RDS
+    /// requests, normally): kept as this flag instead of thousands of names per stream.
+    pub all_current: bool,
 }
 
 impl Subscription {
     fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
+        self.wildcard || self.all_current || self.names.contains(name)
     }
 }
 
@@ -195,7 +198,15 @@ impl Connection {
         let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
         let wildcard = req.resource_names.iter().any(|n| n == "*")
             || (req.resource_names.is_empty() && type_url::is_wildcard_type(&type_url));
-        let new_sub = Subscription { wildcard, names };
+        let current = Arc::clone(&self.current);
+        let all_current = !wildcard
+            && !names.is_empty()
+            && current.of(&type_url).is_some_and(|v| v.len() == names.len() && names.iter().all(|n| v.contains_key(n)));
+        let new_sub = if all_current {
+            Subscription { wildcard: false, names: BTreeSet::new(), all_current: true }
+        } else {
+            Subscription { wildcard, names, all_current: false }
+        };
         let changed = state.subscription != new_sub;
         state.subscription = new_sub;
         if first || changed {
@@ -394,6 +405,8 @@ fn record_ack_or_nack(
             state.acked_version = Some(version.to_string());
             state.acked_at = Some(now);
             state.last_nack = None;
+            // Only a NACK of the latest response needs its resources (to name them).
+            state.sent = None;
             events.push(Event::Ack { type_url: type_url.to_string(), version: version.to_string(), latency });
         }
     }

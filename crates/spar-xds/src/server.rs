@@ -14,7 +14,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use futures::StreamExt;
 use spar_model::{Proxy, Snapshot};
 use tokio::sync::{mpsc, watch};
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
+
+/// The requests of one stream, decoded.
+pub(crate) type Requests<Req> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Req, Status>> + Send>>;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::conn::{Connection, Event, Response, Variant};
@@ -276,7 +279,7 @@ impl AdsService {
 }
 
 /// A request of either protocol variant.
-pub(crate) trait XdsRequest: Send + 'static {
+pub(crate) trait XdsRequest: prost::Message + Default + Send + 'static {
     fn node(&self) -> Option<&Node>;
     fn handle(self, conn: &mut Connection) -> Vec<Response>;
 }
@@ -333,7 +336,7 @@ impl AdsService {
     pub(crate) async fn serve<Req: XdsRequest, Resp: XdsResponse>(
         &self,
         variant: Variant,
-        request: Request<Streaming<Req>>,
+        request: Request<Requests<Req>>,
     ) -> Result<mpsc::Receiver<Result<Resp, Status>>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         // The identity a client certificate proves (the secure port verified the chain).
@@ -401,7 +404,7 @@ impl StreamTask {
         mut self,
         variant: Variant,
         first: Req,
-        mut inbound: Streaming<Req>,
+        mut inbound: Requests<Req>,
         tx: mpsc::Sender<Result<Resp, Status>>,
     ) {
         self.metrics.connected.fetch_add(1, Ordering::Relaxed);

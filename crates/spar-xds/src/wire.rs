@@ -363,24 +363,14 @@ where
             let (parts, body) = req.into_parts();
             let response = match method.as_str() {
                 "StreamAggregatedResources" => {
-                    let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
-                        DiscoveryResponse,
-                        DiscoveryRequest,
-                    >::default());
-                    let stream = tonic::Streaming::new_request(decoder, body, None, Some(MAX_REQUEST));
-                    let mut request = tonic::Request::new(stream);
+                    let mut request = tonic::Request::new(requests::<B, DiscoveryRequest>(body));
                     *request.extensions_mut() = parts.extensions;
                     grpc_response(
                         svc.serve::<DiscoveryRequest, SotwResponse>(crate::conn::Variant::Sotw, request).await,
                     )
                 }
                 "DeltaAggregatedResources" => {
-                    let decoder = tonic::codec::Codec::decoder(&mut tonic_prost::ProstCodec::<
-                        DeltaDiscoveryResponse,
-                        DeltaDiscoveryRequest,
-                    >::default());
-                    let stream = tonic::Streaming::new_request(decoder, body, None, Some(MAX_REQUEST));
-                    let mut request = tonic::Request::new(stream);
+                    let mut request = tonic::Request::new(requests::<B, DeltaDiscoveryRequest>(body));
                     *request.extensions_mut() = parts.extensions;
                     grpc_response(
                         svc.serve::<DeltaDiscoveryRequest, DeltaResponse>(crate::conn::Variant::Delta, request).await,
@@ -390,6 +380,111 @@ where
             };
             Ok(response)
         })
+    }
+}
+
+/// Decodes the gRPC messages of a request body. The buffer only grows for a large
+/// request (Envoy's EDS requests name every cluster: hundreds of kilobytes in a large
+/// mesh) and is let go once that request is decoded, instead of being kept for the
+/// life of the stream as tonic's decoder keeps it.
+struct RequestStream<B, T> {
+    body: Pin<Box<B>>,
+    buf: BytesMut,
+    done: bool,
+    _message: std::marker::PhantomData<fn() -> T>,
+}
+
+/// Buffers larger than this are dropped once empty.
+const KEEP_BUFFER: usize = 16 * 1024;
+
+fn requests<B, T>(body: B) -> crate::server::Requests<T>
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T: prost::Message + Default + Send + 'static,
+{
+    Box::pin(RequestStream::<B, T> {
+        body: Box::pin(body),
+        buf: BytesMut::new(),
+        done: false,
+        _message: std::marker::PhantomData,
+    })
+}
+
+impl<B, T> RequestStream<B, T>
+where
+    T: prost::Message + Default,
+{
+    /// A whole message from the buffer, if one is there.
+    fn take_message(&mut self) -> Option<Result<T, Status>> {
+        if self.buf.len() < 5 {
+            return None;
+        }
+        if self.buf[0] != 0 {
+            return Some(Err(Status::unimplemented("compressed requests are not supported")));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_REQUEST {
+            return Some(Err(Status::resource_exhausted(format!("request of {len} bytes is over {MAX_REQUEST}"))));
+        }
+        if self.buf.len() < 5 + len {
+            self.buf.reserve(5 + len - self.buf.len());
+            return None;
+        }
+        let msg = self.buf.split_to(5 + len);
+        if len > KEEP_BUFFER {
+            // The rest still shares the large allocation: move it to a small one.
+            self.buf = BytesMut::from(&self.buf[..]);
+        }
+        Some(T::decode(&msg[5..]).map_err(|e| Status::invalid_argument(format!("cannot decode request: {e}"))))
+    }
+}
+
+impl<B, T> futures::Stream for RequestStream<B, T>
+where
+    B: http_body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T: prost::Message + Default,
+{
+    type Item = Result<T, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(m) = this.take_message() {
+                if m.is_err() {
+                    this.done = true;
+                }
+                return Poll::Ready(Some(m));
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match this.body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        use bytes::Buf;
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            this.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    if !this.buf.is_empty() {
+                        return Poll::Ready(Some(Err(Status::internal("request stream ended inside a message"))));
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -460,6 +555,50 @@ mod tests {
             assert_eq!(DiscoveryResponse::decode(&bytes[5..]).expect("decodes"), r.to_prost());
             assert!(chunks(&r).iter().all(|c| c.len() < CHUNK + 1024), "bounded chunks");
         }
+    }
+
+    /// A request body delivered in the given pieces.
+    struct Pieces(VecDeque<Bytes>);
+
+    impl http_body::Body for Pieces {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_split_across_frames_decode_and_the_buffer_is_let_go() {
+        use futures::StreamExt;
+        let big = DiscoveryRequest {
+            type_url: "eds".into(),
+            resource_names: (0..5000).map(|i| format!("outbound|9080||svc-{i}.default.svc.cluster.local")).collect(),
+            ..Default::default()
+        };
+        let small = DiscoveryRequest { type_url: "cds".into(), ..Default::default() };
+        let mut wire = Vec::new();
+        for m in [&small, &big, &small] {
+            let b = m.encode_to_vec();
+            wire.push(0u8);
+            wire.extend_from_slice(&u32::try_from(b.len()).expect("fits").to_be_bytes());
+            wire.extend_from_slice(&b);
+        }
+        let pieces: VecDeque<Bytes> = wire.chunks(7000).map(Bytes::copy_from_slice).collect();
+        let mut stream = RequestStream::<Pieces, DiscoveryRequest> {
+            body: Box::pin(Pieces(pieces)),
+            buf: BytesMut::new(),
+            done: false,
+            _message: std::marker::PhantomData,
+        };
+        let mut got = Vec::new();
+        while let Some(m) = stream.next().await {
+            got.push(m.expect("decodes"));
+            if got.len() == 2 {
+                assert!(stream.buf.capacity() < 7000, "large buffer let go: {}", stream.buf.capacity());
+            }
+        }
+        assert_eq!(got, [small.clone(), big, small]);
     }
 
     #[test]

@@ -9,6 +9,12 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use spar_model::{MeshConfig, ProxyKind};
 
+/// mimalloc returns freed memory to the system where glibc's malloc keeps it: with
+/// thousands of streams writing megabytes of config each, the difference in resident
+/// memory is several-fold (see docs/performance.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod analyze;
 mod debug;
 mod files;

@@ -120,6 +120,24 @@ fn sotw_named_subscription_change_is_answered() {
 }
 
 #[test]
+fn naming_every_resource_is_kept_as_a_flag() {
+    // Envoy's EDS request names every EDS cluster it was sent: thousands of names per
+    // stream in a large mesh. Kept as "all current" instead.
+    let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1), ("b", 1)]));
+    let r = sotw(&c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b"], "", ""))[0]);
+    assert_eq!(r.resources.len(), 2);
+    let sub = &c.types()[type_url::ENDPOINT].subscription;
+    assert!(sub.all_current && sub.names.is_empty(), "{sub:?}");
+    assert!(c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b"], &r.version_info, &r.nonce)).is_empty());
+    assert!(c.types()[type_url::ENDPOINT].sent.is_none(), "an ACKed response is not kept");
+    // A new cluster's endpoints go out with the change (Envoy asks for them anyway).
+    let mut res = (*mk_resources(&[("a", 1), ("b", 1)])).clone();
+    res.insert(type_url::ENDPOINT, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
+    let out = c.on_resources(Arc::new(res));
+    assert_eq!(out.iter().map(|r| sotw(r).resources.len()).collect::<Vec<_>>(), [3]);
+}
+
+#[test]
 fn pushes_follow_make_before_break_order() {
     let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1)]));
     c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a"], "", ""));
