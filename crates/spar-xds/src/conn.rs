@@ -81,8 +81,11 @@ pub struct TypeState {
     pub sent_nonce: Option<String>,
     /// When the last response was sent.
     pub sent_at: Option<SystemTime>,
-    /// The resources of the last response (shared with it, not copied).
+    /// The resources of the last response (shared with it, not copied), until ACKed.
     pub sent: Option<Arc<[Arc<Encoded>]>>,
+    /// What the last SotW response was made from (the resources and the subscription),
+    /// so that the next EDS or RDS response carries only what changed. SotW only.
+    sent_from: Option<(Arc<ProxyResources>, Subscription)>,
     /// Last version the proxy ACKed.
     pub acked_version: Option<String>,
     /// When it was ACKed.
@@ -280,14 +283,23 @@ impl Connection {
         let mut out = Vec::new();
         let mut order: Vec<String> = type_url::PUSH_ORDER.iter().map(|s| s.to_string()).collect();
         order.extend(self.types.keys().filter(|k| !type_url::PUSH_ORDER.contains(&k.as_str())).cloned());
+        let (mut clusters_pushed, mut listeners_pushed) = (false, false);
         for t in order {
             if !self.types.get(&t).is_some_and(|s| s.requested) {
                 continue;
             }
             let r = match self.variant {
-                Variant::Sotw => self.sotw_push(&t),
+                Variant::Sotw => {
+                    // Updated clusters wait for their endpoints, and updated listeners
+                    // re-read their routes: after either, the dependent type goes whole.
+                    let whole =
+                        (t == type_url::ENDPOINT && clusters_pushed) || (t == type_url::ROUTE && listeners_pushed);
+                    self.sotw_push_with(&t, whole)
+                }
                 Variant::Delta => self.delta_push(&t),
             };
+            clusters_pushed |= r.is_some() && t == type_url::CLUSTER;
+            listeners_pushed |= r.is_some() && t == type_url::LISTENER;
             out.extend(r);
         }
         out
@@ -296,24 +308,49 @@ impl Connection {
     /// The SotW response for `type_url` if what the proxy should hold differs from what
     /// was last sent.
     fn sotw_push(&mut self, type_url: &str) -> Option<Response> {
+        self.sotw_push_with(type_url, true)
+    }
+
+    /// [`Self::sotw_push`]; unless `whole`, an EDS or RDS response carries only the
+    /// resources that changed since the last one (the protocol requires the whole set
+    /// for listeners and clusters only; Envoy applies the others per resource).
+    fn sotw_push_with(&mut self, type_url: &str, whole: bool) -> Option<Response> {
         let current = Arc::clone(&self.current);
         let all = current.of(type_url).unwrap_or_default();
         let state = self.types.get(type_url)?;
-        let selected: Vec<_> = all.values().filter(|r| state.subscription.wants(&r.name)).collect();
-        let version = set_version(selected.iter().map(|r| (&r.name, &r.version)));
+        let sub = &state.subscription;
+        let everything = sub.wildcard || sub.all_current;
+        let version = if everything {
+            current.type_version(type_url)
+        } else {
+            set_version(all.values().filter(|r| sub.wants(&r.name)).map(|r| (&r.name, &r.version)))
+        };
         if state.sent_version.as_deref() == Some(version.as_str()) {
             return None;
         }
+        let mut selected: Vec<&Arc<Encoded>> = all.values().filter(|r| sub.wants(&r.name)).collect();
         // Named types with nothing to say and nothing said yet: stay silent, as Envoy
         // waits for the resources it named and an empty response would not help it.
-        if selected.is_empty() && !state.subscription.wildcard && state.sent_version.is_some() {
+        if selected.is_empty() && !sub.wildcard && state.sent_version.is_some() {
             return None;
         }
+        if !whole
+            && !type_url::is_wildcard_type(type_url)
+            && let Some((prev, prev_sub)) = &state.sent_from
+        {
+            let before = prev.of(type_url).unwrap_or_default();
+            selected.retain(|r| {
+                !prev_sub.wants(&r.name)
+                    || before.get(&r.name).is_none_or(|p| !Arc::ptr_eq(p, r) && p.version != r.version)
+            });
+        }
+        let sent_from = (Arc::clone(&current), state.subscription.clone());
         let nonce = self.next_nonce();
         let state = self.types.get_mut(type_url)?;
         state.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_at = Some(SystemTime::now());
+        state.sent_from = Some(sent_from);
         let resources: Arc<[Arc<Encoded>]> = selected.into_iter().cloned().collect();
         state.sent = Some(Arc::clone(&resources));
         Some(Response::Sotw(SotwResponse { version_info: version, resources, type_url: type_url.to_string(), nonce }))

@@ -88,6 +88,9 @@ pub struct ProxyResources {
     pub snapshot_version: u64,
     base: Option<Arc<ProxyResources>>,
     by_type: BTreeMap<&'static str, TypeResources>,
+    /// Per type, a hash of the own layer's names and versions, computed once (a shared
+    /// base is hashed once for all the streams that use it).
+    hashes: std::sync::OnceLock<BTreeMap<&'static str, u64>>,
     /// What generation had to leave out for this proxy and why (a Gateway server whose
     /// credential is missing, a conflicting server, shadowed routes), one line each,
     /// naming the resource. Logged when they change and shown in the sync status.
@@ -119,7 +122,13 @@ impl ProxyResources {
                 by_type.insert(t, v.values().map(|e| (e.name.clone(), Arc::clone(e))).collect());
             }
         }
-        Self { snapshot_version: self.snapshot_version, base: None, by_type, warnings: self.warnings.clone() }
+        Self {
+            snapshot_version: self.snapshot_version,
+            base: None,
+            by_type,
+            warnings: self.warnings.clone(),
+            ..Default::default()
+        }
     }
 
     /// The type URLs that have resources, in either layer.
@@ -144,6 +153,39 @@ impl ProxyResources {
     pub fn insert<M: Message + Name>(&mut self, type_url: &'static str, name: impl Into<String>, msg: &M) {
         let e = Encoded::new(name, msg);
         self.by_type.entry(type_url).or_default().insert(e.name.clone(), Arc::new(e));
+        self.hashes = std::sync::OnceLock::new();
+    }
+
+    fn own_hash(&self, type_url: &str) -> u64 {
+        let hashes = self.hashes.get_or_init(|| {
+            self.by_type
+                .iter()
+                .map(|(t, m)| {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    for e in m.values() {
+                        e.name.hash(&mut h);
+                        e.version.hash(&mut h);
+                    }
+                    (*t, h.finish())
+                })
+                .collect()
+        });
+        hashes.get(type_url).copied().unwrap_or(0)
+    }
+
+    /// A version for every resource of one type (both layers): changes whenever any of
+    /// them does. The shared layer's part is computed once, so asking costs a stream
+    /// only its own resources.
+    pub fn type_version(&self, type_url: &str) -> String {
+        let own = self.own_hash(type_url);
+        match &self.base {
+            Some(b) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (b.own_hash(type_url), own).hash(&mut h);
+                format!("{:016x}", h.finish())
+            }
+            None => format!("{own:016x}"),
+        }
     }
 
     /// Every resource, all types, both layers.

@@ -3,6 +3,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use prost::Message as _;
 
 fn mk_resources(clusters: &[(&str, u32)]) -> Arc<ProxyResources> {
     let mut r = ProxyResources::default();
@@ -130,11 +131,48 @@ fn naming_every_resource_is_kept_as_a_flag() {
     assert!(sub.all_current && sub.names.is_empty(), "{sub:?}");
     assert!(c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b"], &r.version_info, &r.nonce)).is_empty());
     assert!(c.types()[type_url::ENDPOINT].sent.is_none(), "an ACKed response is not kept");
-    // A new cluster's endpoints go out with the change (Envoy asks for them anyway).
+    // A new cluster's endpoints go out with the change (Envoy asks for them anyway),
+    // and only they: EDS in SotW may carry just what changed.
     let mut res = (*mk_resources(&[("a", 1), ("b", 1)])).clone();
     res.insert(type_url::ENDPOINT, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
     let out = c.on_resources(Arc::new(res));
-    assert_eq!(out.iter().map(|r| sotw(r).resources.len()).collect::<Vec<_>>(), [3]);
+    let names: Vec<Vec<String>> = out
+        .iter()
+        .map(|r| {
+            sotw(r)
+                .resources
+                .iter()
+                .map(|a| ClusterLoadAssignment::decode(a.value.as_slice()).map(|c| c.cluster_name).unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    assert_eq!(names, [["c"]]);
+}
+
+#[test]
+fn endpoints_go_whole_after_a_cluster_change_and_incrementally_otherwise() {
+    let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1), ("b", 1)]));
+    let cds = sotw(&c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""))[0]);
+    c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], &cds.version_info, &cds.nonce));
+    let eds = sotw(&c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b"], "", ""))[0]);
+    c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b"], &eds.version_info, &eds.nonce));
+    // Endpoints of "a" change, clusters do not: one ClusterLoadAssignment goes out.
+    let mut res = (*mk_resources(&[("a", 1), ("b", 1)])).clone();
+    res.insert(
+        type_url::ENDPOINT,
+        "a",
+        &ClusterLoadAssignment { cluster_name: "a".into(), endpoints: vec![Default::default()], ..Default::default() },
+    );
+    let out = c.on_resources(Arc::new(res));
+    assert_eq!(out.len(), 1);
+    assert_eq!(sotw(&out[0]).resources.len(), 1);
+    // Cluster "a" changes (its timeout) and its endpoints too: the clusters, then every
+    // assignment, since Envoy re-creates the cluster and waits for its endpoints.
+    let mut res = (*mk_resources(&[("a", 2), ("b", 1)])).clone();
+    res.insert(type_url::ENDPOINT, "a", &ClusterLoadAssignment { cluster_name: "a".into(), ..Default::default() });
+    let out = c.on_resources(Arc::new(res));
+    assert_eq!(out.iter().map(|r| sotw(r).type_url).collect::<Vec<_>>(), [type_url::CLUSTER, type_url::ENDPOINT]);
+    assert_eq!(sotw(&out[1]).resources.len(), 2);
 }
 
 #[test]
