@@ -45,6 +45,10 @@ pub struct Subscription {
     /// The proxy named exactly the resources it had been sent (Envoy's EDS and RDS
     /// requests, normally): kept as this flag instead of thousands of names per stream.
     pub all_current: bool,
+    /// An order-independent digest and the count of the names of the request that set
+    /// `all_current`: every SotW request (every ACK) repeats all names, and an unchanged
+    /// list is recognised from these without looking each name up.
+    pub names_digest: (u64, usize),
 }
 
 impl Subscription {
@@ -198,17 +202,25 @@ impl Connection {
             );
         }
         // In SotW every request carries the full list of names it wants.
-        let names: BTreeSet<String> = req.resource_names.iter().filter(|n| *n != "*").cloned().collect();
         let wildcard = req.resource_names.iter().any(|n| n == "*")
             || (req.resource_names.is_empty() && type_url::is_wildcard_type(&type_url));
-        let current = Arc::clone(&self.current);
-        let all_current = !wildcard
-            && !names.is_empty()
-            && current.of(&type_url).is_some_and(|v| v.len() == names.len() && names.iter().all(|n| v.contains_key(n)));
-        let new_sub = if all_current {
-            Subscription { wildcard: false, names: BTreeSet::new(), all_current: true }
+        let digest = names_digest(&req.resource_names);
+        let new_sub = if state.subscription.all_current && !wildcard && state.subscription.names_digest == digest {
+            // The same names as the request that made it "all current": unchanged.
+            state.subscription.clone()
         } else {
-            Subscription { wildcard, names, all_current: false }
+            let names: BTreeSet<String> = req.resource_names.into_iter().filter(|n| n != "*").collect();
+            let current = Arc::clone(&self.current);
+            let all_current = !wildcard
+                && !names.is_empty()
+                && current
+                    .of(&type_url)
+                    .is_some_and(|v| v.len() == names.len() && names.iter().all(|n| v.contains_key(n)));
+            if all_current {
+                Subscription { wildcard: false, names: BTreeSet::new(), all_current: true, names_digest: digest }
+            } else {
+                Subscription { wildcard, names, all_current: false, names_digest: (0, 0) }
+            }
         };
         let changed = state.subscription != new_sub;
         state.subscription = new_sub;
@@ -338,10 +350,32 @@ impl Connection {
             && !type_url::is_wildcard_type(type_url)
             && let Some((prev, prev_sub)) = &state.sent_from
         {
-            let before = prev.of(type_url).unwrap_or_default();
+            // Both lists are in name order: walk them together. Resources that did not
+            // change are usually the very same allocation (the generation cache reuses
+            // them), so most steps are a pointer comparison.
+            let mut before = prev.of(type_url).unwrap_or_default().values().peekable();
             selected.retain(|r| {
-                !prev_sub.wants(&r.name)
-                    || before.get(&r.name).is_none_or(|p| !Arc::ptr_eq(p, r) && p.version != r.version)
+                if !prev_sub.wants(&r.name) {
+                    return true;
+                }
+                while let Some(p) = before.peek() {
+                    if Arc::ptr_eq(p, r) {
+                        before.next();
+                        return false;
+                    }
+                    match p.name.cmp(&r.name) {
+                        std::cmp::Ordering::Less => {
+                            before.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            let changed = p.version != r.version;
+                            before.next();
+                            return changed;
+                        }
+                        std::cmp::Ordering::Greater => return true,
+                    }
+                }
+                true
             });
         }
         let sent_from = (Arc::clone(&current), state.subscription.clone());
@@ -451,6 +485,17 @@ fn record_ack_or_nack(
 
 /// The version of a set of resources: the snapshot it came from is not part of it, so
 /// an unchanged set keeps its version across snapshots and is not resent.
+/// An order-independent digest of a list of names, and its length.
+fn names_digest(names: &[String]) -> (u64, usize) {
+    use std::hash::{Hash, Hasher};
+    let sum = names.iter().fold(0u64, |acc, n| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        n.hash(&mut h);
+        acc.wrapping_add(h.finish())
+    });
+    (sum, names.len())
+}
+
 fn set_version<'a>(items: impl Iterator<Item = (&'a String, &'a String)>) -> String {
     let mut buf = Vec::new();
     for (n, v) in items {

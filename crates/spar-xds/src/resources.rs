@@ -156,6 +156,22 @@ impl ProxyResources {
         self.hashes = std::sync::OnceLock::new();
     }
 
+    /// Replaces each own resource that `prev` holds unchanged (same name and version) by
+    /// `prev`'s allocation, so that consecutive generations share what did not change
+    /// and comparing them is mostly comparing pointers.
+    pub fn reuse_unchanged(&mut self, prev: &ProxyResources) {
+        for (t, mine) in &mut self.by_type {
+            let Some(theirs) = prev.by_type.get(t) else { continue };
+            for (name, e) in mine.iter_mut() {
+                if let Some(old) = theirs.get(name)
+                    && old.version == e.version
+                {
+                    *e = Arc::clone(old);
+                }
+            }
+        }
+    }
+
     fn own_hash(&self, type_url: &str) -> u64 {
         let hashes = self.hashes.get_or_init(|| {
             self.by_type

@@ -184,6 +184,8 @@ impl SyncRegistry {
 #[derive(Debug, Default)]
 pub struct GenerationCache {
     inner: Mutex<(u64, std::collections::HashMap<String, Arc<crate::ProxyResources>>)>,
+    /// The previous snapshot's entries: new generations reuse their unchanged resources.
+    previous: Mutex<std::collections::HashMap<String, Arc<crate::ProxyResources>>>,
     /// Lookups served from the cache.
     pub hits: AtomicU64,
     /// Lookups that generated.
@@ -203,13 +205,21 @@ impl GenerationCache {
         }
         // Generated outside the lock: other streams keep going meanwhile.
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let r = Arc::new(crate::generator::generate_shared(snapshot, proxy));
+        let mut generated = crate::generator::generate_shared(snapshot, proxy);
+        if let Some(prev) = self.previous.lock().ok().and_then(|p| p.get(&key).cloned()) {
+            generated.reuse_unchanged(&prev);
+        }
+        let r = Arc::new(generated);
         if let Ok(mut g) = self.inner.lock() {
             if g.0 != snapshot.version {
                 if snapshot.version < g.0 {
                     return r;
                 }
-                *g = (snapshot.version, std::collections::HashMap::new());
+                let old = std::mem::take(&mut g.1);
+                if let Ok(mut p) = self.previous.lock() {
+                    *p = old;
+                }
+                g.0 = snapshot.version;
             }
             g.1.insert(key, Arc::clone(&r));
         }

@@ -254,19 +254,49 @@ impl WireMessage for DeltaResponse {
     }
 }
 
+/// Response bytes handed to HTTP/2 and not yet written to a socket, over all streams, in
+/// chunks: 1,024 chunks of 64 KiB, 64 MiB. When thousands of proxies connect at once
+/// (a reconnect storm), responses wait for room instead of piling up in HTTP/2 send
+/// buffers (up to 400 KiB per stream each).
+const IN_FLIGHT_CHUNKS: usize = 1024;
+
+static IN_FLIGHT: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_CHUNKS)));
+
+/// A chunk that gives its in-flight permit back when HTTP/2 has written and dropped it.
+struct Charged {
+    data: Bytes,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+type Acquire =
+    Pin<Box<dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send + Sync>>;
+
 /// The body of a streaming gRPC response: messages from the stream task, serialized
-/// lazily, then the `grpc-status` trailers.
-#[derive(Debug)]
+/// lazily within the in-flight budget, then the `grpc-status` trailers.
 pub struct XdsBody<M> {
     rx: mpsc::Receiver<Result<M, Status>>,
     current: Option<Writer>,
+    permit: Option<Acquire>,
     done: bool,
+}
+
+impl<M> std::fmt::Debug for XdsBody<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsBody").field("writing", &self.current.is_some()).field("done", &self.done).finish()
+    }
 }
 
 impl<M> XdsBody<M> {
     /// A body fed by `rx`; it ends when the sender is dropped (OK) or sends an error.
     pub fn new(rx: mpsc::Receiver<Result<M, Status>>) -> Self {
-        Self { rx, current: None, done: false }
+        Self { rx, current: None, permit: None, done: false }
     }
 }
 
@@ -293,8 +323,19 @@ impl<M: WireMessage + Unpin> http_body::Body for XdsBody<M> {
         let this = &mut *self;
         loop {
             if let Some(w) = this.current.as_mut() {
+                let acquire = this.permit.get_or_insert_with(|| Box::pin(Arc::clone(&IN_FLIGHT).acquire_owned()));
+                let permit = match acquire.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(p) => p,
+                };
+                this.permit = None;
                 if let Some(chunk) = w.next_chunk() {
-                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    let data = match permit {
+                        Ok(p) => Bytes::from_owner(Charged { data: chunk, _permit: p }),
+                        // The semaphore is never closed; if it were, send uncharged.
+                        Err(_) => chunk,
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 this.current = None;
             }
@@ -391,11 +432,23 @@ struct RequestStream<B, T> {
     body: Pin<Box<B>>,
     buf: BytesMut,
     done: bool,
+    /// Held while a large request is read and decoded.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    acquiring: Option<Acquire>,
     _message: std::marker::PhantomData<fn() -> T>,
 }
 
 /// Buffers larger than this are dropped once empty.
 const KEEP_BUFFER: usize = 16 * 1024;
+
+/// Large requests (over [`KEEP_BUFFER`]) read and decoded at once, over all streams.
+/// Envoy's EDS request names every cluster; when thousands of proxies send theirs at
+/// once, the rest wait (their bytes held back by HTTP/2 flow control) instead of all
+/// being buffered and decoded together.
+const LARGE_REQUESTS_AT_ONCE: usize = 32;
+
+static LARGE_REQUESTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(LARGE_REQUESTS_AT_ONCE)));
 
 fn requests<B, T>(body: B) -> crate::server::Requests<T>
 where
@@ -407,6 +460,8 @@ where
         body: Box::pin(body),
         buf: BytesMut::new(),
         done: false,
+        permit: None,
+        acquiring: None,
         _message: std::marker::PhantomData,
     })
 }
@@ -432,6 +487,7 @@ where
             return None;
         }
         let msg = self.buf.split_to(5 + len);
+        self.permit = None;
         if len > KEEP_BUFFER {
             // The rest still shares the large allocation: move it to a small one.
             self.buf = BytesMut::from(&self.buf[..]);
@@ -459,6 +515,21 @@ where
             }
             if this.done {
                 return Poll::Ready(None);
+            }
+            // A large request waits for its turn before more of it is read.
+            if this.permit.is_none() && this.buf.len() >= 5 {
+                let len = u32::from_be_bytes([this.buf[1], this.buf[2], this.buf[3], this.buf[4]]) as usize;
+                if len > KEEP_BUFFER {
+                    let acquire =
+                        this.acquiring.get_or_insert_with(|| Box::pin(Arc::clone(&LARGE_REQUESTS).acquire_owned()));
+                    match acquire.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(p) => {
+                            this.acquiring = None;
+                            this.permit = p.ok();
+                        }
+                    }
+                }
             }
             match this.body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -589,6 +660,8 @@ mod tests {
             body: Box::pin(Pieces(pieces)),
             buf: BytesMut::new(),
             done: false,
+            permit: None,
+            acquiring: None,
             _message: std::marker::PhantomData,
         };
         let mut got = Vec::new();

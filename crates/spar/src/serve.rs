@@ -81,14 +81,16 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 .await;
         });
     }
-    let listener = tokio::net::TcpListener::bind(cfg.xds_address)
-        .await
-        .with_context(|| format!("binding xDS address {}", cfg.xds_address))?;
+    let listener = xds_listener(cfg.xds_address).with_context(|| format!("binding xDS address {}", cfg.xds_address))?;
     let bound = listener.local_addr()?;
     info!(address = %bound, "serving xDS (ADS: SotW and delta)");
     let incoming = tokio_stream_incoming(listener);
     let mut shutdown_wait = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
+        // Small receive windows: a proxy's large request (EDS names every cluster) waits
+        // in the proxy, not in Spar's memory, until Spar reads it (spar_xds::wire).
+        .initial_stream_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW * 4)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(ads.into_server())
         .serve_with_incoming_shutdown(incoming, async move {
@@ -141,8 +143,7 @@ async fn serve_secure(
         )
         .instrument(info_span!("ca")),
     );
-    let listener = tokio::net::TcpListener::bind(sec.secure_xds_address)
-        .await
+    let listener = xds_listener(sec.secure_xds_address)
         .with_context(|| format!("binding secure xDS address {}", sec.secure_xds_address))?;
     info!(address = %listener.local_addr()?, ca_dir = %sec.ca_dir.display(), "serving xDS over mutual TLS (workload certificates over SDS)");
     let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::secure::incoming(listener, cfg_rx));
@@ -151,6 +152,8 @@ async fn serve_secure(
     let mut shutdown_wait = shutdown;
     Ok(async move {
         let r = tonic::transport::Server::builder()
+            .initial_stream_window_size(RECEIVE_WINDOW)
+            .initial_connection_window_size(RECEIVE_WINDOW * 4)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ads.into_server())
             .add_service(csr)
@@ -162,6 +165,22 @@ async fn serve_secure(
             warn!(error = %e, "secure xDS server ended with an error");
         }
     })
+}
+
+/// Connections a listener queues before they are accepted. When thousands of proxies
+/// reconnect at once (a control-plane restart), tokio's default of 1,024 overflows and
+/// the kernel resets connections that Envoy then retries with back-off. The kernel caps
+/// it at `net.core.somaxconn`.
+const ACCEPT_BACKLOG: u32 = 8192;
+
+/// HTTP/2 receive window per xDS stream (and 4x per connection), bytes.
+const RECEIVE_WINDOW: u32 = 64 * 1024;
+
+fn xds_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
 }
 
 fn tokio_stream_incoming(listener: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
