@@ -79,8 +79,10 @@ async fn ingress_tls(delta: bool) -> anyhow::Result<()> {
         ),
     )?;
     h.start_spar(&[]).await?;
-    let web = h.ip("web");
-    h.start_echo("web", SocketAddr::new(web, 8080)).await?;
+    // web is in the mesh: its sidecar takes mutual TLS only (PeerAuthentication STRICT).
+    let web = h.pod("web", &[("app", "web")]);
+    let web_seen = h.start_echo("web", SocketAddr::new(web.ip, 18080)).await?;
+    h.start_sidecar(&web).await?;
     let tcp = h.ip("tcp-echo");
     h.start_echo("tcp-echo", SocketAddr::new(tcp, 9000)).await?;
     let tls_backend = h.ip("tls-backend");
@@ -109,6 +111,13 @@ async fn ingress_tls(delta: bool) -> anyhow::Result<()> {
     let client = client_ca.client_cert("client.example.com")?;
     let r = tls_request_as(https, "mutual.example.com", &server_ca.ca_pem, Some(&client), "/").await?;
     assert_eq!(r.backend(), Some("web"));
+    // The gateway reached web over mutual TLS with its own identity (web's sidecar says
+    // who called in x-forwarded-client-cert).
+    let xfcc = web_seen.received().last().and_then(|r| r.headers.get("x-forwarded-client-cert").cloned());
+    assert!(
+        xfcc.as_deref().is_some_and(|x| x.contains("spiffe://cluster.local/ns/istio-system/sa/default")),
+        "gateway identity in XFCC: {xfcc:?}"
+    );
     // Passthrough: the backend's own certificate reaches the client (not terminated).
     let r = tls_request(https, "passthrough.example.com", &passthrough_ca.ca_pem, "/").await?;
     assert_eq!(r.backend(), Some("tls-backend"));

@@ -5,7 +5,7 @@
 //! editors and volumes that replace files in ways events miss, by a periodic scan
 //! comparing modification time and size. Only files that changed are read again.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -24,25 +24,28 @@ type Stamp = (SystemTime, u64);
 /// Reads config paths into a store.
 pub struct FileSource {
     paths: Vec<PathBuf>,
-    stamps: BTreeMap<PathBuf, Stamp>,
+    // Hashed, not ordered: path comparisons were most of an idle rescan's cost.
+    stamps: HashMap<PathBuf, Stamp>,
     store: Arc<Mutex<Store>>,
 }
 
 impl FileSource {
     /// A source for `paths` (directories or files) feeding `store`.
     pub fn new(paths: Vec<PathBuf>, store: Arc<Mutex<Store>>) -> Self {
-        Self { paths, stamps: BTreeMap::new(), store }
+        Self { paths, stamps: HashMap::new(), store }
     }
 
     /// Scans all paths, reads files that are new or changed and forgets removed ones.
     /// Returns whether the store changed.
     pub fn sync(&mut self) -> bool {
-        let mut found = BTreeMap::new();
+        let mut found = Vec::new();
         for p in &self.paths {
             collect(p, &mut found, true);
         }
         let mut changed = false;
-        let removed: Vec<PathBuf> = self.stamps.keys().filter(|p| !found.contains_key(*p)).cloned().collect();
+        let present: std::collections::HashSet<&PathBuf> = found.iter().map(|(p, _)| p).collect();
+        let removed: Vec<PathBuf> = self.stamps.keys().filter(|p| !present.contains(p)).cloned().collect();
+        drop(present);
         for p in removed {
             self.stamps.remove(&p);
             let name = p.to_string_lossy();
@@ -130,7 +133,7 @@ fn is_yaml(p: &Path) -> bool {
     matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
-fn collect(path: &Path, out: &mut BTreeMap<PathBuf, Stamp>, top: bool) {
+fn collect(path: &Path, out: &mut Vec<(PathBuf, Stamp)>, top: bool) {
     let Ok(meta) = std::fs::metadata(path) else {
         if top {
             warn!(path = %path.display(), "config path does not exist (yet)");
@@ -151,7 +154,7 @@ fn collect(path: &Path, out: &mut BTreeMap<PathBuf, Stamp>, top: bool) {
         }
     } else if top || is_yaml(path) {
         let stamp = (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len());
-        out.insert(path.to_path_buf(), stamp);
+        out.push((path.to_path_buf(), stamp));
     }
 }
 

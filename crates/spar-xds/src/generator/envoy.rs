@@ -947,7 +947,9 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
         }
         let name = format!("{bind}_{port}");
         let mut l = listener(name.clone(), &bind, port, tcp_proxy(scope, String::new(), String::new()), true);
-        if chains.len() > 1 {
+        // Chains told apart by transport protocol (STRICT's single TLS chain too) need
+        // the TLS inspector: without it no chain matches and every connection is closed.
+        if chains.iter().any(|c| c.filter_chain_match.as_ref().is_some_and(|m| !m.transport_protocol.is_empty())) {
             l.listener_filters = vec![tls_inspector()];
         }
         l.filter_chains = chains;

@@ -261,3 +261,18 @@ fn workloads_share_outbound_config_unless_a_selector_tells_them_apart() {
     assert!(snap.outbound_label_keys.contains("app"));
     assert_ne!(super::share_key(&snap, &a), super::share_key(&snap, &b));
 }
+
+#[test]
+fn strict_inbound_listener_inspects_tls() {
+    // STRICT leaves one chain matching transport protocol "tls": without the TLS
+    // inspector no connection would match it.
+    let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: all}\nspec: {mtls: {mode: STRICT}}\n";
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}\n---\n{strict}"));
+    let r = generate(&snap, &mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "NONE"));
+    let l: Listener = decode(&r, type_url::LISTENER, "10.0.0.2_9080");
+    assert_eq!(l.filter_chains.len(), 1);
+    assert_eq!(
+        l.listener_filters.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+        ["envoy.filters.listener.tls_inspector"]
+    );
+}
