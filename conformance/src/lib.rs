@@ -349,6 +349,12 @@ impl Harness {
         self.dir.join(format!("{pod}.stdout.log"))
     }
 
+    /// The process id of a child the harness started (`spar`, or a pod's Envoy by pod
+    /// name), for benchmarks reading its memory.
+    pub fn child_pid(&self, name: &str) -> Option<u32> {
+        self.children.iter().find(|(n, _)| n == name).and_then(|(_, c)| c.id())
+    }
+
     /// Records a process the harness must stop.
     pub fn adopt(&mut self, name: &str, child: Child) {
         self.children.push((name.to_string(), child));

@@ -17,6 +17,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod envoys;
 pub mod procfs;
 pub mod scenario;
 pub mod stats;

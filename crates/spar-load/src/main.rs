@@ -43,6 +43,28 @@ enum Cmd {
     /// Starts `spar serve` on generated meshes, drives simulated sidecars against it and
     /// prints one table of RSS, convergence and reconnect-storm numbers beside their targets.
     Bench(BenchArgs),
+    /// Issue 7 e: real Envoys (from the project's .venv) against a generated mesh; time
+    /// from one endpoint change to every Envoy having applied it, read from Envoy's stats.
+    Envoys(EnvoysArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct EnvoysArgs {
+    /// Services in the mesh (every Envoy sees all of them).
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Namespaces.
+    #[arg(long, default_value_t = 10)]
+    namespaces: usize,
+    /// Envoys to start (about 30-60 MB each at 1,000 services).
+    #[arg(long, default_value_t = 20)]
+    envoys: usize,
+    /// Delta xDS instead of SotW.
+    #[arg(long)]
+    delta: bool,
+    /// Endpoint changes to time.
+    #[arg(long, default_value_t = 5)]
+    changes: u32,
 }
 
 #[derive(clap::Args, Debug)]
@@ -241,6 +263,16 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
+        Cmd::Envoys(a) => {
+            let opts = spar_load::envoys::EnvoysOptions {
+                services: a.services,
+                namespaces: a.namespaces,
+                envoys: a.envoys,
+                delta: a.delta,
+                changes: a.changes,
+            };
+            spar_load::envoys::run(&opts).await
+        }
         Cmd::Scenario(a) => {
             let s = ScenarioDir::write(&a.out, Mesh::new(a.services, a.namespaces), a.sidecar_scope)?;
             println!(
