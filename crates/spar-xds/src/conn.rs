@@ -384,7 +384,9 @@ impl Connection {
         state.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_at = Some(SystemTime::now());
-        state.sent_from = Some(sent_from);
+        // Only EDS and RDS diff against it; keeping it for listeners and clusters would
+        // pin old generations for nothing.
+        state.sent_from = (!type_url::is_wildcard_type(type_url)).then_some(sent_from);
         let resources: Arc<[Arc<Encoded>]> = selected.into_iter().cloned().collect();
         state.sent = Some(Arc::clone(&resources));
         Some(Response::Sotw(SotwResponse { version_info: version, resources, type_url: type_url.to_string(), nonce }))
