@@ -101,6 +101,33 @@ pub struct TypeState {
     client_versions: BTreeMap<String, String>,
     /// Named resources the proxy was told do not exist (delta), so it is told once only.
     told_missing: BTreeSet<String>,
+    /// Delta: the proxy holds exactly what this generation had of what it wanted then
+    /// (with `true` for a wildcard subscription), instead of `client_versions` per
+    /// resource. Set after every push; a resume or a re-subscription to a held resource
+    /// goes back to `client_versions`.
+    synced: Option<(Arc<ProxyResources>, bool)>,
+    /// Delta: names subscribed since the last push (not held yet; told once if missing).
+    fresh: BTreeSet<String>,
+}
+
+impl TypeState {
+    /// Delta: whether the proxy holds `name` under `synced`.
+    fn held_in_sync(&self, type_url: &str, name: &str) -> bool {
+        let Some((from, wild)) = &self.synced else { return false };
+        from.of(type_url).is_some_and(|v| v.contains_key(name))
+            && (*wild || (self.subscription.names.contains(name) && !self.fresh.contains(name)))
+    }
+
+    /// Delta: back from `synced` to per-resource versions.
+    fn materialize(&mut self, type_url: &str) {
+        let Some((from, _)) = self.synced.clone() else { return };
+        for r in from.of(type_url).unwrap_or_default().values() {
+            if self.held_in_sync(type_url, &r.name) {
+                self.client_versions.insert(r.name.clone(), r.version.clone());
+            }
+        }
+        self.synced = None;
+    }
 }
 
 /// A response to put on the wire.
@@ -263,9 +290,16 @@ impl Connection {
         }
         for name in &req.resource_names_subscribe {
             if name == "*" {
+                if !state.subscription.wildcard {
+                    state.materialize(&type_url);
+                }
                 state.subscription.wildcard = true;
             } else {
+                if state.held_in_sync(&type_url, name) {
+                    state.materialize(&type_url);
+                }
                 state.subscription.names.insert(name.clone());
+                state.fresh.insert(name.clone());
                 // A (re)subscription must be answered even when the client claims to
                 // hold the resource already: it may have dropped it.
                 if !first {
@@ -276,9 +310,11 @@ impl Connection {
         }
         for name in &req.resource_names_unsubscribe {
             if name == "*" {
+                state.materialize(&type_url);
                 state.subscription.wildcard = false;
             } else {
                 state.subscription.names.remove(name);
+                state.fresh.remove(name);
             }
             if !state.subscription.wants(name) {
                 state.client_versions.remove(name);
@@ -397,46 +433,44 @@ impl Connection {
     fn delta_push(&mut self, type_url: &str) -> Option<Response> {
         let current = Arc::clone(&self.current);
         let all = current.of(type_url).unwrap_or_default();
-        let nonce_needed;
-        let (resources, removed) = {
-            let state = self.types.get_mut(type_url)?;
-            let mut resources: Vec<Arc<Encoded>> = Vec::new();
-            for r in all.values().filter(|r| state.subscription.wants(&r.name)) {
-                if state.client_versions.get(&r.name) != Some(&r.version) {
-                    resources.push(Arc::clone(r));
-                }
-            }
-            let mut removed: Vec<String> = state
-                .client_versions
-                .keys()
-                .filter(|n| !all.contains_key(n) || !state.subscription.wants(n))
-                .cloned()
-                .collect();
-            // Named subscriptions to resources that do not exist are answered with a
-            // removal once, so Envoy stops waiting for them.
-            for n in &state.subscription.names {
-                if !all.contains_key(n) && !state.client_versions.contains_key(n) && !state.told_missing.contains(n) {
-                    removed.push(n.clone());
-                }
-            }
-            nonce_needed = !resources.is_empty() || !removed.is_empty();
-            (resources, removed)
-        };
-        if !nonce_needed {
-            return None;
-        }
-        let nonce = self.next_nonce();
         let state = self.types.get_mut(type_url)?;
-        for r in &resources {
-            state.client_versions.insert(r.name.clone(), r.version.clone());
+        let (resources, mut removed) = if state.synced.is_some() {
+            delta_diff_synced(state, type_url, all)
+        } else {
+            delta_diff_versions(state, all)
+        };
+        // Named subscriptions to resources that do not exist are answered with a removal
+        // once, so Envoy stops waiting for them (only new names need looking at).
+        let candidates: Vec<String> = if state.synced.is_some() {
+            state.fresh.iter().cloned().collect()
+        } else {
+            state.subscription.names.iter().cloned().collect()
+        };
+        let already: std::collections::HashSet<String> = removed.iter().cloned().collect();
+        for n in candidates {
+            if !all.contains_key(&n)
+                && !state.client_versions.contains_key(&n)
+                && !state.told_missing.contains(&n)
+                && !already.contains(&n)
+            {
+                removed.push(n);
+            }
         }
         for n in &removed {
-            state.client_versions.remove(n);
             if state.subscription.names.contains(n) {
                 state.told_missing.insert(n.clone());
             }
         }
-        let version = set_version(state.client_versions.iter());
+        // Now the proxy holds exactly what it wants of the current generation.
+        state.client_versions.clear();
+        state.fresh.clear();
+        state.synced = Some((Arc::clone(&current), state.subscription.wildcard));
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        let nonce = self.next_nonce();
+        let state = self.types.get_mut(type_url)?;
+        let version = current.type_version(type_url);
         state.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_at = Some(SystemTime::now());
@@ -450,6 +484,104 @@ impl Connection {
             nonce,
         }))
     }
+}
+
+/// The resources of a name-ordered list whose names are in `names`, by walking both.
+fn in_names<'a>(
+    it: impl Iterator<Item = &'a Arc<Encoded>> + 'a,
+    names: &'a BTreeSet<String>,
+) -> impl Iterator<Item = &'a Arc<Encoded>> + 'a {
+    let mut ns = names.iter().peekable();
+    it.filter(move |e| {
+        while let Some(n) = ns.peek() {
+            match n.as_str().cmp(e.name.as_str()) {
+                std::cmp::Ordering::Less => {
+                    ns.next();
+                }
+                std::cmp::Ordering::Equal => return true,
+                std::cmp::Ordering::Greater => return false,
+            }
+        }
+        false
+    })
+}
+
+/// Delta changes against per-resource versions (after a resume).
+fn delta_diff_versions(state: &TypeState, all: crate::resources::TypeView<'_>) -> (Vec<Arc<Encoded>>, Vec<String>) {
+    let mut resources: Vec<Arc<Encoded>> = Vec::new();
+    for r in all.values().filter(|r| state.subscription.wants(&r.name)) {
+        if state.client_versions.get(&r.name) != Some(&r.version) {
+            resources.push(Arc::clone(r));
+        }
+    }
+    let removed: Vec<String> = state
+        .client_versions
+        .keys()
+        .filter(|n| !all.contains_key(n) || !state.subscription.wants(n))
+        .cloned()
+        .collect();
+    (resources, removed)
+}
+
+/// Delta changes against the generation the proxy was last brought up to: both lists in
+/// name order, walked together; unchanged resources are usually the same allocation.
+fn delta_diff_synced(
+    state: &TypeState,
+    type_url: &str,
+    all: crate::resources::TypeView<'_>,
+) -> (Vec<Arc<Encoded>>, Vec<String>) {
+    let mut resources = Vec::new();
+    let mut removed = Vec::new();
+    let Some((from, wild)) = &state.synced else { return (resources, removed) };
+    let names = &state.subscription.names;
+    let before = from.of(type_url).unwrap_or_default().values();
+    let held: Box<dyn Iterator<Item = &Arc<Encoded>>> = if *wild {
+        Box::new(before)
+    } else {
+        Box::new(in_names(before, names).filter(|p| state.fresh.is_empty() || !state.fresh.contains(&p.name)))
+    };
+    let mut held = held.peekable();
+    let now: Box<dyn Iterator<Item = &Arc<Encoded>>> =
+        if state.subscription.wildcard { Box::new(all.values()) } else { Box::new(in_names(all.values(), names)) };
+    let mut now = now.peekable();
+    loop {
+        match (held.peek(), now.peek()) {
+            (None, None) => break,
+            (Some(p), None) => {
+                removed.push(p.name.clone());
+                held.next();
+            }
+            (None, Some(c)) => {
+                resources.push(Arc::clone(c));
+                now.next();
+            }
+            (Some(p), Some(c)) => {
+                if Arc::ptr_eq(p, c) {
+                    held.next();
+                    now.next();
+                    continue;
+                }
+                match p.name.cmp(&c.name) {
+                    std::cmp::Ordering::Less => {
+                        removed.push(p.name.clone());
+                        held.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        resources.push(Arc::clone(c));
+                        now.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if p.version != c.version {
+                            resources.push(Arc::clone(c));
+                        }
+                        held.next();
+                        now.next();
+                    }
+                }
+            }
+        }
+    }
+    (resources, removed)
 }
 
 fn record_ack_or_nack(

@@ -248,3 +248,30 @@ fn delta_nack_is_recorded() {
     assert!(matches!(c.take_events().as_slice(), [Event::Nack { .. }]));
     assert!(c.types()[type_url::CLUSTER].last_nack.is_some());
 }
+
+#[test]
+fn delta_keeps_what_the_proxy_holds_as_a_generation_not_a_map() {
+    let mut c = Connection::new(Variant::Delta, mk_resources(&[("a", 1), ("b", 1), ("c", 1)]));
+    let r = delta(&c.handle_delta(mk_delta(type_url::ENDPOINT, &["a", "b", "c"], &[], ""))[0]);
+    assert_eq!(r.resources.len(), 3);
+    c.handle_delta(mk_delta(type_url::ENDPOINT, &[], &[], &r.nonce));
+    let st = &c.types()[type_url::ENDPOINT];
+    assert!(st.client_versions.is_empty() && st.synced.is_some(), "no per-resource map once in sync");
+    // One changes, one disappears: only those go out.
+    let mut res = (*mk_resources(&[("a", 1), ("b", 1)])).clone();
+    let changed =
+        ClusterLoadAssignment { cluster_name: "a".into(), endpoints: vec![Default::default()], ..Default::default() };
+    res.insert(type_url::ENDPOINT, "a", &changed);
+    let out = c.on_resources(Arc::new(res.clone()));
+    let r = delta(&out[0]);
+    assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(r.removed_resources, ["c"]);
+    c.handle_delta(mk_delta(type_url::ENDPOINT, &[], &[], &r.nonce));
+    // Re-subscribing to a held resource sends it again (the proxy may have dropped it).
+    let r = delta(&c.handle_delta(mk_delta(type_url::ENDPOINT, &["b"], &[], ""))[0]);
+    assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    // A resource that comes back after being removed is sent (still subscribed).
+    res.insert(type_url::ENDPOINT, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
+    let out = c.on_resources(Arc::new(res));
+    assert_eq!(delta(&out[0]).resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
+}
