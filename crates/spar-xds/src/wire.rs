@@ -255,10 +255,11 @@ impl WireMessage for DeltaResponse {
 }
 
 /// Response bytes handed to HTTP/2 and not yet written to a socket, over all streams, in
-/// chunks: 1,024 chunks of 64 KiB, 64 MiB. When thousands of proxies connect at once
+/// chunks: 2,048 chunks of 64 KiB, 128 MiB. When thousands of proxies connect at once
 /// (a reconnect storm), responses wait for room instead of piling up in HTTP/2 send
-/// buffers (up to 400 KiB per stream each).
-const IN_FLIGHT_CHUNKS: usize = 1024;
+/// buffers (up to 400 KiB per stream each). A proxy that stops reading holds at most its
+/// HTTP/2 send buffer's worth (about 7 chunks) until its connection is closed.
+const IN_FLIGHT_CHUNKS: usize = 2048;
 
 static IN_FLIGHT: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_CHUNKS)));
@@ -435,6 +436,9 @@ struct RequestStream<B, T> {
     /// Held while a large request is read and decoded.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     acquiring: Option<Acquire>,
+    /// When a held permit must have been used: a sender that stalls mid-request must not
+    /// keep its turn (and the other streams' large requests) forever.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     _message: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -446,6 +450,9 @@ const KEEP_BUFFER: usize = 16 * 1024;
 /// once, the rest wait (their bytes held back by HTTP/2 flow control) instead of all
 /// being buffered and decoded together.
 const LARGE_REQUESTS_AT_ONCE: usize = 32;
+
+/// How long a stream may take to send a large request once its turn has come.
+const LARGE_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 static LARGE_REQUESTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(LARGE_REQUESTS_AT_ONCE)));
@@ -462,6 +469,7 @@ where
         done: false,
         permit: None,
         acquiring: None,
+        deadline: None,
         _message: std::marker::PhantomData,
     })
 }
@@ -488,6 +496,7 @@ where
         }
         let msg = self.buf.split_to(5 + len);
         self.permit = None;
+        self.deadline = None;
         if len > KEEP_BUFFER {
             // The rest still shares the large allocation: move it to a small one.
             self.buf = BytesMut::from(&self.buf[..]);
@@ -527,9 +536,17 @@ where
                         Poll::Ready(p) => {
                             this.acquiring = None;
                             this.permit = p.ok();
+                            this.deadline = Some(Box::pin(tokio::time::sleep(LARGE_REQUEST_TIME)));
                         }
                     }
                 }
+            }
+            if let Some(d) = this.deadline.as_mut()
+                && d.as_mut().poll(cx).is_ready()
+            {
+                this.done = true;
+                this.permit = None;
+                return Poll::Ready(Some(Err(Status::deadline_exceeded("a large request was not received in time"))));
             }
             match this.body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -662,6 +679,7 @@ mod tests {
             done: false,
             permit: None,
             acquiring: None,
+            deadline: None,
             _message: std::marker::PhantomData,
         };
         let mut got = Vec::new();
