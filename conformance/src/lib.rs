@@ -268,6 +268,20 @@ impl Harness {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Runs `spar wait --timeout <timeout>` against this harness's Spar: whether it
+    /// succeeded, and what it printed (stdout and stderr).
+    pub async fn spar_wait(&self, timeout: &str) -> anyhow::Result<(bool, String)> {
+        let out = Command::new(spar_bin()?)
+            .arg("wait")
+            .arg("--debug-address")
+            .arg(self.debug_address().to_string())
+            .args(["--timeout", timeout])
+            .output()
+            .await?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
+    }
+
     /// Turns on Spar's CA, the secure port and minted credentials for sidecars.
     pub fn with_security(mut self, workload_cert_ttl: &str) -> Self {
         self.secure = Some(SecureOptions { workload_cert_ttl: workload_cert_ttl.into() });

@@ -199,6 +199,9 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
     h.write_config("routes.yaml", &to("v2"))?;
     let client = start_backend_mesh(&mut h).await?;
     wait_routed(&client, "backend", &[], "backend-v2").await?;
+    // `spar wait` returns once every proxy ACKed the current snapshot.
+    let (ok, out) = h.spar_wait("20s").await?;
+    assert!(ok && out.contains("all 3 proxies hold snapshot"), "{out}");
 
     // Envoy cannot bind the new listener and rejects the update; spar logs the NACK with
     // the proxy, the type, the resources and Envoy's reason, and carries on.
@@ -228,6 +231,9 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(rejects >= 1, "{metrics}");
+    // `spar wait` fails at once, naming the proxy, the type and Envoy's reason.
+    let (ok, out) = h.spar_wait("20s").await?;
+    assert!(!ok && out.contains("rejected (NACK)") && out.contains("lds") && out.contains("192.0.2.1"), "{out}");
 
     // Spar is not stuck on the rejected version: fixing the Sidecar and changing the
     // routes converges.
@@ -235,6 +241,8 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
     h.write_config("sidecar-client.yaml", &sidecar)?;
     h.write_config("routes.yaml", &to("v1"))?;
     wait_routed(&client, "backend", &[], "backend-v1").await?;
+    let (ok, out) = h.spar_wait("20s").await?;
+    assert!(ok, "after the fix every proxy ACKs: {out}");
     h.check_alive()
 }
 

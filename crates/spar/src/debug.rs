@@ -158,18 +158,72 @@ async fn configz(State(s): State<DebugState>) -> impl IntoResponse {
 }
 
 /// `spar proxy-status`: one line per proxy and type from `/debug/syncz`.
-pub async fn proxy_status(address: &str, json: bool) -> anyhow::Result<()> {
+/// GET `path` from spar's debug endpoint and parse the JSON body.
+async fn get_json(address: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(address)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach spar's debug endpoint at {address}: {e}"))?;
-    s.write_all(format!("GET /debug/syncz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let text = String::from_utf8_lossy(&buf);
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let proxies: Vec<serde_json::Value> = serde_json::from_str(body)?;
+    Ok(serde_json::from_str(body)?)
+}
+
+/// `spar wait`: blocks until every connected proxy has ACKed what it was sent from
+/// snapshot `version` (default: the current one) or later. Fails, naming the proxy, the
+/// type and Envoy's message, when a proxy NACKed it, and on `timeout`.
+pub async fn wait(address: &str, version: Option<u64>, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let target = match version {
+        Some(v) => v,
+        None => get_json(address, "/debug/configz").await?["snapshot"].as_u64().unwrap_or(0),
+    };
+    loop {
+        let proxies = get_json(address, "/debug/syncz").await?;
+        let proxies = proxies.as_array().cloned().unwrap_or_default();
+        let mut pending = Vec::new();
+        let mut nacked = Vec::new();
+        for p in &proxies {
+            let name = p["proxy"].as_str().unwrap_or("?");
+            if p["snapshot"].as_u64().unwrap_or(0) < target {
+                pending.push(format!("{name}: not yet given snapshot {target}"));
+                continue;
+            }
+            for (t, st) in p["types"].as_object().into_iter().flatten() {
+                if st["sent"].is_null() {
+                    continue;
+                }
+                if !st["nack"].is_null() && st["nack"]["version"] == st["sent"] {
+                    nacked.push(format!("{name} {t}: {}", st["nack"]["message"].as_str().unwrap_or("")));
+                } else if st["acked"] != st["sent"] {
+                    pending.push(format!("{name} {t}: sent, not ACKed yet"));
+                }
+            }
+        }
+        if !nacked.is_empty() {
+            anyhow::bail!("snapshot {target} was rejected (NACK):\n  {}", nacked.join("\n  "));
+        }
+        if pending.is_empty() {
+            println!("all {} proxies hold snapshot {target} or later", proxies.len());
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "timed out after {timeout:?} waiting for snapshot {target}; still waiting for:\n  {}",
+                pending.join("\n  ")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `spar proxy-status`.
+pub async fn proxy_status(address: &str, json: bool) -> anyhow::Result<()> {
+    let proxies: Vec<serde_json::Value> =
+        get_json(address, "/debug/syncz").await?.as_array().cloned().unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string_pretty(&proxies)?);
         return Ok(());

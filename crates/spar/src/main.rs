@@ -41,6 +41,9 @@ enum Command {
     Iptables(IptablesArgs),
     /// Sync status of every connected proxy, per xDS type (from spar's debug endpoint).
     ProxyStatus(ProxyStatusArgs),
+    /// Block until every connected proxy has ACKed the current snapshot (or --version);
+    /// fail on a NACK or a timeout (for CI and rollouts).
+    Wait(WaitArgs),
     /// Analyze Istio configuration offline (exit 79 when findings reach --failure-threshold).
     Analyze(analyze::AnalyzeArgs),
 }
@@ -97,6 +100,19 @@ struct ServeArgs {
 enum OutboundPolicy {
     AllowAny,
     RegistryOnly,
+}
+
+#[derive(clap::Args, Debug)]
+struct WaitArgs {
+    /// Spar's debug endpoint.
+    #[arg(long, default_value = "127.0.0.1:15014")]
+    debug_address: String,
+    /// Snapshot version to wait for (default: the current one, from /debug/configz).
+    #[arg(long)]
+    version: Option<u64>,
+    /// Give up after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -271,6 +287,10 @@ fn main() -> anyhow::Result<()> {
             let rt =
                 tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
             rt.block_on(serve::run(cfg))
+        }
+        Command::Wait(a) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(debug::wait(&a.debug_address, a.version, a.timeout))
         }
         Command::ProxyStatus(a) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
