@@ -299,14 +299,34 @@ pub(super) fn tcp_proxy_to(
     typed_filter("envoy.filters.network.tcp_proxy", pack_any(tp))
 }
 
-/// Weighted clusters for `tcp`/`tls` route destinations (host, port, subset, weight).
-pub(super) fn l4_destinations<'d>(
+/// A VirtualService `tcp` or `tls` route: the generated types differ, the fields do not.
+pub(super) trait L4Route {
+    /// (host, port, subset, weight).
+    fn parts(&self) -> (&str, Option<i64>, Option<&String>, Option<i32>);
+}
+
+impl L4Route for spar_api::istio::virtual_service::VirtualServiceTcpRoute {
+    fn parts(&self) -> (&str, Option<i64>, Option<&String>, Option<i32>) {
+        let d = &self.destination;
+        (d.host.as_str(), d.port.as_ref().and_then(|p| p.number), d.subset.as_ref(), self.weight)
+    }
+}
+
+impl L4Route for spar_api::istio::virtual_service::VirtualServiceTlsRoute {
+    fn parts(&self) -> (&str, Option<i64>, Option<&String>, Option<i32>) {
+        let d = &self.destination;
+        (d.host.as_str(), d.port.as_ref().and_then(|p| p.number), d.subset.as_ref(), self.weight)
+    }
+}
+
+/// Weighted clusters for the destinations of `tcp`/`tls` routes.
+pub(super) fn l4_destinations(
     scope: &Scope<'_>,
     vs_ns: &str,
     port: u16,
-    dests: impl Iterator<Item = (&'d str, Option<i64>, Option<&'d String>, Option<i32>)>,
+    routes: Option<&Vec<impl L4Route>>,
 ) -> Vec<(String, u32)> {
-    let dests: Vec<_> = dests.collect();
+    let dests: Vec<_> = routes.into_iter().flatten().map(L4Route::parts).collect();
     let all_unset = dests.iter().all(|d| d.3.unwrap_or(0) == 0);
     dests
         .into_iter()
@@ -353,19 +373,7 @@ fn tcp_chains(scope: &Scope<'_>, port: u16, svc: &Service) -> Vec<xds_listener::
     let mut default_set = false;
     if let Some(vs) = scope.snap.virtual_services_for(&scope.proxy.namespace, &svc.hostname).next() {
         for rule in vs.spec.tcp.iter().flatten() {
-            let dests = l4_destinations(
-                scope,
-                &vs.namespace,
-                port,
-                rule.route.iter().flatten().map(|r| {
-                    (
-                        r.destination.host.as_str(),
-                        r.destination.port.as_ref().and_then(|p| p.number),
-                        r.destination.subset.as_ref(),
-                        r.weight,
-                    )
-                }),
-            );
+            let dests = l4_destinations(scope, &vs.namespace, port, rule.route.as_ref());
             if dests.is_empty() {
                 continue;
             }
@@ -452,19 +460,7 @@ fn tls_chains(scope: &Scope<'_>, port: u16, services: &[&Service]) -> Vec<xds_li
         let mut routed = false;
         if let Some(vs) = scope.snap.virtual_services_for(&scope.proxy.namespace, &svc.hostname).next() {
             for rule in vs.spec.tls.iter().flatten() {
-                let dests = l4_destinations(
-                    scope,
-                    &vs.namespace,
-                    port,
-                    rule.route.iter().flatten().map(|r| {
-                        (
-                            r.destination.host.as_str(),
-                            r.destination.port.as_ref().and_then(|p| p.number),
-                            r.destination.subset.as_ref(),
-                            r.weight,
-                        )
-                    }),
-                );
+                let dests = l4_destinations(scope, &vs.namespace, port, rule.route.as_ref());
                 for m in &rule.r#match {
                     if l4_match_applies(
                         scope,

@@ -547,19 +547,7 @@ fn tls_chains(
                     scope.snap.virtual_services_for_gateway(&scope.proxy.namespace, &s.gw.namespace, &s.gw.name)
                 {
                     for rule in vs.spec.tls.iter().flatten() {
-                        let dests = envoy::l4_destinations(
-                            scope,
-                            &vs.namespace,
-                            s.number,
-                            rule.route.iter().flatten().map(|r| {
-                                (
-                                    r.destination.host.as_str(),
-                                    r.destination.port.as_ref().and_then(|p| p.number),
-                                    r.destination.subset.as_ref(),
-                                    r.weight,
-                                )
-                            }),
-                        );
+                        let dests = envoy::l4_destinations(scope, &vs.namespace, s.number, rule.route.as_ref());
                         if dests.is_empty() {
                             continue;
                         }
@@ -658,19 +646,7 @@ fn tcp_destinations(scope: &Scope<'_>, s: &Server<'_>) -> Option<Vec<(String, u3
             if !applies {
                 continue;
             }
-            let dests = envoy::l4_destinations(
-                scope,
-                &vs.namespace,
-                s.number,
-                rule.route.iter().flatten().map(|r| {
-                    (
-                        r.destination.host.as_str(),
-                        r.destination.port.as_ref().and_then(|p| p.number),
-                        r.destination.subset.as_ref(),
-                        r.weight,
-                    )
-                }),
-            );
+            let dests = envoy::l4_destinations(scope, &vs.namespace, s.number, rule.route.as_ref());
             if !dests.is_empty() {
                 return Some(dests);
             }
