@@ -46,6 +46,18 @@ macro_rules! both_variants_mod {
     };
 }
 
+/// Runs a demo until it ends or is interrupted (Ctrl-C); either way the harness it
+/// holds stops everything it started.
+pub async fn until_interrupted(demo: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::select! {
+        r = demo => r,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted; stopping spar, the Envoys and the backends");
+            Ok(())
+        }
+    }
+}
+
 /// The project root (one level above this crate).
 pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()

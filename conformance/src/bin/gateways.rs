@@ -17,13 +17,7 @@ fn ip(last: u8) -> IpAddr {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    tokio::select! {
-        r = run() => r,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("interrupted; stopping spar, the Envoys and the backends");
-            Ok(())
-        }
-    }
+    spar_conformance::until_interrupted(run()).await
 }
 
 async fn run() -> anyhow::Result<()> {

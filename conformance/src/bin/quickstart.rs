@@ -14,13 +14,7 @@ const FRONTEND: [u8; 4] = [127, 0, 10, 1];
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    tokio::select! {
-        r = run() => r,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("interrupted; stopping spar, the Envoys and the backends");
-            Ok(())
-        }
-    }
+    spar_conformance::until_interrupted(run()).await
 }
 
 async fn run() -> anyhow::Result<()> {

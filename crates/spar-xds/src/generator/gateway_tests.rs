@@ -6,6 +6,7 @@ use prost::Message;
 use spar_model::{MeshConfig, Proxy, Snapshot, Store};
 
 use super::generate;
+use super::tests::decode;
 use crate::resources::{ProxyResources, type_url};
 
 /// The ingress gateway's Service (80 -> 8080, 443 -> 8443) with the gateway pod as its
@@ -61,16 +62,9 @@ fn gateway_proxy(identity: bool) -> Proxy {
     p
 }
 
-fn decode<M: Message + Default>(r: &ProxyResources, t: &str, name: &str) -> M {
-    let e = r
-        .of(t)
-        .and_then(|m| m.get(name))
-        .unwrap_or_else(|| panic!("no {t} named {name}; have {:?}", r.of(t).map(|m| m.keys().collect::<Vec<_>>())));
-    M::decode(e.any.value.as_slice()).expect("decodes")
-}
-
+/// Names of one type, in order.
 fn names(r: &ProxyResources, t: &str) -> Vec<String> {
-    r.of(t).map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    super::tests::names(r, t).into_iter().collect()
 }
 
 fn cluster_of(rc: &RouteConfiguration, vhost: &str, route: usize) -> String {

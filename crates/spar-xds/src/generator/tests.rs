@@ -80,7 +80,7 @@ fn mk_proxy(ip: &str, labels: serde_json::Value, mode: &str) -> Proxy {
     Proxy::from_node(&id, &serde_json::json!({"LABELS": labels, "INTERCEPTION_MODE": mode})).expect("valid node")
 }
 
-fn decode<M: Message + Default>(r: &ProxyResources, t: &str, name: &str) -> M {
+pub(super) fn decode<M: Message + Default>(r: &ProxyResources, t: &str, name: &str) -> M {
     let e = r
         .of(t)
         .and_then(|m| m.get(name))
@@ -88,7 +88,7 @@ fn decode<M: Message + Default>(r: &ProxyResources, t: &str, name: &str) -> M {
     M::decode(e.any.value.as_slice()).expect("decodes")
 }
 
-fn names(r: &ProxyResources, t: &str) -> BTreeSet<String> {
+pub(super) fn names(r: &ProxyResources, t: &str) -> BTreeSet<String> {
     r.of(t).map(|m| m.keys().cloned().collect()).unwrap_or_default()
 }
 
