@@ -58,7 +58,7 @@ pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
 /// Adds what is specific to this proxy instance (inbound listeners and clusters, which
 /// bind or point at its own IP) to the shared part.
 pub fn add_workload_specific(snapshot: &Snapshot, proxy: &Proxy, out: &mut ProxyResources) {
-    let scope = Scope::new(snapshot, proxy);
+    let scope = Scope::workload(snapshot, proxy);
     match proxy.kind {
         ProxyKind::Sidecar => envoy::inbound(&scope, out),
         // Gateways have no inbound side; they may validate JWTs.

@@ -51,9 +51,24 @@ fn imports(pattern: &str, svc: &Service, proxy_ns: &str) -> bool {
 }
 
 impl<'a> Scope<'a> {
+    /// The scope of `proxy` for its own (inbound) config: the Sidecar, capture, policies
+    /// and access logs, without the outbound egress listeners and imported services,
+    /// which only the shared part needs (and which cost a pass over every service).
+    pub fn workload(snap: &'a Snapshot, proxy: &'a Proxy) -> Self {
+        Self::build(snap, proxy, false)
+    }
+
     /// Computes the scope of `proxy`.
     pub fn new(snap: &'a Snapshot, proxy: &'a Proxy) -> Self {
-        let visible: Vec<&Arc<Service>> = snap.services.values().filter(|s| s.visible_to(&proxy.namespace)).collect();
+        Self::build(snap, proxy, true)
+    }
+
+    fn build(snap: &'a Snapshot, proxy: &'a Proxy, outbound: bool) -> Self {
+        let visible: Vec<&Arc<Service>> = if outbound {
+            snap.services.values().filter(|s| s.visible_to(&proxy.namespace)).collect()
+        } else {
+            Vec::new()
+        };
         // Sidecar resources scope sidecars; gateways see every service visible to them.
         let sidecar = if proxy.kind == ProxyKind::Router { None } else { snap.sidecar_for(proxy) };
         // Without capture, listeners bind where the Sidecar says, else on loopback as istiod does.
@@ -76,7 +91,9 @@ impl<'a> Scope<'a> {
                 services,
             });
         }
-        if egress.is_empty() {
+        if !outbound {
+            egress.clear();
+        } else if egress.is_empty() {
             egress.push(Egress { bind: default_bind.into(), port: None, services: visible.clone() });
         }
         let mut services: Vec<&Arc<Service>> = egress.iter().flat_map(|e| e.services.iter().copied()).collect();
