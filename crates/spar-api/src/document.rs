@@ -129,7 +129,7 @@ pub fn parse_document(origin: &Origin, text: &str) -> Result<Option<Object>, Doc
     let name =
         value.get("metadata").and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default().to_string();
     let namespace = value.get("metadata").and_then(|m| m.get("namespace")).and_then(Value::as_str).map(str::to_string);
-    let cluster_scoped = matches!(kind.as_str(), "Namespace");
+    let cluster_scoped = matches!(kind.as_str(), "Namespace" | "Node");
     let label = || match (&namespace, cluster_scoped) {
         (_, true) => format!("{kind} {name}"),
         (Some(ns), false) => format!("{kind} {ns}/{name}"),

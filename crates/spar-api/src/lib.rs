@@ -21,7 +21,7 @@ pub mod validate;
 pub use document::{DocError, Parsed, parse_document, parse_file, split_documents};
 pub use object::{Kind, Meta, Object, ObjectKey, Resource};
 pub use origin::Origin;
-pub use validate::validate;
+pub use validate::{validate, validate_parsed};
 
 /// Kubernetes types, re-exported so that other crates use the same versions.
 pub use k8s_openapi;

@@ -74,6 +74,8 @@ kinds! {
     EndpointSlice => "discovery.k8s.io", &["v1"];
     Namespace => "", &["v1"];
     Secret => "", &["v1"];
+    Pod => "", &["v1"];
+    Node => "", &["v1"];
 }
 
 impl fmt::Display for Kind {
@@ -85,7 +87,7 @@ impl fmt::Display for Kind {
 impl Kind {
     /// Whether objects of this kind live in a namespace.
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace)
+        !matches!(self, Kind::Namespace | Kind::Node)
     }
 }
 
@@ -238,4 +240,6 @@ resources! {
     EndpointSlice(discoveryv1::EndpointSlice) via whole;
     Namespace(corev1::Namespace) via whole;
     Secret(corev1::Secret) via whole;
+    Pod(corev1::Pod) via whole;
+    Node(corev1::Node) via whole;
 }

@@ -26,6 +26,22 @@ pub fn validate(obj: &Object) -> Result<(), Vec<String>> {
     if v.errors.is_empty() { Ok(()) } else { Err(v.errors) }
 }
 
+/// Moves the objects of `parsed` that fail [`validate`] to its errors, so that they are
+/// reported and skipped while everything else is kept.
+pub fn validate_parsed(parsed: &mut crate::Parsed) {
+    let objects = std::mem::take(&mut parsed.objects);
+    for obj in objects {
+        match validate(&obj) {
+            Ok(()) => parsed.objects.push(obj),
+            Err(reasons) => parsed.errors.push(crate::DocError {
+                origin: obj.origin.clone(),
+                resource: Some(obj.key().to_string()),
+                reason: reasons.join("; "),
+            }),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Validator {
     errors: Vec<String>,

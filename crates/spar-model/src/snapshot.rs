@@ -220,6 +220,7 @@ impl Snapshot {
         let mut endpoints: BTreeMap<(String, String), &corev1::Endpoints> = BTreeMap::new();
         let mut slices: BTreeMap<(String, String), Vec<&discoveryv1::EndpointSlice>> = BTreeMap::new();
         let mut service_entries = Vec::new();
+        let mut workloads = Workloads::default();
         for obj in &objects {
             match &obj.resource {
                 Resource::VirtualService(s) => {
@@ -250,6 +251,13 @@ impl Snapshot {
                     if let Some(svc) = obj.meta.labels.get("kubernetes.io/service-name") {
                         slices.entry((obj.meta.namespace.clone(), svc.clone())).or_default().push(e);
                     }
+                }
+                Resource::Pod(p) => workloads.add_pod(obj, p),
+                Resource::Node(n) => {
+                    workloads.node_regions.insert(
+                        obj.meta.name.clone(),
+                        n.metadata.labels.as_ref().and_then(|l| l.get(REGION_LABEL)).cloned().unwrap_or_default(),
+                    );
                 }
                 _ => {}
             }
@@ -306,8 +314,15 @@ impl Snapshot {
         for (obj, svc) in &k8s_services {
             let key = (obj.meta.namespace.clone(), obj.meta.name.clone());
             let wes = entries_by_ns.get(obj.meta.namespace.as_str()).unwrap_or(&none);
-            let s =
-                kube_service(obj, svc, endpoints.get(&key).copied(), slices.get(&key).map(Vec::as_slice), wes, mesh);
+            let s = kube_service(
+                obj,
+                svc,
+                endpoints.get(&key).copied(),
+                slices.get(&key).map(Vec::as_slice),
+                wes,
+                &workloads,
+                mesh,
+            );
             snap.insert_service(s);
         }
         for (obj, se) in &service_entries {
@@ -649,12 +664,86 @@ fn target_port(p: Option<&IntOrString>) -> (Option<u16>, Option<String>) {
     }
 }
 
+/// Node label with the region (the zone comes with each EndpointSlice endpoint).
+const REGION_LABEL: &str = "topology.kubernetes.io/region";
+
+/// What Pods (and their Nodes) say about the endpoints EndpointSlices list: labels,
+/// service account, whether the pod has a sidecar that accepts Istio mTLS, locality.
+#[derive(Default)]
+struct Workloads<'a> {
+    // Keyed by namespace, then name: lookups borrow the EndpointSlice's strings.
+    by_name: BTreeMap<&'a str, BTreeMap<&'a str, PodInfo<'a>>>,
+    by_ip: BTreeMap<&'a str, (&'a str, &'a str)>,
+    node_regions: BTreeMap<String, String>,
+}
+
+struct PodInfo<'a> {
+    labels: &'a BTreeMap<String, String>,
+    service_account: &'a str,
+    node: Option<&'a str>,
+}
+
+impl<'a> Workloads<'a> {
+    fn add_pod(&mut self, obj: &'a Object, pod: &'a corev1::Pod) {
+        let key = (obj.meta.namespace.as_str(), obj.meta.name.as_str());
+        let spec = pod.spec.as_ref();
+        // Host-network pods share the node's IP: they cannot be told apart by address.
+        if spec.and_then(|s| s.host_network).unwrap_or(false) {
+            return;
+        }
+        self.by_name.entry(key.0).or_default().insert(
+            key.1,
+            PodInfo {
+                labels: &obj.meta.labels,
+                service_account: spec.and_then(|s| s.service_account_name.as_deref()).unwrap_or("default"),
+                node: spec.and_then(|s| s.node_name.as_deref()),
+            },
+        );
+        let status = pod.status.as_ref();
+        for ip in status.and_then(|s| s.pod_ip.as_deref()).into_iter().chain(
+            status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|i| i.ip.as_str()),
+        ) {
+            self.by_ip.insert(ip, key);
+        }
+    }
+
+    /// The pod behind an EndpointSlice endpoint: its `targetRef`, else its address.
+    fn pod(&self, ns: &str, ep: &discoveryv1::Endpoint, address: &str) -> Option<&PodInfo<'a>> {
+        let by_ref = ep
+            .target_ref
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .and_then(|r| self.by_name.get(r.namespace.as_deref().unwrap_or(ns))?.get(r.name.as_deref()?));
+        by_ref.or_else(|| self.by_ip.get(address).and_then(|(ns, name)| self.by_name.get(ns)?.get(name)))
+    }
+
+    /// Fills in what the pod knows; the locality is Istio's: the pod's `istio-locality`
+    /// label (`region.zone.subzone`), else the node's region, the endpoint's zone and the
+    /// node's `topology.istio.io/subzone`.
+    fn enrich(&self, ns: &str, slice_ep: &discoveryv1::Endpoint, ep: &mut Endpoint) {
+        let Some(pod) = self.pod(ns, slice_ep, &ep.address) else { return };
+        ep.labels = pod.labels.clone();
+        ep.service_account = pod.service_account.to_string();
+        ep.istio_mtls = pod.labels.get("security.istio.io/tlsMode").is_some_and(|m| m == "istio");
+        if let Some(l) = pod.labels.get("istio-locality") {
+            ep.locality = l.replace('.', "/");
+        } else {
+            let region = pod.node.and_then(|n| self.node_regions.get(n)).map_or("", String::as_str);
+            let subzone = pod.labels.get("topology.istio.io/subzone").map_or("", String::as_str);
+            if !region.is_empty() || !subzone.is_empty() {
+                ep.locality = format!("{region}/{}/{subzone}", ep.locality).trim_end_matches('/').to_string();
+            }
+        }
+    }
+}
+
 fn kube_service(
     obj: &Object,
     svc: &corev1::Service,
     endpoints: Option<&corev1::Endpoints>,
     slices: Option<&[&discoveryv1::EndpointSlice]>,
     workload_entries: &[(&Object, Arc<WorkloadEntrySpec>)],
+    workloads: &Workloads<'_>,
     mesh: &MeshConfig,
 ) -> Service {
     let ns = &obj.meta.namespace;
@@ -721,7 +810,7 @@ fn kube_service(
                 if eps.iter().any(|e: &Endpoint| &e.address == a) {
                     continue;
                 }
-                eps.push(Endpoint {
+                let mut endpoint = Endpoint {
                     address: a.clone(),
                     ports: port_map.clone(),
                     labels: BTreeMap::new(),
@@ -731,7 +820,9 @@ fn kube_service(
                     ready,
                     istio_mtls: false,
                     origin: origin_of(obj),
-                });
+                };
+                workloads.enrich(ns, ep, &mut endpoint);
+                eps.push(endpoint);
             }
         }
     }

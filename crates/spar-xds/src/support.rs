@@ -183,7 +183,13 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
         ],
         Kind::Telemetry => &["spec.selector", "spec.accessLogging[].providers", "spec.accessLogging[].disabled"],
         // Kubernetes kinds: everything Spar needs is read; nothing to report.
-        Kind::Service | Kind::Endpoints | Kind::EndpointSlice | Kind::Namespace | Kind::Secret => &["spec"],
+        Kind::Service
+        | Kind::Endpoints
+        | Kind::EndpointSlice
+        | Kind::Namespace
+        | Kind::Secret
+        | Kind::Pod
+        | Kind::Node => &["spec"],
         _ => &[],
     }
 }

@@ -1,23 +1,13 @@
 //! Parsing plus validation of one config file, and the log lines operators read.
 
-use spar_api::{DocError, Parsed};
+use spar_api::Parsed;
 use tracing::{info, warn};
 
 /// Parses `text` (the content of `file`) and moves objects that fail validation to the
 /// errors, so that they are reported and skipped.
 pub fn parse_and_validate(file: &str, text: &str) -> Parsed {
     let mut parsed = spar_api::parse_file(file, text);
-    let objects = std::mem::take(&mut parsed.objects);
-    for obj in objects {
-        match spar_api::validate(&obj) {
-            Ok(()) => parsed.objects.push(obj),
-            Err(reasons) => parsed.errors.push(DocError {
-                origin: obj.origin.clone(),
-                resource: Some(obj.key().to_string()),
-                reason: reasons.join("; "),
-            }),
-        }
-    }
+    spar_api::validate_parsed(&mut parsed);
     parsed
 }
 

@@ -138,3 +138,62 @@ spec: {hosts: [api.example.com], ports: [{number: 80, name: http}], resolution: 
     assert_eq!(snap.services["api.example.com"].name, "ext");
     assert!(snap.diagnostics.iter().any(|d| d.message.contains("already defined")), "{:?}", snap.diagnostics);
 }
+
+#[test]
+fn endpoint_slice_endpoints_take_labels_identity_and_locality_from_their_pods() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-abc, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.1.0.1]
+  zone: us-east-1a
+  targetRef: {kind: Pod, name: web-1, namespace: shop}
+- addresses: [10.1.0.2]
+- addresses: [10.1.0.3]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  namespace: shop
+  labels: {app: web, version: v1, security.istio.io/tlsMode: istio}
+spec: {serviceAccountName: web-sa, nodeName: node-a, containers: []}
+status: {podIP: 10.1.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-2
+  namespace: shop
+  labels: {app: web, version: v2, istio-locality: eu-west.eu-west-1b}
+spec: {containers: []}
+status: {podIPs: [{ip: 10.1.0.2}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a, labels: {topology.kubernetes.io/region: us-east-1}}
+"#;
+    let snap = Snapshot::build(&mk_store(yaml), &MeshConfig::default(), 1);
+    let web = &snap.services["web.shop.svc.cluster.local"];
+    let ep = |ip: &str| web.endpoints.iter().find(|e| e.address == ip).expect("endpoint");
+    let one = ep("10.1.0.1");
+    assert_eq!(one.labels["version"], "v1", "by targetRef");
+    assert_eq!(one.service_account, "web-sa");
+    assert!(one.istio_mtls, "tlsMode label of an injected pod");
+    assert_eq!(one.locality, "us-east-1/us-east-1a", "node region + slice zone");
+    let two = ep("10.1.0.2");
+    assert_eq!(two.labels["version"], "v2", "by pod IP when the slice has no targetRef");
+    assert_eq!(two.service_account, "default");
+    assert!(!two.istio_mtls, "no sidecar label: plaintext");
+    assert_eq!(two.locality, "eu-west/eu-west-1b", "istio-locality label wins");
+    let three = ep("10.1.0.3");
+    assert!(three.labels.is_empty() && three.service_account.is_empty(), "no pod known: nothing invented");
+}
