@@ -41,6 +41,9 @@ pub struct Parsed {
     /// Documents of kinds Spar does not serve (Deployment, ServiceAccount, ...): kept out
     /// of the store and reported once, as `(origin, "apiVersion/kind ns/name")`.
     pub ignored: Vec<(Origin, String)>,
+    /// For a unit holding one Kubernetes object: its `metadata.generation`, known even
+    /// when the object was rejected, so that its status can say which spec it is about.
+    pub generation: Option<i64>,
 }
 
 /// One document of a multi-document stream: its text and its first line (1-based).

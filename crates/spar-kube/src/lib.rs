@@ -11,7 +11,9 @@
 //! and this crate only moves objects. Each Kubernetes object is one store unit, so a bad
 //! object only ever removes itself, exactly like a bad document in a file.
 
+pub mod lease;
 pub mod source;
+pub mod status;
 
 pub use source::{KubeSource, NamespaceSelector, SourceConfig, SyncStatus};
 

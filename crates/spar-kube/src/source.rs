@@ -465,7 +465,8 @@ impl Shared {
 /// Parses and validates one object, exactly as a document of a file.
 fn parse(unit: &str, value: &Value) -> Parsed {
     let origin = Origin::new(unit, 0);
-    let mut parsed = Parsed::default();
+    let mut parsed =
+        Parsed { generation: value.pointer("/metadata/generation").and_then(Value::as_i64), ..Default::default() };
     let text = value.to_string();
     match spar_api::parse_document(&origin, &text) {
         Ok(Some(obj)) => parsed.objects.push(obj),
@@ -482,7 +483,8 @@ fn parse(unit: &str, value: &Value) -> Parsed {
 fn trim(kind: Kind, v: &mut Value) {
     let Some(obj) = v.as_object_mut() else { return };
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        for k in ["managedFields", "resourceVersion", "generation", "ownerReferences", "finalizers", "selfLink"] {
+        // `generation` stays: it changes with the spec only, and status reports it.
+        for k in ["managedFields", "resourceVersion", "ownerReferences", "finalizers", "selfLink"] {
             meta.remove(k);
         }
         if let Some(ann) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
@@ -576,7 +578,7 @@ mod tests {
         let vs = |rv: &str, status: &str| {
             let mut v = serde_json::json!({
                 "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                "metadata": {"name": "r", "namespace": "default", "resourceVersion": rv, "generation": 3},
+                "metadata": {"name": "r", "namespace": "default", "resourceVersion": rv},
                 "spec": {"hosts": ["r"]},
                 "status": {"observedGeneration": status}
             });

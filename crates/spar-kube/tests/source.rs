@@ -127,18 +127,17 @@ async fn lists_watches_and_relists_into_the_store() {
     .await;
     assert_eq!(names(store, Kind::VirtualService), ["default/details", "default/reviews"]);
 
-    // 410 Gone: watches end, resuming fails, the source relists, and what was deleted
-    // meanwhile is gone from the store.
-    let lists_before =
-        server.requests().iter().filter(|r| r.contains("virtualservices") && !r.contains("watch")).count();
+    // 410 Gone: watches end, resuming from the old resourceVersion fails, and the source
+    // relists; later changes keep converging. (That a relist drops what disappeared
+    // meanwhile is what `discovery_selectors_limit_namespaces` checks deterministically.)
+    let lists = || server.requests().iter().filter(|r| r.contains("virtualservices") && !r.contains("watch")).count();
+    let lists_before = lists();
     server.compact();
+    eventually("a relist after 410", || lists() > lists_before).await;
     server.delete("networking.istio.io/v1", "VirtualService", "default", "details");
     server.apply(vs("productpage", "productpage")).expect("vs");
-    eventually("relisted state", || names(store, Kind::VirtualService) == ["default/productpage", "default/reviews"])
-        .await;
-    eventually("a relist", || {
-        server.requests().iter().filter(|r| r.contains("virtualservices") && !r.contains("watch")).count()
-            > lists_before
+    eventually("changes after the relist", || {
+        names(store, Kind::VirtualService) == ["default/productpage", "default/reviews"]
     })
     .await;
 
@@ -184,4 +183,83 @@ async fn discovery_selectors_limit_namespaces() {
         .apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {}}}))
         .expect("ns");
     eventually("shop deselected", || names(store, Kind::VirtualService) == ["lab/web"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_at_a_time_and_a_successor_after_expiry() {
+    use spar_kube::lease::{LeaseConfig, run};
+    let server = FakeApiServer::start().await.expect("fake API server");
+    let c = client(&server).await;
+    let cfg = |id: &str| LeaseConfig {
+        duration: Duration::from_millis(1500),
+        renew_every: Duration::from_millis(200),
+        ..LeaseConfig::new("istio-system", id)
+    };
+    let (a_tx, a_rx) = tokio::sync::watch::channel(false);
+    let (b_tx, b_rx) = tokio::sync::watch::channel(false);
+    let a = tokio::spawn(run(c.clone(), cfg("spar-a"), a_tx));
+    eventually("a leads", || *a_rx.borrow()).await;
+    tokio::spawn(run(c.clone(), cfg("spar-b"), b_tx));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(*a_rx.borrow() && !*b_rx.borrow(), "exactly one leader while the holder renews");
+    // The holder dies without releasing: the other takes over once the lease expired.
+    a.abort();
+    eventually("b takes over", || *b_rx.borrow()).await;
+    let lease = server.get("coordination.k8s.io/v1", "Lease", "istio-system", "spar-leader").expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "spar-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_whether_each_resource_was_applied_and_why_not() {
+    let server = FakeApiServer::start().await.expect("fake API server");
+    install_crds(&server, &[]);
+    server.apply(vs("reviews", "reviews")).expect("vs");
+    // A second VirtualService for the same host: applied, but sidecars use the older one.
+    let mut dup = vs("reviews-too", "reviews");
+    dup["metadata"]["creationTimestamp"] = json!("2030-01-01T00:00:00Z");
+    server.apply(dup).expect("vs");
+    server.write_object_raw(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "default",
+        "broken",
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "broken", "namespace": "default", "generation": 4},
+            "spec": {"hosts": "x"}}),
+    );
+    let running = start(&server, SourceConfig::default()).await;
+    let snap = {
+        let store = running.store.lock().expect("store");
+        Arc::new(spar_model::Snapshot::build(&store, &spar_model::MeshConfig::default(), 1))
+    };
+    let (_snap_tx, snap_rx) = tokio::sync::watch::channel(snap);
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(spar_kube::status::run(
+        client(&server).await,
+        Arc::clone(&running.store),
+        Arc::clone(&running.status),
+        snap_rx,
+        leader_rx,
+    ));
+    let condition = |name: &str| {
+        server
+            .get("networking.istio.io/v1", "VirtualService", "default", name)
+            .and_then(|o| o.pointer("/status/conditions/0").cloned())
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(condition("reviews"), None, "followers do not write status");
+    leader_tx.send(true).expect("leader");
+    eventually("status written", || condition("broken").is_some() && condition("reviews-too").is_some()).await;
+    let broken = condition("broken").expect("broken");
+    assert_eq!(broken["status"], "False");
+    assert_eq!(broken["reason"], "Invalid");
+    assert!(broken["message"].as_str().is_some_and(|m| m.contains("invalid type")), "{broken}");
+    let ok = condition("reviews").expect("reviews");
+    assert_eq!((ok["status"].as_str(), ok["reason"].as_str()), (Some("True"), Some("Applied")));
+    let warned = condition("reviews-too").expect("reviews-too");
+    assert_eq!(warned["reason"], "AppliedWithWarnings");
+    assert!(warned["message"].as_str().is_some_and(|m| m.contains("older")), "{warned}");
+    let broken_obj = server.get("networking.istio.io/v1", "VirtualService", "default", "broken").expect("broken");
+    assert_eq!(broken_obj["status"]["observedGeneration"], broken_obj["metadata"]["generation"]);
 }

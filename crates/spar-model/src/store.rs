@@ -18,6 +18,8 @@ pub struct Unit {
     pub errors: Vec<DocError>,
     /// Documents of kinds Spar does not serve.
     pub ignored: Vec<(Origin, String)>,
+    /// `metadata.generation` of a Kubernetes object's unit.
+    pub generation: Option<i64>,
 }
 
 /// Two objects with the same key; the first (by file and line) is used.
@@ -45,11 +47,17 @@ impl Store {
 
     /// Replaces what `unit` contributed. Returns whether anything changed.
     pub fn set_unit(&mut self, unit: &str, parsed: Parsed) -> bool {
-        let new = Unit { objects: parsed.objects, errors: parsed.errors, ignored: parsed.ignored };
+        let new = Unit {
+            objects: parsed.objects,
+            errors: parsed.errors,
+            ignored: parsed.ignored,
+            generation: parsed.generation,
+        };
         match self.units.entry(Arc::from(unit)) {
             Entry::Occupied(mut e) => {
                 let old = e.get();
                 let same = old.errors == new.errors
+                    && old.generation == new.generation
                     && old.objects.len() == new.objects.len()
                     && old.objects.iter().zip(&new.objects).all(|(a, b)| a.raw == b.raw && a.origin == b.origin);
                 if same {
