@@ -14,6 +14,7 @@
 pub mod lease;
 pub mod source;
 pub mod status;
+pub mod webhooks;
 
 pub use source::{KubeSource, NamespaceSelector, SourceConfig, SyncStatus};
 

@@ -263,3 +263,28 @@ async fn status_says_whether_each_resource_was_applied_and_why_not() {
     let broken_obj = server.get("networking.istio.io/v1", "VirtualService", "default", "broken").expect("broken");
     assert_eq!(broken_obj["status"]["observedGeneration"], broken_obj["metadata"]["generation"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_ca_bundles_are_patched_once() {
+    use spar_kube::webhooks::{WebhookNames, patch_once};
+    let server = FakeApiServer::start().await.expect("fake API server");
+    let hook = |kind: &str, name: &str| {
+        json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": kind, "metadata": {"name": name},
+            "webhooks": [
+                {"name": "a.spar.io", "clientConfig": {"service": {"name": "spar", "namespace": "istio-system", "path": "/x"}},
+                 "sideEffects": "None", "admissionReviewVersions": ["v1"]},
+                {"name": "b.spar.io", "clientConfig": {"service": {"name": "spar", "namespace": "istio-system", "path": "/x"}},
+                 "sideEffects": "None", "admissionReviewVersions": ["v1"]}]})
+    };
+    server.apply(hook("MutatingWebhookConfiguration", "spar-sidecar-injector")).expect("mutating");
+    server.apply(hook("ValidatingWebhookConfiguration", "spar-validator")).expect("validating");
+    let c = client(&server).await;
+    let names = WebhookNames::default();
+    assert_eq!(patch_once(&c, &names, b"ROOT PEM").await.expect("patch"), 2);
+    assert_eq!(patch_once(&c, &names, b"ROOT PEM").await.expect("patch"), 0, "no write when current");
+    let m = server.get("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration", "", "spar-sidecar-injector");
+    let m = m.expect("mutating");
+    // base64 of "ROOT PEM", on every webhook of the configuration
+    assert_eq!(m["webhooks"][0]["clientConfig"]["caBundle"], "Uk9PVCBQRU0=");
+    assert_eq!(m["webhooks"][1]["clientConfig"]["caBundle"], "Uk9PVCBQRU0=");
+}

@@ -700,9 +700,11 @@ impl<'a> Workloads<'a> {
             },
         );
         let status = pod.status.as_ref();
-        for ip in status.and_then(|s| s.pod_ip.as_deref()).into_iter().chain(
-            status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|i| i.ip.as_str()),
-        ) {
+        for ip in status
+            .and_then(|s| s.pod_ip.as_deref())
+            .into_iter()
+            .chain(status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().map(|i| i.ip.as_str()))
+        {
             self.by_ip.insert(ip, key);
         }
     }

@@ -28,17 +28,41 @@ pub struct DebugState {
     pub store: Arc<Mutex<Store>>,
     /// The current snapshot.
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// True once the sources have synced and the first snapshot is built.
+    pub ready: watch::Receiver<bool>,
+    /// The Kubernetes source's per-kind state, when it runs.
+    pub kube: Option<Arc<spar_kube::SyncStatus>>,
 }
 
 /// The router.
 pub fn router(state: DebugState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/ready", get(|| async { "ok" }))
+        .route("/ready", get(ready))
         .route("/healthz", get(|| async { "ok" }))
         .route("/debug/syncz", get(syncz))
         .route("/debug/configz", get(configz))
         .with_state(state)
+}
+
+/// 200 once serving; 503 before, naming the kinds whose first list is still pending.
+async fn ready(State(s): State<DebugState>) -> impl IntoResponse {
+    if *s.ready.borrow() {
+        return (StatusCode::OK, "ok".to_string());
+    }
+    let waiting: Vec<String> = s
+        .kube
+        .iter()
+        .flat_map(|k| k.states())
+        .filter(|(_, st)| *st == spar_kube::source::KindState::Waiting)
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let why = if waiting.is_empty() {
+        "building the first snapshot".into()
+    } else {
+        format!("waiting for {}", waiting.join(", "))
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, why)
 }
 
 async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {

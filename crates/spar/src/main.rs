@@ -18,11 +18,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod analyze;
 mod debug;
 mod files;
+mod inject;
+mod install;
 mod iptables;
 mod load;
 mod mesh;
 mod secure;
 mod serve;
+mod webhook;
 
 #[derive(Parser, Debug)]
 #[command(name = "spar", version, about = "An Envoy xDS control plane for Istio configuration")]
@@ -46,13 +49,45 @@ enum Command {
     Wait(WaitArgs),
     /// Analyze Istio configuration offline (exit 79 when findings reach --failure-threshold).
     Analyze(analyze::AnalyzeArgs),
+    /// Add stock-Envoy sidecars to the workloads of Kubernetes YAML (istioctl kube-inject).
+    Inject(inject::InjectArgs),
+    /// Print the manifests that run Spar in a Kubernetes cluster (CRDs, RBAC, Deployment,
+    /// Services, webhooks), like istiod's install.
+    Install(install::InstallArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// Config directory or file (*.yaml, *.yml; multi-document). Repeatable.
-    #[arg(long, short = 'c', required = true)]
+    #[arg(long, short = 'c', required_unless_present = "kubernetes")]
     config: Vec<PathBuf>,
+    /// Read Istio resources, Services, EndpointSlices, Pods, Namespaces and Secrets from
+    /// the Kubernetes API (watched), with or without --config.
+    #[arg(long)]
+    kubernetes: bool,
+    /// Kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the in-cluster account).
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// Only read namespaces matching this label selector (k=v,k!=v,k,!k; repeatable, any
+    /// may match), as Istio's discoverySelectors.
+    #[arg(long, requires = "kubernetes")]
+    discovery_selector: Vec<String>,
+    /// Serve the admission webhooks (/inject, /validate) over HTTPS here (needs --ca-dir:
+    /// the serving certificate comes from Spar's CA; 15017 in a cluster).
+    #[arg(long, requires = "ca_dir")]
+    webhook_address: Option<SocketAddr>,
+    /// Injection: the Envoy image of the istio-proxy container.
+    #[arg(long, default_value = inject::DEFAULT_PROXY_IMAGE)]
+    inject_proxy_image: String,
+    /// Injection: the image with the spar binary (init containers).
+    #[arg(long, default_value = inject::DEFAULT_SPAR_IMAGE)]
+    inject_spar_image: String,
+    /// Injection: Spar's xDS address as pods resolve it.
+    #[arg(long, default_value = inject::DEFAULT_XDS_ADDRESS)]
+    inject_xds_address: String,
+    /// How often kinds whose CRD is not installed are looked for again.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    missing_crd_retry: Duration,
     /// Address of the plaintext xDS (ADS) server.
     #[arg(long, default_value = "0.0.0.0:15010", env = "SPAR_XDS_ADDRESS")]
     xds_address: SocketAddr,
@@ -214,6 +249,18 @@ struct BootstrapArgs {
     /// Namespace of the control plane's identity (what the proxy verifies on 15012).
     #[arg(long, default_value = "istio-system")]
     root_namespace: String,
+    /// Write the bootstrap to this file (parent directories created) instead of stdout.
+    #[arg(long)]
+    output_file: Option<PathBuf>,
+    /// DNS domain of the cluster (the node id's `<ns>.svc.<domain>`).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Serve `GET /healthz/ready` (Envoy's readiness) on this port of --ip (Istio: 15021).
+    #[arg(long)]
+    health_port: Option<u16>,
+    /// Serve `GET /stats/prometheus` on this port of --ip (Istio: 15090).
+    #[arg(long)]
+    prometheus_port: Option<u16>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -241,6 +288,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Analyze(a) => std::process::exit(analyze::run(a)),
+        Command::Inject(a) => inject::run(a),
+        Command::Install(a) => install::run(a),
         Command::Serve(a) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -249,8 +298,38 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
+            let kubernetes = if a.kubernetes {
+                let namespaces = if a.discovery_selector.is_empty() {
+                    None
+                } else {
+                    Some(
+                        spar_kube::NamespaceSelector::parse(&a.discovery_selector)
+                            .map_err(|e| anyhow::anyhow!("--discovery-selector {e}"))?,
+                    )
+                };
+                Some(serve::KubeConfig {
+                    kubeconfig: a.kubeconfig,
+                    namespaces,
+                    absent_retry: a.missing_crd_retry,
+                    namespace: std::env::var("POD_NAMESPACE").unwrap_or_else(|_| a.root_namespace.clone()),
+                    identity: std::env::var("POD_NAME").unwrap_or_else(|_| {
+                        format!("spar-{}-{}", std::env::var("HOSTNAME").unwrap_or_default(), std::process::id())
+                    }),
+                })
+            } else {
+                None
+            };
             let cfg = serve::ServeConfig {
                 config: a.config,
+                kubernetes,
+                webhook_address: a.webhook_address,
+                inject: inject::InjectConfig {
+                    proxy_image: a.inject_proxy_image,
+                    spar_image: a.inject_spar_image,
+                    xds_address: a.inject_xds_address,
+                    cluster_domain: a.domain.clone(),
+                    ..Default::default()
+                },
                 xds_address: a.xds_address,
                 debounce_quiet: a.debounce_quiet,
                 debounce_max: a.debounce_max,
@@ -323,6 +402,13 @@ fn main() -> anyhow::Result<()> {
                 listen_address: a.listen_address,
             };
             let mut b = spar_xds::bootstrap::bootstrap(&params)?;
+            if a.cluster_domain != "cluster.local"
+                && let Some(id) = b["node"]["id"].as_str().and_then(|id| id.strip_suffix(".cluster.local"))
+            {
+                b["node"]["id"] = format!("{id}.{}", a.cluster_domain).into();
+            }
+            let admin = (params.admin_address.as_str(), params.admin_port);
+            inject::add_probe_listeners(&mut b, &params.ip, admin, a.health_port, a.prometheus_port);
             if let Some(ca_dir) = &a.ca_dir {
                 let dir =
                     a.credential_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}-credential", params.name)));
@@ -349,7 +435,15 @@ fn main() -> anyhow::Result<()> {
                 Format::Json => serde_json::to_string_pretty(&b)?,
                 Format::Yaml => serde_yaml_ng::to_string(&b)?,
             };
-            println!("{out}");
+            match &a.output_file {
+                Some(p) => {
+                    if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                    }
+                    std::fs::write(p, out + "\n").with_context(|| format!("writing {}", p.display()))?;
+                }
+                None => println!("{out}"),
+            }
             Ok(())
         }
     }

@@ -19,6 +19,12 @@ use crate::files::FileSource;
 pub struct ServeConfig {
     /// Config directories or files.
     pub config: Vec<PathBuf>,
+    /// Read configuration from the Kubernetes API too.
+    pub kubernetes: Option<KubeConfig>,
+    /// Where the admission webhooks listen (HTTPS; needs the CA).
+    pub webhook_address: Option<SocketAddr>,
+    /// What the injection webhook adds.
+    pub inject: crate::inject::InjectConfig,
     /// Where the plaintext xDS server listens.
     pub xds_address: SocketAddr,
     /// Quiet time after the last change before a snapshot is built.
@@ -31,6 +37,21 @@ pub struct ServeConfig {
     pub security: Option<SecurityConfig>,
     /// Debug and metrics endpoint (`None`: off).
     pub debug_address: Option<SocketAddr>,
+}
+
+/// The Kubernetes source.
+#[derive(Clone, Debug)]
+pub struct KubeConfig {
+    /// Kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, then in-cluster).
+    pub kubeconfig: Option<PathBuf>,
+    /// Only namespaces matching one of these label selectors (Istio's discovery selectors).
+    pub namespaces: Option<spar_kube::NamespaceSelector>,
+    /// How often kinds whose CRD is missing are probed again.
+    pub absent_retry: Duration,
+    /// Spar's own namespace (its Lease lives there).
+    pub namespace: String,
+    /// This replica's name in the Lease.
+    pub identity: String,
 }
 
 /// The CA and the secure xDS port.
@@ -49,16 +70,34 @@ pub struct SecurityConfig {
 /// Runs until SIGINT/SIGTERM.
 pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let store = Arc::new(Mutex::new(Store::new()));
-    let mut source = FileSource::new(cfg.config.clone(), Arc::clone(&store));
-    source.sync();
-    let first = build(&store, &cfg.mesh, 1);
-    let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
+    let (change_tx, change_rx) = mpsc::channel(1);
+    let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (ready_tx, ready_rx) = watch::channel(false);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    let (change_tx, change_rx) = mpsc::channel(1);
-    tokio::spawn(source.run(change_tx).instrument(info_span!("file-source")));
-    tokio::spawn(debounce(change_rx, Arc::clone(&store), cfg.clone(), snap_tx).instrument(info_span!("snapshot")));
-
+    let kube = match &cfg.kubernetes {
+        Some(k) => {
+            let client = spar_kube::client(k.kubeconfig.as_deref()).await?;
+            let source = spar_kube::KubeSource::new(
+                client.clone(),
+                Arc::clone(&store),
+                spar_kube::SourceConfig {
+                    namespaces: k.namespaces.clone(),
+                    absent_retry: k.absent_retry,
+                    report: Arc::new(crate::load::report),
+                    ..Default::default()
+                },
+            );
+            let status = source.status();
+            tokio::spawn(source.run(change_tx.clone()).instrument(info_span!("kube-source")));
+            Some((client, status))
+        }
+        None => None,
+    };
+    let (kube_client, kube) = match kube {
+        Some((c, s)) => (Some(c), Some(s)),
+        None => (None, None),
+    };
     let ads = AdsService::new(snap_rx.clone(), shutdown_rx.clone());
     let ads_secure = ads.clone();
     if let Some(addr) = cfg.debug_address {
@@ -67,7 +106,9 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             sync: ads.sync_registry(),
             cache: ads.cache(),
             store: Arc::clone(&store),
-            snapshots: snap_rx,
+            snapshots: snap_rx.clone(),
+            ready: ready_rx,
+            kube: kube.clone(),
         };
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding debug address {addr}"))?;
@@ -81,6 +122,49 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 .await;
         });
     }
+
+    // Proxies connect only once the sources have synced: an empty first snapshot would
+    // take every route away from every proxy that reconnects during a restart.
+    if !cfg.config.is_empty() {
+        let mut source = FileSource::new(cfg.config.clone(), Arc::clone(&store));
+        source.sync();
+        tokio::spawn(source.run(change_tx.clone()).instrument(info_span!("file-source")));
+    }
+    if let Some(status) = &kube {
+        info!("waiting for the Kubernetes caches to sync");
+        let started = Instant::now();
+        loop {
+            tokio::select! {
+                () = status.wait_synced() => break,
+                () = tokio::time::sleep(Duration::from_secs(10)) => {
+                    let waiting: Vec<String> = status.states().into_iter()
+                        .filter(|(_, s)| *s == spar_kube::source::KindState::Waiting)
+                        .map(|(k, _)| k.to_string()).collect();
+                    warn!(waiting = %waiting.join(", "), elapsed_s = started.elapsed().as_secs(), "still waiting for the first list");
+                }
+                () = shutdown_signal() => return Ok(()),
+            }
+        }
+        info!(
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "Kubernetes caches synced"
+        );
+    }
+    let _ = snap_tx.send(Arc::new(build(&store, &cfg.mesh, 1)));
+    drop(change_tx);
+    tokio::spawn(debounce(change_rx, Arc::clone(&store), cfg.clone(), snap_tx).instrument(info_span!("snapshot")));
+    let _ = ready_tx.send(true);
+    if let (Some(client), Some(status), Some(k)) = (&kube_client, &kube, &cfg.kubernetes) {
+        // Singleton duties (status writes) belong to the Lease holder; every replica serves.
+        let (leader_tx, leader_rx) = watch::channel(false);
+        let lease = spar_kube::lease::LeaseConfig::new(&k.namespace, &k.identity);
+        tokio::spawn(spar_kube::lease::run(client.clone(), lease, leader_tx).instrument(info_span!("lease")));
+        tokio::spawn(
+            spar_kube::status::run(client.clone(), Arc::clone(&store), Arc::clone(status), snap_rx.clone(), leader_rx)
+                .instrument(info_span!("status")),
+        );
+    }
+
     let listener = xds_listener(cfg.xds_address).with_context(|| format!("binding xDS address {}", cfg.xds_address))?;
     let bound = listener.local_addr()?;
     info!(address = %bound, "serving xDS (ADS: SotW and delta)");
@@ -99,7 +183,16 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(server);
     let secure = match &cfg.security {
         Some(sec) => Some(tokio::spawn(
-            serve_secure(sec.clone(), cfg.mesh.root_namespace.clone(), ads_secure, shutdown_rx.clone()).await?,
+            serve_secure(
+                sec.clone(),
+                cfg.mesh.root_namespace.clone(),
+                cfg.webhook_address,
+                cfg.inject.clone(),
+                kube_client.clone(),
+                ads_secure,
+                shutdown_rx.clone(),
+            )
+            .await?,
         )),
         None => None,
     };
@@ -123,11 +216,28 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 async fn serve_secure(
     sec: SecurityConfig,
     root_namespace: String,
+    webhook: Option<SocketAddr>,
+    inject: crate::inject::InjectConfig,
+    kube_client: Option<kube::Client>,
     ads: AdsService,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let ca = spar_ca::Ca::load_or_create(&sec.ca_dir, &sec.trust_domain)
         .with_context(|| format!("loading the CA from {}", sec.ca_dir.display()))?;
+    if let Some(addr) = webhook {
+        let tls = crate::webhook::tls_config(&ca, &root_namespace)?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding webhook address {addr}"))?;
+        tokio::spawn(crate::webhook::serve(listener, tls, inject, shutdown.clone()).instrument(info_span!("webhook")));
+        if let Some(client) = kube_client {
+            let bundle = ca.trust_bundle_pem().to_string();
+            let names = spar_kube::webhooks::WebhookNames::default();
+            let every = Duration::from_secs(60);
+            tokio::spawn(
+                spar_kube::webhooks::keep_ca_bundle(client, names, bundle, every).instrument(info_span!("webhook")),
+            );
+        }
+    }
     let me = crate::secure::control_plane_identity(&sec.trust_domain, &root_namespace);
     let (tls, refresh_at) = crate::secure::server_config(&ca, &me)?;
     let security = std::sync::Arc::new(spar_xds::sds::Security::new(ca, sec.workload_cert_ttl));
