@@ -12,6 +12,7 @@
 //! object only ever removes itself, exactly like a bad document in a file.
 
 pub mod lease;
+pub mod rootcert;
 pub mod source;
 pub mod status;
 pub mod webhooks;

@@ -288,3 +288,35 @@ async fn webhook_ca_bundles_are_patched_once() {
     assert_eq!(m["webhooks"][0]["clientConfig"]["caBundle"], "Uk9PVCBQRU0=");
     assert_eq!(m["webhooks"][1]["clientConfig"]["caBundle"], "Uk9PVCBQRU0=");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_publishes_the_root_certificate_in_every_namespace() {
+    let server = FakeApiServer::start().await.expect("fake API server");
+    for ns in ["shop", "lab"] {
+        server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).expect("ns");
+    }
+    let running = start(&server, SourceConfig::default()).await;
+    let (_bundle_tx, bundle_rx) = tokio::sync::watch::channel("ROOT-1".to_string());
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::new(spar_model::Snapshot::default()));
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(true);
+    tokio::spawn(spar_kube::rootcert::run(
+        client(&server).await,
+        Arc::clone(&running.store),
+        bundle_rx,
+        snap_rx,
+        leader_rx,
+    ));
+    let root = |ns: &str| {
+        server
+            .get("v1", "ConfigMap", ns, "istio-ca-root-cert")
+            .and_then(|c| c["data"]["root-cert.pem"].as_str().map(str::to_string))
+    };
+    eventually("both namespaces", || root("shop").as_deref() == Some("ROOT-1") && root("lab").is_some()).await;
+    // A namespace created later gets it on the next snapshot.
+    server.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "new"}})).expect("ns");
+    eventually("the namespace in the store", || names(&running.store, Kind::Namespace).contains(&"/new".to_string()))
+        .await;
+    snap_tx.send(Arc::new(spar_model::Snapshot::default())).expect("snapshot");
+    eventually("the new namespace", || root("new").as_deref() == Some("ROOT-1")).await;
+    drop(leader_tx);
+}

@@ -74,6 +74,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let (snap_tx, snap_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // The CA's trust bundle, once the CA is loaded (published to every namespace).
+    let (bundle_tx, bundle_rx) = watch::channel(String::new());
 
     let kube = match &cfg.kubernetes {
         Some(k) => {
@@ -160,8 +162,18 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         let lease = spar_kube::lease::LeaseConfig::new(&k.namespace, &k.identity);
         tokio::spawn(spar_kube::lease::run(client.clone(), lease, leader_tx).instrument(info_span!("lease")));
         tokio::spawn(
-            spar_kube::status::run(client.clone(), Arc::clone(&store), Arc::clone(status), snap_rx.clone(), leader_rx)
-                .instrument(info_span!("status")),
+            spar_kube::status::run(
+                client.clone(),
+                Arc::clone(&store),
+                Arc::clone(status),
+                snap_rx.clone(),
+                leader_rx.clone(),
+            )
+            .instrument(info_span!("status")),
+        );
+        tokio::spawn(
+            spar_kube::rootcert::run(client.clone(), Arc::clone(&store), bundle_rx, snap_rx.clone(), leader_rx)
+                .instrument(info_span!("root-cert")),
         );
     }
 
@@ -189,6 +201,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 cfg.webhook_address,
                 cfg.inject.clone(),
                 kube_client.clone(),
+                bundle_tx,
                 ads_secure,
                 shutdown_rx.clone(),
             )
@@ -219,11 +232,13 @@ async fn serve_secure(
     webhook: Option<SocketAddr>,
     inject: crate::inject::InjectConfig,
     kube_client: Option<kube::Client>,
+    bundle: watch::Sender<String>,
     ads: AdsService,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let ca = spar_ca::Ca::load_or_create(&sec.ca_dir, &sec.trust_domain)
         .with_context(|| format!("loading the CA from {}", sec.ca_dir.display()))?;
+    let _ = bundle.send(ca.trust_bundle_pem().to_string());
     if let Some(addr) = webhook {
         let tls = crate::webhook::tls_config(&ca, &root_namespace)?;
         let listener =
