@@ -19,6 +19,18 @@ if ! command -v iptables >/dev/null || ! command -v ip >/dev/null; then
   fi
 fi
 
+# `kubectl kustomize deploy/` is checked against `spar install` (crates/spar/tests/install.rs).
+# Machine images may ship kubectl; where neither it nor kustomize is there, Debian's kubectl.
+KUBECTL_DEB_VERSION=${KUBECTL_DEB_VERSION:-1.20.5+really1.20.2-1.1+deb12u1}
+if ! command -v kubectl >/dev/null && ! command -v kustomize >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing kubernetes-client=$KUBECTL_DEB_VERSION (kubectl, for kubectl kustomize)"
+    apt-get install -y -q "kubernetes-client=$KUBECTL_DEB_VERSION" >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "kubernetes-client=$KUBECTL_DEB_VERSION" >/dev/null; }
+  else
+    echo "setup: kubectl or kustomize is needed for the deploy/ kustomize test (install kubernetes-client as root)" >&2
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

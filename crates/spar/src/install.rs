@@ -400,15 +400,20 @@ fn crd(kind: Kind) -> Value {
     })
 }
 
-/// Istio's API groups, in the order of the kind table.
-fn istio_groups() -> Vec<&'static str> {
+/// The API groups of `kinds`, in their order, once each.
+fn groups(kinds: impl IntoIterator<Item = Kind>) -> Vec<&'static str> {
     let mut groups: Vec<&str> = Vec::new();
-    for k in spar_kube::custom_kinds() {
+    for k in kinds {
         if !groups.contains(&k.group()) {
             groups.push(k.group());
         }
     }
     groups
+}
+
+/// Istio's API groups, in the order of the kind table.
+fn istio_groups() -> Vec<&'static str> {
+    groups(spar_kube::custom_kinds())
 }
 
 /// Plurals of the watched kinds of `group`, with `suffix` (`""` or `"/status"`).
@@ -431,26 +436,22 @@ fn rule(group: &str, resources: Vec<String>, names: &[&str], verbs: &[&str]) -> 
 
 fn cluster_role() -> Value {
     let mut rules = Vec::new();
-    // Watched: every kind the Kubernetes source reads, by API group.
-    let mut groups: Vec<&str> = Vec::new();
-    for k in spar_kube::SourceConfig::default().kinds {
-        if !groups.contains(&k.group()) {
-            groups.push(k.group());
-        }
-    }
-    for g in &groups {
+    // Watched: every kind the Kubernetes source reads, by API group (list and watch are
+    // all a kube-runtime watcher does; nothing is fetched one by one).
+    for g in groups(spar_kube::SourceConfig::default().kinds) {
         rules.push(rule(g, resources(g, ""), &[], &["list", "watch"]));
     }
-    // Status of Istio resources (a merge patch on the status subresource).
+    // Status of Istio resources: a merge patch on the status subresource, nothing else.
     for g in istio_groups() {
         rules.push(rule(g, resources(g, "/status"), &[], &["patch"]));
     }
     // Proxies prove their identity with their service-account token.
     rules.push(rule("authentication.k8s.io", vec!["tokenreviews".into()], &[], &["create"]));
-    // The root certificate in every namespace. RBAC cannot restrict `create` by name, so
-    // this lets Spar create any ConfigMap; reading and updating are limited to this one.
+    // The root certificate in every namespace, written by server-side apply (a patch,
+    // which needs `create` too when it creates). RBAC cannot restrict `create` by name, so
+    // this lets Spar create any ConfigMap; everything else is limited to this one.
     rules.push(rule("", vec!["configmaps".into()], &[], &["create"]));
-    rules.push(rule("", vec!["configmaps".into()], &[ROOT_CERT_CONFIGMAP], &["get", "update"]));
+    rules.push(rule("", vec!["configmaps".into()], &[ROOT_CERT_CONFIGMAP], &["get", "patch", "update"]));
     // Its own webhook configurations, to patch in their caBundle.
     rules.push(rule(
         "admissionregistration.k8s.io",
@@ -857,8 +858,7 @@ mod tests {
         use k8s_openapi::api::{admissionregistration::v1 as adm, apps::v1 as apps, core::v1 as core};
         use k8s_openapi::api::{policy::v1 as policy, rbac::v1 as rbac};
         use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
-        let mut opts = Options::default();
-        opts.ca = Some(("cert".into(), "key".into()));
+        let opts = Options { ca: Some(("cert".into(), "key".into())), ..Options::default() };
         for d in docs(&opts) {
             let back = match d["kind"].as_str().expect("kind") {
                 "Namespace" => round_trip::<core::Namespace>(&d),
@@ -988,7 +988,7 @@ mod tests {
         }
         assert!(allows(cluster, "authentication.k8s.io", "tokenreviews", "create", None));
         assert!(allows(cluster, "", "configmaps", "create", None));
-        for verb in ["get", "update"] {
+        for verb in ["get", "patch", "update"] {
             assert!(allows(cluster, "", "configmaps", verb, Some(ROOT_CERT_CONFIGMAP)), "{verb} root cert");
             assert!(!allows(cluster, "", "configmaps", verb, Some("other")), "{verb} any configmap");
         }
