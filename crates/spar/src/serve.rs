@@ -198,10 +198,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             serve_secure(
                 sec.clone(),
                 cfg.mesh.root_namespace.clone(),
-                cfg.webhook_address,
-                cfg.inject.clone(),
-                kube_client.clone(),
-                bundle_tx,
+                WithCa {
+                    webhook: cfg.webhook_address,
+                    inject: cfg.inject.clone(),
+                    kube_client: kube_client.clone(),
+                    bundle: bundle_tx,
+                },
                 ads_secure,
                 shutdown_rx.clone(),
             )
@@ -225,17 +227,24 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the secure xDS port; returns the server future to spawn.
-async fn serve_secure(
-    sec: SecurityConfig,
-    root_namespace: String,
+/// What else needs the CA: the webhooks (their serving certificate, the caBundle kept
+/// in the cluster) and the published trust bundle.
+struct WithCa {
     webhook: Option<SocketAddr>,
     inject: crate::inject::InjectConfig,
     kube_client: Option<kube::Client>,
     bundle: watch::Sender<String>,
+}
+
+/// Starts the secure xDS port; returns the server future to spawn.
+async fn serve_secure(
+    sec: SecurityConfig,
+    root_namespace: String,
+    with_ca: WithCa,
     ads: AdsService,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let WithCa { webhook, inject, kube_client, bundle } = with_ca;
     let ca = spar_ca::Ca::load_or_create(&sec.ca_dir, &sec.trust_domain)
         .with_context(|| format!("loading the CA from {}", sec.ca_dir.display()))?;
     let _ = bundle.send(ca.trust_bundle_pem().to_string());
