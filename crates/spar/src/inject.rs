@@ -257,7 +257,6 @@ pub enum InjectError {
 /// skips only pods that opt out (`sidecar.istio.io/inject: "false"`, label or
 /// annotation), that use the host's network, that already have a sidecar, and pods in
 /// Kubernetes' own namespaces.
-#[allow(dead_code, reason = "the admission webhook's entry point; `spar inject` goes through inject_workload")]
 pub fn inject_pod(pod: &Value, cfg: &InjectConfig) -> Result<Injection, InjectError> {
     inject_workload(pod, None, cfg)
 }
@@ -821,7 +820,6 @@ pub fn add_probe_listeners(
 /// skipped pods, and pods injection fails on (fail open, with the reason in
 /// `status.message` and as a warning the client shows, and logged). A failed injection
 /// never blocks a workload.
-#[allow(dead_code, reason = "the webhook server (port 15017) is not wired yet; tested here")]
 pub fn review(request: &Value, cfg: &InjectConfig) -> Value {
     let api_version = request.get("apiVersion").and_then(Value::as_str).unwrap_or("admission.k8s.io/v1");
     let req = request.get("request").unwrap_or(&Value::Null);
