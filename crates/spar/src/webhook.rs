@@ -169,13 +169,19 @@ mod tests {
         let Ok(entries) = std::fs::read_dir(&dir) else { panic!("fixtures missing at {}", dir.display()) };
         let mut files: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
-        let (mut valid, mut admitted, mut invalid, mut refused) = (0, 0, 0, 0);
+        let (mut valid, mut admitted, mut invalid, mut refused, mut unread) = (0, 0, 0, 0, Vec::new());
         for f in files {
             let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             let text = std::fs::read_to_string(&f).expect("readable");
             for doc in spar_api::split_documents(&text) {
                 // The API server hands the webhook JSON; YAML 1.1 quirks of the files do not apply.
-                let Ok(obj) = serde_yaml_ng::from_str::<Value>(doc.text) else { continue };
+                // One valid document has `[001:db8::]`, which YAML 1.1 parsers refuse and Go's
+                // accepts (docs/compatibility.md); it cannot be turned into the JSON the API
+                // server would send, so it is counted apart.
+                let Ok(obj) = serde_yaml_ng::from_str::<Value>(doc.text) else {
+                    unread.push(format!("{name}:{}", doc.line));
+                    continue;
+                };
                 let out = validate_review(&review(obj));
                 let allowed = out["response"]["allowed"] == true;
                 if name.ends_with("-invalid.yaml") {
@@ -188,8 +194,11 @@ mod tests {
                 }
             }
         }
-        eprintln!("validation corpus: valid admitted {admitted}/{valid}, invalid refused {refused}/{invalid}");
+        eprintln!(
+            "validation corpus: valid admitted {admitted}/{valid}, invalid refused {refused}/{invalid}, not readable as YAML here: {unread:?}"
+        );
+        assert!(unread.len() <= 1, "{unread:?}");
         assert!(valid > 30 && invalid > 70, "corpus not found whole: {valid} valid, {invalid} invalid");
-        assert!(refused >= 17, "refused only {refused} of {invalid}");
+        assert!(refused >= 77, "refused only {refused} of {invalid}");
     }
 }
