@@ -161,6 +161,51 @@ mod tests {
         assert_eq!(validate_review(&other)["response"]["allowed"], true);
     }
 
+    /// The webhook as the API server reaches it: TLS to the Service's DNS name, verified
+    /// against Spar's root, an AdmissionReview POSTed, the verdict read back.
+    #[tokio::test]
+    async fn serves_over_tls_verified_by_the_ca_root() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!("spar-webhook-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = spar_ca::Ca::load_or_create(&dir, "cluster.local").expect("CA");
+        let tls = tls_config(&ca, "istio-system").expect("tls");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(listener, tls, crate::inject::InjectConfig::default(), stop_rx));
+
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.trust_bundle_pem().as_bytes()) {
+            roots.add(c.expect("root")).expect("root");
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("spar.istio-system.svc").expect("name");
+        let mut stream = connector.connect(name, tcp).await.expect("TLS handshake verified by the root");
+        let body = review(json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "r", "namespace": "default"}, "spec": {"hosts": "r"}}))
+        .to_string();
+        let request = format!(
+            "POST /validate HTTP/1.1\r\nHost: spar.istio-system.svc\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let json_start = response.find("\r\n\r\n").map_or(0, |i| i + 4);
+        let out: Value = serde_json::from_str(&response[json_start..]).expect("AdmissionReview");
+        assert_eq!(out["response"]["uid"], "u-1");
+        assert_eq!(out["response"]["allowed"], false);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Istio's validation corpus through the webhook: every valid document admitted,
     /// invalid ones refused (counts printed; the floor only rises).
     #[test]
