@@ -13,13 +13,8 @@ use spar_kube_fake::{FakeApiServer, ResourceType};
 const CONVERGE: Duration = Duration::from_secs(20);
 
 fn install_istio_crds(server: &FakeApiServer) {
-    for kind in spar_kube::custom_kinds() {
-        for v in kind.versions() {
-            server.add_resource(
-                ResourceType::new(&format!("{}/{v}", kind.group()), kind.name(), &spar_kube::plural(kind), true)
-                    .with_status(),
-            );
-        }
+    for (api_version, kind, plural) in spar_kube::custom_resource_versions() {
+        server.add_resource(ResourceType::new(&api_version, kind.name(), &plural, true).with_status());
     }
 }
 

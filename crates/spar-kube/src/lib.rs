@@ -37,6 +37,12 @@ pub fn custom_kinds() -> impl Iterator<Item = Kind> {
     Kind::ALL.iter().copied().filter(|k| k.group().ends_with("istio.io"))
 }
 
+/// `(apiVersion, kind, plural)` of every served version of every custom kind: what a
+/// cluster with Istio's CRDs installed serves.
+pub fn custom_resource_versions() -> impl Iterator<Item = (String, Kind, String)> {
+    custom_kinds().flat_map(|k| k.versions().iter().map(move |v| (format!("{}/{v}", k.group()), k, plural(k))))
+}
+
 /// A client from the usual places: `KUBECONFIG` / `~/.kube/config`, else the in-cluster
 /// service account. `kubeconfig` overrides both.
 pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {

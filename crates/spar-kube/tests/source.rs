@@ -13,13 +13,8 @@ use tokio::sync::mpsc;
 
 /// Registers Istio's CRDs (every served version), except `skip`.
 fn install_crds(server: &FakeApiServer, skip: &[Kind]) {
-    for kind in spar_kube::custom_kinds().filter(|k| !skip.contains(k)) {
-        for v in kind.versions() {
-            server.add_resource(
-                ResourceType::new(&format!("{}/{v}", kind.group()), kind.name(), &spar_kube::plural(kind), true)
-                    .with_status(),
-            );
-        }
+    for (api_version, kind, plural) in spar_kube::custom_resource_versions().filter(|(_, k, _)| !skip.contains(k)) {
+        server.add_resource(ResourceType::new(&api_version, kind.name(), &plural, true).with_status());
     }
 }
 
