@@ -11,6 +11,7 @@
 //! and this crate only moves objects. Each Kubernetes object is one store unit, so a bad
 //! object only ever removes itself, exactly like a bad document in a file.
 
+pub mod ca_secret;
 pub mod lease;
 pub mod rootcert;
 pub mod source;
