@@ -13,6 +13,7 @@
 
 pub mod ca_secret;
 pub mod lease;
+pub mod meshconfig;
 pub mod rootcert;
 pub mod source;
 pub mod status;

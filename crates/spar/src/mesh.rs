@@ -1,11 +1,22 @@
-//! `spar serve --mesh-config FILE`: Istio's MeshConfig (the `mesh` key of the `istio`
-//! ConfigMap, or that ConfigMap itself), read once at start.
+//! Istio's MeshConfig, in layers:
+//!
+//! ```text
+//!  defaults ◄── --mesh-config FILE (read at start) ◄── ConfigMap `istio`, key `mesh` ◄── flags
+//!               (the `mesh` key, or the ConfigMap)      (--kubernetes: watched, live)    (--outbound-traffic-policy)
+//! ```
+//!
+//! Each layer sets only the fields it names. The ConfigMap is read by spar-kube as text and
+//! parsed here, with the same code as the file; a change reaches the next snapshot, and an
+//! invalid one is logged (with the ConfigMap's name and why) and leaves the mesh as it was.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::Value;
+use spar_kube::meshconfig::MeshText;
 use spar_model::{FileAccessLog, MeshConfig};
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, info, info_span, warn};
 
 /// The MeshConfig fields Spar acts on; the rest is reported as ignored.
 const ACTED_ON: [&str; 6] = [
@@ -31,6 +42,99 @@ pub fn load(path: &Path, base: MeshConfig) -> anyhow::Result<(MeshConfig, Vec<St
     from_raw(&parsed.raw, base)
 }
 
+/// The MeshConfig ConfigMap layer (`spar serve --kubernetes`).
+#[derive(Clone, Debug)]
+pub struct ConfigMapLayer {
+    /// The ConfigMap's name (`istio`), in Spar's namespace.
+    pub name: String,
+    /// `--outbound-traffic-policy`, which wins over the ConfigMap as over the file.
+    pub registry_only: Option<bool>,
+}
+
+/// The mesh for MeshConfig YAML `text` over `base`, then `registry_only` (the flag) over
+/// that. Returns the top-level fields that were ignored.
+pub fn over(text: &str, base: &MeshConfig, registry_only: Option<bool>) -> anyhow::Result<(MeshConfig, Vec<String>)> {
+    let parsed = spar_analyze::context::MeshConfig::from_yaml(text).map_err(anyhow::Error::msg)?;
+    let (mut mesh, ignored) = from_raw(&parsed.raw, base.clone())?;
+    if let Some(r) = registry_only {
+        mesh.registry_only = r;
+    }
+    Ok((mesh, ignored))
+}
+
+impl ConfigMapLayer {
+    /// The mesh for what the ConfigMap holds; `None` (logged, naming `configmap`) when
+    /// its MeshConfig is invalid.
+    fn resolve(&self, text: &MeshText, base: &MeshConfig, configmap: &str) -> Option<MeshConfig> {
+        let MeshText::Present(text) = text else { return Some(base.clone()) };
+        match over(text, base, self.registry_only) {
+            Ok((mesh, ignored)) => {
+                if !ignored.is_empty() {
+                    info!(%configmap, fields = ?ignored, "MeshConfig fields Spar does not act on");
+                }
+                Some(mesh)
+            }
+            Err(e) => {
+                warn!(%configmap, reason = %format!("{e:#}"), "invalid MeshConfig ignored; the mesh stays as it was");
+                None
+            }
+        }
+    }
+}
+
+/// Watches the MeshConfig ConfigMap `namespace/<layer.name>` and returns the mesh to build
+/// snapshots with, once the ConfigMap has been listed: `base` (defaults, `--mesh-config`
+/// and flags) with the ConfigMap over it, kept current. Every change of the mesh also
+/// sends a unit on `changes`, so that a snapshot is built with it.
+pub async fn watch_configmap(
+    client: kube::Client,
+    namespace: &str,
+    layer: ConfigMapLayer,
+    base: MeshConfig,
+    changes: mpsc::Sender<()>,
+) -> watch::Receiver<MeshConfig> {
+    let configmap = format!("{namespace}/{}", layer.name);
+    let (text_tx, mut text) = watch::channel(MeshText::Listing);
+    tokio::spawn(
+        spar_kube::meshconfig::run(client, namespace.to_string(), layer.name.clone(), text_tx)
+            .instrument(info_span!("mesh-config")),
+    );
+    info!(%configmap, "waiting for the MeshConfig ConfigMap to be listed");
+    let _ = text.wait_for(|t| *t != MeshText::Listing).await;
+    let first = layer.resolve(&text.borrow_and_update(), &base, &configmap).unwrap_or_else(|| base.clone());
+    let (mesh_tx, mesh_rx) = watch::channel(first);
+    tokio::spawn(follow(text, layer, base, configmap, mesh_tx, changes).instrument(info_span!("mesh-config")));
+    mesh_rx
+}
+
+/// Applies every change of the ConfigMap's text to `mesh`, until nobody reads `mesh`.
+async fn follow(
+    mut text: watch::Receiver<MeshText>,
+    layer: ConfigMapLayer,
+    base: MeshConfig,
+    configmap: String,
+    mesh: watch::Sender<MeshConfig>,
+    changes: mpsc::Sender<()>,
+) {
+    loop {
+        tokio::select! {
+            r = text.changed() => if r.is_err() { return },
+            () = mesh.closed() => return,
+        }
+        let Some(next) = layer.resolve(&text.borrow_and_update(), &base, &configmap) else { continue };
+        let changed = mesh.send_if_modified(|m| {
+            let changed = *m != next;
+            *m = next;
+            changed
+        });
+        if changed {
+            info!(%configmap, "MeshConfig changed; the next snapshot uses it");
+            // A full channel already holds a pending change, which reads the mesh anew.
+            let _ = changes.try_send(());
+        }
+    }
+}
+
 fn access_log(path: &str, format: Option<&str>, json: bool, fields: BTreeMap<String, String>) -> FileAccessLog {
     FileAccessLog { path: path.to_string(), format: format.map(str::to_string), json, json_fields: fields }
 }
@@ -42,7 +146,9 @@ fn from_raw(raw: &Value, mut mesh: MeshConfig) -> anyhow::Result<(MeshConfig, Ve
     }
     match s("/outboundTrafficPolicy/mode") {
         Some("REGISTRY_ONLY") => mesh.registry_only = true,
-        Some("ALLOW_ANY") | None => {}
+        // Explicit, so that a ConfigMap can turn a file's REGISTRY_ONLY back.
+        Some("ALLOW_ANY") => mesh.registry_only = false,
+        None => {}
         Some(other) => anyhow::bail!("outboundTrafficPolicy.mode {other:?} is not ALLOW_ANY or REGISTRY_ONLY"),
     }
     if let Some(path) = s("/accessLogFile").filter(|p| !p.is_empty()) {
@@ -109,5 +215,77 @@ mod tests {
     fn bad_values_are_errors() {
         let raw = serde_json::json!({"outboundTrafficPolicy": {"mode": "SOMETIMES"}});
         assert!(from_raw(&raw, MeshConfig::default()).is_err());
+    }
+
+    #[test]
+    fn the_configmap_overrides_the_file_and_the_flag_overrides_both() {
+        let file = MeshConfig { registry_only: true, root_namespace: "mesh".into(), ..Default::default() };
+        let (m, _) = over("outboundTrafficPolicy: {mode: ALLOW_ANY}\n", &file, None).expect("valid");
+        assert!(!m.registry_only, "the ConfigMap's field wins");
+        assert_eq!(m.root_namespace, "mesh", "fields it does not name stay the file's");
+        let (m, _) = over("outboundTrafficPolicy: {mode: ALLOW_ANY}\n", &file, Some(true)).expect("valid");
+        assert!(m.registry_only, "--outbound-traffic-policy wins");
+        let (m, _) = over("", &file, None).expect("an empty MeshConfig is valid");
+        assert_eq!(m, file);
+        assert!(over("- a list\n", &file, None).is_err());
+    }
+
+    /// The ConfigMap watched through the fake API server: a change reaches the mesh that
+    /// snapshots are built with, an invalid one changes nothing, a deletion goes back to
+    /// the base.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn configmap_changes_reach_the_next_snapshot() {
+        use std::time::Duration;
+        let server = spar_kube_fake::FakeApiServer::start().await.expect("fake API server");
+        let kubeconfig = std::env::temp_dir().join(format!("spar-mesh-kubeconfig-{}", std::process::id()));
+        std::fs::write(&kubeconfig, server.kubeconfig()).expect("kubeconfig");
+        let client = spar_kube::client(Some(&kubeconfig)).await.expect("client");
+        let configmap = |mesh: &str| {
+            serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "istio", "namespace": "istio-system"}, "data": {"mesh": mesh}})
+        };
+        server.apply(configmap("accessLogFile: /dev/stdout\n")).expect("ConfigMap");
+        let base = MeshConfig { domain: "example.org".into(), ..Default::default() };
+        let (changes_tx, mut changes) = mpsc::channel(1);
+        let layer = ConfigMapLayer { name: "istio".into(), registry_only: None };
+        let mesh = tokio::time::timeout(
+            Duration::from_secs(20),
+            watch_configmap(client, "istio-system", layer, base.clone(), changes_tx),
+        )
+        .await
+        .expect("listed");
+        let snapshot = |version| {
+            let mesh = mesh.borrow().clone();
+            spar_model::Snapshot::build(&spar_model::Store::new(), &mesh, version)
+        };
+        let first = snapshot(1);
+        assert_eq!(
+            first.mesh.access_log.as_ref().map(|a| a.path.as_str()),
+            Some("/dev/stdout"),
+            "read before the first snapshot"
+        );
+        assert!(!first.mesh.registry_only);
+        assert_eq!(first.mesh.domain, "example.org", "over the base");
+
+        let next_change = async |changes: &mut mpsc::Receiver<()>| {
+            tokio::time::timeout(Duration::from_secs(20), changes.recv()).await.expect("a change").expect("open");
+        };
+        server.apply(configmap("outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n")).expect("update");
+        next_change(&mut changes).await;
+        let next = snapshot(2);
+        assert!(next.mesh.registry_only, "the next snapshot is REGISTRY_ONLY");
+        assert_eq!(next.mesh.access_log, None, "a layer over the base, not over the previous ConfigMap");
+
+        // Invalid: no change, the mesh stays.
+        server.apply(configmap("outboundTrafficPolicy:\n  mode: SOMETIMES\n")).expect("invalid");
+        server.apply(configmap("outboundTrafficPolicy: [\n")).expect("not YAML");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(changes.try_recv().is_err(), "an invalid MeshConfig is no change");
+        assert!(snapshot(3).mesh.registry_only);
+
+        // Gone: back to the base.
+        server.delete("v1", "ConfigMap", "istio-system", "istio");
+        next_change(&mut changes).await;
+        assert_eq!(snapshot(4).mesh, base);
     }
 }
