@@ -28,14 +28,15 @@ pub const ISTIOD_ALIAS: &str = "istiod";
 pub const INJECTOR: &str = "spar-sidecar-injector";
 /// The validation webhook configuration (Spar patches its `caBundle` by this name).
 pub const VALIDATOR: &str = "spar-validator";
-/// The Secret holding Spar's CA (Istio's plug-in CA layout).
-pub const CACERTS: &str = "cacerts";
-/// Where [`CACERTS`] is mounted (`spar serve --ca-dir`).
-pub const CACERTS_DIR: &str = "/etc/cacerts";
-/// Istio's MeshConfig ConfigMap (its `mesh` key is read by `spar serve --mesh-config`).
-pub const MESH_CONFIGMAP: &str = "istio";
-/// Where [`MESH_CONFIGMAP`] is mounted.
-pub const MESH_DIR: &str = "/etc/istio/config";
+/// The operator's CA Secret (Istio's plug-in CA layout), read by Spar, never written.
+pub const CACERTS: &str = spar_kube::ca_secret::PLUGGED_IN;
+/// The self-signed root's Secret, created by Spar when there is no [`CACERTS`].
+pub const SELF_SIGNED_CA: &str = spar_kube::ca_secret::SELF_SIGNED;
+/// `spar serve --ca-dir`: an in-memory volume that Spar writes from the CA Secret (so the
+/// key never touches the node's disk).
+pub const CA_DIR: &str = "/var/run/spar/ca";
+/// Istio's MeshConfig ConfigMap (its `mesh` key is watched by `spar serve --kubernetes`).
+pub const MESH_CONFIGMAP: &str = spar_kube::meshconfig::NAME;
 /// The root certificate ConfigMap Spar writes into every namespace.
 pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
 /// The leader-election Lease (spar-kube's `LeaseConfig::new`).
@@ -58,11 +59,12 @@ const DEBUG_PORT: u16 = 15014;
 /// proxy's (capture rules exempt its traffic; Istio's analyzer warns about it, IST0144).
 const RUN_AS: u32 = 65532;
 
-/// How to get the `cacerts` Secret, printed in the output's header and `spar install --help`.
+/// Where Spar's CA comes from, printed in the output's header and `spar install --help`.
 const CACERTS_HELP: &str = "\
-Spar's CA comes from Secret `cacerts` in the install namespace (Istio's plug-in CA layout:
-ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem; an existing Istio `cacerts` works as
-it is). The pods wait for it. To make a new root with openssl:
+Spar's CA comes from Secret `cacerts` in the install namespace when it exists (Istio's
+plug-in CA layout: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem; an existing Istio
+`cacerts` works as it is), else from Secret `istio-ca-secret` (istiod's self-signed root,
+which the first replica creates when neither exists). To plug in a root made with openssl:
   openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:P-256 -days 3650 \\
     -subj '/O=cluster.local/CN=Spar root CA' -addext 'basicConstraints=critical,CA:TRUE' \\
     -addext 'keyUsage=critical,keyCertSign,cRLSign' -keyout ca-key.pem -out ca-cert.pem
@@ -219,8 +221,8 @@ pub fn manifests(opts: &Options) -> Vec<(String, Value)> {
     }
     docs.push((String::new(), service_account(opts)));
     docs.push((
-        "Istio's MeshConfig (the `mesh` key), read by `spar serve --mesh-config`. Replacing istiod?\n\
-         Carry your existing `istio` ConfigMap's settings over into this one."
+        "Istio's MeshConfig (the `mesh` key), watched by Spar: edits apply without a restart.\n\
+         Replacing istiod? Carry your existing `istio` ConfigMap's settings over into this one."
             .into(),
         mesh_configmap(opts),
     ));
@@ -478,9 +480,10 @@ fn role(opts: &Options) -> Value {
         // Leader election (create cannot be restricted by name; the rest is this lease only).
         rule("coordination.k8s.io", vec!["leases".into()], &[], &["create"]),
         rule("coordination.k8s.io", vec!["leases".into()], &[LEASE], &["get", "update"]),
-        // The CA root.
+        // The CA: `cacerts` read, `istio-ca-secret` read and created when neither exists
+        // (create cannot be restricted by name; nothing is ever updated).
         rule("", vec!["secrets".into()], &[], &["create"]),
-        rule("", vec!["secrets".into()], &[CACERTS], &["get", "update"]),
+        rule("", vec!["secrets".into()], &[CACERTS, SELF_SIGNED_CA], &["get", "list", "watch"]),
         // The MeshConfig.
         rule("", vec!["configmaps".into()], &[MESH_CONFIGMAP], &["get", "list", "watch"]),
     ];
@@ -527,9 +530,7 @@ pub fn serve_args(opts: &Options) -> Vec<String> {
         "serve",
         "--kubernetes",
         "--ca-dir",
-        CACERTS_DIR,
-        "--mesh-config",
-        &format!("{MESH_DIR}/mesh"),
+        CA_DIR,
         "--xds-address",
         "0.0.0.0:15010",
         "--secure-xds-address",
@@ -624,15 +625,13 @@ fn deployment(opts: &Options) -> Value {
                             "capabilities": { "drop": ["ALL"] },
                         },
                         "volumeMounts": [
-                            { "name": CACERTS, "mountPath": CACERTS_DIR, "readOnly": true },
-                            { "name": "mesh-config", "mountPath": MESH_DIR, "readOnly": true },
+                            { "name": "ca", "mountPath": CA_DIR },
                             { "name": "tmp", "mountPath": "/tmp" },
                         ],
                     }],
                     "volumes": [
-                        // Not optional: without it every replica would make a root of its own.
-                        { "name": CACERTS, "secret": { "secretName": CACERTS } },
-                        { "name": "mesh-config", "configMap": { "name": MESH_CONFIGMAP } },
+                        // Written from the CA Secret by Spar; in memory, and gone with the pod.
+                        { "name": "ca", "emptyDir": { "medium": "Memory" } },
                         { "name": "tmp", "emptyDir": {} },
                     ],
                     "topologySpreadConstraints": [spread("kubernetes.io/hostname"), spread("topology.kubernetes.io/zone")],
@@ -1012,11 +1011,22 @@ mod tests {
         for verb in ["get", "update"] {
             assert!(allows(ns, lease, "leases", verb, Some(LEASE)));
             assert!(!allows(ns, lease, "leases", verb, Some("other")));
-            assert!(allows(ns, "", "secrets", verb, Some(CACERTS)));
-            assert!(!allows(ns, "", "secrets", verb, Some("other")));
+        }
+        // The CA Secrets: read and watched by name (a watch with a metadata.name field
+        // selector is authorized by resourceNames); created when neither exists; the
+        // operator's cacerts never written.
+        for verb in ["get", "list", "watch"] {
+            for name in [CACERTS, SELF_SIGNED_CA] {
+                assert!(allows(ns, "", "secrets", verb, Some(name)), "{verb} {name}");
+            }
+            assert!(!allows(ns, "", "secrets", verb, Some("other")), "{verb} other");
+            assert!(allows(ns, "", "configmaps", verb, Some(MESH_CONFIGMAP)), "{verb} {MESH_CONFIGMAP}");
         }
         assert!(allows(ns, "", "secrets", "create", None));
-        assert!(allows(ns, "", "configmaps", "get", Some(MESH_CONFIGMAP)));
+        for verb in ["update", "patch"] {
+            assert!(!allows(ns, "", "secrets", verb, Some(CACERTS)), "{verb} cacerts");
+            assert!(!allows(ns, "", "secrets", verb, Some(SELF_SIGNED_CA)), "{verb} istio-ca-secret");
+        }
         // Both bound to the service account the pods run as.
         for (kind, role_kind) in [("ClusterRoleBinding", "ClusterRole"), ("RoleBinding", "Role")] {
             let b = find(&docs, kind, NAME);
@@ -1043,7 +1053,7 @@ mod tests {
         let c = &pod["spec"]["containers"][0];
         let args = strs(&c["args"]);
         assert_eq!(&args[..2], ["serve", "--kubernetes"]);
-        assert_eq!(arg(&args, "--ca-dir"), Some(CACERTS_DIR));
+        assert_eq!(arg(&args, "--ca-dir"), Some(CA_DIR));
         // Every container port is bound on all interfaces by one of the address flags.
         let bound: BTreeMap<u64, &str> = args
             .windows(2)
@@ -1068,17 +1078,19 @@ mod tests {
         for (probe, path) in [("readinessProbe", "/ready"), ("livenessProbe", "/healthz")] {
             assert_eq!(c[probe]["httpGet"], json!({"path": path, "port": 15014}), "{probe}");
         }
-        // The CA Secret and the MeshConfig are mounted where the flags point.
+        // The CA directory is a writable in-memory volume (Spar writes it from the CA
+        // Secret); the MeshConfig is watched, not mounted (and read at start).
         let mounts: BTreeMap<&str, &str> = c["volumeMounts"]
             .as_array()
             .expect("mounts")
             .iter()
             .map(|m| (m["name"].as_str().expect("name"), m["mountPath"].as_str().expect("path")))
             .collect();
-        assert_eq!(mounts[CACERTS], CACERTS_DIR);
-        assert_eq!(arg(&args, "--mesh-config"), Some(format!("{}/mesh", mounts["mesh-config"]).as_str()));
-        let volumes = &pod["spec"]["volumes"];
-        assert!(volumes.as_array().expect("volumes").iter().any(|v| v["secret"]["secretName"] == CACERTS));
+        assert_eq!(mounts["ca"], CA_DIR);
+        assert_eq!(arg(&args, "--mesh-config"), None);
+        let volumes = pod["spec"]["volumes"].as_array().expect("volumes");
+        assert!(volumes.iter().any(|v| v["name"] == "ca" && v["emptyDir"]["medium"] == "Memory"));
+        assert!(!volumes.iter().any(|v| v.get("secret").is_some()), "no Secret mounted: pods start without one");
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
         assert_eq!(c["resources"]["limits"], json!({"cpu": "1", "memory": "1Gi"}));
