@@ -64,6 +64,8 @@ impl Replica {
 impl Drop for Replica {
     fn drop(&mut self) {
         self.task.abort();
+        // It holds a CA key.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
