@@ -8,6 +8,7 @@
 //! | applied | `True` | `Applied` | `applied by spar` |
 //! | applied, with problems the snapshot reported (a host claimed by an older VirtualService, a duplicate) | `True` | `AppliedWithWarnings` | the problems |
 //! | rejected (parse or validation) | `False` | `Invalid` | the reasons, field by field |
+//! | accepted by Spar, rejected by a proxy (a NACK traced to it, `spar_xds::rejections`) | `False` | `RejectedByProxy` | the proxy, the type and Envoy's message |
 //!
 //! `observedGeneration` says which spec the status is about. Only changes are written
 //! (what was last written is remembered), and writing it does not come back as a config
@@ -64,8 +65,11 @@ impl Desired {
     }
 }
 
+/// Current proxy rejections: store unit → what to say.
+pub type Rejections = Arc<BTreeMap<String, String>>;
+
 /// What every Istio object read from Kubernetes should say, by store unit.
-pub fn desired(store: &Store, snap: &Snapshot) -> BTreeMap<String, Desired> {
+pub fn desired(store: &Store, snap: &Snapshot, rejected: &BTreeMap<String, String>) -> BTreeMap<String, Desired> {
     let mut warnings: HashMap<&str, Vec<&str>> = HashMap::new();
     for d in &snap.diagnostics {
         warnings.entry(&d.origin.file).or_default().push(&d.message);
@@ -80,6 +84,8 @@ pub fn desired(store: &Store, snap: &Snapshot) -> BTreeMap<String, Desired> {
         let (reconciled, reason, message) = if !contents.errors.is_empty() {
             let reasons: Vec<&str> = contents.errors.iter().map(|e| e.reason.as_str()).collect();
             (false, "Invalid", format!("rejected by spar: {}", reasons.join("; ")))
+        } else if let Some(says) = rejected.get(unit.as_ref()) {
+            (false, "RejectedByProxy", says.clone())
         } else if let Some(w) = warnings.get(unit.as_ref()) {
             (true, "AppliedWithWarnings", w.join("; "))
         } else {
@@ -104,20 +110,23 @@ fn parse_unit(unit: &str) -> Option<(Kind, String, String)> {
 }
 
 /// Writes status while `leader` says this replica leads; stops when `snapshots` closes.
+/// `rejections` are the NACKs of this replica's proxies traced to objects.
 pub async fn run(
     client: kube::Client,
     store: Arc<Mutex<Store>>,
     sync: Arc<SyncStatus>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut rejections: watch::Receiver<Rejections>,
     mut leader: watch::Receiver<bool>,
 ) {
     let mut written: HashMap<String, Desired> = HashMap::new();
     loop {
         if *leader.borrow_and_update() {
             let snap = snapshots.borrow_and_update().clone();
+            let rejected = rejections.borrow_and_update().clone();
             let want = {
                 let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                desired(&store, &snap)
+                desired(&store, &snap, &rejected)
             };
             let versions = sync.states();
             written.retain(|unit, _| want.contains_key(unit));
@@ -144,6 +153,7 @@ pub async fn run(
         tokio::select! {
             r = snapshots.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
+            r = rejections.changed() => if r.is_err() { return },
         }
     }
 }
