@@ -313,6 +313,27 @@ impl Harness {
     /// `spar bootstrap` for `pod` (JSON). With security on, this also mints the pod's
     /// credential into `<dir>/<pod>-credential`.
     pub async fn bootstrap(&self, pod: &Pod) -> anyhow::Result<serde_json::Value> {
+        self.bootstrap_with(pod, None).await
+    }
+
+    /// `spar bootstrap` for `pod` as the injected init container runs it in a cluster:
+    /// the token in `token_file` is traded on the secure port for the pod's credential
+    /// (security must be on). Fails as `spar bootstrap` does, after `wait`.
+    pub async fn bootstrap_with_token(
+        &self,
+        pod: &Pod,
+        token_file: &std::path::Path,
+        wait: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        anyhow::ensure!(self.secure.is_some(), "the token exchange needs Spar's CA (Harness::with_security)");
+        self.bootstrap_with(pod, Some((token_file, wait))).await
+    }
+
+    async fn bootstrap_with(
+        &self,
+        pod: &Pod,
+        token: Option<(&std::path::Path, &str)>,
+    ) -> anyhow::Result<serde_json::Value> {
         let labels = pod.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
         let mut cmd = Command::new(spar_bin()?);
         cmd.arg("bootstrap").args(["--namespace", &pod.namespace, "--name", &pod.name, "--labels", &labels]);
@@ -330,7 +351,15 @@ impl Harness {
         }
         if self.secure.is_some() {
             cmd.arg("--xds-address").arg(self.secure_xds().to_string());
-            cmd.arg("--ca-dir").arg(self.ca_dir());
+            match token {
+                Some((file, wait)) => {
+                    cmd.arg("--token-file").arg(file).arg("--root-cert").arg(self.ca_dir().join("root-cert.pem"));
+                    cmd.args(["--credential-wait", wait]);
+                }
+                None => {
+                    cmd.arg("--ca-dir").arg(self.ca_dir());
+                }
+            }
             cmd.arg("--credential-dir").arg(self.dir.join(format!("{}-credential", pod.name)));
         } else {
             cmd.arg("--xds-address").arg(self.xds.to_string());

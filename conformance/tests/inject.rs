@@ -112,7 +112,8 @@ async fn injected_sidecar_connects(delta: bool) -> anyhow::Result<()> {
     std::fs::write(&input, sample)?;
     let mut cmd = Command::new(spar_bin()?);
     cmd.arg("inject").arg("-f").arg(&input).args(["--output-format", "json"]);
-    cmd.arg("--xds-address").arg(h.xds.to_string());
+    // Plaintext: this pod has no token to trade (kubernetes.rs covers the token exchange).
+    cmd.arg("--xds-address").arg(h.xds.to_string()).arg("--xds-plaintext");
     if delta {
         cmd.arg("--delta");
     }

@@ -157,6 +157,39 @@ async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
     .await?;
     assert_eq!(backend_of(&client, &[]).await.as_deref(), Some("backend-v2"), "good routes kept");
 
+    // Valid config that the proxy rejects (a bind to an address this host lacks): the NACK
+    // is traced to the Sidecar, whose status says so; fixing it clears the status.
+    let sidecar = |bad_bind: bool| {
+        let mut egress = vec![json!({"bind": client_ip, "hosts": ["./*"]})];
+        if bad_bind {
+            egress.push(json!({"bind": "192.0.2.1", "port": {"number": 9999, "protocol": "HTTP", "name": "http"},
+                               "hosts": ["./*"]}));
+        }
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": "client", "namespace": "default"},
+            "spec": {"workloadSelector": {"labels": {"app": "client"}}, "egress": egress}})
+    };
+    let sidecar_condition = || {
+        server
+            .get("networking.istio.io/v1", "Sidecar", "default", "client")
+            .and_then(|o| o.pointer("/status/conditions/0").cloned())
+    };
+    apply(&server, sidecar(true))?;
+    wait_for(CONVERGE, "the rejected Sidecar's status", || async {
+        sidecar_condition().is_some_and(|c| c["reason"] == "RejectedByProxy")
+    })
+    .await?;
+    let rejected = sidecar_condition().unwrap_or_default();
+    let message = rejected["message"].as_str().unwrap_or_default();
+    assert!(message.contains("192.0.2.1") && message.contains(&client_ip) && message.contains("(lds)"), "{rejected}");
+    assert_eq!(rejected["status"], "False");
+    assert_eq!(condition("backend").map(|c| c["reason"].clone()), Some(json!("Applied")), "only the culprit");
+    apply(&server, sidecar(false))?;
+    wait_for(CONVERGE, "the fixed Sidecar's status", || async {
+        sidecar_condition().is_some_and(|c| c["reason"] == "Applied")
+    })
+    .await?;
+
     // 410 Gone: every watch ends and resumes too late; Spar relists and keeps converging.
     let lists_before = h.spar_log().matches("listed").count();
     server.compact();
@@ -186,3 +219,141 @@ async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(kubernetes, kubernetes_source);
+
+/// Writes `token` where a projected token volume would hold it; returns the path.
+fn token_file(h: &Harness, name: &str, token: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = h.dir.join(format!("{name}.token"));
+    std::fs::write(&path, token)?;
+    Ok(path)
+}
+
+/// Identity in a cluster: each sidecar's init step trades its pod's service-account token
+/// (checked by Spar with a TokenReview against the API server) for a pod-bound xDS
+/// credential, then Envoy gets its config and its workload certificate on the secure port,
+/// and sidecars talk mutual TLS. Tokens that prove nothing, or another identity, buy
+/// nothing; a credential whose pod is gone opens no stream.
+async fn token_identity(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("kube-token", delta)?.with_security("24h");
+    let server = FakeApiServer::start().await?;
+    install_istio_crds(&server);
+    let kubeconfig = h.dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig())?;
+    apply(
+        &server,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend", "namespace": "default"},
+            "spec": {"selector": {"app": "backend"}, "clusterIP": "10.96.0.11",
+                     "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}}),
+    )?;
+    let mut pods = Vec::new();
+    for name in ["backend", "client"] {
+        let ip = h.ip(name).to_string();
+        apply(
+            &server,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default",
+                    "labels": {"app": name, "security.istio.io/tlsMode": "istio"}},
+                "spec": {"serviceAccountName": name, "containers": [{"name": "app", "image": "echo"}]},
+                "status": {"phase": "Running", "podIP": ip}}),
+        )?;
+        let uid = server
+            .get("v1", "Pod", "default", name)
+            .and_then(|p| p.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string))
+            .ok_or_else(|| anyhow::anyhow!("the fake gave pod {name} no uid"))?;
+        let token = format!("projected-token-of-{name}");
+        server.add_pod_token(&token, &format!("system:serviceaccount:default:{name}"), &["spar"], name, &uid);
+        pods.push((name, uid, token_file(&h, name, &token)?));
+    }
+    let backend_ip = h.ip("backend").to_string();
+    apply(
+        &server,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "backend-x1", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "backend"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 9080}],
+            "endpoints": [{"addresses": [backend_ip], "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "name": "backend", "namespace": "default"}}]}),
+    )?;
+    let client_ip = h.ip("client").to_string();
+    apply(
+        &server,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": "backend", "namespace": "default"},
+            "spec": {"workloadSelector": {"labels": {"app": "backend"}},
+                "ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"},
+                             "defaultEndpoint": "0.0.0.0:8080"}],
+                "egress": [{"hosts": ["~/*"]}]}}),
+    )?;
+    apply(
+        &server,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+            "metadata": {"name": "client", "namespace": "default"},
+            "spec": {"workloadSelector": {"labels": {"app": "client"}},
+                "egress": [{"bind": client_ip, "hosts": ["./*"]}]}}),
+    )?;
+    // Plaintext is refused: the request below can only succeed over mutual TLS.
+    apply(
+        &server,
+        json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": "default", "namespace": "default"}, "spec": {"mtls": {"mode": "STRICT"}}}),
+    )?;
+    h.spar_args = vec!["--kubernetes".into(), "--kubeconfig".into(), kubeconfig.display().to_string()];
+    h.start_spar(&[]).await?;
+
+    let mut started = Vec::new();
+    for (name, _, token) in &pods {
+        let mut pod = h.pod(name, &[("app", name), ("security.istio.io/tlsMode", "istio")]);
+        pod.service_account = (*name).to_string();
+        if *name == "backend" {
+            h.start_echo(name, SocketAddr::new(pod.ip, 8080)).await?;
+        }
+        let bootstrap = h.bootstrap_with_token(&pod, token, "20s").await?;
+        started.push(h.start_envoy_with(&pod, &bootstrap).await?);
+    }
+    let client = &started[1];
+    let to = SocketAddr::new(client.ip, 9080);
+    wait_for(CONVERGE, "mTLS from client to backend", || async {
+        http_request(to, "GET", "backend", "/", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+    let r = http_request(to, "GET", "backend", "/", &[]).await?;
+    let body: Value = serde_json::from_str(&r.body).unwrap_or_default();
+    let xfcc = body["headers"]["x-forwarded-client-cert"].as_str().unwrap_or_default();
+    assert!(xfcc.contains("URI=spiffe://cluster.local/ns/default/sa/client"), "XFCC names the client: {xfcc:?}");
+    let (_, certs) = client.admin_get("/certs").await?;
+    assert!(certs.contains("spiffe://cluster.local/ns/default/sa/client"), "workload certificate over SDS: {certs}");
+
+    // The credential names its pod and outlives a workload certificate.
+    let chain = std::fs::read_to_string(h.dir.join("client-credential/xds-cert.pem"))?;
+    let leaf = spar_ca::pem_to_der(&chain).into_iter().next().ok_or_else(|| anyhow::anyhow!("no certificate"))?;
+    let bound = spar_ca::pod_binding_in(&leaf).ok_or_else(|| anyhow::anyhow!("the credential names no pod"))?;
+    assert_eq!((bound.name.as_str(), bound.uid.as_str()), ("client", pods[1].1.as_str()));
+
+    // A token the API server does not know, and a token for another service account.
+    let mut stranger = h.pod("stranger", &[("app", "stranger")]);
+    stranger.service_account = "client".into();
+    let bogus = token_file(&h, "bogus", "not-a-token")?;
+    let err = h.bootstrap_with_token(&stranger, &bogus, "1s").await.expect_err("an unknown token buys nothing");
+    assert!(format!("{err:#}").contains("token refused"), "{err:#}");
+    stranger.service_account = "backend".into();
+    let err =
+        h.bootstrap_with_token(&stranger, &pods[1].2, "1s").await.expect_err("the client's token is not backend's");
+    assert!(format!("{err:#}").contains("the token proves spiffe://cluster.local/ns/default/sa/client"), "{err:#}");
+
+    // A second copy of the client's credential, then the client pod is deleted (and its
+    // token with it): the credential opens no stream any more.
+    let mut spare = h.pod("client-spare", &[("app", "client")]);
+    spare.service_account = "client".into();
+    let spare_bootstrap = h.bootstrap_with_token(&spare, &pods[1].2, "20s").await?;
+    server.delete("v1", "Pod", "default", "client");
+    server.revoke_token("projected-token-of-client");
+    let refused_before = h.spar_log().matches("no longer exists").count();
+    let spare = h.start_envoy_with(&spare, &spare_bootstrap).await?;
+    wait_for(CONVERGE, "spar to refuse the gone pod's credential", || async {
+        h.spar_log().matches("no longer exists").count() > refused_before
+    })
+    .await?;
+    assert_eq!(spare.stat("cluster_manager.active_clusters").await?, 1, "only the static xds-grpc cluster");
+    h.check_alive()
+}
+
+both_variants_mod!(token, token_identity);

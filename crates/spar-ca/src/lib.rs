@@ -278,9 +278,25 @@ impl Ca {
     /// Signs a CSR for `id` (the proven identity; whatever the CSR asks for is ignored
     /// apart from its public key), valid for `ttl`.
     pub fn sign_csr(&self, csr_pem: &str, id: &Identity, ttl: Duration) -> Result<Issued, CaError> {
+        self.sign_csr_for_pod(csr_pem, id, None, ttl)
+    }
+
+    /// Like [`Ca::sign_csr`], and when `pod` is given the certificate names the pod whose
+    /// token was the proof ([`pod_binding_in`] reads it back), so that whoever accepts it
+    /// can refuse it once that pod is gone.
+    pub fn sign_csr_for_pod(
+        &self,
+        csr_pem: &str,
+        id: &Identity,
+        pod: Option<&PodBinding>,
+        ttl: Duration,
+    ) -> Result<Issued, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::Cert(format!("invalid CSR: {e}")))?;
-        let (params, not_before, not_after) = self.leaf_params(id, ttl)?;
+        let (mut params, not_before, not_after) = self.leaf_params(id, ttl)?;
+        if let Some(pod) = pod {
+            params.distinguished_name.push(DnType::OrganizationalUnitName, pod.to_string());
+        }
         let csr = CertificateSigningRequestParams { params, public_key: csr.public_key };
         let cert = csr.signed_by(&self.issuer).map_err(cert_err)?;
         Ok(Issued {
@@ -308,6 +324,43 @@ pub fn identities_in(cert_der: &[u8]) -> Vec<Identity> {
             _ => None,
         })
         .collect()
+}
+
+/// The pod a certificate was issued to (a pod-bound service-account token was the proof).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PodBinding {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID: a pod recreated under the same name is another pod.
+    pub uid: String,
+}
+
+/// How a binding is written in the subject's OU.
+const POD_OU_PREFIX: &str = "spar-pod/";
+
+impl fmt::Display for PodBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{POD_OU_PREFIX}{}/{}", self.name, self.uid)
+    }
+}
+
+/// The pod binding in a DER certificate's subject, if it carries one.
+pub fn pod_binding_in(cert_der: &[u8]) -> Option<PodBinding> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    cert.subject().iter_organizational_unit().find_map(|ou| {
+        let (name, uid) = ou.as_str().ok()?.strip_prefix(POD_OU_PREFIX)?.split_once('/')?;
+        (!name.is_empty() && !uid.is_empty()).then(|| PodBinding { name: name.into(), uid: uid.into() })
+    })
+}
+
+/// A fresh key and a PEM certificate request for `id` (what a client sends to Istio's
+/// CSR API). Returns `(key_pem, csr_pem)`.
+pub fn new_csr(id: &Identity) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
+    params.subject_alt_names = vec![SanType::URI(id.to_string().as_str().try_into().map_err(cert_err)?)];
+    let csr = params.serialize_request(&key).map_err(cert_err)?;
+    Ok((key.serialize_pem(), csr.pem().map_err(cert_err)?))
 }
 
 /// The DER certificates in a PEM bundle.

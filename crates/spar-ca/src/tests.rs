@@ -54,6 +54,23 @@ fn csr_identity_comes_from_the_caller_not_the_csr() {
 }
 
 #[test]
+fn pod_bound_certificates_name_their_pod() {
+    let ca = Ca::load_or_create(&tmpdir("pod-bound"), "cluster.local").expect("create");
+    let id = Identity::new("cluster.local", "shop", "cart");
+    let (key_pem, csr) = new_csr(&id).expect("csr");
+    assert!(key_pem.contains("PRIVATE KEY"));
+    let pod = PodBinding { name: "cart-7d9f-x2".into(), uid: "0b6c-11ef".into() };
+    let bound = ca.sign_csr_for_pod(&csr, &id, Some(&pod), Duration::from_secs(600)).expect("sign");
+    let leaf = &pem_to_der(&bound.chain_pem)[0];
+    assert_eq!(identities_in(leaf), std::slice::from_ref(&id));
+    assert_eq!(pod_binding_in(leaf), Some(pod));
+    // Unbound certificates (SDS, client certificates from `spar bootstrap --ca-dir`) carry none.
+    let plain = ca.sign_csr(&csr, &id, Duration::from_secs(600)).expect("sign");
+    assert_eq!(pod_binding_in(&pem_to_der(&plain.chain_pem)[0]), None);
+    assert_eq!(pod_binding_in(&pem_to_der(&ca.issue(&id, Duration::from_secs(60)).expect("issue").chain_pem)[0]), None);
+}
+
+#[test]
 fn plugged_in_intermediate_signs_and_serves_its_chain() {
     // An operator's root and intermediate in Istio's cacerts layout.
     let (root_pem, root_key_pem) = Ca::new_root_pem("cluster.local").expect("root");

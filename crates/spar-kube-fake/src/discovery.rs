@@ -87,7 +87,11 @@ pub(crate) fn token_review(srv: &Inner, req: &Req<'_>) -> Result<Response, ApiEr
                     groups.push(format!("system:serviceaccounts:{ns}"));
                 }
                 groups.push("system:authenticated".to_string());
-                let user = json!({"username": info.username, "groups": groups});
+                let mut user = json!({"username": info.username, "groups": groups});
+                if let Some((name, uid)) = &info.pod {
+                    user["extra"] = json!({"authentication.kubernetes.io/pod-name": [name],
+                                           "authentication.kubernetes.io/pod-uid": [uid]});
+                }
                 json!({"authenticated": true, "user": user, "audiences": audiences})
             }
         }

@@ -322,9 +322,24 @@ impl FakeApiServer {
     /// Makes TokenReview authenticate `token` as `username` (e.g.
     /// `system:serviceaccount:ns:sa`) for the given audiences.
     pub fn add_token(&self, token: &str, username: &str, audiences: &[&str]) {
-        let info =
-            TokenInfo { username: username.to_string(), audiences: audiences.iter().map(|a| a.to_string()).collect() };
+        let audiences = audiences.iter().map(|a| a.to_string()).collect();
+        let info = TokenInfo { username: username.to_string(), audiences, pod: None };
         self.inner.lock().tokens.insert(token.to_string(), info);
+    }
+
+    /// Like [`FakeApiServer::add_token`] for a projected token bound to a pod: the review's
+    /// `user.extra` names the pod (`authentication.kubernetes.io/pod-name`, `pod-uid`), as
+    /// the real API server's does.
+    pub fn add_pod_token(&self, token: &str, username: &str, audiences: &[&str], pod_name: &str, pod_uid: &str) {
+        let audiences = audiences.iter().map(|a| a.to_string()).collect();
+        let pod = Some((pod_name.to_string(), pod_uid.to_string()));
+        let info = TokenInfo { username: username.to_string(), audiences, pod };
+        self.inner.lock().tokens.insert(token.to_string(), info);
+    }
+
+    /// Makes `token` fail every later TokenReview (a deleted service account or pod).
+    pub fn revoke_token(&self, token: &str) {
+        self.inner.lock().tokens.remove(token);
     }
 
     /// Every request so far as `"METHOD path?query"`, the query exactly as sent (URL-encoded)

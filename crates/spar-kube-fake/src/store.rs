@@ -100,6 +100,8 @@ pub(crate) struct Registered {
 pub(crate) struct TokenInfo {
     pub username: String,
     pub audiences: Vec<String>,
+    /// `(name, uid)` of the pod a projected token is bound to.
+    pub pod: Option<(String, String)>,
 }
 
 /// All mutable state of the fake API server, behind one mutex.

@@ -17,9 +17,11 @@ pub mod meshconfig;
 pub mod rootcert;
 pub mod source;
 pub mod status;
+pub mod tokenreview;
 pub mod webhooks;
 
-pub use source::{KubeSource, NamespaceSelector, SourceConfig, SyncStatus};
+pub use source::{KubeSource, NamespaceSelector, PodIndex, SourceConfig, SyncStatus};
+pub use tokenreview::{ReviewedToken, TokenReviewer};
 
 use spar_api::Kind;
 

@@ -15,7 +15,7 @@
 //!   in namespaces that do not match are not kept. When a namespace starts or stops
 //!   matching, every watcher relists.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -203,6 +203,31 @@ struct Shared {
     selected: RwLock<BTreeSet<String>>,
     /// Bumped when the selected namespaces change: every watcher relists.
     generation: watch::Sender<u64>,
+    /// Which pods exist, by UID (pod-bound proxy credentials are refused once theirs is gone).
+    pods: Arc<PodIndex>,
+}
+
+/// The UIDs of the pods the source has seen (in selected namespaces).
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    uids: RwLock<HashMap<(String, String), String>>,
+}
+
+impl PodIndex {
+    /// The UID of pod `namespace/name`, if it exists.
+    pub fn uid(&self, namespace: &str, name: &str) -> Option<String> {
+        let uids = self.uids.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        uids.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<(String, String), String>> {
+        self.uids.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn pod_key(obj: &DynamicObject) -> Option<((String, String), String)> {
+    let m = &obj.metadata;
+    Some(((m.namespace.clone()?, m.name.clone()?), m.uid.clone()?))
 }
 
 impl KubeSource {
@@ -219,6 +244,7 @@ impl KubeSource {
             status,
             selected: RwLock::new(BTreeSet::new()),
             generation: watch::channel(0).0,
+            pods: Arc::default(),
         };
         Self { shared: Arc::new(shared) }
     }
@@ -226,6 +252,11 @@ impl KubeSource {
     /// The sync state, for readiness and debug pages.
     pub fn status(&self) -> Arc<SyncStatus> {
         Arc::clone(&self.shared.status)
+    }
+
+    /// The pods seen so far (filled when Pods are among the kinds).
+    pub fn pods(&self) -> Arc<PodIndex> {
+        Arc::clone(&self.shared.pods)
     }
 
     /// Watches every kind until `changes` is closed; sends a unit on `changes` after
@@ -312,6 +343,7 @@ async fn watch_kind(shared: Arc<Shared>, kind: Kind, changes: mpsc::Sender<()>) 
         let api: Api<DynamicObject> = Api::all_with(shared.client.clone(), &ar);
         let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
         let mut buffer: Vec<(String, Parsed)> = Vec::new();
+        let mut pod_buffer: HashMap<(String, String), String> = HashMap::new();
         loop {
             let event = tokio::select! {
                 ev = stream.next() => ev,
@@ -323,10 +355,15 @@ async fn watch_kind(shared: Arc<Shared>, kind: Kind, changes: mpsc::Sender<()>) 
             };
             let Some(event) = event else { break };
             match event {
-                Ok(watcher::Event::Init) => buffer.clear(),
+                Ok(watcher::Event::Init) => {
+                    buffer.clear();
+                    pod_buffer.clear();
+                }
                 Ok(watcher::Event::InitApply(obj)) => {
+                    let pod = if kind == Kind::Pod { pod_key(&obj) } else { None };
                     if let Some(entry) = shared.ingest(kind, &ar, obj) {
                         buffer.push(entry);
+                        pod_buffer.extend(pod);
                     }
                 }
                 Ok(watcher::Event::InitDone) => {
@@ -340,6 +377,9 @@ async fn watch_kind(shared: Arc<Shared>, kind: Kind, changes: mpsc::Sender<()>) 
                     }
                     drop(store);
                     known = fresh;
+                    if kind == Kind::Pod {
+                        *shared.pods.write() = std::mem::take(&mut pod_buffer);
+                    }
                     if kind == Kind::Namespace {
                         shared.reselect();
                     }
@@ -349,13 +389,20 @@ async fn watch_kind(shared: Arc<Shared>, kind: Kind, changes: mpsc::Sender<()>) 
                 }
                 Ok(watcher::Event::Apply(obj)) => {
                     let (ns, name) = (obj.metadata.namespace.clone(), obj.metadata.name.clone());
+                    let pod = if kind == Kind::Pod { pod_key(&obj) } else { None };
                     let changed = match shared.ingest(kind, &ar, obj) {
                         Some((unit, parsed)) => {
+                            if let Some((key, uid)) = pod {
+                                shared.pods.write().insert(key, uid);
+                            }
                             known.insert(unit.clone());
                             lock(&shared.store).set_unit(&unit, parsed)
                         }
                         // Not (or no longer) in a selected namespace.
                         None => {
+                            if let Some((key, _)) = pod {
+                                shared.pods.write().remove(&key);
+                            }
                             let unit = unit_name(kind, ns.as_deref().unwrap_or(""), name.as_deref().unwrap_or(""));
                             known.remove(&unit) && lock(&shared.store).remove_unit(&unit)
                         }
@@ -368,6 +415,9 @@ async fn watch_kind(shared: Arc<Shared>, kind: Kind, changes: mpsc::Sender<()>) 
                     }
                 }
                 Ok(watcher::Event::Delete(obj)) => {
+                    if let Some((key, _)) = pod_key(&obj).filter(|_| kind == Kind::Pod) {
+                        shared.pods.write().remove(&key);
+                    }
                     let unit = unit_name(
                         kind,
                         obj.metadata.namespace.as_deref().unwrap_or(""),

@@ -2,8 +2,13 @@
 //! so that agents that speak it can get workload certificates from Spar.
 //!
 //! Served on the secure port only: the caller's identity is the one its client
-//! certificate proves, and it is the only identity the signed certificate carries; the
-//! CSR contributes its public key and nothing else.
+//! certificate proves or, in Kubernetes, the one a TokenReview of its service-account
+//! token vouches for (`authorization: Bearer`, as istio-agent sends it). That is the only
+//! identity the signed certificate carries; the CSR contributes its public key and
+//! nothing else. A caller proven by a pod-bound token gets a certificate naming that pod,
+//! which may live longer than a workload certificate (`TokenAuth::pod_credential_ttl`,
+//! for the proxy's own xDS credential) because the secure port refuses it once the pod
+//! is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +18,7 @@ use tonic::codegen::{Body, BoxFuture, Context, Poll, StdError, http};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
+use crate::auth::TokenAuth;
 use crate::sds::Security;
 
 /// `istio.v1.auth.IstioCertificateRequest`.
@@ -39,37 +45,61 @@ pub struct IstioCertificateResponse {
 
 /// gRPC service name.
 pub const SERVICE_NAME: &str = "istio.v1.auth.IstioCertificateService";
-const METHOD: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
+/// The method's path.
+pub const METHOD: &str = "/istio.v1.auth.IstioCertificateService/CreateCertificate";
 
 /// The service.
 #[derive(Clone, Debug)]
 pub struct CertificateService {
     security: Arc<Security>,
+    token_auth: Option<TokenAuth>,
 }
 
 impl CertificateService {
     /// A service signing with `security`'s CA.
     pub fn new(security: Arc<Security>) -> Self {
-        Self { security }
+        Self { security, token_auth: None }
+    }
+
+    /// Also accepts service-account tokens as proof (Kubernetes).
+    #[must_use]
+    pub fn with_token_auth(mut self, auth: TokenAuth) -> Self {
+        self.token_auth = Some(auth);
+        self
     }
 
     /// Handles one request.
-    pub fn create(&self, req: Request<IstioCertificateRequest>) -> Result<Response<IstioCertificateResponse>, Status> {
-        let id = req
-            .peer_certs()
-            .and_then(|c| c.first().map(|c| spar_ca::identities_in(c.as_ref())))
-            .and_then(|ids| ids.into_iter().next())
-            .ok_or_else(|| Status::unauthenticated("a client certificate with a SPIFFE identity is required"))?;
+    pub async fn create(
+        &self,
+        req: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let trust_domain = self.security.ca().trust_domain().to_string();
+        let caller =
+            crate::auth::authenticate(crate::auth::Presented::of(&req), self.token_auth.as_ref(), &trust_domain)
+                .await?
+                .ok_or_else(|| {
+                    Status::unauthenticated("a client certificate or a service-account token is required")
+                })?;
         let req = req.into_inner();
-        // Istio caps the lifetime at its maximum; Spar caps it at the workload TTL.
-        let max = self.security.workload_ttl;
+        // Istio caps the lifetime at its maximum; Spar caps it at the workload TTL, or for
+        // a pod-bound credential at the (longer) pod credential TTL.
+        let workload = self.security.workload_ttl;
+        let max = match (&caller.pod, &self.token_auth) {
+            (Some(_), Some(auth)) => auth.pod_credential_ttl.max(workload),
+            _ => workload,
+        };
         let ttl = u64::try_from(req.validity_duration)
             .ok()
             .filter(|s| *s > 0)
-            .map_or(max, |s| Duration::from_secs(s).min(max));
-        let issued =
-            self.security.ca().sign_csr(&req.csr, &id, ttl).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        info!(identity = %id, ttl_secs = ttl.as_secs(), "signed a CSR");
+            .map_or(workload, |s| Duration::from_secs(s).min(max));
+        let pod = caller.pod.as_ref().filter(|_| self.token_auth.is_some());
+        let id = &caller.identity;
+        let issued = self
+            .security
+            .ca()
+            .sign_csr_for_pod(&req.csr, id, pod, ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        info!(identity = %id, pod = ?pod.map(|p| &p.name), by_token = caller.by_token, ttl_secs = ttl.as_secs(), "signed a CSR");
         let cert_chain = spar_ca::pem_to_der(&issued.chain_pem).iter().map(|der| to_pem(der)).collect();
         Ok(Response::new(IstioCertificateResponse { cert_chain }))
     }
@@ -98,7 +128,7 @@ impl tonic::server::UnaryService<IstioCertificateRequest> for Unary {
     type Future = BoxFuture<Response<Self::Response>, Status>;
     fn call(&mut self, request: Request<IstioCertificateRequest>) -> Self::Future {
         let svc = self.0.clone();
-        Box::pin(async move { svc.create(request) })
+        Box::pin(async move { svc.create(request).await })
     }
 }
 

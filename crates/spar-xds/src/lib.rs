@@ -6,11 +6,13 @@
 //!             └─ watch ─► server (one task per stream) ─► conn::Connection (I/O-free) ─► Envoy
 //! ```
 
+pub mod auth;
 pub mod bootstrap;
 pub mod conn;
 pub mod csr;
 pub mod generator;
 pub mod node;
+pub mod rejections;
 pub mod resources;
 pub mod sds;
 pub mod server;

@@ -236,6 +236,8 @@ pub struct AdsService {
     sync: Arc<SyncRegistry>,
     shutdown: watch::Receiver<bool>,
     security: Option<Arc<Security>>,
+    token_auth: Option<crate::auth::TokenAuth>,
+    rejections: Arc<crate::rejections::Rejections>,
 }
 
 impl AdsService {
@@ -248,6 +250,8 @@ impl AdsService {
             sync: Arc::default(),
             shutdown,
             security: None,
+            token_auth: None,
+            rejections: Arc::default(),
         }
     }
 
@@ -267,6 +271,19 @@ impl AdsService {
     pub fn with_security(mut self, security: Arc<Security>) -> Self {
         self.security = Some(security);
         self
+    }
+
+    /// Also accepts service-account tokens as proof on the secure port (Kubernetes), and
+    /// refuses pod-bound credentials whose pod is gone.
+    #[must_use]
+    pub fn with_token_auth(mut self, auth: crate::auth::TokenAuth) -> Self {
+        self.token_auth = Some(auth);
+        self
+    }
+
+    /// NACKs traced to the Istio objects that likely caused them (for their status).
+    pub fn rejections(&self) -> Arc<crate::rejections::Rejections> {
+        Arc::clone(&self.rejections)
     }
 
     /// The same service sharing counters and sync state, for a second listener.
@@ -349,14 +366,16 @@ impl AdsService {
         request: Request<Requests<Req>>,
     ) -> Result<mpsc::Receiver<Result<Resp, Status>>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        // The identity a client certificate proves (the secure port verified the chain).
-        let proven: Option<Identity> = request
-            .peer_certs()
-            .and_then(|certs| certs.first().map(|c| spar_ca::identities_in(c.as_ref())))
-            .and_then(|ids| ids.into_iter().next());
-        if request.peer_certs().is_some() && proven.is_none() {
-            return Err(Status::unauthenticated("client certificate carries no SPIFFE identity"));
-        }
+        // The identity the caller proves: a client certificate (the secure port verified the
+        // chain) or, on TLS, a reviewed service-account token.
+        let trust_domain = self.security.as_ref().map(|s| s.ca().trust_domain().to_string()).unwrap_or_default();
+        let proven: Option<Identity> =
+            crate::auth::authenticate(crate::auth::Presented::of(&request), self.token_auth.as_ref(), &trust_domain)
+                .await
+                .inspect_err(|e| {
+                    warn!(%peer, error = %e.message(), "refused on the secure xDS port");
+                })?
+                .map(|c| c.identity);
         let mut inbound = request.into_inner();
         // The node is on the first message (Envoy sets set_node_on_first_message_only).
         let first = match inbound.next().await {
@@ -385,6 +404,7 @@ impl AdsService {
             snapshots: self.snapshots.clone(),
             metrics: Arc::clone(&self.metrics),
             sync: Arc::clone(&self.sync),
+            rejections: Arc::clone(&self.rejections),
             shutdown: self.shutdown.clone(),
             security: proven.and_then(|id| self.security.clone().map(|s| (s, id))),
             certs: CertState::default(),
@@ -401,6 +421,7 @@ struct StreamTask {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     sync: Arc<SyncRegistry>,
+    rejections: Arc<crate::rejections::Rejections>,
     shutdown: watch::Receiver<bool>,
     /// The CA and the proven identity, for proxies that get certificates.
     security: Option<(Arc<Security>, Identity)>,
@@ -431,7 +452,7 @@ impl StreamTask {
         let mut pending = first.handle(&mut conn);
         let sync_id = self.sync.next.fetch_add(1, Ordering::Relaxed);
         'stream: loop {
-            self.log_events(&mut conn);
+            self.log_events(&mut conn, sync_id, &snapshot);
             for r in pending.drain(..) {
                 let Some(r) = Resp::from_response(r) else { continue };
                 let kind = r.type_url().to_string();
@@ -472,6 +493,7 @@ impl StreamTask {
         }
         self.metrics.connected.fetch_sub(1, Ordering::Relaxed);
         self.sync.remove(sync_id);
+        self.rejections.clear(sync_id, None);
         info!("proxy disconnected");
     }
 
@@ -496,7 +518,7 @@ impl StreamTask {
         r
     }
 
-    fn log_events(&self, conn: &mut Connection) {
+    fn log_events(&self, conn: &mut Connection, stream: u64, snapshot: &Snapshot) {
         for e in conn.take_events() {
             match e {
                 Event::Ack { type_url, version, latency } => {
@@ -504,6 +526,7 @@ impl StreamTask {
                         self.metrics.convergence.observe(l);
                     }
                     debug!(r#type = type_url::short(&type_url), %version, "ACK");
+                    self.rejections.clear(stream, Some(&type_url));
                 }
                 Event::Nack { type_url, nack } => {
                     self.metrics.rejects.fetch_add(1, Ordering::Relaxed);
@@ -515,6 +538,7 @@ impl StreamTask {
                         error = %nack.message,
                         "NACK: proxy rejected config and keeps its last good version"
                     );
+                    self.rejections.record(stream, &type_url, &self.proxy, snapshot, &nack);
                 }
                 Event::StaleNonce { type_url } => {
                     debug!(r#type = type_url::short(&type_url), "stale nonce ignored");

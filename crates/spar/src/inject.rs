@@ -9,12 +9,15 @@
 //!  initContainers:  spar-init       spar iptables          (REDIRECT capture; root, NET_ADMIN+NET_RAW)
 //!                   spar-bootstrap  spar bootstrap ...      (writes /etc/spar/envoy.json; uid 1337)
 //!                        │  pod name, namespace, IP, service account: Downward API env, $(VAR) in args
-//!                        ▼  labels: known at admission, passed as --labels
+//!                        │  labels: known at admission, passed as --labels
+//!                        ▼  the projected token traded on 15012 for the pod's xDS credential
+//!                           (/etc/spar/credential; Spar's root from the istio-ca-root-cert ConfigMap)
 //!  containers:      <the application's containers>
 //!                   istio-proxy     envoy -c /etc/spar/envoy.json   (uid 1337)
 //!                                    :15021 /healthz/ready ─► admin /ready   (readiness probe)
 //!                                    :15090 /stats/prometheus ─► admin       (http-envoy-prom)
-//!  volumes:         spar-bootstrap (emptyDir, /etc/spar), istio-token (projected SA token)
+//!  volumes:         spar-bootstrap (emptyDir, /etc/spar), istio-token (projected SA token),
+//!                   istiod-ca-cert (ConfigMap istio-ca-root-cert, /var/run/secrets/istio)
 //! ```
 //!
 //! [`inject_pod`] is a pure function over pod JSON; [`review`] wraps it as a mutating
@@ -36,8 +39,11 @@ use serde_json::{Map, Value, json};
 pub const DEFAULT_PROXY_IMAGE: &str = "envoyproxy/envoy:v1.40.0";
 /// The image holding `spar` (for the init containers), tagged with this build's version.
 pub const DEFAULT_SPAR_IMAGE: &str = concat!("ghcr.io/spar-mesh/spar:", env!("CARGO_PKG_VERSION"));
-/// Spar's plaintext xDS Service (Istio's `istiod.istio-system.svc:15010`).
-pub const DEFAULT_XDS_ADDRESS: &str = "spar.istio-system.svc:15010";
+/// Spar's secure xDS Service (Istio's `istiod.istio-system.svc:15012`), where injected
+/// proxies connect with the credential their token bought.
+pub const DEFAULT_XDS_ADDRESS: &str = "spar.istio-system.svc:15012";
+/// Spar's plaintext xDS Service (`--xds-plaintext`: configuration only, no mTLS).
+pub const DEFAULT_PLAINTEXT_XDS_ADDRESS: &str = "spar.istio-system.svc:15010";
 
 /// The sidecar container's name: Istio's, because dashboards, `kubectl logs -c` habits and
 /// tools look for it.
@@ -60,6 +66,14 @@ pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
 pub const TOKEN_AUDIENCE: &str = "spar";
 /// Lifetime of the projected token; the kubelet rotates it at 80%. Istio's value.
 pub const TOKEN_EXPIRATION_SECONDS: u64 = 43200;
+/// The trust bundle volume: ConfigMap [`ROOT_CERT_CONFIGMAP`] (Istio's names).
+pub const ROOT_CERT_VOLUME: &str = "istiod-ca-cert";
+/// The ConfigMap Spar publishes its roots in, in every namespace.
+pub const ROOT_CERT_CONFIGMAP: &str = "istio-ca-root-cert";
+/// Where [`ROOT_CERT_VOLUME`] is mounted.
+pub const ROOT_CERT_DIR: &str = "/var/run/secrets/istio";
+/// Where the bootstrap init container writes the proxy's xDS credential.
+pub const CREDENTIAL_DIR: &str = "/etc/spar/credential";
 /// Istio's health port: `GET /healthz/ready`.
 pub const DEFAULT_STATUS_PORT: u16 = 15021;
 /// Istio's Envoy metrics port: `GET /stats/prometheus`.
@@ -136,6 +150,8 @@ pub struct InjectConfig {
     pub spar_image: String,
     /// Spar's xDS address as the pod resolves it, `host:port`.
     pub xds_address: String,
+    /// Proxies connect in plaintext (no token exchange, no credential, no mTLS).
+    pub plaintext: bool,
     /// DNS domain of the cluster (the node id's `<ns>.svc.<domain>`).
     pub cluster_domain: String,
     /// uid of the proxy (its own traffic is not captured).
@@ -158,6 +174,7 @@ impl Default for InjectConfig {
             proxy_image: DEFAULT_PROXY_IMAGE.into(),
             spar_image: DEFAULT_SPAR_IMAGE.into(),
             xds_address: DEFAULT_XDS_ADDRESS.into(),
+            plaintext: false,
             cluster_domain: "cluster.local".into(),
             proxy_uid: 1337,
             proxy_gid: 1337,
@@ -306,7 +323,10 @@ fn inject_workload(pod: &Value, workload: Option<&str>, cfg: &InjectConfig) -> R
     }
     init_names.push(BOOTSTRAP_CONTAINER);
     init.push(bootstrap_container(&settings, &label_arg, cfg));
-    let volume_names = [BOOTSTRAP_VOLUME, TOKEN_VOLUME];
+    let mut volume_names = vec![BOOTSTRAP_VOLUME, TOKEN_VOLUME];
+    if !cfg.plaintext {
+        volume_names.push(ROOT_CERT_VOLUME);
+    }
 
     let spec = object_at(&mut out, &["spec"]);
     check_free(spec, "initContainers", "container", &init_names)?;
@@ -317,18 +337,18 @@ fn inject_workload(pod: &Value, workload: Option<&str>, cfg: &InjectConfig) -> R
     let existing = take_array(spec, "initContainers");
     spec.insert("initContainers".into(), Value::Array(init.into_iter().chain(existing).collect()));
     push_array(spec, "containers", [proxy_container(&settings, cfg)]);
-    push_array(
-        spec,
-        "volumes",
-        [
-            json!({"name": BOOTSTRAP_VOLUME, "emptyDir": {"medium": "Memory"}}),
-            json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
-                "audience": TOKEN_AUDIENCE,
-                "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
-                "path": TOKEN_VOLUME,
-            }}]}}),
-        ],
-    );
+    let mut volumes = vec![
+        json!({"name": BOOTSTRAP_VOLUME, "emptyDir": {"medium": "Memory"}}),
+        json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": TOKEN_AUDIENCE,
+            "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+            "path": TOKEN_VOLUME,
+        }}]}}),
+    ];
+    if !cfg.plaintext {
+        volumes.push(json!({"name": ROOT_CERT_VOLUME, "configMap": {"name": ROOT_CERT_CONFIGMAP}}));
+    }
+    push_array(spec, "volumes", volumes);
 
     let status = json!({
         "initContainers": init_names,
@@ -630,6 +650,16 @@ fn bootstrap_container(s: &Settings, labels: &str, cfg: &InjectConfig) -> Value 
     if let Some(p) = s.status_port {
         arg("--health-port", &p.to_string());
     }
+    let mut mounts = vec![json!({"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR})];
+    if !cfg.plaintext {
+        // The pod's token proves its identity once, here; the credential it buys is what
+        // Envoy presents on every connection to the secure port.
+        arg("--token-file", &format!("{TOKEN_DIR}/{TOKEN_VOLUME}"));
+        arg("--root-cert", &format!("{ROOT_CERT_DIR}/root-cert.pem"));
+        arg("--credential-dir", CREDENTIAL_DIR);
+        mounts.push(json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}));
+        mounts.push(json!({"name": ROOT_CERT_VOLUME, "mountPath": ROOT_CERT_DIR, "readOnly": true}));
+    }
     args.insert(0, "bootstrap".into());
     if cfg.delta {
         args.push("--delta".into());
@@ -642,7 +672,7 @@ fn bootstrap_container(s: &Settings, labels: &str, cfg: &InjectConfig) -> Value 
         "env": downward_env(),
         "resources": s.resources.to_json(),
         "securityContext": proxy_security_context(cfg),
-        "volumeMounts": [{"name": BOOTSTRAP_VOLUME, "mountPath": BOOTSTRAP_DIR}],
+        "volumeMounts": mounts,
     })
 }
 
@@ -901,9 +931,13 @@ pub struct InjectArgs {
     /// Image with `spar`, for the init containers.
     #[arg(long, default_value = DEFAULT_SPAR_IMAGE)]
     spar_image: String,
-    /// Spar's xDS address as pods reach it, host:port.
-    #[arg(long, default_value = DEFAULT_XDS_ADDRESS)]
-    xds_address: String,
+    /// Spar's xDS address as pods reach it, host:port (default: its secure Service port,
+    /// or the plaintext one with --xds-plaintext).
+    #[arg(long)]
+    xds_address: Option<String>,
+    /// Proxies connect to the plaintext port: no token exchange, no credential, no mTLS.
+    #[arg(long)]
+    xds_plaintext: bool,
     /// DNS domain of the cluster.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -936,6 +970,12 @@ pub struct InjectArgs {
     delta: bool,
 }
 
+/// The injected xDS address: `explicit`, else the default of the chosen port.
+pub fn xds_address(explicit: Option<&str>, plaintext: bool) -> String {
+    let default = if plaintext { DEFAULT_PLAINTEXT_XDS_ADDRESS } else { DEFAULT_XDS_ADDRESS };
+    explicit.unwrap_or(default).to_string()
+}
+
 /// `spar inject --output-format`.
 #[derive(Copy, Clone, Debug, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -964,7 +1004,8 @@ impl InjectArgs {
         Ok(InjectConfig {
             proxy_image: self.proxy_image.clone(),
             spar_image: self.spar_image.clone(),
-            xds_address: self.xds_address.clone(),
+            xds_address: xds_address(self.xds_address.as_deref(), self.xds_plaintext),
+            plaintext: self.xds_plaintext,
             cluster_domain: self.cluster_domain.clone(),
             proxy_uid: self.proxy_uid,
             proxy_gid: self.proxy_gid,
@@ -1234,7 +1275,8 @@ mod tests {
         let pod = injected(&mk_admitted_pod(), &InjectConfig::default());
         assert_eq!(names(&pod, "containers"), ["httpbin", PROXY_CONTAINER]);
         assert_eq!(names(&pod, "initContainers"), [INIT_CONTAINER, BOOTSTRAP_CONTAINER]);
-        assert_eq!(names(&pod, "volumes"), [BOOTSTRAP_VOLUME, TOKEN_VOLUME]);
+        assert_eq!(names(&pod, "volumes"), [BOOTSTRAP_VOLUME, TOKEN_VOLUME, ROOT_CERT_VOLUME]);
+        assert_eq!(pod["spec"]["volumes"][2]["configMap"], json!({"name": "istio-ca-root-cert"}));
 
         let proxy = container(&pod, "containers", PROXY_CONTAINER);
         assert_eq!(proxy["image"], DEFAULT_PROXY_IMAGE);
@@ -1266,7 +1308,12 @@ mod tests {
         assert_eq!(flag(boot, "--output-file"), Some(BOOTSTRAP_FILE));
         assert_eq!(flag(boot, "--name"), Some("$(POD_NAME)"));
         assert_eq!(flag(boot, "--ip"), Some("$(INSTANCE_IP)"));
-        assert_eq!(flag(boot, "--xds-address"), Some(DEFAULT_XDS_ADDRESS));
+        assert_eq!(flag(boot, "--xds-address"), Some("spar.istio-system.svc:15012"));
+        assert_eq!(flag(boot, "--token-file"), Some("/var/run/secrets/tokens/istio-token"));
+        assert_eq!(flag(boot, "--root-cert"), Some("/var/run/secrets/istio/root-cert.pem"));
+        assert_eq!(flag(boot, "--credential-dir"), Some(CREDENTIAL_DIR));
+        let mounts: Vec<_> = boot["volumeMounts"].as_array().into_iter().flatten().map(|m| m["name"].clone()).collect();
+        assert_eq!(mounts, [BOOTSTRAP_VOLUME, TOKEN_VOLUME, ROOT_CERT_VOLUME]);
         assert_eq!(flag(boot, "--interception-mode"), Some("REDIRECT"));
         assert_eq!(flag(boot, "--health-port"), Some("15021"));
         assert!(!args(boot).contains(&"--delta"));
@@ -1290,9 +1337,21 @@ mod tests {
                 .expect("status annotation is JSON");
         assert_eq!(status["initContainers"], json!([INIT_CONTAINER, BOOTSTRAP_CONTAINER]));
         assert_eq!(status["containers"], json!([PROXY_CONTAINER]));
-        assert_eq!(status["volumes"], json!([BOOTSTRAP_VOLUME, TOKEN_VOLUME]));
+        assert_eq!(status["volumes"], json!([BOOTSTRAP_VOLUME, TOKEN_VOLUME, ROOT_CERT_VOLUME]));
         assert_eq!(status["revision"], "default");
         assert_eq!(pod["metadata"]["annotations"][annotation::DEFAULT_CONTAINER], "httpbin");
+    }
+
+    #[test]
+    fn plaintext_injection_has_no_credential() {
+        let cfg = InjectConfig { xds_address: xds_address(None, true), plaintext: true, ..InjectConfig::default() };
+        let pod = injected(&mk_admitted_pod(), &cfg);
+        assert_eq!(names(&pod, "volumes"), [BOOTSTRAP_VOLUME, TOKEN_VOLUME]);
+        let boot = container(&pod, "initContainers", BOOTSTRAP_CONTAINER);
+        assert_eq!(flag(boot, "--xds-address"), Some("spar.istio-system.svc:15010"));
+        assert_eq!(flag(boot, "--token-file"), None);
+        assert_eq!(flag(boot, "--credential-dir"), None);
+        assert_eq!(xds_address(Some("spar.mesh.svc:15012"), false), "spar.mesh.svc:15012");
     }
 
     #[test]

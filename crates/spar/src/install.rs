@@ -1154,7 +1154,7 @@ mod tests {
         let args = strs(&c["args"]);
         assert_eq!(arg(&args, "--inject-proxy-image"), Some("registry.example/envoy:dev"));
         assert_eq!(arg(&args, "--inject-spar-image"), Some("registry.example/spar:dev"));
-        assert_eq!(arg(&args, "--inject-xds-address"), Some("spar.mesh.svc:15010"));
+        assert_eq!(arg(&args, "--inject-xds-address"), Some("spar.mesh.svc:15012"));
         assert_eq!(arg(&args, "--trust-domain"), Some("example.org"));
         assert_eq!(find(&docs, "ConfigMap", MESH_CONFIGMAP)["data"]["mesh"], "rootNamespace: mesh\n");
         assert_eq!(find(&docs, "Namespace", "mesh")["kind"], "Namespace");

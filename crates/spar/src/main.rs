@@ -17,10 +17,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod analyze;
 mod debug;
+mod exchange;
 mod files;
 mod inject;
 mod install;
 mod iptables;
+mod kubeauth;
 mod load;
 mod mesh;
 mod secure;
@@ -82,12 +84,25 @@ struct ServeArgs {
     /// Injection: the image with the spar binary (init containers).
     #[arg(long, default_value = inject::DEFAULT_SPAR_IMAGE)]
     inject_spar_image: String,
-    /// Injection: Spar's xDS address as pods resolve it.
-    #[arg(long, default_value = inject::DEFAULT_XDS_ADDRESS)]
-    inject_xds_address: String,
+    /// Injection: Spar's xDS address as pods resolve it (default: the secure Service
+    /// port, or the plaintext one with --inject-xds-plaintext).
+    #[arg(long)]
+    inject_xds_address: Option<String>,
+    /// Injection: proxies connect to the plaintext port (no token exchange, no mTLS).
+    #[arg(long)]
+    inject_xds_plaintext: bool,
     /// How often kinds whose CRD is not installed are looked for again.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     missing_crd_retry: Duration,
+    /// Audiences a proxy's service-account token may be for, comma-separated (checked with
+    /// a TokenReview on the secure port; `spar` is what injection projects, `istio-ca`
+    /// what istio-agent sends).
+    #[arg(long, default_value = "spar,istio-ca", value_delimiter = ',')]
+    token_audiences: Vec<String>,
+    /// Longest lifetime of a pod-bound xDS credential that a token buys from the CSR API
+    /// (it is refused as soon as its pod is gone).
+    #[arg(long, default_value = "8760h", value_parser = parse_duration)]
+    pod_credential_ttl: Duration,
     /// Address of the plaintext xDS (ADS) server.
     #[arg(long, default_value = "0.0.0.0:15010", env = "SPAR_XDS_ADDRESS")]
     xds_address: SocketAddr,
@@ -113,10 +128,21 @@ struct ServeArgs {
     /// `accessLogEncoding` and `extensionProviders` (file access logs). Read at start.
     #[arg(long)]
     mesh_config: Option<PathBuf>,
+    /// With --kubernetes: Istio's MeshConfig ConfigMap in Spar's namespace (key `mesh`),
+    /// watched: its fields override --mesh-config's, a change reaches the next snapshot,
+    /// an invalid one is logged and ignored. `off` disables.
+    #[arg(long, default_value = "istio")]
+    mesh_configmap: String,
     /// CA directory (Istio `cacerts` layout, or Spar's own root, created when absent).
     /// Enables the secure xDS port, workload certificates over SDS and mutual TLS.
     #[arg(long)]
     ca_dir: Option<PathBuf>,
+    /// With --kubernetes and --ca-dir: the CA comes from Secret `cacerts` in Spar's
+    /// namespace (a plug-in CA), else `istio-ca-secret` (created with a new root when
+    /// neither exists), is written into --ca-dir and kept current, so that every replica
+    /// signs with the same root. `false`: --ca-dir alone.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    ca_secret: bool,
     /// Address of the secure xDS port (TLS, client certificate required).
     #[arg(long, default_value = "0.0.0.0:15012")]
     secure_xds_address: SocketAddr,
@@ -235,12 +261,29 @@ struct BootstrapArgs {
     output: Format,
     /// Spar's CA directory: mint an xDS client certificate proving this workload's
     /// namespace and service account, and connect to the secure xDS port with it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "token_file")]
     ca_dir: Option<PathBuf>,
-    /// Where the minted credential is written (xds-cert.pem, xds-key.pem, root-cert.pem).
-    #[arg(long, requires = "ca_dir")]
+    /// In a cluster: trade this service-account token (the projected `istio-token`) with
+    /// Spar at --xds-address (its secure port) for an xDS client certificate bound to
+    /// this pod, and connect with it. Needs --root-cert.
+    #[arg(long, requires = "root_cert")]
+    token_file: Option<PathBuf>,
+    /// Roots that Spar's serving certificate must chain to (with --token-file; the
+    /// `istio-ca-root-cert` ConfigMap's root-cert.pem).
+    #[arg(long)]
+    root_cert: Option<PathBuf>,
+    /// The DNS name Spar's serving certificate must carry (with --token-file; default:
+    /// the host of --xds-address, or spar.<root namespace>.svc when that is an IP).
+    #[arg(long)]
+    xds_server_name: Option<String>,
+    /// How long to keep trying the token exchange (Spar may be starting too).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    credential_wait: Duration,
+    /// Where the credential is written (xds-cert.pem, xds-key.pem, root-cert.pem).
+    #[arg(long)]
     credential_dir: Option<PathBuf>,
-    /// Lifetime of the minted xDS credential.
+    /// Lifetime of the xDS credential (minted with --ca-dir, asked for with --token-file:
+    /// Spar caps it at its --pod-credential-ttl).
     #[arg(long, default_value = "720h", value_parser = parse_duration)]
     credential_ttl: Duration,
     /// SPIFFE trust domain.
@@ -315,6 +358,13 @@ fn main() -> anyhow::Result<()> {
                     identity: std::env::var("POD_NAME").unwrap_or_else(|_| {
                         format!("spar-{}-{}", std::env::var("HOSTNAME").unwrap_or_default(), std::process::id())
                     }),
+                    token_audiences: a.token_audiences,
+                    pod_credential_ttl: a.pod_credential_ttl,
+                    ca_secret: a.ca_secret,
+                    mesh_configmap: (a.mesh_configmap != "off").then(|| mesh::ConfigMapLayer {
+                        name: a.mesh_configmap.clone(),
+                        registry_only: a.outbound_traffic_policy.map(|p| matches!(p, OutboundPolicy::RegistryOnly)),
+                    }),
                 })
             } else {
                 None
@@ -326,7 +376,8 @@ fn main() -> anyhow::Result<()> {
                 inject: inject::InjectConfig {
                     proxy_image: a.inject_proxy_image,
                     spar_image: a.inject_spar_image,
-                    xds_address: a.inject_xds_address,
+                    xds_address: inject::xds_address(a.inject_xds_address.as_deref(), a.inject_xds_plaintext),
+                    plaintext: a.inject_xds_plaintext,
                     cluster_domain: a.domain.clone(),
                     ..Default::default()
                 },
@@ -409,25 +460,40 @@ fn main() -> anyhow::Result<()> {
             }
             let admin = (params.admin_address.as_str(), params.admin_port);
             inject::add_probe_listeners(&mut b, &params.ip, admin, a.health_port, a.prometheus_port);
-            if let Some(ca_dir) = &a.ca_dir {
-                let dir =
-                    a.credential_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}-credential", params.name)));
+            let id = spar_ca::Identity::new(&a.trust_domain, &params.namespace, &params.service_account);
+            let credential_dir =
+                a.credential_dir.clone().unwrap_or_else(|| PathBuf::from(format!("{}-credential", params.name)));
+            let credential = if let Some(ca_dir) = &a.ca_dir {
                 let ca = spar_ca::Ca::load_or_create(ca_dir, &a.trust_domain)?;
-                let id = spar_ca::Identity::new(&a.trust_domain, &params.namespace, &params.service_account);
                 let issued = ca.issue(&id, a.credential_ttl)?;
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-                let write = |name: &str, text: &str| {
-                    let p = dir.join(name);
-                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display())).map(|()| p)
+                Some((issued.chain_pem, issued.key_pem, ca.trust_bundle_pem().to_string()))
+            } else if let (Some(token_file), Some(root_cert)) = (&a.token_file, &a.root_cert) {
+                let root_pem = std::fs::read_to_string(root_cert)
+                    .with_context(|| format!("reading the root certificate {}", root_cert.display()))?;
+                let host = params.xds_address.rsplit_once(':').map_or(params.xds_address.as_str(), |(h, _)| h);
+                let server_name = a.xds_server_name.clone().unwrap_or_else(|| {
+                    if host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok() {
+                        format!("spar.{}.svc", a.root_namespace)
+                    } else {
+                        host.to_string()
+                    }
+                });
+                let ex = exchange::Exchange {
+                    address: &params.xds_address,
+                    server_name: &server_name,
+                    root_pem: &root_pem,
+                    identity: &id,
+                    ttl: a.credential_ttl,
+                    wait: a.credential_wait,
                 };
-                let cert = write("xds-cert.pem", &issued.chain_pem)?;
-                let key = write("xds-key.pem", &issued.key_pem)?;
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
-                }
-                let root = write("root-cert.pem", ca.trust_bundle_pem())?;
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let c = rt.block_on(exchange::fetch(&ex, token_file))?;
+                Some((c.chain_pem, c.key_pem, root_pem))
+            } else {
+                None
+            };
+            if let Some((chain_pem, key_pem, root_pem)) = credential {
+                let (cert, key, root) = exchange::write_credential(&credential_dir, &chain_pem, &key_pem, &root_pem)?;
                 let cp = secure::control_plane_identity(&a.trust_domain, &a.root_namespace);
                 spar_xds::bootstrap::secure_xds(&mut b, &cert, &key, &root, &cp.to_string());
             }

@@ -1,6 +1,8 @@
-//! The secure xDS port (15012): TLS with a required client certificate issued by Spar's
-//! CA. The certificate's SPIFFE identity is what the ADS server trusts; a client without
-//! one, with a forged or expired one, or with one from another CA fails the handshake.
+//! The secure xDS port (15012): TLS with a client certificate issued by Spar's CA. The
+//! certificate's SPIFFE identity is what the ADS server trusts; a client with a forged or
+//! expired one, or with one from another CA, fails the handshake. Without Kubernetes a
+//! client certificate is required; with it, a client may instead present its
+//! service-account token (`spar_xds::auth`), and one with neither is refused per call.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,11 +34,37 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// rustls server config: our serving certificate, and client certificates required and
-/// verified against every root of the trust bundle.
-pub fn server_config(ca: &Ca, me: &Identity) -> anyhow::Result<(Arc<rustls::ServerConfig>, SystemTime)> {
-    // The SPIFFE identity is what proxies verify; the DNS name serves SNI-checking clients.
-    let issued = ca.issue_with_dns(me, &["spar"], SERVER_CERT_TTL)?;
+/// The DNS names of Spar's Services (`spar`, and `istiod` for Istio's clients) in
+/// `namespace`, as clients that check the host name reach them.
+pub fn service_dns_names(namespace: &str) -> Vec<String> {
+    ["spar", "istiod"]
+        .iter()
+        .flat_map(|svc| [format!("{svc}.{namespace}.svc"), format!("{svc}.{namespace}.svc.cluster.local")])
+        .collect()
+}
+
+/// Whether a client must present a certificate in the TLS handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// Always (file mode: the certificate is the only proof).
+    Required,
+    /// Verified when presented; otherwise a token must prove the caller (Kubernetes).
+    Optional,
+}
+
+/// rustls server config: our serving certificate, and client certificates verified
+/// against every root of the trust bundle.
+pub fn server_config(
+    ca: &Ca,
+    me: &Identity,
+    client_certs: ClientCerts,
+) -> anyhow::Result<(Arc<rustls::ServerConfig>, SystemTime)> {
+    // The SPIFFE identity is what proxies verify; the DNS names serve host-checking
+    // clients (the `spar bootstrap` token exchange, istio-agent).
+    let mut names = vec!["spar".to_string()];
+    names.extend(service_dns_names(&me.namespace));
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let issued = ca.issue_with_dns(me, &names, SERVER_CERT_TTL)?;
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(issued.chain_pem.as_bytes()).collect::<Result<_, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())?;
@@ -44,9 +72,11 @@ pub fn server_config(ca: &Ca, me: &Identity) -> anyhow::Result<(Arc<rustls::Serv
     for c in CertificateDer::pem_slice_iter(ca.trust_bundle_pem().as_bytes()) {
         roots.add(c?)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .context("client certificate verifier")?;
+    let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if client_certs == ClientCerts::Optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().context("client certificate verifier")?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -110,6 +140,7 @@ pub async fn maintain(
     dir: PathBuf,
     trust_domain: String,
     me: Identity,
+    client_certs: ClientCerts,
     security: Arc<Security>,
     config_tx: watch::Sender<Arc<rustls::ServerConfig>>,
     mut refresh_at: SystemTime,
@@ -138,7 +169,7 @@ pub async fn maintain(
             }
         }
         if ca_changed || SystemTime::now() >= refresh_at {
-            match server_config(&security.ca(), &me) {
+            match server_config(&security.ca(), &me, client_certs) {
                 Ok((cfg, at)) => {
                     refresh_at = at;
                     let _ = config_tx.send(cfg);

@@ -52,6 +52,15 @@ pub struct KubeConfig {
     pub namespace: String,
     /// This replica's name in the Lease.
     pub identity: String,
+    /// Audiences a proxy's service-account token may carry (TokenReview on 15012).
+    pub token_audiences: Vec<String>,
+    /// Longest lifetime of a pod-bound xDS credential (valid only while its pod exists).
+    pub pod_credential_ttl: Duration,
+    /// With a CA: take it from Secret `cacerts`, else `istio-ca-secret` (created when
+    /// neither exists), into `--ca-dir`, kept current (spar_kube::ca_secret).
+    pub ca_secret: bool,
+    /// The MeshConfig ConfigMap in `namespace`, watched over `--mesh-config` (`None`: off).
+    pub mesh_configmap: Option<crate::mesh::ConfigMapLayer>,
 }
 
 /// The CA and the secure xDS port.
@@ -91,14 +100,20 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 },
             );
             let status = source.status();
+            let auth = crate::kubeauth::token_auth(
+                client.clone(),
+                k.token_audiences.clone(),
+                source.pods(),
+                k.pod_credential_ttl,
+            );
             tokio::spawn(source.run(change_tx.clone()).instrument(info_span!("kube-source")));
-            Some((client, status))
+            Some((client, status, auth))
         }
         None => None,
     };
-    let (kube_client, kube) = match kube {
-        Some((c, s)) => (Some(c), Some(s)),
-        None => (None, None),
+    let (kube_client, kube, token_auth) = match kube {
+        Some((c, s, a)) => (Some(c), Some(s), Some(a)),
+        None => (None, None, None),
     };
     let ads = AdsService::new(snap_rx.clone(), shutdown_rx.clone());
     let ads_secure = ads.clone();
@@ -152,9 +167,35 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             "Kubernetes caches synced"
         );
     }
-    let _ = snap_tx.send(Arc::new(build(&store, &cfg.mesh, 1)));
+    if let (Some(client), Some(k), Some(sec)) = (&kube_client, &cfg.kubernetes, &cfg.security)
+        && k.ca_secret
+    {
+        // Every replica signs with the root kept in the cluster (docs/kubernetes.md).
+        let ca = spar_kube::ca_secret::CaSecretConfig::new(&k.namespace, &sec.ca_dir, &sec.trust_domain);
+        tokio::select! {
+            _ = spar_kube::ca_secret::start(client.clone(), ca) => {}
+            () = shutdown_signal() => return Ok(()),
+        }
+    }
+    // The mesh snapshots are built with: --mesh-config's, or the ConfigMap's over it, live.
+    let mut mesh = watch::channel(cfg.mesh.clone()).1;
+    if let (Some(client), Some(k)) = (&kube_client, &cfg.kubernetes)
+        && let Some(layer) = &k.mesh_configmap
+    {
+        let base = cfg.mesh.clone();
+        let watched =
+            crate::mesh::watch_configmap(client.clone(), &k.namespace, layer.clone(), base, change_tx.clone());
+        tokio::select! {
+            m = watched => mesh = m,
+            () = shutdown_signal() => return Ok(()),
+        }
+    }
+    let first_mesh = mesh.borrow().clone();
+    let _ = snap_tx.send(Arc::new(build(&store, &first_mesh, 1)));
     drop(change_tx);
-    tokio::spawn(debounce(change_rx, Arc::clone(&store), cfg.clone(), snap_tx).instrument(info_span!("snapshot")));
+    tokio::spawn(
+        debounce(change_rx, mesh, Arc::clone(&store), cfg.clone(), snap_tx).instrument(info_span!("snapshot")),
+    );
     let _ = ready_tx.send(true);
     if let (Some(client), Some(status), Some(k)) = (&kube_client, &kube, &cfg.kubernetes) {
         // Singleton duties (status writes) belong to the Lease holder; every replica serves.
@@ -167,6 +208,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 Arc::clone(&store),
                 Arc::clone(status),
                 snap_rx.clone(),
+                ads.rejections().subscribe(),
                 leader_rx.clone(),
             )
             .instrument(info_span!("status")),
@@ -203,6 +245,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                     inject: cfg.inject.clone(),
                     kube_client: kube_client.clone(),
                     bundle: bundle_tx,
+                    token_auth,
                 },
                 ads_secure,
                 shutdown_rx.clone(),
@@ -228,12 +271,13 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
 }
 
 /// What else needs the CA: the webhooks (their serving certificate, the caBundle kept
-/// in the cluster) and the published trust bundle.
+/// in the cluster), the published trust bundle, and in a cluster the token check.
 struct WithCa {
     webhook: Option<SocketAddr>,
     inject: crate::inject::InjectConfig,
     kube_client: Option<kube::Client>,
     bundle: watch::Sender<String>,
+    token_auth: Option<spar_xds::auth::TokenAuth>,
 }
 
 /// Starts the secure xDS port; returns the server future to spawn.
@@ -244,7 +288,7 @@ async fn serve_secure(
     ads: AdsService,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let WithCa { webhook, inject, kube_client, bundle } = with_ca;
+    let WithCa { webhook, inject, kube_client, bundle, token_auth } = with_ca;
     let ca = spar_ca::Ca::load_or_create(&sec.ca_dir, &sec.trust_domain)
         .with_context(|| format!("loading the CA from {}", sec.ca_dir.display()))?;
     let _ = bundle.send(ca.trust_bundle_pem().to_string());
@@ -263,7 +307,9 @@ async fn serve_secure(
         }
     }
     let me = crate::secure::control_plane_identity(&sec.trust_domain, &root_namespace);
-    let (tls, refresh_at) = crate::secure::server_config(&ca, &me)?;
+    let client_certs =
+        if token_auth.is_some() { crate::secure::ClientCerts::Optional } else { crate::secure::ClientCerts::Required };
+    let (tls, refresh_at) = crate::secure::server_config(&ca, &me, client_certs)?;
     let security = std::sync::Arc::new(spar_xds::sds::Security::new(ca, sec.workload_cert_ttl));
     let (cfg_tx, cfg_rx) = watch::channel(tls);
     tokio::spawn(
@@ -271,6 +317,7 @@ async fn serve_secure(
             sec.ca_dir.clone(),
             sec.trust_domain.clone(),
             me,
+            client_certs,
             std::sync::Arc::clone(&security),
             cfg_tx,
             refresh_at,
@@ -281,8 +328,13 @@ async fn serve_secure(
         .with_context(|| format!("binding secure xDS address {}", sec.secure_xds_address))?;
     info!(address = %listener.local_addr()?, ca_dir = %sec.ca_dir.display(), "serving xDS over mutual TLS (workload certificates over SDS)");
     let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::secure::incoming(listener, cfg_rx));
-    let csr = spar_xds::csr::CertificateService::new(std::sync::Arc::clone(&security));
-    let ads = ads.with_security(security);
+    let mut csr = spar_xds::csr::CertificateService::new(std::sync::Arc::clone(&security));
+    let mut ads = ads.with_security(security);
+    if let Some(auth) = token_auth {
+        info!("proxies may prove their identity with a service-account token (TokenReview) on the secure port");
+        csr = csr.with_token_auth(auth.clone());
+        ads = ads.with_token_auth(auth);
+    }
     let mut shutdown_wait = shutdown;
     Ok(async move {
         let r = tonic::transport::Server::builder()
@@ -334,6 +386,7 @@ fn build(store: &Mutex<Store>, mesh: &MeshConfig, version: u64) -> Snapshot {
 /// `debounce_max` has passed since the first unbuilt change.
 async fn debounce(
     mut changes: mpsc::Receiver<()>,
+    mesh: watch::Receiver<MeshConfig>,
     store: Arc<Mutex<Store>>,
     cfg: ServeConfig,
     snap_tx: watch::Sender<Arc<Snapshot>>,
@@ -354,7 +407,8 @@ async fn debounce(
         }
         version += 1;
         let started = Instant::now();
-        let snap = build(&store, &cfg.mesh, version);
+        let mesh_now = mesh.borrow().clone();
+        let snap = build(&store, &mesh_now, version);
         info!(
             version,
             services = snap.services.len(),

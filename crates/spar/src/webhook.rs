@@ -74,10 +74,7 @@ fn router(hooks: Hooks) -> Router {
 /// rustls config for the webhook: a serving certificate for the Service's DNS names.
 pub fn tls_config(ca: &spar_ca::Ca, namespace: &str) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let id = crate::secure::control_plane_identity(ca.trust_domain(), namespace);
-    let names: Vec<String> = ["spar", "istiod"]
-        .iter()
-        .flat_map(|svc| [format!("{svc}.{namespace}.svc"), format!("{svc}.{namespace}.svc.cluster.local")])
-        .collect();
+    let names = crate::secure::service_dns_names(namespace);
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let issued = ca.issue_with_dns(&id, &names, std::time::Duration::from_secs(365 * 24 * 3600))?;
     let chain: Vec<CertificateDer<'static>> =
