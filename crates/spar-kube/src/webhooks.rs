@@ -25,13 +25,25 @@ impl Default for WebhookNames {
     }
 }
 
-/// Keeps both `caBundle`s equal to `bundle_pem`, checking every `every`.
-pub async fn keep_ca_bundle(client: kube::Client, names: WebhookNames, bundle_pem: String, every: Duration) {
+/// Keeps both `caBundle`s equal to the current `bundle` (a root rotation changes it),
+/// checking every `every` and at once when it changes; ends when `bundle`'s sender does.
+pub async fn keep_ca_bundle(
+    client: kube::Client,
+    names: WebhookNames,
+    mut bundle: tokio::sync::watch::Receiver<String>,
+    every: Duration,
+) {
     loop {
-        if let Err(e) = patch_once(&client, &names, bundle_pem.as_bytes()).await {
+        let pem = bundle.borrow_and_update().clone();
+        if !pem.is_empty()
+            && let Err(e) = patch_once(&client, &names, pem.as_bytes()).await
+        {
             warn!(error = %e, "cannot update the webhook caBundle; retrying");
         }
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            r = bundle.changed() => if r.is_err() { return },
+        }
     }
 }
 

@@ -284,6 +284,23 @@ async fn webhook_ca_bundles_are_patched_once() {
     // base64 of "ROOT PEM", on every webhook of the configuration
     assert_eq!(m["webhooks"][0]["clientConfig"]["caBundle"], "Uk9PVCBQRU0=");
     assert_eq!(m["webhooks"][1]["clientConfig"]["caBundle"], "Uk9PVCBQRU0=");
+
+    // The keeper follows a new bundle (a root rotation) at once, not at its next check.
+    let (bundle_tx, bundle_rx) = tokio::sync::watch::channel("ROOT PEM".to_string());
+    let every = Duration::from_secs(3600);
+    tokio::spawn(spar_kube::webhooks::keep_ca_bundle(c.clone(), names, bundle_rx, every));
+    bundle_tx.send_replace("ROOT PEM 2".to_string());
+    let bundle_of = |kind: &str, name: &str| {
+        server
+            .get("admissionregistration.k8s.io/v1", kind, "", name)
+            .map(|o| o["webhooks"][1]["clientConfig"]["caBundle"].clone())
+    };
+    eventually("both caBundles follow the rotation", || {
+        // base64 of "ROOT PEM 2"
+        bundle_of("MutatingWebhookConfiguration", "spar-sidecar-injector") == Some(json!("Uk9PVCBQRU0gMg=="))
+            && bundle_of("ValidatingWebhookConfiguration", "spar-validator") == Some(json!("Uk9PVCBQRU0gMg=="))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

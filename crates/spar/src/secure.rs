@@ -132,16 +132,17 @@ fn stamp(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
         .collect()
 }
 
-/// Keeps the CA and the serving certificate current: reloads the CA directory when its
-/// files change (root rotation: add the new root to `trust-bundle.pem`, then swap the
-/// signing material, then drop the old root), and re-issues the serving certificate
-/// before it expires.
+/// Keeps the CA and the serving certificate current (and `bundle`, the trust bundle the
+/// cluster is given): reloads the CA directory when its files change (root rotation: add
+/// the new root to `trust-bundle.pem`, then swap the signing material, then drop the old
+/// root), and re-issues the serving certificate before it expires.
 pub async fn maintain(
     dir: PathBuf,
     trust_domain: String,
     me: Identity,
     client_certs: ClientCerts,
     security: Arc<Security>,
+    bundle: watch::Sender<String>,
     config_tx: watch::Sender<Arc<rustls::ServerConfig>>,
     mut refresh_at: SystemTime,
 ) {
@@ -160,6 +161,14 @@ pub async fn maintain(
             match Ca::load_or_create(&dir, &trust_domain) {
                 Ok(ca) => {
                     info!(dir = %dir.display(), "CA directory changed: reloaded; proxies get the new trust bundle and certificates");
+                    // The published istio-ca-root-cert ConfigMaps and the webhooks' caBundle follow.
+                    bundle.send_if_modified(|b| {
+                        let changed = b != ca.trust_bundle_pem();
+                        if changed {
+                            *b = ca.trust_bundle_pem().to_string();
+                        }
+                        changed
+                    });
                     security.replace_ca(ca);
                 }
                 Err(e) => {

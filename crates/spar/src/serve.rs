@@ -291,14 +291,14 @@ async fn serve_secure(
     let WithCa { webhook, inject, kube_client, bundle, token_auth } = with_ca;
     let ca = spar_ca::Ca::load_or_create(&sec.ca_dir, &sec.trust_domain)
         .with_context(|| format!("loading the CA from {}", sec.ca_dir.display()))?;
-    let _ = bundle.send(ca.trust_bundle_pem().to_string());
+    bundle.send_replace(ca.trust_bundle_pem().to_string());
     if let Some(addr) = webhook {
         let tls = crate::webhook::tls_config(&ca, &root_namespace)?;
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding webhook address {addr}"))?;
         tokio::spawn(crate::webhook::serve(listener, tls, inject, shutdown.clone()).instrument(info_span!("webhook")));
         if let Some(client) = kube_client {
-            let bundle = ca.trust_bundle_pem().to_string();
+            let bundle = bundle.subscribe();
             let names = spar_kube::webhooks::WebhookNames::default();
             let every = Duration::from_secs(60);
             tokio::spawn(
@@ -319,6 +319,7 @@ async fn serve_secure(
             me,
             client_certs,
             std::sync::Arc::clone(&security),
+            bundle,
             cfg_tx,
             refresh_at,
         )
