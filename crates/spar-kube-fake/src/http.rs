@@ -321,6 +321,9 @@ fn patch(srv: &Inner, t: &Target, name: &str, req: &Req<'_>) -> Result<Response,
         }
         return Err(ApiError::not_found(&t.rt, name));
     };
+    // As the API server converts the stored object to the request's version before
+    // patching (all versions share one schema here, so only apiVersion changes).
+    doc = served(&doc, &t.rt);
     if kind == JSON_PATCH {
         json_patch(&mut doc, &patch).map_err(ApiError::invalid)?;
     } else {

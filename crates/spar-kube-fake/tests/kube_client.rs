@@ -384,6 +384,41 @@ async fn custom_resource_round_trip_and_status_subresource() {
 }
 
 #[tokio::test]
+async fn status_patch_through_another_served_version() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.add_resource(vs_type());
+    server.add_resource(
+        ResourceType::new("networking.istio.io/v1beta1", "VirtualService", "virtualservices", true).with_status(),
+    );
+    let old = json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
+        "metadata": {"name": "old", "namespace": "default"}, "spec": {"hosts": ["old"]}});
+    server.apply(old).unwrap();
+    let status = json!({"status": {"conditions": [{"type": "Reconciled", "status": "True"}]}});
+    let api = vs_api(&mk_client(&server).await);
+    let patched = api.patch_status("old", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    assert_eq!(patched.types.map(|t| t.api_version).as_deref(), Some("networking.istio.io/v1"));
+    assert_eq!(patched.data["status"]["conditions"][0]["type"], "Reconciled");
+}
+
+#[tokio::test]
+async fn token_review_names_the_pod_of_a_bound_token() {
+    let server = FakeApiServer::start().await.unwrap();
+    server.add_pod_token("bound", "system:serviceaccount:shop:cart", &["spar"], "cart-1", "uid-1");
+    let api: Api<TokenReview> = Api::all(mk_client(&server).await);
+    let review = TokenReview {
+        spec: TokenReviewSpec { token: Some("bound".into()), audiences: Some(vec!["spar".into()]) },
+        ..Default::default()
+    };
+    let user = api.create(&PostParams::default(), &review).await.unwrap().status.unwrap().user.unwrap();
+    let extra = user.extra.unwrap();
+    assert_eq!(extra["authentication.kubernetes.io/pod-name"], ["cart-1"]);
+    assert_eq!(extra["authentication.kubernetes.io/pod-uid"], ["uid-1"]);
+    server.revoke_token("bound");
+    let status = api.create(&PostParams::default(), &review).await.unwrap().status.unwrap();
+    assert_eq!(status.authenticated, Some(false), "a revoked token no longer authenticates");
+}
+
+#[tokio::test]
 async fn token_review() {
     let server = FakeApiServer::start().await.unwrap();
     server.add_token("good", "system:serviceaccount:bookinfo:reviews", &["istio-ca"]);
