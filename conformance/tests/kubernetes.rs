@@ -80,6 +80,14 @@ async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
             "addressType": "IPv4", "ports": [{"name": "http", "port": 9080}], "endpoints": endpoints}),
     )?;
     let client_ip = h.ip("client").to_string();
+    // The client's pod too (the analyzers that run for status check selectors against Pods).
+    apply(
+        &server,
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "client", "namespace": "default", "labels": {"app": "client"}},
+            "spec": {"serviceAccountName": "default", "containers": [{"name": "app", "image": "curl"}]},
+            "status": {"phase": "Running", "podIP": client_ip}}),
+    )?;
     apply(
         &server,
         json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
@@ -189,6 +197,27 @@ async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
         sidecar_condition().is_some_and(|c| c["reason"] == "Applied")
     })
     .await?;
+
+    // Istio's analyzers run for status too: a VirtualService bound to a Gateway that does
+    // not exist is applied, with the finding where istiod's analysis puts it.
+    apply(
+        &server,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "edge", "namespace": "default"},
+            "spec": {"hosts": ["edge.example.com"], "gateways": ["nowhere"],
+                     "http": [{"route": [{"destination": {"host": "backend"}}]}]}}),
+    )?;
+    let edge_status =
+        || server.get("networking.istio.io/v1", "VirtualService", "default", "edge").map(|o| o["status"].clone());
+    wait_for(CONVERGE, "the analysis finding in the status", || async {
+        edge_status().is_some_and(|s| s["validationMessages"][0]["type"]["code"] == "IST0101")
+    })
+    .await?;
+    let edge = edge_status().unwrap_or_default();
+    assert_eq!(edge["validationMessages"][0]["type"]["name"], "ReferencedResourceNotFound", "{edge}");
+    assert_eq!(edge["validationMessages"][0]["level"], "ERROR", "{edge}");
+    assert_eq!(edge["conditions"][0]["reason"], "AppliedWithWarnings", "{edge}");
+    assert!(edge["conditions"][0]["message"].as_str().is_some_and(|m| m.contains("nowhere")), "{edge}");
 
     // 410 Gone: every watch ends and resumes too late; Spar relists and keeps converging.
     let lists_before = h.spar_log().matches("listed").count();

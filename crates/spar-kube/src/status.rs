@@ -10,6 +10,10 @@
 //! | rejected (parse or validation) | `False` | `Invalid` | the reasons, field by field |
 //! | accepted by Spar, rejected by a proxy (a NACK traced to it, `spar_xds::rejections`) | `False` | `RejectedByProxy` | the proxy, the type and Envoy's message |
 //!
+//! Analysis findings (warnings and errors of Istio's analyzers: references to missing
+//! objects and the like) are written as istiod's analysis writes them, in
+//! `validationMessages`, and turn `Applied` into `AppliedWithWarnings` with their text.
+//!
 //! `observedGeneration` says which spec the status is about. Only changes are written
 //! (what was last written is remembered), and writing it does not come back as a config
 //! change: the source drops `.status` before comparing.
@@ -26,6 +30,32 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::source::{KindState, SyncStatus};
+
+/// One analyzer finding about an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// `IST0101`.
+    pub code: String,
+    /// `ReferencedResourceNotFound`.
+    pub name: String,
+    /// `ERROR` or `WARNING`.
+    pub level: String,
+    /// The rendered message.
+    pub message: String,
+}
+
+impl Finding {
+    fn to_validation_message(&self) -> Value {
+        json!({
+            "documentationUrl": format!("https://istio.io/latest/docs/reference/config/analysis/{}/", self.code.to_lowercase()),
+            "level": self.level,
+            "type": {"code": self.code, "name": self.name},
+        })
+    }
+}
+
+/// Current findings: store unit → findings.
+pub type Analysis = Arc<BTreeMap<String, Vec<Finding>>>;
 
 /// The status Spar wants an object to have (without timestamps).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +74,8 @@ pub struct Desired {
     pub reason: &'static str,
     /// Condition message.
     pub message: String,
+    /// Analysis findings (`validationMessages`).
+    pub findings: Vec<Finding>,
 }
 
 impl Desired {
@@ -61,6 +93,8 @@ impl Desired {
         if let Some(g) = self.generation {
             status["observedGeneration"] = json!(g);
         }
+        // Always written (empty too), so that fixed findings disappear under a merge patch.
+        status["validationMessages"] = self.findings.iter().map(Finding::to_validation_message).collect();
         status
     }
 }
@@ -69,7 +103,12 @@ impl Desired {
 pub type Rejections = Arc<BTreeMap<String, String>>;
 
 /// What every Istio object read from Kubernetes should say, by store unit.
-pub fn desired(store: &Store, snap: &Snapshot, rejected: &BTreeMap<String, String>) -> BTreeMap<String, Desired> {
+pub fn desired(
+    store: &Store,
+    snap: &Snapshot,
+    rejected: &BTreeMap<String, String>,
+    analysis: &BTreeMap<String, Vec<Finding>>,
+) -> BTreeMap<String, Desired> {
     let mut warnings: HashMap<&str, Vec<&str>> = HashMap::new();
     for d in &snap.diagnostics {
         warnings.entry(&d.origin.file).or_default().push(&d.message);
@@ -81,17 +120,22 @@ pub fn desired(store: &Store, snap: &Snapshot, rejected: &BTreeMap<String, Strin
             continue;
         }
         let generation = contents.generation;
+        let findings = analysis.get(unit.as_ref()).cloned().unwrap_or_default();
         let (reconciled, reason, message) = if !contents.errors.is_empty() {
             let reasons: Vec<&str> = contents.errors.iter().map(|e| e.reason.as_str()).collect();
             (false, "Invalid", format!("rejected by spar: {}", reasons.join("; ")))
         } else if let Some(says) = rejected.get(unit.as_ref()) {
             (false, "RejectedByProxy", says.clone())
-        } else if let Some(w) = warnings.get(unit.as_ref()) {
+        } else if warnings.contains_key(unit.as_ref()) || !findings.is_empty() {
+            let mut w: Vec<String> =
+                warnings.get(unit.as_ref()).into_iter().flatten().map(|s| (*s).to_string()).collect();
+            w.extend(findings.iter().map(|f| format!("{} {}: {}", f.code, f.name, f.message)));
             (true, "AppliedWithWarnings", w.join("; "))
         } else {
             (true, "Applied", "applied by spar".to_string())
         };
-        out.insert(unit.to_string(), Desired { kind, namespace, name, generation, reconciled, reason, message });
+        let d = Desired { kind, namespace, name, generation, reconciled, reason, message, findings };
+        out.insert(unit.to_string(), d);
     }
     out
 }
@@ -117,6 +161,7 @@ pub async fn run(
     sync: Arc<SyncStatus>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     mut rejections: watch::Receiver<Rejections>,
+    mut analysis: watch::Receiver<Analysis>,
     mut leader: watch::Receiver<bool>,
 ) {
     let mut written: HashMap<String, Desired> = HashMap::new();
@@ -124,9 +169,10 @@ pub async fn run(
         if *leader.borrow_and_update() {
             let snap = snapshots.borrow_and_update().clone();
             let rejected = rejections.borrow_and_update().clone();
+            let findings = analysis.borrow_and_update().clone();
             let want = {
                 let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                desired(&store, &snap, &rejected)
+                desired(&store, &snap, &rejected, &findings)
             };
             let versions = sync.states();
             written.retain(|unit, _| want.contains_key(unit));
@@ -154,6 +200,7 @@ pub async fn run(
             r = snapshots.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
             r = rejections.changed() => if r.is_err() { return },
+            r = analysis.changed() => if r.is_err() { return },
         }
     }
 }

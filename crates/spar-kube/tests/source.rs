@@ -231,12 +231,14 @@ async fn status_says_whether_each_resource_was_applied_and_why_not() {
     let (_snap_tx, snap_rx) = tokio::sync::watch::channel(snap);
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(false);
     let (_rejections_tx, rejections_rx) = tokio::sync::watch::channel(spar_kube::status::Rejections::default());
+    let (_analysis_tx, analysis_rx) = tokio::sync::watch::channel(spar_kube::status::Analysis::default());
     tokio::spawn(spar_kube::status::run(
         client(&server).await,
         Arc::clone(&running.store),
         Arc::clone(&running.status),
         snap_rx,
         rejections_rx,
+        analysis_rx,
         leader_rx,
     ));
     let condition = |name: &str| {

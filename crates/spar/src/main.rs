@@ -15,6 +15,7 @@ use spar_model::{MeshConfig, ProxyKind};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod analysis;
 mod analyze;
 mod debug;
 mod exchange;

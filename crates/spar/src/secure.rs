@@ -139,8 +139,7 @@ fn stamp(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {
 pub async fn maintain(
     dir: PathBuf,
     trust_domain: String,
-    me: Identity,
-    client_certs: ClientCerts,
+    (me, client_certs): (Identity, ClientCerts),
     security: Arc<Security>,
     bundle: watch::Sender<String>,
     config_tx: watch::Sender<Arc<rustls::ServerConfig>>,
@@ -161,15 +160,17 @@ pub async fn maintain(
             match Ca::load_or_create(&dir, &trust_domain) {
                 Ok(ca) => {
                     info!(dir = %dir.display(), "CA directory changed: reloaded; proxies get the new trust bundle and certificates");
-                    // The published istio-ca-root-cert ConfigMaps and the webhooks' caBundle follow.
+                    let new_bundle = ca.trust_bundle_pem().to_string();
+                    security.replace_ca(ca);
+                    // Then the published istio-ca-root-cert ConfigMaps, the webhooks' caBundle
+                    // and the webhook's serving certificate follow.
                     bundle.send_if_modified(|b| {
-                        let changed = b != ca.trust_bundle_pem();
+                        let changed = *b != new_bundle;
                         if changed {
-                            *b = ca.trust_bundle_pem().to_string();
+                            *b = new_bundle;
                         }
                         changed
                     });
-                    security.replace_ca(ca);
                 }
                 Err(e) => {
                     warn!(dir = %dir.display(), error = %e, "CA directory changed but cannot be loaded; keeping the previous CA");

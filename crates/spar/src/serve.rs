@@ -200,6 +200,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     if let (Some(client), Some(status), Some(k)) = (&kube_client, &kube, &cfg.kubernetes) {
         // Singleton duties (status writes) belong to the Lease holder; every replica serves.
         let (leader_tx, leader_rx) = watch::channel(false);
+        // Istio's analyzers for status (references to missing objects and the like).
+        let (analysis_tx, analysis_rx) = watch::channel(spar_kube::status::Analysis::default());
+        tokio::spawn(
+            crate::analysis::run(Arc::clone(&store), snap_rx.clone(), leader_rx.clone(), analysis_tx)
+                .instrument(info_span!("analysis")),
+        );
         let lease = spar_kube::lease::LeaseConfig::new(&k.namespace, &k.identity);
         tokio::spawn(spar_kube::lease::run(client.clone(), lease, leader_tx).instrument(info_span!("lease")));
         tokio::spawn(
@@ -209,6 +215,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                 Arc::clone(status),
                 snap_rx.clone(),
                 ads.rejections().subscribe(),
+                analysis_rx,
                 leader_rx.clone(),
             )
             .instrument(info_span!("status")),
@@ -292,11 +299,15 @@ async fn serve_secure(
     let ca = spar_ca::Ca::load_or_create(&sec.ca_dir, &sec.trust_domain)
         .with_context(|| format!("loading the CA from {}", sec.ca_dir.display()))?;
     bundle.send_replace(ca.trust_bundle_pem().to_string());
+    let mut webhook_tls = None;
     if let Some(addr) = webhook {
-        let tls = crate::webhook::tls_config(&ca, &root_namespace)?;
+        let (tls_tx, tls_rx) = watch::channel(crate::webhook::tls_config(&ca, &root_namespace)?);
+        webhook_tls = Some(tls_tx);
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding webhook address {addr}"))?;
-        tokio::spawn(crate::webhook::serve(listener, tls, inject, shutdown.clone()).instrument(info_span!("webhook")));
+        tokio::spawn(
+            crate::webhook::serve(listener, tls_rx, inject, shutdown.clone()).instrument(info_span!("webhook")),
+        );
         if let Some(client) = kube_client {
             let bundle = bundle.subscribe();
             let names = spar_kube::webhooks::WebhookNames::default();
@@ -311,13 +322,16 @@ async fn serve_secure(
         if token_auth.is_some() { crate::secure::ClientCerts::Optional } else { crate::secure::ClientCerts::Required };
     let (tls, refresh_at) = crate::secure::server_config(&ca, &me, client_certs)?;
     let security = std::sync::Arc::new(spar_xds::sds::Security::new(ca, sec.workload_cert_ttl));
+    if let Some(tls_tx) = webhook_tls {
+        let renew = crate::webhook::renew(Arc::clone(&security), root_namespace.clone(), bundle.subscribe(), tls_tx);
+        tokio::spawn(renew.instrument(info_span!("webhook")));
+    }
     let (cfg_tx, cfg_rx) = watch::channel(tls);
     tokio::spawn(
         crate::secure::maintain(
             sec.ca_dir.clone(),
             sec.trust_domain.clone(),
-            me,
-            client_certs,
+            (me, client_certs),
             std::sync::Arc::clone(&security),
             bundle,
             cfg_tx,

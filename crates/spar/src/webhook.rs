@@ -89,14 +89,35 @@ pub fn tls_config(ca: &spar_ca::Ca, namespace: &str) -> anyhow::Result<Arc<rustl
     Ok(Arc::new(cfg))
 }
 
-/// Serves the webhooks over TLS until `shutdown`.
+/// Re-issues the serving certificate from `security`'s CA whenever the trust bundle
+/// changes (a CA reload), so that the API server, which trusts the new bundle, keeps
+/// verifying it; ends when `bundle`'s sender does.
+pub async fn renew(
+    security: Arc<spar_xds::sds::Security>,
+    namespace: String,
+    mut bundle: watch::Receiver<String>,
+    tls: watch::Sender<Arc<rustls::ServerConfig>>,
+) {
+    bundle.borrow_and_update();
+    while bundle.changed().await.is_ok() {
+        match tls_config(&security.ca(), &namespace) {
+            Ok(cfg) => {
+                info!("CA changed: webhook serving certificate re-issued");
+                tls.send_replace(cfg);
+            }
+            Err(e) => warn!(error = %e, "CA changed but the webhook serving certificate cannot be re-issued"),
+        }
+    }
+}
+
+/// Serves the webhooks over TLS until `shutdown`, with the current `tls` config for each
+/// new connection.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: watch::Receiver<Arc<rustls::ServerConfig>>,
     inject: crate::inject::InjectConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = router(Hooks { inject: Arc::new(inject) });
     if let Ok(a) = listener.local_addr() {
         info!(address = %a, "serving admission webhooks (/inject, /validate)");
@@ -112,7 +133,7 @@ pub async fn serve(
             },
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
         let app = app.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
@@ -170,7 +191,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (_stop, stop_rx) = watch::channel(false);
-        tokio::spawn(serve(listener, tls, crate::inject::InjectConfig::default(), stop_rx));
+        let (_tls_tx, tls_rx) = watch::channel(tls);
+        tokio::spawn(serve(listener, tls_rx, crate::inject::InjectConfig::default(), stop_rx));
 
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_slice_iter(ca.trust_bundle_pem().as_bytes()) {

@@ -1,0 +1,122 @@
+//! Istio's analyzers over what Spar serves, for status: references to missing objects
+//! (a Gateway, a subset, a Secret...), conflicts and the rest of what `spar analyze`
+//! finds, as istiod's analysis writes it (`status.validationMessages`).
+//!
+//! The Lease holder runs the default analyzers over the store's objects after a snapshot,
+//! at most once per [`EVERY`] (analysis is whole-mesh work), and publishes the warnings
+//! and errors by store unit; the status writer puts them on the objects.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spar_analyze::{Context, Level, Resource};
+use spar_kube::status::{Analysis, Finding};
+use spar_model::{Snapshot, Store};
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// Least time between two analyses.
+pub const EVERY: Duration = Duration::from_secs(2);
+
+/// The store's objects as the analyzers read them (copied: analysis runs without the
+/// store's lock).
+pub fn resources(store: &Store) -> Vec<Resource> {
+    let (objects, _) = store.objects();
+    objects
+        .into_iter()
+        .map(|o| {
+            let group = o.meta.kind.group().to_string();
+            let raw = o.raw.clone();
+            let meta = raw.get("metadata");
+            let api_version = raw.get("apiVersion").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+            Resource {
+                group,
+                kind: o.meta.kind.name().to_string(),
+                api_version,
+                namespace: o.meta.namespace.clone(),
+                name: o.meta.name.clone(),
+                labels: Resource::string_map(meta.and_then(|m| m.get("labels"))),
+                annotations: Resource::string_map(meta.and_then(|m| m.get("annotations"))),
+                raw,
+                origin: o.origin.clone(),
+                fields: BTreeMap::default(),
+                object: Some(o.clone()),
+                invalid: Vec::new(),
+                cluster: String::new(),
+            }
+        })
+        .collect()
+}
+
+/// The findings over `resources` (warnings and errors only), by the store unit they are
+/// about.
+pub fn analyze(resources: Vec<Resource>, root_namespace: &str) -> BTreeMap<String, Vec<Finding>> {
+    let mesh = match spar_analyze::MeshConfig::from_yaml(&format!("rootNamespace: {root_namespace}\n")) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(error = %e, "analysis: cannot read the mesh config; using the defaults");
+            spar_analyze::MeshConfig::default()
+        }
+    };
+    let ctx = Context::new(resources, mesh, None);
+    let selected = spar_analyze::select_analyzers(&[]).unwrap_or_default();
+    let mut out: BTreeMap<String, Vec<Finding>> = BTreeMap::new();
+    for m in spar_analyze::run(&ctx, &selected) {
+        if m.level() < Level::Warning || m.file.is_empty() {
+            continue;
+        }
+        out.entry(m.file.clone()).or_default().push(Finding {
+            code: m.code().to_string(),
+            name: m.kind.name.to_string(),
+            // The proto enum's names, as istiod writes them.
+            level: m.level().as_str().to_uppercase(),
+            message: m.text.clone(),
+        });
+    }
+    out
+}
+
+/// Publishes the findings while `leader` says this replica leads (the status writer's
+/// input), re-analyzing after snapshots, at most once per [`EVERY`].
+pub async fn run(
+    store: Arc<Mutex<Store>>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut leader: watch::Receiver<bool>,
+    out: watch::Sender<Analysis>,
+) {
+    loop {
+        if *leader.borrow_and_update() {
+            let root = snapshots.borrow_and_update().mesh.root_namespace.clone();
+            let started = Instant::now();
+            let resources = {
+                let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                resources(&store)
+            };
+            let findings = match tokio::task::spawn_blocking(move || analyze(resources, &root)).await {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(error = %e, "analysis for status failed");
+                    BTreeMap::new()
+                }
+            };
+            debug!(
+                objects_with_findings = findings.len(),
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "analysis for status"
+            );
+            out.send_if_modified(|cur| {
+                let changed = **cur != findings;
+                if changed {
+                    *cur = Arc::new(findings);
+                }
+                changed
+            });
+            tokio::time::sleep(EVERY).await;
+        }
+        tokio::select! {
+            r = snapshots.changed() => if r.is_err() { return },
+            r = leader.changed() => if r.is_err() { return },
+        }
+    }
+}
