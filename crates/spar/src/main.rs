@@ -104,6 +104,10 @@ struct ServeArgs {
     /// (it is refused as soon as its pod is gone).
     #[arg(long, default_value = "8760h", value_parser = parse_duration)]
     pod_credential_ttl: Duration,
+    /// Log format on standard error: `text`, or `json` (one object per line, for log
+    /// pipelines). Levels and filters come from `RUST_LOG`.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Address of the plaintext xDS (ADS) server.
     #[arg(long, default_value = "0.0.0.0:15010", env = "SPAR_XDS_ADDRESS")]
     xds_address: SocketAddr,
@@ -207,6 +211,15 @@ struct IptablesArgs {
     /// Print the rules instead of applying them.
     #[arg(long)]
     dry_run: bool,
+}
+
+/// `spar serve --log-format`.
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -335,13 +348,13 @@ fn main() -> anyhow::Result<()> {
         Command::Inject(a) => inject::run(a),
         Command::Install(a) => install::run(a),
         Command::Serve(a) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+            let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+            match a.log_format {
+                // One JSON object per line: timestamp, level, target, fields, span.
+                LogFormat::Json => logs.json().flatten_event(true).init(),
+                LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+            }
             let kubernetes = if a.kubernetes {
                 let namespaces = if a.discovery_selector.is_empty() {
                     None

@@ -191,7 +191,15 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         }
     }
     let first_mesh = mesh.borrow().clone();
-    let _ = snap_tx.send(Arc::new(build(&store, &first_mesh, 1)));
+    let started = Instant::now();
+    let first = build(&store, &first_mesh, 1);
+    info!(
+        version = 1,
+        services = first.services.len(),
+        build_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "snapshot built (first)"
+    );
+    let _ = snap_tx.send(Arc::new(first));
     drop(change_tx);
     tokio::spawn(
         debounce(change_rx, mesh, Arc::clone(&store), cfg.clone(), snap_tx).instrument(info_span!("snapshot")),
