@@ -246,6 +246,75 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
     h.check_alive()
 }
 
+/// `spar proxy-config <pod> --envoy-admin`: Spar's view of each proxy equals the proxy's
+/// own config dump, table by table; a config Envoy rejected shows as rows only in Spar,
+/// and the command says so with its exit code.
+async fn proxy_config(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("proxy-config", delta)?;
+    h.load_case("weighted-split")?;
+    let client = start_backend_mesh(&mut h).await?;
+    wait_routed(&client, "backend", &[], "backend-v1").await?;
+    let (ok, out) = h.spar_wait("20s").await?;
+    assert!(ok, "{out}");
+    let debug = h.debug_address();
+    let backend_admin = SocketAddr::new(h.ip("backend-v1"), 15000);
+    for (pod, admin) in [("client", client.admin), ("backend-v1", backend_admin)] {
+        let out = spar_proxy_config(debug, pod, admin, false).await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{pod}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        for table in ["listeners", "routes", "clusters", "endpoints"] {
+            let line = text.lines().find(|l| l.starts_with(&format!("{table}: "))).unwrap_or_default();
+            assert!(line.ends_with("identical"), "{pod} {table}: {text}");
+        }
+        // Not vacuous: both sides have rows of every kind (the backend's inbound side has
+        // its routes inline in the listener: no route configurations).
+        let json: serde_json::Value =
+            serde_json::from_slice(&spar_proxy_config(debug, pod, admin, true).await?.stdout)?;
+        let tables: &[&str] = if pod == "client" {
+            &["listeners", "routes", "clusters", "endpoints"]
+        } else {
+            &["listeners", "clusters", "endpoints"]
+        };
+        for side in ["spar", "envoy"] {
+            for table in tables {
+                let n = json[side][table].as_array().map_or(0, Vec::len);
+                assert!(n > 0, "{pod}: no {table} on the {side} side: {json}");
+            }
+        }
+    }
+    // The weighted route reads the same on both sides.
+    let json: serde_json::Value =
+        serde_json::from_slice(&spar_proxy_config(debug, "client", client.admin, true).await?.stdout)?;
+    let targets: Vec<&str> =
+        json["envoy"]["routes"].as_array().into_iter().flatten().filter_map(|r| r["target"].as_str()).collect();
+    assert!(targets.iter().any(|t| t.starts_with("weighted ")), "{targets:?}");
+
+    // A listener Envoy cannot bind: only in Spar, and the command fails.
+    let sidecar = client_sidecar(&mut h, true);
+    h.write_config("sidecar-client.yaml", &sidecar)?;
+    wait_for(CONVERGE, "spar to log the NACK", || async { h.spar_log().contains("NACK") }).await?;
+    let out = spar_proxy_config(debug, "client", client.admin, false).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("  - ") && l.contains("192.0.2.1_9999")), "{text}");
+    h.check_alive()
+}
+
+async fn spar_proxy_config(
+    debug: SocketAddr,
+    pod: &str,
+    admin: SocketAddr,
+    json: bool,
+) -> anyhow::Result<std::process::Output> {
+    let mut cmd = tokio::process::Command::new(spar_conformance::spar_bin()?);
+    cmd.args(["proxy-config", pod, "--debug-address", &debug.to_string(), "--envoy-admin", &admin.to_string()]);
+    if json {
+        cmd.args(["-o", "json"]);
+    }
+    Ok(cmd.output().await?)
+}
+
+both_variants_mod!(proxy_config, proxy_config);
 both_variants_mod!(header_match, header_match);
 both_variants_mod!(weighted_split, weighted_split);
 both_variants_mod!(bookinfo, bookinfo);

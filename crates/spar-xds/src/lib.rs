@@ -16,6 +16,7 @@ pub mod rejections;
 pub mod resources;
 pub mod sds;
 pub mod server;
+pub mod summary;
 pub mod support;
 pub mod wire;
 

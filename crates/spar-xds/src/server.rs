@@ -119,6 +119,9 @@ pub struct ProxySync {
     /// What generation left out of this proxy's config and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The proxy as its node metadata describes it (for `spar proxy-config`).
+    #[serde(skip)]
+    pub node: Option<Arc<Proxy>>,
 }
 
 /// Every open stream's sync state, kept current by the stream tasks.
@@ -134,7 +137,7 @@ impl SyncRegistry {
         self.streams.lock().map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
-    fn update(&self, id: u64, conn: &Connection, proxy: &Proxy, snapshot: u64, warnings: &[String]) {
+    fn update(&self, id: u64, conn: &Connection, proxy: &Arc<Proxy>, snapshot: u64, warnings: &[String]) {
         let secs =
             |t: Option<SystemTime>| t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_secs());
         let types = conn
@@ -166,6 +169,7 @@ impl SyncRegistry {
             snapshot,
             types,
             warnings: warnings.to_vec(),
+            node: Some(Arc::clone(proxy)),
         };
         if let Ok(mut m) = self.streams.lock() {
             m.insert(id, entry);

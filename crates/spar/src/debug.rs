@@ -42,6 +42,7 @@ pub fn router(state: DebugState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/debug/syncz", get(syncz))
         .route("/debug/configz", get(configz))
+        .route("/debug/config_dump", get(config_dump))
         .with_state(state)
 }
 
@@ -181,19 +182,82 @@ async fn configz(State(s): State<DebugState>) -> impl IntoResponse {
         .into_response()
 }
 
-/// `spar proxy-status`: one line per proxy and type from `/debug/syncz`.
-/// GET `path` from spar's debug endpoint and parse the JSON body.
-async fn get_json(address: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+/// `?proxy=` of `/debug/config_dump`.
+#[derive(serde::Deserialize)]
+struct ProxyQuery {
+    proxy: String,
+}
+
+/// The configuration Spar generates for one connected proxy, from the current snapshot,
+/// as rows (`spar proxy-config`). `proxy` is a node id or a part of one (a pod name).
+async fn config_dump(
+    State(s): State<DebugState>,
+    axum::extract::Query(q): axum::extract::Query<ProxyQuery>,
+) -> impl IntoResponse {
+    let streams = s.sync.snapshot();
+    let exact: Vec<_> = streams.iter().filter(|p| p.proxy == q.proxy).collect();
+    let found = if exact.is_empty() { streams.iter().filter(|p| p.proxy.contains(&q.proxy)).collect() } else { exact };
+    let mut ids: Vec<&str> = found.iter().map(|p| p.proxy.as_str()).collect();
+    ids.dedup();
+    let (Some(p), 1) = (found.first(), ids.len()) else {
+        let why = if ids.is_empty() {
+            format!("no connected proxy matches {:?}", q.proxy)
+        } else {
+            format!("{:?} matches several proxies: {}", q.proxy, ids.join(", "))
+        };
+        return (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": why}))).into_response();
+    };
+    let Some(node) = p.node.clone() else {
+        return (StatusCode::NOT_FOUND, "proxy metadata unavailable").into_response();
+    };
+    let snap = s.snapshots.borrow().clone();
+    let resources = spar_xds::generator::generate(&snap, &node);
+    let rows = spar_xds::summary::ConfigRows::of_resources(&resources);
+    axum::Json(serde_json::json!({"proxy": p.proxy, "snapshot": snap.version, "config": rows})).into_response()
+}
+
+/// GET `path` from `address` (spar's debug endpoint, or an Envoy admin) and parse the
+/// JSON body (HTTP/1.1, `Connection: close`; a chunked body is decoded).
+pub(crate) async fn get_json(address: &str, path: &str) -> anyhow::Result<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach spar's debug endpoint at {address}: {e}"))?;
+    let mut s =
+        tokio::net::TcpStream::connect(address).await.map_err(|e| anyhow::anyhow!("cannot reach {address}: {e}"))?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok(serde_json::from_str(body)?)
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |i| i + 4);
+    let (head, body) = buf.split_at(split);
+    let head = String::from_utf8_lossy(head);
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked { dechunk(body) } else { body.to_vec() };
+    let ok = head.split_whitespace().nth(1).is_some_and(|code| code.starts_with('2'));
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| anyhow::anyhow!("{address}{path}: not JSON ({e}): {}", head.lines().next().unwrap_or_default()))?;
+    if !ok {
+        anyhow::bail!("{address}{path}: {}", json["error"].as_str().unwrap_or(head.lines().next().unwrap_or_default()));
+    }
+    Ok(json)
+}
+
+/// The payload of a chunked HTTP/1.1 body (extensions and trailers ignored).
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&body[..eol])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.split(';').next().unwrap_or_default().trim(), 16).ok())
+            .unwrap_or(0);
+        let start = eol + 2;
+        if size == 0 || start + size > body.len() {
+            break;
+        }
+        out.extend_from_slice(&body[start..start + size]);
+        body = body.get(start + size + 2..).unwrap_or_default();
+    }
+    out
 }
 
 /// `spar wait`: blocks until every connected proxy has ACKed what it was sent from
@@ -289,4 +353,13 @@ pub async fn proxy_status(address: &str, json: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunked_bodies_are_decoded() {
+        assert_eq!(super::dechunk(b"4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n"), b"{\"a\":1}");
+        assert_eq!(super::dechunk(b"zz\r\n"), b"");
+    }
 }

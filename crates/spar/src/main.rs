@@ -26,6 +26,7 @@ mod iptables;
 mod kubeauth;
 mod load;
 mod mesh;
+mod proxyconfig;
 mod secure;
 mod serve;
 mod webhook;
@@ -47,6 +48,9 @@ enum Command {
     Iptables(IptablesArgs),
     /// Sync status of every connected proxy, per xDS type (from spar's debug endpoint).
     ProxyStatus(ProxyStatusArgs),
+    /// A proxy's listeners, routes, clusters and endpoints as Spar generates them; with
+    /// --envoy-admin, compared with the proxy's own config dump (exit 1 when they differ).
+    ProxyConfig(proxyconfig::ProxyConfigArgs),
     /// Block until every connected proxy has ACKed the current snapshot (or --version);
     /// fail on a NACK or a timeout (for CI and rollouts).
     Wait(WaitArgs),
@@ -439,6 +443,13 @@ fn main() -> anyhow::Result<()> {
         Command::ProxyStatus(a) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(debug::proxy_status(&a.debug_address, a.output == "json"))
+        }
+        Command::ProxyConfig(a) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if !rt.block_on(proxyconfig::run(&a))? {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Iptables(a) => iptables::run(
             &iptables::Capture {
