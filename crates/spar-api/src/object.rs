@@ -198,13 +198,20 @@ macro_rules! resources {
     ($( $kind:ident($ty:ty) via $parse:ident; )*) => {
         /// The typed body of an object. Specs are shared: the snapshot and every
         /// generator borrow the same allocation.
-        #[derive(Clone, Debug)]
+        #[derive(Clone, Debug, PartialEq)]
         pub enum Resource { $( #[doc = stringify!($kind)] $kind(Arc<$ty>), )* }
 
         impl Resource {
             /// Parses `text` (one document) as `kind`.
             pub fn parse(kind: Kind, text: &str) -> Result<Resource, serde_yaml_ng::Error> {
                 Ok(match kind { $( Kind::$kind => Resource::$kind(Arc::new($parse::<$ty>(text)?)), )* })
+            }
+
+            /// The typed body as JSON: the `spec` of an Istio kind, the whole object of a
+            /// Kubernetes kind (what was parsed, for readers that need the document after
+            /// [`Object::raw`] was dropped).
+            pub fn to_value(&self) -> serde_json::Value {
+                match self { $( Resource::$kind(x) => serde_json::to_value(&**x).unwrap_or(serde_json::Value::Null), )* }
             }
         }
     };

@@ -46,7 +46,14 @@ impl Store {
     }
 
     /// Replaces what `unit` contributed. Returns whether anything changed.
-    pub fn set_unit(&mut self, unit: &str, parsed: Parsed) -> bool {
+    ///
+    /// Objects are kept typed only: their document as written ([`Object::raw`]) was needed
+    /// to parse, validate and report them, which the sources did before this, and it
+    /// cost about as much memory again as everything else a service holds.
+    pub fn set_unit(&mut self, unit: &str, mut parsed: Parsed) -> bool {
+        for o in &mut parsed.objects {
+            o.raw = serde_json::Value::Null;
+        }
         let new = Unit {
             objects: parsed.objects,
             errors: parsed.errors,
@@ -59,7 +66,11 @@ impl Store {
                 let same = old.errors == new.errors
                     && old.generation == new.generation
                     && old.objects.len() == new.objects.len()
-                    && old.objects.iter().zip(&new.objects).all(|(a, b)| a.raw == b.raw && a.origin == b.origin);
+                    && old
+                        .objects
+                        .iter()
+                        .zip(&new.objects)
+                        .all(|(a, b)| a.meta == b.meta && a.origin == b.origin && a.resource == b.resource);
                 if same {
                     return false;
                 }

@@ -170,7 +170,8 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Connection {
     variant: Variant,
-    types: BTreeMap<String, TypeState>,
+    /// Boxed: a B-tree leaf holds room for 11 values, and a `TypeState` is large.
+    types: BTreeMap<String, Box<TypeState>>,
     current: Arc<ProxyResources>,
     nonce: u64,
     /// Events produced by the last `handle_*` call (drained by the caller).
@@ -189,7 +190,7 @@ impl Connection {
     }
 
     /// Per-type state, for status pages.
-    pub fn types(&self) -> &BTreeMap<String, TypeState> {
+    pub fn types(&self) -> &BTreeMap<String, Box<TypeState>> {
         &self.types
     }
 

@@ -368,7 +368,7 @@ impl AdsService {
         &self,
         variant: Variant,
         request: Request<Requests<Req>>,
-    ) -> Result<mpsc::Receiver<Result<Resp, Status>>, Status> {
+    ) -> Result<mpsc::Receiver<crate::wire::Outbound<Resp>>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         // The identity the caller proves: a client certificate (the secure port verified the
         // chain) or, on TLS, a reviewed service-account token.
@@ -400,7 +400,7 @@ impl AdsService {
             }
             proxy.identity = Some(id.to_string());
         }
-        let (tx, rx) = mpsc::channel::<Result<Resp, Status>>(OUTBOUND_QUEUE);
+        let (tx, rx) = mpsc::channel::<crate::wire::Outbound<Resp>>(OUTBOUND_QUEUE);
         let span = info_span!("ads", proxy = %proxy.id, variant = ?variant, %peer);
         let task = StreamTask {
             cache: Arc::clone(&self.cache),
@@ -440,7 +440,7 @@ impl StreamTask {
         variant: Variant,
         first: Req,
         mut inbound: Requests<Req>,
-        tx: mpsc::Sender<Result<Resp, Status>>,
+        tx: mpsc::Sender<crate::wire::Outbound<Resp>>,
     ) {
         self.metrics.connected.fetch_add(1, Ordering::Relaxed);
         info!("proxy connected");
@@ -460,7 +460,7 @@ impl StreamTask {
             for r in pending.drain(..) {
                 let Some(r) = Resp::from_response(r) else { continue };
                 let kind = r.type_url().to_string();
-                if tx.send(Ok(r)).await.is_err() {
+                if tx.send(Box::new(Ok(r))).await.is_err() {
                     break 'stream;
                 }
                 self.metrics.pushes.fetch_add(1, Ordering::Relaxed);

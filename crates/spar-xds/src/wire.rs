@@ -280,9 +280,14 @@ type Acquire =
     Pin<Box<dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send + Sync>>;
 
 /// The body of a streaming gRPC response: messages from the stream task, serialized
+/// What a stream task hands its response body: boxed, because tokio's channel allocates
+/// its slots in blocks of 32 whatever the capacity, and an unboxed response and `Status`
+/// made that block about 3 KB per stream.
+pub type Outbound<M> = Box<Result<M, Status>>;
+
 /// lazily within the in-flight budget, then the `grpc-status` trailers.
 pub struct XdsBody<M> {
-    rx: mpsc::Receiver<Result<M, Status>>,
+    rx: mpsc::Receiver<Outbound<M>>,
     current: Option<Writer>,
     permit: Option<Acquire>,
     done: bool,
@@ -296,7 +301,7 @@ impl<M> std::fmt::Debug for XdsBody<M> {
 
 impl<M> XdsBody<M> {
     /// A body fed by `rx`; it ends when the sender is dropped (OK) or sends an error.
-    pub fn new(rx: mpsc::Receiver<Result<M, Status>>) -> Self {
+    pub fn new(rx: mpsc::Receiver<Outbound<M>>) -> Self {
         Self { rx, current: None, permit: None, done: false }
     }
 }
@@ -343,7 +348,7 @@ impl<M: WireMessage + Unpin> http_body::Body for XdsBody<M> {
             if this.done {
                 return Poll::Ready(None);
             }
-            match this.rx.poll_recv(cx) {
+            match this.rx.poll_recv(cx).map(|m| m.map(|m| *m)) {
                 Poll::Ready(Some(Ok(m))) => this.current = Some(m.writer()),
                 Poll::Ready(Some(Err(status))) => {
                     this.done = true;
@@ -577,7 +582,7 @@ where
 }
 
 fn grpc_response<M: WireMessage + Unpin>(
-    r: Result<mpsc::Receiver<Result<M, Status>>, Status>,
+    r: Result<mpsc::Receiver<Outbound<M>>, Status>,
 ) -> http::Response<tonic::body::Body> {
     match r {
         Ok(rx) => {

@@ -26,18 +26,27 @@ pub fn resources(store: &Store) -> Vec<Resource> {
     objects
         .into_iter()
         .map(|o| {
-            let group = o.meta.kind.group().to_string();
-            let raw = o.raw.clone();
-            let meta = raw.get("metadata");
-            let api_version = raw.get("apiVersion").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+            // The store keeps objects typed only: the document is rebuilt from them.
+            let body = o.resource.to_value();
+            let raw = if o.meta.kind.group().ends_with("istio.io") {
+                serde_json::json!({
+                    "apiVersion": o.meta.api_version,
+                    "kind": o.meta.kind.name(),
+                    "metadata": {"name": o.meta.name, "namespace": o.meta.namespace,
+                                 "labels": o.meta.labels, "annotations": o.meta.annotations},
+                    "spec": body,
+                })
+            } else {
+                body
+            };
             Resource {
-                group,
+                group: o.meta.kind.group().to_string(),
                 kind: o.meta.kind.name().to_string(),
-                api_version,
+                api_version: o.meta.api_version.clone(),
                 namespace: o.meta.namespace.clone(),
                 name: o.meta.name.clone(),
-                labels: Resource::string_map(meta.and_then(|m| m.get("labels"))),
-                annotations: Resource::string_map(meta.and_then(|m| m.get("annotations"))),
+                labels: o.meta.labels.clone(),
+                annotations: o.meta.annotations.clone(),
                 raw,
                 origin: o.origin.clone(),
                 fields: BTreeMap::default(),

@@ -12,6 +12,10 @@ use spar_model::{MeshConfig, ProxyKind};
 /// mimalloc returns freed memory to the system where glibc's malloc keeps it: with
 /// thousands of streams writing megabytes of config each, the difference in resident
 /// memory is several-fold (see docs/performance.md).
+///
+/// `--features system-allocator` keeps the system allocator instead, for heap profilers
+/// that intercept malloc (heaptrack; see docs/performance.md).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
