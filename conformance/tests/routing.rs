@@ -347,5 +347,27 @@ async fn proxy_status_shows_synced_proxies() -> anyhow::Result<()> {
     assert!(value("pilot_xds ") >= 3.0, "{metrics}");
     assert!(value("pilot_xds_pushes{type=\"cds\"} ") >= 3.0, "{metrics}");
     assert!(value("pilot_proxy_convergence_time_count ") >= 3.0, "{metrics}");
+    assert!(value("process_resident_memory_bytes ") > 1e6, "{metrics}");
+    // Every series the Grafana dashboard in deploy/ queries is one Spar exports.
+    let dashboard =
+        std::fs::read_to_string(spar_conformance::project_root().join("deploy/grafana/spar-control-plane.json"))?;
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard)?;
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if ["pilot_", "spar_", "process_", "citadel_"].iter().any(|p| word.starts_with(p)) {
+                    queried.push(word.to_string());
+                }
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "the dashboard queries metrics: {queried:?}");
+    for name in &queried {
+        let exported =
+            metrics.lines().any(|l| l.strip_prefix(name.as_str()).is_some_and(|r| r.starts_with([' ', '{'])));
+        assert!(exported, "the dashboard queries {name}, which /metrics does not export:\n{metrics}");
+    }
     h.check_alive()
 }

@@ -149,7 +149,38 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
         "Conflicts and dangling references in the current snapshot.",
         snap.diagnostics.len().to_string(),
     );
+    process_metrics(&mut out, &mut metric);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// The process's own resident memory and CPU time under the names Prometheus client
+/// libraries use (Linux `/proc/self`; absent elsewhere).
+fn process_metrics(out: &mut String, metric: &mut impl FnMut(&mut String, &str, &str, &str, String)) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()));
+    if let Some(kb) = rss_kb {
+        metric(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            (kb * 1024).to_string(),
+        );
+    }
+    // utime and stime are fields 14 and 15, after the parenthesised command name; in clock
+    // ticks, which are 100 per second on Linux.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let ticks: Option<u64> = stat.rsplit_once(')').and_then(|(_, rest)| {
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    });
+    if let Some(t) = ticks {
+        let secs = format!("{:.2}", t as f64 / 100.0);
+        metric(out, "process_cpu_seconds_total", "counter", "User and system CPU time spent in seconds.", secs);
+    }
 }
 
 async fn syncz(State(s): State<DebugState>) -> impl IntoResponse {
