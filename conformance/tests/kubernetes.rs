@@ -22,6 +22,54 @@ fn apply(server: &FakeApiServer, obj: Value) -> anyhow::Result<()> {
     server.apply(obj).map(|_| ()).map_err(|e| anyhow::anyhow!(e))
 }
 
+/// A fake API server with Istio's CRDs, and a kubeconfig for it in the harness directory.
+async fn fake_cluster(h: &Harness) -> anyhow::Result<(FakeApiServer, std::path::PathBuf)> {
+    let server = FakeApiServer::start().await?;
+    install_istio_crds(&server);
+    let kubeconfig = h.dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, server.kubeconfig())?;
+    Ok((server, kubeconfig))
+}
+
+/// The `backend` Service (port 9080) as kubectl would have written it.
+fn backend_service(cluster_ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend", "namespace": "default"},
+        "spec": {"selector": {"app": "backend"}, "clusterIP": cluster_ip,
+                 "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}})
+}
+
+/// A running pod in `default`, as the API server holds it once scheduled.
+fn pod(name: &str, labels: Value, service_account: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": {"serviceAccountName": service_account, "containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running", "podIP": ip}})
+}
+
+/// The backend's Sidecar: inbound 9080 to the app on 8080 of the pod's address.
+fn backend_sidecar() -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+        "metadata": {"name": "backend", "namespace": "default"},
+        "spec": {"workloadSelector": {"labels": {"app": "backend"}},
+            "ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"},
+                         "defaultEndpoint": "0.0.0.0:8080"}],
+            "egress": [{"hosts": ["~/*"]}]}})
+}
+
+/// The client's Sidecar, binding its outbound listeners to its own address; with
+/// `bad_bind`, also a listener on an address this host lacks (valid Istio config that only
+/// Envoy finds wrong: it NACKs).
+fn client_sidecar(client_ip: &str, bad_bind: bool) -> Value {
+    let mut egress = vec![json!({"bind": client_ip, "hosts": ["./*"]})];
+    if bad_bind {
+        egress.push(json!({"bind": "192.0.2.1", "port": {"number": 9999, "protocol": "HTTP", "name": "http"},
+                           "hosts": ["./*"]}));
+    }
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+        "metadata": {"name": "client", "namespace": "default"},
+        "spec": {"workloadSelector": {"labels": {"app": "client"}}, "egress": egress}})
+}
+
 fn virtual_service(default_subset: &str) -> Value {
     json!({
         "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
@@ -45,30 +93,16 @@ async fn wait_routed(client: &Envoy, headers: &[(&str, &str)], backend: &str, wh
 
 async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
     let mut h = Harness::new("kubernetes", delta)?;
-    let server = FakeApiServer::start().await?;
-    install_istio_crds(&server);
-    let kubeconfig = h.dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig())?;
+    let (server, kubeconfig) = fake_cluster(&h).await?;
 
     // What kubectl apply and the Kubernetes controllers would have written.
-    apply(
-        &server,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend", "namespace": "default"},
-            "spec": {"selector": {"app": "backend"}, "clusterIP": "10.96.0.10",
-                     "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}}),
-    )?;
+    apply(&server, backend_service("10.96.0.10"))?;
     let mut endpoints = Vec::new();
     for v in ["v1", "v2"] {
         let name = format!("backend-{v}");
         let ip = h.ip(&name).to_string();
-        apply(
-            &server,
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": "default",
-                    "labels": {"app": "backend", "version": v, "security.istio.io/tlsMode": "istio"}},
-                "spec": {"serviceAccountName": "backend", "containers": [{"name": "app", "image": "echo"}]},
-                "status": {"phase": "Running", "podIP": ip}}),
-        )?;
+        let labels = json!({"app": "backend", "version": v, "security.istio.io/tlsMode": "istio"});
+        apply(&server, pod(&name, labels, "backend", &ip))?;
         endpoints.push(json!({"addresses": [ip], "conditions": {"ready": true},
             "targetRef": {"kind": "Pod", "name": name, "namespace": "default"}}));
     }
@@ -81,29 +115,9 @@ async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
     )?;
     let client_ip = h.ip("client").to_string();
     // The client's pod too (the analyzers that run for status check selectors against Pods).
-    apply(
-        &server,
-        json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "client", "namespace": "default", "labels": {"app": "client"}},
-            "spec": {"serviceAccountName": "default", "containers": [{"name": "app", "image": "curl"}]},
-            "status": {"phase": "Running", "podIP": client_ip}}),
-    )?;
-    apply(
-        &server,
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
-            "metadata": {"name": "backend", "namespace": "default"},
-            "spec": {"workloadSelector": {"labels": {"app": "backend"}},
-                "ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"},
-                             "defaultEndpoint": "0.0.0.0:8080"}],
-                "egress": [{"hosts": ["~/*"]}]}}),
-    )?;
-    apply(
-        &server,
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
-            "metadata": {"name": "client", "namespace": "default"},
-            "spec": {"workloadSelector": {"labels": {"app": "client"}},
-                "egress": [{"bind": client_ip, "hosts": ["./*"]}]}}),
-    )?;
+    apply(&server, pod("client", json!({"app": "client"}), "default", &client_ip))?;
+    apply(&server, backend_sidecar())?;
+    apply(&server, client_sidecar(&client_ip, false))?;
     // Written in an older served version, as long-lived clusters still have them.
     apply(
         &server,
@@ -167,22 +181,12 @@ async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
 
     // Valid config that the proxy rejects (a bind to an address this host lacks): the NACK
     // is traced to the Sidecar, whose status says so; fixing it clears the status.
-    let sidecar = |bad_bind: bool| {
-        let mut egress = vec![json!({"bind": client_ip, "hosts": ["./*"]})];
-        if bad_bind {
-            egress.push(json!({"bind": "192.0.2.1", "port": {"number": 9999, "protocol": "HTTP", "name": "http"},
-                               "hosts": ["./*"]}));
-        }
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
-            "metadata": {"name": "client", "namespace": "default"},
-            "spec": {"workloadSelector": {"labels": {"app": "client"}}, "egress": egress}})
-    };
     let sidecar_condition = || {
         server
             .get("networking.istio.io/v1", "Sidecar", "default", "client")
             .and_then(|o| o.pointer("/status/conditions/0").cloned())
     };
-    apply(&server, sidecar(true))?;
+    apply(&server, client_sidecar(&client_ip, true))?;
     wait_for(CONVERGE, "the rejected Sidecar's status", || async {
         sidecar_condition().is_some_and(|c| c["reason"] == "RejectedByProxy")
     })
@@ -192,7 +196,7 @@ async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
     assert!(message.contains("192.0.2.1") && message.contains(&client_ip) && message.contains("(lds)"), "{rejected}");
     assert_eq!(rejected["status"], "False");
     assert_eq!(condition("backend").map(|c| c["reason"].clone()), Some(json!("Applied")), "only the culprit");
-    apply(&server, sidecar(false))?;
+    apply(&server, client_sidecar(&client_ip, false))?;
     wait_for(CONVERGE, "the fixed Sidecar's status", || async {
         sidecar_condition().is_some_and(|c| c["reason"] == "Applied")
     })
@@ -263,27 +267,12 @@ fn token_file(h: &Harness, name: &str, token: &str) -> anyhow::Result<std::path:
 /// nothing; a credential whose pod is gone opens no stream.
 async fn token_identity(delta: bool) -> anyhow::Result<()> {
     let mut h = Harness::new("kube-token", delta)?.with_security("24h");
-    let server = FakeApiServer::start().await?;
-    install_istio_crds(&server);
-    let kubeconfig = h.dir.join("kubeconfig");
-    std::fs::write(&kubeconfig, server.kubeconfig())?;
-    apply(
-        &server,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "backend", "namespace": "default"},
-            "spec": {"selector": {"app": "backend"}, "clusterIP": "10.96.0.11",
-                     "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}}),
-    )?;
+    let (server, kubeconfig) = fake_cluster(&h).await?;
+    apply(&server, backend_service("10.96.0.11"))?;
     let mut pods = Vec::new();
     for name in ["backend", "client"] {
         let ip = h.ip(name).to_string();
-        apply(
-            &server,
-            json!({"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": "default",
-                    "labels": {"app": name, "security.istio.io/tlsMode": "istio"}},
-                "spec": {"serviceAccountName": name, "containers": [{"name": "app", "image": "echo"}]},
-                "status": {"phase": "Running", "podIP": ip}}),
-        )?;
+        apply(&server, pod(name, json!({"app": name, "security.istio.io/tlsMode": "istio"}), name, &ip))?;
         let uid = server
             .get("v1", "Pod", "default", name)
             .and_then(|p| p.pointer("/metadata/uid").and_then(Value::as_str).map(str::to_string))
@@ -303,22 +292,8 @@ async fn token_identity(delta: bool) -> anyhow::Result<()> {
                 "targetRef": {"kind": "Pod", "name": "backend", "namespace": "default"}}]}),
     )?;
     let client_ip = h.ip("client").to_string();
-    apply(
-        &server,
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
-            "metadata": {"name": "backend", "namespace": "default"},
-            "spec": {"workloadSelector": {"labels": {"app": "backend"}},
-                "ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"},
-                             "defaultEndpoint": "0.0.0.0:8080"}],
-                "egress": [{"hosts": ["~/*"]}]}}),
-    )?;
-    apply(
-        &server,
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
-            "metadata": {"name": "client", "namespace": "default"},
-            "spec": {"workloadSelector": {"labels": {"app": "client"}},
-                "egress": [{"bind": client_ip, "hosts": ["./*"]}]}}),
-    )?;
+    apply(&server, backend_sidecar())?;
+    apply(&server, client_sidecar(&client_ip, false))?;
     // Plaintext is refused: the request below can only succeed over mutual TLS.
     apply(
         &server,
