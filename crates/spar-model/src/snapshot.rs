@@ -23,10 +23,11 @@ use spar_api::istio::workload_entry::WorkloadEntrySpec;
 use spar_api::{Object, Origin, Resource};
 
 use crate::service::{Endpoint, Protocol, Resolution, Service, ServicePort};
+use crate::telemetry::TracingProvider;
 use crate::{Proxy, Store, host};
 
 /// Mesh-wide settings (Istio's MeshConfig, the parts Spar reads).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MeshConfig {
     /// DNS domain, `cluster.local`.
     pub domain: String,
@@ -41,6 +42,15 @@ pub struct MeshConfig {
     /// `extensionProviders[].envoyFileAccessLog`, by provider name, for Telemetry
     /// `accessLogging`. The built-in `envoy` provider (`/dev/stdout`) is always there.
     pub access_log_providers: BTreeMap<String, FileAccessLog>,
+    /// `extensionProviders[]` by name, for Telemetry `tracing` (OpenTelemetry ones; the
+    /// other kinds are kept to say why they are not served).
+    pub tracing_providers: BTreeMap<String, TracingProvider>,
+    /// `defaultProviders.tracing`: the provider of Telemetry `tracing` that names none
+    /// (the first one only, as in istiod).
+    pub default_tracing_providers: Vec<String>,
+    /// `defaultConfig.tracing.sampling`: percent of requests traced when no Telemetry
+    /// sets `randomSamplingPercentage`; Istio's default is 1.
+    pub trace_sampling: f64,
 }
 
 /// A file access log as MeshConfig describes one.
@@ -64,6 +74,9 @@ impl Default for MeshConfig {
             registry_only: false,
             access_log: None,
             access_log_providers: BTreeMap::new(),
+            tracing_providers: BTreeMap::new(),
+            default_tracing_providers: Vec::new(),
+            trace_sampling: 1.0,
         }
     }
 }
@@ -333,6 +346,8 @@ impl Snapshot {
         }
         snap.build_index();
         snap.outbound_label_keys = snap.collect_outbound_label_keys();
+        let tracing = snap.tracing_diagnostics();
+        snap.diagnostics.extend(tracing);
         snap
     }
 

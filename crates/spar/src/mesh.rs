@@ -14,19 +14,24 @@ use std::path::Path;
 
 use serde_json::Value;
 use spar_kube::meshconfig::MeshText;
-use spar_model::{FileAccessLog, MeshConfig};
+use spar_model::{FileAccessLog, MeshConfig, OtelHttp, OtelProvider, TracingProvider};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 /// The MeshConfig fields Spar acts on; the rest is reported as ignored.
-const ACTED_ON: [&str; 6] = [
+const ACTED_ON: [&str; 7] = [
     "rootNamespace",
     "outboundTrafficPolicy",
     "accessLogFile",
     "accessLogFormat",
     "accessLogEncoding",
     "extensionProviders",
+    "defaultProviders",
 ];
+
+/// The `defaultConfig` (ProxyConfig) fields Spar acts on; the others are reported as
+/// ignored, as `defaultConfig.<field>`.
+const DEFAULT_CONFIG_ACTED_ON: [&str; 1] = ["tracing"];
 
 /// Reads a MeshConfig file into `base` (whose domain and defaults stay unless the file
 /// says otherwise). Returns the top-level fields that were ignored.
@@ -176,14 +181,123 @@ fn from_raw(raw: &Value, mut mesh: MeshConfig) -> anyhow::Result<(MeshConfig, Ve
         let json = labels.is_some();
         mesh.access_log_providers.insert(name.to_string(), access_log(path, text, json, labels.unwrap_or_default()));
     }
-    let ignored = raw
+    read_tracing(raw, &mut mesh)?;
+    let mut ignored: Vec<String> = raw
         .as_object()
         .into_iter()
         .flat_map(|m| m.keys())
-        .filter(|k| !ACTED_ON.contains(&k.as_str()))
+        .filter(|k| !ACTED_ON.contains(&k.as_str()) && k.as_str() != "defaultConfig")
         .cloned()
         .collect();
+    ignored.extend(
+        raw.get("defaultConfig")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flat_map(|m| m.keys())
+            .filter(|k| !DEFAULT_CONFIG_ACTED_ON.contains(&k.as_str()))
+            .map(|k| format!("defaultConfig.{k}")),
+    );
+    ignored.sort();
     Ok((mesh, ignored))
+}
+
+/// `extensionProviders[]` for tracing, `defaultProviders.tracing` and
+/// `defaultConfig.tracing.sampling`.
+fn read_tracing(raw: &Value, mesh: &mut MeshConfig) -> anyhow::Result<()> {
+    for p in raw.get("extensionProviders").and_then(Value::as_array).into_iter().flatten() {
+        let Some(name) = p.get("name").and_then(Value::as_str) else { continue };
+        let provider = match p.get("opentelemetry") {
+            Some(otel) => TracingProvider::OpenTelemetry(
+                otel_provider(otel).map_err(|e| anyhow::anyhow!("extensionProviders {name:?}: opentelemetry.{e}"))?,
+            ),
+            None => {
+                let kind = p.as_object().into_iter().flat_map(|m| m.keys()).find(|k| *k != "name");
+                TracingProvider::Unsupported(kind.cloned().unwrap_or_else(|| "unknown".into()))
+            }
+        };
+        mesh.tracing_providers.insert(name.to_string(), provider);
+    }
+    if let Some(list) = raw.pointer("/defaultProviders/tracing") {
+        mesh.default_tracing_providers =
+            serde_json::from_value(list.clone()).map_err(|e| anyhow::anyhow!("defaultProviders.tracing: {e}"))?;
+    }
+    if let Some(v) = raw.pointer("/defaultConfig/tracing/sampling") {
+        let s = v.as_f64().ok_or_else(|| anyhow::anyhow!("defaultConfig.tracing.sampling: {v} is not a number"))?;
+        // As istiod: 0 means unset, and anything above 100 falls back to the default.
+        mesh.trace_sampling = if s <= 0.0 || s > 100.0 || !s.is_finite() { 1.0 } else { s };
+    }
+    Ok(())
+}
+
+/// `opentelemetry: {service, port, maxTagLength, http, grpc, resourceDetectors}`; an
+/// error names the field.
+fn otel_provider(v: &Value) -> Result<OtelProvider, String> {
+    let service = v.get("service").and_then(Value::as_str).filter(|s| !s.is_empty());
+    let service = service.ok_or("service: required")?.to_string();
+    let port = v.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
+    let port = port.ok_or("port: required, 1-65535")?;
+    let max_tag_length = match v.get("maxTagLength") {
+        None => 0,
+        Some(m) => m.as_u64().and_then(|m| u32::try_from(m).ok()).ok_or("maxTagLength: not a number")?,
+    };
+    let http = match v.get("http") {
+        None => None,
+        Some(h) => Some(OtelHttp {
+            path: h.get("path").and_then(Value::as_str).unwrap_or_default().to_string(),
+            timeout: h.get("timeout").map(|t| duration(t).map_err(|e| format!("http.timeout: {e}"))).transpose()?,
+            headers: headers(h.get("headers")).map_err(|e| format!("http.headers: {e}"))?,
+        }),
+    };
+    let grpc = v.get("grpc");
+    let grpc_timeout = grpc
+        .and_then(|g| g.get("timeout"))
+        .map(|t| duration(t).map_err(|e| format!("grpc.timeout: {e}")))
+        .transpose()?;
+    let grpc_initial_metadata =
+        headers(grpc.and_then(|g| g.get("initialMetadata"))).map_err(|e| format!("grpc.initialMetadata: {e}"))?;
+    let detectors = v.get("resourceDetectors");
+    Ok(OtelProvider {
+        service,
+        port,
+        max_tag_length,
+        http,
+        grpc_timeout,
+        grpc_initial_metadata,
+        environment_detector: detectors.and_then(|d| d.get("environment")).is_some(),
+        dynatrace_detector: detectors.and_then(|d| d.get("dynatrace")).is_some(),
+    })
+}
+
+/// `[{name, value | envName}]`; an `envName` is read from Spar's own environment, as
+/// istiod reads its own (unset: empty).
+fn headers(v: Option<&Value>) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for h in v.and_then(Value::as_array).into_iter().flatten() {
+        let name = h.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()).ok_or("name: required")?;
+        let value = match (h.get("value").and_then(Value::as_str), h.get("envName").and_then(Value::as_str)) {
+            (Some(v), _) => v.to_string(),
+            (None, Some(env)) => std::env::var(env).unwrap_or_default(),
+            (None, None) => String::new(),
+        };
+        out.push((name.to_string(), value));
+    }
+    Ok(out)
+}
+
+/// A protobuf JSON duration (`5s`, `0.5s`), also with Go's `ms` and `m` units.
+fn duration(v: &Value) -> Result<std::time::Duration, String> {
+    let s = v.as_str().ok_or_else(|| format!("{v} is not a duration string"))?;
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return Err(format!("{s:?} is not a duration (e.g. 5s)"));
+    };
+    let secs = num.parse::<f64>().ok().map(|n| n * scale).filter(|n| n.is_finite() && *n >= 0.0 && *n < 1e9);
+    secs.map(std::time::Duration::from_secs_f64).ok_or_else(|| format!("{s:?} is not a duration (e.g. 5s)"))
 }
 
 #[cfg(test)]
@@ -199,7 +313,7 @@ mod tests {
                 {"name": "audit", "envoyFileAccessLog": {"path": "/var/log/audit.log", "logFormat": {"labels": {"host": "%REQ(:AUTHORITY)%"}}}},
                 {"name": "otel", "opentelemetry": {"service": "x", "port": 4317}},
             ],
-            "defaultConfig": {},
+            "defaultConfig": {"concurrency": 2},
         });
         let (m, ignored) = from_raw(&raw, MeshConfig::default()).expect("valid");
         assert!(m.registry_only);
@@ -208,7 +322,54 @@ mod tests {
         assert!(audit.json);
         assert_eq!(audit.json_fields["host"], "%REQ(:AUTHORITY)%");
         assert!(!m.access_log_providers.contains_key("otel"));
-        assert_eq!(ignored, ["defaultConfig"]);
+        assert_eq!(ignored, ["defaultConfig.concurrency"]);
+    }
+
+    #[test]
+    fn reads_tracing_providers_and_defaults() {
+        let raw = serde_json::json!({
+            "extensionProviders": [
+                {"name": "otel", "opentelemetry": {"service": "otel-collector.observability.svc.cluster.local",
+                    "port": 4317, "maxTagLength": 99, "resourceDetectors": {"environment": {}},
+                    "grpc": {"timeout": "2s", "initialMetadata": [{"name": "x-token", "value": "t"}]}}},
+                {"name": "otel-http", "opentelemetry": {"service": "observability/otel", "port": 4318,
+                    "http": {"path": "/v1/traces", "timeout": "500ms", "headers": [{"name": "x-h", "value": "v"}]}}},
+                {"name": "zipkin", "zipkin": {"service": "zipkin.istio-system.svc.cluster.local", "port": 9411}},
+            ],
+            "defaultProviders": {"tracing": ["otel"]},
+            "defaultConfig": {"tracing": {"sampling": 25.5}},
+        });
+        let (m, ignored) = from_raw(&raw, MeshConfig::default()).expect("valid");
+        assert!(ignored.is_empty(), "{ignored:?}");
+        let TracingProvider::OpenTelemetry(otel) = &m.tracing_providers["otel"] else { panic!("otel") };
+        assert_eq!(
+            (otel.service.as_str(), otel.port, otel.max_tag_length),
+            ("otel-collector.observability.svc.cluster.local", 4317, 99)
+        );
+        assert_eq!(otel.grpc_timeout, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(otel.grpc_initial_metadata, [("x-token".to_string(), "t".to_string())]);
+        assert!(otel.environment_detector && !otel.dynatrace_detector && otel.http.is_none());
+        let TracingProvider::OpenTelemetry(h) = &m.tracing_providers["otel-http"] else { panic!("otel-http") };
+        let http = h.http.as_ref().expect("http");
+        assert_eq!((http.path.as_str(), http.timeout), ("/v1/traces", Some(std::time::Duration::from_millis(500))));
+        assert_eq!(m.tracing_providers["zipkin"], TracingProvider::Unsupported("zipkin".into()));
+        assert_eq!(m.default_tracing_providers, ["otel"]);
+        assert!((m.trace_sampling - 25.5).abs() < f64::EPSILON);
+        assert!((MeshConfig::default().trace_sampling - 1.0).abs() < f64::EPSILON, "Istio's default, 1%");
+
+        // As istiod: above 100 falls back to 1%.
+        let (m, _) =
+            from_raw(&serde_json::json!({"defaultConfig": {"tracing": {"sampling": 150}}}), MeshConfig::default())
+                .expect("valid");
+        assert!((m.trace_sampling - 1.0).abs() < f64::EPSILON);
+        for bad in [
+            serde_json::json!({"extensionProviders": [{"name": "o", "opentelemetry": {"port": 4317}}]}),
+            serde_json::json!({"extensionProviders": [{"name": "o", "opentelemetry": {"service": "s", "port": 70000}}]}),
+            serde_json::json!({"extensionProviders": [{"name": "o", "opentelemetry": {"service": "s", "port": 1, "http": {"timeout": "soon"}}}]}),
+            serde_json::json!({"defaultConfig": {"tracing": {"sampling": "all"}}}),
+        ] {
+            assert!(from_raw(&bad, MeshConfig::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]
