@@ -17,6 +17,7 @@ use envoy_types::util::pack_any;
 use spar_model::{InterceptionMode, MtlsMode, Protocol, Resolution, Service};
 
 use super::Scope;
+use super::telemetry::Side;
 use super::{authz, credentials, jwt, mtls, policy, routes};
 use crate::resources::{ProxyResources, type_url};
 
@@ -109,7 +110,7 @@ fn hcm(
     stat_prefix: String,
     route: xds_hcm::http_connection_manager::RouteSpecifier,
 ) -> xds_listener::Filter {
-    let hcm = xds_hcm::HttpConnectionManager {
+    let mut hcm = xds_hcm::HttpConnectionManager {
         stat_prefix,
         route_specifier: Some(route),
         http_filters: http_filters(),
@@ -121,6 +122,7 @@ fn hcm(
         access_log: scope.access_logs.clone(),
         ..Default::default()
     };
+    scope.tracing.apply(Side::Client, &mut hcm);
     typed_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))
 }
 
@@ -146,6 +148,7 @@ fn inbound_hcm(
         access_log: scope.access_logs.clone(),
         ..Default::default()
     };
+    scope.tracing.apply(Side::Server, &mut h);
     if tls {
         h.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;
         h.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
@@ -746,6 +749,10 @@ pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
             for (subset, labels) in &subsets {
                 let name = outbound_cluster_name(port.port, subset, &svc.hostname);
                 let mut c = base_cluster(name.clone(), port.protocol);
+                if scope.tracing.grpc_clusters.contains(&name) {
+                    // The tracer's OTLP/gRPC export needs HTTP/2 to the collector.
+                    c.typed_extension_protocol_options = http2_options();
+                }
                 match svc.resolution {
                     Resolution::Static => {
                         c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(

@@ -345,6 +345,8 @@ fn hcm(scope: &Scope<'_>, stat_prefix: String, route_name: String, tls: bool) ->
         forward_client_cert_details: ForwardClientCertDetails::Sanitize as i32,
         ..Default::default()
     };
+    // Gateways trace as clients, as istiod configures them.
+    scope.tracing.apply(super::telemetry::Side::Client, &mut h);
     if tls {
         h.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;
         h.set_current_client_cert_details = Some(SetCurrentClientCertDetails {

@@ -52,7 +52,17 @@ pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
         ProxyKind::Router => gateway::listeners(&scope, &mut out),
     }
     envoy::clusters(&scope, &mut out);
+    add_warnings(&scope, &mut out);
     out
+}
+
+/// The scope's warnings (tracing left out) into the proxy's, once each.
+fn add_warnings(scope: &Scope<'_>, out: &mut ProxyResources) {
+    for w in &scope.tracing.warnings {
+        if !out.warnings.contains(w) {
+            out.warnings.push(w.clone());
+        }
+    }
 }
 
 /// Adds what is specific to this proxy instance (inbound listeners and clusters, which
@@ -64,6 +74,7 @@ pub fn add_workload_specific(snapshot: &Snapshot, proxy: &Proxy, out: &mut Proxy
         // Gateways have no inbound side; they may validate JWTs.
         ProxyKind::Router => envoy::jwks_clusters(&scope, out),
     }
+    add_warnings(&scope, out);
 }
 
 /// Everything [`generate_shared`] reads from the proxy: proxies with equal keys get equal
@@ -91,10 +102,23 @@ pub fn share_key(snapshot: &Snapshot, proxy: &Proxy) -> String {
     if router {
         let _ = write!(key, "|{:?}", proxy.ips);
     }
+    // Spans carry the workload's service name and canonical labels.
+    if snapshot.tracing_configured() {
+        let label = |k: &str| proxy.labels.get(k).map_or("", String::as_str);
+        let _ = write!(
+            key,
+            "|trace={},{},{}",
+            telemetry::service_name(proxy),
+            label("service.istio.io/canonical-name"),
+            label("service.istio.io/canonical-revision")
+        );
+    }
     key
 }
 
 #[cfg(test)]
 mod gateway_tests;
+#[cfg(test)]
+mod telemetry_tests;
 #[cfg(test)]
 mod tests;

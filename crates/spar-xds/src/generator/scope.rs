@@ -36,6 +36,9 @@ pub struct Scope<'a> {
     pub registry_only: bool,
     /// Access loggers for every connection manager and TCP proxy (Telemetry, MeshConfig).
     pub access_logs: Vec<envoy_types::pb::envoy::config::accesslog::v3::AccessLog>,
+    /// Tracing for the client and server connection managers (Telemetry, MeshConfig),
+    /// with the warnings of what was left out.
+    pub tracing: super::telemetry::HcmTracing,
 }
 
 /// Whether Sidecar egress host `pattern` (`ns/host`) imports `svc` for a proxy in `proxy_ns`.
@@ -106,8 +109,29 @@ impl<'a> Scope<'a> {
                 Some(Mode::AllowAny) => false,
                 None => snap.mesh.registry_only,
             };
-        let mut scope = Self { snap, proxy, sidecar, egress, services, registry_only, access_logs: Vec::new() };
+        let mut scope = Self {
+            snap,
+            proxy,
+            sidecar,
+            egress,
+            services,
+            registry_only,
+            access_logs: Vec::new(),
+            tracing: Default::default(),
+        };
         scope.access_logs = super::telemetry::access_logs(&scope);
+        scope.tracing = super::telemetry::tracing(&scope, |svc| scope.imports(svc));
         scope
+    }
+
+    /// Whether the proxy imports `svc` (so that its outbound clusters exist): visible to
+    /// the proxy's namespace, and named by an egress listener of its Sidecar if it has
+    /// some. The same answer whether or not this scope lists the outbound services.
+    pub fn imports(&self, svc: &Service) -> bool {
+        if !svc.visible_to(&self.proxy.namespace) {
+            return false;
+        }
+        let mut egress = self.sidecar.iter().flat_map(|s| s.spec.egress.iter().flatten()).peekable();
+        egress.peek().is_none() || egress.any(|e| e.hosts.iter().any(|h| imports(h, svc, &self.proxy.namespace)))
     }
 }
