@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod conn;
 pub mod csr;
+pub mod explain;
 pub mod generator;
 pub mod node;
 pub mod rejections;

@@ -23,6 +23,7 @@ mod analysis;
 mod analyze;
 mod debug;
 mod exchange;
+mod explain;
 mod files;
 mod inject;
 mod install;
@@ -55,6 +56,10 @@ enum Command {
     /// A proxy's listeners, routes, clusters and endpoints as Spar generates them; with
     /// --envoy-admin, compared with the proxy's own config dump (exit 1 when they differ).
     ProxyConfig(proxyconfig::ProxyConfigArgs),
+    /// Offline, from a config directory: the config a proxy would get, and for a request
+    /// (--request URL, -H) which listener, route, clusters and endpoints it takes and
+    /// which Istio resources apply on both ends.
+    Explain(explain::ExplainArgs),
     /// Block until every connected proxy has ACKed the current snapshot (or --version);
     /// fail on a NACK or a timeout (for CI and rollouts).
     Wait(WaitArgs),
@@ -448,6 +453,7 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(debug::proxy_status(&a.debug_address, a.output == "json"))
         }
+        Command::Explain(a) => explain::run(&a),
         Command::ProxyConfig(a) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             if !rt.block_on(proxyconfig::run(&a))? {

@@ -71,6 +71,17 @@ const HEADERS: [(&str, &str); 4] = [
     ("endpoints", "ENDPOINT                 CLUSTER"),
 ];
 
+/// Prints `table` (or all) of `rows`, each under its header.
+pub fn print_tables(rows: &ConfigRows, table: Table) {
+    for (name, rows) in lines(rows, table) {
+        let header = HEADERS.iter().find(|(n, _)| *n == name).map_or("", |(_, h)| h);
+        println!("\n{header}");
+        for r in rows {
+            println!("{r}");
+        }
+    }
+}
+
 /// Runs the command; `Ok(false)` when Spar's view and Envoy's differ.
 pub async fn run(a: &ProxyConfigArgs) -> anyhow::Result<bool> {
     let path = format!("/debug/config_dump?proxy={}", encode(&a.proxy));
@@ -83,13 +94,7 @@ pub async fn run(a: &ProxyConfigArgs) -> anyhow::Result<bool> {
             return Ok(true);
         }
         println!("# {id} (snapshot {})", ours["snapshot"]);
-        for (name, rows) in lines(&spar, a.table) {
-            let header = HEADERS.iter().find(|(n, _)| *n == name).map_or("", |(_, h)| h);
-            println!("\n{header}");
-            for r in rows {
-                println!("{r}");
-            }
-        }
+        print_tables(&spar, a.table);
         return Ok(true);
     };
     let dump = crate::debug::get_json(admin, "/config_dump?include_eds").await?;
