@@ -53,6 +53,22 @@ async fn mtls_by_default(delta: bool) -> anyhow::Result<()> {
     // The certificates came over SDS, issued for the proven identity.
     let (_, certs) = m.client.admin_get("/certs").await?;
     assert!(certs.contains("spiffe://cluster.local/ns/default/sa/client"), "{certs}");
+    // `spar proxy-config client secrets` shows the same certificates as Envoy holds:
+    // the workload certificate (serial, identity) and the trust bundle, no key material.
+    let out = tokio::process::Command::new(spar_conformance::spar_bin()?)
+        .args(["proxy-config", "client", "secrets", "--debug-address", &m.h.debug_address().to_string()])
+        .args(["--envoy-admin", &m.client.admin.to_string(), "-o", "json"])
+        .output()
+        .await?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert!(out.status.success(), "spar and Envoy differ: {json}");
+    let secrets = json["envoy"]["secrets"].as_array().cloned().unwrap_or_default();
+    assert_eq!(json["spar"]["secrets"], json["envoy"]["secrets"], "{json}");
+    let kinds: Vec<(&str, &str)> =
+        secrets.iter().map(|r| (r["kind"].as_str().unwrap_or(""), r["identity"].as_str().unwrap_or(""))).collect();
+    assert!(kinds.contains(&("certificate", "spiffe://cluster.local/ns/default/sa/client")), "{json}");
+    assert!(kinds.iter().any(|(k, _)| *k == "trust bundle"), "{json}");
+    assert!(!json.to_string().contains("PRIVATE KEY"), "no key material: {json}");
     m.h.check_alive()
 }
 

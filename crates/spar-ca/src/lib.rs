@@ -326,6 +326,29 @@ pub fn identities_in(cert_der: &[u8]) -> Vec<Identity> {
         .collect()
 }
 
+/// What a table shows of a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertSummary {
+    /// Serial number, hex.
+    pub serial: String,
+    /// Expiry, RFC 2822.
+    pub not_after: String,
+    /// The SPIFFE identity (first URI SAN), else the subject.
+    pub identity: String,
+}
+
+/// The summary of a DER certificate (`None` if it does not parse).
+pub fn describe_der(cert_der: &[u8]) -> Option<CertSummary> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let identity =
+        identities_in(cert_der).first().map_or_else(|| cert.subject().to_string(), std::string::ToString::to_string);
+    Some(CertSummary {
+        serial: cert.raw_serial_as_string().replace(':', ""),
+        not_after: cert.validity().not_after.to_rfc2822().unwrap_or_else(|_| cert.validity().not_after.to_string()),
+        identity,
+    })
+}
+
 /// The pod a certificate was issued to (a pod-bound service-account token was the proof).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PodBinding {

@@ -122,6 +122,10 @@ pub struct ProxySync {
     /// The proxy as its node metadata describes it (for `spar proxy-config`).
     #[serde(skip)]
     pub node: Option<Arc<Proxy>>,
+    /// What the stream serves the proxy now (generated config and its secrets), for
+    /// `spar proxy-config`; shared with the stream, not a copy.
+    #[serde(skip)]
+    pub resources: Option<Arc<crate::ProxyResources>>,
 }
 
 /// Every open stream's sync state, kept current by the stream tasks.
@@ -170,6 +174,7 @@ impl SyncRegistry {
             types,
             warnings: warnings.to_vec(),
             node: Some(Arc::clone(proxy)),
+            resources: Some(Arc::clone(conn.current())),
         };
         if let Ok(mut m) = self.streams.lock() {
             m.insert(id, entry);
@@ -419,6 +424,34 @@ impl AdsService {
     }
 }
 
+/// One debug line per push decision (the stream's span names the proxy): what a change
+/// (`trigger`) made Spar send, per type with the resource counts, or that nothing this
+/// proxy holds changed and nothing was sent.
+fn log_push_decision(trigger: &'static str, snapshot: u64, pending: &[crate::conn::Response]) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    if pending.is_empty() {
+        debug!(trigger, snapshot, "push decision: nothing this proxy holds changed; nothing sent");
+        return;
+    }
+    let parts: Vec<String> = pending
+        .iter()
+        .map(|r| match r {
+            crate::conn::Response::Sotw(s) => {
+                format!("{}:{}", type_url::short(&s.type_url), s.resources.len())
+            }
+            crate::conn::Response::Delta(d) => format!(
+                "{}:+{}-{}",
+                type_url::short(&d.type_url),
+                d.resources.len(),
+                d.removed_resources.len()
+            ),
+        })
+        .collect();
+    debug!(trigger, snapshot, pushed = %parts.join(" "), "push decision: sending what changed");
+}
+
 struct StreamTask {
     cache: Arc<GenerationCache>,
     proxy: Arc<Proxy>,
@@ -480,17 +513,20 @@ impl StreamTask {
                     snapshot = self.snapshots.borrow_and_update().clone();
                     let resources = self.resources(&snapshot, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
+                    log_push_decision("config", snapshot.version, &pending);
                 }
                 Ok(()) = ca_changes.changed() => {
                     // A new root or intermediate: re-issue now and push the new bundle.
                     let resources = self.resources(&snapshot, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
+                    log_push_decision("ca", snapshot.version, &pending);
                 }
                 () = tokio::time::sleep(refresh_at.duration_since(SystemTime::now()).unwrap_or_default()) => {
                     // Certificate rotation (or the CA changed): only the secrets differ,
                     // so only SDS is pushed.
                     let resources = self.resources(&snapshot, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
+                    log_push_decision("certificate", snapshot.version, &pending);
                 }
                 _ = self.shutdown.changed() => break,
             }

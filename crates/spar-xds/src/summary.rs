@@ -8,6 +8,7 @@
 //! | routes | route of a dynamic route configuration | route config, virtual host, domains, match, target |
 //! | clusters | dynamic cluster | name, discovery type |
 //! | endpoints | endpoint of a cluster load assignment | cluster, address |
+//! | secrets | certificate of a secret (SDS) | name, kind, serial, expiry, identity |
 //!
 //! Static resources of the bootstrap (the xDS cluster, the probe listeners) are Envoy's
 //! own and are not rows.
@@ -20,6 +21,8 @@ use envoy_types::pb::envoy::config::core::v3::{Address, address, socket_address}
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, lb_endpoint};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action, route_match};
+use envoy_types::pb::envoy::config::core::v3::data_source;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -68,6 +71,21 @@ pub struct EndpointRow {
     pub address: String,
 }
 
+/// A secret row: one certificate of an SDS secret (never key material).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SecretRow {
+    /// Secret name (`default`, `ROOTCA`, a `credentialName`).
+    pub name: String,
+    /// `certificate` (a certificate chain's leaf) or `trust bundle` (a validation context).
+    pub kind: String,
+    /// Serial number, hex.
+    pub serial: String,
+    /// Expiry.
+    pub not_after: String,
+    /// SPIFFE identity or subject.
+    pub identity: String,
+}
+
 /// All rows of one proxy.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigRows {
@@ -79,6 +97,9 @@ pub struct ConfigRows {
     pub clusters: BTreeSet<ClusterRow>,
     /// Endpoints.
     pub endpoints: BTreeSet<EndpointRow>,
+    /// Certificates of the secrets.
+    #[serde(default)]
+    pub secrets: BTreeSet<SecretRow>,
 }
 
 fn socket(a: Option<&Address>) -> String {
@@ -164,6 +185,20 @@ impl ConfigRows {
         for bytes in decode(type_url::ENDPOINT) {
             let Ok(cla) = ClusterLoadAssignment::decode(bytes) else { continue };
             endpoint_rows(&mut out, &cla.cluster_name, &cla);
+        }
+        for bytes in decode(type_url::SECRET) {
+            let Ok(secret) = Secret::decode(bytes) else { continue };
+            let (kind, data) = match &secret.r#type {
+                Some(secret::Type::TlsCertificate(c)) => ("certificate", c.certificate_chain.as_ref()),
+                Some(secret::Type::ValidationContext(v)) => ("trust bundle", v.trusted_ca.as_ref()),
+                _ => continue,
+            };
+            let pem = match data.and_then(|d| d.specifier.as_ref()) {
+                Some(data_source::Specifier::InlineBytes(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(data_source::Specifier::InlineString(s)) => s.clone(),
+                _ => continue,
+            };
+            secret_rows(&mut out, &secret.name, kind, &pem);
         }
         out
     }
@@ -255,6 +290,26 @@ impl ConfigRows {
                 }
             }
         }
+        if let Some(c) = of(".SecretsConfigDump") {
+            for sec in c["dynamic_active_secrets"].as_array().into_iter().flatten() {
+                let secret = &sec["secret"];
+                let (kind, data) = if secret["tls_certificate"].is_object() {
+                    ("certificate", &secret["tls_certificate"]["certificate_chain"])
+                } else if secret["validation_context"].is_object() {
+                    ("trust bundle", &secret["validation_context"]["trusted_ca"])
+                } else {
+                    continue;
+                };
+                let pem = if let Some(b) = data["inline_bytes"].as_str() {
+                    use base64::Engine;
+                    let bytes = base64::engine::general_purpose::STANDARD.decode(b).unwrap_or_default();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                } else {
+                    s(&data["inline_string"])
+                };
+                secret_rows(&mut out, &s(&sec["name"]), kind, &pem);
+            }
+        }
         if let Some(c) = of(".EndpointsConfigDump") {
             for e in c["dynamic_endpoint_configs"].as_array().into_iter().flatten() {
                 let cla = &e["endpoint_config"];
@@ -270,6 +325,23 @@ impl ConfigRows {
             }
         }
         out
+    }
+}
+
+/// A certificate chain gives its leaf; a trust bundle every root.
+fn secret_rows(out: &mut ConfigRows, name: &str, kind: &str, pem: &str) {
+    let ders = spar_ca::pem_to_der(pem);
+    let take = if kind == "certificate" { 1 } else { ders.len() };
+    for der in ders.iter().take(take) {
+        if let Some(c) = spar_ca::describe_der(der) {
+            out.secrets.insert(SecretRow {
+                name: name.to_string(),
+                kind: kind.to_string(),
+                serial: c.serial,
+                not_after: c.not_after,
+                identity: c.identity,
+            });
+        }
     }
 }
 

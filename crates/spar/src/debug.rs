@@ -219,8 +219,9 @@ struct ProxyQuery {
     proxy: String,
 }
 
-/// The configuration Spar generates for one connected proxy, from the current snapshot,
-/// as rows (`spar proxy-config`). `proxy` is a node id or a part of one (a pod name).
+/// The configuration Spar serves one connected proxy (generated from the snapshot its
+/// stream last processed, with its secrets), as rows (`spar proxy-config`). `proxy` is a
+/// node id or a part of one (a pod name).
 async fn config_dump(
     State(s): State<DebugState>,
     axum::extract::Query(q): axum::extract::Query<ProxyQuery>,
@@ -238,13 +239,12 @@ async fn config_dump(
         };
         return (StatusCode::NOT_FOUND, axum::Json(serde_json::json!({"error": why}))).into_response();
     };
-    let Some(node) = p.node.clone() else {
-        return (StatusCode::NOT_FOUND, "proxy metadata unavailable").into_response();
+    let Some(resources) = p.resources.clone() else {
+        return (StatusCode::NOT_FOUND, "proxy resources unavailable").into_response();
     };
-    let snap = s.snapshots.borrow().clone();
-    let resources = spar_xds::generator::generate(&snap, &node);
     let rows = spar_xds::summary::ConfigRows::of_resources(&resources);
-    axum::Json(serde_json::json!({"proxy": p.proxy, "snapshot": snap.version, "config": rows})).into_response()
+    axum::Json(serde_json::json!({"proxy": p.proxy, "snapshot": resources.snapshot_version, "config": rows}))
+        .into_response()
 }
 
 /// GET `path` from `address` (spar's debug endpoint, or an Envoy admin) and parse the

@@ -1,4 +1,4 @@
-//! `spar proxy-config <proxy> [listeners|routes|clusters|endpoints|all]`: a proxy's
+//! `spar proxy-config <proxy> [listeners|routes|clusters|endpoints|secrets|all]`: a proxy's
 //! configuration as Spar generates it (from the debug endpoint), as tables; with
 //! `--envoy-admin`, beside what that Envoy actually holds (its `/config_dump`), row by
 //! row: the exit code says whether they agree.
@@ -21,6 +21,8 @@ pub enum Table {
     Clusters,
     /// Endpoints of the clusters.
     Endpoints,
+    /// Certificates of the secrets (SDS): serial, expiry, identity; never keys.
+    Secrets,
 }
 
 /// `spar proxy-config`.
@@ -61,14 +63,24 @@ fn lines(rows: &ConfigRows, table: Table) -> Vec<(&'static str, Vec<String>)> {
     if want(Table::Endpoints) {
         out.push(("endpoints", rows.endpoints.iter().map(|r| format!("{:<24} {}", r.address, r.cluster)).collect()));
     }
+    if want(Table::Secrets) {
+        let f = |r: &spar_xds::summary::SecretRow| {
+            format!("{:<24} {:<13} {:<34} {:<32} {}", r.name, r.kind, r.serial, r.not_after, r.identity)
+        };
+        out.push(("secrets", rows.secrets.iter().map(f).collect()));
+    }
     out
 }
 
-const HEADERS: [(&str, &str); 4] = [
+const HEADERS: [(&str, &str); 5] = [
     ("listeners", "NAME                                     ADDRESS"),
     ("routes", "ROUTE CONFIG             VIRTUAL HOST                             MATCH                    TARGET"),
     ("clusters", "NAME                                                             DISCOVERY"),
     ("endpoints", "ENDPOINT                 CLUSTER"),
+    (
+        "secrets",
+        "NAME                     KIND          SERIAL                             NOT AFTER                        IDENTITY",
+    ),
 ];
 
 /// Prints `table` (or all) of `rows`, each under its header.
