@@ -250,6 +250,28 @@ async fn config_dump(
 /// GET `path` from `address` (spar's debug endpoint, or an Envoy admin) and parse the
 /// JSON body (HTTP/1.1, `Connection: close`; a chunked body is decoded).
 pub(crate) async fn get_json(address: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (status, ok, body) = http_get(address, path).await?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{address}{path}: not JSON ({e}): {status}"))?;
+    if !ok {
+        anyhow::bail!("{address}{path}: {}", json["error"].as_str().unwrap_or(&status));
+    }
+    Ok(json)
+}
+
+/// GET `path` from `address` and return the body as text (e.g. an Envoy's
+/// `/stats/prometheus`); a status other than 2xx is an error naming it.
+pub(crate) async fn get_text(address: &str, path: &str) -> anyhow::Result<String> {
+    let (status, ok, body) = http_get(address, path).await?;
+    if !ok {
+        anyhow::bail!("{address}{path}: {status}");
+    }
+    String::from_utf8(body).map_err(|_| anyhow::anyhow!("{address}{path}: the body is not UTF-8"))
+}
+
+/// One HTTP/1.1 GET with `Connection: close`: the status line, whether the status is
+/// 2xx, and the body (a chunked body is decoded).
+async fn http_get(address: &str, path: &str) -> anyhow::Result<(String, bool, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s =
         tokio::net::TcpStream::connect(address).await.map_err(|e| anyhow::anyhow!("cannot reach {address}: {e}"))?;
@@ -265,12 +287,7 @@ pub(crate) async fn get_json(address: &str, path: &str) -> anyhow::Result<serde_
     });
     let body = if chunked { dechunk(body) } else { body.to_vec() };
     let ok = head.split_whitespace().nth(1).is_some_and(|code| code.starts_with('2'));
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| anyhow::anyhow!("{address}{path}: not JSON ({e}): {}", head.lines().next().unwrap_or_default()))?;
-    if !ok {
-        anyhow::bail!("{address}{path}: {}", json["error"].as_str().unwrap_or(head.lines().next().unwrap_or_default()));
-    }
-    Ok(json)
+    Ok((head.lines().next().unwrap_or_default().to_string(), ok, body))
 }
 
 /// The payload of a chunked HTTP/1.1 body (extensions and trailers ignored).
