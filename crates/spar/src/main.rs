@@ -34,6 +34,7 @@ mod mesh;
 mod proxyconfig;
 mod secure;
 mod serve;
+mod top;
 mod webhook;
 
 #[derive(Parser, Debug)]
@@ -70,6 +71,9 @@ enum Command {
     /// Print the manifests that run Spar in a Kubernetes cluster (CRDs, RBAC, Deployment,
     /// Services, webhooks), like istiod's install.
     Install(install::InstallArgs),
+    /// Golden metrics per service (requests per second, success rate, latency
+    /// percentiles, response codes) from the proxies' own Envoy stats, refreshed like top.
+    Top(top::TopArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -460,6 +464,10 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Top(a) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(top::run(&a))
         }
         Command::Iptables(a) => iptables::run(
             &iptables::Capture {
