@@ -132,6 +132,8 @@ pub struct Harness {
     pub secure: Option<SecureOptions>,
     /// Extra `spar serve` arguments (e.g. `--mesh-config FILE`).
     pub spar_args: Vec<String>,
+    /// `spar bootstrap --prometheus-port` for every proxy (none by default).
+    pub prometheus_port: Option<u16>,
     ips: BTreeMap<String, IpAddr>,
     children: Vec<(String, Child)>,
     echo_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -156,6 +158,7 @@ impl Harness {
             delta,
             secure: None,
             spar_args: Vec::new(),
+            prometheus_port: None,
             ips: BTreeMap::new(),
             children: Vec::new(),
             echo_tasks: Vec::new(),
@@ -300,6 +303,12 @@ impl Harness {
         self
     }
 
+    /// Proxies serve `GET /stats/prometheus` on `<pod ip>:<port>` (Istio: 15090).
+    pub fn with_prometheus(mut self, port: u16) -> Self {
+        self.prometheus_port = Some(port);
+        self
+    }
+
     /// Spar's CA directory.
     pub fn ca_dir(&self) -> PathBuf {
         self.dir.join("ca")
@@ -348,6 +357,9 @@ impl Harness {
         }
         if !pod.locality.is_empty() {
             cmd.args(["--locality", &pod.locality]);
+        }
+        if let Some(port) = self.prometheus_port {
+            cmd.args(["--prometheus-port", &port.to_string()]);
         }
         if self.secure.is_some() {
             cmd.arg("--xds-address").arg(self.secure_xds().to_string());
