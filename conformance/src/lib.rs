@@ -132,6 +132,8 @@ pub struct Harness {
     pub secure: Option<SecureOptions>,
     /// Extra `spar serve` arguments (e.g. `--mesh-config FILE`).
     pub spar_args: Vec<String>,
+    /// Spar's `RUST_LOG` (default: the `SPAR_LOG` environment variable, else `info`).
+    pub spar_log: Option<String>,
     /// `spar bootstrap --prometheus-port` for every proxy (none by default).
     pub prometheus_port: Option<u16>,
     ips: BTreeMap<String, IpAddr>,
@@ -158,6 +160,7 @@ impl Harness {
             delta,
             secure: None,
             spar_args: Vec::new(),
+            spar_log: None,
             prometheus_port: None,
             ips: BTreeMap::new(),
             children: Vec::new(),
@@ -256,7 +259,8 @@ impl Harness {
             cmd.arg("--workload-cert-ttl").arg(&sec.workload_cert_ttl);
         }
         cmd.args(&self.spar_args);
-        cmd.env("RUST_LOG", std::env::var("SPAR_LOG").unwrap_or_else(|_| "info".into()));
+        let filter = self.spar_log.clone().or_else(|| std::env::var("SPAR_LOG").ok());
+        cmd.env("RUST_LOG", filter.unwrap_or_else(|| "info".into()));
         cmd.stdout(Stdio::null()).stderr(log).kill_on_drop(true);
         let child = cmd.spawn().context("starting spar")?;
         self.children.push(("spar".into(), child));

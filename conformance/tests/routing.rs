@@ -322,6 +322,44 @@ both_variants_mod!(live_edit, live_edit);
 both_variants_mod!(broken_document, broken_document);
 both_variants_mod!(nack, nack);
 
+/// At debug level Spar logs one line per push decision and proxy: what a config change
+/// made it send (types and counts), or that nothing the proxy holds changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_decisions_are_logged_at_debug() -> anyhow::Result<()> {
+    let mut h = Harness::new("push-log", false)?;
+    h.spar_log = Some("info,spar_xds::server=debug".into());
+    h.load_case("header-match")?;
+    let client = start_backend_mesh(&mut h).await?;
+    wait_routed(&client, "backend", &[], "backend-v1").await?;
+    let decisions = |log: &str, what: &str| log.lines().filter(|l| l.contains(what)).count();
+    // A change no proxy of `default` can see (exported to another namespace only).
+    h.write_config(
+        "elsewhere.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: elsewhere, namespace: other}\n\
+         spec:\n  hosts: [elsewhere.example]\n  exportTo: [\".\"]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  \
+         resolution: DNS\n",
+    )?;
+    wait_for(CONVERGE, "three 'nothing changed' decisions", || async {
+        decisions(&h.spar_log(), "push decision: nothing this proxy holds changed") >= 3
+    })
+    .await?;
+    // A route change: the client gets new routes, and the log says so for it.
+    let before = decisions(&h.spar_log(), "push decision: sending what changed");
+    h.write_config(
+        "routes.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend}\nspec:\n  \
+         hosts: [backend]\n  http:\n  - route:\n    - destination: {host: backend, subset: v2}\n",
+    )?;
+    wait_routed(&client, "backend", &[], "backend-v2").await?;
+    let log = h.spar_log();
+    let sent: Vec<&str> = log.lines().filter(|l| l.contains("push decision: sending what changed")).collect();
+    assert!(sent.len() > before, "{log}");
+    let client_line = sent.iter().skip(before).find(|l| l.contains("~client.default~")).copied().unwrap_or_default();
+    assert!(client_line.contains("trigger=\"config\"") && client_line.contains("rds:1"), "{client_line:?} in {log}");
+    assert!(!log.lines().any(|l| l.contains("push decision") && l.contains(" INFO ")), "debug level only");
+    h.check_alive()
+}
+
 /// `spar proxy-status` reports every proxy SYNCED once it has ACKed what was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_status_shows_synced_proxies() -> anyhow::Result<()> {

@@ -441,12 +441,9 @@ fn log_push_decision(trigger: &'static str, snapshot: u64, pending: &[crate::con
             crate::conn::Response::Sotw(s) => {
                 format!("{}:{}", type_url::short(&s.type_url), s.resources.len())
             }
-            crate::conn::Response::Delta(d) => format!(
-                "{}:+{}-{}",
-                type_url::short(&d.type_url),
-                d.resources.len(),
-                d.removed_resources.len()
-            ),
+            crate::conn::Response::Delta(d) => {
+                format!("{}:+{}-{}", type_url::short(&d.type_url), d.resources.len(), d.removed_resources.len())
+            }
         })
         .collect();
     debug!(trigger, snapshot, pushed = %parts.join(" "), "push decision: sending what changed");
