@@ -80,6 +80,9 @@ pub enum CaError {
     /// A certificate or key could not be parsed or produced.
     #[error("{0}")]
     Cert(String),
+    /// A certificate signing request does not parse (the caller's fault, not the CA's).
+    #[error("invalid CSR: {0}")]
+    Csr(String),
 }
 
 fn cert_err(e: impl fmt::Display) -> CaError {
@@ -117,6 +120,11 @@ pub struct Ca {
     chain_pem: String,
     /// Every trusted root (PEM, concatenated).
     bundle_pem: String,
+    /// Expiry of the first trusted root (`root-cert.pem`), Unix seconds.
+    root_not_after: Option<i64>,
+    /// Expiry of the signing certificate when it is not a trusted root itself (a
+    /// plugged-in intermediate), Unix seconds.
+    intermediate_not_after: Option<i64>,
 }
 
 impl fmt::Debug for Ca {
@@ -217,11 +225,15 @@ impl Ca {
             return Err(CaError::Cert("the CA key does not belong to the CA certificate".into()));
         }
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(cert_err)?;
+        let roots = pem_to_der(bundle_pem);
+        let intermediate_not_after = if roots.contains(&der) { None } else { not_after_unix(&der) };
         Ok(Self {
             trust_domain: trust_domain.into(),
             issuer,
             chain_pem: ensure_newline(chain_pem),
             bundle_pem: ensure_newline(bundle_pem),
+            root_not_after: roots.first().and_then(|d| not_after_unix(d)),
+            intermediate_not_after,
         })
     }
 
@@ -233,6 +245,19 @@ impl Ca {
     /// Every trusted root, PEM (the `ROOTCA` secret and the xDS server's client roots).
     pub fn trust_bundle_pem(&self) -> &str {
         &self.bundle_pem
+    }
+
+    /// When the first trusted root (`root-cert.pem`) expires, Unix seconds (istiod's
+    /// `citadel_server_root_cert_expiry_timestamp`); `None` if it does not parse.
+    pub fn root_expiry_unix(&self) -> Option<i64> {
+        self.root_not_after
+    }
+
+    /// When the signing certificate expires, Unix seconds, if Spar signs with a plugged-in
+    /// intermediate (istiod's `citadel_server_cert_chain_expiry_timestamp`); `None` when
+    /// it signs with a trusted root itself.
+    pub fn intermediate_expiry_unix(&self) -> Option<i64> {
+        self.intermediate_not_after
     }
 
     fn leaf_params(
@@ -291,8 +316,7 @@ impl Ca {
         pod: Option<&PodBinding>,
         ttl: Duration,
     ) -> Result<Issued, CaError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| CaError::Cert(format!("invalid CSR: {e}")))?;
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Csr(e.to_string()))?;
         let (mut params, not_before, not_after) = self.leaf_params(id, ttl)?;
         if let Some(pod) = pod {
             params.distinguished_name.push(DnType::OrganizationalUnitName, pod.to_string());
@@ -347,6 +371,12 @@ pub fn describe_der(cert_der: &[u8]) -> Option<CertSummary> {
         not_after: cert.validity().not_after.to_rfc2822().unwrap_or_else(|_| cert.validity().not_after.to_string()),
         identity,
     })
+}
+
+/// A DER certificate's `notAfter`, Unix seconds (`None` if it does not parse).
+pub fn not_after_unix(cert_der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// The pod a certificate was issued to (a pod-bound service-account token was the proof).

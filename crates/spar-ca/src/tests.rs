@@ -78,6 +78,9 @@ fn plugged_in_intermediate_signs_and_serves_its_chain() {
     let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.distinguished_name.push(DnType::CommonName, "intermediate");
+    // A year from now (to the second), so that the expiry reported can be checked.
+    let inter_expiry = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs() + 365 * 86400;
+    p.not_after = time::OffsetDateTime::from_unix_timestamp(i64::try_from(inter_expiry).expect("fits")).expect("time");
     let ikey = KeyPair::generate().expect("key");
     let inter = p.signed_by(&ikey, &root).expect("intermediate");
     let dir = tmpdir("cacerts");
@@ -91,6 +94,38 @@ fn plugged_in_intermediate_signs_and_serves_its_chain() {
     let issued = ca.issue(&Identity::new("cluster.local", "ns", "sa"), Duration::from_secs(60)).expect("issue");
     assert_eq!(pem_to_der(&issued.chain_pem).len(), 3, "leaf, intermediate, root");
     assert!(!dir.join("root-key.pem").exists(), "no self-signed root is made when cacerts is present");
+    // The expiry metrics: the root's and the intermediate's notAfter.
+    assert_eq!(ca.intermediate_expiry_unix(), Some(i64::try_from(inter_expiry).expect("fits")));
+    assert_eq!(ca.root_expiry_unix(), not_after_unix(&pem_to_der(&root_pem)[0]));
+    assert_ne!(ca.root_expiry_unix(), ca.intermediate_expiry_unix());
+}
+
+#[test]
+fn a_self_signed_root_reports_its_expiry_and_no_intermediate() {
+    let ca = Ca::load_or_create(&tmpdir("expiry"), "cluster.local").expect("create");
+    let root = pem_to_der(ca.trust_bundle_pem());
+    let (_, cert) = x509_parser::parse_x509_certificate(&root[0]).expect("root parses");
+    assert_eq!(ca.root_expiry_unix(), Some(cert.validity().not_after.timestamp()));
+    let now = i64::try_from(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_secs())
+        .expect("fits");
+    let years = (ca.root_expiry_unix().unwrap_or(0) - now) / (365 * 86400);
+    assert!((9..=10).contains(&years), "istiod's ten-year root: {years}");
+    assert_eq!(ca.intermediate_expiry_unix(), None, "the root signs; there is no intermediate");
+    assert_eq!(not_after_unix(b"not a certificate"), None);
+}
+
+#[test]
+fn an_unparseable_csr_is_the_callers_error() {
+    let ca = Ca::load_or_create(&tmpdir("badcsr"), "cluster.local").expect("create");
+    let id = Identity::new("cluster.local", "ns", "sa");
+    let err = ca.sign_csr(
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+        &id,
+        Duration::from_secs(60),
+    );
+    assert!(matches!(err, Err(CaError::Csr(_))), "{err:?}");
+    let (_, csr) = new_csr(&id).expect("csr");
+    assert!(ca.sign_csr(&csr, &id, Duration::from_secs(60)).is_ok());
 }
 
 #[test]
