@@ -23,7 +23,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::conn::{Connection, Event, Response, Variant};
 use crate::sds::{CertState, Security};
 use spar_ca::Identity;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// How often a stream re-checks its certificate even when nothing is due (a safety net:
 /// CA changes are announced, and renewals are scheduled).
@@ -35,7 +35,7 @@ use crate::resources::type_url;
 const OUTBOUND_QUEUE: usize = 4;
 
 /// Counters the server keeps (exported as metrics by the binary).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     /// Open ADS streams.
     pub connected: AtomicU64,
@@ -47,31 +47,104 @@ pub struct Metrics {
     pub rejects: AtomicU64,
     /// Push-to-ACK time (`pilot_proxy_convergence_time`).
     pub convergence: Histogram,
+    /// Per type, in `type_url::PUSH_ORDER` order: the time from the stream's decision to
+    /// respond (a request, a new snapshot, a CA change or a certificate renewal) to that
+    /// type's response being handed to the stream (`pilot_xds_push_time{type}`). One
+    /// observation per response, so each count equals `pushes_by_type`.
+    pub push_time: [Histogram; 5],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connected: AtomicU64::default(),
+            pushes: AtomicU64::default(),
+            pushes_by_type: Default::default(),
+            rejects: AtomicU64::default(),
+            convergence: Histogram::new(Histogram::CONVERGENCE_BOUNDS),
+            push_time: std::array::from_fn(|_| Histogram::new(Histogram::PUSH_TIME_BOUNDS)),
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one response of `type_url` handed to the stream, decided at `decided_at`.
+    fn record_push(&self, type_url: &str, decided_at: Instant) {
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = type_url::PUSH_ORDER.iter().position(|t| *t == type_url) {
+            self.pushes_by_type[i].fetch_add(1, Ordering::Relaxed);
+            self.push_time[i].observe(decided_at.elapsed());
+        }
+    }
 }
 
 /// A fixed-bucket histogram of durations, lock-free.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Histogram {
-    /// Counts per bucket of [`Histogram::BOUNDS`] (cumulative when exported).
-    pub buckets: [AtomicU64; 9],
+    /// Upper bounds of the buckets, seconds, ascending.
+    bounds: &'static [f64],
+    /// Counts per bucket of `bounds` (not cumulative; observations above the last bound
+    /// are only in `count`).
+    buckets: Box<[AtomicU64]>,
     /// Observations.
-    pub count: AtomicU64,
+    count: AtomicU64,
     /// Sum of observations, microseconds.
-    pub sum_micros: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new(Self::CONVERGENCE_BOUNDS)
+    }
 }
 
 impl Histogram {
-    /// Upper bounds in seconds (istiod's buckets for convergence time).
-    pub const BOUNDS: [f64; 9] = [0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+    /// Upper bounds in seconds for push-to-ACK times.
+    pub const CONVERGENCE_BOUNDS: &'static [f64] = &[0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+    /// Upper bounds in seconds for push times: istiod's (`.01, .1, 1, 3, 5, 10, 20, 30`)
+    /// plus 1 ms, because most of Spar's pushes take less than 10 ms (replicas share one
+    /// generated and encoded config) and a single bucket below 10 ms would hide that.
+    pub const PUSH_TIME_BOUNDS: &'static [f64] = &[0.001, 0.01, 0.1, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+
+    /// An empty histogram with buckets up to `bounds` (seconds, ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
 
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = Self::BOUNDS.iter().position(|b| secs <= *b) {
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// The Prometheus view: cumulative counts per upper bound (seconds), then the count
+    /// (the `+Inf` bucket) and the sum in seconds. Read without a lock, so a scrape during
+    /// an observation may see the bucket before the count; the count is read last and
+    /// never less than the buckets' total, so `+Inf` stays the largest.
+    pub fn cumulative(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut total = 0;
+        let buckets = self
+            .bounds
+            .iter()
+            .zip(self.buckets.iter())
+            .map(|(b, n)| {
+                total += n.load(Ordering::Relaxed);
+                (*b, total)
+            })
+            .collect();
+        let count = self.count.load(Ordering::Relaxed).max(total);
+        #[allow(clippy::cast_precision_loss)] // microseconds to seconds for display
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (buckets, count, sum)
     }
 }
 
@@ -481,6 +554,8 @@ impl StreamTask {
             None => tokio::sync::watch::channel(0).1,
         };
         let mut refresh_at = SystemTime::now() + IDLE_REFRESH;
+        // When the stream decided to send what `pending` holds (pilot_xds_push_time).
+        let mut decided_at = Instant::now();
         let initial = self.resources(&snapshot, &mut refresh_at);
         let mut conn = Connection::new(variant, Arc::new(initial));
         let mut pending = first.handle(&mut conn);
@@ -493,20 +568,21 @@ impl StreamTask {
                 if tx.send(Box::new(Ok(r))).await.is_err() {
                     break 'stream;
                 }
-                self.metrics.pushes.fetch_add(1, Ordering::Relaxed);
-                if let Some(i) = type_url::PUSH_ORDER.iter().position(|t| *t == kind) {
-                    self.metrics.pushes_by_type[i].fetch_add(1, Ordering::Relaxed);
-                }
+                self.metrics.record_push(&kind, decided_at);
             }
             self.sync.update(sync_id, &conn, &self.proxy, snapshot.version, &self.warnings);
             tokio::select! {
                 req = inbound.next() => match req {
-                    Some(Ok(req)) => pending = req.handle(&mut conn),
+                    Some(Ok(req)) => {
+                        decided_at = Instant::now();
+                        pending = req.handle(&mut conn);
+                    }
                     Some(Err(e)) => { debug!(error = %e, "stream error"); break; }
                     None => break,
                 },
                 changed = self.snapshots.changed() => {
                     if changed.is_err() { break; }
+                    decided_at = Instant::now();
                     snapshot = self.snapshots.borrow_and_update().clone();
                     let resources = self.resources(&snapshot, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
@@ -514,6 +590,7 @@ impl StreamTask {
                 }
                 Ok(()) = ca_changes.changed() => {
                     // A new root or intermediate: re-issue now and push the new bundle.
+                    decided_at = Instant::now();
                     let resources = self.resources(&snapshot, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
                     log_push_decision("ca", snapshot.version, &pending);
@@ -521,6 +598,7 @@ impl StreamTask {
                 () = tokio::time::sleep(refresh_at.duration_since(SystemTime::now()).unwrap_or_default()) => {
                     // Certificate rotation (or the CA changed): only the secrets differ,
                     // so only SDS is pushed.
+                    decided_at = Instant::now();
                     let resources = self.resources(&snapshot, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
                     log_push_decision("certificate", snapshot.version, &pending);
@@ -581,6 +659,52 @@ impl StreamTask {
                     debug!(r#type = type_url::short(&type_url), "stale nonce ignored");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_inf_is_the_count() {
+        let h = Histogram::new(Histogram::PUSH_TIME_BOUNDS);
+        for ms in [0, 1, 5, 50, 2_000, 60_000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let (buckets, count, sum) = h.cumulative();
+        assert_eq!(buckets.len(), Histogram::PUSH_TIME_BOUNDS.len());
+        // 0 and 1 ms are <= 0.001 (the bound is inclusive), 5 ms <= 0.01, 50 ms <= 0.1,
+        // 2 s <= 3, and 60 s is above every bound: only in the count.
+        let at = |b: f64| buckets.iter().find(|(bound, _)| (*bound - b).abs() < 1e-9).map(|(_, n)| *n);
+        assert_eq!(at(0.001), Some(2));
+        assert_eq!(at(0.01), Some(3));
+        assert_eq!(at(0.1), Some(4));
+        assert_eq!(at(1.0), Some(4));
+        assert_eq!(at(3.0), Some(5));
+        assert_eq!(at(30.0), Some(5));
+        assert_eq!(count, 6);
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
+        assert!((sum - 62.056).abs() < 1e-6, "{sum}");
+    }
+
+    #[test]
+    fn push_time_is_recorded_per_type_with_each_push() {
+        let m = Metrics::default();
+        let cds = type_url::PUSH_ORDER.iter().position(|t| *t == type_url::CLUSTER).expect("cds is pushed");
+        let decided = Instant::now().checked_sub(Duration::from_millis(20)).unwrap_or_else(Instant::now);
+        m.record_push(type_url::CLUSTER, decided);
+        m.record_push(type_url::CLUSTER, Instant::now());
+        m.record_push("type.googleapis.com/unknown", Instant::now());
+        assert_eq!(m.pushes.load(Ordering::Relaxed), 3);
+        assert_eq!(m.pushes_by_type[cds].load(Ordering::Relaxed), 2);
+        let (buckets, count, sum) = m.push_time[cds].cumulative();
+        assert_eq!(count, 2, "one observation per response");
+        assert!(sum >= 0.02, "the 20 ms since the decision are counted: {sum}");
+        assert_eq!(buckets.last().map(|b| b.1), Some(2));
+        for (i, h) in m.push_time.iter().enumerate().filter(|(i, _)| *i != cds) {
+            assert_eq!(h.cumulative().1, 0, "type {i}");
         }
     }
 }
