@@ -11,6 +11,7 @@
 //! is gone.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use envoy_types::pb::google::protobuf::Struct;
@@ -19,7 +20,7 @@ use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::auth::TokenAuth;
-use crate::sds::Security;
+use crate::sds::{Security, SignError};
 
 /// `istio.v1.auth.IstioCertificateRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -73,12 +74,20 @@ impl CertificateService {
         &self,
         req: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let metrics = &self.security.metrics;
+        // Counted before authentication, as istiod does: every request received.
+        metrics.csr.fetch_add(1, Ordering::Relaxed);
         let trust_domain = self.security.ca().trust_domain().to_string();
         let caller =
             crate::auth::authenticate(crate::auth::Presented::of(&req), self.token_auth.as_ref(), &trust_domain)
-                .await?
-                .ok_or_else(|| {
-                    Status::unauthenticated("a client certificate or a service-account token is required")
+                .await
+                .and_then(|c| {
+                    c.ok_or_else(|| {
+                        Status::unauthenticated("a client certificate or a service-account token is required")
+                    })
+                })
+                .inspect_err(|_| {
+                    metrics.authn_failures.fetch_add(1, Ordering::Relaxed);
                 })?;
         let req = req.into_inner();
         // Istio caps the lifetime at its maximum; Spar caps it at the workload TTL, or for
@@ -94,11 +103,12 @@ impl CertificateService {
             .map_or(workload, |s| Duration::from_secs(s).min(max));
         let pod = caller.pod.as_ref().filter(|_| self.token_auth.is_some());
         let id = &caller.identity;
-        let issued = self
-            .security
-            .ca()
-            .sign_csr_for_pod(&req.csr, id, pod, ttl)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let issued = self.security.ca().sign_csr_for_pod(&req.csr, id, pod, ttl);
+        metrics.record_signing(&issued);
+        let issued = issued.map_err(|e| match SignError::of(&e) {
+            SignError::Csr => Status::invalid_argument(e.to_string()),
+            SignError::CertGen => Status::internal(e.to_string()),
+        })?;
         info!(identity = %id, pod = ?pod.map(|p| &p.name), by_token = caller.by_token, ttl_secs = ttl.as_secs(), "signed a CSR");
         let cert_chain = spar_ca::pem_to_der(&issued.chain_pem).iter().map(|der| to_pem(der)).collect();
         Ok(Response::new(IstioCertificateResponse { cert_chain }))
