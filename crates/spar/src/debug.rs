@@ -12,7 +12,8 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use spar_model::{Snapshot, Store};
-use spar_xds::server::{Metrics, SyncRegistry};
+use spar_xds::sds::{Security, SignError};
+use spar_xds::server::{Histogram, Metrics, SyncRegistry};
 use tokio::sync::watch;
 
 /// What the endpoint reads.
@@ -32,6 +33,8 @@ pub struct DebugState {
     pub ready: watch::Receiver<bool>,
     /// The Kubernetes source's per-kind state, when it runs.
     pub kube: Option<Arc<spar_kube::SyncStatus>>,
+    /// The CA, once loaded (never, without one): its `citadel_server_*` metrics.
+    pub security: Arc<std::sync::OnceLock<Arc<Security>>>,
 }
 
 /// The router.
@@ -89,21 +92,24 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
             s.metrics.pushes_by_type[i].load(Ordering::Relaxed)
         );
     }
-    let h = &s.metrics.convergence;
-    let _ = writeln!(
-        out,
-        "# HELP pilot_proxy_convergence_time Seconds from a push to the proxy's ACK.\n# TYPE pilot_proxy_convergence_time histogram"
+    histogram(
+        &mut out,
+        "pilot_proxy_convergence_time",
+        "Seconds from a push to the proxy's ACK.",
+        &[("", &s.metrics.convergence)],
     );
-    let mut cumulative = 0;
-    for (i, bound) in spar_xds::server::Histogram::BOUNDS.iter().enumerate() {
-        cumulative += h.buckets[i].load(Ordering::Relaxed);
-        let _ = writeln!(out, "pilot_proxy_convergence_time_bucket{{le=\"{bound}\"}} {cumulative}");
-    }
-    let count = h.count.load(Ordering::Relaxed);
-    let _ = writeln!(out, "pilot_proxy_convergence_time_bucket{{le=\"+Inf\"}} {count}");
-    #[allow(clippy::cast_precision_loss)] // microseconds to seconds for display
-    let sum = h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-    let _ = writeln!(out, "pilot_proxy_convergence_time_sum {sum}\npilot_proxy_convergence_time_count {count}");
+    let push_time: Vec<(String, &Histogram)> = spar_xds::type_url::PUSH_ORDER
+        .iter()
+        .zip(&s.metrics.push_time)
+        .map(|(t, h)| (format!("type=\"{}\"", spar_xds::type_url::short(t)), h))
+        .collect();
+    let push_time: Vec<(&str, &Histogram)> = push_time.iter().map(|(l, h)| (l.as_str(), *h)).collect();
+    histogram(
+        &mut out,
+        "pilot_xds_push_time",
+        "Seconds from a proxy's stream deciding to respond to the response being handed to the stream, by type.",
+        &push_time,
+    );
     metric(
         &mut out,
         "spar_xds_pushes_total",
@@ -149,8 +155,80 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
         "Conflicts and dangling references in the current snapshot.",
         snap.diagnostics.len().to_string(),
     );
+    if let Some(security) = s.security.get() {
+        ca_metrics(&mut out, security, &mut metric);
+    }
     process_metrics(&mut out, &mut metric);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// A Prometheus histogram with one series per label set (`""` for none): cumulative
+/// buckets, `+Inf` (the count), sum and count.
+fn histogram(out: &mut String, name: &str, help: &str, series: &[(&str, &Histogram)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (labels, h) in series {
+        let (buckets, count, sum) = h.cumulative();
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, n) in buckets {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let labels = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{labels} {sum}\n{name}_count{labels} {count}");
+    }
+}
+
+/// istiod's `citadel_server_*` metrics, exported only when Spar runs a CA (as istiod
+/// does: without its CA it has none), with every counter present from the start. The
+/// expiry gauges are read from the current CA, so they follow a reload.
+fn ca_metrics(out: &mut String, security: &Security, metric: &mut impl FnMut(&mut String, &str, &str, &str, String)) {
+    let m = &security.metrics;
+    let counters = [
+        (
+            "citadel_server_csr_count",
+            "Certificate requests received: CSRs on the CSR API and workload certificates issued over SDS.",
+            &m.csr,
+        ),
+        ("citadel_server_success_cert_issuance_count", "Certificates issued.", &m.success),
+        ("citadel_server_authentication_failure_count", "CSR API calls that proved no identity.", &m.authn_failures),
+        ("citadel_server_csr_parsing_err_count", "CSRs that do not parse.", &m.csr_parsing_errors),
+    ];
+    for (name, help, v) in counters {
+        metric(out, name, "counter", help, v.load(Ordering::Relaxed).to_string());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP citadel_server_csr_sign_err_count Certificate signing failures, by error type.\n# TYPE citadel_server_csr_sign_err_count counter"
+    );
+    for e in SignError::ALL {
+        let n = m.sign_errors[e as usize].load(Ordering::Relaxed);
+        let _ = writeln!(out, "citadel_server_csr_sign_err_count{{error=\"{}\"}} {n}", e.label());
+    }
+    let ca = security.ca();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let expiries = [
+        ("root_cert", "the first trusted root (root-cert.pem)", ca.root_expiry_unix()),
+        ("cert_chain", "the signing intermediate (cacerts' ca-cert.pem)", ca.intermediate_expiry_unix()),
+    ];
+    for (what, help, at) in expiries {
+        let Some(at) = at else { continue };
+        metric(
+            out,
+            &format!("citadel_server_{what}_expiry_timestamp"),
+            "gauge",
+            &format!("Unix time, in seconds, when {help} expires."),
+            at.to_string(),
+        );
+        metric(
+            out,
+            &format!("citadel_server_{what}_expiry_seconds"),
+            "gauge",
+            &format!("Seconds until {help} expires (negative once expired)."),
+            at.saturating_sub(now).to_string(),
+        );
+    }
 }
 
 /// The process's own resident memory and CPU time under the names Prometheus client
@@ -356,12 +434,51 @@ pub async fn wait(address: &str, version: Option<u64>, timeout: std::time::Durat
     }
 }
 
+/// What `spar proxy-status -o` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFormat {
+    /// One row per proxy, a column per type (the default).
+    Table,
+    /// `/debug/syncz` as a JSON array.
+    Json,
+    /// The same as YAML.
+    Yaml,
+}
+
+impl std::str::FromStr for StatusFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        match s {
+            "table" | "" => Ok(Self::Table),
+            "json" => Ok(Self::Json),
+            "yaml" => Ok(Self::Yaml),
+            other => anyhow::bail!("unknown output format {other:?}: table, json or yaml"),
+        }
+    }
+}
+
+/// `true` is JSON, `false` the table (what callers that only knew those two pass).
+impl From<bool> for StatusFormat {
+    fn from(json: bool) -> Self {
+        if json { Self::Json } else { Self::Table }
+    }
+}
+
+/// The proxies as JSON or YAML (`None` for the table).
+fn render_proxies(proxies: &[serde_json::Value], format: StatusFormat) -> anyhow::Result<Option<String>> {
+    Ok(match format {
+        StatusFormat::Table => None,
+        StatusFormat::Json => Some(serde_json::to_string_pretty(proxies)?),
+        StatusFormat::Yaml => Some(serde_yaml_ng::to_string(proxies)?),
+    })
+}
+
 /// `spar proxy-status`.
-pub async fn proxy_status(address: &str, json: bool) -> anyhow::Result<()> {
+pub async fn proxy_status(address: &str, format: impl Into<StatusFormat>) -> anyhow::Result<()> {
     let proxies: Vec<serde_json::Value> =
         get_json(address, "/debug/syncz").await?.as_array().cloned().unwrap_or_default();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&proxies)?);
+    if let Some(text) = render_proxies(&proxies, format.into())? {
+        println!("{}", text.trim_end());
         return Ok(());
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -405,6 +522,74 @@ pub async fn proxy_status(address: &str, json: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn proxy_status_yaml_is_the_json_in_yaml() {
+        use super::{StatusFormat, render_proxies};
+        let proxies = vec![serde_json::json!({
+            "proxy": "sidecar~10.0.0.1~client.default~default.svc.cluster.local",
+            "variant": "sotw",
+            "identity": null,
+            "snapshot": 3,
+            "types": {"cds": {"sent": "3", "acked": "3", "nack": null}, "lds": {"sent": "3", "nack": {"version": "3", "message": "bad: \"x\"", "at": 1}}},
+        })];
+        let yaml = render_proxies(&proxies, StatusFormat::Yaml).expect("yaml").expect("text");
+        let back: Vec<serde_json::Value> = serde_yaml_ng::from_str(&yaml).expect("parses");
+        assert_eq!(back, proxies, "{yaml}");
+        let json = render_proxies(&proxies, StatusFormat::Json).expect("json").expect("text");
+        assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&json).expect("parses"), proxies);
+        assert_eq!(render_proxies(&proxies, StatusFormat::Table).expect("table"), None);
+        assert_eq!("yaml".parse::<StatusFormat>().ok(), Some(StatusFormat::Yaml));
+        assert_eq!("json".parse::<StatusFormat>().ok(), Some(StatusFormat::Json));
+        assert_eq!("table".parse::<StatusFormat>().ok(), Some(StatusFormat::Table));
+        assert!("xml".parse::<StatusFormat>().is_err());
+        assert_eq!(StatusFormat::from(true), StatusFormat::Json);
+        assert_eq!(StatusFormat::from(false), StatusFormat::Table);
+    }
+
+    #[test]
+    fn histograms_render_per_label_set() {
+        use spar_xds::server::Histogram;
+        let h = Histogram::new(&[0.1, 1.0]);
+        h.observe(std::time::Duration::from_millis(50));
+        h.observe(std::time::Duration::from_secs(5));
+        let none = Histogram::new(&[0.1, 1.0]);
+        let mut out = String::new();
+        super::histogram(&mut out, "x", "Help.", &[("type=\"cds\"", &h), ("type=\"eds\"", &none)]);
+        let expected = "# HELP x Help.\n# TYPE x histogram\n\
+            x_bucket{type=\"cds\",le=\"0.1\"} 1\nx_bucket{type=\"cds\",le=\"1\"} 1\nx_bucket{type=\"cds\",le=\"+Inf\"} 2\n\
+            x_sum{type=\"cds\"} 5.05\nx_count{type=\"cds\"} 2\n\
+            x_bucket{type=\"eds\",le=\"0.1\"} 0\nx_bucket{type=\"eds\",le=\"1\"} 0\nx_bucket{type=\"eds\",le=\"+Inf\"} 0\n\
+            x_sum{type=\"eds\"} 0\nx_count{type=\"eds\"} 0\n";
+        assert_eq!(out, expected);
+        let mut out = String::new();
+        super::histogram(&mut out, "y", "Help.", &[("", &none)]);
+        assert!(out.contains("y_bucket{le=\"+Inf\"} 0\ny_sum 0\ny_count 0\n"), "{out}");
+    }
+
+    #[test]
+    fn ca_metrics_start_at_zero_and_show_the_root_expiry() {
+        use std::fmt::Write as _;
+        let (cert, key) = spar_ca::Ca::new_root_pem("cluster.local").expect("root");
+        let ca = spar_ca::Ca::from_pem("cluster.local", &cert, &key, &cert, &cert).expect("ca");
+        let expiry = ca.root_expiry_unix().expect("the root parses");
+        let security = spar_xds::sds::Security::new(ca, std::time::Duration::from_secs(3600));
+        let mut out = String::new();
+        super::ca_metrics(&mut out, &security, &mut |out: &mut String, name: &str, _: &str, _: &str, v: String| {
+            let _ = writeln!(out, "{name} {v}");
+        });
+        for zero in [
+            "citadel_server_csr_count 0",
+            "citadel_server_success_cert_issuance_count 0",
+            "citadel_server_authentication_failure_count 0",
+            "citadel_server_csr_sign_err_count{error=\"CSR_ERROR\"} 0",
+            "citadel_server_csr_sign_err_count{error=\"CERT_GEN_ERROR\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == zero), "{zero} in {out}");
+        }
+        assert!(out.lines().any(|l| l == format!("citadel_server_root_cert_expiry_timestamp {expiry}")), "{out}");
+        assert!(!out.contains("cert_chain"), "a self-signed root has no chain to expire: {out}");
+    }
+
     #[test]
     fn chunked_bodies_are_decoded() {
         assert_eq!(super::dechunk(b"4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n"), b"{\"a\":1}");

@@ -117,6 +117,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let ads = AdsService::new(snap_rx.clone(), shutdown_rx.clone());
     let ads_secure = ads.clone();
+    // Filled once the CA is loaded, for its metrics on the debug endpoint.
+    let ca_metrics: Arc<std::sync::OnceLock<Arc<spar_xds::sds::Security>>> = Arc::default();
     if let Some(addr) = cfg.debug_address {
         let state = crate::debug::DebugState {
             metrics: ads.metrics(),
@@ -126,6 +128,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             snapshots: snap_rx.clone(),
             ready: ready_rx,
             kube: kube.clone(),
+            security: Arc::clone(&ca_metrics),
         };
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding debug address {addr}"))?;
@@ -261,6 +264,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                     kube_client: kube_client.clone(),
                     bundle: bundle_tx,
                     token_auth,
+                    metrics: ca_metrics,
                 },
                 ads_secure,
                 shutdown_rx.clone(),
@@ -293,6 +297,8 @@ struct WithCa {
     kube_client: Option<kube::Client>,
     bundle: watch::Sender<String>,
     token_auth: Option<spar_xds::auth::TokenAuth>,
+    /// Where the debug endpoint finds the CA for its metrics.
+    metrics: Arc<std::sync::OnceLock<Arc<spar_xds::sds::Security>>>,
 }
 
 /// Starts the secure xDS port; returns the server future to spawn.
@@ -303,7 +309,7 @@ async fn serve_secure(
     ads: AdsService,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    let WithCa { webhook, inject, kube_client, bundle, token_auth } = with_ca;
+    let WithCa { webhook, inject, kube_client, bundle, token_auth, metrics } = with_ca;
     let ca = spar_ca::Ca::load_or_create(&sec.ca_dir, &sec.trust_domain)
         .with_context(|| format!("loading the CA from {}", sec.ca_dir.display()))?;
     bundle.send_replace(ca.trust_bundle_pem().to_string());
@@ -330,6 +336,7 @@ async fn serve_secure(
         if token_auth.is_some() { crate::secure::ClientCerts::Optional } else { crate::secure::ClientCerts::Required };
     let (tls, refresh_at) = crate::secure::server_config(&ca, &me, client_certs)?;
     let security = std::sync::Arc::new(spar_xds::sds::Security::new(ca, sec.workload_cert_ttl));
+    let _ = metrics.set(Arc::clone(&security));
     if let Some(tls_tx) = webhook_tls {
         let renew = crate::webhook::renew(Arc::clone(&security), root_namespace.clone(), bundle.subscribe(), tls_tx);
         tokio::spawn(renew.instrument(info_span!("webhook")));
