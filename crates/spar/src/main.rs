@@ -358,6 +358,28 @@ fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// mimalloc gives freed pages back to the system only `purge_delay` (1 s) after the
+/// free, and only when it next runs: a control plane that goes quiet after a burst (a
+/// reconnect storm, a large push) keeps them resident, about 15% of its RSS at 2k
+/// proxies (docs/performance.md). `spar serve` purges at once: unless the operator set
+/// `MIMALLOC_PURGE_DELAY`, it re-executes itself once with `MIMALLOC_PURGE_DELAY=0`
+/// (mimalloc reads its options before `main`, and nothing in safe Rust sets them later).
+fn purge_freed_memory_promptly() {
+    #[cfg(all(unix, not(feature = "system-allocator")))]
+    {
+        use std::os::unix::process::CommandExt;
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else { return };
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("MIMALLOC_PURGE_DELAY", "0")
+            .exec();
+        eprintln!("note: cannot re-execute with MIMALLOC_PURGE_DELAY=0 ({err}); freed memory goes back more slowly");
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -365,6 +387,7 @@ fn main() -> anyhow::Result<()> {
         Command::Inject(a) => inject::run(a),
         Command::Install(a) => install::run(a),
         Command::Serve(a) => {
+            purge_freed_memory_promptly();
             let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
             let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
             match a.log_format {
