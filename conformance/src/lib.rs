@@ -275,11 +275,15 @@ impl Harness {
 
     /// Runs `spar proxy-status` against this harness's Spar.
     pub async fn proxy_status(&self, json: bool) -> anyhow::Result<String> {
+        self.proxy_status_as(if json { "json" } else { "table" }).await
+    }
+
+    /// Runs `spar proxy-status -o <output>` (`table`, `json`, `yaml`) against this
+    /// harness's Spar.
+    pub async fn proxy_status_as(&self, output: &str) -> anyhow::Result<String> {
         let mut cmd = Command::new(spar_bin()?);
         cmd.arg("proxy-status").arg("--debug-address").arg(self.debug_address().to_string());
-        if json {
-            cmd.args(["-o", "json"]);
-        }
+        cmd.args(["-o", output]);
         let out = cmd.output().await?;
         if !out.status.success() {
             bail!("spar proxy-status failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -648,6 +652,76 @@ fn dechunk(mut s: &str) -> String {
         s = rest[n..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// Spar's `/metrics` from `addr` (its debug endpoint).
+pub async fn spar_metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    let r = http_request(addr, "GET", "spar", "/metrics", &[]).await?;
+    if r.status != 200 {
+        bail!("GET /metrics: status {}", r.status);
+    }
+    Ok(r.body)
+}
+
+/// The value of the series `series` (a name with its labels, as printed) in a
+/// Prometheus text exposition, if exported.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The Spar, istiod and process series the Grafana dashboard in `deploy/grafana` queries
+/// (the words of its PromQL expressions with a `pilot_`, `spar_`, `process_` or
+/// `citadel_` prefix), de-duplicated.
+pub fn dashboard_series() -> anyhow::Result<Vec<String>> {
+    let path = project_root().join("deploy/grafana/spar-control-plane.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if ["pilot_", "spar_", "process_", "citadel_"].iter().any(|p| word.starts_with(p))
+                    && !queried.iter().any(|q| q == word)
+                {
+                    queried.push(word.to_string());
+                }
+            }
+        }
+    }
+    Ok(queried)
+}
+
+/// Whether `metrics` exports `name` (a series name, e.g. `pilot_xds_push_time_bucket`).
+pub fn exports(metrics: &str, name: &str) -> bool {
+    metrics.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with([' ', '{'])))
+}
+
+/// Checks a Prometheus histogram's series with `labels` (e.g. `type="cds"`, or `""`):
+/// cumulative buckets that never decrease, `+Inf` equal to `_count`. Returns the count.
+pub fn check_histogram(metrics: &str, name: &str, labels: &str) -> anyhow::Result<f64> {
+    let prefix = if labels.is_empty() { format!("{name}_bucket{{le=") } else { format!("{name}_bucket{{{labels},le=") };
+    let mut buckets = Vec::new();
+    for l in metrics.lines() {
+        let Some(rest) = l.strip_prefix(&prefix) else { continue };
+        let (le, value) = rest.split_once("} ").with_context(|| format!("malformed bucket: {l}"))?;
+        let le = le.trim_matches('"');
+        let le: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse().with_context(|| format!("bound in {l}"))? };
+        buckets.push((le, value.trim().parse::<f64>().with_context(|| format!("value in {l}"))?));
+    }
+    if buckets.len() < 2 {
+        bail!("{name}{{{labels}}}: no buckets in\n{metrics}");
+    }
+    if !buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1) {
+        bail!("{name}{{{labels}}}: bounds must rise and counts never fall: {buckets:?}");
+    }
+    let suffix = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+    let count =
+        metric_value(metrics, &format!("{name}_count{suffix}")).with_context(|| format!("{name}_count{suffix}"))?;
+    metric_value(metrics, &format!("{name}_sum{suffix}")).with_context(|| format!("{name}_sum{suffix}"))?;
+    match buckets.last() {
+        Some((le, n)) if le.is_infinite() && (*n - count).abs() < f64::EPSILON => Ok(count),
+        last => bail!("{name}{{{labels}}}: the last bucket must be +Inf and equal the count {count}: {last:?}"),
+    }
 }
 
 /// Polls `cond` every 50 ms until it holds or `timeout` passes.

@@ -69,7 +69,45 @@ async fn mtls_by_default(delta: bool) -> anyhow::Result<()> {
     assert!(kinds.contains(&("certificate", "spiffe://cluster.local/ns/default/sa/client")), "{json}");
     assert!(kinds.iter().any(|(k, _)| *k == "trust bundle"), "{json}");
     assert!(!json.to_string().contains("PRIVATE KEY"), "no key material: {json}");
+    // istiod's CA metrics: every sidecar's SDS certificate was a request and an issuance,
+    // nothing failed, and the root's expiry is the one in the CA directory.
+    let metrics = spar_conformance::spar_metrics(m.h.debug_address()).await?;
+    let value = |series: &str| spar_conformance::metric_value(&metrics, series);
+    let sidecars = 1.0 + m.backends.len() as f64;
+    let issued = value("citadel_server_success_cert_issuance_count").unwrap_or(0.0);
+    assert!(issued >= sidecars, "{issued} certificates for {sidecars} sidecars:\n{metrics}");
+    assert!(value("citadel_server_csr_count").unwrap_or(0.0) >= issued, "{metrics}");
+    for zero in [
+        "citadel_server_csr_sign_err_count{error=\"CSR_ERROR\"}",
+        "citadel_server_csr_sign_err_count{error=\"CERT_GEN_ERROR\"}",
+        "citadel_server_csr_parsing_err_count",
+        "citadel_server_authentication_failure_count",
+    ] {
+        assert_eq!(value(zero), Some(0.0), "{zero}:\n{metrics}");
+    }
+    let root = root_expiry(&m.h)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as f64;
+    assert!(root > now, "the root expires in the future: {root}");
+    assert_eq!(value("citadel_server_root_cert_expiry_timestamp"), Some(root), "{metrics}");
+    let left = value("citadel_server_root_cert_expiry_seconds").unwrap_or(0.0);
+    assert!((left - (root - now)).abs() < 60.0, "{left} s left:\n{metrics}");
+    assert!(!metrics.contains("citadel_server_cert_chain_expiry"), "Spar's own root signs: no chain:\n{metrics}");
+    // The CA panels of the Grafana dashboard query series Spar exports when it runs its CA.
+    let queried = spar_conformance::dashboard_series()?;
+    let ca_series: Vec<&String> = queried.iter().filter(|n| n.starts_with("citadel_")).collect();
+    assert!(!ca_series.is_empty(), "the dashboard has CA panels: {queried:?}");
+    for name in ca_series {
+        assert!(spar_conformance::exports(&metrics, name), "the dashboard queries {name}:\n{metrics}");
+    }
     m.h.check_alive()
+}
+
+/// The notAfter, Unix seconds, of the root certificate in the harness's CA directory.
+fn root_expiry(h: &Harness) -> anyhow::Result<f64> {
+    let pem = std::fs::read_to_string(h.ca_dir().join("root-cert.pem"))?;
+    let der = spar_ca::pem_to_der(&pem).into_iter().next().ok_or_else(|| anyhow::anyhow!("no root certificate"))?;
+    let at = spar_ca::not_after_unix(&der).ok_or_else(|| anyhow::anyhow!("the root does not parse"))?;
+    Ok(at as f64)
 }
 
 fn peer_auth(name: &str, selector: Option<&str>, mode: &str, port_level: Option<(u16, &str)>) -> String {
@@ -290,6 +328,22 @@ async fn csr_api(_delta: bool) -> anyhow::Result<()> {
         anyhow::Ok(r.is_ok())
     };
     assert!(!refused.await.unwrap_or(false), "an unauthenticated caller gets no certificate");
+    // A CSR that does not parse: refused as the caller's error, and counted as istiod does.
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/istio.v1.auth.IstioCertificateService/CreateCertificate",
+    );
+    let garbage = IstioCertificateRequest { csr: "not a CSR".into(), validity_duration: 600, metadata: None };
+    grpc.ready().await?;
+    let r: Result<tonic::Response<IstioCertificateResponse>, tonic::Status> =
+        grpc.unary(tonic::Request::new(garbage), path, tonic_prost::ProstCodec::default()).await;
+    assert_eq!(r.err().map(|s| s.code()), Some(tonic::Code::InvalidArgument));
+    let metrics = spar_conformance::spar_metrics(h.debug_address()).await?;
+    let value = |series: &str| spar_conformance::metric_value(&metrics, series);
+    assert_eq!(value("citadel_server_csr_count"), Some(2.0), "{metrics}");
+    assert_eq!(value("citadel_server_success_cert_issuance_count"), Some(1.0), "{metrics}");
+    assert_eq!(value("citadel_server_csr_parsing_err_count"), Some(1.0), "{metrics}");
+    assert_eq!(value("citadel_server_csr_sign_err_count{error=\"CSR_ERROR\"}"), Some(1.0), "{metrics}");
+    assert_eq!(value("citadel_server_csr_sign_err_count{error=\"CERT_GEN_ERROR\"}"), Some(0.0), "{metrics}");
     h.check_alive()
 }
 
@@ -520,6 +574,17 @@ async fn root_rotation(delta: bool) -> anyhow::Result<()> {
     write("root-cert.pem", &new_root)?;
     wait_for(CONVERGE, "a certificate signed by the new root", || async {
         client.admin_get("/certs").await.is_ok_and(|(_, c)| sds_leaf(&c).is_some_and(|s| Some(&s) != before.as_ref()))
+    })
+    .await?;
+    // The root expiry metric follows the reload: the new root's notAfter.
+    let new_expiry = root_expiry(&m.h)?;
+    let old_expiry = spar_ca::not_after_unix(&spar_ca::pem_to_der(&old_root)[0]).unwrap_or_default() as f64;
+    anyhow::ensure!(new_expiry != old_expiry, "the two roots expire in the same second: the check would prove nothing");
+    let debug = m.h.debug_address();
+    wait_for(CONVERGE, "citadel_server_root_cert_expiry_timestamp of the new root", || async {
+        spar_conformance::spar_metrics(debug).await.is_ok_and(|t| {
+            spar_conformance::metric_value(&t, "citadel_server_root_cert_expiry_timestamp") == Some(new_expiry)
+        })
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
