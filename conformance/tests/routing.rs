@@ -404,5 +404,42 @@ async fn proxy_status_shows_synced_proxies() -> anyhow::Result<()> {
             "the dashboard queries {name}, which /metrics does not export:\n{metrics}"
         );
     }
+    // `-o yaml` lists the same proxies as `-o json`.
+    let yaml = h.proxy_status_as("yaml").await?;
+    let mut from_yaml = yaml_proxies(&yaml)?;
+    let mut from_json: Vec<String> =
+        json.as_array().into_iter().flatten().filter_map(|p| p["proxy"].as_str().map(str::to_string)).collect();
+    from_yaml.sort();
+    from_json.sort();
+    assert_eq!(from_yaml, from_json, "{yaml}");
     h.check_alive()
+}
+
+/// The `proxy` of each item of `spar proxy-status -o yaml`: a block sequence (`- ` at
+/// column 0) of mappings, each with one `proxy:` key at the item's indentation. Fails on
+/// anything else (JSON, the table, an item without a proxy or with two). The full YAML
+/// round trip is a unit test of the renderer (crates/spar/src/debug.rs).
+fn yaml_proxies(yaml: &str) -> anyhow::Result<Vec<String>> {
+    let mut items: Vec<Vec<String>> = Vec::new();
+    for line in yaml.lines().filter(|l| !l.trim().is_empty()) {
+        let key = if let Some(rest) = line.strip_prefix("- ") {
+            items.push(Vec::new());
+            rest
+        } else if let Some(rest) = line.strip_prefix("  ") {
+            anyhow::ensure!(!items.is_empty(), "indented line before the first item: {line:?}\n{yaml}");
+            rest
+        } else {
+            anyhow::bail!("not a YAML block sequence of mappings: {line:?}\n{yaml}");
+        };
+        if let (Some(v), Some(item)) = (key.strip_prefix("proxy: "), items.last_mut()) {
+            item.push(v.trim().trim_matches(|c| c == '\'' || c == '"').to_string());
+        }
+    }
+    items
+        .into_iter()
+        .map(|mut p| match (p.pop(), p.is_empty()) {
+            (Some(proxy), true) => Ok(proxy),
+            _ => anyhow::bail!("an item without exactly one proxy key\n{yaml}"),
+        })
+        .collect()
 }

@@ -478,7 +478,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::ProxyStatus(a) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(debug::proxy_status(&a.debug_address, a.output == "json"))
+            rt.block_on(debug::proxy_status(&a.debug_address, a.output.parse::<debug::StatusFormat>()?))
         }
         Command::Explain(a) => explain::run(&a),
         Command::ProxyConfig(a) => {
