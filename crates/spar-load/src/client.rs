@@ -348,31 +348,58 @@ impl Rng {
     }
 }
 
+/// A resource name. Every simulated proxy sees the same names (thousands each in a
+/// full mesh), so they are interned: one allocation per name for the whole client,
+/// which lets one machine simulate a thousand proxies of a 10k-service mesh.
+type Name = Arc<str>;
+
+fn intern(name: &str) -> Name {
+    static NAMES: std::sync::OnceLock<Mutex<std::collections::HashSet<Name>>> = std::sync::OnceLock::new();
+    let mut names = NAMES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(n) = names.get(name) {
+        return Arc::clone(n);
+    }
+    let n: Name = Arc::from(name);
+    names.insert(Arc::clone(&n));
+    n
+}
+
+/// The two fields of a Cluster that subscribing needs (prost skips the others), for
+/// `--decode discovery`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ClusterHead {
+    #[prost(string, tag = "1")]
+    name: String,
+    /// `type` in the `cluster_discovery_type` oneof.
+    #[prost(int32, optional, tag = "2")]
+    discovery: Option<i32>,
+}
+
 /// What a proxy holds, as far as subscribing needs to know.
 #[derive(Debug, Default)]
 struct Holdings {
     /// Clusters by name: whether each is an EDS cluster.
-    clusters: BTreeMap<String, bool>,
+    clusters: BTreeMap<Name, bool>,
     /// Listeners by name: the route configurations each names (RDS).
-    listeners: BTreeMap<String, Vec<String>>,
+    listeners: BTreeMap<Name, Vec<Name>>,
     /// EDS and RDS names subscribed to.
-    eds_sub: BTreeSet<String>,
-    rds_sub: BTreeSet<String>,
+    eds_sub: BTreeSet<Name>,
+    rds_sub: BTreeSet<Name>,
     /// Whether each type's latest response (for the current subscription) was answered.
     answered: [bool; 4],
     /// The subscription (EDS/RDS) in force when the last answered response arrived.
-    answered_for: [BTreeSet<String>; 2],
+    answered_for: [BTreeSet<Name>; 2],
     /// Last ACKed version and last nonce per type (SotW).
     acked_version: [String; 4],
     nonce: [String; 4],
 }
 
 impl Holdings {
-    fn eds_wanted(&self) -> BTreeSet<String> {
+    fn eds_wanted(&self) -> BTreeSet<Name> {
         self.clusters.iter().filter(|(_, eds)| **eds).map(|(n, _)| n.clone()).collect()
     }
 
-    fn rds_wanted(&self) -> BTreeSet<String> {
+    fn rds_wanted(&self) -> BTreeSet<Name> {
         self.listeners.values().flatten().cloned().collect()
     }
 
@@ -388,10 +415,15 @@ impl Holdings {
     /// Applies one decoded resource (added or updated); returns an error to NACK with.
     fn apply(&mut self, kind: XdsType, name: &str, any: &Any, decode: Decode) -> Result<(), String> {
         match kind {
-            XdsType::Cds => {
+            XdsType::Cds if decode == Decode::All => {
                 let c = XdsCluster::decode(any.value.as_slice()).map_err(|e| format!("cluster {name}: {e}"))?;
                 let eds = matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
-                self.clusters.insert(if name.is_empty() { c.name } else { name.to_string() }, eds);
+                self.clusters.insert(intern(if name.is_empty() { &c.name } else { name }), eds);
+            }
+            XdsType::Cds => {
+                let c = ClusterHead::decode(any.value.as_slice()).map_err(|e| format!("cluster {name}: {e}"))?;
+                let eds = c.discovery == Some(DiscoveryType::Eds as i32);
+                self.clusters.insert(intern(if name.is_empty() { &c.name } else { name }), eds);
             }
             XdsType::Lds => {
                 let l = XdsListener::decode(any.value.as_slice()).map_err(|e| format!("listener {name}: {e}"))?;
@@ -404,12 +436,12 @@ impl Holdings {
                             let hcm =
                                 XdsHcm::decode(tc.value.as_slice()).map_err(|e| format!("listener {name}: {e}"))?;
                             if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                                routes.push(rds.route_config_name);
+                                routes.push(intern(&rds.route_config_name));
                             }
                         }
                     }
                 }
-                self.listeners.insert(if name.is_empty() { l.name } else { name.to_string() }, routes);
+                self.listeners.insert(intern(if name.is_empty() { &l.name } else { name }), routes);
             }
             XdsType::Eds if decode == Decode::All => {
                 XdsLoadAssignment::decode(any.value.as_slice()).map_err(|e| format!("endpoints {name}: {e}"))?;
@@ -562,8 +594,8 @@ impl Proxy {
     fn sotw_request(&self, h: &Holdings, kind: XdsType) -> DiscoveryRequest {
         let k = kind as usize;
         let names = match kind {
-            XdsType::Eds => h.eds_sub.iter().cloned().collect(),
-            XdsType::Rds => h.rds_sub.iter().cloned().collect(),
+            XdsType::Eds => h.eds_sub.iter().map(|n| n.to_string()).collect(),
+            XdsType::Rds => h.rds_sub.iter().map(|n| n.to_string()).collect(),
             XdsType::Cds | XdsType::Lds => Vec::new(),
         };
         DiscoveryRequest {
@@ -579,8 +611,8 @@ impl Proxy {
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
         let mut h = Holdings::default();
         // Names held per type, for removals.
-        let mut eds_held: BTreeSet<String> = BTreeSet::new();
-        let mut rds_held: BTreeSet<String> = BTreeSet::new();
+        let mut eds_held: BTreeSet<Name> = BTreeSet::new();
+        let mut rds_held: BTreeSet<Name> = BTreeSet::new();
         tx.send(DeltaDiscoveryRequest {
             node: Some(self.spec.node()),
             type_url: type_url::CLUSTER.into(),
@@ -607,10 +639,10 @@ impl Proxy {
                 }
                 match kind {
                     XdsType::Eds => {
-                        eds_held.insert(r.name.clone());
+                        eds_held.insert(intern(&r.name));
                     }
                     XdsType::Rds => {
-                        rds_held.insert(r.name.clone());
+                        rds_held.insert(intern(&r.name));
                     }
                     _ => {}
                 }
@@ -618,16 +650,16 @@ impl Proxy {
             for name in &removed_resources {
                 match kind {
                     XdsType::Cds => {
-                        h.clusters.remove(name);
+                        h.clusters.remove(name.as_str());
                     }
                     XdsType::Lds => {
-                        h.listeners.remove(name);
+                        h.listeners.remove(name.as_str());
                     }
                     XdsType::Eds => {
-                        eds_held.remove(name);
+                        eds_held.remove(name.as_str());
                     }
                     XdsType::Rds => {
-                        rds_held.remove(name);
+                        rds_held.remove(name.as_str());
                     }
                 }
             }
@@ -653,11 +685,13 @@ impl Proxy {
             // subscribed to (the server tells it which do not exist by removing them).
             match kind {
                 XdsType::Eds => {
-                    h.answered[k] = h.eds_sub.iter().all(|n| eds_held.contains(n) || removed_resources.contains(n));
+                    h.answered[k] =
+                        h.eds_sub.iter().all(|n| eds_held.contains(n) || removed_resources.iter().any(|r| **r == **n));
                     h.answered_for[0] = if h.answered[k] { h.eds_sub.clone() } else { eds_held.clone() };
                 }
                 XdsType::Rds => {
-                    h.answered[k] = h.rds_sub.iter().all(|n| rds_held.contains(n) || removed_resources.contains(n));
+                    h.answered[k] =
+                        h.rds_sub.iter().all(|n| rds_held.contains(n) || removed_resources.iter().any(|r| **r == **n));
                     h.answered_for[1] = if h.answered[k] { h.rds_sub.clone() } else { rds_held.clone() };
                 }
                 XdsType::Cds | XdsType::Lds => h.answered[k] = true,
@@ -678,11 +712,11 @@ impl Proxy {
 }
 
 /// A delta request that moves the subscription of `kind` from `old` to `new`.
-fn delta_subscription(kind: XdsType, old: &BTreeSet<String>, new: &BTreeSet<String>) -> DeltaDiscoveryRequest {
+fn delta_subscription(kind: XdsType, old: &BTreeSet<Name>, new: &BTreeSet<Name>) -> DeltaDiscoveryRequest {
     DeltaDiscoveryRequest {
         type_url: kind.url().into(),
-        resource_names_subscribe: new.difference(old).cloned().collect(),
-        resource_names_unsubscribe: old.difference(new).cloned().collect(),
+        resource_names_subscribe: new.difference(old).map(|n| n.to_string()).collect(),
+        resource_names_unsubscribe: old.difference(new).map(|n| n.to_string()).collect(),
         ..Default::default()
     }
 }
