@@ -134,12 +134,19 @@ async fn explain_matches_real_requests() -> anyhow::Result<()> {
     );
     let expected: BTreeSet<String> = d.values().flat_map(|(_, p)| p.clone()).collect();
     let mut seen = BTreeSet::new();
-    for i in 0..40 {
+    for i in 0..80 {
         let r = http_request(to, "GET", "backend:9080", &format!("/items/{i}"), &[]).await?;
         seen.insert(r.backend().unwrap_or("(none)").to_string());
     }
     assert!(seen.is_subset(&expected), "real requests reached {seen:?}, explain said {expected:?}");
-    assert_eq!(seen.len(), 2, "40 requests at 80/20 reach both versions: {seen:?}");
+    assert_eq!(seen.len(), 2, "80 requests at 80/20 reach both versions: {seen:?}");
+
+    // 3b. A Host whose port is not the listener's: Envoy ignores the port when it picks
+    //     the virtual host (Spar sets ignore_port_in_host_matching), and so does explain.
+    let answer = explain(&["frontend-1", "--request", "http://backend:9080/", "-H", "host: backend:1234"]).await?;
+    assert_eq!(answer["explanation"]["virtual_host"], "backend.default.svc.cluster.local:9080", "{answer}");
+    let r = http_request(to, "GET", "backend:1234", "/", &[("x-user", "tester")]).await?;
+    assert_eq!(r.backend(), Some("backend-v2"), "Envoy routes it to the backend too");
 
     // 4. A host the frontend has no route for: explain says 404, and so does Envoy.
     let answer = explain(&["frontend-1", "--request", "http://nowhere.example:9080/"]).await?;

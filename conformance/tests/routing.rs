@@ -243,6 +243,22 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
     wait_routed(&client, "backend", &[], "backend-v1").await?;
     let (ok, out) = h.spar_wait("20s").await?;
     assert!(ok, "after the fix every proxy ACKs: {out}");
+    // proxy-status: every proxy SYNCED on every type, at the new snapshot.
+    let configz = spar_conformance::http_request(h.debug_address(), "GET", "spar", "/debug/configz", &[]).await?;
+    let version = serde_json::from_str::<serde_json::Value>(&configz.body)?["snapshot"].as_u64().unwrap_or(0);
+    let json: serde_json::Value = serde_json::from_str(&h.proxy_status(true).await?)?;
+    let proxies = json.as_array().cloned().unwrap_or_default();
+    assert_eq!(proxies.len(), 3, "{json}");
+    for p in &proxies {
+        assert_eq!(p["snapshot"].as_u64(), Some(version), "at the new snapshot {version}: {p}");
+        for (t, st) in p["types"].as_object().into_iter().flatten() {
+            assert!(st["sent"].is_string() && st["acked"] == st["sent"], "{t}: {p}");
+        }
+    }
+    let status = h.proxy_status(false).await?;
+    for line in status.lines().filter(|l| l.starts_with("sidecar~")) {
+        assert!(line.contains("SYNCED") && !line.contains("NACKED") && !line.contains("STALE"), "{status}");
+    }
     h.check_alive()
 }
 

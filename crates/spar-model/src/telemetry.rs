@@ -1,12 +1,12 @@
 //! Tracing as istiod computes it for a workload: Telemetry `tracing` from the root
-//! namespace, then the workload's namespace, then the Telemetries selecting the workload,
+//! namespace, then the workload's namespace, then the (oldest) Telemetry selecting it,
 //! each later entry overriding the fields it sets (provider, sampling, custom tags,
 //! span reporting), separately for the client (outbound, gateway) and server (inbound)
 //! side; MeshConfig `defaultProviders.tracing` as the provider nobody names, and
 //! `defaultConfig.tracing.sampling` as the sampling nobody sets.
 //!
 //! ```text
-//!  defaultProviders.tracing ─► root ns Telemetry ─► namespace Telemetry ─► selecting Telemetries
+//!  defaultProviders.tracing ─► root ns Telemetry ─► namespace Telemetry ─► selecting Telemetry
 //!        (provider)             (field by field, per match.mode: CLIENT / SERVER / both)
 //!                                                                          │
 //!                            provider looked up in extensionProviders ◄────┘
@@ -127,7 +127,7 @@ impl Snapshot {
 
     /// The Telemetries whose `tracing` apply to a workload in `namespace` with `labels`,
     /// least specific first: the root namespace's namespace-wide one, the namespace's,
-    /// then every one in the namespace whose selector matches.
+    /// then the oldest one in the namespace whose selector matches.
     fn tracing_telemetries<'a>(
         &'a self,
         namespace: &'a str,
@@ -141,14 +141,23 @@ impl Snapshot {
         if namespace != self.mesh.root_namespace {
             out.extend(ns_wide(namespace));
         }
-        out.extend(self.telemetries.iter().filter(|t| {
-            t.namespace == namespace
-                && t.spec
-                    .selector
-                    .as_ref()
-                    .and_then(|s| s.match_labels.as_ref())
-                    .is_some_and(|l| !l.is_empty() && selects(l, labels))
-        }));
+        // One selecting Telemetry per workload, as istiod applies it (Istio allows only
+        // one): the oldest, then by name.
+        out.extend(
+            self.telemetries
+                .iter()
+                .filter(|t| {
+                    t.namespace == namespace
+                        && t.spec
+                            .selector
+                            .as_ref()
+                            .and_then(|s| s.match_labels.as_ref())
+                            .is_some_and(|l| !l.is_empty() && selects(l, labels))
+                })
+                .min_by(|a, b| {
+                    (a.created.is_none(), &a.created, &a.name).cmp(&(b.created.is_none(), &b.created, &b.name))
+                }),
+        );
         out
     }
 

@@ -160,7 +160,7 @@ pub struct Explanation {
 pub fn explain(res: &ProxyResources, req: &Request) -> Explanation {
     let mut out = Explanation { action: "none".into(), ..Default::default() };
     let listeners: Vec<Listener> = decode_all(res, type_url::LISTENER);
-    let Some((listener, chain)) = pick_listener(&listeners, req) else {
+    let Some(listener) = pick_listener(&listeners, req) else {
         out.outcome = Some(format!(
             "no listener accepts {}:{} (outbound traffic to it is not captured, or the Sidecar does not import the host)",
             req.address.map_or_else(|| "*".to_string(), |a| a.to_string()),
@@ -169,6 +169,10 @@ pub fn explain(res: &ProxyResources, req: &Request) -> Explanation {
         return out;
     };
     out.listener = Some(listener.name.clone());
+    let Some(chain) = pick_chain(listener, req) else {
+        out.outcome = Some("no filter chain of the listener matches: Envoy closes the connection".into());
+        return out;
+    };
     out.filter_chain = Some(if chain.name.is_empty() { "(unnamed)".into() } else { chain.name.clone() });
     for f in &chain.filters {
         let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else { continue };
@@ -231,10 +235,11 @@ fn is_wildcard(a: &str) -> bool {
     a == "0.0.0.0" || a == "::"
 }
 
-/// The listener and filter chain for a connection to `req.address:req.port`: a listener
-/// on exactly that address, then one on the wildcard address, then (no capture) the one
-/// listener bound to that port; with capture, the outbound capture listener's own chains.
-fn pick_listener<'a>(listeners: &'a [Listener], req: &Request) -> Option<(&'a Listener, &'a FilterChain)> {
+/// The listener for a connection to `req.address:req.port`: a listener on exactly that
+/// address, then one on the wildcard address (Envoy's original-destination lookup), then,
+/// when the destination address is not known (no capture), the one listener bound to
+/// that port; captured traffic with no listener of its own stays on `virtualOutbound`.
+fn pick_listener<'a>(listeners: &'a [Listener], req: &Request) -> Option<&'a Listener> {
     let outbound =
         |l: &&Listener| l.traffic_direction != TrafficDirection::Inbound as i32 && l.name != "virtualInbound";
     let port = u32::from(req.port);
@@ -244,13 +249,12 @@ fn pick_listener<'a>(listeners: &'a [Listener], req: &Request) -> Option<(&'a Li
         .address
         .and_then(|ip| with_port.iter().find(|l| listener_addr(l).is_some_and(|(a, _)| a.parse::<IpAddr>() == Ok(ip))));
     let wildcard = || with_port.iter().find(|l| listener_addr(l).is_some_and(|(a, _)| is_wildcard(&a)));
-    let bound = || (with_port.len() == 1).then(|| &with_port[0]);
+    let bound = || (req.address.is_none() && with_port.len() == 1).then(|| &with_port[0]);
     let picked = exact.or_else(wildcard).or_else(bound).copied().or_else(|| {
         // Captured traffic with no listener of its own stays on virtualOutbound.
         listeners.iter().find(|l| l.name == "virtualOutbound")
     })?;
-    let chain = pick_chain(picked, req)?;
-    Some((picked, chain))
+    Some(picked)
 }
 
 fn cidr_contains(c: &CidrRange, ip: IpAddr) -> Option<u32> {
@@ -345,10 +349,23 @@ fn pick_virtual_host<'a>(rc: &'a RouteConfiguration, authority: &str) -> Option<
     suffix.or(prefix).map(|(vh, _)| vh).or(any)
 }
 
+/// `host[:port]` (or `[v6]:port`) without the port.
+pub fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split_once(']').map_or(authority, |(h, _)| h);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
 fn http(res: &ProxyResources, rc: &RouteConfiguration, req: &Request, out: &mut Explanation) {
-    let Some(vh) = pick_virtual_host(rc, &req.authority) else {
-        out.outcome =
-            Some(format!("no virtual host of {} has the domain {:?}: Envoy answers 404", rc.name, req.authority));
+    // With `ignore_port_in_host_matching` (Spar sets it, as istiod does), Envoy drops the
+    // port from the authority before choosing a virtual host.
+    let authority = if rc.ignore_port_in_host_matching { strip_port(&req.authority) } else { &req.authority };
+    let Some(vh) = pick_virtual_host(rc, authority) else {
+        out.outcome = Some(format!("no virtual host of {} has the domain {authority:?}: Envoy answers 404", rc.name));
         return;
     };
     out.virtual_host = Some(vh.name.clone());
@@ -812,6 +829,35 @@ mod tests {
         assert_eq!(name("x.other.svc.cluster.local").as_deref(), Some("suffix"));
         assert_eq!(name("backend:9080").as_deref(), Some("prefix"));
         assert_eq!(name("example.com").as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn ports_are_stripped_from_authorities() {
+        assert_eq!(strip_port("backend:9080"), "backend");
+        assert_eq!(strip_port("backend"), "backend");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("::1"), "::1");
+        assert_eq!(strip_port("a.example.com:x"), "a.example.com:x");
+        let rc = RouteConfiguration {
+            ignore_port_in_host_matching: true,
+            virtual_hosts: vec![VirtualHost {
+                name: "gw".into(),
+                domains: vec!["*.example.com".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut out = Explanation::default();
+        let r = Request { authority: "a.example.com:8080".into(), ..req("/", &[]) };
+        http(&ProxyResources::default(), &rc, &r, &mut out);
+        assert_eq!(out.virtual_host.as_deref(), Some("gw"), "{out:?}");
     }
 
     #[test]

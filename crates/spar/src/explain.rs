@@ -135,21 +135,25 @@ fn parse_request(url: &str, headers: &[String], method: &str) -> anyhow::Result<
     let rest = url
         .strip_prefix("http://")
         .with_context(|| format!("--request {url:?}: write http://host[:port]/path (plaintext HTTP from the app)"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let host = spar_xds::explain::strip_port(authority);
+    if host.is_empty() {
         bail!("--request {url:?}: no host");
     }
-    let port = match authority.rsplit_once(':') {
-        Some((_, p)) => p.parse().with_context(|| format!("--request {url:?}: port {p:?}"))?,
+    let port = match authority.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:").map(|(_, p)| p),
+        None => authority.rsplit_once(':').map(|(_, p)| p),
+    };
+    let port = match port {
+        Some(p) => p.parse().with_context(|| format!("--request {url:?}: port {p:?}"))?,
         None => 80,
     };
     let mut req = Request {
         authority: authority.to_string(),
         port,
-        path: path.to_string(),
+        path,
         method: method.to_ascii_uppercase(),
         ..Default::default()
     };
@@ -208,7 +212,7 @@ fn outbound_parts(cluster: &str) -> Option<(u16, &str)> {
 
 fn policies(snap: &Snapshot, proxy: &Proxy, req: &Request, ex: &Explanation) -> Policies {
     let mut out = Policies { sidecar: snap.sidecar_for(proxy).map(|s| label(s, "Sidecar")), ..Default::default() };
-    let host = req.authority.rsplit_once(':').map_or(req.authority.as_str(), |(h, _)| h);
+    let host = spar_xds::explain::strip_port(&req.authority);
     let fqdn = spar_model::resolve_host(host, &proxy.namespace, &snap.mesh.domain);
     out.virtual_services =
         snap.virtual_services_for(&proxy.namespace, &fqdn).map(|c| label(c, "VirtualService")).collect();
@@ -369,7 +373,7 @@ pub fn run(a: &ExplainArgs) -> anyhow::Result<()> {
         if a.interception_mode.eq_ignore_ascii_case("NONE") {
             return None;
         }
-        let host = req.authority.rsplit_once(':').map_or(req.authority.as_str(), |(h, _)| h);
+        let host = spar_xds::explain::strip_port(&req.authority);
         let fqdn = spar_model::resolve_host(host, &proxy.namespace, &snap.mesh.domain);
         snap.services.get(&fqdn).and_then(|s| s.addresses.iter().find_map(|a| a.parse().ok()))
     });
@@ -478,6 +482,12 @@ mod tests {
         assert_eq!((r.port, r.path.as_str()), (80, "/"));
         assert!(parse_request("https://x/", &[], "GET").is_err());
         assert!(parse_request("http://x:port/", &[], "GET").is_err());
+        let r = parse_request("http://backend?x=1", &[], "GET")?;
+        assert_eq!((r.authority.as_str(), r.port, r.path.as_str()), ("backend", 80, "/?x=1"));
+        let r = parse_request("http://[::1]:8080/a", &[], "GET")?;
+        assert_eq!((r.authority.as_str(), r.port, r.path.as_str()), ("[::1]:8080", 8080, "/a"));
+        let r = parse_request("http://[::1]/", &[], "GET")?;
+        assert_eq!(r.port, 80);
         assert!(parse_request("http://x/", &["nocolon".into()], "GET").is_err());
         Ok(())
     }
