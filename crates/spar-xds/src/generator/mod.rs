@@ -102,8 +102,9 @@ pub fn share_key(snapshot: &Snapshot, proxy: &Proxy) -> String {
     if router {
         let _ = write!(key, "|{:?}", proxy.ips);
     }
-    // Spans carry the workload's service name and canonical labels.
-    if snapshot.tracing_configured() {
+    // Outbound spans carry the workload's service name and canonical labels: they tell
+    // workloads apart only when this proxy's client side traces.
+    if snapshot.tracing_configured() && snapshot.tracing(&proxy.namespace, &proxy.labels).client.is_some() {
         let label = |k: &str| proxy.labels.get(k).map_or("", String::as_str);
         let _ = write!(
             key,

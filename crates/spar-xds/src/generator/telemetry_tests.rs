@@ -388,4 +388,13 @@ fn with_tracing_workloads_of_different_apps_stop_sharing_outbound_config() {
     assert_ne!(share_key(&traced, &a), share_key(&traced, &b), "spans name their service");
     let a2 = sidecar("10.0.0.4", "client");
     assert_eq!(share_key(&traced, &a), share_key(&traced, &a2), "replicas still share");
+    // Server-side tracing only: the shared (outbound) config has no spans to name.
+    let server_only = snapshot(
+        &format!(
+            "{neutral}---\n{}",
+            telemetry("mesh", "istio-system", "  tracing: [{providers: [{name: otel}], match: {mode: SERVER}}]")
+        ),
+        &otel_mesh(),
+    );
+    assert_eq!(share_key(&server_only, &a), share_key(&server_only, &b), "server-side tracing: shared");
 }
