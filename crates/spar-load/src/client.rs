@@ -354,14 +354,28 @@ impl Rng {
 type Name = Arc<str>;
 
 fn intern(name: &str) -> Name {
-    static NAMES: std::sync::OnceLock<Mutex<std::collections::HashSet<Name>>> = std::sync::OnceLock::new();
-    let mut names = NAMES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(n) = names.get(name) {
-        return Arc::clone(n);
+    // A per-thread cache in front of the shared table: the shared table's lock is taken
+    // once per name and thread, not once per name and proxy.
+    thread_local! {
+        static LOCAL: std::cell::RefCell<std::collections::HashSet<Name>> = std::cell::RefCell::default();
     }
-    let n: Name = Arc::from(name);
-    names.insert(Arc::clone(&n));
-    n
+    LOCAL.with_borrow_mut(|local| {
+        if let Some(n) = local.get(name) {
+            return Arc::clone(n);
+        }
+        static NAMES: std::sync::OnceLock<Mutex<std::collections::HashSet<Name>>> = std::sync::OnceLock::new();
+        let mut names = NAMES.get_or_init(Mutex::default).lock().unwrap_or_else(PoisonError::into_inner);
+        let n = match names.get(name) {
+            Some(n) => Arc::clone(n),
+            None => {
+                let n: Name = Arc::from(name);
+                names.insert(Arc::clone(&n));
+                n
+            }
+        };
+        local.insert(Arc::clone(&n));
+        n
+    })
 }
 
 /// The two fields of a Cluster that subscribing needs (prost skips the others), for
@@ -388,7 +402,15 @@ struct Holdings {
     /// Whether each type's latest response (for the current subscription) was answered.
     answered: [bool; 4],
     /// The subscription (EDS/RDS) in force when the last answered response arrived.
-    answered_for: [BTreeSet<Name>; 2],
+    /// (subscription generation, resources held) when the last EDS and RDS responses
+    /// were answered: full once that generation is the current one. A generation instead
+    /// of a copy of the names keeps the client cheap at thousands of names per proxy.
+    answered_for: [(u64, usize); 2],
+    /// Bumped whenever the EDS or RDS subscription changes.
+    sub_generation: [u64; 2],
+    /// SotW: the clusters held before the response being applied, so that names already
+    /// held are reused without going through the shared interner.
+    previous_clusters: BTreeMap<Name, bool>,
     /// Last ACKed version and last nonce per type (SotW).
     acked_version: [String; 4],
     nonce: [String; 4],
@@ -403,13 +425,28 @@ impl Holdings {
         self.listeners.values().flatten().cloned().collect()
     }
 
+    /// Sets the EDS (0) or RDS (1) subscription.
+    fn subscribe(&mut self, i: usize, names: BTreeSet<Name>) {
+        if i == 0 {
+            self.eds_sub = names;
+        } else {
+            self.rds_sub = names;
+        }
+        self.sub_generation[i] += 1;
+    }
+
+    /// The shared name for `name`, reusing the one this proxy held before if any.
+    fn cluster_name(&self, name: &str) -> Name {
+        self.previous_clusters.get_key_value(name).map_or_else(|| intern(name), |(k, _)| Arc::clone(k))
+    }
+
     fn is_full(&self) -> bool {
         self.answered[XdsType::Cds as usize]
             && self.answered[XdsType::Lds as usize]
             && (self.eds_sub.is_empty()
-                || (self.answered[XdsType::Eds as usize] && self.answered_for[0] == self.eds_sub))
+                || (self.answered[XdsType::Eds as usize] && self.answered_for[0].0 == self.sub_generation[0]))
             && (self.rds_sub.is_empty()
-                || (self.answered[XdsType::Rds as usize] && self.answered_for[1] == self.rds_sub))
+                || (self.answered[XdsType::Rds as usize] && self.answered_for[1].0 == self.sub_generation[1]))
     }
 
     /// Applies one decoded resource (added or updated); returns an error to NACK with.
@@ -418,12 +455,14 @@ impl Holdings {
             XdsType::Cds if decode == Decode::All => {
                 let c = XdsCluster::decode(any.value.as_slice()).map_err(|e| format!("cluster {name}: {e}"))?;
                 let eds = matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
-                self.clusters.insert(intern(if name.is_empty() { &c.name } else { name }), eds);
+                let key = self.cluster_name(if name.is_empty() { &c.name } else { name });
+                self.clusters.insert(key, eds);
             }
             XdsType::Cds => {
                 let c = ClusterHead::decode(any.value.as_slice()).map_err(|e| format!("cluster {name}: {e}"))?;
                 let eds = c.discovery == Some(DiscoveryType::Eds as i32);
-                self.clusters.insert(intern(if name.is_empty() { &c.name } else { name }), eds);
+                let key = self.cluster_name(if name.is_empty() { &c.name } else { name });
+                self.clusters.insert(key, eds);
             }
             XdsType::Lds => {
                 let l = XdsListener::decode(any.value.as_slice()).map_err(|e| format!("listener {name}: {e}"))?;
@@ -506,7 +545,7 @@ impl Proxy {
 
     fn record(&self, h: &Holdings, rec: Record) {
         let mut s = lock(&self.stats);
-        s.held = [h.clusters.len(), h.answered_for[0].len(), h.listeners.len(), h.answered_for[1].len()];
+        s.held = [h.clusters.len(), h.answered_for[0].1, h.listeners.len(), h.answered_for[1].1];
         s.log.push(rec);
         if s.full_at.is_none() && h.is_full() {
             s.full_at = Some(Instant::now());
@@ -539,7 +578,7 @@ impl Proxy {
             // State of the world: the response replaces what the proxy held of its type.
             let mut error = None;
             match kind {
-                XdsType::Cds => h.clusters.clear(),
+                XdsType::Cds => h.previous_clusters = std::mem::take(&mut h.clusters),
                 XdsType::Lds => h.listeners.clear(),
                 _ => {}
             }
@@ -548,16 +587,19 @@ impl Proxy {
                     error.get_or_insert(e);
                 }
             }
+            h.previous_clusters.clear();
             let ack = error.is_none() && self.decide_ack();
             // New subscriptions first (Envoy subscribes to the EDS of new clusters while
             // it warms them), then the ACK or NACK.
             if kind == XdsType::Cds && h.eds_wanted() != h.eds_sub {
-                h.eds_sub = h.eds_wanted();
+                let wanted = h.eds_wanted();
+                h.subscribe(0, wanted);
                 h.answered[XdsType::Eds as usize] = false;
                 tx.send(self.sotw_request(&h, XdsType::Eds)).await?;
             }
             if kind == XdsType::Lds && h.rds_wanted() != h.rds_sub {
-                h.rds_sub = h.rds_wanted();
+                let wanted = h.rds_wanted();
+                h.subscribe(1, wanted);
                 h.answered[XdsType::Rds as usize] = false;
                 tx.send(self.sotw_request(&h, XdsType::Rds)).await?;
             }
@@ -571,8 +613,8 @@ impl Proxy {
             tx.send(req).await?;
             h.answered[k] = true;
             match kind {
-                XdsType::Eds => h.answered_for[0] = h.eds_sub.clone(),
-                XdsType::Rds => h.answered_for[1] = h.rds_sub.clone(),
+                XdsType::Eds => h.answered_for[0] = (h.sub_generation[0], h.eds_sub.len()),
+                XdsType::Rds => h.answered_for[1] = (h.sub_generation[1], h.rds_sub.len()),
                 _ => {}
             }
             let rec = Record {
@@ -667,13 +709,13 @@ impl Proxy {
             if kind == XdsType::Cds && h.eds_wanted() != h.eds_sub {
                 let wanted = h.eds_wanted();
                 tx.send(delta_subscription(XdsType::Eds, &h.eds_sub, &wanted)).await?;
-                h.eds_sub = wanted;
+                h.subscribe(0, wanted);
                 h.answered[XdsType::Eds as usize] = false;
             }
             if kind == XdsType::Lds && h.rds_wanted() != h.rds_sub {
                 let wanted = h.rds_wanted();
                 tx.send(delta_subscription(XdsType::Rds, &h.rds_sub, &wanted)).await?;
-                h.rds_sub = wanted;
+                h.subscribe(1, wanted);
                 h.answered[XdsType::Rds as usize] = false;
             }
             let mut req = DeltaDiscoveryRequest { response_nonce: nonce, type_url, ..Default::default() };
@@ -687,12 +729,14 @@ impl Proxy {
                 XdsType::Eds => {
                     h.answered[k] =
                         h.eds_sub.iter().all(|n| eds_held.contains(n) || removed_resources.iter().any(|r| **r == **n));
-                    h.answered_for[0] = if h.answered[k] { h.eds_sub.clone() } else { eds_held.clone() };
+                    h.answered_for[0] =
+                        if h.answered[k] { (h.sub_generation[0], h.eds_sub.len()) } else { (u64::MAX, eds_held.len()) };
                 }
                 XdsType::Rds => {
                     h.answered[k] =
                         h.rds_sub.iter().all(|n| rds_held.contains(n) || removed_resources.iter().any(|r| **r == **n));
-                    h.answered_for[1] = if h.answered[k] { h.rds_sub.clone() } else { rds_held.clone() };
+                    h.answered_for[1] =
+                        if h.answered[k] { (h.sub_generation[1], h.rds_sub.len()) } else { (u64::MAX, rds_held.len()) };
                 }
                 XdsType::Cds | XdsType::Lds => h.answered[k] = true,
             }

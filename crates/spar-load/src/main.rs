@@ -19,6 +19,11 @@ use spar_load::stats::Summary;
 use spar_load::{bench, procfs};
 use tracing::info;
 
+/// The client shares the cores with the server it measures: with glibc's malloc, half of
+/// its CPU went to malloc and free (perf), time taken from Spar.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "spar-load",
