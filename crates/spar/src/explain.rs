@@ -285,6 +285,9 @@ fn destinations(
 /// The snapshot `spar serve` would build from the same files, how many documents it
 /// would reject, and the workload named on the command line.
 fn load(a: &ExplainArgs) -> anyhow::Result<(Snapshot, usize, Option<Workload>)> {
+    if let Some(missing) = a.config.iter().find(|p| !p.exists()) {
+        bail!("--config {}: no such file or directory", missing.display());
+    }
     let store = Arc::new(Mutex::new(Store::new()));
     crate::files::FileSource::new(a.config.clone(), Arc::clone(&store)).sync();
     let base = MeshConfig { domain: a.domain.clone(), root_namespace: a.root_namespace.clone(), ..Default::default() };

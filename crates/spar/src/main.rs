@@ -54,7 +54,7 @@ enum Command {
     Iptables(IptablesArgs),
     /// Sync status of every connected proxy, per xDS type (from spar's debug endpoint).
     ProxyStatus(ProxyStatusArgs),
-    /// A proxy's listeners, routes, clusters and endpoints as Spar generates them; with
+    /// A proxy's listeners, routes, clusters, endpoints and certificates as Spar serves them; with
     /// --envoy-admin, compared with the proxy's own config dump (exit 1 when they differ).
     ProxyConfig(proxyconfig::ProxyConfigArgs),
     /// Offline, from a config directory: the config a proxy would get, and for a request
