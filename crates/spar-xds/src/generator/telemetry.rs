@@ -142,15 +142,16 @@ impl HcmTracing {
 }
 
 /// The service name spans carry, as Istio's default `tracingServiceName`
-/// (`APP_LABEL_AND_NAMESPACE`): the `app` label, else the canonical service name the
-/// injector sets, else the pod's name; then `.<namespace>`.
+/// (`APP_LABEL_AND_NAMESPACE`): the `app` label, else the workload's name (istio-agent's
+/// `WORKLOAD_NAME`; here the canonical service name the injector derives from it), else
+/// `istio-proxy`, as istio-agent's `serviceClusterOrDefault`; then `.<namespace>`.
 pub fn service_name(proxy: &Proxy) -> String {
     let app = proxy
         .labels
         .get("app")
         .or_else(|| proxy.labels.get(CANONICAL_NAME))
         .filter(|a| !a.is_empty())
-        .map_or(proxy.name.as_str(), String::as_str);
+        .map_or("istio-proxy", String::as_str);
     format!("{app}.{}", proxy.namespace)
 }
 
