@@ -524,7 +524,16 @@ async fn root_rotation(delta: bool) -> anyhow::Result<()> {
     let mut m = start("root-rotation", delta, "1h").await?;
     let ca_dir = m.h.ca_dir();
     let old_root = std::fs::read_to_string(ca_dir.join("root-cert.pem"))?;
-    let (new_root, new_key) = spar_ca::Ca::new_root_pem("cluster.local")?;
+    // Roots made in the same second expire in the same second, and the expiry metric
+    // check below could not tell them apart: make the new one at least a second later.
+    let old_expiry = spar_ca::not_after_unix(&spar_ca::pem_to_der(&old_root)[0]).unwrap_or_default();
+    let (new_root, new_key) = loop {
+        let (root, key) = spar_ca::Ca::new_root_pem("cluster.local")?;
+        if spar_ca::not_after_unix(&spar_ca::pem_to_der(&root)[0]).unwrap_or_default() != old_expiry {
+            break (root, key);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
     let to = SocketAddr::new(m.client.ip, 9080);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(async move {
@@ -578,8 +587,10 @@ async fn root_rotation(delta: bool) -> anyhow::Result<()> {
     .await?;
     // The root expiry metric follows the reload: the new root's notAfter.
     let new_expiry = root_expiry(&m.h)?;
-    let old_expiry = spar_ca::not_after_unix(&spar_ca::pem_to_der(&old_root)[0]).unwrap_or_default() as f64;
-    anyhow::ensure!(new_expiry != old_expiry, "the two roots expire in the same second: the check would prove nothing");
+    anyhow::ensure!(
+        new_expiry != old_expiry as f64,
+        "the two roots expire in the same second: the check would prove nothing"
+    );
     let debug = m.h.debug_address();
     wait_for(CONVERGE, "citadel_server_root_cert_expiry_timestamp of the new root", || async {
         spar_conformance::spar_metrics(debug).await.is_ok_and(|t| {
