@@ -267,7 +267,7 @@ fn is_cidr(s: &str) -> bool {
 /// Go's `time.ParseDuration` (how istiod decodes a protobuf Duration from YAML): a sequence
 /// of decimal numbers with units `ns`, `us`, `µs`, `ms`, `s`, `m`, `h`, optionally signed;
 /// `0` alone is allowed. Returns nanoseconds.
-fn go_duration(s: &str) -> Option<i128> {
+pub fn go_duration(s: &str) -> Option<i128> {
     let (neg, mut rest) = match s.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, s.strip_prefix('+').unwrap_or(s)),

@@ -284,25 +284,30 @@ fn headers(v: Option<&Value>) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-/// A protobuf JSON duration (`5s`, `0.5s`), also with Go's `ms` and `m` units.
+/// A MeshConfig duration (a protobuf Duration written as Go's `time.ParseDuration` reads
+/// it, as istiod does: `5s`, `1m30s`, `250ms`); negative durations are refused.
 fn duration(v: &Value) -> Result<std::time::Duration, String> {
     let s = v.as_str().ok_or_else(|| format!("{v} is not a duration string"))?;
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        return Err(format!("{s:?} is not a duration (e.g. 5s)"));
-    };
-    let secs = num.parse::<f64>().ok().map(|n| n * scale).filter(|n| n.is_finite() && *n >= 0.0 && *n < 1e9);
-    secs.map(std::time::Duration::from_secs_f64).ok_or_else(|| format!("{s:?} is not a duration (e.g. 5s)"))
+    spar_api::validate::go_duration(s)
+        .and_then(|ns| u64::try_from(ns).ok())
+        .map(std::time::Duration::from_nanos)
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 5s)"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_go_does() {
+        let d = |s: &str| duration(&serde_json::json!(s));
+        assert_eq!(d("1m30s"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(d("0.5s"), Ok(std::time::Duration::from_millis(500)));
+        assert_eq!(d("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert!(d("-1s").is_err());
+        assert!(d("5").is_err());
+        assert!(duration(&serde_json::json!(5)).is_err());
+    }
 
     #[test]
     fn reads_access_logs_and_policy() {
