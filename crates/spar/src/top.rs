@@ -21,7 +21,6 @@
 //! output when Envoy merges them, at each stats flush (every 5 s by default).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Longest wait for one proxy's stats: a hung proxy is reported, not waited for.
@@ -529,16 +528,16 @@ fn order(a: &Golden, b: &Golden) -> std::cmp::Ordering {
 }
 
 /// A proxy's name and stats address from its node id
-/// (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`): `(pod.ns, ip:port)`.
+/// (`sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`, read as the server reads it):
+/// `(pod.ns, ip:port)`.
 fn target_of(node_id: &str, port: u16) -> (String, Result<String, String>) {
-    let parts: Vec<&str> = node_id.split('~').collect();
-    let name = parts.get(2).filter(|n| !n.is_empty()).map_or_else(|| node_id.to_string(), |n| (*n).to_string());
-    let addr = parts
-        .get(1)
-        .and_then(|ip| ip.parse::<IpAddr>().ok())
-        .map(|ip| std::net::SocketAddr::new(ip, port).to_string())
-        .ok_or_else(|| format!("no IP in node id {node_id:?}"));
-    (name, addr)
+    match spar_model::Proxy::from_node(node_id, &serde_json::Value::Null) {
+        Ok(p) => {
+            let addr = p.ips.first().map(|ip| std::net::SocketAddr::new(*ip, port).to_string());
+            (format!("{}.{}", p.name, p.namespace), addr.ok_or_else(|| format!("no IP in node id {node_id:?}")))
+        }
+        Err(e) => (node_id.to_string(), Err(e.to_string())),
+    }
 }
 
 /// Who to scrape: `(proxy, address)`, or `(proxy, why not)`.
