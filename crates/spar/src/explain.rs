@@ -248,12 +248,9 @@ fn destinations(
         }
         let ns = svc.namespace.as_str();
         let mode = snap.mtls_mode(ns, &ep.labels, target);
-        let authz = snap.for_workload(&snap.authorization_policies, ns, &ep.labels, |s| {
-            s.selector.as_ref().and_then(|s| s.match_labels.as_ref())
-        });
-        let authn = snap.for_workload(&snap.request_authentications, ns, &ep.labels, |s| {
-            s.selector.as_ref().and_then(|s| s.match_labels.as_ref())
-        });
+        // The same selection the destination's own sidecar is generated from.
+        let authz = spar_xds::generator::authz::applicable(snap, ns, &ep.labels);
+        let authn = spar_xds::generator::jwt::applicable(snap, ns, &ep.labels);
         let mode_name = format!("{mode:?}").to_ascii_uppercase();
         if mode == spar_model::MtlsMode::Strict && !choice.mtls && !c.transport.starts_with("mTLS") {
             out.warnings.push(format!(

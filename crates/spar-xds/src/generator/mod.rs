@@ -21,7 +21,7 @@ pub mod authz;
 mod credentials;
 mod envoy;
 mod gateway;
-mod jwt;
+pub mod jwt;
 mod mtls;
 mod policy;
 mod routes;
