@@ -154,5 +154,54 @@ async fn explain_matches_real_requests() -> anyhow::Result<()> {
     let outcome = answer["explanation"]["outcome"].as_str().unwrap_or_default();
     assert!(outcome.contains("no virtual host") && outcome.contains("404"), "explain: {answer}");
     assert_eq!(real.status, 404, "Envoy's answer for a host without a virtual host");
+
+    // 5. A policy at the destination: an AuthorizationPolicy denying /admin on v2. Envoy
+    //    (the backend's sidecar) refuses it, and explain names the policy and its action
+    //    for that endpoint only.
+    h.write_config(
+        "deny-admin.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: default}\n\
+         spec:\n  selector: {matchLabels: {app: backend, version: v2}}\n  action: DENY\n  \
+         rules: [{to: [{operation: {paths: [/admin]}}]}]\n",
+    )?;
+    wait_for(Duration::from_secs(20), "v2's sidecar to deny /admin", || async {
+        http_request(to, "GET", "backend:9080", "/admin", &[("x-user", "tester")]).await.is_ok_and(|r| r.status == 403)
+    })
+    .await?;
+    let config = h.config_dir();
+    let answer = explain(&[
+        "frontend-1",
+        "--config",
+        config.to_str().unwrap_or_default(),
+        "--request",
+        "http://backend:9080/admin",
+        "-H",
+        "x-user: tester",
+    ])
+    .await?;
+    let destinations = answer["policies"]["destinations"].as_array().cloned().unwrap_or_default();
+    assert_eq!(destinations.len(), 1, "{answer}");
+    let authz: Vec<&str> =
+        destinations[0]["authorization_policies"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert!(
+        authz.len() == 1
+            && authz[0].starts_with("AuthorizationPolicy default/deny-admin")
+            && authz[0].ends_with("DENY"),
+        "{answer}"
+    );
+    assert_eq!(destinations[0]["endpoints"][0], "127.0.10.3:9080", "{answer}");
+    // v1 (the 80/20 split's other endpoint) has no policy.
+    let answer = explain(&[
+        "frontend-1",
+        "--config",
+        config.to_str().unwrap_or_default(),
+        "--request",
+        "http://backend:9080/admin",
+    ])
+    .await?;
+    for d in answer["policies"]["destinations"].as_array().into_iter().flatten() {
+        let n = d["authorization_policies"].as_array().map_or(0, Vec::len);
+        assert_eq!(n, usize::from(d["endpoints"][0] == "127.0.10.3:9080"), "{answer}");
+    }
     Ok(())
 }
