@@ -1,7 +1,7 @@
 //! The I/O-free ADS connection state machine, shared by SotW and delta.
 //!
 //! ```text
-//!   DiscoveryRequest ──► Connection::handle_sotw  ──┐
+//!   SotwRequest ───────► Connection::handle_sotw  ──┐
 //!   DeltaDiscoveryRequest ► Connection::handle_delta ├──► Vec<Response> (what to send now)
 //!   new ProxyResources ─► Connection::on_resources ─┘
 //! ```
@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
+use crate::request::SotwRequest;
 use crate::resources::{Encoded, ProxyResources, content_version, type_url};
 use crate::wire::{DeltaResponse, SotwResponse};
 
@@ -210,8 +211,9 @@ impl Connection {
     }
 
     /// Handles a SotW request and returns what to send.
-    pub fn handle_sotw(&mut self, req: DiscoveryRequest) -> Vec<Response> {
-        let type_url = req.type_url.clone();
+    pub fn handle_sotw(&mut self, req: impl Into<SotwRequest>) -> Vec<Response> {
+        let req: SotwRequest = req.into();
+        let type_url = req.type_url;
         let state = self.types.entry(type_url.clone()).or_default();
         if !req.response_nonce.is_empty() && state.sent_nonce.as_deref() != Some(&req.response_nonce) {
             self.events.push(Event::StaleNonce { type_url });
@@ -230,14 +232,15 @@ impl Connection {
             );
         }
         // In SotW every request carries the full list of names it wants.
-        let wildcard = req.resource_names.iter().any(|n| n == "*")
-            || (req.resource_names.is_empty() && type_url::is_wildcard_type(&type_url));
-        let digest = names_digest(&req.resource_names);
+        let names = &req.names;
+        let wildcard = names.star || (names.is_empty() && type_url::is_wildcard_type(&type_url));
+        let digest = (names.digest, names.count);
         let new_sub = if state.subscription.all_current && !wildcard && state.subscription.names_digest == digest {
-            // The same names as the request that made it "all current": unchanged.
+            // The same names as the request that made it "all current": unchanged, and
+            // the names are never copied out of the request.
             state.subscription.clone()
         } else {
-            let names: BTreeSet<String> = req.resource_names.into_iter().filter(|n| n != "*").collect();
+            let names: BTreeSet<String> = names.iter().filter(|n| *n != "*").map(str::to_string).collect();
             let current = Arc::clone(&self.current);
             let all_current = !wildcard
                 && !names.is_empty()
@@ -620,17 +623,6 @@ fn record_ack_or_nack(
 
 /// The version of a set of resources: the snapshot it came from is not part of it, so
 /// an unchanged set keeps its version across snapshots and is not resent.
-/// An order-independent digest of a list of names, and its length.
-fn names_digest(names: &[String]) -> (u64, usize) {
-    use std::hash::{Hash, Hasher};
-    let sum = names.iter().fold(0u64, |acc, n| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        n.hash(&mut h);
-        acc.wrapping_add(h.finish())
-    });
-    (sum, names.len())
-}
-
 fn set_version<'a>(items: impl Iterator<Item = (&'a String, &'a String)>) -> String {
     let mut buf = Vec::new();
     for (n, v) in items {

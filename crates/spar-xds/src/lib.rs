@@ -14,6 +14,7 @@ pub mod explain;
 pub mod generator;
 pub mod node;
 pub mod rejections;
+pub mod request;
 pub mod resources;
 pub mod sds;
 pub mod server;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::StreamExt;
 use spar_model::{Proxy, Snapshot};
 use tokio::sync::{mpsc, watch};
@@ -263,49 +263,68 @@ impl SyncRegistry {
 
 /// Shared config per (snapshot, share key): replicas of a workload reuse one generated
 /// and encoded copy instead of building their own. Cleared when the snapshot changes.
+///
+/// Each key is generated once: when a new snapshot reaches thousands of streams at once,
+/// the first stream of a key generates and the others of that key wait for its result
+/// instead of generating the same config again (at 2k full-mesh proxies that duplicate
+/// work was hundreds of generations per snapshot).
 #[derive(Debug, Default)]
 pub struct GenerationCache {
-    inner: Mutex<(u64, std::collections::HashMap<String, Arc<crate::ProxyResources>>)>,
+    inner: Mutex<(u64, std::collections::HashMap<String, Arc<SharedCell>>)>,
     /// The previous snapshot's entries: new generations reuse their unchanged resources.
-    previous: Mutex<std::collections::HashMap<String, Arc<crate::ProxyResources>>>,
-    /// Lookups served from the cache.
+    previous: Mutex<std::collections::HashMap<String, Arc<SharedCell>>>,
+    /// Lookups served from the cache (or by waiting for another stream's generation).
     pub hits: AtomicU64,
     /// Lookups that generated.
     pub misses: AtomicU64,
 }
 
+type SharedCell = std::sync::OnceLock<Arc<crate::ProxyResources>>;
+
 impl GenerationCache {
     /// The shared part of `proxy`'s config from `snapshot`, generated at most once per key.
     pub fn shared(&self, snapshot: &Snapshot, proxy: &Proxy) -> Arc<crate::ProxyResources> {
         let key = crate::generator::share_key(snapshot, proxy);
-        if let Ok(g) = self.inner.lock()
-            && g.0 == snapshot.version
-            && let Some(r) = g.1.get(&key)
-        {
+        let cell = match self.inner.lock() {
+            Ok(mut g) if g.0 <= snapshot.version => {
+                if g.0 != snapshot.version {
+                    let old = std::mem::take(&mut g.1);
+                    if let Ok(mut p) = self.previous.lock() {
+                        *p = old;
+                    }
+                    g.0 = snapshot.version;
+                }
+                Some(Arc::clone(g.1.entry(key.clone()).or_default()))
+            }
+            // A stream still on an older snapshot than the cache (or a poisoned lock):
+            // generate without caching.
+            _ => None,
+        };
+        let generate = || {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            let mut generated = crate::generator::generate_shared(snapshot, proxy);
+            let prev = self.previous.lock().ok().and_then(|p| p.get(&key).and_then(|c| c.get().cloned()));
+            if let Some(prev) = prev {
+                generated.reuse_unchanged(&prev);
+            }
+            Arc::new(generated)
+        };
+        let Some(cell) = cell else { return generate() };
+        if let Some(r) = cell.get() {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Arc::clone(r);
         }
-        // Generated outside the lock: other streams keep going meanwhile.
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let mut generated = crate::generator::generate_shared(snapshot, proxy);
-        if let Some(prev) = self.previous.lock().ok().and_then(|p| p.get(&key).cloned()) {
-            generated.reuse_unchanged(&prev);
+        // Generated outside the map's lock; streams of other keys keep going meanwhile,
+        // streams of this key wait here for the one generation.
+        let mut generated_here = false;
+        let r = cell.get_or_init(|| {
+            generated_here = true;
+            generate()
+        });
+        if !generated_here {
+            self.hits.fetch_add(1, Ordering::Relaxed);
         }
-        let r = Arc::new(generated);
-        if let Ok(mut g) = self.inner.lock() {
-            if g.0 != snapshot.version {
-                if snapshot.version < g.0 {
-                    return r;
-                }
-                let old = std::mem::take(&mut g.1);
-                if let Ok(mut p) = self.previous.lock() {
-                    *p = old;
-                }
-                g.0 = snapshot.version;
-            }
-            g.1.insert(key, Arc::clone(&r));
-        }
-        r
+        Arc::clone(r)
     }
 }
 
@@ -388,12 +407,12 @@ impl AdsService {
 }
 
 /// A request of either protocol variant.
-pub(crate) trait XdsRequest: prost::Message + Default + Send + 'static {
+pub(crate) trait XdsRequest: crate::wire::WireRequest + Send + 'static {
     fn node(&self) -> Option<&Node>;
     fn handle(self, conn: &mut Connection) -> Vec<Response>;
 }
 
-impl XdsRequest for DiscoveryRequest {
+impl XdsRequest for crate::request::SotwRequest {
     fn node(&self) -> Option<&Node> {
         self.node.as_ref()
     }

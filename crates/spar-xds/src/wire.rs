@@ -20,12 +20,13 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource as DeltaResource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
 };
 use http_body::Frame;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::request::{DecodeError, SotwRequest};
 use crate::resources::Encoded;
 
 /// Largest chunk handed to HTTP/2 at once (a resource larger than this goes alone).
@@ -410,11 +411,9 @@ where
             let (parts, body) = req.into_parts();
             let response = match method.as_str() {
                 "StreamAggregatedResources" => {
-                    let mut request = tonic::Request::new(requests::<B, DiscoveryRequest>(body));
+                    let mut request = tonic::Request::new(requests::<B, SotwRequest>(body));
                     *request.extensions_mut() = parts.extensions;
-                    grpc_response(
-                        svc.serve::<DiscoveryRequest, SotwResponse>(crate::conn::Variant::Sotw, request).await,
-                    )
+                    grpc_response(svc.serve::<SotwRequest, SotwResponse>(crate::conn::Variant::Sotw, request).await)
                 }
                 "DeltaAggregatedResources" => {
                     let mut request = tonic::Request::new(requests::<B, DeltaDiscoveryRequest>(body));
@@ -462,11 +461,29 @@ const LARGE_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(1
 static LARGE_REQUESTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(LARGE_REQUESTS_AT_ONCE)));
 
+/// A request message as read from the wire.
+pub(crate) trait WireRequest: Sized {
+    /// Decodes one message (without the gRPC prefix).
+    fn decode_wire(msg: Bytes) -> Result<Self, DecodeError>;
+}
+
+impl WireRequest for DeltaDiscoveryRequest {
+    fn decode_wire(msg: Bytes) -> Result<Self, DecodeError> {
+        Ok(<Self as prost::Message>::decode(msg)?)
+    }
+}
+
+impl WireRequest for SotwRequest {
+    fn decode_wire(msg: Bytes) -> Result<Self, DecodeError> {
+        SotwRequest::decode(msg)
+    }
+}
+
 fn requests<B, T>(body: B) -> crate::server::Requests<T>
 where
     B: http_body::Body + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T: prost::Message + Default + Send + 'static,
+    T: WireRequest + Send + 'static,
 {
     Box::pin(RequestStream::<B, T> {
         body: Box::pin(body),
@@ -481,7 +498,7 @@ where
 
 impl<B, T> RequestStream<B, T>
 where
-    T: prost::Message + Default,
+    T: WireRequest,
 {
     /// A whole message from the buffer, if one is there.
     fn take_message(&mut self) -> Option<Result<T, Status>> {
@@ -506,7 +523,10 @@ where
             // The rest still shares the large allocation: move it to a small one.
             self.buf = BytesMut::from(&self.buf[..]);
         }
-        Some(T::decode(&msg[5..]).map_err(|e| Status::invalid_argument(format!("cannot decode request: {e}"))))
+        Some(
+            T::decode_wire(msg.freeze().slice(5..))
+                .map_err(|e| Status::invalid_argument(format!("cannot decode request: {e}"))),
+        )
     }
 }
 
@@ -514,7 +534,7 @@ impl<B, T> futures::Stream for RequestStream<B, T>
 where
     B: http_body::Body,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T: prost::Message + Default,
+    T: WireRequest,
 {
     type Item = Result<T, Status>;
 
@@ -607,6 +627,7 @@ pub fn to_bytes(m: &impl WireMessage) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use prost::Message;
 
     use std::collections::VecDeque;
@@ -678,7 +699,7 @@ mod tests {
             wire.extend_from_slice(&b);
         }
         let pieces: VecDeque<Bytes> = wire.chunks(7000).map(Bytes::copy_from_slice).collect();
-        let mut stream = RequestStream::<Pieces, DiscoveryRequest> {
+        let mut stream = RequestStream::<Pieces, SotwRequest> {
             body: Box::pin(Pieces(pieces)),
             buf: BytesMut::new(),
             done: false,
@@ -694,7 +715,9 @@ mod tests {
                 assert!(stream.buf.capacity() < 7000, "large buffer let go: {}", stream.buf.capacity());
             }
         }
-        assert_eq!(got, [small.clone(), big, small]);
+        let read = |r: &SotwRequest| (r.type_url.clone(), r.names.iter().map(str::to_string).collect::<Vec<_>>());
+        let sent = |r: &DiscoveryRequest| (r.type_url.clone(), r.resource_names.clone());
+        assert_eq!(got.iter().map(read).collect::<Vec<_>>(), [sent(&small), sent(&big), sent(&small)]);
     }
 
     #[test]

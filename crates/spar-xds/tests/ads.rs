@@ -103,6 +103,38 @@ async fn replicas_share_generated_config() {
     assert_eq!(cache.hits.load(std::sync::atomic::Ordering::Relaxed), 2, "shared by the other two replicas");
 }
 
+/// When a snapshot reaches many streams of one workload at the same instant, one of them
+/// generates and the others wait for its copy instead of generating it again.
+#[test]
+fn concurrent_lookups_of_one_key_generate_once() {
+    let snapshot = mk_snapshot(200, 1);
+    let cache = spar_xds::server::GenerationCache::default();
+    let threads = 8;
+    let start = std::sync::Barrier::new(threads);
+    let copies: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (cache, start, snapshot) = (&cache, &start, &snapshot);
+                s.spawn(move || {
+                    let proxy = spar_xds::node::to_proxy(&mk_node_at(&format!("10.0.0.{}", i + 1))).expect("proxy");
+                    start.wait();
+                    cache.shared(snapshot, &proxy)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("no panic")).collect()
+    });
+    assert_eq!(cache.misses.load(std::sync::atomic::Ordering::Relaxed), 1, "generated once");
+    assert_eq!(cache.hits.load(std::sync::atomic::Ordering::Relaxed), threads as u64 - 1);
+    assert!(copies.iter().all(|c| Arc::ptr_eq(c, &copies[0])), "every stream holds the one copy");
+    // The next snapshot generates again (once), reusing what did not change.
+    let next = mk_snapshot(200, 2);
+    let proxy = spar_xds::node::to_proxy(&mk_node_at("10.0.0.1")).expect("proxy");
+    let again = cache.shared(&next, &proxy);
+    assert!(!Arc::ptr_eq(&again, &copies[0]));
+    assert_eq!(cache.misses.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
 #[tokio::test]
 async fn slow_sotw_proxy_gets_the_latest_version_not_a_backlog() {
     let (snap_tx, snap_rx) = watch::channel(mk_snapshot(1, 1));
