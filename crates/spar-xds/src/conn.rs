@@ -380,16 +380,26 @@ impl Connection {
         if state.sent_version.as_deref() == Some(version.as_str()) {
             return None;
         }
+        let incremental = !whole && !type_url::is_wildcard_type(type_url);
+        // The common case of a push (an endpoint moved, a proxy that holds every
+        // resource of the type): the shared layer already knows what changed since the
+        // one this proxy was sent.
+        if incremental
+            && everything
+            && let Some((prev, prev_sub)) = &state.sent_from
+            && prev_sub == sub
+            && let Some(changes) = current.changed_since(prev, type_url)
+        {
+            let selected: Arc<[Arc<Encoded>]> = changes.changed.as_slice().into();
+            return Some(self.record_sotw_send(type_url, version, selected, &current));
+        }
         let mut selected: Vec<&Arc<Encoded>> = all.values().filter(|r| sub.wants(&r.name)).collect();
         // Named types with nothing to say and nothing said yet: stay silent, as Envoy
         // waits for the resources it named and an empty response would not help it.
         if selected.is_empty() && !sub.wildcard && state.sent_version.is_some() {
             return None;
         }
-        if !whole
-            && !type_url::is_wildcard_type(type_url)
-            && let Some((prev, prev_sub)) = &state.sent_from
-        {
+        if incremental && let Some((prev, prev_sub)) = &state.sent_from {
             // Both lists are in name order: walk them together. Resources that did not
             // change are usually the very same allocation (the generation cache reuses
             // them), so most steps are a pointer comparison.
@@ -418,18 +428,30 @@ impl Connection {
                 true
             });
         }
-        let sent_from = (Arc::clone(&current), state.subscription.clone());
-        let nonce = self.next_nonce();
-        let state = self.types.get_mut(type_url)?;
-        state.sent_version = Some(version.clone());
-        state.sent_nonce = Some(nonce.clone());
-        state.sent_at = Some(SystemTime::now());
-        // Only EDS and RDS diff against it; keeping it for listeners and clusters would
-        // pin old generations for nothing.
-        state.sent_from = (!type_url::is_wildcard_type(type_url)).then_some(sent_from);
         let resources: Arc<[Arc<Encoded>]> = selected.into_iter().cloned().collect();
-        state.sent = Some(Arc::clone(&resources));
-        Some(Response::Sotw(SotwResponse { version_info: version, resources, type_url: type_url.to_string(), nonce }))
+        Some(self.record_sotw_send(type_url, version, resources, &current))
+    }
+
+    /// Records a SotW response as sent and returns it.
+    fn record_sotw_send(
+        &mut self,
+        type_url: &str,
+        version: String,
+        resources: Arc<[Arc<Encoded>]>,
+        current: &Arc<ProxyResources>,
+    ) -> Response {
+        let nonce = self.next_nonce();
+        if let Some(state) = self.types.get_mut(type_url) {
+            state.sent_version = Some(version.clone());
+            state.sent_nonce = Some(nonce.clone());
+            state.sent_at = Some(SystemTime::now());
+            // Only EDS and RDS diff against it; keeping it for listeners and clusters
+            // would pin old generations for nothing.
+            state.sent_from =
+                (!type_url::is_wildcard_type(type_url)).then(|| (Arc::clone(current), state.subscription.clone()));
+            state.sent = Some(Arc::clone(&resources));
+        }
+        Response::Sotw(SotwResponse { version_info: version, resources, type_url: type_url.to_string(), nonce })
     }
 
     /// The delta response for `type_url`: resources whose version differs from what the
@@ -438,7 +460,13 @@ impl Connection {
         let current = Arc::clone(&self.current);
         let all = current.of(type_url).unwrap_or_default();
         let state = self.types.get_mut(type_url)?;
-        let (resources, mut removed) = if state.synced.is_some() {
+        let (resources, mut removed) = if let Some(changes) = delta_known_changes(state, &current, type_url) {
+            let wants = |n: &str| state.subscription.wants(n);
+            (
+                changes.changed.iter().filter(|e| wants(&e.name)).cloned().collect(),
+                changes.removed.iter().filter(|n| wants(n)).cloned().collect(),
+            )
+        } else if state.synced.is_some() {
             delta_diff_synced(state, type_url, all)
         } else {
             delta_diff_versions(state, all)
@@ -508,6 +536,21 @@ fn in_names<'a>(
         }
         false
     })
+}
+
+/// Delta: what changed since the generation the proxy was brought up to, when the
+/// shared layer knows it ([`ProxyResources::changed_since`]) and the proxy asked for
+/// nothing new since.
+fn delta_known_changes<'a>(
+    state: &TypeState,
+    current: &'a ProxyResources,
+    type_url: &str,
+) -> Option<&'a crate::resources::TypeChanges> {
+    let (from, wild) = state.synced.as_ref()?;
+    if !state.fresh.is_empty() || !state.client_versions.is_empty() || *wild != state.subscription.wildcard {
+        return None;
+    }
+    current.changed_since(from, type_url)
 }
 
 /// Delta changes against per-resource versions (after a resume).

@@ -95,6 +95,39 @@ pub struct ProxyResources {
     /// credential is missing, a conflicting server, shadowed routes), one line each,
     /// naming the resource. Logged when they change and shown in the sync status.
     pub warnings: Vec<String>,
+    /// For a shared layer generated over the previous snapshot's copy: what differs
+    /// from that copy ([`Self::reuse_unchanged`]).
+    changes: Changes,
+}
+
+/// What a shared layer changed against the one it was generated over: computed once
+/// per generation, so the thousands of streams that move from one to the other send
+/// what changed without each walking every resource.
+#[derive(Clone, Debug, Default)]
+struct Changes {
+    /// The layer these are relative to (a weak reference keeps its address unique).
+    from: std::sync::Weak<ProxyResources>,
+    /// Per type, what is new, differs or is gone.
+    by_type: BTreeMap<&'static str, TypeChanges>,
+}
+
+/// The changes of one type between two generations of a shared layer.
+#[derive(Clone, Debug, Default)]
+pub struct TypeChanges {
+    /// Resources that are new or differ, in name order.
+    pub changed: Vec<Arc<Encoded>>,
+    /// Names that are gone, in order.
+    pub removed: Vec<String>,
+}
+
+/// Nothing changed.
+static NO_CHANGES: TypeChanges = TypeChanges { changed: Vec::new(), removed: Vec::new() };
+
+impl PartialEq for Changes {
+    /// Derived data: two sets of resources are equal whatever they were derived from.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl ProxyResources {
@@ -158,18 +191,42 @@ impl ProxyResources {
 
     /// Replaces each own resource that `prev` holds unchanged (same name and version) by
     /// `prev`'s allocation, so that consecutive generations share what did not change
-    /// and comparing them is mostly comparing pointers.
-    pub fn reuse_unchanged(&mut self, prev: &ProxyResources) {
+    /// and comparing them is mostly comparing pointers; and records what did change
+    /// ([`Self::changed_since`]).
+    pub fn reuse_unchanged(&mut self, prev: &Arc<ProxyResources>) {
+        let mut by_type: BTreeMap<&'static str, TypeChanges> = BTreeMap::new();
         for (t, mine) in &mut self.by_type {
-            let Some(theirs) = prev.by_type.get(t) else { continue };
+            let theirs = prev.by_type.get(t);
             for (name, e) in mine.iter_mut() {
-                if let Some(old) = theirs.get(name)
-                    && old.version == e.version
-                {
-                    *e = Arc::clone(old);
+                match theirs.and_then(|m| m.get(name)) {
+                    Some(old) if old.version == e.version => *e = Arc::clone(old),
+                    _ => by_type.entry(t).or_default().changed.push(Arc::clone(e)),
                 }
             }
         }
+        for (t, theirs) in &prev.by_type {
+            let mine = self.by_type.get(t);
+            for name in theirs.keys().filter(|n| mine.is_none_or(|m| !m.contains_key(*n))) {
+                by_type.entry(t).or_default().removed.push(name.clone());
+            }
+        }
+        self.changes = Changes { from: Arc::downgrade(prev), by_type };
+    }
+
+    /// What of `type_url` differs from what `prev` held, when that is known without
+    /// comparing resources one by one: `prev` is this very set (nothing), or both are
+    /// layered, this one's shared layer was generated over `prev`'s
+    /// ([`Self::reuse_unchanged`]), and neither has resources of the type in its own layer.
+    pub fn changed_since(&self, prev: &ProxyResources, type_url: &str) -> Option<&TypeChanges> {
+        if std::ptr::eq(self, prev) {
+            return Some(&NO_CHANGES);
+        }
+        let (base, prev_base) = (self.base.as_ref()?, prev.base.as_ref()?);
+        let own_empty = |r: &ProxyResources| r.by_type.get(type_url).is_none_or(BTreeMap::is_empty);
+        if !std::ptr::eq(base.changes.from.as_ptr(), Arc::as_ptr(prev_base)) || !own_empty(self) || !own_empty(prev) {
+            return None;
+        }
+        Some(base.changes.by_type.get(type_url).unwrap_or(&NO_CHANGES))
     }
 
     fn own_hash(&self, type_url: &str) -> u64 {

@@ -175,6 +175,64 @@ fn endpoints_go_whole_after_a_cluster_change_and_incrementally_otherwise() {
     assert_eq!(sotw(&out[1]).resources.len(), 2);
 }
 
+/// A proxy's resources over a shared `base`, with one inbound cluster of its own.
+fn over(base: &Arc<ProxyResources>) -> Arc<ProxyResources> {
+    let mut r = ProxyResources::layered(Arc::clone(base));
+    r.insert(type_url::CLUSTER, "inbound|80||", &Cluster { name: "inbound|80||".into(), ..Default::default() });
+    Arc::new(r)
+}
+
+fn eds_names(r: &Response) -> Vec<String> {
+    sotw(r)
+        .resources
+        .iter()
+        .map(|a| ClusterLoadAssignment::decode(a.value.as_slice()).map(|c| c.cluster_name).unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn a_shared_layer_generated_over_the_last_one_tells_its_streams_what_changed() {
+    let first = mk_resources(&[("a", 1), ("b", 1), ("c", 1)]);
+    // The endpoints of "b" move; the rest is generated again, unchanged.
+    let next = || {
+        let mut r = (*mk_resources(&[("a", 1), ("b", 1), ("c", 1)])).clone();
+        r.insert(
+            type_url::ENDPOINT,
+            "b",
+            &ClusterLoadAssignment {
+                cluster_name: "b".into(),
+                endpoints: vec![Default::default()],
+                ..Default::default()
+            },
+        );
+        r
+    };
+    let mut linked = next();
+    linked.reuse_unchanged(&first);
+    let linked = Arc::new(linked);
+    let unlinked = Arc::new(next());
+    let (before, after) = (over(&first), over(&linked));
+    let changed = after.changed_since(&before, type_url::ENDPOINT).expect("known from the shared layer");
+    assert_eq!(changed.changed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert!(changed.removed.is_empty());
+    // Clusters: the proxy's own layer has one too, so they are compared one by one.
+    assert!(after.changed_since(&before, type_url::CLUSTER).is_none());
+    assert!(over(&unlinked).changed_since(&before, type_url::ENDPOINT).is_none(), "not generated over it");
+    // A stream moving from one to the other sends "b" alone, and the same as a stream
+    // that finds it out by comparing every resource.
+    for next in [linked, unlinked] {
+        let mut c = Connection::new(Variant::Sotw, over(&first));
+        let cds = sotw(&c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""))[0]);
+        c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], &cds.version_info, &cds.nonce));
+        let eds = sotw(&c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b", "c"], "", ""))[0]);
+        c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["c", "a", "b"], &eds.version_info, &eds.nonce));
+        let out = c.on_resources(over(&next));
+        assert_eq!(out.len(), 1);
+        assert_eq!(eds_names(&out[0]), ["b"]);
+        assert_ne!(sotw(&out[0]).version_info, eds.version_info);
+    }
+}
+
 #[test]
 fn pushes_follow_make_before_break_order() {
     let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1)]));
@@ -236,6 +294,55 @@ fn delta_named_subscriptions() {
     assert_eq!(r2.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
     // "a" was unsubscribed: changing it sends nothing.
     assert!(c.on_resources(mk_resources(&[("a", 5), ("b", 1)])).is_empty());
+}
+
+#[test]
+fn delta_streams_take_what_changed_from_the_shared_layer() {
+    let first = mk_resources(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]);
+    // "b"'s endpoints move, "c" is gone; "d" changes but this proxy unsubscribed it.
+    let next = || {
+        let mut r = (*mk_resources(&[("a", 1), ("b", 1), ("d", 2)])).clone();
+        r.insert(
+            type_url::ENDPOINT,
+            "b",
+            &ClusterLoadAssignment {
+                cluster_name: "b".into(),
+                endpoints: vec![Default::default()],
+                ..Default::default()
+            },
+        );
+        r.insert(
+            type_url::ENDPOINT,
+            "d",
+            &ClusterLoadAssignment {
+                cluster_name: "d".into(),
+                endpoints: vec![Default::default()],
+                ..Default::default()
+            },
+        );
+        r
+    };
+    let mut linked = next();
+    linked.reuse_unchanged(&first);
+    let linked = Arc::new(linked);
+    let known = over(&linked).changed_since(&over(&first), type_url::ENDPOINT).cloned().expect("known");
+    assert_eq!(known.changed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["b", "d"]);
+    assert_eq!(known.removed, ["c"]);
+    let same = over(&first);
+    assert!(
+        same.changed_since(&same, type_url::ENDPOINT).is_some_and(|c| c.changed.is_empty() && c.removed.is_empty())
+    );
+    for next in [linked, Arc::new(next())] {
+        let mut c = Connection::new(Variant::Delta, over(&first));
+        let r = delta(&c.handle_delta(mk_delta(type_url::ENDPOINT, &["a", "b", "c", "d"], &[], ""))[0]).clone();
+        assert_eq!(r.resources.len(), 4);
+        assert!(c.handle_delta(mk_delta(type_url::ENDPOINT, &[], &["d"], &r.nonce)).is_empty());
+        let out = c.on_resources(over(&next));
+        assert_eq!(out.len(), 1);
+        let r = delta(&out[0]);
+        assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(r.removed_resources, ["c"]);
+    }
 }
 
 #[test]
