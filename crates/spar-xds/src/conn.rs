@@ -109,6 +109,9 @@ pub struct TypeState {
     synced: Option<(Arc<ProxyResources>, bool)>,
     /// Delta: names subscribed since the last push (not held yet; told once if missing).
     fresh: BTreeSet<String>,
+    /// SotW, while `all_current`: the digest of the last request's list in its order and
+    /// its length, so that the same list again is recognised at a glance.
+    last_names: Option<(u64, usize)>,
 }
 
 impl TypeState {
@@ -234,25 +237,30 @@ impl Connection {
         // In SotW every request carries the full list of names it wants.
         let names = &req.names;
         let wildcard = names.star || (names.is_empty() && type_url::is_wildcard_type(&type_url));
-        let digest = (names.digest, names.count);
-        let new_sub = if state.subscription.all_current && !wildcard && state.subscription.names_digest == digest {
-            // The same names as the request that made it "all current": unchanged, and
-            // the names are never copied out of the request.
+        let all_current = state.subscription.all_current && !wildcard;
+        let new_sub = if all_current && state.last_names == Some((names.ordered, names.count)) {
+            // The very list of the last request (Envoy repeats it in the same order):
+            // unchanged, without looking at a name.
+            state.subscription.clone()
+        } else if all_current && state.subscription.names_digest == (names.digest(), names.count) {
+            // The same names as the request that made it "all current", in another order.
             state.subscription.clone()
         } else {
-            let names: BTreeSet<String> = names.iter().filter(|n| *n != "*").map(str::to_string).collect();
+            let list: BTreeSet<String> = names.iter().filter(|n| *n != "*").map(str::to_string).collect();
             let current = Arc::clone(&self.current);
             let all_current = !wildcard
-                && !names.is_empty()
+                && !list.is_empty()
                 && current
                     .of(&type_url)
-                    .is_some_and(|v| v.len() == names.len() && names.iter().all(|n| v.contains_key(n)));
+                    .is_some_and(|v| v.len() == list.len() && list.iter().all(|n| v.contains_key(n)));
             if all_current {
-                Subscription { wildcard: false, names: BTreeSet::new(), all_current: true, names_digest: digest }
+                let names_digest = (names.digest(), names.count);
+                Subscription { wildcard: false, names: BTreeSet::new(), all_current: true, names_digest }
             } else {
-                Subscription { wildcard, names, all_current: false, names_digest: (0, 0) }
+                Subscription { wildcard, names: list, all_current: false, names_digest: (0, 0) }
             }
         };
+        state.last_names = new_sub.all_current.then_some((names.ordered, names.count));
         let changed = state.subscription != new_sub;
         state.subscription = new_sub;
         if first || changed {
@@ -545,7 +553,7 @@ fn delta_known_changes<'a>(
     state: &TypeState,
     current: &'a ProxyResources,
     type_url: &str,
-) -> Option<&'a crate::resources::TypeChanges> {
+) -> Option<std::borrow::Cow<'a, crate::resources::TypeChanges>> {
     let (from, wild) = state.synced.as_ref()?;
     if !state.fresh.is_empty() || !state.client_versions.is_empty() || *wild != state.subscription.wildcard {
         return None;

@@ -4,9 +4,10 @@
 //! 1,000-service mesh names 4,000 load assignments in each EDS ACK (about 220 KB). Decoded
 //! with prost, each ACK is 4,000 `String` allocations that are compared with the last
 //! subscription and dropped; at 2,000 proxies one endpoint change made a quarter of the
-//! server's CPU that. [`SotwRequest`] decodes the other fields, checks the names in place
-//! (UTF-8, the `*` wildcard, an order-independent digest and the count) and keeps the
-//! request's bytes, so the names are copied out only when the subscription changed.
+//! server's CPU that. [`SotwRequest`] decodes the other fields, reads the names in place
+//! (the count, the `*` wildcard and a digest of the list as sent) and keeps the request's
+//! bytes, so the names are looked at again only when the list differs from the last one,
+//! and copied out only when the subscription changed.
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -74,21 +75,33 @@ pub struct Names {
     raw: Bytes,
     /// How many names.
     pub count: usize,
-    /// An order-independent digest of the names (the same names in any order give the
-    /// same digest).
-    pub digest: u64,
+    /// A digest of the names in the order they came: Envoy repeats the same list in the
+    /// same order, so this is usually all that needs comparing.
+    pub ordered: u64,
     /// Whether one of them is the explicit wildcard `*`.
     pub star: bool,
 }
 
 impl Names {
-    /// The names, in the order the request lists them.
+    /// The names, in the order the request lists them. A name that is not UTF-8 can name
+    /// no resource, and is left out.
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+        self.raw_names().filter_map(|b| std::str::from_utf8(b).ok())
+    }
+
+    fn raw_names(&self) -> impl Iterator<Item = &[u8]> + '_ {
         fields(&self.raw).filter_map(|f| match f {
-            // Checked when the request was decoded.
-            Ok((NAMES_FIELD, Some(bytes))) => std::str::from_utf8(bytes).ok(),
+            // The request was walked whole when it was decoded.
+            Ok((NAMES_FIELD, Some(bytes))) => Some(bytes),
             _ => None,
         })
+    }
+
+    /// An order-independent digest of the names: the same names in any order give the
+    /// same digest.
+    pub fn digest(&self) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.raw_names().fold(0u64, |acc, n| acc.wrapping_add(HASH.hash_one(n)))
     }
 
     /// Whether there are none.
@@ -97,19 +110,26 @@ impl Names {
     }
 }
 
+/// The names' hash: fast, and fixed for the process (digests are compared only with
+/// digests of the same connection).
+static HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5ba7);
+
 impl SotwRequest {
     /// Decodes an encoded `DiscoveryRequest`, keeping `raw` for the names.
     pub fn decode(raw: Bytes) -> Result<Self, DecodeError> {
+        use std::hash::Hasher as _;
         let head = Head::decode(&raw[..])?;
         let mut names = Names::default();
+        let mut ordered = std::hash::BuildHasher::build_hasher(&HASH);
         for field in fields(&raw) {
-            if let (NAMES_FIELD, Some(bytes)) = field? {
-                let name = std::str::from_utf8(bytes).map_err(|_| DecodeError::new("resource_names: invalid UTF-8"))?;
+            if let (NAMES_FIELD, Some(name)) = field? {
                 names.count += 1;
-                names.digest = names.digest.wrapping_add(name_hash(name));
-                names.star |= name == "*";
+                ordered.write_usize(name.len());
+                ordered.write(name);
+                names.star |= name == b"*";
             }
         }
+        names.ordered = ordered.finish();
         names.raw = raw;
         Ok(Self {
             version_info: head.version_info,
@@ -127,13 +147,6 @@ impl From<DiscoveryRequest> for SotwRequest {
     fn from(req: DiscoveryRequest) -> Self {
         Self::decode(Bytes::from(req.encode_to_vec())).expect("a prost-encoded request decodes")
     }
-}
-
-fn name_hash(name: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut h);
-    h.finish()
 }
 
 /// The top-level fields of an encoded message: (field number, the bytes of a
@@ -206,11 +219,17 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_ignores_order_and_sees_any_difference() {
-        let d = |n: &[&str]| SotwRequest::from(request(n)).names.digest;
-        assert_eq!(d(&["a", "b", "c"]), d(&["c", "a", "b"]));
-        assert_ne!(d(&["a", "b", "c"]), d(&["a", "b", "d"]));
-        assert_ne!(d(&["a", "b"]), d(&["a", "b", "c"]));
+    fn digests_see_any_difference_and_one_ignores_order() {
+        let names = |n: &[&str]| SotwRequest::from(request(n)).names;
+        assert_eq!(names(&["a", "b", "c"]).digest(), names(&["c", "a", "b"]).digest());
+        assert_ne!(names(&["a", "b", "c"]).ordered, names(&["c", "a", "b"]).ordered);
+        assert_eq!(names(&["a", "b", "c"]).ordered, names(&["a", "b", "c"]).ordered);
+        for (x, y) in
+            [(&["a", "b", "c"][..], &["a", "b", "d"][..]), (&["a", "b"], &["a", "b", "c"]), (&["ab"], &["a", "b"])]
+        {
+            assert_ne!(names(x).digest(), names(y).digest(), "{x:?} {y:?}");
+            assert_ne!(names(x).ordered, names(y).ordered, "{x:?} {y:?}");
+        }
     }
 
     #[test]
@@ -223,11 +242,12 @@ mod tests {
 
     #[test]
     fn bad_bytes_are_errors_not_panics() {
-        let mut raw = request(&["a"]).encode_to_vec();
-        // A name that is not UTF-8.
+        let mut raw = request(&["a", "b"]).encode_to_vec();
+        // A name that is not UTF-8 names nothing: left out.
         let at = raw.windows(3).position(|w| w == [0x1a, 1, b'a']).expect("the name's field");
         raw[at + 2] = 0xff;
-        assert!(SotwRequest::decode(Bytes::from(raw.clone())).is_err());
+        let r = SotwRequest::decode(Bytes::from(raw.clone())).expect("decodes");
+        assert_eq!(r.names.iter().collect::<Vec<_>>(), ["b"]);
         // Truncated in the middle of a field, and a reserved wire type.
         let whole = request(&["abc"]).encode_to_vec();
         assert!(SotwRequest::decode(Bytes::copy_from_slice(&whole[..whole.len() - 1])).is_err());

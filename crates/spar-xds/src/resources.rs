@@ -4,6 +4,7 @@
 //! its bytes), so that the connection state machine compares versions instead of
 //! protos and resends only what changed.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -214,19 +215,44 @@ impl ProxyResources {
     }
 
     /// What of `type_url` differs from what `prev` held, when that is known without
-    /// comparing resources one by one: `prev` is this very set (nothing), or both are
-    /// layered, this one's shared layer was generated over `prev`'s
-    /// ([`Self::reuse_unchanged`]), and neither has resources of the type in its own layer.
-    pub fn changed_since(&self, prev: &ProxyResources, type_url: &str) -> Option<&TypeChanges> {
+    /// comparing every resource: `prev` is this very set (nothing), or both are layered
+    /// and this one's shared layer was generated over `prev`'s
+    /// ([`Self::reuse_unchanged`]); then the shared layer's list is taken as it is and
+    /// only the own layers (a proxy's few inbound resources) are compared.
+    pub fn changed_since(&self, prev: &ProxyResources, type_url: &str) -> Option<Cow<'_, TypeChanges>> {
         if std::ptr::eq(self, prev) {
-            return Some(&NO_CHANGES);
+            return Some(Cow::Borrowed(&NO_CHANGES));
         }
         let (base, prev_base) = (self.base.as_ref()?, prev.base.as_ref()?);
-        let own_empty = |r: &ProxyResources| r.by_type.get(type_url).is_none_or(BTreeMap::is_empty);
-        if !std::ptr::eq(base.changes.from.as_ptr(), Arc::as_ptr(prev_base)) || !own_empty(self) || !own_empty(prev) {
+        if !std::ptr::eq(base.changes.from.as_ptr(), Arc::as_ptr(prev_base)) {
             return None;
         }
-        Some(base.changes.by_type.get(type_url).unwrap_or(&NO_CHANGES))
+        let shared = base.changes.by_type.get(type_url).unwrap_or(&NO_CHANGES);
+        let (own, prev_own) = (self.by_type.get(type_url), prev.by_type.get(type_url));
+        if own.is_none_or(BTreeMap::is_empty) && prev_own.is_none_or(BTreeMap::is_empty) {
+            return Some(Cow::Borrowed(shared));
+        }
+        // Own resources hide shared ones of the same name: the shared list minus what
+        // the own layer hides, plus what differs among the names either own layer has.
+        let (now, before) = (self.of(type_url).unwrap_or_default(), prev.of(type_url).unwrap_or_default());
+        let hidden = |n: &str| own.is_some_and(|o| o.contains_key(n));
+        let mut changed: Vec<Arc<Encoded>> = shared.changed.iter().filter(|e| !hidden(&e.name)).cloned().collect();
+        let mut removed: Vec<String> = shared.removed.iter().filter(|n| !hidden(n)).cloned().collect();
+        let own_names: std::collections::BTreeSet<&String> =
+            own.into_iter().chain(prev_own).flat_map(BTreeMap::keys).collect();
+        for name in own_names {
+            match (before.get(name), now.get(name)) {
+                (Some(p), Some(e)) if Arc::ptr_eq(p, e) || p.version == e.version => {}
+                (_, Some(e)) => changed.push(Arc::clone(e)),
+                (Some(_), None) => removed.push(name.clone()),
+                (None, None) => {}
+            }
+        }
+        changed.sort_by(|a, b| a.name.cmp(&b.name));
+        changed.dedup_by(|a, b| a.name == b.name);
+        removed.sort();
+        removed.dedup();
+        Some(Cow::Owned(TypeChanges { changed, removed }))
     }
 
     fn own_hash(&self, type_url: &str) -> u64 {

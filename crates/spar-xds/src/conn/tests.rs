@@ -215,8 +215,17 @@ fn a_shared_layer_generated_over_the_last_one_tells_its_streams_what_changed() {
     let changed = after.changed_since(&before, type_url::ENDPOINT).expect("known from the shared layer");
     assert_eq!(changed.changed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["b"]);
     assert!(changed.removed.is_empty());
-    // Clusters: the proxy's own layer has one too, so they are compared one by one.
-    assert!(after.changed_since(&before, type_url::CLUSTER).is_none());
+    // Clusters: the proxy's own layer has one too; it is compared, and it did not change.
+    let clusters = after.changed_since(&before, type_url::CLUSTER).expect("known");
+    assert!(clusters.changed.is_empty() && clusters.removed.is_empty(), "{clusters:?}");
+    // An own resource that changes, one that goes and one that hides a shared one.
+    let mut own = ProxyResources::layered(Arc::clone(&linked));
+    own.insert(type_url::CLUSTER, "inbound|81||", &Cluster { name: "inbound|81||".into(), ..Default::default() });
+    own.insert(type_url::CLUSTER, "a", &Cluster { name: "a".into(), ..Default::default() });
+    let clusters = own.changed_since(&before, type_url::CLUSTER).expect("known");
+    let names = |v: &[Arc<Encoded>]| v.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&clusters.changed), ["a", "inbound|81||"]);
+    assert_eq!(clusters.removed, ["inbound|80||"]);
     assert!(over(&unlinked).changed_since(&before, type_url::ENDPOINT).is_none(), "not generated over it");
     // A stream moving from one to the other sends "b" alone, and the same as a stream
     // that finds it out by comparing every resource.
@@ -325,7 +334,10 @@ fn delta_streams_take_what_changed_from_the_shared_layer() {
     let mut linked = next();
     linked.reuse_unchanged(&first);
     let linked = Arc::new(linked);
-    let known = over(&linked).changed_since(&over(&first), type_url::ENDPOINT).cloned().expect("known");
+    let known = over(&linked)
+        .changed_since(&over(&first), type_url::ENDPOINT)
+        .map(std::borrow::Cow::into_owned)
+        .expect("known");
     assert_eq!(known.changed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["b", "d"]);
     assert_eq!(known.removed, ["c"]);
     let same = over(&first);
