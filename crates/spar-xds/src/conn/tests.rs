@@ -158,11 +158,7 @@ fn endpoints_go_whole_after_a_cluster_change_and_incrementally_otherwise() {
     c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b"], &eds.version_info, &eds.nonce));
     // Endpoints of "a" change, clusters do not: one ClusterLoadAssignment goes out.
     let mut res = (*mk_resources(&[("a", 1), ("b", 1)])).clone();
-    res.insert(
-        type_url::ENDPOINT,
-        "a",
-        &ClusterLoadAssignment { cluster_name: "a".into(), endpoints: vec![Default::default()], ..Default::default() },
-    );
+    moved(&mut res, "a");
     let out = c.on_resources(Arc::new(res));
     assert_eq!(out.len(), 1);
     assert_eq!(sotw(&out[0]).resources.len(), 1);
@@ -173,6 +169,13 @@ fn endpoints_go_whole_after_a_cluster_change_and_incrementally_otherwise() {
     let out = c.on_resources(Arc::new(res));
     assert_eq!(out.iter().map(|r| sotw(r).type_url).collect::<Vec<_>>(), [type_url::CLUSTER, type_url::ENDPOINT]);
     assert_eq!(sotw(&out[1]).resources.len(), 2);
+}
+
+/// The load assignment of cluster `name` gains an endpoint (the endpoint moved).
+fn moved(r: &mut ProxyResources, name: &str) {
+    let cla =
+        ClusterLoadAssignment { cluster_name: name.into(), endpoints: vec![Default::default()], ..Default::default() };
+    r.insert(type_url::ENDPOINT, name.to_string(), &cla);
 }
 
 /// A proxy's resources over a shared `base`, with one inbound cluster of its own.
@@ -196,15 +199,7 @@ fn a_shared_layer_generated_over_the_last_one_tells_its_streams_what_changed() {
     // The endpoints of "b" move; the rest is generated again, unchanged.
     let next = || {
         let mut r = (*mk_resources(&[("a", 1), ("b", 1), ("c", 1)])).clone();
-        r.insert(
-            type_url::ENDPOINT,
-            "b",
-            &ClusterLoadAssignment {
-                cluster_name: "b".into(),
-                endpoints: vec![Default::default()],
-                ..Default::default()
-            },
-        );
+        moved(&mut r, "b");
         r
     };
     let mut linked = next();
@@ -311,24 +306,8 @@ fn delta_streams_take_what_changed_from_the_shared_layer() {
     // "b"'s endpoints move, "c" is gone; "d" changes but this proxy unsubscribed it.
     let next = || {
         let mut r = (*mk_resources(&[("a", 1), ("b", 1), ("d", 2)])).clone();
-        r.insert(
-            type_url::ENDPOINT,
-            "b",
-            &ClusterLoadAssignment {
-                cluster_name: "b".into(),
-                endpoints: vec![Default::default()],
-                ..Default::default()
-            },
-        );
-        r.insert(
-            type_url::ENDPOINT,
-            "d",
-            &ClusterLoadAssignment {
-                cluster_name: "d".into(),
-                endpoints: vec![Default::default()],
-                ..Default::default()
-            },
-        );
+        moved(&mut r, "b");
+        moved(&mut r, "d");
         r
     };
     let mut linked = next();
