@@ -147,6 +147,61 @@ async fn live_edit(delta: bool) -> anyhow::Result<()> {
     h.check_alive()
 }
 
+/// Sums the client's counters whose names match `pattern` (an Envoy stats regex).
+async fn counter_sum(envoy: &Envoy, pattern: &str) -> anyhow::Result<u64> {
+    let (_, body) = envoy.admin_get(&format!("/stats?filter={pattern}")).await?;
+    Ok(body.lines().filter_map(|l| l.rsplit_once(": ").and_then(|(_, v)| v.trim().parse::<u64>().ok())).sum())
+}
+
+/// A WorkloadEntry that moves to another address: traffic follows, and the client's
+/// Envoy gets the new endpoint by EDS alone (no CDS, LDS or RDS update), as istiod's
+/// incremental EDS push does.
+async fn endpoint_move(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("endpoint-move", delta)?;
+    h.load_case("weighted-split")?;
+    h.write_config(
+        "routes.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend}\nspec:\n  hosts: [backend]\n  http:\n  - route: [{destination: {host: backend, subset: v1}}]\n",
+    )?;
+    let client = start_backend_mesh(&mut h).await?;
+    // The place v1 moves to: a pod with the same labels, not yet named by any WorkloadEntry.
+    let moved = h.pod("backend-v1-moved", &[("app", "backend"), ("version", "v1")]);
+    h.start_echo(&moved.name, SocketAddr::new(moved.ip, 8080)).await?;
+    h.start_sidecar(&moved).await?;
+    wait_routed(&client, "backend", &[], "backend-v1").await?;
+
+    let v1_cluster = r"^cluster\.outbound\|9080\|v1\|backend\.default\.svc\.cluster\.local\.update_success$";
+    let others = [
+        r"^cluster_manager\.cds\.update_success$",
+        r"^listener_manager\.lds\.update_success$",
+        r"\.rds\..*\.update_success$",
+    ];
+    let mut before = Vec::new();
+    for p in others {
+        let n = counter_sum(&client, p).await?;
+        anyhow::ensure!(n > 0, "no update counted by a stat matching {p}: the pattern is stale");
+        before.push(n);
+    }
+    let eds_before = counter_sum(&client, v1_cluster).await?;
+    anyhow::ensure!(eds_before > 0, "no update counted by a stat matching {v1_cluster}");
+
+    let case =
+        std::fs::read_to_string(spar_conformance::project_root().join("conformance/cases/weighted-split/mesh.yaml"))?;
+    let edited = case.replace("${ip:backend-v1}", "${ip:backend-v1-moved}");
+    anyhow::ensure!(edited != case, "the case no longer names backend-v1's address");
+    let edited = h.render(&edited);
+    h.write_config("mesh.yaml", &edited)?;
+    wait_routed(&client, "backend", &[], "backend-v1-moved").await?;
+    let counts = tally(outbound(&client), "backend", "/", &[], 20).await?;
+    assert_eq!(counts.get("backend-v1-moved"), Some(&20), "every request follows the move: {counts:?}");
+
+    assert!(counter_sum(&client, v1_cluster).await? > eds_before, "the v1 cluster's endpoints were updated");
+    for (p, b) in others.iter().zip(before) {
+        assert_eq!(counter_sum(&client, p).await?, b, "an endpoint move sent an update matching {p}");
+    }
+    h.check_alive()
+}
+
 async fn broken_document(delta: bool) -> anyhow::Result<()> {
     let mut h = Harness::new("broken-document", delta)?;
     h.load_case("broken-document")?;
@@ -335,6 +390,7 @@ both_variants_mod!(header_match, header_match);
 both_variants_mod!(weighted_split, weighted_split);
 both_variants_mod!(bookinfo, bookinfo);
 both_variants_mod!(live_edit, live_edit);
+both_variants_mod!(endpoint_move, endpoint_move);
 both_variants_mod!(broken_document, broken_document);
 both_variants_mod!(nack, nack);
 
