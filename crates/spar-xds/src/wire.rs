@@ -437,6 +437,8 @@ struct RequestStream<B, T> {
     body: Pin<Box<B>>,
     buf: BytesMut,
     done: bool,
+    /// Turns for large requests ([`LARGE_REQUESTS`], shared by every stream).
+    turns: Arc<tokio::sync::Semaphore>,
     /// Held while a large request is read and decoded.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     acquiring: Option<Acquire>,
@@ -485,21 +487,26 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     T: WireRequest + Send + 'static,
 {
-    Box::pin(RequestStream::<B, T> {
-        body: Box::pin(body),
-        buf: BytesMut::new(),
-        done: false,
-        permit: None,
-        acquiring: None,
-        deadline: None,
-        _message: std::marker::PhantomData,
-    })
+    Box::pin(RequestStream::<B, T>::new(body, Arc::clone(&LARGE_REQUESTS)))
 }
 
 impl<B, T> RequestStream<B, T>
 where
     T: WireRequest,
 {
+    fn new(body: B, turns: Arc<tokio::sync::Semaphore>) -> Self {
+        Self {
+            body: Box::pin(body),
+            buf: BytesMut::new(),
+            done: false,
+            turns,
+            permit: None,
+            acquiring: None,
+            deadline: None,
+            _message: std::marker::PhantomData,
+        }
+    }
+
     /// A whole message from the buffer, if one is there.
     fn take_message(&mut self) -> Option<Result<T, Status>> {
         if self.buf.len() < 5 {
@@ -513,7 +520,11 @@ where
             return Some(Err(Status::resource_exhausted(format!("request of {len} bytes is over {MAX_REQUEST}"))));
         }
         if self.buf.len() < 5 + len {
-            self.buf.reserve(5 + len - self.buf.len());
+            // A large request's buffer is sized once its turn has come (`poll_next`):
+            // thousands of streams waiting for a turn must not each hold one.
+            if len <= KEEP_BUFFER {
+                self.buf.reserve(5 + len - self.buf.len());
+            }
             return None;
         }
         let msg = self.buf.split_to(5 + len);
@@ -555,13 +566,14 @@ where
                 let len = u32::from_be_bytes([this.buf[1], this.buf[2], this.buf[3], this.buf[4]]) as usize;
                 if len > KEEP_BUFFER {
                     let acquire =
-                        this.acquiring.get_or_insert_with(|| Box::pin(Arc::clone(&LARGE_REQUESTS).acquire_owned()));
+                        this.acquiring.get_or_insert_with(|| Box::pin(Arc::clone(&this.turns).acquire_owned()));
                     match acquire.as_mut().poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(p) => {
                             this.acquiring = None;
                             this.permit = p.ok();
                             this.deadline = Some(Box::pin(tokio::time::sleep(LARGE_REQUEST_TIME)));
+                            this.buf.reserve(5 + len - this.buf.len());
                         }
                     }
                 }
@@ -699,15 +711,8 @@ mod tests {
             wire.extend_from_slice(&b);
         }
         let pieces: VecDeque<Bytes> = wire.chunks(7000).map(Bytes::copy_from_slice).collect();
-        let mut stream = RequestStream::<Pieces, SotwRequest> {
-            body: Box::pin(Pieces(pieces)),
-            buf: BytesMut::new(),
-            done: false,
-            permit: None,
-            acquiring: None,
-            deadline: None,
-            _message: std::marker::PhantomData,
-        };
+        let turns = Arc::new(tokio::sync::Semaphore::new(1));
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), turns);
         let mut got = Vec::new();
         while let Some(m) = stream.next().await {
             got.push(m.expect("decodes"));
@@ -718,6 +723,32 @@ mod tests {
         let read = |r: &SotwRequest| (r.type_url.clone(), r.names.iter().map(str::to_string).collect::<Vec<_>>());
         let sent = |r: &DiscoveryRequest| (r.type_url.clone(), r.resource_names.clone());
         assert_eq!(got.iter().map(read).collect::<Vec<_>>(), [sent(&small), sent(&big), sent(&small)]);
+    }
+
+    /// A stream whose large request waits for its turn holds no buffer sized for it: in
+    /// a reconnect storm thousands wait at once.
+    #[tokio::test]
+    async fn a_large_request_waiting_for_its_turn_holds_no_buffer_for_it() {
+        use futures::{FutureExt, StreamExt};
+        let big = DiscoveryRequest {
+            type_url: "eds".into(),
+            resource_names: (0..5000).map(|i| format!("outbound|9080||svc-{i}.default.svc.cluster.local")).collect(),
+            ..Default::default()
+        };
+        let b = big.encode_to_vec();
+        let mut wire = vec![0u8];
+        wire.extend_from_slice(&u32::try_from(b.len()).expect("fits").to_be_bytes());
+        wire.extend_from_slice(&b);
+        let pieces: VecDeque<Bytes> = wire.chunks(7000).map(Bytes::copy_from_slice).collect();
+        let turns = Arc::new(tokio::sync::Semaphore::new(1));
+        let taken = Arc::clone(&turns).acquire_owned().await.expect("a turn");
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), Arc::clone(&turns));
+        assert!(stream.next().now_or_never().is_none(), "no turn, no request");
+        assert!(stream.buf.capacity() < 16 * 1024, "buffer while waiting: {}", stream.buf.capacity());
+        drop(taken);
+        let got = stream.next().await.expect("a request").expect("decodes");
+        assert_eq!(got.names.count, 5000);
+        assert_eq!(turns.available_permits(), 1, "the turn is given back once the request is read");
     }
 
     #[test]
