@@ -148,6 +148,10 @@ pub struct Snapshot {
     /// (Sidecar and DestinationRule workload selectors, VirtualService `sourceLabels`,
     /// Telemetry selectors). Workloads that agree on these get the same outbound config.
     pub outbound_label_keys: BTreeSet<String>,
+    /// When the only difference from the snapshot before (`since.from`) is endpoints of
+    /// some services: which ([`Snapshot::note_changes_since`]). Generators then redo only
+    /// those services' clusters and load assignments.
+    pub since: Option<EndpointChanges>,
     /// Lookup indexes over the lists above, built once per snapshot so that per-proxy
     /// generation does not scan every rule for every service.
     index: Index,
@@ -996,6 +1000,9 @@ fn service_entry_services(
         })
         .collect()
 }
+
+mod changes;
+pub use changes::EndpointChanges;
 
 #[cfg(test)]
 mod tests;

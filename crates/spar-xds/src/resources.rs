@@ -214,6 +214,54 @@ impl ProxyResources {
         self.changes = Changes { from: Arc::downgrade(prev), by_type };
     }
 
+    /// A shared layer made from `prev` (a shared layer of an earlier snapshot): of the
+    /// `types` listed, the resources `touched` names are replaced by `fresh`'s (gone when
+    /// `fresh` has none of that name); everything else is `prev`'s, the same allocations.
+    /// What changed is recorded as [`Self::reuse_unchanged`] would, without comparing the
+    /// untouched resources. `fresh` carries the snapshot version and any new warnings.
+    pub fn patched(
+        prev: &Arc<ProxyResources>,
+        types: &[&'static str],
+        touched: impl Fn(&str) -> bool,
+        fresh: ProxyResources,
+    ) -> ProxyResources {
+        let mut by_type = prev.by_type.clone();
+        let mut changes: BTreeMap<&'static str, TypeChanges> = BTreeMap::new();
+        for &t in types {
+            let now = by_type.entry(t).or_default();
+            let new = fresh.by_type.get(t);
+            let gone: Vec<String> =
+                now.keys().filter(|n| touched(n) && new.is_none_or(|m| !m.contains_key(*n))).cloned().collect();
+            for name in gone {
+                now.remove(&name);
+                changes.entry(t).or_default().removed.push(name);
+            }
+            for (name, e) in new.into_iter().flatten() {
+                if now.get(name).is_none_or(|old| old.version != e.version) {
+                    now.insert(name.clone(), Arc::clone(e));
+                    changes.entry(t).or_default().changed.push(Arc::clone(e));
+                }
+            }
+            if now.is_empty() {
+                by_type.remove(t);
+            }
+        }
+        let mut warnings = prev.warnings.clone();
+        for w in fresh.warnings {
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+        Self {
+            snapshot_version: fresh.snapshot_version,
+            base: None,
+            by_type,
+            hashes: std::sync::OnceLock::new(),
+            warnings,
+            changes: Changes { from: Arc::downgrade(prev), by_type: changes },
+        }
+    }
+
     /// What of `type_url` differs from what `prev` held, when that is known without
     /// comparing every resource: `prev` is this very set (nothing), or both are layered
     /// and this one's shared layer was generated over `prev`'s

@@ -302,8 +302,12 @@ impl GenerationCache {
         };
         let generate = || {
             self.misses.fetch_add(1, Ordering::Relaxed);
-            let mut generated = crate::generator::generate_shared(snapshot, proxy);
             let prev = self.previous.lock().ok().and_then(|p| p.get(&key).and_then(|c| c.get().cloned()));
+            // Only endpoints changed: redo the clusters and load assignments they touch.
+            if let Some(patched) = prev.as_ref().and_then(|p| crate::generator::regenerate_shared(snapshot, proxy, p)) {
+                return Arc::new(patched);
+            }
+            let mut generated = crate::generator::generate_shared(snapshot, proxy);
             if let Some(prev) = prev {
                 generated.reuse_unchanged(&prev);
             }

@@ -438,12 +438,16 @@ async fn debounce(
         version += 1;
         let started = Instant::now();
         let mesh_now = mesh.borrow().clone();
-        let snap = build(&store, &mesh_now, version);
+        let mut snap = build(&store, &mesh_now, version);
+        let prev = Arc::clone(&snap_tx.borrow());
+        snap.note_changes_since(&prev);
+        drop(prev);
         info!(
             version,
             services = snap.services.len(),
             debounce_ms = u64::try_from(started.duration_since(first).as_millis()).unwrap_or(u64::MAX),
             build_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            endpoints_only = snap.since.as_ref().map(|c| c.hosts.len()),
             "snapshot built"
         );
         if snap_tx.send(Arc::new(snap)).is_err() {

@@ -197,3 +197,33 @@ metadata: {name: node-a, labels: {topology.kubernetes.io/region: us-east-1}}
     let three = ep("10.1.0.3");
     assert!(three.labels.is_empty() && three.service_account.is_empty(), "no pod known: nothing invented");
 }
+
+#[test]
+fn endpoint_only_changes_name_the_services_and_anything_else_is_a_full_change() {
+    let build = |yaml: &str, v| Snapshot::build(&mk_store(yaml), &MeshConfig::default(), v);
+    let before = build(MESH, 1);
+    // The same documents again: nothing changed.
+    assert_eq!(build(MESH, 2).endpoint_changes_since(&before), Some(BTreeSet::new()));
+    // A WorkloadEntry moves: only reviews' endpoints.
+    let moved = build(&MESH.replace("127.0.0.11", "127.0.0.21"), 2);
+    let reviews: BTreeSet<String> = ["reviews.default.svc.cluster.local".to_string()].into();
+    assert_eq!(moved.endpoint_changes_since(&before), Some(reviews.clone()));
+    let mut noted = build(&MESH.replace("127.0.0.11", "127.0.0.21"), 2);
+    noted.note_changes_since(&before);
+    assert_eq!(noted.since, Some(EndpointChanges { from: 1, hosts: reviews }));
+    // Kubernetes Endpoints gain an address: only ratings.
+    let grown = build(&MESH.replace("{ip: 10.0.0.2}", "{ip: 10.0.0.2}, {ip: 10.0.0.3}"), 2);
+    assert_eq!(
+        grown.endpoint_changes_since(&before).map(|h| h.into_iter().collect::<Vec<_>>()),
+        Some(vec!["ratings.prod.svc.cluster.local".to_string()])
+    );
+    // A service port, a new routing object or a removed service is more than endpoints.
+    let port = build(&MESH.replace("port: 9080, targetPort", "port: 9088, targetPort"), 2);
+    assert_eq!(port.endpoint_changes_since(&before), None);
+    let dr = format!(
+        "{MESH}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: default}}\nspec: {{host: reviews}}\n"
+    );
+    assert_eq!(build(&dr, 2).endpoint_changes_since(&before), None);
+    let fewer = MESH.split("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry").next().unwrap_or_default();
+    assert_eq!(build(fewer, 2).endpoint_changes_since(&before), None);
+}

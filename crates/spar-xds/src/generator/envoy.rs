@@ -739,7 +739,13 @@ fn apply_locality(
 /// plus one per DestinationRule subset.
 pub fn clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
     catch_all_clusters(out);
-    for svc in &scope.services {
+    service_clusters(scope, &scope.services, out);
+}
+
+/// The outbound clusters of `services` (every port, every DestinationRule subset) and
+/// the load assignments of those discovered by EDS.
+pub fn service_clusters(scope: &Scope<'_>, services: &[&std::sync::Arc<Service>], out: &mut ProxyResources) {
+    for svc in services {
         let dr = scope.snap.destination_rule_for(&scope.proxy.namespace, &scope.proxy.labels, svc);
         let mut subsets: Vec<(String, BTreeMap<String, String>)> = vec![(String::new(), BTreeMap::new())];
         for s in dr.iter().flat_map(|dr| dr.spec.subsets.iter().flatten()) {

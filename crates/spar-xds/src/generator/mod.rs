@@ -30,7 +30,7 @@ mod telemetry;
 
 use spar_model::{Proxy, ProxyKind, Snapshot};
 
-use crate::resources::ProxyResources;
+use crate::resources::{ProxyResources, type_url};
 
 pub use scope::Scope;
 
@@ -54,6 +54,33 @@ pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
     envoy::clusters(&scope, &mut out);
     add_warnings(&scope, &mut out);
     out
+}
+
+/// [`generate_shared`] for a snapshot whose only change since the one `prev` was
+/// generated from is some services' endpoints ([`Snapshot::since`]): `prev` with those
+/// services' clusters and load assignments generated again. Listeners and routes do not
+/// depend on endpoints; clusters do (subject alternative names from the endpoints'
+/// service accounts, the inline endpoints of DNS clusters), so they are redone too.
+/// `None` when it does not apply: more changed, `prev` is from another snapshot, or a
+/// gateway (whose listeners follow endpoint ports).
+pub fn regenerate_shared(
+    snapshot: &Snapshot,
+    proxy: &Proxy,
+    prev: &std::sync::Arc<ProxyResources>,
+) -> Option<ProxyResources> {
+    let since = snapshot.since.as_ref()?;
+    if proxy.kind != ProxyKind::Sidecar || prev.snapshot_version != since.from {
+        return None;
+    }
+    let scope = Scope::new(snapshot, proxy);
+    let services: Vec<_> = scope.services.iter().copied().filter(|s| since.hosts.contains(&s.hostname)).collect();
+    let mut fresh = ProxyResources::new(snapshot.version);
+    envoy::service_clusters(&scope, &services, &mut fresh);
+    // `outbound|<port>|<subset>|<host>`: host names have no `|`.
+    let touched = |name: &str| {
+        name.strip_prefix("outbound|").and_then(|n| n.rsplit('|').next()).is_some_and(|h| since.hosts.contains(h))
+    };
+    Some(ProxyResources::patched(prev, &[type_url::CLUSTER, type_url::ENDPOINT], touched, fresh))
 }
 
 /// The scope's warnings (tracing left out) into the proxy's, once each.

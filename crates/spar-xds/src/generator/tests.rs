@@ -276,3 +276,52 @@ fn strict_inbound_listener_inspects_tls() {
         ["envoy.filters.listener.tls_inspector"]
     );
 }
+
+#[test]
+fn an_endpoint_change_regenerates_only_the_clusters_and_endpoints_it_touches() {
+    let dns = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  endpoints: [{address: a.example.com}]\n";
+    let build = |yaml: &str, version| {
+        let mut store = Store::new();
+        store.set_unit("t.yaml", spar_api::parse_file("t.yaml", yaml));
+        Snapshot::build(&store, &MeshConfig::default(), version)
+    };
+    let text = format!("{MESH}\n---\n{dns}");
+    let before = build(&text, 1);
+    let moved = text.replace("10.0.0.2", "10.0.0.7").replace("a.example.com", "b.example.com");
+    let mut after = build(&moved, 2);
+    after.note_changes_since(&before);
+    let p = mk_proxy("10.0.0.9", serde_json::json!({"app": "client"}), "NONE");
+    let prev = std::sync::Arc::new(super::generate_shared(&before, &p));
+    let patched = super::regenerate_shared(&after, &p, &prev).expect("only endpoints changed");
+    assert_eq!(patched, super::generate_shared(&after, &p), "the same as generating it all");
+
+    // What changed is known without comparing: the DNS cluster (its endpoints are inline)
+    // and the load assignments of the moved endpoint; v2's subset did not change.
+    let patched = std::sync::Arc::new(patched);
+    let (now, was) = (ProxyResources::layered(patched), ProxyResources::layered(std::sync::Arc::clone(&prev)));
+    let changed = |t: &str| -> Vec<String> {
+        let c = now.changed_since(&was, t).expect("known");
+        assert!(c.removed.is_empty());
+        c.changed.iter().map(|e| e.name.clone()).collect()
+    };
+    assert_eq!(changed(type_url::CLUSTER), ["outbound|443||api.example.com"]);
+    assert_eq!(
+        changed(type_url::ENDPOINT),
+        // In name order ('|' sorts after 'v').
+        ["outbound|9080|v1|backend.default.svc.cluster.local", "outbound|9080||backend.default.svc.cluster.local"]
+    );
+    assert!(changed(type_url::LISTENER).is_empty() && changed(type_url::ROUTE).is_empty());
+
+    // Anything more than endpoints, a generation from another snapshot, or a gateway:
+    // generated in full.
+    let mut rerouted = build(&moved.replace("weight: 80", "weight: 70").replace("weight: 20", "weight: 30"), 2);
+    rerouted.note_changes_since(&before);
+    assert!(super::regenerate_shared(&rerouted, &p, &prev).is_none());
+    let mut later = build(&moved, 3);
+    later.note_changes_since(&after);
+    assert!(super::regenerate_shared(&later, &p, &prev).is_none(), "prev is from snapshot 1, not 2");
+    let gw = Proxy::from_node("router~10.0.0.5~gw.default~default.svc.cluster.local", &serde_json::json!({}))
+        .expect("valid node");
+    let gw_prev = std::sync::Arc::new(super::generate_shared(&before, &gw));
+    assert!(super::regenerate_shared(&after, &gw, &gw_prev).is_none());
+}

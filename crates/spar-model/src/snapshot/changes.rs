@@ -1,0 +1,123 @@
+//! What changed between two snapshots, when it is only endpoints.
+//!
+//! Most changes in a running mesh are endpoints: pods come and go, WorkloadEntries move.
+//! Listeners and routes do not depend on endpoints, so a snapshot that differs from the
+//! one before only in some services' endpoints says which; generators then regenerate
+//! those services' clusters and load assignments over the previous generation instead
+//! of the whole config of every proxy.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::{Config, Snapshot};
+use crate::Service;
+
+/// The services whose endpoints are all that differ from snapshot `from`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointChanges {
+    /// Version of the snapshot these are relative to.
+    pub from: u64,
+    /// Host names of the services whose endpoints changed.
+    pub hosts: BTreeSet<String>,
+}
+
+impl<S: PartialEq> PartialEq for Config<S> {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.namespace == other.namespace
+            && self.origin == other.origin
+            && self.created == other.created
+            && (Arc::ptr_eq(&self.spec, &other.spec) || self.spec == other.spec)
+    }
+}
+
+/// Whether two services agree on everything but their endpoints. Destructured without
+/// `..` so that a field added to `Service` must be placed here.
+fn same_but_endpoints(a: &Service, b: &Service) -> bool {
+    let Service {
+        hostname,
+        namespace,
+        name,
+        addresses,
+        ports,
+        endpoints: _,
+        resolution,
+        mesh_external,
+        export_to,
+        origin,
+    } = a;
+    *hostname == b.hostname
+        && *namespace == b.namespace
+        && *name == b.name
+        && *addresses == b.addresses
+        && *ports == b.ports
+        && *resolution == b.resolution
+        && *mesh_external == b.mesh_external
+        && *export_to == b.export_to
+        && *origin == b.origin
+}
+
+impl Snapshot {
+    /// The hosts whose endpoints are all that differ from `prev`, or `None` when
+    /// anything else differs (a service added, removed or redefined, any routing,
+    /// policy, Sidecar, Gateway, Telemetry, Secret or mesh setting). Destructured without
+    /// `..` so that a field added to `Snapshot` must be considered here.
+    pub fn endpoint_changes_since(&self, prev: &Snapshot) -> Option<BTreeSet<String>> {
+        let Snapshot {
+            version: _,
+            mesh,
+            services,
+            virtual_services,
+            destination_rules,
+            sidecars,
+            peer_authentications,
+            authorization_policies,
+            request_authentications,
+            secrets,
+            gateways,
+            telemetries,
+            diagnostics: _,
+            outbound_label_keys,
+            since: _,
+            index: _,
+        } = self;
+        let same = *mesh == prev.mesh
+            && *virtual_services == prev.virtual_services
+            && *destination_rules == prev.destination_rules
+            && *sidecars == prev.sidecars
+            && *peer_authentications == prev.peer_authentications
+            && *authorization_policies == prev.authorization_policies
+            && *request_authentications == prev.request_authentications
+            && *gateways == prev.gateways
+            && *telemetries == prev.telemetries
+            && *outbound_label_keys == prev.outbound_label_keys
+            && secrets.len() == prev.secrets.len()
+            && secrets.iter().zip(&prev.secrets).all(|((k, a), (pk, b))| k == pk && (Arc::ptr_eq(a, b) || a == b))
+            && services.len() == prev.services.len();
+        if !same {
+            return None;
+        }
+        let mut hosts = BTreeSet::new();
+        for ((host, a), (prev_host, b)) in services.iter().zip(&prev.services) {
+            if host != prev_host {
+                return None;
+            }
+            if Arc::ptr_eq(a, b) {
+                continue;
+            }
+            if !same_but_endpoints(a, b) {
+                return None;
+            }
+            if a.endpoints != b.endpoints {
+                hosts.insert(host.clone());
+            }
+        }
+        Some(hosts)
+    }
+
+    /// Records in `since` which services' endpoints are all that changed from `prev`
+    /// (nothing when more changed).
+    pub fn note_changes_since(&mut self, prev: &Snapshot) {
+        self.since = self.endpoint_changes_since(prev).map(|hosts| EndpointChanges { from: prev.version, hosts });
+    }
+}
