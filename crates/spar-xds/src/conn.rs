@@ -24,6 +24,9 @@ use crate::request::SotwRequest;
 use crate::resources::{Encoded, ProxyResources, content_version, type_url};
 use crate::wire::{DeltaResponse, SotwResponse};
 
+mod names;
+pub use names::Names;
+
 /// Which protocol variant the stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
@@ -42,7 +45,7 @@ pub struct Subscription {
     /// Every resource of the type.
     pub wildcard: bool,
     /// Explicitly named resources (besides the wildcard).
-    pub names: BTreeSet<String>,
+    pub names: Names,
     /// The proxy named exactly the resources it had been sent (Envoy's EDS and RDS
     /// requests, normally): kept as this flag instead of thousands of names per stream.
     pub all_current: bool,
@@ -255,9 +258,9 @@ impl Connection {
                     .is_some_and(|v| v.len() == list.len() && list.iter().all(|n| v.contains_key(n)));
             if all_current {
                 let names_digest = (names.digest(), names.count);
-                Subscription { wildcard: false, names: BTreeSet::new(), all_current: true, names_digest }
+                Subscription { wildcard: false, names: Names::default(), all_current: true, names_digest }
             } else {
-                Subscription { wildcard, names: list, all_current: false, names_digest: (0, 0) }
+                Subscription { wildcard, names: list.into(), all_current: false, names_digest: (0, 0) }
             }
         };
         state.last_names = new_sub.all_current.then_some((names.ordered, names.count));
@@ -310,7 +313,7 @@ impl Connection {
                 if state.held_in_sync(&type_url, name) {
                     state.materialize(&type_url);
                 }
-                state.subscription.names.insert(name.clone());
+                state.subscription.names.insert(name);
                 state.fresh.insert(name.clone());
                 // A (re)subscription must be answered even when the client claims to
                 // hold the resource already: it may have dropped it.
@@ -505,6 +508,12 @@ impl Connection {
         state.client_versions.clear();
         state.fresh.clear();
         state.synced = Some((Arc::clone(&current), state.subscription.wildcard));
+        // Names subscribed one by one are kept as the shared layer's names instead.
+        if let Some(base) = current.shared_names(type_url)
+            && state.subscription.names.worth_rebasing(&base)
+        {
+            state.subscription.names.rebase(&base);
+        }
         if resources.is_empty() && removed.is_empty() {
             return None;
         }
@@ -529,7 +538,7 @@ impl Connection {
 /// The resources of a name-ordered list whose names are in `names`, by walking both.
 fn in_names<'a>(
     it: impl Iterator<Item = &'a Arc<Encoded>> + 'a,
-    names: &'a BTreeSet<String>,
+    names: &'a Names,
 ) -> impl Iterator<Item = &'a Arc<Encoded>> + 'a {
     let mut ns = names.iter().peekable();
     it.filter(move |e| {

@@ -99,6 +99,19 @@ pub struct ProxyResources {
     /// For a shared layer generated over the previous snapshot's copy: what differs
     /// from that copy ([`Self::reuse_unchanged`]).
     changes: Changes,
+    /// The names of each type, computed once ([`Self::shared_names`]).
+    names: LayerNames,
+}
+
+/// A layer's names per type, shared by the streams whose subscriptions name them all.
+#[derive(Clone, Debug, Default)]
+struct LayerNames(std::sync::OnceLock<BTreeMap<&'static str, Arc<std::collections::BTreeSet<String>>>>);
+
+impl PartialEq for LayerNames {
+    /// Derived data, as [`Changes`].
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// What a shared layer changed against the one it was generated over: computed once
@@ -259,6 +272,7 @@ impl ProxyResources {
             hashes: std::sync::OnceLock::new(),
             warnings,
             changes: Changes { from: Arc::downgrade(prev), by_type: changes },
+            names: LayerNames::default(),
         }
     }
 
@@ -301,6 +315,29 @@ impl ProxyResources {
         removed.sort();
         removed.dedup();
         Some(Cow::Owned(TypeChanges { changed, removed }))
+    }
+
+    /// The names of `type_url`'s resources in the shared layer (this set's base, or this
+    /// set when it has none), one copy per layer; and the previous generation's very
+    /// copy while the names stay the same, so that streams keep theirs across pushes.
+    pub fn shared_names(&self, type_url: &str) -> Option<Arc<std::collections::BTreeSet<String>>> {
+        let layer = self.base.as_deref().unwrap_or(self);
+        let names = layer.names.0.get_or_init(|| {
+            let prev = layer.changes.from.upgrade();
+            let prev_names = prev.as_ref().and_then(|p| p.names.0.get());
+            layer
+                .by_type
+                .iter()
+                .map(|(t, m)| {
+                    let same = prev_names
+                        .and_then(|p| p.get(t))
+                        .filter(|p| p.len() == m.len() && p.iter().eq(m.keys()))
+                        .map(Arc::clone);
+                    (*t, same.unwrap_or_else(|| Arc::new(m.keys().cloned().collect())))
+                })
+                .collect()
+        });
+        names.get(type_url).cloned()
     }
 
     fn own_hash(&self, type_url: &str) -> u64 {

@@ -373,3 +373,50 @@ fn delta_keeps_what_the_proxy_holds_as_a_generation_not_a_map() {
     let out = c.on_resources(Arc::new(res));
     assert_eq!(delta(&out[0]).resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
 }
+
+#[test]
+fn delta_subscriptions_to_every_name_share_the_layers_names() {
+    let names: Vec<String> = (0..40).map(|i| format!("c{i:02}")).collect();
+    let clusters: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+    let first = mk_resources(&clusters);
+    let mut c = Connection::new(Variant::Delta, over(&first));
+    let all: Vec<&str> = names.iter().map(String::as_str).collect();
+    let r = delta(&c.handle_delta(mk_delta(type_url::ENDPOINT, &all, &[], ""))[0]).clone();
+    assert_eq!(r.resources.len(), 40);
+    let base = first.shared_names(type_url::ENDPOINT).expect("the layer has endpoints");
+    let sub = |c: &Connection| c.types()[type_url::ENDPOINT].subscription.names.clone();
+    assert!(sub(&c).is_based_on(&base), "kept as the layer's names, not 40 strings");
+    assert!(c.handle_delta(mk_delta(type_url::ENDPOINT, &[], &["c07"], &r.nonce)).is_empty());
+    assert!(!sub(&c).contains("c07") && sub(&c).len() == 39);
+
+    // The next generation, linked to the first, has the same names: the same copy.
+    let next = |extra: Option<&str>| {
+        let mut cl = clusters.clone();
+        cl.extend(extra.map(|e| (e, 1)));
+        let mut r = (*mk_resources(&cl)).clone();
+        moved(&mut r, "c07");
+        moved(&mut r, "c08");
+        r.reuse_unchanged(&first);
+        Arc::new(r)
+    };
+    let second = next(None);
+    assert!(Arc::ptr_eq(&second.shared_names(type_url::ENDPOINT).expect("names"), &base));
+    let out = c.on_resources(over(&second));
+    let r = delta(&out[0]).clone();
+    assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c08"], "c07 is unsubscribed");
+    assert!(sub(&c).is_based_on(&base));
+    c.handle_delta(mk_delta(type_url::ENDPOINT, &[], &[], &r.nonce));
+
+    // A generation with one more name: a new copy; the stream moves to it, still
+    // without c07 and without the name it never asked for.
+    let third = {
+        let mut r = (*mk_resources(&[clusters.clone(), vec![("c99", 1)]].concat())).clone();
+        r.reuse_unchanged(&second);
+        Arc::new(r)
+    };
+    let grown = third.shared_names(type_url::ENDPOINT).expect("names");
+    assert!(!Arc::ptr_eq(&grown, &base));
+    c.on_resources(over(&third));
+    let s = sub(&c);
+    assert!(s.is_based_on(&grown) && !s.contains("c07") && !s.contains("c99") && s.len() == 39, "{s:?}");
+}
