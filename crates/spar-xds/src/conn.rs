@@ -26,6 +26,7 @@ use crate::wire::{DeltaResponse, SotwResponse};
 
 mod names;
 pub use names::Names;
+use names::names_are;
 
 /// Which protocol variant the stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -303,7 +304,18 @@ impl Connection {
                 state.subscription.wildcard = true;
             }
         }
-        for name in &req.resource_names_subscribe {
+        // Envoy's first EDS request names every load assignment it was sent: when those
+        // are exactly the shared layer's, the subscription is that layer's copy of them.
+        let mut subscribe = req.resource_names_subscribe.as_slice();
+        if first
+            && state.subscription.names.is_empty()
+            && let Some(base) = self.current.shared_names(&type_url)
+            && names_are(subscribe, &base)
+        {
+            state.subscription.names = Names::over(base);
+            subscribe = &[];
+        }
+        for name in subscribe {
             if name == "*" {
                 if !state.subscription.wildcard {
                     state.materialize(&type_url);
@@ -485,14 +497,13 @@ impl Connection {
         // Named subscriptions to resources that do not exist are answered with a removal
         // once, so Envoy stops waiting for them (only new names need looking at).
         let candidates: Vec<String> = if state.synced.is_some() {
-            state.fresh.iter().cloned().collect()
+            state.fresh.iter().filter(|n| !all.contains_key(n)).cloned().collect()
         } else {
-            state.subscription.names.iter().cloned().collect()
+            absent(state.subscription.names.iter(), all)
         };
         let already: std::collections::HashSet<String> = removed.iter().cloned().collect();
         for n in candidates {
-            if !all.contains_key(&n)
-                && !state.client_versions.contains_key(&n)
+            if !state.client_versions.contains_key(&n)
                 && !state.told_missing.contains(&n)
                 && !already.contains(&n)
             {
@@ -570,10 +581,26 @@ fn delta_known_changes<'a>(
     current.changed_since(from, type_url)
 }
 
-/// Delta changes against per-resource versions (after a resume).
+/// The names of an ordered list that `all` has no resource of, by walking both.
+fn absent<'a>(names: impl Iterator<Item = &'a String>, all: crate::resources::TypeView<'_>) -> Vec<String> {
+    let mut have = all.keys().peekable();
+    let mut out = Vec::new();
+    for n in names {
+        while have.next_if(|h| *h < n).is_some() {}
+        if have.peek() != Some(&n) {
+            out.push(n.clone());
+        }
+    }
+    out
+}
+
+/// Delta changes against per-resource versions (the first push, or after a resume).
 fn delta_diff_versions(state: &TypeState, all: crate::resources::TypeView<'_>) -> (Vec<Arc<Encoded>>, Vec<String>) {
     let mut resources: Vec<Arc<Encoded>> = Vec::new();
-    for r in all.values().filter(|r| state.subscription.wants(&r.name)) {
+    let sub = &state.subscription;
+    let wanted: Box<dyn Iterator<Item = &Arc<Encoded>>> =
+        if sub.wildcard { Box::new(all.values()) } else { Box::new(in_names(all.values(), &sub.names)) };
+    for r in wanted {
         if state.client_versions.get(&r.name) != Some(&r.version) {
             resources.push(Arc::clone(r));
         }

@@ -82,6 +82,11 @@ impl Names {
         })
     }
 
+    /// Exactly the names of `base`.
+    pub fn over(base: Arc<BTreeSet<String>>) -> Self {
+        Self { base: Some(base), ..Self::default() }
+    }
+
     /// Whether `base` is this set's base already.
     pub fn is_based_on(&self, base: &Arc<BTreeSet<String>>) -> bool {
         self.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, base))
@@ -110,6 +115,17 @@ impl Names {
     pub fn worth_rebasing(&self, base: &Arc<BTreeSet<String>>) -> bool {
         !self.is_based_on(base) && (self.base.is_some() || self.plus.len() + self.minus.len() >= REBASE_AT)
     }
+}
+
+/// Whether `list` (in any order, repeats allowed) names exactly `set`.
+pub fn names_are(list: &[String], set: &BTreeSet<String>) -> bool {
+    if list.len() < set.len() {
+        return false;
+    }
+    let mut v: Vec<&str> = list.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    v.dedup();
+    v.len() == set.len() && v.iter().zip(set).all(|(a, b)| *a == b.as_str())
 }
 
 impl From<BTreeSet<String>> for Names {
@@ -167,6 +183,12 @@ mod tests {
         n.rebase(&exact);
         assert_eq!((n.plus.len(), n.minus.len(), n.len()), (0, 0, 4));
         assert!(Names::default().is_empty() && !n.is_empty());
+        // A request's list names a set in any order, repeats allowed; nothing more or less.
+        let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(names_are(&list(&["f", "b", "d", "b"]), &base));
+        assert!(!names_are(&list(&["f", "b"]), &base));
+        assert!(!names_are(&list(&["f", "b", "d", "*"]), &base));
+        assert!(!names_are(&list(&["f", "b", "x", "d"]), &base));
         // A base that would keep many more names outside it is declined.
         let mut few = Names::from(set(&["x"]));
         let big = Arc::new((0..100).map(|i| i.to_string()).collect::<BTreeSet<_>>());
