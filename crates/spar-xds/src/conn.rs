@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use crate::request::SotwRequest;
-use crate::resources::{Encoded, ProxyResources, content_version, type_url};
+use crate::resources::{Encoded, ProxyResources, Resources, content_version, type_url};
 use crate::wire::{DeltaResponse, SotwResponse};
 
 mod names;
@@ -91,7 +91,7 @@ pub struct TypeState {
     /// When the last response was sent.
     pub sent_at: Option<SystemTime>,
     /// The resources of the last response (shared with it, not copied), until ACKed.
-    pub sent: Option<Arc<[Arc<Encoded>]>>,
+    pub sent: Option<Resources>,
     /// What the last SotW response was made from (the resources and the subscription),
     /// so that the next EDS or RDS response carries only what changed. SotW only.
     sent_from: Option<(Arc<ProxyResources>, Subscription)>,
@@ -413,7 +413,7 @@ impl Connection {
             && prev_sub == sub
             && let Some(changes) = current.changed_since(prev, type_url)
         {
-            let selected: Arc<[Arc<Encoded>]> = changes.changed.as_slice().into();
+            let selected = Resources::List(changes.changed.as_slice().into());
             return Some(self.record_sotw_send(type_url, version, selected, &current));
         }
         let mut selected: Vec<&Arc<Encoded>> = all.values().filter(|r| sub.wants(&r.name)).collect();
@@ -451,7 +451,7 @@ impl Connection {
                 true
             });
         }
-        let resources: Arc<[Arc<Encoded>]> = selected.into_iter().cloned().collect();
+        let resources = Resources::of(selected.into_iter().cloned().collect(), &current, type_url);
         Some(self.record_sotw_send(type_url, version, resources, &current))
     }
 
@@ -460,7 +460,7 @@ impl Connection {
         &mut self,
         type_url: &str,
         version: String,
-        resources: Arc<[Arc<Encoded>]>,
+        resources: Resources,
         current: &Arc<ProxyResources>,
     ) -> Response {
         let nonce = self.next_nonce();
@@ -472,7 +472,7 @@ impl Connection {
             // would pin old generations for nothing.
             state.sent_from =
                 (!type_url::is_wildcard_type(type_url)).then(|| (Arc::clone(current), state.subscription.clone()));
-            state.sent = Some(Arc::clone(&resources));
+            state.sent = Some(resources.clone());
         }
         Response::Sotw(SotwResponse { version_info: version, resources, type_url: type_url.to_string(), nonce })
     }
@@ -534,8 +534,8 @@ impl Connection {
         state.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_at = Some(SystemTime::now());
-        let resources: Arc<[Arc<Encoded>]> = resources.into();
-        state.sent = Some(Arc::clone(&resources));
+        let resources = Resources::of(resources, &current, type_url);
+        state.sent = Some(resources.clone());
         Some(Response::Delta(DeltaResponse {
             system_version_info: version,
             resources,

@@ -404,8 +404,19 @@ impl<'a> TypeView<'a> {
 
     /// Every resource, by name (the own layer winning).
     pub fn values(self) -> impl Iterator<Item = &'a Arc<Encoded>> + 'a {
-        let mut own = self.own.into_iter().flat_map(|m| m.values()).peekable();
-        let mut base = self.base.into_iter().flat_map(|m| m.values()).peekable();
+        self.values_after(None)
+    }
+
+    /// The resources named after `after` (all with `None`), by name.
+    pub fn values_after(self, after: Option<&str>) -> impl Iterator<Item = &'a Arc<Encoded>> + 'a {
+        use std::ops::Bound;
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        // The ranges are taken now, so that `after` need not outlive the iterator.
+        let range = |m: Option<&'a TypeResources>| {
+            m.map(|m| m.range::<str, _>((from, Bound::Unbounded))).into_iter().flatten().map(|(_, v)| v)
+        };
+        let mut own = range(self.own).peekable();
+        let mut base = range(self.base).peekable();
         std::iter::from_fn(move || match (own.peek(), base.peek()) {
             (Some(o), Some(b)) => match o.name.cmp(&b.name) {
                 std::cmp::Ordering::Less => own.next(),
@@ -433,5 +444,66 @@ impl<'a> TypeView<'a> {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.values().next().is_none()
+    }
+}
+
+/// The resources of a response: a list, or every resource of one type of a generation
+/// (a stream's first response, every CDS and LDS response) without a list per stream.
+#[derive(Clone, Debug)]
+pub enum Resources {
+    /// These resources.
+    List(Arc<[Arc<Encoded>]>),
+    /// Every resource of the type in the set (both layers).
+    Whole(Arc<ProxyResources>, &'static str),
+}
+
+impl Resources {
+    /// `selected`, or the whole type of `from` when that is what it is.
+    pub fn of(selected: Vec<Arc<Encoded>>, from: &Arc<ProxyResources>, type_url: &str) -> Self {
+        let all = from.of(type_url).unwrap_or_default();
+        match type_url::PUSH_ORDER.iter().find(|t| **t == type_url) {
+            Some(t) if !selected.is_empty() && selected.len() == all.len() => Self::Whole(Arc::clone(from), t),
+            _ => Self::List(selected.into()),
+        }
+    }
+
+    /// Every resource, in order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &Arc<Encoded>> + '_> {
+        match self {
+            Self::List(l) => Box::new(l.iter()),
+            Self::Whole(from, t) => Box::new(from.of(t).unwrap_or_default().values()),
+        }
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::List(l) => l.len(),
+            Self::Whole(from, t) => from.of(t).map_or(0, |v| v.len()),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self::List(Arc::from(Vec::new()))
+    }
+}
+
+impl From<Vec<Arc<Encoded>>> for Resources {
+    fn from(v: Vec<Arc<Encoded>>) -> Self {
+        Self::List(v.into())
+    }
+}
+
+impl PartialEq for Resources {
+    /// The same resources, however held.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
     }
 }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::request::{DecodeError, SotwRequest};
-use crate::resources::Encoded;
+use crate::resources::{Encoded, Resources};
 
 /// Largest chunk handed to HTTP/2 at once (a resource larger than this goes alone).
 const CHUNK: usize = 64 * 1024;
@@ -38,7 +38,7 @@ pub struct SotwResponse {
     /// `version_info`.
     pub version_info: String,
     /// The resources, shared with the generated config.
-    pub resources: Arc<[Arc<Encoded>]>,
+    pub resources: Resources,
     /// `type_url`.
     pub type_url: String,
     /// `nonce`.
@@ -51,7 +51,7 @@ pub struct DeltaResponse {
     /// `system_version_info`.
     pub system_version_info: String,
     /// Changed resources (name, version and the resource come from each [`Encoded`]).
-    pub resources: Arc<[Arc<Encoded>]>,
+    pub resources: Resources,
     /// `type_url`.
     pub type_url: String,
     /// `removed_resources`.
@@ -158,8 +158,12 @@ fn delta_resource_len(e: &Encoded) -> usize {
 #[derive(Debug)]
 pub struct Writer {
     head: Option<BytesMut>,
-    resources: Arc<[Arc<Encoded>]>,
+    resources: Resources,
+    /// Where writing goes on: an index into a list, or the name last written of a
+    /// whole type (`None` before the first).
     next: usize,
+    after: Option<String>,
+    written: bool,
     delta: bool,
     tail: Option<BytesMut>,
 }
@@ -174,7 +178,15 @@ impl Writer {
         put_opt_bytes(&mut head, 1, r.version_info.as_bytes());
         put_opt_bytes(&mut head, 4, r.type_url.as_bytes());
         put_opt_bytes(&mut head, 5, r.nonce.as_bytes());
-        Self { head: Some(head), resources: Arc::clone(&r.resources), next: 0, delta: false, tail: None }
+        Self {
+            head: Some(head),
+            resources: r.resources.clone(),
+            next: 0,
+            after: None,
+            written: false,
+            delta: false,
+            tail: None,
+        }
     }
 
     fn delta(r: &DeltaResponse) -> Self {
@@ -195,8 +207,10 @@ impl Writer {
         }
         Self {
             head: Some(head),
-            resources: Arc::clone(&r.resources),
+            resources: r.resources.clone(),
             next: 0,
+            after: None,
+            written: false,
             delta: true,
             tail: (!tail.is_empty()).then_some(tail),
         }
@@ -205,21 +219,50 @@ impl Writer {
     /// The next chunk, or `None` when the message is written.
     fn next_chunk(&mut self) -> Option<Bytes> {
         let mut buf = self.head.take().unwrap_or_default();
-        while self.next < self.resources.len() && buf.len() < CHUNK {
-            let e = &self.resources[self.next];
-            self.next += 1;
-            if self.delta {
-                put_field_header(&mut buf, 2, delta_resource_len(e));
-                put_opt_bytes(&mut buf, 1, e.version.as_bytes());
-                put_field_header(&mut buf, 2, any_len(e));
-                put_any(&mut buf, e);
-                put_opt_bytes(&mut buf, 3, e.name.as_bytes());
+        let delta = self.delta;
+        let put = |buf: &mut BytesMut, e: &Encoded| {
+            if delta {
+                put_field_header(buf, 2, delta_resource_len(e));
+                put_opt_bytes(buf, 1, e.version.as_bytes());
+                put_field_header(buf, 2, any_len(e));
+                put_any(buf, e);
+                put_opt_bytes(buf, 3, e.name.as_bytes());
             } else {
-                put_field_header(&mut buf, 2, any_len(e));
-                put_any(&mut buf, e);
+                put_field_header(buf, 2, any_len(e));
+                put_any(buf, e);
+            }
+        };
+        if !self.written {
+            match &self.resources {
+                Resources::List(list) => {
+                    while self.next < list.len() && buf.len() < CHUNK {
+                        put(&mut buf, &list[self.next]);
+                        self.next += 1;
+                    }
+                    self.written = self.next >= list.len();
+                }
+                Resources::Whole(from, t) => {
+                    let mut it = from.of(t).unwrap_or_default().values_after(self.after.as_deref());
+                    let mut last = None;
+                    while buf.len() < CHUNK {
+                        match it.next() {
+                            Some(e) => {
+                                put(&mut buf, e);
+                                last = Some(e);
+                            }
+                            None => {
+                                self.written = true;
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(e) = last {
+                        self.after = Some(e.name.clone());
+                    }
+                }
             }
         }
-        if self.next >= self.resources.len()
+        if self.written
             && let Some(t) = self.tail.take()
         {
             buf.extend_from_slice(&t);
@@ -655,15 +698,16 @@ mod tests {
         out
     }
 
-    fn encoded(n: usize) -> Arc<[Arc<Encoded>]> {
-        (0..n)
+    fn encoded(n: usize) -> Resources {
+        let list: Arc<[Arc<Encoded>]> = (0..n)
             .map(|i| {
                 Arc::new(Encoded::new(
                     format!("outbound|9080||svc-{i}.default.svc.cluster.local"),
                     &Cluster { name: format!("c{i}"), alt_stat_name: "x".repeat(i % 300), ..Default::default() },
                 ))
             })
-            .collect()
+            .collect();
+        Resources::List(list)
     }
 
     #[test]
@@ -681,6 +725,49 @@ mod tests {
             assert_eq!(DiscoveryResponse::decode(&bytes[5..]).expect("decodes"), r.to_prost());
             assert!(chunks(&r).iter().all(|c| c.len() < CHUNK + 1024), "bounded chunks");
         }
+    }
+
+    /// A response of every resource of a type, written from the layers without a list,
+    /// is byte for byte the response of the same resources as a list, in bounded chunks.
+    #[test]
+    fn a_whole_type_is_written_as_its_list_would_be() {
+        use crate::resources::{ProxyResources, type_url};
+        let mut base = ProxyResources::new(1);
+        for i in 0..3000 {
+            let c = Cluster { name: format!("c{i}"), alt_stat_name: "x".repeat(i % 200), ..Default::default() };
+            base.insert(type_url::CLUSTER, format!("outbound|80||svc-{i:04}"), &c);
+        }
+        let mut layered = ProxyResources::layered(Arc::new(base));
+        // Own resources in between, and one that hides a shared one.
+        for name in ["inbound|80||", "outbound|80||svc-0100", "a-first"] {
+            layered.insert(type_url::CLUSTER, name, &Cluster { name: name.into(), ..Default::default() });
+        }
+        let layered = Arc::new(layered);
+        let all: Vec<Arc<Encoded>> = layered.of(type_url::CLUSTER).expect("clusters").values().cloned().collect();
+        assert_eq!(all.len(), 3002);
+        let whole = Resources::of(all.clone(), &layered, type_url::CLUSTER);
+        assert!(matches!(whole, Resources::Whole(..)));
+        let list = Resources::List(all.into());
+        let sotw = |resources: Resources| SotwResponse {
+            version_info: "v".into(),
+            resources,
+            type_url: type_url::CLUSTER.into(),
+            nonce: "1".into(),
+        };
+        let delta = |resources: Resources| DeltaResponse {
+            system_version_info: "v".into(),
+            resources,
+            type_url: type_url::CLUSTER.into(),
+            removed_resources: vec!["gone".into()],
+            nonce: "1".into(),
+        };
+        assert_eq!(to_bytes(&sotw(whole.clone())), to_bytes(&sotw(list.clone())));
+        assert_eq!(to_bytes(&delta(whole.clone())), to_bytes(&delta(list.clone())));
+        assert!(chunks(&sotw(whole.clone())).iter().all(|c| c.len() < CHUNK + 1024), "bounded chunks");
+        assert_eq!(whole, list);
+        // A part of the type stays a list.
+        let some: Vec<Arc<Encoded>> = whole.iter().take(5).cloned().collect();
+        assert!(matches!(Resources::of(some, &layered, type_url::CLUSTER), Resources::List(_)));
     }
 
     /// A request body delivered in the given pieces.
