@@ -179,8 +179,9 @@ impl Server {
 
     /// RSS once it has settled: freed memory goes back to the system over a few seconds
     /// after a burst (the allocator's delayed purge, workers collecting when idle), so
-    /// samples are taken every half second until the last 2 s brought it down by less
-    /// than 1% (at most `limit`). Also returns the RSS at the start and how long it took.
+    /// samples are taken every half second until the last 4 s brought it down by less
+    /// than 1% (at most `limit`; it falls in steps with plateaus of about 2 s). Also
+    /// returns the RSS at the start and how long it took.
     async fn settled_memory(&self, limit: Duration) -> (procfs::Memory, procfs::Memory, Duration) {
         let start = Instant::now();
         let first = self.memory();
@@ -189,7 +190,7 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(500)).await;
             samples.push(self.memory());
             let n = samples.len();
-            if n >= 5 && samples[n - 1].rss_kib as f64 >= samples[n - 5].rss_kib as f64 * 0.99 {
+            if n >= 9 && samples[n - 1].rss_kib as f64 >= samples[n - 9].rss_kib as f64 * 0.99 {
                 break;
             }
             if start.elapsed() >= limit {
@@ -306,7 +307,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         let (full, total) = full_of(&refs);
         match took {
             Ok(d) => {
-                let (m, at_full, settle) = server.settled_memory(Duration::from_secs(15)).await;
+                let (m, at_full, settle) = server.settled_memory(Duration::from_secs(20)).await;
                 steady_mb = m.rss_mb();
                 let (target, verdict) = if n == 2000 && s == 1000 {
                     ("≤ 150 MB".to_string(), verdict(m.rss_mb() <= 150.0))

@@ -19,6 +19,8 @@ mod telemetry;
 pub use host::{matches as host_matches, resolve as resolve_host, short_forms};
 pub use proxy::{InterceptionMode, Proxy, ProxyError, ProxyKind};
 pub use service::{Endpoint, Protocol, Resolution, Service, ServicePort, export_allows};
-pub use snapshot::{Config, Diagnostic, EndpointChanges, FileAccessLog, MeshConfig, MtlsMode, Snapshot, gateway_ref_is, selects};
+pub use snapshot::{
+    Config, Diagnostic, EndpointChanges, FileAccessLog, MeshConfig, MtlsMode, Snapshot, gateway_ref_is, selects,
+};
 pub use store::{Duplicate, Store, Unit};
 pub use telemetry::{OtelHttp, OtelProvider, Tracing, TracingProvider, TracingSpec};

@@ -503,10 +503,7 @@ impl Connection {
         };
         let already: std::collections::HashSet<String> = removed.iter().cloned().collect();
         for n in candidates {
-            if !state.client_versions.contains_key(&n)
-                && !state.told_missing.contains(&n)
-                && !already.contains(&n)
-            {
+            if !state.client_versions.contains_key(&n) && !state.told_missing.contains(&n) && !already.contains(&n) {
                 removed.push(n);
             }
         }
