@@ -162,6 +162,20 @@ impl ProxyResources {
         }
     }
 
+    /// Whether this set is an own layer over a shared one.
+    pub fn is_layered(&self) -> bool {
+        self.base.is_some()
+    }
+
+    /// This set's own layer (the same allocations) and warnings over another shared
+    /// `base`: for a proxy whose own resources did not change while its shared layer did.
+    pub fn own_layer_over(&self, base: Arc<ProxyResources>) -> Self {
+        let mut r = Self::layered(base);
+        r.by_type = self.by_type.clone();
+        r.warnings = self.warnings.clone();
+        r
+    }
+
     fn flattened(&self) -> ProxyResources {
         let mut by_type: BTreeMap<&'static str, TypeResources> = BTreeMap::new();
         for t in self.type_urls() {

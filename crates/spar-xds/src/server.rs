@@ -579,7 +579,7 @@ impl StreamTask {
         let mut refresh_at = SystemTime::now() + IDLE_REFRESH;
         // When the stream decided to send what `pending` holds (pilot_xds_push_time).
         let mut decided_at = Instant::now();
-        let initial = self.resources(&snapshot, &mut refresh_at);
+        let initial = self.resources(&snapshot, None, &mut refresh_at);
         let mut conn = Connection::new(variant, Arc::new(initial));
         let mut pending = first.handle(&mut conn);
         let sync_id = self.sync.next.fetch_add(1, Ordering::Relaxed);
@@ -607,14 +607,14 @@ impl StreamTask {
                     if changed.is_err() { break; }
                     decided_at = Instant::now();
                     snapshot = self.snapshots.borrow_and_update().clone();
-                    let resources = self.resources(&snapshot, &mut refresh_at);
+                    let resources = self.resources(&snapshot, Some(conn.current()), &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
                     log_push_decision("config", snapshot.version, &pending);
                 }
                 Ok(()) = ca_changes.changed() => {
                     // A new root or intermediate: re-issue now and push the new bundle.
                     decided_at = Instant::now();
-                    let resources = self.resources(&snapshot, &mut refresh_at);
+                    let resources = self.resources(&snapshot, None, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
                     log_push_decision("ca", snapshot.version, &pending);
                 }
@@ -622,7 +622,7 @@ impl StreamTask {
                     // Certificate rotation (or the CA changed): only the secrets differ,
                     // so only SDS is pushed.
                     decided_at = Instant::now();
-                    let resources = self.resources(&snapshot, &mut refresh_at);
+                    let resources = self.resources(&snapshot, None, &mut refresh_at);
                     pending = conn.on_resources(Arc::new(resources));
                     log_push_decision("certificate", snapshot.version, &pending);
                 }
@@ -636,9 +636,28 @@ impl StreamTask {
     }
 
     /// Generated config plus, for a proxy with a proven identity, its secrets.
-    fn resources(&mut self, snapshot: &Snapshot, refresh_at: &mut SystemTime) -> crate::ProxyResources {
-        let mut r = crate::ProxyResources::layered(self.cache.shared(snapshot, &self.proxy));
-        crate::generator::add_workload_specific(snapshot, &self.proxy, &mut r);
+    /// `prev` is what the stream serves now: its own layer is kept when only endpoints
+    /// elsewhere changed.
+    fn resources(
+        &mut self,
+        snapshot: &Snapshot,
+        prev: Option<&Arc<crate::ProxyResources>>,
+        refresh_at: &mut SystemTime,
+    ) -> crate::ProxyResources {
+        let shared = self.cache.shared(snapshot, &self.proxy);
+        let mut r = match prev {
+            Some(p)
+                if p.is_layered()
+                    && crate::generator::workload_specific_unchanged(snapshot, &self.proxy, p.snapshot_version) =>
+            {
+                p.own_layer_over(shared)
+            }
+            _ => {
+                let mut r = crate::ProxyResources::layered(shared);
+                crate::generator::add_workload_specific(snapshot, &self.proxy, &mut r);
+                r
+            }
+        };
         if r.warnings != self.warnings {
             for w in r.warnings.iter().filter(|w| !self.warnings.contains(w)) {
                 warn!(snapshot = snapshot.version, "config left out: {w}");

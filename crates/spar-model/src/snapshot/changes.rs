@@ -19,6 +19,10 @@ pub struct EndpointChanges {
     pub from: u64,
     /// Host names of the services whose endpoints changed.
     pub hosts: BTreeSet<String>,
+    /// The addresses of the endpoints that changed (before and after; a superset when
+    /// the lists shifted): a workload whose address is not here has the same endpoints
+    /// of its own, so its inbound config did not change.
+    pub addresses: BTreeSet<String>,
 }
 
 impl<S: PartialEq> PartialEq for Config<S> {
@@ -63,6 +67,10 @@ impl Snapshot {
     /// policy, Sidecar, Gateway, Telemetry, Secret or mesh setting). Destructured without
     /// `..` so that a field added to `Snapshot` must be considered here.
     pub fn endpoint_changes_since(&self, prev: &Snapshot) -> Option<BTreeSet<String>> {
+        self.changes_since(prev).map(|c| c.hosts)
+    }
+
+    fn changes_since(&self, prev: &Snapshot) -> Option<EndpointChanges> {
         let Snapshot {
             version: _,
             mesh,
@@ -98,6 +106,7 @@ impl Snapshot {
             return None;
         }
         let mut hosts = BTreeSet::new();
+        let mut addresses = BTreeSet::new();
         for ((host, a), (prev_host, b)) in services.iter().zip(&prev.services) {
             if host != prev_host {
                 return None;
@@ -110,14 +119,20 @@ impl Snapshot {
             }
             if a.endpoints != b.endpoints {
                 hosts.insert(host.clone());
+                for i in 0..a.endpoints.len().max(b.endpoints.len()) {
+                    let (x, y) = (a.endpoints.get(i), b.endpoints.get(i));
+                    if x != y {
+                        addresses.extend(x.into_iter().chain(y).map(|e| e.address.clone()));
+                    }
+                }
             }
         }
-        Some(hosts)
+        Some(EndpointChanges { from: prev.version, hosts, addresses })
     }
 
     /// Records in `since` which services' endpoints are all that changed from `prev`
     /// (nothing when more changed).
     pub fn note_changes_since(&mut self, prev: &Snapshot) {
-        self.since = self.endpoint_changes_since(prev).map(|hosts| EndpointChanges { from: prev.version, hosts });
+        self.since = self.changes_since(prev);
     }
 }

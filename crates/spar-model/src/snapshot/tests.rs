@@ -210,7 +210,8 @@ fn endpoint_only_changes_name_the_services_and_anything_else_is_a_full_change() 
     assert_eq!(moved.endpoint_changes_since(&before), Some(reviews.clone()));
     let mut noted = build(&MESH.replace("127.0.0.11", "127.0.0.21"), 2);
     noted.note_changes_since(&before);
-    assert_eq!(noted.since, Some(EndpointChanges { from: 1, hosts: reviews }));
+    let addresses = ["127.0.0.11".to_string(), "127.0.0.21".to_string()].into();
+    assert_eq!(noted.since, Some(EndpointChanges { from: 1, hosts: reviews, addresses }));
     // Kubernetes Endpoints gain an address: only ratings.
     let grown = build(&MESH.replace("{ip: 10.0.0.2}", "{ip: 10.0.0.2}, {ip: 10.0.0.3}"), 2);
     assert_eq!(

@@ -83,6 +83,17 @@ pub fn regenerate_shared(
     Some(ProxyResources::patched(prev, &[type_url::CLUSTER, type_url::ENDPOINT], touched, fresh))
 }
 
+/// Whether what [`add_workload_specific`] makes for `proxy` from `snapshot` is what it
+/// made from the snapshot numbered `prev`: only endpoints changed in between, and none at
+/// the proxy's own addresses (a sidecar's inbound side reads endpoints only to find the
+/// services and ports its own address serves). Gateways are always generated again.
+pub fn workload_specific_unchanged(snapshot: &Snapshot, proxy: &Proxy, prev: u64) -> bool {
+    let Some(since) = &snapshot.since else { return false };
+    since.from == prev
+        && proxy.kind == ProxyKind::Sidecar
+        && proxy.ips.iter().all(|ip| !since.addresses.contains(&ip.to_string()))
+}
+
 /// The scope's warnings (tracing left out) into the proxy's, once each.
 fn add_warnings(scope: &Scope<'_>, out: &mut ProxyResources) {
     for w in &scope.tracing.warnings {

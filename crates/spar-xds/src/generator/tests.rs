@@ -312,6 +312,26 @@ fn an_endpoint_change_regenerates_only_the_clusters_and_endpoints_it_touches() {
     );
     assert!(changed(type_url::LISTENER).is_empty() && changed(type_url::ROUTE).is_empty());
 
+    // A workload whose own address did not change keeps its own (inbound) layer; the one
+    // whose endpoint moved away gets its inbound side generated again.
+    let whole = |snap: &Snapshot, p: &Proxy, base: &Snapshot| {
+        let mut r = ProxyResources::layered(std::sync::Arc::new(super::generate_shared(base, p)));
+        super::add_workload_specific(snap, p, &mut r);
+        r
+    };
+    let listing = |r: &ProxyResources| -> Vec<(String, String)> {
+        r.all().map(|e| (e.name.clone(), e.version.clone())).collect()
+    };
+    let v2 = mk_proxy("10.0.0.3", serde_json::json!({"app": "backend", "version": "v2"}), "REDIRECT");
+    assert!(super::workload_specific_unchanged(&after, &v2, 1));
+    let kept = whole(&before, &v2, &before).own_layer_over(std::sync::Arc::new(super::generate_shared(&after, &v2)));
+    assert_eq!(listing(&kept), listing(&whole(&after, &v2, &after)));
+    assert!(kept.of(type_url::LISTENER).is_some_and(|l| l.contains_key("virtualInbound")), "has an inbound side");
+    let v1 = mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "REDIRECT");
+    assert!(!super::workload_specific_unchanged(&after, &v1, 1), "its endpoint moved away");
+    assert_ne!(listing(&whole(&before, &v1, &after)), listing(&whole(&after, &v1, &after)), "and that shows");
+    assert!(!super::workload_specific_unchanged(&after, &v2, 7), "from another snapshot");
+
     // Anything more than endpoints, a generation from another snapshot, or a gateway:
     // generated in full.
     let mut rerouted = build(&moved.replace("weight: 80", "weight: 70").replace("weight: 20", "weight: 30"), 2);
