@@ -725,7 +725,12 @@ impl Proxy {
             tx.send(req).await?;
             // Delta: the proxy holds full config of a type once it holds every name it
             // subscribed to (the server tells it which do not exist by removing them).
+            // Once answered, a response that removes nothing keeps it so: no walk over
+            // every subscribed name per push (that walk, not Spar, set the pace).
+            let still = h.answered[k] && removed_resources.is_empty();
             match kind {
+                XdsType::Eds if still => {}
+                XdsType::Rds if still => {}
                 XdsType::Eds => {
                     h.answered[k] =
                         h.eds_sub.iter().all(|n| eds_held.contains(n) || removed_resources.iter().any(|r| **r == **n));
