@@ -483,8 +483,6 @@ struct RequestStream<B, T> {
     done: bool,
     /// Turns for large requests ([`LARGE_REQUESTS`], shared by every stream).
     turns: Arc<tokio::sync::Semaphore>,
-    /// Buffers for large requests ([`LARGE_BUFFERS`], shared by every stream).
-    pool: Arc<BufferPool>,
     /// Held while a large request is read and decoded.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     acquiring: Option<Acquire>,
@@ -508,35 +506,6 @@ const LARGE_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(1
 
 static LARGE_REQUESTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
     std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(LARGE_REQUESTS_AT_ONCE)));
-
-/// Large request buffers kept for the next large request: one per turn. A fresh
-/// 220 KB allocation per Envoy EDS ACK was page faults and zeroing (13% of spar's CPU in a
-/// full-mesh endpoint change); a kept buffer is reused once the request that shared it
-/// is dropped (`BytesMut::reserve` reclaims a buffer it alone holds).
-static LARGE_BUFFERS: std::sync::LazyLock<Arc<BufferPool>> = std::sync::LazyLock::new(Arc::default);
-
-type BufferPool = std::sync::Mutex<Vec<BytesMut>>;
-
-/// A buffer for a large request of `len` bytes holding what `start` holds: a kept one
-/// when there is one.
-fn pool_take(pool: &BufferPool, start: BytesMut, len: usize) -> BytesMut {
-    let kept = pool.lock().ok().and_then(|mut p| p.pop());
-    let mut buf = kept.unwrap_or_default();
-    buf.clear();
-    buf.reserve(len);
-    buf.extend_from_slice(&start);
-    buf
-}
-
-/// Keeps a large request's buffer for the next one (at most one per turn).
-fn pool_put(pool: &BufferPool, mut buf: BytesMut) {
-    buf.clear();
-    if let Ok(mut p) = pool.lock()
-        && p.len() < LARGE_REQUESTS_AT_ONCE
-    {
-        p.push(buf);
-    }
-}
 
 /// A request message as read from the wire.
 pub(crate) trait WireRequest: Sized {
@@ -562,20 +531,19 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     T: WireRequest + Send + 'static,
 {
-    Box::pin(RequestStream::<B, T>::new(body, Arc::clone(&LARGE_REQUESTS), Arc::clone(&LARGE_BUFFERS)))
+    Box::pin(RequestStream::<B, T>::new(body, Arc::clone(&LARGE_REQUESTS)))
 }
 
 impl<B, T> RequestStream<B, T>
 where
     T: WireRequest,
 {
-    fn new(body: B, turns: Arc<tokio::sync::Semaphore>, pool: Arc<BufferPool>) -> Self {
+    fn new(body: B, turns: Arc<tokio::sync::Semaphore>) -> Self {
         Self {
             body: Box::pin(body),
             buf: BytesMut::new(),
             done: false,
             turns,
-            pool,
             permit: None,
             acquiring: None,
             deadline: None,
@@ -607,10 +575,8 @@ where
         self.permit = None;
         self.deadline = None;
         if len > KEEP_BUFFER {
-            // The rest still shares the large allocation: move it to a small one, and
-            // give the large one to the next large request (once this one is dropped).
-            let rest = BytesMut::from(&self.buf[..]);
-            pool_put(&self.pool, std::mem::replace(&mut self.buf, rest));
+            // The rest still shares the large allocation: move it to a small one.
+            self.buf = BytesMut::from(&self.buf[..]);
         }
         Some(
             T::decode_wire(msg.freeze().slice(5..))
@@ -651,7 +617,7 @@ where
                             this.acquiring = None;
                             this.permit = p.ok();
                             this.deadline = Some(Box::pin(tokio::time::sleep(LARGE_REQUEST_TIME)));
-                            this.buf = pool_take(&this.pool, std::mem::take(&mut this.buf), 5 + len);
+                            this.buf.reserve(5 + len - this.buf.len());
                         }
                     }
                 }
@@ -834,8 +800,7 @@ mod tests {
         }
         let pieces: VecDeque<Bytes> = wire.chunks(7000).map(Bytes::copy_from_slice).collect();
         let turns = Arc::new(tokio::sync::Semaphore::new(1));
-        let pool = Arc::new(BufferPool::default());
-        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), turns, Arc::clone(&pool));
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), turns);
         let mut got = Vec::new();
         while let Some(m) = stream.next().await {
             got.push(m.expect("decodes"));
@@ -846,15 +811,6 @@ mod tests {
         let read = |r: &SotwRequest| (r.type_url.clone(), r.names.iter().map(str::to_string).collect::<Vec<_>>());
         let sent = |r: &DiscoveryRequest| (r.type_url.clone(), r.resource_names.clone());
         assert_eq!(got.iter().map(read).collect::<Vec<_>>(), [sent(&small), sent(&big), sent(&small)]);
-        // The large buffer is kept for the next large request, which reuses its memory
-        // once the request that shared it is gone.
-        let kept = pool.lock().expect("pool").len();
-        assert_eq!(kept, 1, "one large buffer kept");
-        let kept_at = pool.lock().expect("pool")[0].as_ptr() as usize;
-        drop(got);
-        let again = pool_take(&pool, BytesMut::from(&b"12345"[..]), 100_000);
-        assert_eq!(again.as_ptr() as usize, kept_at, "the kept buffer, not a new allocation");
-        assert_eq!(&again[..], b"12345");
     }
 
     /// A stream whose large request waits for its turn holds no buffer sized for it: in
@@ -874,7 +830,7 @@ mod tests {
         let pieces: VecDeque<Bytes> = wire.chunks(7000).map(Bytes::copy_from_slice).collect();
         let turns = Arc::new(tokio::sync::Semaphore::new(1));
         let taken = Arc::clone(&turns).acquire_owned().await.expect("a turn");
-        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), Arc::clone(&turns), Arc::default());
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), Arc::clone(&turns));
         assert!(stream.next().now_or_never().is_none(), "no turn, no request");
         assert!(stream.buf.capacity() < 16 * 1024, "buffer while waiting: {}", stream.buf.capacity());
         drop(taken);
