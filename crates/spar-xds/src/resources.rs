@@ -450,9 +450,15 @@ impl<'a> TypeView<'a> {
         self.values().map(|e| &e.name)
     }
 
-    /// How many resources.
+    /// How many resources: the two layers' sizes less the own names that hide shared
+    /// ones (an own layer is a few resources; no walk over the shared thousands).
     pub fn len(&self) -> usize {
-        self.values().count()
+        let (own, base) = (self.own.map_or(0, BTreeMap::len), self.base.map_or(0, BTreeMap::len));
+        let hidden = match (self.own, self.base) {
+            (Some(o), Some(b)) => o.keys().filter(|k| b.contains_key(*k)).count(),
+            _ => 0,
+        };
+        own + base - hidden
     }
 
     /// Whether there are none.

@@ -746,6 +746,8 @@ mod tests {
         let layered = Arc::new(layered);
         let all: Vec<Arc<Encoded>> = layered.of(type_url::CLUSTER).expect("clusters").values().cloned().collect();
         assert_eq!(all.len(), 3002);
+        let view = layered.of(type_url::CLUSTER).expect("clusters");
+        assert_eq!(view.len(), 3002, "counted without the walk, the hidden one once");
         let whole = Resources::of(all.clone(), &layered, type_url::CLUSTER);
         assert!(matches!(whole, Resources::Whole(..)));
         let list = Resources::List(all.into());
