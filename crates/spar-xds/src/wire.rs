@@ -784,6 +784,18 @@ mod tests {
         }
     }
 
+    /// `msgs` as gRPC messages on the wire, delivered in pieces of 7,000 bytes.
+    fn framed(msgs: &[&DiscoveryRequest]) -> VecDeque<Bytes> {
+        let mut wire = Vec::new();
+        for m in msgs {
+            let b = m.encode_to_vec();
+            wire.push(0u8);
+            wire.extend_from_slice(&u32::try_from(b.len()).expect("fits").to_be_bytes());
+            wire.extend_from_slice(&b);
+        }
+        wire.chunks(7000).map(Bytes::copy_from_slice).collect()
+    }
+
     #[tokio::test]
     async fn requests_split_across_frames_decode_and_the_buffer_is_let_go() {
         use futures::StreamExt;
@@ -793,14 +805,7 @@ mod tests {
             ..Default::default()
         };
         let small = DiscoveryRequest { type_url: "cds".into(), ..Default::default() };
-        let mut wire = Vec::new();
-        for m in [&small, &big, &small] {
-            let b = m.encode_to_vec();
-            wire.push(0u8);
-            wire.extend_from_slice(&u32::try_from(b.len()).expect("fits").to_be_bytes());
-            wire.extend_from_slice(&b);
-        }
-        let pieces: VecDeque<Bytes> = wire.chunks(7000).map(Bytes::copy_from_slice).collect();
+        let pieces = framed(&[&small, &big, &small]);
         let turns = Arc::new(tokio::sync::Semaphore::new(1));
         let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), turns);
         let mut got = Vec::new();
@@ -825,11 +830,7 @@ mod tests {
             resource_names: (0..5000).map(|i| format!("outbound|9080||svc-{i}.default.svc.cluster.local")).collect(),
             ..Default::default()
         };
-        let b = big.encode_to_vec();
-        let mut wire = vec![0u8];
-        wire.extend_from_slice(&u32::try_from(b.len()).expect("fits").to_be_bytes());
-        wire.extend_from_slice(&b);
-        let pieces: VecDeque<Bytes> = wire.chunks(7000).map(Bytes::copy_from_slice).collect();
+        let pieces = framed(&[&big]);
         let turns = Arc::new(tokio::sync::Semaphore::new(1));
         let taken = Arc::clone(&turns).acquire_owned().await.expect("a turn");
         let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), Arc::clone(&turns));
