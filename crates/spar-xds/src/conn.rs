@@ -250,17 +250,21 @@ impl Connection {
             // The same names as the request that made it "all current", in another order.
             state.subscription.clone()
         } else {
-            let list: BTreeSet<String> = names.iter().filter(|n| *n != "*").map(str::to_string).collect();
-            let current = Arc::clone(&self.current);
+            // Sorted, both lists are compared in one walk (Envoy's EDS request names
+            // thousands of clusters: no string made and no lookup per name).
+            let mut sorted: Vec<&str> = names.iter().filter(|n| *n != "*").collect();
+            sorted.sort_unstable();
+            sorted.dedup();
             let all_current = !wildcard
-                && !list.is_empty()
-                && current
-                    .of(&type_url)
-                    .is_some_and(|v| v.len() == list.len() && list.iter().all(|n| v.contains_key(n)));
+                && !sorted.is_empty()
+                && self.current.of(&type_url).is_some_and(|v| {
+                    v.len() == sorted.len() && v.keys().map(String::as_str).eq(sorted.iter().copied())
+                });
             if all_current {
                 let names_digest = (names.digest(), names.count);
                 Subscription { wildcard: false, names: Names::default(), all_current: true, names_digest }
             } else {
+                let list: BTreeSet<String> = sorted.into_iter().map(str::to_string).collect();
                 Subscription { wildcard, names: list.into(), all_current: false, names_digest: (0, 0) }
             }
         };
@@ -416,6 +420,14 @@ impl Connection {
             let selected = Resources::List(changes.changed.as_slice().into());
             return Some(self.record_sotw_send(type_url, version, selected, &current));
         }
+        if everything && !(incremental && state.sent_from.is_some()) {
+            // Every resource of the type: the generation's, without a list per stream.
+            if all.is_empty() && !sub.wildcard && state.sent_version.is_some() {
+                return None;
+            }
+            let resources = Resources::whole(&current, type_url);
+            return Some(self.record_sotw_send(type_url, version, resources, &current));
+        }
         let mut selected: Vec<&Arc<Encoded>> = all.values().filter(|r| sub.wants(&r.name)).collect();
         // Named types with nothing to say and nothing said yet: stay silent, as Envoy
         // waits for the resources it named and an empty response would not help it.
@@ -483,7 +495,12 @@ impl Connection {
         let current = Arc::clone(&self.current);
         let all = current.of(type_url).unwrap_or_default();
         let state = self.types.get_mut(type_url)?;
-        let (resources, mut removed) = if let Some(changes) = delta_known_changes(state, &current, type_url) {
+        // A first push of everything the proxy sees (CDS and LDS, and Envoy's first EDS
+        // request naming every load assignment): the whole type, without a walk.
+        let whole = state.synced.is_none() && state.client_versions.is_empty() && wants_all(state, &current, type_url);
+        let (resources, mut removed) = if whole {
+            (Vec::new(), Vec::new())
+        } else if let Some(changes) = delta_known_changes(state, &current, type_url) {
             let wants = |n: &str| state.subscription.wants(n);
             (
                 changes.changed.iter().filter(|e| wants(&e.name)).cloned().collect(),
@@ -496,7 +513,9 @@ impl Connection {
         };
         // Named subscriptions to resources that do not exist are answered with a removal
         // once, so Envoy stops waiting for them (only new names need looking at).
-        let candidates: Vec<String> = if state.synced.is_some() {
+        let candidates: Vec<String> = if whole {
+            Vec::new()
+        } else if state.synced.is_some() {
             state.fresh.iter().filter(|n| !all.contains_key(n)).cloned().collect()
         } else {
             absent(state.subscription.names.iter(), all)
@@ -522,6 +541,8 @@ impl Connection {
         {
             state.subscription.names.rebase(&base);
         }
+        let resources =
+            if whole { Resources::whole(&current, type_url) } else { Resources::of(resources, &current, type_url) };
         if resources.is_empty() && removed.is_empty() {
             return None;
         }
@@ -531,7 +552,6 @@ impl Connection {
         state.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_at = Some(SystemTime::now());
-        let resources = Resources::of(resources, &current, type_url);
         state.sent = Some(resources.clone());
         Some(Response::Delta(DeltaResponse {
             system_version_info: version,
@@ -576,6 +596,19 @@ fn delta_known_changes<'a>(
         return None;
     }
     current.changed_since(from, type_url)
+}
+
+/// Delta: whether the proxy wants every resource of the type in `current`, and nothing
+/// else: a wildcard, or exactly the shared layer's names when the proxy's own layer has
+/// none besides them.
+fn wants_all(state: &TypeState, current: &ProxyResources, type_url: &str) -> bool {
+    let sub = &state.subscription;
+    if sub.wildcard {
+        return sub.names.is_empty();
+    }
+    current.shared_names(type_url).is_some_and(|base| {
+        sub.names.is_exactly(&base) && current.layers(type_url).1.is_none_or(|own| own.keys().all(|n| base.contains(n)))
+    })
 }
 
 /// The names of an ordered list that `all` has no resource of, by walking both.

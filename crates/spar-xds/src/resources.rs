@@ -101,6 +101,29 @@ pub struct ProxyResources {
     changes: Changes,
     /// The names of each type, computed once ([`Self::shared_names`]).
     names: LayerNames,
+    /// Each type serialized back to back, while responses being written use it
+    /// ([`Self::wire_block`]).
+    blocks: Blocks,
+}
+
+/// A layer's wire blocks by type and form (SotW or delta), held weakly: a block lives
+/// while responses are being written from it (thousands at once in a reconnect storm)
+/// and is let go after, so an idle mesh does not keep a second copy of its config.
+#[derive(Debug, Default)]
+struct Blocks(std::sync::Mutex<Vec<(&'static str, bool, std::sync::Weak<crate::wire::WireBlock>)>>);
+
+impl Clone for Blocks {
+    /// Derived data: a copy starts without blocks.
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Blocks {
+    /// Derived data, as [`Changes`].
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// A layer's names per type, shared by the streams whose subscriptions name them all.
@@ -176,7 +199,21 @@ impl ProxyResources {
         r
     }
 
-    fn flattened(&self) -> ProxyResources {
+    /// The shared layer under this set (tests).
+    #[cfg(test)]
+    pub(crate) fn layers_base(&self) -> &Arc<ProxyResources> {
+        self.base.as_ref().expect("a layered set")
+    }
+
+    /// How many wire blocks of the shared layer are alive (tests).
+    #[cfg(test)]
+    pub(crate) fn wire_blocks_alive(&self) -> usize {
+        let layer = self.base.as_deref().unwrap_or(self);
+        let blocks = layer.blocks.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        blocks.iter().filter(|(_, _, w)| w.strong_count() > 0).count()
+    }
+
+    pub(crate) fn flattened(&self) -> ProxyResources {
         let mut by_type: BTreeMap<&'static str, TypeResources> = BTreeMap::new();
         for t in self.type_urls() {
             if let Some(v) = self.of(t) {
@@ -287,6 +324,7 @@ impl ProxyResources {
             warnings,
             changes: Changes { from: Arc::downgrade(prev), by_type: changes },
             names: LayerNames::default(),
+            blocks: Blocks::default(),
         }
     }
 
@@ -384,6 +422,37 @@ impl ProxyResources {
             }
             None => format!("{own:016x}"),
         }
+    }
+
+    /// The shared layer of `type_url` (the base, or this set when it has none) and the
+    /// own resources over it (none when this set has no base).
+    pub(crate) fn layers(&self, type_url: &str) -> (Option<&TypeResources>, Option<&TypeResources>) {
+        match &self.base {
+            Some(b) => (b.by_type.get(type_url), self.by_type.get(type_url)),
+            None => (self.by_type.get(type_url), None),
+        }
+    }
+
+    /// The shared layer's resources of `type_url` in one wire block of the given form
+    /// (`delta` or SotW): the block a response being written from this layer already
+    /// holds, or a new one made by `build`. The layer holds it only weakly.
+    pub(crate) fn wire_block(
+        &self,
+        type_url: &'static str,
+        delta: bool,
+        build: impl FnOnce(&TypeResources) -> crate::wire::WireBlock,
+    ) -> Option<Arc<crate::wire::WireBlock>> {
+        let layer = self.base.as_deref().unwrap_or(self);
+        let resources = layer.by_type.get(type_url)?;
+        let mut blocks = layer.blocks.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(b) = blocks.iter().find(|(t, d, _)| *t == type_url && *d == delta).and_then(|(_, _, w)| w.upgrade())
+        {
+            return Some(b);
+        }
+        let block = Arc::new(build(resources));
+        blocks.retain(|(t, d, w)| w.strong_count() > 0 && !(*t == type_url && *d == delta));
+        blocks.push((type_url, delta, Arc::downgrade(&block)));
+        Some(block)
     }
 
     /// Every resource, all types, both layers.
@@ -484,6 +553,14 @@ impl Resources {
         match type_url::PUSH_ORDER.iter().find(|t| **t == type_url) {
             Some(t) if !selected.is_empty() && selected.len() == all.len() => Self::Whole(Arc::clone(from), t),
             _ => Self::List(selected.into()),
+        }
+    }
+
+    /// Every resource of `type_url` in `from` (an empty list when there are none).
+    pub fn whole(from: &Arc<ProxyResources>, type_url: &str) -> Self {
+        match type_url::PUSH_ORDER.iter().find(|t| **t == type_url) {
+            Some(t) if from.of(type_url).is_some_and(|v| !v.is_empty()) => Self::Whole(Arc::clone(from), t),
+            _ => Self::List(from.of(type_url).map(|v| v.values().cloned().collect()).unwrap_or_default()),
         }
     }
 

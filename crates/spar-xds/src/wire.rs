@@ -12,6 +12,7 @@
 //!        ─► 5-byte gRPC prefix + fields + resources, ≤ CHUNK bytes per frame ─► hyper/h2
 //! ```
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -153,116 +154,201 @@ fn delta_resource_len(e: &Encoded) -> usize {
     opt_field_len(e.version.len()) + field_len(any_len(e)) + opt_field_len(e.name.len())
 }
 
+/// One resource as an entry of `resources` in a response: `Any` (SotW) or `Resource`
+/// (delta, with its name and version), field 2 either way.
+fn resource_len(e: &Encoded, delta: bool) -> usize {
+    if delta { field_len(delta_resource_len(e)) } else { field_len(any_len(e)) }
+}
+
+fn put_resource(buf: &mut BytesMut, e: &Encoded, delta: bool) {
+    if delta {
+        put_field_header(buf, 2, delta_resource_len(e));
+        put_opt_bytes(buf, 1, e.version.as_bytes());
+        put_field_header(buf, 2, any_len(e));
+        put_any(buf, e);
+        put_opt_bytes(buf, 3, e.name.as_bytes());
+    } else {
+        put_field_header(buf, 2, any_len(e));
+        put_any(buf, e);
+    }
+}
+
+/// A shared layer's resources of one type serialized back to back in one wire form, in
+/// name order. Every response of the whole type from that layer hands HTTP/2 slices of
+/// it (which go to the socket as they are) instead of copying each resource per stream.
+#[derive(Debug)]
+pub(crate) struct WireBlock {
+    bytes: Bytes,
+    /// The resources, and where each one's bytes end.
+    ends: Vec<(Arc<Encoded>, usize)>,
+}
+
+impl WireBlock {
+    fn build(resources: &crate::resources::TypeResources, delta: bool) -> Self {
+        let mut buf = BytesMut::with_capacity(resources.values().map(|e| resource_len(e, delta)).sum());
+        let mut ends = Vec::with_capacity(resources.len());
+        for e in resources.values() {
+            put_resource(&mut buf, e, delta);
+            ends.push((Arc::clone(e), buf.len()));
+        }
+        Self { bytes: buf.freeze(), ends }
+    }
+
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1).map_or(0, |p| self.ends[p].1)
+    }
+}
+
+/// Every resource of `type_url` in `from`, as pieces to write in order: slices of the shared layer's wire block around the proxy's own resources
+/// (which hide shared ones of the same name). `None` when the shared layer has none.
+fn whole_pieces(from: &crate::ProxyResources, type_url: &'static str, delta: bool) -> Option<Pieces> {
+    let block = from.wire_block(type_url, delta, |r| WireBlock::build(r, delta))?;
+    let own = from.layers(type_url).1;
+    let (mut pieces, mut len, mut pos) = (Vec::new(), 0, 0);
+    let mut own_bytes = BytesMut::new();
+    for e in own.into_iter().flat_map(|o| o.values()) {
+        let i = block.ends.partition_point(|(r, _)| r.name < e.name);
+        let start = block.start(i);
+        if start > pos {
+            if !own_bytes.is_empty() {
+                pieces.push(own_bytes.split().freeze());
+            }
+            pieces.push(block.bytes.slice(pos..start));
+            len += start - pos;
+        }
+        put_resource(&mut own_bytes, e, delta);
+        len += resource_len(e, delta);
+        pos = match block.ends.get(i) {
+            Some((hidden, end)) if hidden.name == e.name => *end,
+            _ => start,
+        };
+    }
+    if !own_bytes.is_empty() {
+        pieces.push(own_bytes.freeze());
+    }
+    if pos < block.bytes.len() {
+        pieces.push(block.bytes.slice(pos..));
+        len += block.bytes.len() - pos;
+    }
+    Some(Pieces { pieces, len, block })
+}
+
+/// A whole type's pieces ([`whole_pieces`]).
+#[derive(Debug)]
+struct Pieces {
+    pieces: Vec<Bytes>,
+    len: usize,
+    /// Held while the response is written, so that the layer hands the same block to
+    /// the other streams writing it meanwhile.
+    block: Arc<WireBlock>,
+}
+
 /// A response being written out: the gRPC message prefix and scalar fields first, then
 /// one resource after another, then (delta) the removed names.
 #[derive(Debug)]
 pub struct Writer {
+    /// Pieces ready to go, in order (a whole type: the head, slices of the shared
+    /// layer's block and the own resources, the tail).
+    ready: VecDeque<Bytes>,
+    /// The head, before a list.
     head: Option<BytesMut>,
-    resources: Resources,
-    /// Where writing goes on: an index into a list, or the name last written of a
-    /// whole type (`None` before the first).
+    /// A list still to serialize (copied chunk by chunk), from `next` on.
+    list: Option<Arc<[Arc<Encoded>]>>,
     next: usize,
-    after: Option<String>,
-    written: bool,
     delta: bool,
+    /// Written after a list.
     tail: Option<BytesMut>,
+    /// The shared layer's block that `ready` slices, held until handed out.
+    block: Option<Arc<WireBlock>>,
 }
 
 impl Writer {
-    fn sotw(r: &SotwResponse) -> Self {
-        let body_len = opt_field_len(r.version_info.len())
-            + opt_field_len(r.type_url.len())
-            + opt_field_len(r.nonce.len())
-            + r.resources.iter().map(|e| field_len(any_len(e))).sum::<usize>();
-        let mut head = grpc_prefix(body_len);
-        put_opt_bytes(&mut head, 1, r.version_info.as_bytes());
-        put_opt_bytes(&mut head, 4, r.type_url.as_bytes());
-        put_opt_bytes(&mut head, 5, r.nonce.as_bytes());
-        Self {
-            head: Some(head),
-            resources: r.resources.clone(),
-            next: 0,
-            after: None,
-            written: false,
-            delta: false,
-            tail: None,
+    /// `fields_len` bytes of fields before the resources, written by `put_fields`, and
+    /// `tail` after them.
+    fn new(
+        resources: &Resources,
+        delta: bool,
+        fields_len: usize,
+        put_fields: impl FnOnce(&mut BytesMut),
+        tail: BytesMut,
+    ) -> Self {
+        let whole = match resources {
+            Resources::Whole(from, t) => whole_pieces(from, t, delta),
+            Resources::List(_) => None,
+        };
+        let list: Arc<[Arc<Encoded>]> = match (resources, &whole) {
+            (Resources::List(l), _) => Arc::clone(l),
+            (Resources::Whole(..), Some(_)) => Arc::from(Vec::new()),
+            (Resources::Whole(..), None) => resources.iter().cloned().collect(),
+        };
+        let resources_len = whole.as_ref().map_or_else(|| list.iter().map(|e| resource_len(e, delta)).sum(), |w| w.len);
+        let mut head = grpc_prefix(fields_len + resources_len + tail.len());
+        put_fields(&mut head);
+        let tail = (!tail.is_empty()).then_some(tail);
+        match whole {
+            Some(Pieces { pieces, block, .. }) => {
+                let mut ready = VecDeque::with_capacity(pieces.len() + 2);
+                ready.push_back(head.freeze());
+                ready.extend(pieces);
+                ready.extend(tail.map(BytesMut::freeze));
+                Self { ready, head: None, list: None, next: 0, delta, tail: None, block: Some(block) }
+            }
+            None => {
+                Self { ready: VecDeque::new(), head: Some(head), list: Some(list), next: 0, delta, tail, block: None }
+            }
         }
     }
 
+    fn sotw(r: &SotwResponse) -> Self {
+        let fields_len =
+            opt_field_len(r.version_info.len()) + opt_field_len(r.type_url.len()) + opt_field_len(r.nonce.len());
+        let put_fields = |head: &mut BytesMut| {
+            put_opt_bytes(head, 1, r.version_info.as_bytes());
+            put_opt_bytes(head, 4, r.type_url.as_bytes());
+            put_opt_bytes(head, 5, r.nonce.as_bytes());
+        };
+        Self::new(&r.resources, false, fields_len, put_fields, BytesMut::new())
+    }
+
     fn delta(r: &DeltaResponse) -> Self {
-        let removed_len: usize = r.removed_resources.iter().map(|n| field_len(n.len())).sum();
-        let body_len = opt_field_len(r.system_version_info.len())
-            + opt_field_len(r.type_url.len())
-            + opt_field_len(r.nonce.len())
-            + removed_len
-            + r.resources.iter().map(|e| field_len(delta_resource_len(e))).sum::<usize>();
-        let mut head = grpc_prefix(body_len);
-        put_opt_bytes(&mut head, 1, r.system_version_info.as_bytes());
-        put_opt_bytes(&mut head, 4, r.type_url.as_bytes());
-        put_opt_bytes(&mut head, 5, r.nonce.as_bytes());
-        let mut tail = BytesMut::with_capacity(removed_len);
+        let fields_len =
+            opt_field_len(r.system_version_info.len()) + opt_field_len(r.type_url.len()) + opt_field_len(r.nonce.len());
+        let put_fields = |head: &mut BytesMut| {
+            put_opt_bytes(head, 1, r.system_version_info.as_bytes());
+            put_opt_bytes(head, 4, r.type_url.as_bytes());
+            put_opt_bytes(head, 5, r.nonce.as_bytes());
+        };
+        let mut tail = BytesMut::with_capacity(r.removed_resources.iter().map(|n| field_len(n.len())).sum());
         for n in &r.removed_resources {
             put_field_header(&mut tail, 6, n.len());
             tail.put_slice(n.as_bytes());
         }
-        Self {
-            head: Some(head),
-            resources: r.resources.clone(),
-            next: 0,
-            after: None,
-            written: false,
-            delta: true,
-            tail: (!tail.is_empty()).then_some(tail),
-        }
+        Self::new(&r.resources, true, fields_len, put_fields, tail)
     }
 
     /// The next chunk, or `None` when the message is written.
     fn next_chunk(&mut self) -> Option<Bytes> {
-        let mut buf = self.head.take().unwrap_or_default();
-        let delta = self.delta;
-        let put = |buf: &mut BytesMut, e: &Encoded| {
-            if delta {
-                put_field_header(buf, 2, delta_resource_len(e));
-                put_opt_bytes(buf, 1, e.version.as_bytes());
-                put_field_header(buf, 2, any_len(e));
-                put_any(buf, e);
-                put_opt_bytes(buf, 3, e.name.as_bytes());
-            } else {
-                put_field_header(buf, 2, any_len(e));
-                put_any(buf, e);
+        if let Some(mut piece) = self.ready.pop_front() {
+            if piece.len() > CHUNK {
+                self.ready.push_front(piece.split_off(CHUNK));
             }
-        };
-        if !self.written {
-            match &self.resources {
-                Resources::List(list) => {
-                    while self.next < list.len() && buf.len() < CHUNK {
-                        put(&mut buf, &list[self.next]);
-                        self.next += 1;
-                    }
-                    self.written = self.next >= list.len();
-                }
-                Resources::Whole(from, t) => {
-                    let mut it = from.of(t).unwrap_or_default().values_after(self.after.as_deref());
-                    let mut last = None;
-                    while buf.len() < CHUNK {
-                        match it.next() {
-                            Some(e) => {
-                                put(&mut buf, e);
-                                last = Some(e);
-                            }
-                            None => {
-                                self.written = true;
-                                break;
-                            }
-                        }
-                    }
-                    if let Some(e) = last {
-                        self.after = Some(e.name.clone());
-                    }
-                }
+            if self.ready.is_empty() {
+                // The slices handed out keep their bytes; the layer may let the block go.
+                self.block = None;
+            }
+            return Some(piece);
+        }
+        let mut buf = self.head.take().unwrap_or_default();
+        if let Some(list) = &self.list {
+            while self.next < list.len() && buf.len() < CHUNK {
+                put_resource(&mut buf, &list[self.next], self.delta);
+                self.next += 1;
+            }
+            if self.next >= list.len() {
+                self.list = None;
             }
         }
-        if self.written
+        if self.list.is_none()
             && let Some(t) = self.tail.take()
         {
             buf.extend_from_slice(&t);
@@ -686,8 +772,6 @@ mod tests {
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use prost::Message;
 
-    use std::collections::VecDeque;
-
     use super::*;
 
     fn chunks(m: &impl WireMessage) -> VecDeque<Bytes> {
@@ -740,14 +824,14 @@ mod tests {
         }
         let mut layered = ProxyResources::layered(Arc::new(base));
         // Own resources in between, and one that hides a shared one.
-        for name in ["inbound|80||", "outbound|80||svc-0100", "a-first"] {
+        for name in ["inbound|80||", "outbound|80||svc-0100", "a-first", "zz-last"] {
             layered.insert(type_url::CLUSTER, name, &Cluster { name: name.into(), ..Default::default() });
         }
         let layered = Arc::new(layered);
         let all: Vec<Arc<Encoded>> = layered.of(type_url::CLUSTER).expect("clusters").values().cloned().collect();
-        assert_eq!(all.len(), 3002);
+        assert_eq!(all.len(), 3003);
         let view = layered.of(type_url::CLUSTER).expect("clusters");
-        assert_eq!(view.len(), 3002, "counted without the walk, the hidden one once");
+        assert_eq!(view.len(), 3003, "counted without the walk, the hidden one once");
         let whole = Resources::of(all.clone(), &layered, type_url::CLUSTER);
         assert!(matches!(whole, Resources::Whole(..)));
         let list = Resources::List(all.into());
@@ -768,6 +852,27 @@ mod tests {
         assert_eq!(to_bytes(&delta(whole.clone())), to_bytes(&delta(list.clone())));
         assert!(chunks(&sotw(whole.clone())).iter().all(|c| c.len() < CHUNK + 1024), "bounded chunks");
         assert_eq!(whole, list);
+        // Proxies of the same shared layer are written slices of one block while any of
+        // them is being written (no copy per stream); the layer lets it go after.
+        let other = Arc::new(layered.own_layer_over(Arc::clone(layered.layers_base())));
+        let (mut a, mut b) = (sotw(whole.clone()).writer(), sotw(Resources::whole(&other, type_url::CLUSTER)).writer());
+        assert_eq!(layered.wire_blocks_alive(), 1);
+        let (a, b): (Vec<Bytes>, Vec<Bytes>) =
+            (std::iter::from_fn(|| a.next_chunk()).collect(), std::iter::from_fn(|| b.next_chunk()).collect());
+        let shared = |c: &Bytes| b.iter().any(|d| d.as_ptr() == c.as_ptr() && d.len() == c.len() && c.len() > 1024);
+        assert!(a.iter().filter(|c| shared(c)).count() >= 3, "the same bytes, not copies");
+        assert_eq!(layered.wire_blocks_alive(), 0, "no block kept once written");
+        // A set without a shared layer, and a type only the own layer has.
+        let flat = Arc::new(layered.flattened());
+        assert_eq!(to_bytes(&delta(Resources::whole(&flat, type_url::CLUSTER))), to_bytes(&delta(list.clone())));
+        let mut own_only = ProxyResources::layered(Arc::new(ProxyResources::new(1)));
+        own_only.insert(type_url::CLUSTER, "x", &Cluster::default());
+        let own_only = Arc::new(own_only);
+        let one: Vec<Arc<Encoded>> = own_only.of(type_url::CLUSTER).expect("x").values().cloned().collect();
+        assert_eq!(
+            to_bytes(&sotw(Resources::whole(&own_only, type_url::CLUSTER))),
+            to_bytes(&sotw(Resources::List(one.into())))
+        );
         // A part of the type stays a list.
         let some: Vec<Arc<Encoded>> = whole.iter().take(5).cloned().collect();
         assert!(matches!(Resources::of(some, &layered, type_url::CLUSTER), Resources::List(_)));

@@ -92,6 +92,12 @@ impl Names {
         self.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, base))
     }
 
+    /// Whether these are exactly the names of `base` (that very copy, nothing added or
+    /// dropped).
+    pub fn is_exactly(&self, base: &Arc<BTreeSet<String>>) -> bool {
+        self.is_based_on(base) && self.plus.is_empty() && self.minus.is_empty()
+    }
+
     /// Keeps the same names over `base` instead, when that keeps few names outside it
     /// (or no more than now): when the names are `base`'s (as after Envoy subscribed to every
     /// load assignment it was sent), nothing else is kept. A base that does not pay is

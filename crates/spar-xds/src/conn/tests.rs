@@ -420,3 +420,36 @@ fn delta_subscriptions_to_every_name_share_the_layers_names() {
     let s = sub(&c);
     assert!(s.is_based_on(&grown) && !s.contains("c07") && !s.contains("c99") && s.len() == 39, "{s:?}");
 }
+
+/// The resources of a response, as the stream holds them.
+fn held(r: &Response) -> &Resources {
+    match r {
+        Response::Sotw(r) => &r.resources,
+        Response::Delta(r) => &r.resources,
+    }
+}
+
+#[test]
+fn first_pushes_of_everything_are_the_whole_type_and_only_what_was_named() {
+    let first = mk_resources(&[("a", 1), ("b", 1), ("c", 1)]);
+    let whole = |r: &Response| matches!(held(r), Resources::Whole(..));
+    let names = |r: &Response| held(r).iter().map(|e| e.name.clone()).collect::<Vec<_>>();
+    // Delta: a wildcard, and Envoy's first EDS request naming every load assignment.
+    let mut c = Connection::new(Variant::Delta, over(&first));
+    let out = c.handle_delta(mk_delta(type_url::CLUSTER, &[], &[], ""));
+    assert!(whole(&out[0]) && names(&out[0]) == ["a", "b", "c", "inbound|80||"], "{:?}", names(&out[0]));
+    let out = c.handle_delta(mk_delta(type_url::ENDPOINT, &["c", "a", "b"], &[], ""));
+    assert!(whole(&out[0]) && names(&out[0]) == ["a", "b", "c"]);
+    // A load assignment of the proxy's own that it did not name is not sent.
+    let mut own = ProxyResources::layered(Arc::clone(&first));
+    moved(&mut own, "inbound-eds");
+    let mut c = Connection::new(Variant::Delta, Arc::new(own));
+    let out = c.handle_delta(mk_delta(type_url::ENDPOINT, &["a", "b", "c"], &[], ""));
+    assert!(!whole(&out[0]) && names(&out[0]) == ["a", "b", "c"]);
+    // Nor in SotW; there every name in any order is the whole type.
+    let mut c = Connection::new(Variant::Sotw, over(&first));
+    let out = c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["b", "c", "a"], "", ""));
+    assert!(whole(&out[0]) && names(&out[0]) == ["a", "b", "c"]);
+    let out = c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""));
+    assert!(whole(&out[0]) && names(&out[0]).len() == 4);
+}
