@@ -351,12 +351,16 @@ impl Rng {
 /// which lets one machine simulate a thousand proxies of a 10k-service mesh.
 type Name = Arc<str>;
 
+/// A hash set with a fast hash: the client hashes thousands of names per proxy and
+/// shares the cores with the server it measures.
+type FastSet<T> = std::collections::HashSet<T, foldhash::fast::FixedState>;
+
 fn intern(name: &str) -> Name {
     // One table per thread: proxies on different threads then never touch the same
     // reference counts (thousands of names per proxy; the contention was a tenth of the
     // client's CPU in a full-mesh storm). A name costs one allocation per thread.
     thread_local! {
-        static LOCAL: std::cell::RefCell<std::collections::HashSet<Name>> = std::cell::RefCell::default();
+        static LOCAL: std::cell::RefCell<FastSet<Name>> = std::cell::RefCell::default();
     }
     LOCAL.with_borrow_mut(|local| {
         if let Some(n) = local.get(name) {
@@ -425,6 +429,40 @@ struct AnyBytes {
     value: Bytes,
 }
 
+/// A SotW `DiscoveryRequest`: its fields but the names, and the names (field 3) as
+/// encoded once per subscription. Protobuf fields may come in any order.
+#[derive(Clone, Debug, Default)]
+struct SotwAsk {
+    head: DiscoveryRequest,
+    names: Bytes,
+}
+
+impl Message for SotwAsk {
+    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
+        self.head.encode_raw(buf);
+        buf.put_slice(&self.names);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl prost::bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever encoded; read as the request it stands for, without the names.
+        self.head.merge_field(tag, wire_type, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.head.encoded_len() + self.names.len()
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
 /// The ADS methods, called with the light response types.
 const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
@@ -466,9 +504,9 @@ struct Holdings {
     answered_for: [(u64, usize); 2],
     /// Bumped whenever the EDS or RDS subscription changes.
     sub_generation: [u64; 2],
-    /// SotW: the clusters held before the response being applied, so that names already
-    /// held are reused without going through the shared interner.
-    previous_clusters: BTreeMap<Name, bool>,
+    /// SotW: the EDS (0) and RDS (1) subscriptions' names as request field 3, encoded
+    /// once per subscription (every ACK repeats them: thousands in a full mesh).
+    sub_wire: [Bytes; 2],
     /// Last ACKed version and last nonce per type (SotW).
     acked_version: [String; 4],
     nonce: [String; 4],
@@ -483,20 +521,21 @@ impl Holdings {
         self.listeners.values().flatten().cloned().collect()
     }
 
-    /// Sets the EDS (0) or RDS (1) subscription.
-    fn subscribe(&mut self, i: usize, names: BTreeSet<Name>) {
+    /// Sets the EDS (0) or RDS (1) subscription (and, for `sotw`, its names as sent).
+    fn subscribe(&mut self, i: usize, names: BTreeSet<Name>, sotw: bool) {
+        if sotw {
+            let mut wire = Vec::new();
+            for n in &names {
+                prost::encoding::string::encode(3, &n.to_string(), &mut wire);
+            }
+            self.sub_wire[i] = wire.into();
+        }
         if i == 0 {
             self.eds_sub = names;
         } else {
             self.rds_sub = names;
         }
         self.sub_generation[i] += 1;
-    }
-
-    /// The shared name for `name`, reusing the one this proxy held before if any.
-    fn cluster_name(&self, name: &str) -> Name {
-        let held = self.previous_clusters.get_key_value(name).or_else(|| self.clusters.get_key_value(name));
-        held.map_or_else(|| intern(name), |(k, _)| Arc::clone(k))
     }
 
     fn is_full(&self) -> bool {
@@ -514,14 +553,12 @@ impl Holdings {
             XdsType::Cds if decode == Decode::All => {
                 let c = XdsCluster::decode(value).map_err(|e| format!("cluster {name}: {e}"))?;
                 let eds = matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
-                let key = self.cluster_name(if name.is_empty() { &c.name } else { name });
-                self.clusters.insert(key, eds);
+                self.clusters.insert(intern(if name.is_empty() { &c.name } else { name }), eds);
             }
             XdsType::Cds => {
                 let c = ClusterHead::decode(value).map_err(|e| format!("cluster {name}: {e}"))?;
                 let eds = c.discovery == Some(DiscoveryType::Eds as i32);
-                let key = self.cluster_name(if name.is_empty() { &c.name } else { name });
-                self.clusters.insert(key, eds);
+                self.clusters.insert(intern(if name.is_empty() { &c.name } else { name }), eds);
             }
             XdsType::Lds => {
                 let l = XdsListener::decode(value).map_err(|e| format!("listener {name}: {e}"))?;
@@ -609,22 +646,23 @@ impl Proxy {
     }
 
     async fn stream_sotw(&mut self, channel: Channel) -> anyhow::Result<()> {
-        let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
+        let (tx, rx) = mpsc::channel::<SotwAsk>(16);
         let mut h = Holdings::default();
-        tx.send(DiscoveryRequest {
+        let ask = |head: DiscoveryRequest| SotwAsk { head, names: Bytes::new() };
+        tx.send(ask(DiscoveryRequest {
             node: Some(self.spec.node()),
             type_url: type_url::CLUSTER.into(),
             ..Default::default()
-        })
+        }))
         .await?;
-        tx.send(DiscoveryRequest { type_url: type_url::LISTENER.into(), ..Default::default() }).await?;
+        tx.send(ask(DiscoveryRequest { type_url: type_url::LISTENER.into(), ..Default::default() })).await?;
         let mut inbound = open_stream::<_, SotwReply>(channel, SOTW_METHOD, rx).await?;
         while let Some(resp) = inbound.message().await? {
             let received = Instant::now();
             let SotwReply { version_info, resources, type_url, nonce } = resp;
             let Some(kind) = XdsType::from_url(&type_url) else {
                 // A type we never asked for (SDS without certificates, say): ACK and move on.
-                tx.send(DiscoveryRequest { version_info, response_nonce: nonce, type_url, ..Default::default() })
+                tx.send(ask(DiscoveryRequest { version_info, response_nonce: nonce, type_url, ..Default::default() }))
                     .await?;
                 continue;
             };
@@ -634,7 +672,7 @@ impl Proxy {
             // State of the world: the response replaces what the proxy held of its type.
             let mut error = None;
             match kind {
-                XdsType::Cds => h.previous_clusters = std::mem::take(&mut h.clusters),
+                XdsType::Cds => h.clusters.clear(),
                 XdsType::Lds => h.listeners.clear(),
                 _ => {}
             }
@@ -643,19 +681,22 @@ impl Proxy {
                     error.get_or_insert(e);
                 }
             }
-            h.previous_clusters.clear();
             let ack = error.is_none() && self.decide_ack();
             // New subscriptions first (Envoy subscribes to the EDS of new clusters while
             // it warms them), then the ACK or NACK.
-            if kind == XdsType::Cds && h.eds_wanted() != h.eds_sub {
-                let wanted = h.eds_wanted();
-                h.subscribe(0, wanted);
+            if kind == XdsType::Cds
+                && let wanted = h.eds_wanted()
+                && wanted != h.eds_sub
+            {
+                h.subscribe(0, wanted, true);
                 h.answered[XdsType::Eds as usize] = false;
                 tx.send(self.sotw_request(&h, XdsType::Eds)).await?;
             }
-            if kind == XdsType::Lds && h.rds_wanted() != h.rds_sub {
-                let wanted = h.rds_wanted();
-                h.subscribe(1, wanted);
+            if kind == XdsType::Lds
+                && let wanted = h.rds_wanted()
+                && wanted != h.rds_sub
+            {
+                h.subscribe(1, wanted, true);
                 h.answered[XdsType::Rds as usize] = false;
                 tx.send(self.sotw_request(&h, XdsType::Rds)).await?;
             }
@@ -664,7 +705,7 @@ impl Proxy {
             }
             let mut req = self.sotw_request(&h, kind);
             if !ack {
-                req.error_detail = Some(nack_status(error.unwrap_or_else(|| "spar-load: NACK on demand".into())));
+                req.head.error_detail = Some(nack_status(error.unwrap_or_else(|| "spar-load: NACK on demand".into())));
             }
             tx.send(req).await?;
             h.answered[k] = true;
@@ -689,20 +730,20 @@ impl Proxy {
 
     /// A SotW request for `kind` carrying the current subscription, the last ACKed
     /// version and the last nonce (an ACK when that nonce is the latest response's).
-    fn sotw_request(&self, h: &Holdings, kind: XdsType) -> DiscoveryRequest {
+    fn sotw_request(&self, h: &Holdings, kind: XdsType) -> SotwAsk {
         let k = kind as usize;
         let names = match kind {
-            XdsType::Eds => h.eds_sub.iter().map(|n| n.to_string()).collect(),
-            XdsType::Rds => h.rds_sub.iter().map(|n| n.to_string()).collect(),
-            XdsType::Cds | XdsType::Lds => Vec::new(),
+            XdsType::Eds => h.sub_wire[0].clone(),
+            XdsType::Rds => h.sub_wire[1].clone(),
+            XdsType::Cds | XdsType::Lds => Bytes::new(),
         };
-        DiscoveryRequest {
+        let head = DiscoveryRequest {
             version_info: h.acked_version[k].clone(),
             response_nonce: h.nonce[k].clone(),
             type_url: kind.url().into(),
-            resource_names: names,
             ..Default::default()
-        }
+        };
+        SotwAsk { head, names }
     }
 
     async fn stream_delta(&mut self, channel: Channel) -> anyhow::Result<()> {
@@ -711,8 +752,8 @@ impl Proxy {
         // Names held per type, for removals.
         // (Owned strings moved out of the responses: interning each name would have
         // every proxy touch the same shared counters.)
-        let mut eds_held: std::collections::HashSet<String> = std::collections::HashSet::new();
-        let mut rds_held: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut eds_held: FastSet<String> = FastSet::default();
+        let mut rds_held: FastSet<String> = FastSet::default();
         tx.send(DeltaDiscoveryRequest {
             node: Some(self.spec.node()),
             type_url: type_url::CLUSTER.into(),
@@ -767,13 +808,13 @@ impl Proxy {
             if kind == XdsType::Cds && h.eds_wanted() != h.eds_sub {
                 let wanted = h.eds_wanted();
                 tx.send(delta_subscription(XdsType::Eds, &h.eds_sub, &wanted)).await?;
-                h.subscribe(0, wanted);
+                h.subscribe(0, wanted, false);
                 h.answered[XdsType::Eds as usize] = false;
             }
             if kind == XdsType::Lds && h.rds_wanted() != h.rds_sub {
                 let wanted = h.rds_wanted();
                 tx.send(delta_subscription(XdsType::Rds, &h.rds_sub, &wanted)).await?;
-                h.subscribe(1, wanted);
+                h.subscribe(1, wanted, false);
                 h.answered[XdsType::Rds as usize] = false;
             }
             let mut req = DeltaDiscoveryRequest { response_nonce: nonce, type_url, ..Default::default() };

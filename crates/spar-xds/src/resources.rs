@@ -435,12 +435,13 @@ impl ProxyResources {
 
     /// The shared layer's resources of `type_url` in one wire block of the given form
     /// (`delta` or SotW): the block a response being written from this layer already
-    /// holds, or a new one made by `build`. The layer holds it only weakly.
+    /// holds, or a new one made by `build` (`None` when `build` declines). The layer
+    /// holds it only weakly.
     pub(crate) fn wire_block(
         &self,
         type_url: &'static str,
         delta: bool,
-        build: impl FnOnce(&TypeResources) -> crate::wire::WireBlock,
+        build: impl FnOnce(&TypeResources) -> Option<crate::wire::WireBlock>,
     ) -> Option<Arc<crate::wire::WireBlock>> {
         let layer = self.base.as_deref().unwrap_or(self);
         let resources = layer.by_type.get(type_url)?;
@@ -449,7 +450,7 @@ impl ProxyResources {
         {
             return Some(b);
         }
-        let block = Arc::new(build(resources));
+        let block = Arc::new(build(resources)?);
         blocks.retain(|(t, d, w)| w.strong_count() > 0 && !(*t == type_url && *d == delta));
         blocks.push((type_url, delta, Arc::downgrade(&block)));
         Some(block)

@@ -183,15 +183,26 @@ pub(crate) struct WireBlock {
     ends: Vec<(Arc<Encoded>, usize)>,
 }
 
+/// Smallest shared type written from a block. Below it each response copies its
+/// resources as a list does: a block pays when many streams write the same large type
+/// at once (a full mesh connecting), while rebuilding small ones for responses that go
+/// out one at a time left freed pages behind (about 5 MB at 2k scoped proxies).
+const BLOCK_MIN: usize = 256 * 1024;
+
 impl WireBlock {
-    fn build(resources: &crate::resources::TypeResources, delta: bool) -> Self {
-        let mut buf = BytesMut::with_capacity(resources.values().map(|e| resource_len(e, delta)).sum());
+    /// The block of `resources`, when they are at least [`BLOCK_MIN`] bytes.
+    fn build(resources: &crate::resources::TypeResources, delta: bool) -> Option<Self> {
+        let len: usize = resources.values().map(|e| resource_len(e, delta)).sum();
+        if len < BLOCK_MIN {
+            return None;
+        }
+        let mut buf = BytesMut::with_capacity(len);
         let mut ends = Vec::with_capacity(resources.len());
         for e in resources.values() {
             put_resource(&mut buf, e, delta);
             ends.push((Arc::clone(e), buf.len()));
         }
-        Self { bytes: buf.freeze(), ends }
+        Some(Self { bytes: buf.freeze(), ends })
     }
 
     fn start(&self, i: usize) -> usize {
@@ -200,7 +211,8 @@ impl WireBlock {
 }
 
 /// Every resource of `type_url` in `from`, as pieces to write in order: slices of the shared layer's wire block around the proxy's own resources
-/// (which hide shared ones of the same name). `None` when the shared layer has none.
+/// (which hide shared ones of the same name). `None` when the shared layer has none,
+/// or too few bytes of them for a block.
 fn whole_pieces(from: &crate::ProxyResources, type_url: &'static str, delta: bool) -> Option<Pieces> {
     let block = from.wire_block(type_url, delta, |r| WireBlock::build(r, delta))?;
     let own = from.layers(type_url).1;
@@ -862,6 +874,20 @@ mod tests {
         let shared = |c: &Bytes| b.iter().any(|d| d.as_ptr() == c.as_ptr() && d.len() == c.len() && c.len() > 1024);
         assert!(a.iter().filter(|c| shared(c)).count() >= 3, "the same bytes, not copies");
         assert_eq!(layered.wire_blocks_alive(), 0, "no block kept once written");
+        // A small type is copied per response: no block is made for it.
+        let mut small = ProxyResources::new(1);
+        for i in 0..10 {
+            small.insert(type_url::CLUSTER, format!("c{i}"), &Cluster::default());
+        }
+        let small = Arc::new(ProxyResources::layered(Arc::new(small)));
+        let small_list: Vec<Arc<Encoded>> = small.of(type_url::CLUSTER).expect("c").values().cloned().collect();
+        let w = sotw(Resources::whole(&small, type_url::CLUSTER)).writer();
+        assert_eq!(small.wire_blocks_alive(), 0);
+        drop(w);
+        assert_eq!(
+            to_bytes(&sotw(Resources::whole(&small, type_url::CLUSTER))),
+            to_bytes(&sotw(Resources::List(small_list.into())))
+        );
         // A set without a shared layer, and a type only the own layer has.
         let flat = Arc::new(layered.flattened());
         assert_eq!(to_bytes(&delta(Resources::whole(&flat, type_url::CLUSTER))), to_bytes(&delta(list.clone())));
