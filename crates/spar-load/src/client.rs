@@ -355,6 +355,13 @@ type Name = Arc<str>;
 /// shares the cores with the server it measures.
 type FastSet<T> = std::collections::HashSet<T, foldhash::fast::FixedState>;
 
+/// A name's 64-bit hash (two of a proxy's few thousand names colliding is about one
+/// chance in 10^12).
+fn name_hash(name: &str) -> u64 {
+    use std::hash::BuildHasher as _;
+    foldhash::fast::FixedState::with_seed(0x5ba7).hash_one(name)
+}
+
 fn intern(name: &str) -> Name {
     // One table per thread: proxies on different threads then never touch the same
     // reference counts (thousands of names per proxy; the contention was a tenth of the
@@ -749,11 +756,10 @@ impl Proxy {
     async fn stream_delta(&mut self, channel: Channel) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
         let mut h = Holdings::default();
-        // Names held per type, for removals.
-        // (Owned strings moved out of the responses: interning each name would have
-        // every proxy touch the same shared counters.)
-        let mut eds_held: FastSet<String> = FastSet::default();
-        let mut rds_held: FastSet<String> = FastSet::default();
+        // Names held per type, for removals, as 64-bit hashes of the names: thousands per
+        // proxy, and the client shares the cores (and the machine's memory) with the server.
+        let mut eds_held: FastSet<u64> = FastSet::default();
+        let mut rds_held: FastSet<u64> = FastSet::default();
         tx.send(DeltaDiscoveryRequest {
             node: Some(self.spec.node()),
             type_url: type_url::CLUSTER.into(),
@@ -780,10 +786,10 @@ impl Proxy {
                 }
                 match kind {
                     XdsType::Eds => {
-                        eds_held.insert(r.name);
+                        eds_held.insert(name_hash(&r.name));
                     }
                     XdsType::Rds => {
-                        rds_held.insert(r.name);
+                        rds_held.insert(name_hash(&r.name));
                     }
                     _ => {}
                 }
@@ -797,10 +803,10 @@ impl Proxy {
                         h.listeners.remove(name.as_str());
                     }
                     XdsType::Eds => {
-                        eds_held.remove(name.as_str());
+                        eds_held.remove(&name_hash(name));
                     }
                     XdsType::Rds => {
-                        rds_held.remove(name.as_str());
+                        rds_held.remove(&name_hash(name));
                     }
                 }
             }
@@ -834,7 +840,7 @@ impl Proxy {
                     h.answered[k] = h
                         .eds_sub
                         .iter()
-                        .all(|n| eds_held.contains(&**n) || removed_resources.iter().any(|r| **r == **n));
+                        .all(|n| eds_held.contains(&name_hash(n)) || removed_resources.iter().any(|r| **r == **n));
                     h.answered_for[0] =
                         if h.answered[k] { (h.sub_generation[0], h.eds_sub.len()) } else { (u64::MAX, eds_held.len()) };
                 }
@@ -842,7 +848,7 @@ impl Proxy {
                     h.answered[k] = h
                         .rds_sub
                         .iter()
-                        .all(|n| rds_held.contains(&**n) || removed_resources.iter().any(|r| **r == **n));
+                        .all(|n| rds_held.contains(&name_hash(n)) || removed_resources.iter().any(|r| **r == **n));
                     h.answered_for[1] =
                         if h.answered[k] { (h.sub_generation[1], h.rds_sub.len()) } else { (u64::MAX, rds_held.len()) };
                 }
