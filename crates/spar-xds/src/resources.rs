@@ -488,17 +488,7 @@ impl<'a> TypeView<'a> {
 
     /// Every resource, by name (the own layer winning).
     pub fn values(self) -> impl Iterator<Item = &'a Arc<Encoded>> + 'a {
-        self.values_after(None)
-    }
-
-    /// The resources named after `after` (all with `None`), by name.
-    pub fn values_after(self, after: Option<&str>) -> impl Iterator<Item = &'a Arc<Encoded>> + 'a {
-        use std::ops::Bound;
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        // The ranges are taken now, so that `after` need not outlive the iterator.
-        let range = |m: Option<&'a TypeResources>| {
-            m.map(|m| m.range::<str, _>((from, Bound::Unbounded))).into_iter().flatten().map(|(_, v)| v)
-        };
+        let range = |m: Option<&'a TypeResources>| m.into_iter().flat_map(BTreeMap::values);
         let mut own = range(self.own).peekable();
         let mut base = range(self.base).peekable();
         std::iter::from_fn(move || match (own.peek(), base.peek()) {

@@ -210,9 +210,10 @@ impl WireBlock {
     }
 }
 
-/// Every resource of `type_url` in `from`, as pieces to write in order: slices of the shared layer's wire block around the proxy's own resources
-/// (which hide shared ones of the same name). `None` when the shared layer has none,
-/// or too few bytes of them for a block.
+/// Every resource of `type_url` in `from`, as pieces to write in order: slices of the
+/// shared layer's wire block around the proxy's own resources (which hide shared ones
+/// of the same name). `None` when the shared layer has none, or too few bytes of them
+/// for a block.
 fn whole_pieces(from: &crate::ProxyResources, type_url: &'static str, delta: bool) -> Option<Pieces> {
     let block = from.wire_block(type_url, delta, |r| WireBlock::build(r, delta))?;
     let own = from.layers(type_url).1;
