@@ -360,9 +360,7 @@ impl Harness {
             // Gateways bind their listeners on the pod's own address, not 0.0.0.0.
             cmd.args(["--router", "--listen-address", &pod.ip.to_string()]);
         }
-        if self.delta {
-            cmd.arg("--delta");
-        }
+        cmd.arg(if self.delta { "--delta" } else { "--sotw" });
         if !pod.locality.is_empty() {
             cmd.args(["--locality", &pod.locality]);
         }

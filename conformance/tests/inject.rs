@@ -104,9 +104,7 @@ async fn inject_sample(h: &Harness, args: &[&str]) -> anyhow::Result<Value> {
     std::fs::write(&input, sample)?;
     let mut cmd = Command::new(spar_bin()?);
     cmd.arg("inject").arg("-f").arg(&input).args(["--output-format", "json"]).args(args);
-    if h.delta {
-        cmd.arg("--delta");
-    }
+    cmd.arg(if h.delta { "--delta" } else { "--sotw" });
     let out = cmd.output().await.context("running spar inject")?;
     anyhow::ensure!(out.status.success(), "spar inject failed: {}", String::from_utf8_lossy(&out.stderr));
     let injected: Value = serde_json::from_slice(&out.stdout).context("spar inject --output-format json")?;

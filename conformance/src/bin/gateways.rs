@@ -21,7 +21,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let delta = std::env::args().any(|a| a == "--delta");
+    // Delta xDS, as `spar bootstrap` defaults to; `--sotw` for state of the world.
+    let delta = !std::env::args().any(|a| a == "--sotw");
     let mut h = Harness::new("gateways-demo", delta)?.with_security("1h");
     h.xds = SocketAddr::new(ip(254), 15010);
     let example = project_root().join("examples/gateways");

@@ -164,7 +164,7 @@ pub struct InjectConfig {
     pub log_level: String,
     /// Control plane revision, recorded in `sidecar.istio.io/status`.
     pub revision: String,
-    /// Proxies use incremental (delta) xDS.
+    /// Proxies use incremental (delta) xDS (the default) rather than state of the world.
     pub delta: bool,
 }
 
@@ -181,7 +181,7 @@ impl Default for InjectConfig {
             resources: Resources::default(),
             log_level: "warning".into(),
             revision: "default".into(),
-            delta: false,
+            delta: true,
         }
     }
 }
@@ -661,9 +661,8 @@ fn bootstrap_container(s: &Settings, labels: &str, cfg: &InjectConfig) -> Value 
         mounts.push(json!({"name": ROOT_CERT_VOLUME, "mountPath": ROOT_CERT_DIR, "readOnly": true}));
     }
     args.insert(0, "bootstrap".into());
-    if cfg.delta {
-        args.push("--delta".into());
-    }
+    // Said either way, so that the pod does not depend on the bootstrap's default.
+    args.push(if cfg.delta { "--delta" } else { "--sotw" }.into());
     json!({
         "name": BOOTSTRAP_CONTAINER,
         "image": cfg.spar_image,
@@ -965,9 +964,12 @@ pub struct InjectArgs {
     /// Control plane revision recorded in `sidecar.istio.io/status`.
     #[arg(long, default_value = "default")]
     revision: String,
-    /// Proxies use incremental (delta) xDS.
-    #[arg(long)]
+    /// Proxies use incremental (delta) xDS: the default (kept for scripts that ask).
+    #[arg(long, conflicts_with = "sotw")]
     delta: bool,
+    /// Proxies use state-of-the-world xDS instead of delta.
+    #[arg(long)]
+    sotw: bool,
 }
 
 /// The injected xDS address: `explicit`, else the default of the chosen port.
@@ -1017,7 +1019,7 @@ impl InjectArgs {
             },
             log_level: self.log_level.clone(),
             revision: self.revision.clone(),
-            delta: self.delta,
+            delta: self.delta || !self.sotw,
         })
     }
 }
@@ -1316,7 +1318,7 @@ mod tests {
         assert_eq!(mounts, [BOOTSTRAP_VOLUME, TOKEN_VOLUME, ROOT_CERT_VOLUME]);
         assert_eq!(flag(boot, "--interception-mode"), Some("REDIRECT"));
         assert_eq!(flag(boot, "--health-port"), Some("15021"));
-        assert!(!args(boot).contains(&"--delta"));
+        assert!(args(boot).contains(&"--delta") && !args(boot).contains(&"--sotw"), "delta by default");
         assert_eq!(
             flag(boot, "--labels"),
             Some(
@@ -1414,7 +1416,7 @@ mod tests {
             "status.sidecar.istio.io/port": "15030",
             "readiness.status.sidecar.istio.io/periodSeconds": "5",
         });
-        let p = injected(&pod, &InjectConfig { delta: true, ..InjectConfig::default() });
+        let p = injected(&pod, &InjectConfig { delta: false, ..InjectConfig::default() });
         let proxy = container(&p, "containers", PROXY_CONTAINER);
         assert_eq!(proxy["image"], "example.com/envoy:custom");
         // Any resource annotation replaces the defaults, as in Istio.
@@ -1427,7 +1429,7 @@ mod tests {
         assert_eq!(flag(init, "--exclude-inbound-ports"), Some("8081,9000,15000,15020,15021,15030,15090"));
         let boot = container(&p, "initContainers", BOOTSTRAP_CONTAINER);
         assert_eq!(flag(boot, "--health-port"), Some("15030"));
-        assert!(args(boot).contains(&"--delta"));
+        assert!(args(boot).contains(&"--sotw") && !args(boot).contains(&"--delta"));
 
         // No capture: no iptables init container, and the proxy knows.
         let mut pod = mk_admitted_pod();

@@ -271,9 +271,13 @@ struct BootstrapArgs {
     /// Envoy admin port.
     #[arg(long, default_value_t = 15000)]
     admin_port: u16,
-    /// Use incremental (delta) xDS.
-    #[arg(long)]
+    /// Use incremental (delta) xDS: the default, as in Istio since 1.22 (kept so that
+    /// scripts that ask for it explicitly keep working).
+    #[arg(long, conflicts_with = "sotw")]
     delta: bool,
+    /// Use state-of-the-world xDS instead of delta.
+    #[arg(long)]
+    sotw: bool,
     /// A gateway (router) instead of a sidecar.
     #[arg(long)]
     router: bool,
@@ -537,7 +541,7 @@ fn main() -> anyhow::Result<()> {
                 service_account: a.service_account,
                 admin_address: a.admin_address,
                 admin_port: a.admin_port,
-                delta: a.delta,
+                delta: a.delta || !a.sotw,
                 interception_mode: a.interception_mode,
                 locality: a.locality,
                 listen_address: a.listen_address,

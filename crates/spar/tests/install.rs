@@ -1,6 +1,7 @@
 //! `spar install` as an operator runs it: the real binary, its output against the committed
 //! `deploy/spar.yaml`, its Deployment against `spar serve --help`, and `deploy/` through
-//! kustomize (kubectl's built-in one, or a standalone `kustomize`).
+//! kustomize (kubectl's built-in one, or a standalone `kustomize`); and the xDS protocol
+//! of the bootstrap that the injected init container writes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -137,4 +138,24 @@ fn istio_analyzers_accept_the_manifests() {
     assert!(out.status.success(), "spar analyze deploy/spar.yaml: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     let messages: Value = serde_json::from_str(&stdout).expect("JSON");
     assert_eq!(messages, serde_json::json!([]), "spar analyze deploy/spar.yaml");
+}
+
+/// `spar bootstrap` asks for delta xDS unless told `--sotw` (Istio's default since 1.22);
+/// `--delta` still works, and the two together are refused.
+#[test]
+fn bootstrap_defaults_to_delta_xds() {
+    let api = |extra: &[&str]| {
+        let mut args = vec!["bootstrap", "--name", "a", "--ip", "10.0.0.1", "-o", "json"];
+        args.extend_from_slice(extra);
+        let b: Value = serde_json::from_str(&spar(&args)).expect("a JSON bootstrap");
+        b["dynamic_resources"]["ads_config"]["api_type"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(api(&[]), "DELTA_GRPC");
+    assert_eq!(api(&["--delta"]), "DELTA_GRPC");
+    assert_eq!(api(&["--sotw"]), "GRPC");
+    let both = Command::new(BIN)
+        .args(["bootstrap", "--name", "a", "--ip", "10.0.0.1", "--delta", "--sotw"])
+        .output()
+        .expect("run spar");
+    assert!(!both.status.success(), "--delta with --sotw must be refused");
 }
