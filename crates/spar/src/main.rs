@@ -109,6 +109,9 @@ struct ServeArgs {
     /// Injection: proxies connect to the plaintext port (no token exchange, no mTLS).
     #[arg(long)]
     inject_xds_plaintext: bool,
+    /// Injection: proxies use state-of-the-world xDS instead of delta (the default).
+    #[arg(long)]
+    inject_sotw: bool,
     /// How often kinds whose CRD is not installed are looked for again.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     missing_crd_retry: Duration,
@@ -456,6 +459,7 @@ fn main() -> anyhow::Result<()> {
                     xds_address: inject::xds_address(a.inject_xds_address.as_deref(), a.inject_xds_plaintext),
                     plaintext: a.inject_xds_plaintext,
                     cluster_domain: a.domain.clone(),
+                    delta: !a.inject_sotw,
                     ..Default::default()
                 },
                 xds_address: a.xds_address,
