@@ -425,8 +425,10 @@ struct DeltaReply {
 struct DeltaResource {
     #[prost(message, optional, tag = "2")]
     resource: Option<AnyBytes>,
-    #[prost(string, tag = "3")]
-    name: String,
+    /// The name's bytes, a slice of the message like the resource (no string per
+    /// resource); checked as UTF-8 when read.
+    #[prost(bytes = "bytes", tag = "3")]
+    name: Bytes,
 }
 
 /// `google.protobuf.Any` without its type URL (the response's type says it).
@@ -779,17 +781,21 @@ impl Proxy {
             let bytes = resources.iter().filter_map(|r| r.resource.as_ref()).map(|a| a.value.len()).sum();
             let count = resources.len();
             let mut error = None;
-            for r in resources {
+            for r in &resources {
                 let Some(any) = &r.resource else { continue };
-                if let Err(e) = h.apply(kind, &r.name, &any.value, self.opts.decode) {
+                let Ok(name) = std::str::from_utf8(&r.name) else {
+                    error.get_or_insert_with(|| "a resource name that is not UTF-8".to_string());
+                    continue;
+                };
+                if let Err(e) = h.apply(kind, name, &any.value, self.opts.decode) {
                     error.get_or_insert(e);
                 }
                 match kind {
                     XdsType::Eds => {
-                        eds_held.insert(name_hash(&r.name));
+                        eds_held.insert(name_hash(name));
                     }
                     XdsType::Rds => {
-                        rds_held.insert(name_hash(&r.name));
+                        rds_held.insert(name_hash(name));
                     }
                     _ => {}
                 }
