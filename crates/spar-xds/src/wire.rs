@@ -183,6 +183,9 @@ pub(crate) struct WireBlock {
     ends: Vec<(Arc<Encoded>, usize)>,
 }
 
+/// Responses written as slices of a shared layer's block (`spar_xds_block_responses`).
+pub static BLOCK_RESPONSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Smallest shared type written from a block. Below it each response copies its
 /// resources as a list does: a block pays when many streams write the same large type
 /// at once (a full mesh connecting), while rebuilding small ones for responses that go
@@ -289,27 +292,28 @@ impl Writer {
             Resources::Whole(from, t) => whole_pieces(from, t, delta),
             Resources::List(_) => None,
         };
-        let list: Arc<[Arc<Encoded>]> = match (resources, &whole) {
-            (Resources::List(l), _) => Arc::clone(l),
-            (Resources::Whole(..), Some(_)) => Arc::from(Vec::new()),
-            (Resources::Whole(..), None) => resources.iter().cloned().collect(),
+        let head = |resources_len: usize| {
+            let mut head = grpc_prefix(fields_len + resources_len + tail.len());
+            put_fields(&mut head);
+            head
         };
-        let resources_len = whole.as_ref().map_or_else(|| list.iter().map(|e| resource_len(e, delta)).sum(), |w| w.len);
-        let mut head = grpc_prefix(fields_len + resources_len + tail.len());
-        put_fields(&mut head);
-        let tail = (!tail.is_empty()).then_some(tail);
-        match whole {
-            Some(Pieces { pieces, block, .. }) => {
-                let mut ready = VecDeque::with_capacity(pieces.len() + 2);
-                ready.push_back(head.freeze());
-                ready.extend(pieces);
-                ready.extend(tail.map(BytesMut::freeze));
-                Self { ready, head: None, list: None, next: 0, delta, tail: None, block: Some(block) }
+        if let Some(Pieces { pieces, len, block }) = whole {
+            BLOCK_RESPONSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut ready = VecDeque::with_capacity(pieces.len() + 2);
+            ready.push_back(head(len).freeze());
+            ready.extend(pieces);
+            if !tail.is_empty() {
+                ready.push_back(tail.freeze());
             }
-            None => {
-                Self { ready: VecDeque::new(), head: Some(head), list: Some(list), next: 0, delta, tail, block: None }
-            }
+            return Self { ready, head: None, list: None, next: 0, delta, tail: None, block: Some(block) };
         }
+        let list: Arc<[Arc<Encoded>]> = match resources {
+            Resources::List(l) => Arc::clone(l),
+            Resources::Whole(..) => resources.iter().cloned().collect(),
+        };
+        let head = head(list.iter().map(|e| resource_len(e, delta)).sum());
+        let tail = (!tail.is_empty()).then_some(tail);
+        Self { ready: VecDeque::new(), head: Some(head), list: Some(list), next: 0, delta, tail, block: None }
     }
 
     fn sotw(r: &SotwResponse) -> Self {
@@ -868,8 +872,10 @@ mod tests {
         // Proxies of the same shared layer are written slices of one block while any of
         // them is being written (no copy per stream); the layer lets it go after.
         let other = Arc::new(layered.own_layer_over(Arc::clone(layered.layers_base())));
+        let counted = BLOCK_RESPONSES.load(std::sync::atomic::Ordering::Relaxed);
         let (mut a, mut b) = (sotw(whole.clone()).writer(), sotw(Resources::whole(&other, type_url::CLUSTER)).writer());
         assert_eq!(layered.wire_blocks_alive(), 1);
+        assert!(BLOCK_RESPONSES.load(std::sync::atomic::Ordering::Relaxed) >= counted + 2, "counted for the metric");
         let (a, b): (Vec<Bytes>, Vec<Bytes>) =
             (std::iter::from_fn(|| a.next_chunk()).collect(), std::iter::from_fn(|| b.next_chunk()).collect());
         let shared = |c: &Bytes| b.iter().any(|d| d.as_ptr() == c.as_ptr() && d.len() == c.len() && c.len() > 1024);
@@ -916,6 +922,15 @@ mod tests {
         }
     }
 
+    /// An EDS request naming 5,000 clusters (about 250 KB, as Envoy's in a large mesh).
+    fn big_request() -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: "eds".into(),
+            resource_names: (0..5000).map(|i| format!("outbound|9080||svc-{i}.default.svc.cluster.local")).collect(),
+            ..Default::default()
+        }
+    }
+
     /// `msgs` as gRPC messages on the wire, delivered in pieces of 7,000 bytes.
     fn framed(msgs: &[&DiscoveryRequest]) -> VecDeque<Bytes> {
         let mut wire = Vec::new();
@@ -931,11 +946,7 @@ mod tests {
     #[tokio::test]
     async fn requests_split_across_frames_decode_and_the_buffer_is_let_go() {
         use futures::StreamExt;
-        let big = DiscoveryRequest {
-            type_url: "eds".into(),
-            resource_names: (0..5000).map(|i| format!("outbound|9080||svc-{i}.default.svc.cluster.local")).collect(),
-            ..Default::default()
-        };
+        let big = big_request();
         let small = DiscoveryRequest { type_url: "cds".into(), ..Default::default() };
         let pieces = framed(&[&small, &big, &small]);
         let turns = Arc::new(tokio::sync::Semaphore::new(1));
@@ -957,11 +968,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_request_waiting_for_its_turn_holds_no_buffer_for_it() {
         use futures::{FutureExt, StreamExt};
-        let big = DiscoveryRequest {
-            type_url: "eds".into(),
-            resource_names: (0..5000).map(|i| format!("outbound|9080||svc-{i}.default.svc.cluster.local")).collect(),
-            ..Default::default()
-        };
+        let big = big_request();
         let pieces = framed(&[&big]);
         let turns = Arc::new(tokio::sync::Semaphore::new(1));
         let taken = Arc::clone(&turns).acquire_owned().await.expect("a turn");

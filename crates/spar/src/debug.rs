@@ -128,6 +128,13 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
     metric(&mut out, "pilot_virt_services", "gauge", "VirtualServices known.", snap.virtual_services.len().to_string());
     metric(
         &mut out,
+        "spar_xds_block_responses",
+        "counter",
+        "Whole-type responses written as slices of a shared layer's serialized block instead of copied per proxy.",
+        spar_xds::wire::BLOCK_RESPONSES.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        &mut out,
         "spar_generation_cache_hits",
         "counter",
         "Proxies served config generated for another replica.",
