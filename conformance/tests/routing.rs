@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use spar_conformance::{Envoy, Harness, both_variants_mod, http_request, tally, wait_for};
+use spar_conformance::{Envoy, Harness, both_variants_mod, http_request, metric_value, spar_metrics, tally, wait_for};
 
 /// Convergence bound for one config change (debounce + push + Envoy apply). Generous on
 /// purpose: these machines are shared; speed is measured by benchmarks, not here.
@@ -202,6 +202,42 @@ async fn endpoint_move(delta: bool) -> anyhow::Result<()> {
     h.check_alive()
 }
 
+/// A mesh large enough that each proxy's clusters, endpoints and routes go out as slices
+/// of one block serialized per shared layer (`spar_xds_block_responses`), with the
+/// proxy's own inbound resources written in between: stock Envoy takes all of it without
+/// a NACK, and traffic is routed as in a small mesh.
+async fn large_mesh(delta: bool) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    const EXTRA: u64 = 2000;
+    let mut h = Harness::new("large-mesh", delta)?;
+    h.load_case("weighted-split")?;
+    h.write_config(
+        "routes.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend}\nspec:\n  hosts: [backend]\n  http:\n  - route: [{destination: {host: backend, subset: v1}}]\n",
+    )?;
+    // Never called: TEST-NET-1 endpoints only make the config large.
+    let mut extra = String::new();
+    for i in 0..EXTRA {
+        let _ = write!(
+            extra,
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext-{i}}}\nspec:\n  hosts: [ext-{i}.example.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: STATIC\n  endpoints: [{{address: 192.0.2.{}}}]\n",
+            i % 250 + 1
+        );
+    }
+    h.write_config("extra.yaml", &extra)?;
+    let client = start_backend_mesh(&mut h).await?;
+    wait_routed(&client, "backend", &[], "backend-v1").await?;
+    let counts = tally(outbound(&client), "backend", "/", &[], 20).await?;
+    assert_eq!(counts.get("backend-v1"), Some(&20), "{counts:?}");
+    let clusters = client.stat("cluster_manager.active_clusters").await?;
+    assert!(clusters > EXTRA, "the client's Envoy holds every cluster: {clusters}");
+    let metrics = spar_metrics(h.debug_address()).await?;
+    let blocks = metric_value(&metrics, "spar_xds_block_responses").expect("spar exports spar_xds_block_responses");
+    assert!(blocks >= 3.0, "each of the 3 proxies was sent at least one type from a block: {blocks}");
+    assert_eq!(metric_value(&metrics, "pilot_total_xds_rejects"), Some(0.0), "no NACK");
+    h.check_alive()
+}
+
 async fn broken_document(delta: bool) -> anyhow::Result<()> {
     let mut h = Harness::new("broken-document", delta)?;
     h.load_case("broken-document")?;
@@ -391,6 +427,7 @@ both_variants_mod!(weighted_split, weighted_split);
 both_variants_mod!(bookinfo, bookinfo);
 both_variants_mod!(live_edit, live_edit);
 both_variants_mod!(endpoint_move, endpoint_move);
+both_variants_mod!(large_mesh, large_mesh);
 both_variants_mod!(broken_document, broken_document);
 both_variants_mod!(nack, nack);
 
