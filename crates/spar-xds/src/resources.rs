@@ -110,7 +110,15 @@ pub struct ProxyResources {
 /// while responses are being written from it (thousands at once in a reconnect storm)
 /// and is let go after, so an idle mesh does not keep a second copy of its config.
 #[derive(Debug, Default)]
-struct Blocks(std::sync::Mutex<Vec<(&'static str, bool, std::sync::Weak<crate::wire::WireBlock>)>>);
+struct Blocks(std::sync::Mutex<BlockCache>);
+
+#[derive(Debug, Default)]
+struct BlockCache {
+    blocks: Vec<(&'static str, bool, std::sync::Weak<crate::wire::WireBlock>)>,
+    /// (type, form) whose builder declined (too small): a layer does not change, so it
+    /// is not asked again.
+    declined: Vec<(&'static str, bool)>,
+}
 
 impl Clone for Blocks {
     /// Derived data: a copy starts without blocks.
@@ -209,8 +217,8 @@ impl ProxyResources {
     #[cfg(test)]
     pub(crate) fn wire_blocks_alive(&self) -> usize {
         let layer = self.base.as_deref().unwrap_or(self);
-        let blocks = layer.blocks.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        blocks.iter().filter(|(_, _, w)| w.strong_count() > 0).count()
+        let cache = layer.blocks.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.blocks.iter().filter(|(_, _, w)| w.strong_count() > 0).count()
     }
 
     pub(crate) fn flattened(&self) -> ProxyResources {
@@ -435,8 +443,8 @@ impl ProxyResources {
 
     /// The shared layer's resources of `type_url` in one wire block of the given form
     /// (`delta` or SotW): the block a response being written from this layer already
-    /// holds, or a new one made by `build` (`None` when `build` declines). The layer
-    /// holds it only weakly.
+    /// holds, or a new one made by `build` (`None` when `build` declines, which is
+    /// remembered). The layer holds it only weakly.
     pub(crate) fn wire_block(
         &self,
         type_url: &'static str,
@@ -445,14 +453,20 @@ impl ProxyResources {
     ) -> Option<Arc<crate::wire::WireBlock>> {
         let layer = self.base.as_deref().unwrap_or(self);
         let resources = layer.by_type.get(type_url)?;
-        let mut blocks = layer.blocks.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(b) = blocks.iter().find(|(t, d, _)| *t == type_url && *d == delta).and_then(|(_, _, w)| w.upgrade())
-        {
+        let mut cache = layer.blocks.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.declined.contains(&(type_url, delta)) {
+            return None;
+        }
+        let held = cache.blocks.iter().find(|(t, d, _)| *t == type_url && *d == delta);
+        if let Some(b) = held.and_then(|(_, _, w)| w.upgrade()) {
             return Some(b);
         }
-        let block = Arc::new(build(resources)?);
-        blocks.retain(|(t, d, w)| w.strong_count() > 0 && !(*t == type_url && *d == delta));
-        blocks.push((type_url, delta, Arc::downgrade(&block)));
+        let Some(block) = build(resources).map(Arc::new) else {
+            cache.declined.push((type_url, delta));
+            return None;
+        };
+        cache.blocks.retain(|(t, d, w)| w.strong_count() > 0 && !(*t == type_url && *d == delta));
+        cache.blocks.push((type_url, delta, Arc::downgrade(&block)));
         Some(block)
     }
 
