@@ -207,6 +207,12 @@ impl ProxyResources {
         r
     }
 
+    /// What this layer recorded as changed of `type_url` (tests).
+    #[cfg(test)]
+    pub(crate) fn changed_since_for_tests(&self, type_url: &str) -> Vec<Arc<Encoded>> {
+        self.changes.by_type.get(type_url).map(|c| c.changed.clone()).unwrap_or_default()
+    }
+
     /// The shared layer under this set (tests).
     #[cfg(test)]
     pub(crate) fn layers_base(&self) -> &Arc<ProxyResources> {
@@ -284,6 +290,37 @@ impl ProxyResources {
             }
         }
         self.changes = Changes { from: Arc::downgrade(prev), by_type };
+    }
+
+    /// Replaces each own resource that `other` (another shared layer of the same
+    /// snapshot, e.g. another namespace's) holds with the same name and version by
+    /// `other`'s allocation: the layers of a mesh's namespaces mostly hold the same
+    /// clusters and load assignments, and keep one copy of each. What changed is
+    /// unaffected (its entries are swapped too). Returns how many were shared.
+    pub fn share_with(&mut self, other: &ProxyResources) -> usize {
+        let mut shared = 0;
+        for (t, mine) in &mut self.by_type {
+            let Some(theirs) = other.by_type.get(t) else { continue };
+            let changed = self.changes.by_type.get_mut(t);
+            let mut changed = changed.map(|c| &mut c.changed[..]).unwrap_or_default();
+            let mut theirs = theirs.iter().peekable();
+            for (name, e) in mine.iter_mut() {
+                while theirs.next_if(|(n, _)| *n < name).is_some() {}
+                let Some((_, t)) = theirs.next_if(|(n, _)| *n == name) else { continue };
+                if Arc::ptr_eq(t, e) || t.version != e.version {
+                    continue;
+                }
+                // `changed` is in name order: swap this entry there too.
+                let at = changed.partition_point(|c| c.name < *name);
+                if let Some(c) = changed.get_mut(at).filter(|c| Arc::ptr_eq(c, e)) {
+                    *c = Arc::clone(t);
+                }
+                changed = &mut std::mem::take(&mut changed)[at..];
+                *e = Arc::clone(t);
+                shared += 1;
+            }
+        }
+        shared
     }
 
     /// A shared layer made from `prev` (a shared layer of an earlier snapshot): of the

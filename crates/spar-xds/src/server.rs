@@ -277,6 +277,9 @@ pub struct GenerationCache {
     pub hits: AtomicU64,
     /// Lookups that generated.
     pub misses: AtomicU64,
+    /// Resources a generated layer took from another key's layer instead of keeping its
+    /// own copy.
+    pub shared_resources: AtomicU64,
 }
 
 type SharedCell = std::sync::OnceLock<Arc<crate::ProxyResources>>;
@@ -304,13 +307,16 @@ impl GenerationCache {
             self.misses.fetch_add(1, Ordering::Relaxed);
             let prev = self.previous.lock().ok().and_then(|p| p.get(&key).and_then(|c| c.get().cloned()));
             // Only endpoints changed: redo the clusters and load assignments they touch.
-            if let Some(patched) = prev.as_ref().and_then(|p| crate::generator::regenerate_shared(snapshot, proxy, p)) {
+            if let Some(mut patched) = prev.as_ref().and_then(|p| crate::generator::regenerate_shared(snapshot, proxy, p))
+            {
+                self.share_with_sibling(&mut patched, &key);
                 return Arc::new(patched);
             }
             let mut generated = crate::generator::generate_shared(snapshot, proxy);
             if let Some(prev) = prev {
                 generated.reuse_unchanged(&prev);
             }
+            self.share_with_sibling(&mut generated, &key);
             Arc::new(generated)
         };
         let Some(cell) = cell else { return generate() };
@@ -329,6 +335,20 @@ impl GenerationCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
         Arc::clone(r)
+    }
+
+    /// Shares `layer`'s resources with another key's layer of the same snapshot (the
+    /// first one generated): one copy of the clusters and load assignments that every
+    /// namespace of a mesh sees alike, instead of one per namespace.
+    fn share_with_sibling(&self, layer: &mut crate::ProxyResources, key: &str) {
+        let sibling = self.inner.lock().ok().and_then(|g| {
+            (g.0 == layer.snapshot_version)
+                .then(|| g.1.iter().find_map(|(k, c)| c.get().filter(|_| k != key).cloned()))
+                .flatten()
+        });
+        if let Some(sibling) = sibling {
+            self.shared_resources.fetch_add(layer.share_with(&sibling) as u64, Ordering::Relaxed);
+        }
     }
 }
 

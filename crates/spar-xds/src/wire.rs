@@ -583,6 +583,11 @@ where
 struct RequestStream<B, T> {
     body: Pin<Box<B>>,
     buf: BytesMut,
+    /// Data received and not yet in `buf`: the frames as HTTP/2 read them, not copied
+    /// while a large request waits for its turn.
+    received: std::collections::VecDeque<Bytes>,
+    /// The body has ended.
+    ended: bool,
     done: bool,
     /// Turns for large requests ([`LARGE_REQUESTS`], shared by every stream).
     turns: Arc<tokio::sync::Semaphore>,
@@ -645,6 +650,8 @@ where
         Self {
             body: Box::pin(body),
             buf: BytesMut::new(),
+            received: std::collections::VecDeque::new(),
+            ended: false,
             done: false,
             turns,
             permit: None,
@@ -652,6 +659,32 @@ where
             deadline: None,
             _message: std::marker::PhantomData,
         }
+    }
+
+    /// Moves received data into the buffer, up to the end of the next message: its
+    /// 5-byte prefix, then its bytes unless it is large and waiting for its turn.
+    fn fill(&mut self) {
+        while !self.received.is_empty() {
+            let want = match self.message_len() {
+                None => 5 - self.buf.len(),
+                Some(len) if self.permit.is_none() && len > KEEP_BUFFER => return,
+                Some(len) => (5 + len).saturating_sub(self.buf.len()),
+            };
+            let Some(chunk) = self.received.front_mut().filter(|_| want > 0) else { return };
+            let n = want.min(chunk.len());
+            self.buf.extend_from_slice(&chunk[..n]);
+            if n == chunk.len() {
+                self.received.pop_front();
+            } else {
+                bytes::Buf::advance(chunk, n);
+            }
+        }
+    }
+
+    /// The length of the message whose prefix starts the buffer.
+    fn message_len(&self) -> Option<usize> {
+        let b = self.buf.get(..5)?;
+        Some(u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize)
     }
 
     /// A whole message from the buffer, if one is there.
@@ -662,7 +695,7 @@ where
         if self.buf[0] != 0 {
             return Some(Err(Status::unimplemented("compressed requests are not supported")));
         }
-        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        let len = self.message_len()?;
         if len > MAX_REQUEST {
             return Some(Err(Status::resource_exhausted(format!("request of {len} bytes is over {MAX_REQUEST}"))));
         }
@@ -678,8 +711,9 @@ where
         self.permit = None;
         self.deadline = None;
         if len > KEEP_BUFFER {
-            // The rest still shares the large allocation: move it to a small one.
-            self.buf = BytesMut::from(&self.buf[..]);
+            // The buffer is filled up to the end of one message (`fill`): the large
+            // allocation goes with it.
+            self.buf = BytesMut::new();
         }
         Some(
             T::decode_wire(msg.freeze().slice(5..))
@@ -699,19 +733,20 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            this.fill();
             if let Some(m) = this.take_message() {
                 if m.is_err() {
                     this.done = true;
                 }
                 return Poll::Ready(Some(m));
             }
-            if this.done {
-                return Poll::Ready(None);
-            }
             // A large request waits for its turn before more of it is read.
-            if this.permit.is_none() && this.buf.len() >= 5 {
-                let len = u32::from_be_bytes([this.buf[1], this.buf[2], this.buf[3], this.buf[4]]) as usize;
-                if len > KEEP_BUFFER {
+            if this.permit.is_none() {
+                let len = this.message_len().unwrap_or(0);
+                if len > KEEP_BUFFER && len <= MAX_REQUEST {
                     let acquire =
                         this.acquiring.get_or_insert_with(|| Box::pin(Arc::clone(&this.turns).acquire_owned()));
                     match acquire.as_mut().poll(cx) {
@@ -721,9 +756,17 @@ where
                             this.permit = p.ok();
                             this.deadline = Some(Box::pin(tokio::time::sleep(LARGE_REQUEST_TIME)));
                             this.buf.reserve(5 + len - this.buf.len());
+                            continue;
                         }
                     }
                 }
+            }
+            if this.ended {
+                this.done = true;
+                if this.buf.is_empty() && this.received.is_empty() {
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(Status::internal("request stream ended inside a message"))));
             }
             if let Some(d) = this.deadline.as_mut()
                 && d.as_mut().poll(cx).is_ready()
@@ -736,11 +779,10 @@ where
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(mut data) = frame.into_data() {
                         use bytes::Buf;
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            this.buf.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
+                        // HTTP/2 data is `Bytes` already: taking it copies nothing.
+                        let data = data.copy_to_bytes(data.remaining());
+                        if !data.is_empty() {
+                            this.received.push_back(data);
                         }
                     }
                 }
@@ -748,12 +790,7 @@ where
                     this.done = true;
                     return Poll::Ready(Some(Err(Status::from_error(e.into()))));
                 }
-                Poll::Ready(None) => {
-                    this.done = true;
-                    if !this.buf.is_empty() {
-                        return Poll::Ready(Some(Err(Status::internal("request stream ended inside a message"))));
-                    }
-                }
+                Poll::Ready(None) => this.ended = true,
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -974,11 +1011,39 @@ mod tests {
         let taken = Arc::clone(&turns).acquire_owned().await.expect("a turn");
         let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), Arc::clone(&turns));
         assert!(stream.next().now_or_never().is_none(), "no turn, no request");
-        assert!(stream.buf.capacity() < 16 * 1024, "buffer while waiting: {}", stream.buf.capacity());
+        assert!(stream.buf.capacity() <= 64, "buffer while waiting: {}", stream.buf.capacity());
         drop(taken);
         let got = stream.next().await.expect("a request").expect("decodes");
         assert_eq!(got.names.count, 5000);
         assert_eq!(turns.available_permits(), 1, "the turn is given back once the request is read");
+    }
+
+    /// Messages that share a frame are taken one by one; a large one behind a small one
+    /// in the same frame is not copied while it waits for its turn; a body that ends
+    /// while a whole large request waits still yields it; one that ends inside a
+    /// message is an error.
+    #[tokio::test]
+    async fn messages_sharing_frames_and_bodies_ending() {
+        use futures::{FutureExt, StreamExt};
+        let (big, small) = (big_request(), DiscoveryRequest { type_url: "cds".into(), ..Default::default() });
+        let whole: Vec<u8> = framed(&[&small, &big]).into_iter().flatten().collect();
+        let turns = Arc::new(tokio::sync::Semaphore::new(1));
+        let taken = Arc::clone(&turns).acquire_owned().await.expect("a turn");
+        let one_frame = VecDeque::from([Bytes::from(whole.clone())]);
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(one_frame), Arc::clone(&turns));
+        assert_eq!(stream.next().await.expect("the small one").expect("decodes").type_url, "cds");
+        assert!(stream.next().now_or_never().is_none(), "the large one waits");
+        assert!(stream.buf.len() <= 5, "only its prefix is copied: {}", stream.buf.len());
+        drop(taken);
+        assert_eq!(stream.next().await.expect("the large one").expect("decodes").names.count, 5000);
+        assert!(stream.next().await.is_none(), "then the end");
+
+        let cut = VecDeque::from([Bytes::copy_from_slice(&whole[..whole.len() - 10])]);
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(cut), Arc::clone(&turns));
+        assert!(stream.next().await.expect("the small one").is_ok());
+        let err = stream.next().await.expect("an error").expect_err("cut short");
+        assert!(err.message().contains("ended inside a message"), "{err:?}");
+        assert!(stream.next().await.is_none(), "nothing after the error");
     }
 
     #[test]

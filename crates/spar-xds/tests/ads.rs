@@ -135,6 +135,34 @@ fn concurrent_lookups_of_one_key_generate_once() {
     assert_eq!(cache.misses.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
 
+/// Proxies of two namespaces get a shared layer each (namespaces see the mesh
+/// differently), but the clusters and load assignments both layers hold alike are one
+/// copy.
+#[test]
+fn namespaces_layers_share_their_identical_resources() {
+    let snapshot = mk_snapshot(100, 1);
+    let cache = spar_xds::server::GenerationCache::default();
+    let in_ns = |ns: &str| {
+        let mut node = mk_node_at("10.0.0.1");
+        node.id = format!("sidecar~10.0.0.1~client.{ns}~{ns}.svc.cluster.local");
+        let fields = &mut node.metadata.as_mut().expect("metadata").fields;
+        fields.insert("NAMESPACE".into(), Value { kind: Some(Kind::StringValue(ns.into())) });
+        spar_xds::node::to_proxy(&node).expect("proxy")
+    };
+    let (a, b) = (cache.shared(&snapshot, &in_ns("one")), cache.shared(&snapshot, &in_ns("two")));
+    assert!(!Arc::ptr_eq(&a, &b), "a layer per namespace");
+    assert_eq!(cache.misses.load(std::sync::atomic::Ordering::Relaxed), 2);
+    for t in [type_url::CLUSTER, type_url::ENDPOINT] {
+        let (ra, rb) = (a.of(t).expect("some"), b.of(t).expect("some"));
+        assert!(ra.len() >= 100, "{t}: {}", ra.len());
+        assert_eq!(ra.len(), rb.len());
+        for (x, y) in ra.values().zip(rb.values()) {
+            assert!(Arc::ptr_eq(x, y), "{t} {}: one copy", x.name);
+        }
+    }
+    assert!(cache.shared_resources.load(std::sync::atomic::Ordering::Relaxed) >= 200);
+}
+
 #[tokio::test]
 async fn slow_sotw_proxy_gets_the_latest_version_not_a_backlog() {
     let (snap_tx, snap_rx) = watch::channel(mk_snapshot(1, 1));

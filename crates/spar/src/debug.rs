@@ -147,6 +147,13 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
         "Config generations (one per snapshot and workload).",
         s.cache.misses.load(Ordering::Relaxed).to_string(),
     );
+    metric(
+        &mut out,
+        "spar_generation_shared_resources",
+        "counter",
+        "Generated resources that reuse another workload's identical copy.",
+        s.cache.shared_resources.load(Ordering::Relaxed).to_string(),
+    );
     metric(&mut out, "spar_snapshot_version", "gauge", "Version of the current snapshot.", snap.version.to_string());
     metric(
         &mut out,

@@ -453,3 +453,37 @@ fn first_pushes_of_everything_are_the_whole_type_and_only_what_was_named() {
     let out = c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""));
     assert!(whole(&out[0]) && names(&out[0]).len() == 4);
 }
+
+/// Two namespaces' layers of one snapshot keep one copy of what they hold alike; what
+/// differs stays their own, and what a layer records as changed follows the swap.
+#[test]
+fn layers_of_one_snapshot_share_identical_resources() {
+    let first = mk_resources(&[("a", 1), ("b", 1), ("c", 1)]);
+    let other = mk_resources(&[("a", 1), ("b", 2), ("d", 1)]);
+    let mut mine = (*mk_resources(&[("a", 1), ("b", 1), ("c", 3)])).clone();
+    mine.reuse_unchanged(&first);
+    let clusters = |r: &ProxyResources, n: &str| Arc::clone(r.of(type_url::CLUSTER).and_then(|v| v.get(n)).expect(n));
+    let changed_c = |r: &ProxyResources| {
+        let l = ProxyResources::layered(Arc::new(r.clone()));
+        let c = l.changed_since(&ProxyResources::layered(Arc::clone(&first)), type_url::CLUSTER);
+        c.map(|c| c.changed.iter().map(|e| e.name.clone()).collect::<Vec<_>>())
+    };
+    assert_eq!(mine.share_with(&other), 3, "cluster and load assignment of \"a\", load assignment of \"b\"");
+    assert!(Arc::ptr_eq(&clusters(&mine, "a"), &clusters(&other, "a")), "same name and version: one copy");
+    assert!(!Arc::ptr_eq(&clusters(&mine, "b"), &clusters(&other, "b")), "another version stays apart");
+    assert_eq!(clusters(&mine, "c").name, "c");
+    assert_eq!(mine.share_with(&other), 0, "nothing more to share");
+    // "c" changed against `first`; sharing with a layer that has the same "c" swaps the
+    // copy in the list of changes too.
+    let mut third = (*mk_resources(&[("c", 3)])).clone();
+    assert_eq!(third.share_with(&mine), 2);
+    assert!(Arc::ptr_eq(&clusters(&third, "c"), &clusters(&mine, "c")));
+    let mut again = (*mk_resources(&[("a", 1), ("b", 1), ("c", 3)])).clone();
+    again.reuse_unchanged(&first);
+    assert_eq!(changed_c(&again), Some(vec!["c".to_string()]));
+    // Its load assignment of "c" is `first`'s already, as is `third`'s (through `mine`).
+    assert_eq!(again.share_with(&third), 1);
+    assert_eq!(changed_c(&again), Some(vec!["c".to_string()]));
+    let swapped = again.changed_since_for_tests(type_url::CLUSTER);
+    assert!(Arc::ptr_eq(&swapped[0], &clusters(&third, "c")), "the change list holds the shared copy");
+}

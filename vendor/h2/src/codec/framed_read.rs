@@ -410,6 +410,10 @@ fn decode_frame(decoder: &mut FrameDecoder, mut bytes: BytesMut) -> Result<Optio
     Ok(Some(frame))
 }
 
+/// The read buffer an idle connection keeps: a frame header and a small frame
+/// (SETTINGS, PING, WINDOW_UPDATE) fit; a larger frame grows it as it arrives.
+const IDLE_READ_CAPACITY: usize = 64;
+
 impl<T> Stream for FramedRead<T>
 where
     T: AsyncRead + Unpin,
@@ -421,10 +425,21 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
-            let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
-                Some(Ok(bytes)) => bytes,
-                Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),
-                None => return Poll::Ready(None),
+            let bytes = match Pin::new(&mut self.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => bytes,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(map_err(e)))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    // Patched (Spar, vendor/README.md): nothing more to read and
+                    // nothing buffered, so let go of the read buffer (grown to the
+                    // largest frame read so far); frames read from it keep their part
+                    // alive until they are dropped. The next read starts small.
+                    let buf = self.inner.read_buffer_mut();
+                    if buf.is_empty() && buf.capacity() > IDLE_READ_CAPACITY {
+                        *buf = BytesMut::with_capacity(IDLE_READ_CAPACITY);
+                    }
+                    return Poll::Pending;
+                }
             };
 
             tracing::trace!(read.bytes = bytes.len());

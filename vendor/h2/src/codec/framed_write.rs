@@ -60,10 +60,14 @@ enum Next<B> {
     Continuation(frame::Continuation),
 }
 
-/// Initialize the connection with this amount of write buffer.
+/// Allocate this amount of write buffer when there is something to write.
 ///
 /// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
 /// frame that big.
+///
+/// Patched (Spar, vendor/README.md): the buffer is allocated on the first frame
+/// buffered and let go when a flush leaves it empty, so that an idle connection
+/// holds none.
 const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
 
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
@@ -93,7 +97,7 @@ where
             final_flush_done: false,
             encoder: Encoder {
                 hpack: hpack::Encoder::default(),
-                buf: Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY)),
+                buf: Cursor::new(BytesMut::new()),
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -110,7 +114,7 @@ where
     pub fn poll_ready(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         if !self.encoder.has_capacity() {
             // Try flushing
-            ready!(self.flush(cx))?;
+            ready!(self.write_buffered(cx))?;
 
             if !self.encoder.has_capacity() {
                 return Poll::Pending;
@@ -134,8 +138,19 @@ where
         self.encoder.buffer(item)
     }
 
-    /// Flush buffered data to the wire
+    /// Flush buffered data to the wire, then let go of the emptied write buffer
+    /// (the connection has nothing more to write for now).
     pub fn flush(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
+        ready!(self.write_buffered(cx))?;
+        if self.encoder.next.is_none() && self.encoder.buf.get_ref().is_empty() {
+            self.encoder.buf = Cursor::new(BytesMut::new());
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Flush buffered data to the wire, keeping the write buffer (more frames are
+    /// waiting to be buffered).
+    fn write_buffered(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         let span = tracing::trace_span!("FramedWrite::flush");
         let _e = span.enter();
 
@@ -179,7 +194,7 @@ where
     /// Close the codec
     pub fn shutdown(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         if !self.final_flush_done {
-            ready!(self.flush(cx))?;
+            ready!(self.write_buffered(cx))?;
             self.final_flush_done = true;
         }
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -223,6 +238,9 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +325,11 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // A buffer let go of (capacity 0) is allocated again by `buffer`.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

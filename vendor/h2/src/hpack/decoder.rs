@@ -158,7 +158,9 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // Patched (Spar, vendor/README.md): grown by the first Huffman-coded
+            // string instead of 4 KiB held by every connection from the start.
+            buffer: BytesMut::new(),
         }
     }
 
