@@ -307,7 +307,8 @@ impl GenerationCache {
             self.misses.fetch_add(1, Ordering::Relaxed);
             let prev = self.previous.lock().ok().and_then(|p| p.get(&key).and_then(|c| c.get().cloned()));
             // Only endpoints changed: redo the clusters and load assignments they touch.
-            if let Some(mut patched) = prev.as_ref().and_then(|p| crate::generator::regenerate_shared(snapshot, proxy, p))
+            if let Some(mut patched) =
+                prev.as_ref().and_then(|p| crate::generator::regenerate_shared(snapshot, proxy, p))
             {
                 self.share_with_sibling(&mut patched, &key);
                 return Arc::new(patched);
