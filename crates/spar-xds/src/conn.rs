@@ -313,8 +313,8 @@ impl Connection {
         let mut subscribe = req.resource_names_subscribe.as_slice();
         if first
             && state.subscription.names.is_empty()
-            && let Some(base) = self.current.shared_names(&type_url)
-            && names_are(subscribe, &base)
+            && let Some((base, digest)) = self.current.shared_names_and_digest(&type_url)
+            && names_are(subscribe, &base, digest)
         {
             state.subscription.names = Names::over(base);
             subscribe = &[];

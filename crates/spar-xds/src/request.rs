@@ -100,8 +100,7 @@ impl Names {
     /// An order-independent digest of the names: the same names in any order give the
     /// same digest.
     pub fn digest(&self) -> u64 {
-        use std::hash::BuildHasher as _;
-        self.raw_names().fold(0u64, |acc, n| acc.wrapping_add(HASH.hash_one(n)))
+        names_digest(self.raw_names())
     }
 
     /// Whether there are none.
@@ -110,8 +109,16 @@ impl Names {
     }
 }
 
+/// An order-independent digest of `names` (the sum of their hashes): the same names in
+/// any order give the same digest; a list with a repeat or another name, almost surely
+/// another (a proxy that forged a match would only be given the names it matched).
+pub fn names_digest<N: AsRef<[u8]>>(names: impl IntoIterator<Item = N>) -> u64 {
+    use std::hash::BuildHasher as _;
+    names.into_iter().fold(0u64, |acc, n| acc.wrapping_add(HASH.hash_one(n.as_ref())))
+}
+
 /// The names' hash: fast, and fixed for the process (digests are compared only with
-/// digests of the same connection).
+/// digests made by the same process).
 static HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(0x5ba7);
 
 impl SotwRequest {

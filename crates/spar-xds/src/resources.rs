@@ -134,9 +134,10 @@ impl PartialEq for Blocks {
     }
 }
 
-/// A layer's names per type, shared by the streams whose subscriptions name them all.
+/// A layer's names per type, shared by the streams whose subscriptions name them all,
+/// with their order-independent digest ([`crate::request::names_digest`]).
 #[derive(Clone, Debug, Default)]
-struct LayerNames(std::sync::OnceLock<BTreeMap<&'static str, Arc<std::collections::BTreeSet<String>>>>);
+struct LayerNames(std::sync::OnceLock<BTreeMap<&'static str, (Arc<std::collections::BTreeSet<String>>, u64)>>);
 
 impl PartialEq for LayerNames {
     /// Derived data, as [`Changes`].
@@ -418,6 +419,12 @@ impl ProxyResources {
     /// set when it has none), one copy per layer; and the previous generation's very
     /// copy while the names stay the same, so that streams keep theirs across pushes.
     pub fn shared_names(&self, type_url: &str) -> Option<Arc<std::collections::BTreeSet<String>>> {
+        self.shared_names_and_digest(type_url).map(|(names, _)| names)
+    }
+
+    /// [`Self::shared_names`] and their order-independent digest, computed once per layer
+    /// ([`crate::request::names_digest`]).
+    pub fn shared_names_and_digest(&self, type_url: &str) -> Option<(Arc<std::collections::BTreeSet<String>>, u64)> {
         let layer = self.base.as_deref().unwrap_or(self);
         let names = layer.names.0.get_or_init(|| {
             let prev = layer.changes.from.upgrade();
@@ -428,9 +435,10 @@ impl ProxyResources {
                 .map(|(t, m)| {
                     let same = prev_names
                         .and_then(|p| p.get(t))
-                        .filter(|p| p.len() == m.len() && p.iter().eq(m.keys()))
-                        .map(Arc::clone);
-                    (*t, same.unwrap_or_else(|| Arc::new(m.keys().cloned().collect())))
+                        .filter(|(p, _)| p.len() == m.len() && p.iter().eq(m.keys()))
+                        .map(|(p, d)| (Arc::clone(p), *d));
+                    let fresh = || (Arc::new(m.keys().cloned().collect()), crate::request::names_digest(m.keys()));
+                    (*t, same.unwrap_or_else(fresh))
                 })
                 .collect()
         });

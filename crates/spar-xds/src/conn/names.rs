@@ -123,8 +123,14 @@ impl Names {
     }
 }
 
-/// Whether `list` (in any order, repeats allowed) names exactly `set`.
-pub fn names_are(list: &[String], set: &BTreeSet<String>) -> bool {
+/// Whether `list` (in any order, repeats allowed) names exactly `set`, whose
+/// [`crate::request::names_digest`] is `digest`. A list as long as the set (Envoy's,
+/// which has no repeats) is compared by digest alone: no sort, and none of the set's
+/// strings read (at 2k proxies × 4,000 names that walk was 4% of a reconnect storm).
+pub fn names_are(list: &[String], set: &BTreeSet<String>, digest: u64) -> bool {
+    if list.len() == set.len() {
+        return crate::request::names_digest(list) == digest;
+    }
     if list.len() < set.len() {
         return false;
     }
@@ -191,10 +197,14 @@ mod tests {
         assert!(Names::default().is_empty() && !n.is_empty());
         // A request's list names a set in any order, repeats allowed; nothing more or less.
         let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(names_are(&list(&["f", "b", "d", "b"]), &base));
-        assert!(!names_are(&list(&["f", "b"]), &base));
-        assert!(!names_are(&list(&["f", "b", "d", "*"]), &base));
-        assert!(!names_are(&list(&["f", "b", "x", "d"]), &base));
+        let digest = crate::request::names_digest(base.iter());
+        assert!(names_are(&list(&["f", "b", "d", "b"]), &base, digest));
+        assert!(names_are(&list(&["d", "f", "b"]), &base, digest));
+        assert!(!names_are(&list(&["f", "b"]), &base, digest));
+        assert!(!names_are(&list(&["f", "b", "b"]), &base, digest), "a repeat in place of a name");
+        assert!(!names_are(&list(&["f", "b", "x"]), &base, digest));
+        assert!(!names_are(&list(&["f", "b", "d", "*"]), &base, digest));
+        assert!(!names_are(&list(&["f", "b", "x", "d"]), &base, digest));
         // A base that would keep many more names outside it is declined.
         let mut few = Names::from(set(&["x"]));
         let big = Arc::new((0..100).map(|i| i.to_string()).collect::<BTreeSet<_>>());
