@@ -137,7 +137,10 @@ impl PartialEq for Blocks {
 /// A layer's names per type, shared by the streams whose subscriptions name them all,
 /// with their order-independent digest ([`crate::request::names_digest`]).
 #[derive(Clone, Debug, Default)]
-struct LayerNames(std::sync::OnceLock<BTreeMap<&'static str, (Arc<std::collections::BTreeSet<String>>, u64)>>);
+struct LayerNames(std::sync::OnceLock<BTreeMap<&'static str, NamesAndDigest>>);
+
+/// A layer's names of one type and their digest.
+type NamesAndDigest = (Arc<std::collections::BTreeSet<String>>, u64);
 
 impl PartialEq for LayerNames {
     /// Derived data, as [`Changes`].
@@ -424,7 +427,7 @@ impl ProxyResources {
 
     /// [`Self::shared_names`] and their order-independent digest, computed once per layer
     /// ([`crate::request::names_digest`]).
-    pub fn shared_names_and_digest(&self, type_url: &str) -> Option<(Arc<std::collections::BTreeSet<String>>, u64)> {
+    pub fn shared_names_and_digest(&self, type_url: &str) -> Option<NamesAndDigest> {
         let layer = self.base.as_deref().unwrap_or(self);
         let names = layer.names.0.get_or_init(|| {
             let prev = layer.changes.from.upgrade();
