@@ -310,17 +310,17 @@ impl ProxyResources {
             let mut theirs = theirs.iter().peekable();
             for (name, e) in mine.iter_mut() {
                 while theirs.next_if(|(n, _)| *n < name).is_some() {}
-                let Some((_, t)) = theirs.next_if(|(n, _)| *n == name) else { continue };
-                if Arc::ptr_eq(t, e) || t.version != e.version {
+                let Some((_, same)) = theirs.next_if(|(n, _)| *n == name) else { continue };
+                if Arc::ptr_eq(same, e) || same.version != e.version {
                     continue;
                 }
                 // `changed` is in name order: swap this entry there too.
                 let at = changed.partition_point(|c| c.name < *name);
                 if let Some(c) = changed.get_mut(at).filter(|c| Arc::ptr_eq(c, e)) {
-                    *c = Arc::clone(t);
+                    *c = Arc::clone(same);
                 }
                 changed = &mut std::mem::take(&mut changed)[at..];
-                *e = Arc::clone(t);
+                *e = Arc::clone(same);
                 shared += 1;
             }
         }

@@ -338,14 +338,21 @@ impl GenerationCache {
         Arc::clone(r)
     }
 
-    /// Shares `layer`'s resources with another key's layer of the same snapshot (the
-    /// first one generated): one copy of the clusters and load assignments that every
-    /// namespace of a mesh sees alike, instead of one per namespace.
+    /// Shares `layer`'s resources with another key's layer of the same snapshot already
+    /// generated (one of the same proxy kind when there is one): one copy of the clusters
+    /// and load assignments that every namespace of a mesh sees alike, instead of one per
+    /// namespace.
     fn share_with_sibling(&self, layer: &mut crate::ProxyResources, key: &str) {
+        // A share key starts with the proxy kind (`generator::share_key`).
+        let kind = |k: &str| k.split('|').next().map(str::to_owned);
         let sibling = self.inner.lock().ok().and_then(|g| {
-            (g.0 == layer.snapshot_version)
-                .then(|| g.1.iter().find_map(|(k, c)| c.get().filter(|_| k != key).cloned()))
-                .flatten()
+            if g.0 != layer.snapshot_version {
+                return None;
+            }
+            let mut others = g.1.iter().filter(|(k, _)| k.as_str() != key).filter_map(|(k, c)| Some((k, c.get()?)));
+            let first = others.next()?;
+            let same_kind = std::iter::once(first).chain(others).find(|(k, _)| kind(k) == kind(key));
+            Some(Arc::clone(same_kind.unwrap_or(first).1))
         });
         if let Some(sibling) = sibling {
             self.shared_resources.fetch_add(layer.share_with(&sibling) as u64, Ordering::Relaxed);
