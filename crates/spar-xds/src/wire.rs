@@ -745,8 +745,9 @@ where
             }
             // A large request waits for its turn before more of it is read.
             if this.permit.is_none() {
+                // (`take_message` has refused one over `MAX_REQUEST` already.)
                 let len = this.message_len().unwrap_or(0);
-                if len > KEEP_BUFFER && len <= MAX_REQUEST {
+                if len > KEEP_BUFFER {
                     let acquire =
                         this.acquiring.get_or_insert_with(|| Box::pin(Arc::clone(&this.turns).acquire_owned()));
                     match acquire.as_mut().poll(cx) {
