@@ -225,15 +225,27 @@ async fn large_mesh(delta: bool) -> anyhow::Result<()> {
         );
     }
     h.write_config("extra.yaml", &extra)?;
+    // A second client with a Sidecar of its own (the same hosts, bound to its own
+    // address) has a shared layer apart from the first client's: whichever of the two
+    // is generated second takes the other's copy of every cluster and load assignment.
+    let sidecar2 = h.render("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: client2}\nspec:\n  workloadSelector: {labels: {app: client2}}\n  egress: [{bind: \"${ip:client2}\", hosts: [\"./*\"]}]\n");
+    h.write_config("sidecar-client2.yaml", &sidecar2)?;
     let client = start_backend_mesh(&mut h).await?;
-    wait_routed(&client, "backend", &[], "backend-v1").await?;
-    let counts = tally(outbound(&client), "backend", "/", &[], 20).await?;
-    assert_eq!(counts.get("backend-v1"), Some(&20), "{counts:?}");
-    let clusters = client.stat("cluster_manager.active_clusters").await?;
-    assert!(clusters > EXTRA, "the client's Envoy holds every cluster: {clusters}");
+    let pod = h.pod("client2", &[("app", "client2")]);
+    let client2 = h.start_sidecar(&pod).await?;
+    for c in [&client, &client2] {
+        wait_routed(c, "backend", &[], "backend-v1").await?;
+        let counts = tally(outbound(c), "backend", "/", &[], 20).await?;
+        assert_eq!(counts.get("backend-v1"), Some(&20), "{counts:?}");
+        let clusters = c.stat("cluster_manager.active_clusters").await?;
+        assert!(clusters > EXTRA, "each client's Envoy holds every cluster: {clusters}");
+    }
     let metrics = spar_metrics(h.debug_address()).await?;
     let blocks = metric_value(&metrics, "spar_xds_block_responses").expect("spar exports spar_xds_block_responses");
-    assert!(blocks >= 3.0, "each of the 3 proxies was sent at least one type from a block: {blocks}");
+    assert!(blocks >= 4.0, "each of the 4 proxies was sent at least one type from a block: {blocks}");
+    let shared = metric_value(&metrics, "spar_generation_shared_resources")
+        .expect("spar exports spar_generation_shared_resources");
+    assert!(shared >= 2.0 * EXTRA as f64, "the two layers share the extra clusters and load assignments: {shared}");
     assert_eq!(metric_value(&metrics, "pilot_total_xds_rejects"), Some(0.0), "no NACK");
     h.check_alive()
 }

@@ -197,6 +197,11 @@ impl ProxyResources {
         }
     }
 
+    /// How many resources this layer holds (its own; a shared layer has no other).
+    pub fn resource_count(&self) -> usize {
+        self.by_type.values().map(BTreeMap::len).sum()
+    }
+
     /// Whether this set is an own layer over a shared one.
     pub fn is_layered(&self) -> bool {
         self.base.is_some()

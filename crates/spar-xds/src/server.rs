@@ -339,20 +339,24 @@ impl GenerationCache {
     }
 
     /// Shares `layer`'s resources with another key's layer of the same snapshot already
-    /// generated (one of the same proxy kind when there is one): one copy of the clusters
-    /// and load assignments that every namespace of a mesh sees alike, instead of one per
-    /// namespace.
+    /// generated: one copy of the clusters and load assignments that every namespace of
+    /// a mesh sees alike, instead of one per namespace. Of the layers there, the largest
+    /// of the same proxy kind is taken (a Sidecar-scoped workload's few clusters would
+    /// share little); one walk over both, once per generation.
     fn share_with_sibling(&self, layer: &mut crate::ProxyResources, key: &str) {
         // A share key starts with the proxy kind (`generator::share_key`).
-        let kind = |k: &str| k.split('|').next().map(str::to_owned);
+        fn kind(key: &str) -> Option<&str> {
+            key.split('|').next()
+        }
         let sibling = self.inner.lock().ok().and_then(|g| {
             if g.0 != layer.snapshot_version {
                 return None;
             }
-            let mut others = g.1.iter().filter(|(k, _)| k.as_str() != key).filter_map(|(k, c)| Some((k, c.get()?)));
-            let first = others.next()?;
-            let same_kind = std::iter::once(first).chain(others).find(|(k, _)| kind(k) == kind(key));
-            Some(Arc::clone(same_kind.unwrap_or(first).1))
+            g.1.iter()
+                .filter(|(k, _)| k.as_str() != key)
+                .filter_map(|(k, c)| Some((kind(k) == kind(key), c.get()?)))
+                .max_by_key(|(same_kind, r)| (*same_kind, r.resource_count()))
+                .map(|(_, r)| Arc::clone(r))
         });
         if let Some(sibling) = sibling {
             self.shared_resources.fetch_add(layer.share_with(&sibling) as u64, Ordering::Relaxed);
