@@ -249,6 +249,15 @@ impl Connection {
         } else if all_current && state.subscription.names_digest == (names.digest(), names.count) {
             // The same names as the request that made it "all current", in another order.
             state.subscription.clone()
+        } else if !wildcard && names_are_the_layers(&self.current, &type_url, names) {
+            // Envoy's first EDS request names every load assignment it was sent: exactly
+            // the shared layer's, compared by digest (no sort, no string read).
+            Subscription {
+                wildcard: false,
+                names: Names::default(),
+                all_current: true,
+                names_digest: (names.digest(), names.count),
+            }
         } else {
             // Sorted, both lists are compared in one walk (Envoy's EDS request names
             // thousands of clusters: no string made and no lookup per name).
@@ -564,6 +573,13 @@ impl Connection {
 }
 
 /// The resources of a name-ordered list whose names are in `names`, by walking both.
+/// Whether `names` are exactly `current`'s resources of `type_url`, when those are the
+/// shared layer's: the same count and the same digest.
+fn names_are_the_layers(current: &ProxyResources, type_url: &str, names: &crate::request::Names) -> bool {
+    let Some((base, digest)) = current.shared_names_and_digest(type_url) else { return false };
+    names.count == base.len() && current.of(type_url).is_some_and(|v| v.len() == base.len()) && names.digest() == digest
+}
+
 fn in_names<'a>(
     it: impl Iterator<Item = &'a Arc<Encoded>> + 'a,
     names: &'a Names,

@@ -135,6 +135,13 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
     );
     metric(
         &mut out,
+        "spar_xds_block_builds",
+        "counter",
+        "Shared layers' blocks serialized (a block lives while responses from it are written).",
+        spar_xds::wire::BLOCK_BUILDS.load(Ordering::Relaxed).to_string(),
+    );
+    metric(
+        &mut out,
         "spar_generation_cache_hits",
         "counter",
         "Proxies served config generated for another replica.",

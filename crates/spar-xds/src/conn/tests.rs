@@ -150,6 +150,28 @@ fn naming_every_resource_is_kept_as_a_flag() {
 }
 
 #[test]
+fn only_the_very_names_of_the_layer_are_every_resource() {
+    // A first request as long as the layer's names is compared by digest: the same
+    // names in another order are every resource; a repeat or another name is not.
+    let base = mk_resources(&[("a", 1), ("b", 1), ("c", 1)]);
+    for (names, all) in [(&["c", "a", "b"][..], true), (&["a", "b", "b"], false), (&["a", "b", "x"], false)] {
+        let mut c = Connection::new(Variant::Sotw, over(&base));
+        let r = sotw(&c.handle_sotw(mk_sotw(type_url::ENDPOINT, names, "", ""))[0]);
+        let sub = &c.types()[type_url::ENDPOINT].subscription;
+        assert_eq!(sub.all_current, all, "{names:?}: {sub:?}");
+        let expect = if all { 3 } else { 2 };
+        assert_eq!(r.resources.len(), expect, "{names:?}");
+    }
+    // The proxy's own resources beyond the layer's: naming only the layer's is not all.
+    let mut own = ProxyResources::layered(Arc::clone(&base));
+    own.insert(type_url::ENDPOINT, "inbound", &ClusterLoadAssignment::default());
+    let mut c = Connection::new(Variant::Sotw, Arc::new(own));
+    let r = sotw(&c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b", "c"], "", ""))[0]);
+    assert!(!c.types()[type_url::ENDPOINT].subscription.all_current);
+    assert_eq!(r.resources.len(), 3);
+}
+
+#[test]
 fn endpoints_go_whole_after_a_cluster_change_and_incrementally_otherwise() {
     let mut c = Connection::new(Variant::Sotw, mk_resources(&[("a", 1), ("b", 1)]));
     let cds = sotw(&c.handle_sotw(mk_sotw(type_url::CLUSTER, &[], "", ""))[0]);
