@@ -664,9 +664,11 @@ struct RequestStream<B, T> {
     /// The body has ended.
     ended: bool,
     done: bool,
-    /// Turns for large requests ([`LARGE_REQUESTS`], shared by every stream).
+    /// The budget for large requests ([`LARGE_REQUESTS`], shared by every stream), in
+    /// KiB, and its size.
     turns: Arc<tokio::sync::Semaphore>,
-    /// Held while a large request is read and decoded.
+    budget_kib: u32,
+    /// Held while a large request is read and decoded: its size of the budget.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     acquiring: Option<Acquire>,
     /// When a held permit must have been used: a sender that stalls mid-request must not
@@ -678,17 +680,23 @@ struct RequestStream<B, T> {
 /// Buffers larger than this are dropped once empty.
 const KEEP_BUFFER: usize = 16 * 1024;
 
-/// Large requests (over [`KEEP_BUFFER`]) read and decoded at once, over all streams.
-/// Envoy's EDS request names every cluster; when thousands of proxies send theirs at
-/// once, the rest wait (their bytes held back by HTTP/2 flow control) instead of all
-/// being buffered and decoded together.
-const LARGE_REQUESTS_AT_ONCE: usize = 32;
+/// Bytes of large requests (over [`KEEP_BUFFER`]) read and decoded at once, over all
+/// streams, in KiB: 64 MiB. Envoy's EDS request names every cluster (220 KB at 1k
+/// services); should thousands come at once beyond this, the rest wait, their bytes held
+/// back by HTTP/2 flow control (one receive window each) instead of buffered here.
+///
+/// A budget of bytes, not a count of requests: with 32 requests at a time a full mesh's
+/// reconnect storm kept 2,000 EDS requests waiting with a 64 KiB window of each received
+/// (128 MB), every turn stretched by the round trips of a sender busy with 2,000 streams.
+/// The receive window now holds a whole such request (`spar serve`), which is read and
+/// decoded as it arrives: the storm's peak RSS halved.
+const LARGE_REQUEST_BUDGET_KIB: u32 = 64 * 1024;
 
 /// How long a stream may take to send a large request once its turn has come.
 const LARGE_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 static LARGE_REQUESTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
-    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(LARGE_REQUESTS_AT_ONCE)));
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(LARGE_REQUEST_BUDGET_KIB as usize)));
 
 /// A request message as read from the wire.
 pub(crate) trait WireRequest: Sized {
@@ -714,14 +722,14 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     T: WireRequest + Send + 'static,
 {
-    Box::pin(RequestStream::<B, T>::new(body, Arc::clone(&LARGE_REQUESTS)))
+    Box::pin(RequestStream::<B, T>::new(body, Arc::clone(&LARGE_REQUESTS), LARGE_REQUEST_BUDGET_KIB))
 }
 
 impl<B, T> RequestStream<B, T>
 where
     T: WireRequest,
 {
-    fn new(body: B, turns: Arc<tokio::sync::Semaphore>) -> Self {
+    fn new(body: B, turns: Arc<tokio::sync::Semaphore>, budget_kib: u32) -> Self {
         Self {
             body: Box::pin(body),
             buf: BytesMut::new(),
@@ -729,6 +737,7 @@ where
             ended: false,
             done: false,
             turns,
+            budget_kib,
             permit: None,
             acquiring: None,
             deadline: None,
@@ -823,8 +832,11 @@ where
                 // (`take_message` has refused one over `MAX_REQUEST` already.)
                 let len = this.message_len().unwrap_or(0);
                 if len > KEEP_BUFFER {
-                    let acquire =
-                        this.acquiring.get_or_insert_with(|| Box::pin(Arc::clone(&this.turns).acquire_owned()));
+                    // Its size of the budget, at most all of it (`MAX_REQUEST` is less).
+                    let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX).min(this.budget_kib);
+                    let acquire = this
+                        .acquiring
+                        .get_or_insert_with(|| Box::pin(Arc::clone(&this.turns).acquire_many_owned(kib)));
                     match acquire.as_mut().poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(p) => {
@@ -1077,7 +1089,7 @@ mod tests {
         let small = DiscoveryRequest { type_url: "cds".into(), ..Default::default() };
         let pieces = framed(&[&small, &big, &small]);
         let turns = Arc::new(tokio::sync::Semaphore::new(1));
-        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), turns);
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), turns, 1);
         let mut got = Vec::new();
         while let Some(m) = stream.next().await {
             got.push(m.expect("decodes"));
@@ -1099,7 +1111,7 @@ mod tests {
         let pieces = framed(&[&big]);
         let turns = Arc::new(tokio::sync::Semaphore::new(1));
         let taken = Arc::clone(&turns).acquire_owned().await.expect("a turn");
-        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), Arc::clone(&turns));
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(pieces), Arc::clone(&turns), 1);
         assert!(stream.next().now_or_never().is_none(), "no turn, no request");
         assert!(stream.buf.capacity() <= 64, "buffer while waiting: {}", stream.buf.capacity());
         drop(taken);
@@ -1120,7 +1132,7 @@ mod tests {
         let turns = Arc::new(tokio::sync::Semaphore::new(1));
         let taken = Arc::clone(&turns).acquire_owned().await.expect("a turn");
         let one_frame = VecDeque::from([Bytes::from(whole.clone())]);
-        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(one_frame), Arc::clone(&turns));
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(one_frame), Arc::clone(&turns), 1);
         assert_eq!(stream.next().await.expect("the small one").expect("decodes").type_url, "cds");
         assert!(stream.next().now_or_never().is_none(), "the large one waits");
         assert!(stream.buf.len() <= 5, "only its prefix is copied: {}", stream.buf.len());
@@ -1129,7 +1141,7 @@ mod tests {
         assert!(stream.next().await.is_none(), "then the end");
 
         let cut = VecDeque::from([Bytes::copy_from_slice(&whole[..whole.len() - 10])]);
-        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(cut), Arc::clone(&turns));
+        let mut stream = RequestStream::<Pieces, SotwRequest>::new(Pieces(cut), Arc::clone(&turns), 1);
         assert!(stream.next().await.expect("the small one").is_ok());
         let err = stream.next().await.expect("an error").expect_err("cut short");
         assert!(err.message().contains("ended inside a message"), "{err:?}");

@@ -243,8 +243,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let incoming = tokio_stream_incoming(listener);
     let mut shutdown_wait = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
-        // Small receive windows: a proxy's large request (EDS names every cluster) waits
-        // in the proxy, not in Spar's memory, until Spar reads it (spar_xds::wire).
+        // A proxy's large request (EDS names every cluster) arrives in one flight and is
+        // read as it comes, within a budget (spar_xds::wire).
         .initial_stream_window_size(RECEIVE_WINDOW)
         .initial_connection_window_size(RECEIVE_WINDOW * 4)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -389,8 +389,12 @@ async fn serve_secure(
 /// it at `net.core.somaxconn`.
 const ACCEPT_BACKLOG: u32 = 8192;
 
-/// HTTP/2 receive window per xDS stream (and 4x per connection), bytes.
-const RECEIVE_WINDOW: u32 = 64 * 1024;
+/// HTTP/2 receive window per xDS stream (and 4x per connection), bytes: room for a
+/// whole EDS request of a 1k-service full mesh (4,000 names, 220 KB). With 64 KiB such
+/// a request took four round trips to the proxy, and in a reconnect storm of 2k proxies
+/// each waited with its first 64 KiB held here: peak RSS 315-350 MB against 165-175 MB
+/// with this window (`spar-load`'s storm, docs/performance.md).
+const RECEIVE_WINDOW: u32 = 256 * 1024;
 
 fn xds_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
