@@ -33,7 +33,6 @@ use prost::Message;
 use prost::bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 /// Envoy's type URLs, in the order Spar pushes them.
@@ -476,22 +475,19 @@ impl Message for SotwAsk {
 const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-/// Opens an ADS stream of `method` that sends what `rx` yields and reads `Reply`s.
-async fn open_stream<Request, Reply>(
-    channel: Channel,
-    method: &'static str,
-    rx: mpsc::Receiver<Request>,
-) -> anyhow::Result<tonic::Streaming<Reply>>
-where
-    Request: Message + Send + Sync + 'static,
-    Reply: Message + Default + Send + Sync + 'static,
-{
-    let mut grpc =
-        tonic::client::Grpc::new(channel).max_decoding_message_size(1 << 30).max_encoding_message_size(64 << 20);
-    grpc.ready().await.map_err(|e| anyhow::anyhow!("ADS connection: {e}"))?;
-    let codec = tonic_prost::ProstCodec::<Request, Reply>::default();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
-    Ok(grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, codec).await?.into_inner())
+impl crate::grpc::Frames for SotwAsk {
+    /// The names go as a frame of their own: every ACK repeats them (220 KB in a full
+    /// mesh), encoded once per subscription and not copied per request.
+    fn frames(&self) -> Vec<Bytes> {
+        let head = crate::grpc::prefixed(&self.head, self.names.len());
+        if self.names.is_empty() { vec![head] } else { vec![head, self.names.clone()] }
+    }
+}
+
+impl crate::grpc::Frames for DeltaDiscoveryRequest {
+    fn frames(&self) -> Vec<Bytes> {
+        vec![crate::grpc::prefixed(self, 0)]
+    }
 }
 
 /// What a proxy holds, as far as subscribing needs to know.
@@ -665,8 +661,8 @@ impl Proxy {
         }))
         .await?;
         tx.send(ask(DiscoveryRequest { type_url: type_url::LISTENER.into(), ..Default::default() })).await?;
-        let mut inbound = open_stream::<_, SotwReply>(channel, SOTW_METHOD, rx).await?;
-        while let Some(resp) = inbound.message().await? {
+        let mut inbound = crate::grpc::open(channel, SOTW_METHOD, rx).await?;
+        while let Some(resp) = inbound.message::<SotwReply>().await? {
             let received = Instant::now();
             let SotwReply { version_info, resources, type_url, nonce } = resp;
             let Some(kind) = XdsType::from_url(&type_url) else {
@@ -769,8 +765,8 @@ impl Proxy {
         })
         .await?;
         tx.send(DeltaDiscoveryRequest { type_url: type_url::LISTENER.into(), ..Default::default() }).await?;
-        let mut inbound = open_stream::<_, DeltaReply>(channel, DELTA_METHOD, rx).await?;
-        while let Some(resp) = inbound.message().await? {
+        let mut inbound = crate::grpc::open(channel, DELTA_METHOD, rx).await?;
+        while let Some(resp) = inbound.message::<DeltaReply>().await? {
             let received = Instant::now();
             let DeltaReply { system_version_info, resources, type_url, removed_resources, nonce } = resp;
             let Some(kind) = XdsType::from_url(&type_url) else {

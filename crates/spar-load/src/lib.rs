@@ -18,6 +18,7 @@
 pub mod bench;
 pub mod client;
 pub mod envoys;
+pub mod grpc;
 pub mod procfs;
 pub mod scenario;
 pub mod stats;

@@ -834,9 +834,8 @@ where
                 if len > KEEP_BUFFER {
                     // Its size of the budget, at most all of it (`MAX_REQUEST` is less).
                     let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX).min(this.budget_kib);
-                    let acquire = this
-                        .acquiring
-                        .get_or_insert_with(|| Box::pin(Arc::clone(&this.turns).acquire_many_owned(kib)));
+                    let acquire =
+                        this.acquiring.get_or_insert_with(|| Box::pin(Arc::clone(&this.turns).acquire_many_owned(kib)));
                     match acquire.as_mut().poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(p) => {
