@@ -18,8 +18,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-
 use crate::request::SotwRequest;
 use crate::resources::{Encoded, ProxyResources, Resources, content_version, type_url};
 use crate::wire::{DeltaResponse, SotwResponse};
@@ -289,7 +287,8 @@ impl Connection {
     }
 
     /// Handles a delta request and returns what to send.
-    pub fn handle_delta(&mut self, req: DeltaDiscoveryRequest) -> Vec<Response> {
+    pub fn handle_delta(&mut self, req: impl Into<crate::request::DeltaRequest>) -> Vec<Response> {
+        let req: crate::request::DeltaRequest = req.into();
         let type_url = req.type_url.clone();
         let state = self.types.entry(type_url.clone()).or_default();
         if !req.response_nonce.is_empty() {
@@ -312,23 +311,23 @@ impl Connection {
         state.requested = true;
         if first {
             // Resume: the proxy tells us what it already holds, on its first request only.
-            state.client_versions = req.initial_resource_versions.clone().into_iter().collect();
-            if req.resource_names_subscribe.is_empty() && type_url::is_wildcard_type(&type_url) {
+            state.client_versions = req.initial_resource_versions.into_iter().collect();
+            if req.subscribe.is_empty() && type_url::is_wildcard_type(&type_url) {
                 state.subscription.wildcard = true;
             }
         }
         // Envoy's first EDS request names every load assignment it was sent: when those
         // are exactly the shared layer's, the subscription is that layer's copy of them.
-        let mut subscribe = req.resource_names_subscribe.as_slice();
+        let mut subscribe = Some(&req.subscribe);
         if first
             && state.subscription.names.is_empty()
             && let Some((base, digest)) = self.current.shared_names_and_digest(&type_url)
-            && names_are(subscribe, &base, digest)
+            && names_are(&req.subscribe, &base, digest)
         {
             state.subscription.names = Names::over(base);
-            subscribe = &[];
+            subscribe = None;
         }
-        for name in subscribe {
+        for name in subscribe.into_iter().flat_map(crate::request::Names::iter) {
             if name == "*" {
                 if !state.subscription.wildcard {
                     state.materialize(&type_url);
@@ -339,7 +338,7 @@ impl Connection {
                     state.materialize(&type_url);
                 }
                 state.subscription.names.insert(name);
-                state.fresh.insert(name.clone());
+                state.fresh.insert(name.to_string());
                 // A (re)subscription must be answered even when the client claims to
                 // hold the resource already: it may have dropped it.
                 if !first {
@@ -348,7 +347,7 @@ impl Connection {
                 state.told_missing.remove(name);
             }
         }
-        for name in &req.resource_names_unsubscribe {
+        for name in &req.unsubscribe {
             if name == "*" {
                 state.materialize(&type_url);
                 state.subscription.wildcard = false;

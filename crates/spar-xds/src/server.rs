@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use futures::StreamExt;
 use spar_model::{Proxy, Snapshot};
 use tokio::sync::{mpsc, watch};
@@ -457,7 +456,7 @@ impl XdsRequest for crate::request::SotwRequest {
     }
 }
 
-impl XdsRequest for DeltaDiscoveryRequest {
+impl XdsRequest for crate::request::DeltaRequest {
     fn node(&self) -> Option<&Node> {
         self.node.as_ref()
     }

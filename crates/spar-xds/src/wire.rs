@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
+    DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
 };
 use http_body::Frame;
 use tokio::sync::mpsc;
@@ -638,10 +638,11 @@ where
                     grpc_response(svc.serve::<SotwRequest, SotwResponse>(crate::conn::Variant::Sotw, request).await)
                 }
                 "DeltaAggregatedResources" => {
-                    let mut request = tonic::Request::new(requests::<B, DeltaDiscoveryRequest>(body));
+                    let mut request = tonic::Request::new(requests::<B, crate::request::DeltaRequest>(body));
                     *request.extensions_mut() = parts.extensions;
                     grpc_response(
-                        svc.serve::<DeltaDiscoveryRequest, DeltaResponse>(crate::conn::Variant::Delta, request).await,
+                        svc.serve::<crate::request::DeltaRequest, DeltaResponse>(crate::conn::Variant::Delta, request)
+                            .await,
                     )
                 }
                 other => Status::unimplemented(format!("no method {other:?}")).into_http(),
@@ -704,9 +705,9 @@ pub(crate) trait WireRequest: Sized {
     fn decode_wire(msg: Bytes) -> Result<Self, DecodeError>;
 }
 
-impl WireRequest for DeltaDiscoveryRequest {
+impl WireRequest for crate::request::DeltaRequest {
     fn decode_wire(msg: Bytes) -> Result<Self, DecodeError> {
-        Ok(<Self as prost::Message>::decode(msg)?)
+        Self::decode(msg)
     }
 }
 
