@@ -356,9 +356,9 @@ type FastSet<T> = std::collections::HashSet<T, foldhash::fast::FixedState>;
 
 /// A name's 64-bit hash (two of a proxy's few thousand names colliding is about one
 /// chance in 10^12).
-fn name_hash(name: &str) -> u64 {
+fn name_hash(name: impl AsRef<[u8]>) -> u64 {
     use std::hash::BuildHasher as _;
-    foldhash::fast::FixedState::with_seed(0x5ba7).hash_one(name)
+    foldhash::fast::FixedState::with_seed(0x5ba7).hash_one(name.as_ref())
 }
 
 fn intern(name: &str) -> Name {
@@ -779,6 +779,19 @@ impl Proxy {
             let mut error = None;
             for r in &resources {
                 let Some(any) = &r.resource else { continue };
+                // Endpoints and routes not decoded are held by their names' hashes: the
+                // name as text is needed only to decode (thousands per proxy).
+                let held = match kind {
+                    XdsType::Eds => Some(&mut eds_held),
+                    XdsType::Rds => Some(&mut rds_held),
+                    XdsType::Cds | XdsType::Lds => None,
+                };
+                if self.opts.decode != Decode::All
+                    && let Some(held) = held
+                {
+                    held.insert(name_hash(&r.name));
+                    continue;
+                }
                 let Ok(name) = std::str::from_utf8(&r.name) else {
                     error.get_or_insert_with(|| "a resource name that is not UTF-8".to_string());
                     continue;
@@ -842,7 +855,7 @@ impl Proxy {
                     h.answered[k] = h
                         .eds_sub
                         .iter()
-                        .all(|n| eds_held.contains(&name_hash(n)) || removed_resources.iter().any(|r| **r == **n));
+                        .all(|n| eds_held.contains(&name_hash(n.as_bytes())) || removed_resources.iter().any(|r| **r == **n));
                     h.answered_for[0] =
                         if h.answered[k] { (h.sub_generation[0], h.eds_sub.len()) } else { (u64::MAX, eds_held.len()) };
                 }
@@ -850,7 +863,7 @@ impl Proxy {
                     h.answered[k] = h
                         .rds_sub
                         .iter()
-                        .all(|n| rds_held.contains(&name_hash(n)) || removed_resources.iter().any(|r| **r == **n));
+                        .all(|n| rds_held.contains(&name_hash(n.as_bytes())) || removed_resources.iter().any(|r| **r == **n));
                     h.answered_for[1] =
                         if h.answered[k] { (h.sub_generation[1], h.rds_sub.len()) } else { (u64::MAX, rds_held.len()) };
                 }
