@@ -575,8 +575,8 @@ impl Connection {
 /// Whether `names` are exactly `current`'s resources of `type_url`, when those are the
 /// shared layer's: the same count and the same digest.
 fn names_are_the_layers(current: &ProxyResources, type_url: &str, names: &crate::request::Names) -> bool {
-    let Some((base, digest)) = current.shared_names_and_digest(type_url) else { return false };
-    names.count == base.len() && current.of(type_url).is_some_and(|v| v.len() == base.len()) && names.digest() == digest
+    let Some((digest, count)) = current.shared_names_digest(type_url) else { return false };
+    names.count == count && current.of(type_url).is_some_and(|v| v.len() == count) && names.digest() == digest
 }
 
 fn in_names<'a>(

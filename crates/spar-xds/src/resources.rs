@@ -105,6 +105,8 @@ pub struct ProxyResources {
     changes: Changes,
     /// The names of each type, computed once ([`Self::shared_names`]).
     names: LayerNames,
+    /// The names' digest and count per type, without the names ([`Self::shared_names_digest`]).
+    digests: LayerDigests,
     /// Each type serialized back to back, while responses being written use it
     /// ([`Self::wire_block`]).
     blocks: Blocks,
@@ -147,6 +149,17 @@ struct LayerNames(std::sync::OnceLock<BTreeMap<&'static str, NamesAndDigest>>);
 type NamesAndDigest = (Arc<std::collections::BTreeSet<String>>, u64);
 
 impl PartialEq for LayerNames {
+    /// Derived data, as [`Changes`].
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// A layer's names' digest and count per type.
+#[derive(Clone, Debug, Default)]
+struct LayerDigests(std::sync::OnceLock<BTreeMap<&'static str, (u64, usize)>>);
+
+impl PartialEq for LayerDigests {
     /// Derived data, as [`Changes`].
     fn eq(&self, _: &Self) -> bool {
         true
@@ -382,6 +395,7 @@ impl ProxyResources {
             warnings,
             changes: Changes { from: Arc::downgrade(prev), by_type: changes },
             names: LayerNames::default(),
+            digests: LayerDigests::default(),
             blocks: Blocks::default(),
         }
     }
@@ -455,6 +469,20 @@ impl ProxyResources {
                 .collect()
         });
         names.get(type_url).cloned()
+    }
+
+    /// The order-independent digest ([`crate::request::names_digest`]) and the count of
+    /// `type_url`'s names in the shared layer, computed once per layer without keeping a
+    /// copy of the names (SotW streams match first requests with it).
+    pub fn shared_names_digest(&self, type_url: &str) -> Option<(u64, usize)> {
+        let layer = self.base.as_deref().unwrap_or(self);
+        if let Some((names, digest)) = layer.names.0.get().and_then(|n| n.get(type_url)) {
+            return Some((*digest, names.len()));
+        }
+        let digests = layer.digests.0.get_or_init(|| {
+            layer.by_type.iter().map(|(t, m)| (*t, (crate::request::names_digest(m.keys()), m.len()))).collect()
+        });
+        digests.get(type_url).copied()
     }
 
     fn own_hash(&self, type_url: &str) -> u64 {
