@@ -852,18 +852,16 @@ impl Proxy {
                 XdsType::Eds if still => {}
                 XdsType::Rds if still => {}
                 XdsType::Eds => {
-                    h.answered[k] = h
-                        .eds_sub
-                        .iter()
-                        .all(|n| eds_held.contains(&name_hash(n.as_bytes())) || removed_resources.iter().any(|r| **r == **n));
+                    h.answered[k] = h.eds_sub.iter().all(|n| {
+                        eds_held.contains(&name_hash(n.as_bytes())) || removed_resources.iter().any(|r| **r == **n)
+                    });
                     h.answered_for[0] =
                         if h.answered[k] { (h.sub_generation[0], h.eds_sub.len()) } else { (u64::MAX, eds_held.len()) };
                 }
                 XdsType::Rds => {
-                    h.answered[k] = h
-                        .rds_sub
-                        .iter()
-                        .all(|n| rds_held.contains(&name_hash(n.as_bytes())) || removed_resources.iter().any(|r| **r == **n));
+                    h.answered[k] = h.rds_sub.iter().all(|n| {
+                        rds_held.contains(&name_hash(n.as_bytes())) || removed_resources.iter().any(|r| **r == **n)
+                    });
                     h.answered_for[1] =
                         if h.answered[k] { (h.sub_generation[1], h.rds_sub.len()) } else { (u64::MAX, rds_held.len()) };
                 }
