@@ -779,17 +779,14 @@ impl Proxy {
             let mut error = None;
             for r in &resources {
                 let Some(any) = &r.resource else { continue };
-                // Endpoints and routes not decoded are held by their names' hashes: the
-                // name as text is needed only to decode (thousands per proxy).
-                let held = match kind {
-                    XdsType::Eds => Some(&mut eds_held),
-                    XdsType::Rds => Some(&mut rds_held),
-                    XdsType::Cds | XdsType::Lds => None,
+                // Endpoints and routes are held by their names' hashes; the name as text
+                // is needed only to decode them (thousands per proxy).
+                match kind {
+                    XdsType::Eds => eds_held.insert(name_hash(&r.name)),
+                    XdsType::Rds => rds_held.insert(name_hash(&r.name)),
+                    XdsType::Cds | XdsType::Lds => false,
                 };
-                if self.opts.decode != Decode::All
-                    && let Some(held) = held
-                {
-                    held.insert(name_hash(&r.name));
+                if self.opts.decode != Decode::All && matches!(kind, XdsType::Eds | XdsType::Rds) {
                     continue;
                 }
                 let Ok(name) = std::str::from_utf8(&r.name) else {
@@ -798,15 +795,6 @@ impl Proxy {
                 };
                 if let Err(e) = h.apply(kind, name, &any.value, self.opts.decode) {
                     error.get_or_insert(e);
-                }
-                match kind {
-                    XdsType::Eds => {
-                        eds_held.insert(name_hash(name));
-                    }
-                    XdsType::Rds => {
-                        rds_held.insert(name_hash(name));
-                    }
-                    _ => {}
                 }
             }
             for name in &removed_resources {

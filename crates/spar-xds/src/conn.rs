@@ -247,14 +247,14 @@ impl Connection {
         } else if all_current && state.subscription.names_digest == (names.digest(), names.count) {
             // The same names as the request that made it "all current", in another order.
             state.subscription.clone()
-        } else if !wildcard && names_are_the_layers(&self.current, &type_url, names) {
+        } else if let Some(digest) = layers_names_digest(&self.current, &type_url, names).filter(|_| !wildcard) {
             // Envoy's first EDS request names every load assignment it was sent: exactly
             // the shared layer's, compared by digest (no sort, no string read).
             Subscription {
                 wildcard: false,
                 names: Names::default(),
                 all_current: true,
-                names_digest: (names.digest(), names.count),
+                names_digest: (digest, names.count),
             }
         } else {
             // Sorted, both lists are compared in one walk (Envoy's EDS request names
@@ -571,14 +571,15 @@ impl Connection {
     }
 }
 
-/// The resources of a name-ordered list whose names are in `names`, by walking both.
-/// Whether `names` are exactly `current`'s resources of `type_url`, when those are the
-/// shared layer's: the same count and the same digest.
-fn names_are_the_layers(current: &ProxyResources, type_url: &str, names: &crate::request::Names) -> bool {
-    let Some((digest, count)) = current.shared_names_digest(type_url) else { return false };
-    names.count == count && current.of(type_url).is_some_and(|v| v.len() == count) && names.digest() == digest
+/// The digest of `names` when they are exactly `current`'s resources of `type_url` and
+/// those are the shared layer's: the same count and the same digest.
+fn layers_names_digest(current: &ProxyResources, type_url: &str, names: &crate::request::Names) -> Option<u64> {
+    let (digest, count) = current.shared_names_digest(type_url)?;
+    (names.count == count && current.of(type_url).is_some_and(|v| v.len() == count) && names.digest() == digest)
+        .then_some(digest)
 }
 
+/// The resources of a name-ordered list whose names are in `names`, by walking both.
 fn in_names<'a>(
     it: impl Iterator<Item = &'a Arc<Encoded>> + 'a,
     names: &'a Names,

@@ -667,7 +667,7 @@ struct RequestStream<B, T> {
     done: bool,
     /// The budget for large requests ([`LARGE_REQUESTS`], shared by every stream), in
     /// KiB, and its size.
-    turns: Arc<tokio::sync::Semaphore>,
+    budget: Arc<tokio::sync::Semaphore>,
     budget_kib: u32,
     /// Held while a large request is read and decoded: its size of the budget.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -730,14 +730,14 @@ impl<B, T> RequestStream<B, T>
 where
     T: WireRequest,
 {
-    fn new(body: B, turns: Arc<tokio::sync::Semaphore>, budget_kib: u32) -> Self {
+    fn new(body: B, budget: Arc<tokio::sync::Semaphore>, budget_kib: u32) -> Self {
         Self {
             body: Box::pin(body),
             buf: BytesMut::new(),
             received: std::collections::VecDeque::new(),
             ended: false,
             done: false,
-            turns,
+            budget,
             budget_kib,
             permit: None,
             acquiring: None,
@@ -835,8 +835,9 @@ where
                 if len > KEEP_BUFFER {
                     // Its size of the budget, at most all of it (`MAX_REQUEST` is less).
                     let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX).min(this.budget_kib);
-                    let acquire =
-                        this.acquiring.get_or_insert_with(|| Box::pin(Arc::clone(&this.turns).acquire_many_owned(kib)));
+                    let acquire = this
+                        .acquiring
+                        .get_or_insert_with(|| Box::pin(Arc::clone(&this.budget).acquire_many_owned(kib)));
                     match acquire.as_mut().poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(p) => {
