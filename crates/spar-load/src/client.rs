@@ -490,27 +490,184 @@ impl crate::grpc::Frames for DeltaDiscoveryRequest {
     }
 }
 
+/// What a proxy holds of CDS or LDS, as far as subscribing needs: each resource's name
+/// and the names it makes the proxy subscribe to (an EDS cluster: its own name, in EDS;
+/// a listener: the route configurations it names, in RDS).
+///
+/// A state is never changed, only replaced, and may be shared: every proxy of a full
+/// mesh is sent the same clusters and listeners. With `--decode discovery`, a proxy that
+/// receives from the same state the very bytes another proxy on its thread received
+/// takes the state that proxy reached ([`Held::step`]) instead of decoding thousands of
+/// resources again: decoding them, the maps and their names were a third of the client's
+/// CPU and most of its memory in a full-mesh reconnect storm, on the cores it shares with
+/// the server it measures.
+#[derive(Debug, Default)]
+struct Held {
+    /// Unique per state; 0 for holding nothing.
+    id: u64,
+    /// Each resource's name and what it subscribes to.
+    by_name: BTreeMap<Name, Vec<Name>>,
+    /// All they subscribe to.
+    wanted: Arc<BTreeSet<Name>>,
+    /// `wanted` as SotW request field 3 (every ACK repeats it).
+    wire: Bytes,
+}
+
+/// A response's resources as (name, encoded resource); the name is empty where the
+/// response does not give it (SotW).
+type Items<'a> = [(&'a [u8], &'a [u8])];
+
+/// A state and the first resource that could not be decoded on the way to it.
+type Step = (Arc<Held>, Option<String>);
+
+impl Held {
+    /// The state after a response of `kind` (CDS or LDS): only its resources when
+    /// `replace` (SotW), else these added or updated and `removed` taken out (delta).
+    fn step(
+        self: &Arc<Self>,
+        kind: XdsType,
+        replace: bool,
+        items: &Items<'_>,
+        removed: &[String],
+        decode: Decode,
+    ) -> Step {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        if decode == Decode::All {
+            return self.apply(kind, replace, items, removed, decode);
+        }
+        thread_local! {
+            /// (state before, what was received) → the state after.
+            static STEPS: std::cell::RefCell<std::collections::HashMap<(u64, u64), Step, foldhash::fast::FixedState>> =
+                std::cell::RefCell::default();
+        }
+        let mut content = foldhash::quality::FixedState::with_seed(0x5ba7).build_hasher();
+        content.write_u8(kind as u8);
+        for (name, value) in items {
+            content.write_usize(name.len());
+            content.write(name);
+            content.write_usize(value.len());
+            content.write(value);
+        }
+        for name in removed {
+            content.write_usize(name.len());
+            content.write(name.as_bytes());
+        }
+        let key = (if replace { 0 } else { self.id }, content.finish());
+        if let Some(step) = STEPS.with_borrow(|steps| steps.get(&key).cloned()) {
+            return step;
+        }
+        let step = self.apply(kind, replace, items, removed, decode);
+        STEPS.with_borrow_mut(|steps| {
+            // Bounded: a storm needs a few states per scope, churn a few more.
+            if steps.len() >= 4096 {
+                steps.clear();
+            }
+            steps.insert(key, step.clone());
+        });
+        step
+    }
+
+    fn apply(&self, kind: XdsType, replace: bool, items: &Items<'_>, removed: &[String], decode: Decode) -> Step {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let mut by_name = if replace { BTreeMap::new() } else { self.by_name.clone() };
+        for name in removed {
+            by_name.remove(name.as_str());
+        }
+        let mut error = None;
+        for (name, value) in items {
+            match resource(kind, name, value, decode) {
+                Ok((name, subscribes)) => {
+                    by_name.insert(name, subscribes);
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        let wanted: BTreeSet<Name> = by_name.values().flatten().cloned().collect();
+        let wanted = if wanted == *self.wanted { Arc::clone(&self.wanted) } else { Arc::new(wanted) };
+        let mut wire = Vec::new();
+        for n in wanted.iter() {
+            prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut wire);
+            prost::encoding::encode_varint(n.len() as u64, &mut wire);
+            wire.extend_from_slice(n.as_bytes());
+        }
+        let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (Arc::new(Held { id, by_name, wanted, wire: wire.into() }), error)
+    }
+}
+
+/// A cluster's or listener's name and what it subscribes to.
+fn resource(kind: XdsType, name: &[u8], value: &[u8], decode: Decode) -> Result<(Name, Vec<Name>), String> {
+    let name = std::str::from_utf8(name).map_err(|_| "a resource name that is not UTF-8".to_string())?;
+    let named = |decoded: &str| intern(if name.is_empty() { decoded } else { name });
+    match kind {
+        XdsType::Cds if decode == Decode::All => {
+            let c = XdsCluster::decode(value).map_err(|e| format!("cluster {name}: {e}"))?;
+            let eds = matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
+            let n = named(&c.name);
+            Ok((n.clone(), if eds { vec![n] } else { Vec::new() }))
+        }
+        XdsType::Cds => {
+            let c = ClusterHead::decode(value).map_err(|e| format!("cluster {name}: {e}"))?;
+            let n = named(&c.name);
+            Ok((n.clone(), if c.discovery == Some(DiscoveryType::Eds as i32) { vec![n] } else { Vec::new() }))
+        }
+        XdsType::Lds => {
+            let l = XdsListener::decode(value).map_err(|e| format!("listener {name}: {e}"))?;
+            let mut routes = Vec::new();
+            for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+                for f in &chain.filters {
+                    if let Some(ConfigType::TypedConfig(tc)) = &f.config_type
+                        && tc.type_url.ends_with("HttpConnectionManager")
+                    {
+                        let hcm = XdsHcm::decode(tc.value.as_slice()).map_err(|e| format!("listener {name}: {e}"))?;
+                        if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                            routes.push(intern(&rds.route_config_name));
+                        }
+                    }
+                }
+            }
+            Ok((named(&l.name), routes))
+        }
+        XdsType::Eds | XdsType::Rds => Err(format!("{} is not held by name", kind.short())),
+    }
+}
+
+/// Decodes an endpoint or route resource as Envoy would (`--decode all` only).
+fn check(kind: XdsType, name: &[u8], value: &[u8]) -> Result<(), String> {
+    let name = String::from_utf8_lossy(name);
+    match kind {
+        XdsType::Eds => XdsLoadAssignment::decode(value).map(drop).map_err(|e| format!("endpoints {name}: {e}")),
+        XdsType::Rds => XdsRouteConfiguration::decode(value).map(drop).map_err(|e| format!("routes {name}: {e}")),
+        XdsType::Cds | XdsType::Lds => Ok(()),
+    }
+}
+
+/// Whether two subscriptions are the same names (usually the same allocation).
+fn same(a: &Arc<BTreeSet<Name>>, b: &Arc<BTreeSet<Name>>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 /// What a proxy holds, as far as subscribing needs to know.
 #[derive(Debug, Default)]
 struct Holdings {
-    /// Clusters by name: whether each is an EDS cluster.
-    clusters: BTreeMap<Name, bool>,
-    /// Listeners by name: the route configurations each names (RDS).
-    listeners: BTreeMap<Name, Vec<Name>>,
+    /// Clusters and listeners.
+    cds: Arc<Held>,
+    lds: Arc<Held>,
     /// EDS and RDS names subscribed to.
-    eds_sub: BTreeSet<Name>,
-    rds_sub: BTreeSet<Name>,
+    eds_sub: Arc<BTreeSet<Name>>,
+    rds_sub: Arc<BTreeSet<Name>>,
     /// Whether each type's latest response (for the current subscription) was answered.
     answered: [bool; 4],
-    /// The subscription (EDS/RDS) in force when the last answered response arrived.
     /// (subscription generation, resources held) when the last EDS and RDS responses
     /// were answered: full once that generation is the current one. A generation instead
     /// of a copy of the names keeps the client cheap at thousands of names per proxy.
     answered_for: [(u64, usize); 2],
     /// Bumped whenever the EDS or RDS subscription changes.
     sub_generation: [u64; 2],
-    /// SotW: the EDS (0) and RDS (1) subscriptions' names as request field 3, encoded
-    /// once per subscription (every ACK repeats them: thousands in a full mesh).
+    /// SotW: the EDS (0) and RDS (1) subscriptions' names as request field 3 (every ACK
+    /// repeats them: thousands in a full mesh).
     sub_wire: [Bytes; 2],
     /// Last ACKed version and last nonce per type (SotW).
     acked_version: [String; 4],
@@ -518,27 +675,37 @@ struct Holdings {
 }
 
 impl Holdings {
-    fn eds_wanted(&self) -> BTreeSet<Name> {
-        self.clusters.iter().filter(|(_, eds)| **eds).map(|(n, _)| n.clone()).collect()
+    /// Takes the state after a CDS or LDS response; returns the first resource that could
+    /// not be decoded.
+    fn step(
+        &mut self,
+        kind: XdsType,
+        replace: bool,
+        items: &Items<'_>,
+        removed: &[String],
+        decode: Decode,
+    ) -> Option<String> {
+        let held = if kind == XdsType::Cds { &mut self.cds } else { &mut self.lds };
+        let (next, error) = held.step(kind, replace, items, removed, decode);
+        *held = next;
+        error
     }
 
-    fn rds_wanted(&self) -> BTreeSet<Name> {
-        self.listeners.values().flatten().cloned().collect()
+    /// Whether what the clusters (0) or listeners (1) held subscribe to differs from the
+    /// EDS (0) or RDS (1) subscription.
+    fn wants_other(&self, i: usize) -> bool {
+        if i == 0 { !same(&self.cds.wanted, &self.eds_sub) } else { !same(&self.lds.wanted, &self.rds_sub) }
     }
 
-    /// Sets the EDS (0) or RDS (1) subscription (and, for `sotw`, its names as sent).
-    fn subscribe(&mut self, i: usize, names: BTreeSet<Name>, sotw: bool) {
-        if sotw {
-            let mut wire = Vec::new();
-            for n in &names {
-                prost::encoding::string::encode(3, &n.to_string(), &mut wire);
-            }
-            self.sub_wire[i] = wire.into();
-        }
+    /// Subscribes EDS (0) or RDS (1) to what the clusters or listeners held want.
+    fn subscribe(&mut self, i: usize) {
+        let held = if i == 0 { &self.cds } else { &self.lds };
+        self.sub_wire[i] = held.wire.clone();
+        let wanted = Arc::clone(&held.wanted);
         if i == 0 {
-            self.eds_sub = names;
+            self.eds_sub = wanted;
         } else {
-            self.rds_sub = names;
+            self.rds_sub = wanted;
         }
         self.sub_generation[i] += 1;
     }
@@ -550,48 +717,6 @@ impl Holdings {
                 || (self.answered[XdsType::Eds as usize] && self.answered_for[0].0 == self.sub_generation[0]))
             && (self.rds_sub.is_empty()
                 || (self.answered[XdsType::Rds as usize] && self.answered_for[1].0 == self.sub_generation[1]))
-    }
-
-    /// Applies one decoded resource (added or updated); returns an error to NACK with.
-    fn apply(&mut self, kind: XdsType, name: &str, value: &[u8], decode: Decode) -> Result<(), String> {
-        match kind {
-            XdsType::Cds if decode == Decode::All => {
-                let c = XdsCluster::decode(value).map_err(|e| format!("cluster {name}: {e}"))?;
-                let eds = matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32);
-                self.clusters.insert(intern(if name.is_empty() { &c.name } else { name }), eds);
-            }
-            XdsType::Cds => {
-                let c = ClusterHead::decode(value).map_err(|e| format!("cluster {name}: {e}"))?;
-                let eds = c.discovery == Some(DiscoveryType::Eds as i32);
-                self.clusters.insert(intern(if name.is_empty() { &c.name } else { name }), eds);
-            }
-            XdsType::Lds => {
-                let l = XdsListener::decode(value).map_err(|e| format!("listener {name}: {e}"))?;
-                let mut routes = Vec::new();
-                for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
-                    for f in &chain.filters {
-                        if let Some(ConfigType::TypedConfig(tc)) = &f.config_type
-                            && tc.type_url.ends_with("HttpConnectionManager")
-                        {
-                            let hcm =
-                                XdsHcm::decode(tc.value.as_slice()).map_err(|e| format!("listener {name}: {e}"))?;
-                            if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                                routes.push(intern(&rds.route_config_name));
-                            }
-                        }
-                    }
-                }
-                self.listeners.insert(intern(if name.is_empty() { &l.name } else { name }), routes);
-            }
-            XdsType::Eds if decode == Decode::All => {
-                XdsLoadAssignment::decode(value).map_err(|e| format!("endpoints {name}: {e}"))?;
-            }
-            XdsType::Rds if decode == Decode::All => {
-                XdsRouteConfiguration::decode(value).map_err(|e| format!("routes {name}: {e}"))?;
-            }
-            XdsType::Eds | XdsType::Rds => {}
-        }
-        Ok(())
     }
 }
 
@@ -643,7 +768,7 @@ impl Proxy {
 
     fn record(&self, h: &Holdings, rec: Record) {
         let mut s = lock(&self.stats);
-        s.held = [h.clusters.len(), h.answered_for[0].1, h.listeners.len(), h.answered_for[1].1];
+        s.held = [h.cds.by_name.len(), h.answered_for[0].1, h.lds.by_name.len(), h.answered_for[1].1];
         s.log.push(rec);
         if s.full_at.is_none() && h.is_full() {
             s.full_at = Some(Instant::now());
@@ -677,33 +802,25 @@ impl Proxy {
             // State of the world: the response replaces what the proxy held of its type.
             let mut error = None;
             match kind {
-                XdsType::Cds => h.clusters.clear(),
-                XdsType::Lds => h.listeners.clear(),
-                _ => {}
-            }
-            for any in &resources {
-                if let Err(e) = h.apply(kind, "", &any.value, self.opts.decode) {
-                    error.get_or_insert(e);
+                XdsType::Cds | XdsType::Lds => {
+                    let items: Vec<_> = resources.iter().map(|a| (&b""[..], &a.value[..])).collect();
+                    error = h.step(kind, true, &items, &[], self.opts.decode);
                 }
+                XdsType::Eds | XdsType::Rds if self.opts.decode == Decode::All => {
+                    error = resources.iter().find_map(|a| check(kind, b"", &a.value).err());
+                }
+                XdsType::Eds | XdsType::Rds => {}
             }
             let ack = error.is_none() && self.decide_ack();
             // New subscriptions first (Envoy subscribes to the EDS of new clusters while
             // it warms them), then the ACK or NACK.
-            if kind == XdsType::Cds
-                && let wanted = h.eds_wanted()
-                && wanted != h.eds_sub
-            {
-                h.subscribe(0, wanted, true);
-                h.answered[XdsType::Eds as usize] = false;
-                tx.send(self.sotw_request(&h, XdsType::Eds)).await?;
-            }
-            if kind == XdsType::Lds
-                && let wanted = h.rds_wanted()
-                && wanted != h.rds_sub
-            {
-                h.subscribe(1, wanted, true);
-                h.answered[XdsType::Rds as usize] = false;
-                tx.send(self.sotw_request(&h, XdsType::Rds)).await?;
+            for (held, sub) in [(XdsType::Cds, XdsType::Eds), (XdsType::Lds, XdsType::Rds)] {
+                let i = usize::from(sub == XdsType::Rds);
+                if kind == held && h.wants_other(i) {
+                    h.subscribe(i);
+                    h.answered[sub as usize] = false;
+                    tx.send(self.sotw_request(&h, sub)).await?;
+                }
             }
             if ack {
                 h.acked_version[k] = version_info.clone();
@@ -777,54 +894,39 @@ impl Proxy {
             let bytes = resources.iter().filter_map(|r| r.resource.as_ref()).map(|a| a.value.len()).sum();
             let count = resources.len();
             let mut error = None;
-            for r in &resources {
-                let Some(any) = &r.resource else { continue };
-                // Endpoints and routes are held by their names' hashes; the name as text
-                // is needed only to decode them (thousands per proxy).
-                match kind {
-                    XdsType::Eds => eds_held.insert(name_hash(&r.name)),
-                    XdsType::Rds => rds_held.insert(name_hash(&r.name)),
-                    XdsType::Cds | XdsType::Lds => false,
-                };
-                if self.opts.decode != Decode::All && matches!(kind, XdsType::Eds | XdsType::Rds) {
-                    continue;
+            match kind {
+                XdsType::Cds | XdsType::Lds => {
+                    let items: Vec<_> =
+                        resources.iter().filter_map(|r| Some((&r.name[..], &r.resource.as_ref()?.value[..]))).collect();
+                    error = h.step(kind, false, &items, &removed_resources, self.opts.decode);
                 }
-                let Ok(name) = std::str::from_utf8(&r.name) else {
-                    error.get_or_insert_with(|| "a resource name that is not UTF-8".to_string());
-                    continue;
-                };
-                if let Err(e) = h.apply(kind, name, &any.value, self.opts.decode) {
-                    error.get_or_insert(e);
-                }
-            }
-            for name in &removed_resources {
-                match kind {
-                    XdsType::Cds => {
-                        h.clusters.remove(name.as_str());
+                XdsType::Eds | XdsType::Rds => {
+                    // Endpoints and routes are held by their names' hashes (thousands per
+                    // proxy, and the client shares the cores with the server).
+                    let held = if kind == XdsType::Eds { &mut eds_held } else { &mut rds_held };
+                    for r in &resources {
+                        let Some(any) = &r.resource else { continue };
+                        held.insert(name_hash(&r.name));
+                        if self.opts.decode == Decode::All
+                            && let Err(e) = check(kind, &r.name, &any.value)
+                        {
+                            error.get_or_insert(e);
+                        }
                     }
-                    XdsType::Lds => {
-                        h.listeners.remove(name.as_str());
-                    }
-                    XdsType::Eds => {
-                        eds_held.remove(&name_hash(name));
-                    }
-                    XdsType::Rds => {
-                        rds_held.remove(&name_hash(name));
+                    for name in &removed_resources {
+                        held.remove(&name_hash(name));
                     }
                 }
             }
             let ack = error.is_none() && self.decide_ack();
-            if kind == XdsType::Cds && h.eds_wanted() != h.eds_sub {
-                let wanted = h.eds_wanted();
-                tx.send(delta_subscription(XdsType::Eds, &h.eds_sub, &wanted)).await?;
-                h.subscribe(0, wanted, false);
-                h.answered[XdsType::Eds as usize] = false;
-            }
-            if kind == XdsType::Lds && h.rds_wanted() != h.rds_sub {
-                let wanted = h.rds_wanted();
-                tx.send(delta_subscription(XdsType::Rds, &h.rds_sub, &wanted)).await?;
-                h.subscribe(1, wanted, false);
-                h.answered[XdsType::Rds as usize] = false;
+            for (held, sub) in [(XdsType::Cds, XdsType::Eds), (XdsType::Lds, XdsType::Rds)] {
+                let i = usize::from(sub == XdsType::Rds);
+                if kind == held && h.wants_other(i) {
+                    let (old, new) = if i == 0 { (&h.eds_sub, &h.cds.wanted) } else { (&h.rds_sub, &h.lds.wanted) };
+                    tx.send(delta_subscription(sub, old, new)).await?;
+                    h.subscribe(i);
+                    h.answered[sub as usize] = false;
+                }
             }
             let mut req = DeltaDiscoveryRequest { response_nonce: nonce, type_url, ..Default::default() };
             if !ack {
@@ -877,5 +979,62 @@ fn delta_subscription(kind: XdsType, old: &BTreeSet<Name>, new: &BTreeSet<Name>)
         resource_names_subscribe: new.difference(old).map(|n| n.to_string()).collect(),
         resource_names_unsubscribe: old.difference(new).map(|n| n.to_string()).collect(),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(name: &str, eds: bool) -> Vec<u8> {
+        let kind = if eds { DiscoveryType::Eds } else { DiscoveryType::Static };
+        XdsCluster {
+            name: name.into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn names(set: &BTreeSet<Name>) -> Vec<&str> {
+        set.iter().map(|n| &**n).collect()
+    }
+
+    /// The same bytes from the same state give the very same next state (decoded once
+    /// per thread); from another state, or other bytes, another one; a resource that
+    /// does not decode is reported and not held.
+    #[test]
+    fn a_step_is_taken_once_per_state_and_bytes() {
+        let (a, b, c) = (cluster("a", true), cluster("b", false), cluster("c", true));
+        let empty = Arc::new(Held::default());
+        let items = [(&b""[..], &a[..]), (&b""[..], &b[..])];
+        let (one, e) = empty.step(XdsType::Cds, true, &items, &[], Decode::Discovery);
+        assert!(e.is_none());
+        assert_eq!(names(&one.wanted), ["a"], "only EDS clusters are subscribed to");
+        let (two, _) = Arc::new(Held::default()).step(XdsType::Cds, true, &items, &[], Decode::Discovery);
+        assert!(Arc::ptr_eq(&one, &two), "the same bytes: the same state, shared");
+        let mut wire = Vec::new();
+        prost::encoding::string::encode(3, &"a".to_string(), &mut wire);
+        assert_eq!(one.wire, wire, "the subscription as request field 3");
+
+        // Delta: added to what was held, and a removal.
+        let (three, _) = one.step(XdsType::Cds, false, &[(b"c", &c[..])], &[], Decode::Discovery);
+        assert_eq!(names(&three.wanted), ["a", "c"]);
+        assert_eq!(three.by_name.len(), 3);
+        let (four, _) = three.step(XdsType::Cds, false, &[], &["a".to_string()], Decode::Discovery);
+        assert_eq!(names(&four.wanted), ["c"]);
+        let (five, _) = empty.step(XdsType::Cds, false, &[(b"c", &c[..])], &[], Decode::Discovery);
+        assert!(!Arc::ptr_eq(&five, &three), "the same bytes from another state");
+        assert_eq!(names(&five.wanted), ["c"]);
+        // Unchanged subscriptions keep their allocation.
+        let (six, _) = five.step(XdsType::Cds, false, &[(b"b", &b[..])], &[], Decode::Discovery);
+        assert!(Arc::ptr_eq(&six.wanted, &five.wanted));
+
+        // What does not decode is a NACK's reason, in either decode mode.
+        for decode in [Decode::Discovery, Decode::All] {
+            let (bad, e) = empty.step(XdsType::Cds, true, &[(&b""[..], &[0xff][..]), (&b""[..], &a[..])], &[], decode);
+            assert!(e.is_some_and(|e| e.starts_with("cluster")), "{decode:?}");
+            assert_eq!(bad.by_name.len(), 1);
+        }
     }
 }

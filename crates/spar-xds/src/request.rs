@@ -126,32 +126,58 @@ static HASH: foldhash::fast::FixedState = foldhash::fast::FixedState::with_seed(
 impl SotwRequest {
     /// Decodes an encoded `DiscoveryRequest`, keeping `raw` for the names.
     pub fn decode(raw: Bytes) -> Result<Self, DecodeError> {
-        let head = Head::decode(&raw[..])?;
+        let mut head = Head::default();
+        let names = Names::read(raw, &mut head)?;
         Ok(Self {
             version_info: head.version_info,
             node: head.node,
             type_url: head.type_url,
             response_nonce: head.response_nonce,
             error_detail: head.error_detail,
-            names: Names::read(raw)?,
+            names,
         })
     }
 }
 
 impl Names {
-    /// The field 3 entries of an encoded request (`resource_names` in SotW,
-    /// `resource_names_subscribe` in delta), walking the whole message once.
-    fn read(raw: Bytes) -> Result<Self, DecodeError> {
+    /// Walks an encoded request once: the field 3 entries (`resource_names` in SotW,
+    /// `resource_names_subscribe` in delta) are read in place, and prost merges every
+    /// other field into `head`.
+    ///
+    /// The ordered digest hashes each run of consecutive names as it lies in the
+    /// request (keys, lengths and names: Envoy sends the list as one run), in one call
+    /// per run rather than one per name. The same list in the same layout gives the same
+    /// digest; the same list laid out otherwise may not, and is then compared by
+    /// [`Names::digest`].
+    fn read(raw: Bytes, head: &mut impl prost::Message) -> Result<Self, DecodeError> {
         use std::hash::Hasher as _;
         let mut names = Names::default();
         let mut ordered = std::hash::BuildHasher::build_hasher(&HASH);
-        for field in fields(&raw) {
-            if let (NAMES_FIELD, Some(name)) = field? {
+        let mut buf: &[u8] = &raw;
+        // Where the current run of names starts.
+        let mut run: Option<usize> = None;
+        while !buf.is_empty() {
+            let at = raw.len() - buf.len();
+            let (tag, wire_type) = prost::encoding::decode_key(&mut buf)?;
+            if u64::from(tag) == NAMES_FIELD && wire_type == prost::encoding::WireType::LengthDelimited {
+                let len = prost::encoding::decode_varint(&mut buf)?;
+                let len = usize::try_from(len).map_err(|_| DecodeError::new("length overflows"))?;
+                let Some((name, rest)) = buf.split_at_checked(len) else {
+                    return Err(DecodeError::new("message truncated"));
+                };
+                buf = rest;
                 names.count += 1;
-                ordered.write_usize(name.len());
-                ordered.write(name);
                 names.star |= name == b"*";
+                run.get_or_insert(at);
+            } else {
+                if let Some(start) = run.take() {
+                    ordered.write(&raw[start..at]);
+                }
+                head.merge_field(tag, wire_type, &mut buf, prost::encoding::DecodeContext::default())?;
             }
+        }
+        if let Some(start) = run {
+            ordered.write(&raw[start..]);
         }
         names.ordered = ordered.finish();
         names.raw = raw;
@@ -202,11 +228,12 @@ pub struct DeltaRequest {
 impl DeltaRequest {
     /// Decodes an encoded `DeltaDiscoveryRequest`, keeping `raw` for the names.
     pub fn decode(raw: Bytes) -> Result<Self, DecodeError> {
-        let head = DeltaHead::decode(&raw[..])?;
+        let mut head = DeltaHead::default();
+        let subscribe = Names::read(raw, &mut head)?;
         Ok(Self {
             node: head.node,
             type_url: head.type_url,
-            subscribe: Names::read(raw)?,
+            subscribe,
             unsubscribe: head.resource_names_unsubscribe,
             initial_resource_versions: head.initial_resource_versions,
             response_nonce: head.response_nonce,
@@ -336,6 +363,36 @@ mod tests {
             assert_ne!(names(x).digest(), names(y).digest(), "{x:?} {y:?}");
             assert_ne!(names(x).ordered, names(y).ordered, "{x:?} {y:?}");
         }
+    }
+
+    #[test]
+    fn names_between_other_fields_are_read_in_one_walk() {
+        // Protobuf fields may come in any order: names, the type, more names, a field 3
+        // of another wire type (not a name), the nonce.
+        let mut raw = Vec::new();
+        prost::encoding::string::encode(3, &"a".to_string(), &mut raw);
+        prost::encoding::string::encode(4, &"t".to_string(), &mut raw);
+        prost::encoding::string::encode(3, &"*".to_string(), &mut raw);
+        prost::encoding::string::encode(3, &"b".to_string(), &mut raw);
+        prost::encoding::uint64::encode(3, &7, &mut raw);
+        prost::encoding::string::encode(5, &"n".to_string(), &mut raw);
+        let r = SotwRequest::decode(Bytes::from(raw.clone())).expect("decodes");
+        assert_eq!((r.type_url.as_str(), r.response_nonce.as_str()), ("t", "n"));
+        assert_eq!(r.names.iter().collect::<Vec<_>>(), ["a", "*", "b"]);
+        assert!(r.names.star && r.names.count == 3);
+        assert_eq!(r.names.digest(), SotwRequest::from(request(&["b", "*", "a"])).names.digest());
+        let again = SotwRequest::decode(Bytes::from(raw)).expect("decodes");
+        assert_eq!(again.names.ordered, r.names.ordered, "the same bytes, the same ordered digest");
+        let d = DeltaRequest::decode(Bytes::from(
+            DeltaDiscoveryRequest {
+                resource_names_subscribe: vec!["x".into()],
+                response_nonce: "9".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        ))
+        .expect("decodes");
+        assert_eq!((d.subscribe.count, d.response_nonce.as_str()), (1, "9"));
     }
 
     #[test]
