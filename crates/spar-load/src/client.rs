@@ -389,15 +389,18 @@ struct ClusterHead {
     discovery: Option<i32>,
 }
 
-/// `DiscoveryResponse` as the client reads it: each resource's bytes are a slice of the
-/// received message (prost's own types copy every `Any` into a vector of its own, which
-/// was a fifth of the client's CPU in a full-mesh storm). Fields not listed are skipped.
+/// `DiscoveryResponse` as the client reads it: each resource (an `Any`) is a slice of
+/// the received message, its fields picked out when used ([`fields`]). prost's own types
+/// copy every `Any` into a vector of their own (a fifth of the client's CPU in a
+/// full-mesh storm), and decoding each resource as a message of its own was a quarter.
+/// Fields not listed are skipped.
 #[derive(Clone, PartialEq, prost::Message)]
 struct SotwReply {
     #[prost(string, tag = "1")]
     version_info: String,
-    #[prost(message, repeated, tag = "2")]
-    resources: Vec<AnyBytes>,
+    /// `google.protobuf.Any` each, as sent.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    resources: Vec<Bytes>,
     #[prost(string, tag = "4")]
     type_url: String,
     #[prost(string, tag = "5")]
@@ -409,8 +412,9 @@ struct SotwReply {
 struct DeltaReply {
     #[prost(string, tag = "1")]
     system_version_info: String,
-    #[prost(message, repeated, tag = "2")]
-    resources: Vec<DeltaResource>,
+    /// `envoy.service.discovery.v3.Resource` each, as sent.
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    resources: Vec<Bytes>,
     #[prost(string, tag = "4")]
     type_url: String,
     #[prost(string, tag = "5")]
@@ -419,55 +423,57 @@ struct DeltaReply {
     removed_resources: Vec<String>,
 }
 
-/// `envoy.service.discovery.v3.Resource`: its name and the resource.
-#[derive(Clone, PartialEq, prost::Message)]
-struct DeltaResource {
-    #[prost(message, optional, tag = "2")]
-    resource: Option<AnyBytes>,
-    /// The name's bytes, a slice of the message like the resource (no string per
-    /// resource); checked as UTF-8 when read.
-    #[prost(bytes = "bytes", tag = "3")]
-    name: Bytes,
+/// The length-delimited fields `tags` of an encoded message, in one walk that skips
+/// the others (the last of each, as protobuf reads a field sent twice).
+fn fields<const N: usize>(mut buf: &[u8], tags: [u32; N]) -> Result<[Option<&[u8]>; N], String> {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let mut found = [None; N];
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(|e| e.to_string())?;
+        match tags.iter().position(|t| *t == tag) {
+            Some(i) if wire_type == WireType::LengthDelimited => {
+                let len = decode_varint(&mut buf).map_err(|e| e.to_string())?;
+                let (field, rest) = usize::try_from(len)
+                    .ok()
+                    .and_then(|len| buf.split_at_checked(len))
+                    .ok_or_else(|| format!("field {tag} runs past the message"))?;
+                found[i] = Some(field);
+                buf = rest;
+            }
+            _ => skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(|e| e.to_string())?,
+        }
+    }
+    Ok(found)
 }
 
-/// `google.protobuf.Any` without its type URL (the response's type says it).
-#[derive(Clone, PartialEq, prost::Message)]
-struct AnyBytes {
-    #[prost(bytes = "bytes", tag = "2")]
-    value: Bytes,
+/// A delta `Resource`'s name and the value of its `Any` (`None`: no resource, as for a
+/// heartbeat or a name that does not exist).
+fn delta_resource(raw: &[u8]) -> Result<(&[u8], Option<&[u8]>), String> {
+    let [name, any] = fields(raw, [3, 2])?;
+    let value = match any {
+        Some(any) => Some(fields(any, [2])?[0].unwrap_or_default()),
+        None => None,
+    };
+    Ok((name.unwrap_or_default(), value))
 }
 
-/// A SotW `DiscoveryRequest`: its fields but the names, and the names (field 3) as
-/// encoded once per subscription. Protobuf fields may come in any order.
+/// A request: its fields but the names, and the names (field 3: `resource_names` in
+/// SotW, `resource_names_subscribe` in delta) as encoded once per subscription.
+/// Protobuf fields may come in any order.
 #[derive(Clone, Debug, Default)]
-struct SotwAsk {
-    head: DiscoveryRequest,
+struct Ask<M> {
+    head: M,
     names: Bytes,
 }
 
-impl Message for SotwAsk {
-    fn encode_raw(&self, buf: &mut impl prost::bytes::BufMut) {
-        self.head.encode_raw(buf);
-        buf.put_slice(&self.names);
-    }
+/// A SotW request.
+type SotwAsk = Ask<DiscoveryRequest>;
+/// A delta request.
+type DeltaAsk = Ask<DeltaDiscoveryRequest>;
 
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: prost::encoding::WireType,
-        buf: &mut impl prost::bytes::Buf,
-        ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Only ever encoded; read as the request it stands for, without the names.
-        self.head.merge_field(tag, wire_type, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.head.encoded_len() + self.names.len()
-    }
-
-    fn clear(&mut self) {
-        *self = Self::default();
+impl From<DeltaDiscoveryRequest> for DeltaAsk {
+    fn from(head: DeltaDiscoveryRequest) -> Self {
+        Self { head, names: Bytes::new() }
     }
 }
 
@@ -475,18 +481,14 @@ impl Message for SotwAsk {
 const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-impl crate::grpc::Frames for SotwAsk {
-    /// The names go as a frame of their own: every ACK repeats them (220 KB in a full
-    /// mesh), encoded once per subscription and not copied per request.
+impl<M: Message + 'static> crate::grpc::Frames for Ask<M> {
+    /// The names go as a frame of their own: every SotW ACK repeats them (220 KB in a
+    /// full mesh), and a delta proxy's first EDS subscription names as many; encoded
+    /// once per subscription (shared by the proxies that hold the same clusters) and not
+    /// copied per request.
     fn frames(&self) -> Vec<Bytes> {
         let head = crate::grpc::prefixed(&self.head, self.names.len());
         if self.names.is_empty() { vec![head] } else { vec![head, self.names.clone()] }
-    }
-}
-
-impl crate::grpc::Frames for DeltaDiscoveryRequest {
-    fn frames(&self) -> Vec<Bytes> {
-        vec![crate::grpc::prefixed(self, 0)]
     }
 }
 
@@ -798,16 +800,28 @@ impl Proxy {
             };
             let k = kind as usize;
             h.nonce[k] = nonce.clone();
-            let bytes = resources.iter().map(|a| a.value.len()).sum();
-            // State of the world: the response replaces what the proxy held of its type.
+            // Each `Any`'s value (an `Any` that cannot be read is a NACK's reason).
             let mut error = None;
+            let values: Vec<&[u8]> = resources
+                .iter()
+                .filter_map(|any| match fields(any, [2]) {
+                    Ok([value]) => Some(value.unwrap_or_default()),
+                    Err(e) => {
+                        error.get_or_insert(format!("{}: {e}", kind.short()));
+                        None
+                    }
+                })
+                .collect();
+            let bytes = values.iter().map(|v| v.len()).sum();
+            // State of the world: the response replaces what the proxy held of its type.
             match kind {
                 XdsType::Cds | XdsType::Lds => {
-                    let items: Vec<_> = resources.iter().map(|a| (&b""[..], &a.value[..])).collect();
-                    error = h.step(kind, true, &items, &[], self.opts.decode);
+                    let items: Vec<_> = values.iter().map(|v| (&b""[..], *v)).collect();
+                    let e = h.step(kind, true, &items, &[], self.opts.decode);
+                    error = error.or(e);
                 }
                 XdsType::Eds | XdsType::Rds if self.opts.decode == Decode::All => {
-                    error = resources.iter().find_map(|a| check(kind, b"", &a.value).err());
+                    error = error.or_else(|| values.iter().find_map(|v| check(kind, b"", v).err()));
                 }
                 XdsType::Eds | XdsType::Rds => {}
             }
@@ -869,46 +883,58 @@ impl Proxy {
     }
 
     async fn stream_delta(&mut self, channel: Channel) -> anyhow::Result<()> {
-        let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+        let (tx, rx) = mpsc::channel::<DeltaAsk>(16);
         let mut h = Holdings::default();
         // Names held per type, for removals, as 64-bit hashes of the names: thousands per
         // proxy, and the client shares the cores (and the machine's memory) with the server.
         let mut eds_held: FastSet<u64> = FastSet::default();
         let mut rds_held: FastSet<u64> = FastSet::default();
-        tx.send(DeltaDiscoveryRequest {
-            node: Some(self.spec.node()),
-            type_url: type_url::CLUSTER.into(),
-            ..Default::default()
-        })
+        tx.send(
+            DeltaDiscoveryRequest {
+                node: Some(self.spec.node()),
+                type_url: type_url::CLUSTER.into(),
+                ..Default::default()
+            }
+            .into(),
+        )
         .await?;
-        tx.send(DeltaDiscoveryRequest { type_url: type_url::LISTENER.into(), ..Default::default() }).await?;
+        tx.send(DeltaDiscoveryRequest { type_url: type_url::LISTENER.into(), ..Default::default() }.into()).await?;
         let mut inbound = crate::grpc::open(channel, DELTA_METHOD, rx).await?;
         while let Some(resp) = inbound.message::<DeltaReply>().await? {
             let received = Instant::now();
             let DeltaReply { system_version_info, resources, type_url, removed_resources, nonce } = resp;
             let Some(kind) = XdsType::from_url(&type_url) else {
-                tx.send(DeltaDiscoveryRequest { response_nonce: nonce, type_url, ..Default::default() }).await?;
+                tx.send(DeltaDiscoveryRequest { response_nonce: nonce, type_url, ..Default::default() }.into()).await?;
                 continue;
             };
             let k = kind as usize;
-            let bytes = resources.iter().filter_map(|r| r.resource.as_ref()).map(|a| a.value.len()).sum();
             let count = resources.len();
+            // Each resource's name and value (one that cannot be read is a NACK's reason).
             let mut error = None;
+            let items: Vec<(&[u8], &[u8])> = resources
+                .iter()
+                .filter_map(|r| match delta_resource(r) {
+                    Ok((name, value)) => Some((name, value?)),
+                    Err(e) => {
+                        error.get_or_insert(format!("{}: {e}", kind.short()));
+                        None
+                    }
+                })
+                .collect();
+            let bytes = items.iter().map(|(_, v)| v.len()).sum();
             match kind {
                 XdsType::Cds | XdsType::Lds => {
-                    let items: Vec<_> =
-                        resources.iter().filter_map(|r| Some((&r.name[..], &r.resource.as_ref()?.value[..]))).collect();
-                    error = h.step(kind, false, &items, &removed_resources, self.opts.decode);
+                    let e = h.step(kind, false, &items, &removed_resources, self.opts.decode);
+                    error = error.or(e);
                 }
                 XdsType::Eds | XdsType::Rds => {
                     // Endpoints and routes are held by their names' hashes (thousands per
                     // proxy, and the client shares the cores with the server).
                     let held = if kind == XdsType::Eds { &mut eds_held } else { &mut rds_held };
-                    for r in &resources {
-                        let Some(any) = &r.resource else { continue };
-                        held.insert(name_hash(&r.name));
+                    for (name, value) in &items {
+                        held.insert(name_hash(name));
                         if self.opts.decode == Decode::All
-                            && let Err(e) = check(kind, &r.name, &any.value)
+                            && let Err(e) = check(kind, name, value)
                         {
                             error.get_or_insert(e);
                         }
@@ -922,7 +948,7 @@ impl Proxy {
             for (held, sub) in [(XdsType::Cds, XdsType::Eds), (XdsType::Lds, XdsType::Rds)] {
                 let i = usize::from(sub == XdsType::Rds);
                 if kind == held && h.wants_other(i) {
-                    let (old, new) = if i == 0 { (&h.eds_sub, &h.cds.wanted) } else { (&h.rds_sub, &h.lds.wanted) };
+                    let (old, new) = if i == 0 { (&h.eds_sub, &h.cds) } else { (&h.rds_sub, &h.lds) };
                     tx.send(delta_subscription(sub, old, new)).await?;
                     h.subscribe(i);
                     h.answered[sub as usize] = false;
@@ -932,7 +958,7 @@ impl Proxy {
             if !ack {
                 req.error_detail = Some(nack_status(error.unwrap_or_else(|| "spar-load: NACK on demand".into())));
             }
-            tx.send(req).await?;
+            tx.send(req.into()).await?;
             // Delta: the proxy holds full config of a type once it holds every name it
             // subscribed to (the server tells it which do not exist by removing them).
             // Once answered, a response that removes nothing keeps it so: no walk over
@@ -972,14 +998,18 @@ impl Proxy {
     }
 }
 
-/// A delta request that moves the subscription of `kind` from `old` to `new`.
-fn delta_subscription(kind: XdsType, old: &BTreeSet<Name>, new: &BTreeSet<Name>) -> DeltaDiscoveryRequest {
-    DeltaDiscoveryRequest {
-        type_url: kind.url().into(),
-        resource_names_subscribe: new.difference(old).map(|n| n.to_string()).collect(),
-        resource_names_unsubscribe: old.difference(new).map(|n| n.to_string()).collect(),
-        ..Default::default()
+/// A delta request that moves the subscription of `kind` from `old` to what `new`
+/// holds wants: from nothing, `new`'s names as encoded once for every proxy holding it.
+fn delta_subscription(kind: XdsType, old: &BTreeSet<Name>, new: &Held) -> DeltaAsk {
+    let head = DeltaDiscoveryRequest { type_url: kind.url().into(), ..Default::default() };
+    if old.is_empty() {
+        return Ask { head, names: new.wire.clone() };
     }
+    DeltaAsk::from(DeltaDiscoveryRequest {
+        resource_names_subscribe: new.wanted.difference(old).map(|n| n.to_string()).collect(),
+        resource_names_unsubscribe: old.difference(&new.wanted).map(|n| n.to_string()).collect(),
+        ..head
+    })
 }
 
 #[cfg(test)]
@@ -998,6 +1028,26 @@ mod tests {
 
     fn names(set: &BTreeSet<Name>) -> Vec<&str> {
         set.iter().map(|n| &**n).collect()
+    }
+
+    /// A delta resource's name and value are picked out of its bytes as prost would
+    /// decode them; bytes that are not a message are an error, not a panic.
+    #[test]
+    fn resources_are_read_in_place() {
+        use envoy_types::pb::envoy::service::discovery::v3::Resource;
+        use envoy_types::pb::google::protobuf::Any;
+        let r = Resource {
+            name: "outbound|80||a".into(),
+            version: "v1".into(),
+            resource: Some(Any { type_url: type_url::CLUSTER.into(), value: cluster("a", true) }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(delta_resource(&r).expect("reads"), (&b"outbound|80||a"[..], Some(&cluster("a", true)[..])));
+        let gone = Resource { name: "b".into(), ..Default::default() }.encode_to_vec();
+        assert_eq!(delta_resource(&gone).expect("reads"), (&b"b"[..], None));
+        assert!(delta_resource(&r[..r.len() - 1]).is_err(), "cut short");
+        assert!(delta_resource(&[0x1f]).is_err(), "a reserved wire type");
     }
 
     /// The same bytes from the same state give the very same next state (decoded once
