@@ -482,13 +482,11 @@ const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryServic
 const DELTA_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 impl<M: Message + 'static> crate::grpc::Frames for Ask<M> {
-    /// The names go as a frame of their own: every SotW ACK repeats them (220 KB in a
-    /// full mesh), and a delta proxy's first EDS subscription names as many; encoded
-    /// once per subscription (shared by the proxies that hold the same clusters) and not
-    /// copied per request.
+    /// Every SotW ACK repeats the names (220 KB in a full mesh), and a delta proxy's
+    /// first EDS subscription names as many: encoded once per subscription (shared by the
+    /// proxies that hold the same clusters), copied into each request.
     fn frames(&self) -> Vec<Bytes> {
-        let head = crate::grpc::prefixed(&self.head, self.names.len());
-        if self.names.is_empty() { vec![head] } else { vec![head, self.names.clone()] }
+        vec![crate::grpc::prefixed(&self.head, &self.names)]
     }
 }
 
