@@ -13,7 +13,7 @@
 //! reopened after a short back-off, like Envoy's ADS retry.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -256,17 +256,27 @@ impl Fleet {
         for (i, spec) in specs.into_iter().enumerate() {
             let index = first_index + i;
             if i % per_conn == 0 || channel.is_none() {
-                let mut ep = Endpoint::from_shared(opts.server.clone())?
+                let ep = Endpoint::from_shared(opts.server.clone())?
                     .initial_stream_window_size(Some(opts.stream_window))
                     .initial_connection_window_size(Some(opts.connection_window))
-                    .tcp_nodelay(true)
                     .connect_timeout(Duration::from_secs(20));
-                if loopback && opts.source_addresses > 0 {
+                let local = (loopback && opts.source_addresses > 0).then(|| {
                     let conn = index / per_conn;
                     let host = 2 + (conn % usize::from(opts.source_addresses)) as u8;
-                    ep = ep.local_address(Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host))));
-                }
-                channel = Some(ep.connect_lazy());
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)), 0)
+                });
+                // Connections read in large pieces (`bigread`), from their source address.
+                let connector = tower::service_fn(move |uri: http::Uri| async move {
+                    let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+                    let port = uri.port_u16().unwrap_or(80);
+                    let server = tokio::net::lookup_host((host, port))
+                        .await?
+                        .next()
+                        .ok_or_else(|| std::io::Error::other(format!("{host} has no address")))?;
+                    let tcp = crate::bigread::connect(server, local).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+                });
+                channel = Some(ep.connect_with_connector_lazy(connector));
             }
             let Some(ch) = channel.clone() else { continue };
             let s: SharedStats = Arc::default();

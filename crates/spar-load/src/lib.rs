@@ -16,6 +16,7 @@
 //! * [`bench`]: the scale benchmark of issue 7 (RSS, convergence, reconnect storm).
 
 pub mod bench;
+pub mod bigread;
 pub mod client;
 pub mod envoys;
 pub mod grpc;
