@@ -24,9 +24,12 @@ pub const READ: usize = 128 * 1024;
 #[derive(Debug)]
 pub struct BigReads {
     tcp: TcpStream,
-    /// Read and not yet handed on: `buf[at..]`.
+    /// `READ` bytes while some are buffered (written once when allocated, never zeroed
+    /// per read), empty otherwise.
     buf: Vec<u8>,
+    /// Read and not yet handed on: `buf[at..end]`.
     at: usize,
+    end: usize,
 }
 
 thread_local! {
@@ -37,48 +40,55 @@ thread_local! {
 impl BigReads {
     /// Wraps a connected stream.
     pub fn new(tcp: TcpStream) -> Self {
-        Self { tcp, buf: Vec::new(), at: 0 }
+        Self { tcp, buf: Vec::new(), at: 0, end: 0 }
     }
 
     /// Hands on what is buffered, as much as `out` holds; the emptied buffer is spared.
     fn hand_on(&mut self, out: &mut ReadBuf<'_>) {
-        let n = out.remaining().min(self.buf.len() - self.at);
+        let n = out.remaining().min(self.end - self.at);
         out.put_slice(&self.buf[self.at..self.at + n]);
         self.at += n;
-        if self.at == self.buf.len() {
-            let mut spare = std::mem::take(&mut self.buf);
-            spare.clear();
-            self.at = 0;
-            SPARE.with_borrow_mut(|s| {
-                if s.len() < 4 {
-                    s.push(spare);
-                }
-            });
+        if self.at == self.end {
+            spare(std::mem::take(&mut self.buf));
+            (self.at, self.end) = (0, 0);
         }
     }
+}
+
+/// Keeps an emptied buffer for the next read on this thread (a few at most).
+fn spare(buf: Vec<u8>) {
+    SPARE.with_borrow_mut(|s| {
+        if s.len() < 4 {
+            s.push(buf);
+        }
+    });
 }
 
 impl AsyncRead for BigReads {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.at < this.buf.len() {
+        if this.at < this.end {
             this.hand_on(out);
             return Poll::Ready(Ok(()));
         }
         if out.remaining() >= READ {
             return Pin::new(&mut this.tcp).poll_read(cx, out);
         }
-        let mut buf = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
-        buf.resize(READ, 0);
+        let mut buf = SPARE.with_borrow_mut(Vec::pop).unwrap_or_else(|| vec![0; READ]);
         let mut read = ReadBuf::new(&mut buf);
         let polled = Pin::new(&mut this.tcp).poll_read(cx, &mut read);
         let n = read.filled().len();
-        buf.truncate(n);
-        this.buf = buf;
-        this.at = 0;
+        if n == 0 {
+            // Nothing yet (or an error, or the end): the buffer goes back.
+            spare(buf);
+        } else {
+            (this.buf, this.at, this.end) = (buf, 0, n);
+        }
         ready!(polled)?;
         // n == 0 is the end of the stream: nothing is put in `out`, which says so.
-        this.hand_on(out);
+        if n > 0 {
+            this.hand_on(out);
+        }
         Poll::Ready(Ok(()))
     }
 }
