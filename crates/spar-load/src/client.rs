@@ -269,12 +269,19 @@ impl Fleet {
                 let connector = tower::service_fn(move |uri: http::Uri| async move {
                     let host = uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
                     let port = uri.port_u16().unwrap_or(80);
-                    let server = tokio::net::lookup_host((host, port))
-                        .await?
-                        .next()
-                        .ok_or_else(|| std::io::Error::other(format!("{host} has no address")))?;
-                    let tcp = crate::bigread::connect(server, local).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+                    // Each address of the host in turn (`localhost` may be ::1 first), of
+                    // the source address's family when there is one.
+                    let mut last = std::io::Error::other(format!("{host} has no address"));
+                    for server in tokio::net::lookup_host((host, port)).await? {
+                        if local.is_some_and(|l| l.is_ipv4() != server.is_ipv4()) {
+                            continue;
+                        }
+                        match crate::bigread::connect(server, local).await {
+                            Ok(tcp) => return Ok(hyper_util::rt::TokioIo::new(tcp)),
+                            Err(e) => last = e,
+                        }
+                    }
+                    Err(last)
                 });
                 channel = Some(ep.connect_with_connector_lazy(connector));
             }
