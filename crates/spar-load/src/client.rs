@@ -552,9 +552,11 @@ impl Held {
         if decode == Decode::All {
             return self.apply(kind, replace, items, removed, decode);
         }
+        /// The state after, while some proxy holds it (the table keeps none alive).
+        type Taken = (std::sync::Weak<Held>, Option<String>);
         thread_local! {
             /// (state before, what was received) → the state after.
-            static STEPS: std::cell::RefCell<std::collections::HashMap<(u64, u64), Step, foldhash::fast::FixedState>> =
+            static STEPS: std::cell::RefCell<std::collections::HashMap<(u64, u64), Taken, foldhash::fast::FixedState>> =
                 std::cell::RefCell::default();
         }
         let mut content = foldhash::quality::FixedState::with_seed(0x5ba7).build_hasher();
@@ -570,7 +572,9 @@ impl Held {
             content.write(name.as_bytes());
         }
         let key = (if replace { 0 } else { self.id }, content.finish());
-        if let Some(step) = STEPS.with_borrow(|steps| steps.get(&key).cloned()) {
+        let taken =
+            STEPS.with_borrow(|steps| steps.get(&key).and_then(|(next, error)| Some((next.upgrade()?, error.clone()))));
+        if let Some(step) = taken {
             return step;
         }
         let step = self.apply(kind, replace, items, removed, decode);
@@ -579,7 +583,7 @@ impl Held {
             if steps.len() >= 4096 {
                 steps.clear();
             }
-            steps.insert(key, step.clone());
+            steps.insert(key, (Arc::downgrade(&step.0), step.1.clone()));
         });
         step
     }
@@ -1094,6 +1098,12 @@ mod tests {
         // Unchanged subscriptions keep their allocation.
         let (six, _) = five.step(XdsType::Cds, false, &[(b"b", &b[..])], &[], Decode::Discovery);
         assert!(Arc::ptr_eq(&six.wanted, &five.wanted));
+
+        // The table keeps no state alive: once no proxy holds one, it is made anew.
+        let id = one.id;
+        drop((one, two));
+        let (again, _) = empty.step(XdsType::Cds, true, &items, &[], Decode::Discovery);
+        assert_ne!(again.id, id);
 
         // What does not decode is a NACK's reason, in either decode mode.
         for decode in [Decode::Discovery, Decode::All] {
