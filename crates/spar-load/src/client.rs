@@ -498,12 +498,12 @@ impl From<DeltaDiscoveryRequest> for DeltaAsk {
 const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-impl<M: Message + 'static> crate::grpc::Frames for Ask<M> {
+impl<M: Message + 'static> crate::grpc::Wire for Ask<M> {
     /// Every SotW ACK repeats the names (220 KB in a full mesh), and a delta proxy's
     /// first EDS subscription names as many: encoded once per subscription (shared by the
     /// proxies that hold the same clusters), copied into each request.
-    fn frames(&self) -> Vec<Bytes> {
-        vec![crate::grpc::prefixed(&self.head, &self.names)]
+    fn wire(&self) -> Bytes {
+        crate::grpc::prefixed(&self.head, &self.names)
     }
 }
 

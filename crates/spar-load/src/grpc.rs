@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 /// A request as gRPC data: the 5-byte prefix and the message ([`prefixed`]).
-pub trait Frames: Send + 'static {
-    /// The bytes of one message, in the order they are sent.
-    fn frames(&self) -> Vec<Bytes>;
+pub trait Wire: Send + 'static {
+    /// The bytes of one message.
+    fn wire(&self) -> Bytes;
 }
 
 /// One gRPC message: the 5-byte prefix (not compressed), `m` encoded, then `rest`
@@ -42,13 +42,13 @@ pub fn prefixed(m: &impl Message, rest: &[u8]) -> Bytes {
 }
 
 /// Opens a stream of `method` (a full path) that sends what `rx` yields.
-pub async fn open<Request: Frames>(
+pub async fn open<Request: Wire>(
     mut channel: Channel,
     method: &'static str,
     rx: mpsc::Receiver<Request>,
 ) -> anyhow::Result<Replies> {
     use tower::{Service as _, ServiceExt as _};
-    let body = tonic::body::Body::new(RequestBody { rx, pending: VecDeque::new() });
+    let body = tonic::body::Body::new(RequestBody { rx });
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri(http::Uri::from_static(method))
@@ -63,13 +63,13 @@ pub async fn open<Request: Frames>(
     Ok(Replies { body: response.into_body(), frames: VecDeque::new(), buffered: 0, ended: false })
 }
 
-/// The requests' frames, in order; the body ends when the sender is dropped.
+/// The requests, in order, one data frame each; the body ends when the sender is
+/// dropped.
 struct RequestBody<R> {
     rx: mpsc::Receiver<R>,
-    pending: VecDeque<Bytes>,
 }
 
-impl<R: Frames> http_body::Body for RequestBody<R> {
+impl<R: Wire> http_body::Body for RequestBody<R> {
     type Data = Bytes;
     type Error = std::convert::Infallible;
 
@@ -77,17 +77,7 @@ impl<R: Frames> http_body::Body for RequestBody<R> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        use std::task::Poll;
-        loop {
-            if let Some(b) = self.pending.pop_front() {
-                return Poll::Ready(Some(Ok(http_body::Frame::data(b))));
-            }
-            match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(m)) => self.pending.extend(m.frames()),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        self.rx.poll_recv(cx).map(|m| m.map(|m| Ok(http_body::Frame::data(m.wire()))))
     }
 }
 
