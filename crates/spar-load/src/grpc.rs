@@ -29,8 +29,8 @@ pub trait Wire: Send + 'static {
 /// One buffer, as Envoy writes a message, and not `rest` as a frame of its own (which
 /// saved copying the 220 KB of names every SotW ACK repeats): HTTP/2 then frames the
 /// message as Envoy's does, and the server is measured with the framing it will see.
-/// With a small first frame and the names after it, Spar held 6 MB more at 2k delta
-/// proxies (149 MB against 143 MB, one run each way; docs/performance.md).
+/// With a small first frame and the names after it, Spar held 6-8 MB more at 2k proxies
+/// (delta: 148-149 MB against 142-143 MB; docs/performance.md).
 pub fn prefixed(m: &impl Message, rest: &[u8]) -> Bytes {
     let len = m.encoded_len() + rest.len();
     let mut buf = BytesMut::with_capacity(5 + len);
