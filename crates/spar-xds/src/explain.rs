@@ -378,7 +378,7 @@ fn http(res: &ProxyResources, rc: &RouteConfiguration, req: &Request, out: &mut 
     out.route_index = Some(i);
     out.route_name = (!r.name.is_empty()).then(|| r.name.clone());
     out.route_match = r.r#match.as_ref().map(describe_match);
-    out.route_settings = settings(r);
+    out.route_settings = settings(vh, r);
     match &r.action {
         Some(route::Action::Route(a)) => {
             out.action = "forward".into();
@@ -548,7 +548,7 @@ pub fn describe_match(m: &RouteMatch) -> String {
     parts.join(" and ")
 }
 
-fn settings(r: &Route) -> Vec<String> {
+fn settings(vh: &VirtualHost, r: &Route) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(route::Action::Route(a)) = &r.action {
         if !a.prefix_rewrite.is_empty() {
@@ -569,7 +569,8 @@ fn settings(r: &Route) -> Vec<String> {
             Some(t) => out.push(format!("timeout {}", duration(t.seconds, t.nanos))),
             None => {}
         }
-        if let Some(rp) = &a.retry_policy {
+        // A route without a policy of its own takes its virtual host's.
+        if let Some(rp) = a.retry_policy.as_ref().or(vh.retry_policy.as_ref()) {
             let n = rp.num_retries.as_ref().map_or(1, |n| n.value);
             let per = rp.per_try_timeout.as_ref().map(|t| format!(", per try {}", duration(t.seconds, t.nanos)));
             out.push(format!("retries {n} on {}{}", rp.retry_on, per.unwrap_or_default()));
@@ -804,6 +805,25 @@ mod tests {
             ..Default::default()
         };
         assert!(route_matches(&ci, &req("/api/x", &[])));
+    }
+
+    /// A route without a retry policy of its own is retried by its virtual host's.
+    #[test]
+    fn retries_come_from_the_route_or_else_its_virtual_host() {
+        use envoy_types::pb::envoy::config::route::v3::{RetryPolicy, RouteAction};
+        let policy = |n: u32, on: &str| RetryPolicy {
+            retry_on: on.into(),
+            num_retries: Some(envoy_types::pb::google::protobuf::UInt32Value { value: n }),
+            ..Default::default()
+        };
+        let route = |p: Option<RetryPolicy>| Route {
+            action: Some(route::Action::Route(RouteAction { retry_policy: p, ..Default::default() })),
+            ..Default::default()
+        };
+        let vh = VirtualHost { retry_policy: Some(policy(2, "connect-failure")), ..Default::default() };
+        assert_eq!(settings(&vh, &route(None)), ["retries 2 on connect-failure"]);
+        assert_eq!(settings(&vh, &route(Some(policy(5, "5xx")))), ["retries 5 on 5xx"]);
+        assert!(settings(&VirtualHost::default(), &route(None)).is_empty());
     }
 
     #[test]

@@ -439,7 +439,13 @@ fn route_config(
             }
         }
     }
-    let mut virtual_hosts: Vec<xds_route::VirtualHost> = vhosts.into_iter().map(|(_, vh, ..)| vh).collect();
+    let mut virtual_hosts: Vec<xds_route::VirtualHost> = vhosts
+        .into_iter()
+        .map(|(_, mut vh, ..)| {
+            routes::share_retry_policy(&mut vh);
+            vh
+        })
+        .collect();
     if virtual_hosts.is_empty() {
         // Nothing bound: every request gets 404, as from istiod's blackhole host.
         virtual_hosts.push(xds_route::VirtualHost {

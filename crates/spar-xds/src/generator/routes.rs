@@ -746,6 +746,31 @@ pub(super) fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration { seconds: i64::try_from(ns / 1_000_000_000).ok()?, nanos: i32::try_from(ns % 1_000_000_000).ok()? })
 }
 
+/// Moves the retry policy that every forwarding route of `vh` carries alike up to `vh`
+/// itself. Envoy gives a virtual host's policy to each of its routes that has none of its
+/// own, so requests are retried exactly as before; istiod repeats the policy per route,
+/// 230-odd bytes each, half of a full mesh's route configuration. Left per route when
+/// the forwarding routes differ, or one has none (`retries: {attempts: 0}`): that route
+/// would take the host's.
+// EnvoyFilter patches, once applied, must come before this: a merge into a route's
+// policy would otherwise start from none.
+pub(super) fn share_retry_policy(vh: &mut xds_route::VirtualHost) {
+    let mut actions = vh.routes.iter().filter_map(|r| match &r.action {
+        Some(xds_route::route::Action::Route(a)) => Some(a),
+        _ => None,
+    });
+    let Some(Some(policy)) = actions.next().map(|a| &a.retry_policy) else { return };
+    if vh.retry_policy.is_some() || !actions.all(|a| a.retry_policy.as_ref() == Some(policy)) {
+        return;
+    }
+    vh.retry_policy = Some(policy.clone());
+    for r in &mut vh.routes {
+        if let Some(xds_route::route::Action::Route(a)) = &mut r.action {
+            a.retry_policy = None;
+        }
+    }
+}
+
 /// The route configuration `name` for listener port `port`: a virtual host
 /// `<host>:<port>` per HTTP service with that port. Domains already used by an earlier
 /// virtual host are left out (Envoy rejects duplicates).
@@ -780,13 +805,15 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
                 vec![r]
             }
         };
-        vhosts.push(xds_route::VirtualHost {
+        let mut vh = xds_route::VirtualHost {
             name: format!("{}:{port}", svc.hostname),
             domains,
             routes,
             include_request_attempt_count: true,
             ..Default::default()
-        });
+        };
+        share_retry_policy(&mut vh);
+        vhosts.push(vh);
     }
     // Hosts outside the registry: refused with 502 under REGISTRY_ONLY; passed through
     // under ALLOW_ANY when the proxy captures traffic (without capture there is no

@@ -154,6 +154,58 @@ fn virtual_service_routes_and_domains() {
     assert_eq!(ra.timeout.as_ref().map(|t| t.seconds), Some(0), "istiod disables the route timeout");
 }
 
+/// The retry policy every route of a virtual host carries alike is given once, on the
+/// host; a route with retries off, or with a policy of its own, keeps every route's own.
+#[test]
+fn a_retry_policy_shared_by_every_route_is_set_on_the_virtual_host() {
+    let vh_of = |http: &str| {
+        let vs = format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [backend]\n  http:\n{http}"
+        );
+        let mesh = MESH
+            .split("kind: VirtualService")
+            .next()
+            .expect("prefix")
+            .trim_end_matches("apiVersion: networking.istio.io/v1\n");
+        let snap = mk_snapshot(&format!("{mesh}---\n{vs}\n---\n{SIDECARS}"));
+        let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
+        let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "10.0.0.1:9080");
+        rc.virtual_hosts.into_iter().find(|v| v.name == "backend.default.svc.cluster.local:9080").expect("backend host")
+    };
+    let per_route = |vh: &envoy_types::pb::envoy::config::route::v3::VirtualHost| -> Vec<Option<u32>> {
+        vh.routes
+            .iter()
+            .map(|r| match &r.action {
+                Some(Action::Route(a)) => {
+                    a.retry_policy.as_ref().map(|p| p.num_retries.as_ref().map_or(1, |n| n.value))
+                }
+                _ => panic!("route action"),
+            })
+            .collect()
+    };
+    let header = "  - match: [{headers: {x-user: {exact: tester}}}]\n";
+    // Istio's default on both routes: once, on the host.
+    let vh = vh_of(&format!(
+        "{header}    route: [{{destination: {{host: backend, subset: v2}}}}]\n  - route: [{{destination: {{host: backend, subset: v1}}}}]\n"
+    ));
+    let policy = vh.retry_policy.as_ref().expect("on the virtual host");
+    assert_eq!(policy.num_retries.as_ref().map(|n| n.value), Some(2));
+    assert_eq!(policy.retry_on, "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes");
+    assert_eq!(per_route(&vh), [None, None]);
+    // Retries off on one route: it must not take the host's, so each keeps its own.
+    let vh = vh_of(&format!(
+        "{header}    retries: {{attempts: 0}}\n    route: [{{destination: {{host: backend, subset: v2}}}}]\n  - route: [{{destination: {{host: backend, subset: v1}}}}]\n"
+    ));
+    assert_eq!(vh.retry_policy, None);
+    assert_eq!(per_route(&vh), [None, Some(2)]);
+    // Different policies: each keeps its own.
+    let vh = vh_of(&format!(
+        "{header}    retries: {{attempts: 5}}\n    route: [{{destination: {{host: backend, subset: v2}}}}]\n  - route: [{{destination: {{host: backend, subset: v1}}}}]\n"
+    ));
+    assert_eq!(vh.retry_policy, None);
+    assert_eq!(per_route(&vh), [Some(5), Some(2)]);
+}
+
 #[test]
 fn subset_endpoints_are_filtered_by_labels() {
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
