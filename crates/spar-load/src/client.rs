@@ -537,59 +537,101 @@ type Items<'a> = [(&'a [u8], &'a [u8])];
 /// A state and the first resource that could not be decoded on the way to it.
 type Step = (Arc<Held>, Option<String>);
 
+/// A response's resources as read for one proxy: (name, value) each, the first that
+/// could not be read, and the bytes of the values.
+struct Read<'a> {
+    items: Vec<(&'a [u8], &'a [u8])>,
+    error: Option<String>,
+    bytes: usize,
+}
+
+/// Where a response takes a proxy: the state after, the first resource that could not
+/// be read or decoded (a NACK's reason), and the bytes of the resources' values.
+type Outcome<S> = (Arc<S>, Option<String>, usize);
+
+/// Per client thread: (state before, what was received) → the outcome, while some
+/// proxy holds the state after (the table keeps none alive).
+type Memo<S> = std::cell::RefCell<std::collections::HashMap<(u64, u64), Remembered<S>, foldhash::fast::FixedState>>;
+type Remembered<S> = (std::sync::Weak<S>, Option<String>, usize);
+
+/// The outcome remembered for `key` in `memo`, else `work`'s, remembered. With
+/// `--decode discovery`, a proxy that receives from some state the very bytes another
+/// proxy on its thread received from it takes that proxy's outcome instead of reading
+/// thousands of resources again: every proxy of a full mesh is sent the same clusters,
+/// listeners and load assignments.
+fn remember<S>(
+    memo: &'static std::thread::LocalKey<Memo<S>>,
+    key: (u64, u64),
+    work: impl FnOnce() -> Outcome<S>,
+) -> Outcome<S> {
+    let taken = memo.with_borrow(|m| m.get(&key).and_then(|(s, e, b)| Some((s.upgrade()?, e.clone(), *b))));
+    if let Some(outcome) = taken {
+        return outcome;
+    }
+    let outcome = work();
+    memo.with_borrow_mut(|m| {
+        // Bounded: a storm needs a few states per scope, churn a few more.
+        if m.len() >= 4096 {
+            m.clear();
+        }
+        m.insert(key, (Arc::downgrade(&outcome.0), outcome.1.clone(), outcome.2));
+    });
+    outcome
+}
+
+/// A hash of a response's resources as received and of the names it removes: two
+/// proxies whose responses hash alike received the same.
+fn content_hash(kind: XdsType, resources: &[Bytes], removed: &[String]) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = foldhash::quality::FixedState::with_seed(0x5ba7).build_hasher();
+    h.write_u8(kind as u8);
+    for r in resources {
+        h.write_usize(r.len());
+        h.write(r);
+    }
+    h.write_usize(removed.len());
+    for name in removed {
+        h.write_usize(name.len());
+        h.write(name.as_bytes());
+    }
+    h.finish()
+}
+
+/// A new state's number (0 is holding nothing).
+fn next_id() -> u64 {
+    static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Held {
-    /// The state after a response of `kind` (CDS or LDS): only its resources when
-    /// `replace` (SotW), else these added or updated and `removed` taken out (delta).
-    fn step(
+    /// The state after a response of `kind` (CDS or LDS) that hashes to `content`
+    /// ([`content_hash`]): only its resources when `replace` (SotW), else these added or
+    /// updated and `removed` taken out (delta). `read` reads the response when it has to
+    /// be (always with `--decode all`).
+    fn step<'a>(
         self: &Arc<Self>,
         kind: XdsType,
         replace: bool,
-        items: &Items<'_>,
+        content: u64,
+        read: impl FnOnce() -> Read<'a>,
         removed: &[String],
         decode: Decode,
-    ) -> Step {
-        use std::hash::{BuildHasher as _, Hasher as _};
+    ) -> Outcome<Self> {
+        let work = || {
+            let Read { items, error, bytes } = read();
+            let (next, e) = self.apply(kind, replace, &items, removed, decode);
+            (next, error.or(e), bytes)
+        };
         if decode == Decode::All {
-            return self.apply(kind, replace, items, removed, decode);
+            return work();
         }
-        /// The state after, while some proxy holds it (the table keeps none alive).
-        type Taken = (std::sync::Weak<Held>, Option<String>);
         thread_local! {
-            /// (state before, what was received) → the state after.
-            static STEPS: std::cell::RefCell<std::collections::HashMap<(u64, u64), Taken, foldhash::fast::FixedState>> =
-                std::cell::RefCell::default();
+            static STEPS: Memo<Held> = std::cell::RefCell::default();
         }
-        let mut content = foldhash::quality::FixedState::with_seed(0x5ba7).build_hasher();
-        content.write_u8(kind as u8);
-        for (name, value) in items {
-            content.write_usize(name.len());
-            content.write(name);
-            content.write_usize(value.len());
-            content.write(value);
-        }
-        for name in removed {
-            content.write_usize(name.len());
-            content.write(name.as_bytes());
-        }
-        let key = (if replace { 0 } else { self.id }, content.finish());
-        let taken =
-            STEPS.with_borrow(|steps| steps.get(&key).and_then(|(next, error)| Some((next.upgrade()?, error.clone()))));
-        if let Some(step) = taken {
-            return step;
-        }
-        let step = self.apply(kind, replace, items, removed, decode);
-        STEPS.with_borrow_mut(|steps| {
-            // Bounded: a storm needs a few states per scope, churn a few more.
-            if steps.len() >= 4096 {
-                steps.clear();
-            }
-            steps.insert(key, (Arc::downgrade(&step.0), step.1.clone()));
-        });
-        step
+        remember(&STEPS, (if replace { 0 } else { self.id }, content), work)
     }
 
     fn apply(&self, kind: XdsType, replace: bool, items: &Items<'_>, removed: &[String], decode: Decode) -> Step {
-        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut by_name = if replace { BTreeMap::new() } else { self.by_name.clone() };
         for name in removed {
             by_name.remove(name.as_str());
@@ -613,9 +655,96 @@ impl Held {
             prost::encoding::encode_varint(n.len() as u64, &mut wire);
             wire.extend_from_slice(n.as_bytes());
         }
-        let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (Arc::new(Held { id, by_name, wanted, wire: wire.into() }), error)
+        (Arc::new(Held { id: next_id(), by_name, wanted, wire: wire.into() }), error)
     }
+}
+
+/// The EDS or RDS names a delta proxy holds, as 64-bit hashes (thousands per proxy),
+/// for removals and for knowing when it holds all it subscribed to. Shared like
+/// [`Held`]. A SotW proxy keeps an empty one: its responses replace what it held, and
+/// nothing needs the names, but it still shares the reading of what it receives.
+#[derive(Debug, Default)]
+struct NamesHeld {
+    /// Unique per state; 0 for holding nothing.
+    id: u64,
+    names: FastSet<u64>,
+}
+
+impl NamesHeld {
+    /// The state after a response of `kind` (EDS or RDS) that hashes to `content`: the
+    /// names it brings added and `removed` taken out when `track` (delta).
+    fn step<'a>(
+        self: &Arc<Self>,
+        kind: XdsType,
+        track: bool,
+        content: u64,
+        read: impl FnOnce() -> Read<'a>,
+        removed: &[String],
+        decode: Decode,
+    ) -> Outcome<Self> {
+        let work = || {
+            let Read { items, mut error, bytes } = read();
+            let mut names = if track { self.names.clone() } else { FastSet::default() };
+            for (name, value) in &items {
+                if track {
+                    names.insert(name_hash(name));
+                }
+                if decode == Decode::All
+                    && let Err(e) = check(kind, name, value)
+                {
+                    error.get_or_insert(e);
+                }
+            }
+            if track {
+                for name in removed {
+                    names.remove(&name_hash(name));
+                }
+            }
+            (Arc::new(Self { id: next_id(), names }), error, bytes)
+        };
+        if decode == Decode::All {
+            return work();
+        }
+        thread_local! {
+            static STEPS: Memo<NamesHeld> = std::cell::RefCell::default();
+        }
+        remember(&STEPS, (if track { self.id } else { 0 }, content), work)
+    }
+}
+
+/// A SotW response's resources: each `Any`'s value, unnamed.
+fn read_sotw(kind: XdsType, resources: &[Bytes]) -> Read<'_> {
+    let mut error = None;
+    let items: Vec<(&[u8], &[u8])> = resources
+        .iter()
+        .filter_map(|any| match fields(any, [2]) {
+            Ok([value]) => Some((&b""[..], value.unwrap_or_default())),
+            Err(e) => {
+                error.get_or_insert(format!("{}: {e}", kind.short()));
+                None
+            }
+        })
+        .collect();
+    let bytes = items.iter().map(|(_, v)| v.len()).sum();
+    Read { items, error, bytes }
+}
+
+/// A delta response's resources: each one's name and its `Any`'s value (a resource
+/// without one, as for a heartbeat, is left out).
+fn read_delta(kind: XdsType, resources: &[Bytes]) -> Read<'_> {
+    let mut error = None;
+    let items: Vec<(&[u8], &[u8])> = resources
+        .iter()
+        .filter_map(|r| match delta_resource(r) {
+            Ok((name, value)) => Some((name, value?)),
+            Err(e) => {
+                error.get_or_insert(format!("{}: {e}", kind.short()));
+                None
+            }
+        })
+        .collect();
+    let bytes = items.iter().map(|(_, v)| v.len()).sum();
+    Read { items, error, bytes }
 }
 
 /// A cluster's or listener's name and what it subscribes to.
@@ -676,6 +805,9 @@ struct Holdings {
     /// Clusters and listeners.
     cds: Arc<Held>,
     lds: Arc<Held>,
+    /// EDS and RDS names held (delta), or the last response's reading shared (SotW).
+    eds_held: Arc<NamesHeld>,
+    rds_held: Arc<NamesHeld>,
     /// EDS and RDS names subscribed to.
     eds_sub: Arc<BTreeSet<Name>>,
     rds_sub: Arc<BTreeSet<Name>>,
@@ -696,20 +828,33 @@ struct Holdings {
 }
 
 impl Holdings {
-    /// Takes the state after a CDS or LDS response; returns the first resource that could
-    /// not be decoded.
-    fn step(
+    /// Takes the state after a response that hashes to `content` ([`content_hash`]), read by
+    /// `read` if it has to be; `delta` adds to and removes from what was held, SotW
+    /// replaces it. Returns the first resource that could not be read or decoded, and
+    /// the bytes of the resources' values.
+    fn step<'a>(
         &mut self,
         kind: XdsType,
-        replace: bool,
-        items: &Items<'_>,
+        delta: bool,
+        content: u64,
+        read: impl FnOnce() -> Read<'a>,
         removed: &[String],
         decode: Decode,
-    ) -> Option<String> {
-        let held = if kind == XdsType::Cds { &mut self.cds } else { &mut self.lds };
-        let (next, error) = held.step(kind, replace, items, removed, decode);
-        *held = next;
-        error
+    ) -> (Option<String>, usize) {
+        match kind {
+            XdsType::Cds | XdsType::Lds => {
+                let held = if kind == XdsType::Cds { &mut self.cds } else { &mut self.lds };
+                let (next, error, bytes) = held.step(kind, !delta, content, read, removed, decode);
+                *held = next;
+                (error, bytes)
+            }
+            XdsType::Eds | XdsType::Rds => {
+                let held = if kind == XdsType::Eds { &mut self.eds_held } else { &mut self.rds_held };
+                let (next, error, bytes) = held.step(kind, delta, content, read, removed, decode);
+                *held = next;
+                (error, bytes)
+            }
+        }
     }
 
     /// Whether what the clusters (0) or listeners (1) held subscribe to differs from the
@@ -819,31 +964,10 @@ impl Proxy {
             };
             let k = kind as usize;
             h.nonce[k] = nonce.clone();
-            // Each `Any`'s value (an `Any` that cannot be read is a NACK's reason).
-            let mut error = None;
-            let values: Vec<&[u8]> = resources
-                .iter()
-                .filter_map(|any| match fields(any, [2]) {
-                    Ok([value]) => Some(value.unwrap_or_default()),
-                    Err(e) => {
-                        error.get_or_insert(format!("{}: {e}", kind.short()));
-                        None
-                    }
-                })
-                .collect();
-            let bytes = values.iter().map(|v| v.len()).sum();
             // State of the world: the response replaces what the proxy held of its type.
-            match kind {
-                XdsType::Cds | XdsType::Lds => {
-                    let items: Vec<_> = values.iter().map(|v| (&b""[..], *v)).collect();
-                    let e = h.step(kind, true, &items, &[], self.opts.decode);
-                    error = error.or(e);
-                }
-                XdsType::Eds | XdsType::Rds if self.opts.decode == Decode::All => {
-                    error = error.or_else(|| values.iter().find_map(|v| check(kind, b"", v).err()));
-                }
-                XdsType::Eds | XdsType::Rds => {}
-            }
+            // An `Any` that cannot be read or decoded is a NACK's reason.
+            let content = content_hash(kind, &resources, &[]);
+            let (error, bytes) = h.step(kind, false, content, || read_sotw(kind, &resources), &[], self.opts.decode);
             let ack = error.is_none() && self.decide_ack();
             // New subscriptions first (Envoy subscribes to the EDS of new clusters while
             // it warms them), then the ACK or NACK.
@@ -904,10 +1028,6 @@ impl Proxy {
     async fn stream_delta(&mut self, channel: Channel) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel::<DeltaAsk>(16);
         let mut h = Holdings::default();
-        // Names held per type, for removals, as 64-bit hashes of the names: thousands per
-        // proxy, and the client shares the cores (and the machine's memory) with the server.
-        let mut eds_held: FastSet<u64> = FastSet::default();
-        let mut rds_held: FastSet<u64> = FastSet::default();
         tx.send(
             DeltaDiscoveryRequest {
                 node: Some(self.spec.node()),
@@ -928,41 +1048,10 @@ impl Proxy {
             };
             let k = kind as usize;
             let count = resources.len();
-            // Each resource's name and value (one that cannot be read is a NACK's reason).
-            let mut error = None;
-            let items: Vec<(&[u8], &[u8])> = resources
-                .iter()
-                .filter_map(|r| match delta_resource(r) {
-                    Ok((name, value)) => Some((name, value?)),
-                    Err(e) => {
-                        error.get_or_insert(format!("{}: {e}", kind.short()));
-                        None
-                    }
-                })
-                .collect();
-            let bytes = items.iter().map(|(_, v)| v.len()).sum();
-            match kind {
-                XdsType::Cds | XdsType::Lds => {
-                    let e = h.step(kind, false, &items, &removed_resources, self.opts.decode);
-                    error = error.or(e);
-                }
-                XdsType::Eds | XdsType::Rds => {
-                    // Endpoints and routes are held by their names' hashes (thousands per
-                    // proxy, and the client shares the cores with the server).
-                    let held = if kind == XdsType::Eds { &mut eds_held } else { &mut rds_held };
-                    for (name, value) in &items {
-                        held.insert(name_hash(name));
-                        if self.opts.decode == Decode::All
-                            && let Err(e) = check(kind, name, value)
-                        {
-                            error.get_or_insert(e);
-                        }
-                    }
-                    for name in &removed_resources {
-                        held.remove(&name_hash(name));
-                    }
-                }
-            }
+            // A resource that cannot be read or decoded is a NACK's reason.
+            let content = content_hash(kind, &resources, &removed_resources);
+            let (error, bytes) =
+                h.step(kind, true, content, || read_delta(kind, &resources), &removed_resources, self.opts.decode);
             let ack = error.is_none() && self.decide_ack();
             for (held, sub) in [(XdsType::Cds, XdsType::Eds), (XdsType::Lds, XdsType::Rds)] {
                 let i = usize::from(sub == XdsType::Rds);
@@ -988,17 +1077,25 @@ impl Proxy {
                 XdsType::Rds if still => {}
                 XdsType::Eds => {
                     h.answered[k] = h.eds_sub.iter().all(|n| {
-                        eds_held.contains(&name_hash(n.as_bytes())) || removed_resources.iter().any(|r| **r == **n)
+                        h.eds_held.names.contains(&name_hash(n.as_bytes()))
+                            || removed_resources.iter().any(|r| **r == **n)
                     });
-                    h.answered_for[0] =
-                        if h.answered[k] { (h.sub_generation[0], h.eds_sub.len()) } else { (u64::MAX, eds_held.len()) };
+                    h.answered_for[0] = if h.answered[k] {
+                        (h.sub_generation[0], h.eds_sub.len())
+                    } else {
+                        (u64::MAX, h.eds_held.names.len())
+                    };
                 }
                 XdsType::Rds => {
                     h.answered[k] = h.rds_sub.iter().all(|n| {
-                        rds_held.contains(&name_hash(n.as_bytes())) || removed_resources.iter().any(|r| **r == **n)
+                        h.rds_held.names.contains(&name_hash(n.as_bytes()))
+                            || removed_resources.iter().any(|r| **r == **n)
                     });
-                    h.answered_for[1] =
-                        if h.answered[k] { (h.sub_generation[1], h.rds_sub.len()) } else { (u64::MAX, rds_held.len()) };
+                    h.answered_for[1] = if h.answered[k] {
+                        (h.sub_generation[1], h.rds_sub.len())
+                    } else {
+                        (u64::MAX, h.rds_held.names.len())
+                    };
                 }
                 XdsType::Cds | XdsType::Lds => h.answered[k] = true,
             }
@@ -1069,47 +1166,108 @@ mod tests {
         assert!(delta_resource(&[0x1f]).is_err(), "a reserved wire type");
     }
 
+    /// A SotW resource: an `Any` holding `value`.
+    fn any(value: &[u8]) -> Bytes {
+        use envoy_types::pb::google::protobuf::Any;
+        Any { type_url: type_url::CLUSTER.into(), value: value.to_vec() }.encode_to_vec().into()
+    }
+
+    /// A delta resource named `name` holding `value`.
+    fn res(name: &str, value: &[u8]) -> Bytes {
+        use envoy_types::pb::envoy::service::discovery::v3::Resource;
+        use envoy_types::pb::google::protobuf::Any;
+        let resource = Some(Any { type_url: type_url::CLUSTER.into(), value: value.to_vec() });
+        Resource { name: name.into(), version: "1".into(), resource, ..Default::default() }.encode_to_vec().into()
+    }
+
+    /// The state `held` moves to on a CDS response of `resources` (SotW unless `delta`).
+    fn cds(held: &Arc<Held>, delta: bool, resources: &[Bytes], removed: &[String], decode: Decode) -> Step {
+        let content = content_hash(XdsType::Cds, resources, removed);
+        let read = || if delta { read_delta(XdsType::Cds, resources) } else { read_sotw(XdsType::Cds, resources) };
+        let (next, error, _) = held.step(XdsType::Cds, !delta, content, read, removed, decode);
+        (next, error)
+    }
+
     /// The same bytes from the same state give the very same next state (decoded once
     /// per thread); from another state, or other bytes, another one; a resource that
     /// does not decode is reported and not held.
     #[test]
     fn a_step_is_taken_once_per_state_and_bytes() {
         let (a, b, c) = (cluster("a", true), cluster("b", false), cluster("c", true));
+        let d = Decode::Discovery;
         let empty = Arc::new(Held::default());
-        let items = [(&b""[..], &a[..]), (&b""[..], &b[..])];
-        let (one, e) = empty.step(XdsType::Cds, true, &items, &[], Decode::Discovery);
+        let sotw = [any(&a), any(&b)];
+        let (one, e) = cds(&empty, false, &sotw, &[], d);
         assert!(e.is_none());
         assert_eq!(names(&one.wanted), ["a"], "only EDS clusters are subscribed to");
-        let (two, _) = Arc::new(Held::default()).step(XdsType::Cds, true, &items, &[], Decode::Discovery);
+        let (two, _) = cds(&Arc::new(Held::default()), false, &sotw, &[], d);
         assert!(Arc::ptr_eq(&one, &two), "the same bytes: the same state, shared");
         let mut wire = Vec::new();
         prost::encoding::string::encode(3, &"a".to_string(), &mut wire);
         assert_eq!(one.wire, wire, "the subscription as request field 3");
 
         // Delta: added to what was held, and a removal.
-        let (three, _) = one.step(XdsType::Cds, false, &[(b"c", &c[..])], &[], Decode::Discovery);
+        let (three, _) = cds(&one, true, &[res("c", &c)], &[], d);
         assert_eq!(names(&three.wanted), ["a", "c"]);
         assert_eq!(three.by_name.len(), 3);
-        let (four, _) = three.step(XdsType::Cds, false, &[], &["a".to_string()], Decode::Discovery);
+        let (four, _) = cds(&three, true, &[], &["a".to_string()], d);
         assert_eq!(names(&four.wanted), ["c"]);
-        let (five, _) = empty.step(XdsType::Cds, false, &[(b"c", &c[..])], &[], Decode::Discovery);
+        let (five, _) = cds(&empty, true, &[res("c", &c)], &[], d);
         assert!(!Arc::ptr_eq(&five, &three), "the same bytes from another state");
         assert_eq!(names(&five.wanted), ["c"]);
         // Unchanged subscriptions keep their allocation.
-        let (six, _) = five.step(XdsType::Cds, false, &[(b"b", &b[..])], &[], Decode::Discovery);
+        let (six, _) = cds(&five, true, &[res("b", &b)], &[], d);
         assert!(Arc::ptr_eq(&six.wanted, &five.wanted));
 
         // The table keeps no state alive: once no proxy holds one, it is made anew.
         let id = one.id;
         drop((one, two));
-        let (again, _) = empty.step(XdsType::Cds, true, &items, &[], Decode::Discovery);
+        let (again, _) = cds(&empty, false, &sotw, &[], d);
         assert_ne!(again.id, id);
 
-        // What does not decode is a NACK's reason, in either decode mode.
+        // What does not decode is a NACK's reason, in either decode mode, and so is what
+        // cannot be read; the proxy that takes a remembered state is told too.
         for decode in [Decode::Discovery, Decode::All] {
-            let (bad, e) = empty.step(XdsType::Cds, true, &[(&b""[..], &[0xff][..]), (&b""[..], &a[..])], &[], decode);
-            assert!(e.is_some_and(|e| e.starts_with("cluster")), "{decode:?}");
-            assert_eq!(bad.by_name.len(), 1);
+            let bad = [any(&[0xff]), any(&a)];
+            for _ in 0..2 {
+                let (held, e) = cds(&empty, false, &bad, &[], decode);
+                assert!(e.is_some_and(|e| e.starts_with("cluster")), "{decode:?}");
+                assert_eq!(held.by_name.len(), 1);
+            }
+            let (held, e) = cds(&empty, true, &[Bytes::from_static(&[0x1f]), res("a", &a)], &[], decode);
+            assert!(e.is_some_and(|e| e.starts_with("cds")), "{decode:?}");
+            assert_eq!(held.by_name.len(), 1);
         }
+    }
+
+    /// Delta EDS names held: added, removed, and shared by proxies that receive the same
+    /// bytes from the same state; SotW keeps none but shares the reading and its bytes.
+    #[test]
+    fn names_held_are_shared_like_clusters() {
+        let step = |held: &Arc<NamesHeld>, delta: bool, resources: &[Bytes], removed: &[String]| {
+            let content = content_hash(XdsType::Eds, resources, removed);
+            let read = || if delta { read_delta(XdsType::Eds, resources) } else { read_sotw(XdsType::Eds, resources) };
+            held.step(XdsType::Eds, delta, content, read, removed, Decode::Discovery)
+        };
+        let empty = Arc::new(NamesHeld::default());
+        let first = [res("a", b"xy"), res("b", b"z")];
+        let (one, e, bytes) = step(&empty, true, &first, &[]);
+        assert_eq!((e, bytes), (None, 3));
+        assert!(one.names.contains(&name_hash("a")) && one.names.contains(&name_hash("b")));
+        let (two, ..) = step(&Arc::new(NamesHeld::default()), true, &first, &[]);
+        assert!(Arc::ptr_eq(&one, &two));
+        let (three, _, bytes) = step(&one, true, &[res("c", b"")], &["a".to_string()]);
+        assert_eq!(bytes, 0);
+        assert_eq!(three.names, [name_hash("b"), name_hash("c")].into_iter().collect());
+        assert_eq!(one.names.len(), 2, "a state is never changed");
+        // A heartbeat (a resource without a value) adds nothing.
+        let (four, ..) = step(&three, true, &[res("d", b"").slice(..3)], &[]);
+        assert_eq!(four.names, three.names);
+
+        let (sotw, e, bytes) = step(&empty, false, &[any(b"xy"), any(b"z")], &[]);
+        assert_eq!((e, bytes), (None, 3));
+        assert!(sotw.names.is_empty());
+        let (again, ..) = step(&three, false, &[any(b"xy"), any(b"z")], &[]);
+        assert!(Arc::ptr_eq(&sotw, &again), "SotW: whatever was held before");
     }
 }
