@@ -559,11 +559,16 @@ type Remembered<S> = (std::sync::Weak<S>, Option<String>, usize);
 /// proxy on its thread received from it takes that proxy's outcome instead of reading
 /// thousands of resources again: every proxy of a full mesh is sent the same clusters,
 /// listeners and load assignments.
+/// With `--decode all` every proxy does all the work itself.
 fn remember<S>(
     memo: &'static std::thread::LocalKey<Memo<S>>,
     key: (u64, u64),
+    decode: Decode,
     work: impl FnOnce() -> Outcome<S>,
 ) -> Outcome<S> {
+    if decode == Decode::All {
+        return work();
+    }
     let taken = memo.with_borrow(|m| m.get(&key).and_then(|(s, e, b)| Some((s.upgrade()?, e.clone(), *b))));
     if let Some(outcome) = taken {
         return outcome;
@@ -604,33 +609,8 @@ fn next_id() -> u64 {
 }
 
 impl Held {
-    /// The state after a response of `kind` (CDS or LDS) that hashes to `content`
-    /// ([`content_hash`]): only its resources when `replace` (SotW), else these added or
-    /// updated and `removed` taken out (delta). `read` reads the response when it has to
-    /// be (always with `--decode all`).
-    fn step<'a>(
-        self: &Arc<Self>,
-        kind: XdsType,
-        replace: bool,
-        content: u64,
-        read: impl FnOnce() -> Read<'a>,
-        removed: &[String],
-        decode: Decode,
-    ) -> Outcome<Self> {
-        let work = || {
-            let Read { items, error, bytes } = read();
-            let (next, e) = self.apply(kind, replace, &items, removed, decode);
-            (next, error.or(e), bytes)
-        };
-        if decode == Decode::All {
-            return work();
-        }
-        thread_local! {
-            static STEPS: Memo<Held> = std::cell::RefCell::default();
-        }
-        remember(&STEPS, (if replace { 0 } else { self.id }, content), work)
-    }
-
+    /// The state after a CDS or LDS response: only its resources when `replace` (SotW),
+    /// else these added or updated and `removed` taken out (delta).
     fn apply(&self, kind: XdsType, replace: bool, items: &Items<'_>, removed: &[String], decode: Decode) -> Step {
         let mut by_name = if replace { BTreeMap::new() } else { self.by_name.clone() };
         for name in removed {
@@ -671,80 +651,59 @@ struct NamesHeld {
 }
 
 impl NamesHeld {
-    /// The state after a response of `kind` (EDS or RDS) that hashes to `content`: the
-    /// names it brings added and `removed` taken out when `track` (delta).
-    fn step<'a>(
-        self: &Arc<Self>,
-        kind: XdsType,
-        track: bool,
-        content: u64,
-        read: impl FnOnce() -> Read<'a>,
-        removed: &[String],
-        decode: Decode,
-    ) -> Outcome<Self> {
-        let work = || {
-            let Read { items, mut error, bytes } = read();
-            let mut names = if track { self.names.clone() } else { FastSet::default() };
-            for (name, value) in &items {
-                if track {
-                    names.insert(name_hash(name));
-                }
-                if decode == Decode::All
-                    && let Err(e) = check(kind, name, value)
-                {
-                    error.get_or_insert(e);
-                }
-            }
+    /// The state after an EDS or RDS response: the names it brings added and `removed`
+    /// taken out when `track` (delta), none kept otherwise.
+    fn apply(&self, kind: XdsType, track: bool, read: Read<'_>, removed: &[String], decode: Decode) -> Outcome<Self> {
+        let Read { items, mut error, bytes } = read;
+        let mut names = if track { self.names.clone() } else { FastSet::default() };
+        for (name, value) in &items {
             if track {
-                for name in removed {
-                    names.remove(&name_hash(name));
-                }
+                names.insert(name_hash(name));
             }
-            (Arc::new(Self { id: next_id(), names }), error, bytes)
-        };
-        if decode == Decode::All {
-            return work();
+            if decode == Decode::All
+                && let Err(e) = check(kind, name, value)
+            {
+                error.get_or_insert(e);
+            }
         }
-        thread_local! {
-            static STEPS: Memo<NamesHeld> = std::cell::RefCell::default();
+        if track {
+            for name in removed {
+                names.remove(&name_hash(name));
+            }
         }
-        remember(&STEPS, (if track { self.id } else { 0 }, content), work)
+        (Arc::new(Self { id: next_id(), names }), error, bytes)
     }
 }
 
-/// A SotW response's resources: each `Any`'s value, unnamed.
-fn read_sotw(kind: XdsType, resources: &[Bytes]) -> Read<'_> {
+/// A response's resources, each as `item` reads it: `Ok(None)` leaves it out.
+fn read<'a>(
+    kind: XdsType,
+    resources: &'a [Bytes],
+    item: impl Fn(&'a [u8]) -> Result<Option<(&'a [u8], &'a [u8])>, String>,
+) -> Read<'a> {
     let mut error = None;
     let items: Vec<(&[u8], &[u8])> = resources
         .iter()
-        .filter_map(|any| match fields(any, [2]) {
-            Ok([value]) => Some((&b""[..], value.unwrap_or_default())),
-            Err(e) => {
+        .filter_map(|r| {
+            item(r).unwrap_or_else(|e| {
                 error.get_or_insert(format!("{}: {e}", kind.short()));
                 None
-            }
+            })
         })
         .collect();
     let bytes = items.iter().map(|(_, v)| v.len()).sum();
     Read { items, error, bytes }
+}
+
+/// A SotW response's resources: each `Any`'s value, unnamed.
+fn read_sotw(kind: XdsType, resources: &[Bytes]) -> Read<'_> {
+    read(kind, resources, |any| Ok(Some((&b""[..], fields(any, [2])?[0].unwrap_or_default()))))
 }
 
 /// A delta response's resources: each one's name and its `Any`'s value (a resource
 /// without one, as for a heartbeat, is left out).
 fn read_delta(kind: XdsType, resources: &[Bytes]) -> Read<'_> {
-    let mut error = None;
-    let items: Vec<(&[u8], &[u8])> = resources
-        .iter()
-        .filter_map(|r| match delta_resource(r) {
-            Ok((name, value)) => Some((name, value?)),
-            Err(e) => {
-                error.get_or_insert(format!("{}: {e}", kind.short()));
-                None
-            }
-        })
-        .collect();
-    let bytes = items.iter().map(|(_, v)| v.len()).sum();
-    Read { items, error, bytes }
+    read(kind, resources, |r| delta_resource(r).map(|(name, value)| Some((name, value?))))
 }
 
 /// A cluster's or listener's name and what it subscribes to.
@@ -841,16 +800,28 @@ impl Holdings {
         removed: &[String],
         decode: Decode,
     ) -> (Option<String>, usize) {
+        thread_local! {
+            static HELD: Memo<Held> = std::cell::RefCell::default();
+            static NAMES: Memo<NamesHeld> = std::cell::RefCell::default();
+        }
         match kind {
             XdsType::Cds | XdsType::Lds => {
                 let held = if kind == XdsType::Cds { &mut self.cds } else { &mut self.lds };
-                let (next, error, bytes) = held.step(kind, !delta, content, read, removed, decode);
+                // SotW replaces what was held: the state before does not matter.
+                let key = (if delta { held.id } else { 0 }, content);
+                let (next, error, bytes) = remember(&HELD, key, decode, || {
+                    let Read { items, error, bytes } = read();
+                    let (next, e) = held.apply(kind, !delta, &items, removed, decode);
+                    (next, error.or(e), bytes)
+                });
                 *held = next;
                 (error, bytes)
             }
             XdsType::Eds | XdsType::Rds => {
                 let held = if kind == XdsType::Eds { &mut self.eds_held } else { &mut self.rds_held };
-                let (next, error, bytes) = held.step(kind, delta, content, read, removed, decode);
+                let key = (if delta { held.id } else { 0 }, content);
+                let (next, error, bytes) =
+                    remember(&NAMES, key, decode, || held.apply(kind, delta, read(), removed, decode));
                 *held = next;
                 (error, bytes)
             }
@@ -1075,27 +1046,15 @@ impl Proxy {
             match kind {
                 XdsType::Eds if still => {}
                 XdsType::Rds if still => {}
-                XdsType::Eds => {
-                    h.answered[k] = h.eds_sub.iter().all(|n| {
-                        h.eds_held.names.contains(&name_hash(n.as_bytes()))
-                            || removed_resources.iter().any(|r| **r == **n)
+                XdsType::Eds | XdsType::Rds => {
+                    let i = usize::from(kind == XdsType::Rds);
+                    let (sub, held) = if i == 0 { (&h.eds_sub, &h.eds_held) } else { (&h.rds_sub, &h.rds_held) };
+                    let all = sub.iter().all(|n| {
+                        held.names.contains(&name_hash(n.as_bytes())) || removed_resources.iter().any(|r| **r == **n)
                     });
-                    h.answered_for[0] = if h.answered[k] {
-                        (h.sub_generation[0], h.eds_sub.len())
-                    } else {
-                        (u64::MAX, h.eds_held.names.len())
-                    };
-                }
-                XdsType::Rds => {
-                    h.answered[k] = h.rds_sub.iter().all(|n| {
-                        h.rds_held.names.contains(&name_hash(n.as_bytes()))
-                            || removed_resources.iter().any(|r| **r == **n)
-                    });
-                    h.answered_for[1] = if h.answered[k] {
-                        (h.sub_generation[1], h.rds_sub.len())
-                    } else {
-                        (u64::MAX, h.rds_held.names.len())
-                    };
+                    h.answered_for[i] =
+                        if all { (h.sub_generation[i], sub.len()) } else { (u64::MAX, held.names.len()) };
+                    h.answered[k] = all;
                 }
                 XdsType::Cds | XdsType::Lds => h.answered[k] = true,
             }
@@ -1180,11 +1139,26 @@ mod tests {
         Resource { name: name.into(), version: "1".into(), resource, ..Default::default() }.encode_to_vec().into()
     }
 
+    /// A proxy holding `cds` and `eds` takes a response of `kind` (SotW unless `delta`):
+    /// its states after, the first error and the bytes.
+    fn take(
+        (cds, eds): (&Arc<Held>, &Arc<NamesHeld>),
+        kind: XdsType,
+        delta: bool,
+        resources: &[Bytes],
+        removed: &[String],
+        decode: Decode,
+    ) -> ((Arc<Held>, Arc<NamesHeld>), Option<String>, usize) {
+        let mut h = Holdings { cds: Arc::clone(cds), eds_held: Arc::clone(eds), ..Default::default() };
+        let content = content_hash(kind, resources, removed);
+        let read = || if delta { read_delta(kind, resources) } else { read_sotw(kind, resources) };
+        let (error, bytes) = h.step(kind, delta, content, read, removed, decode);
+        ((h.cds, h.eds_held), error, bytes)
+    }
+
     /// The state `held` moves to on a CDS response of `resources` (SotW unless `delta`).
     fn cds(held: &Arc<Held>, delta: bool, resources: &[Bytes], removed: &[String], decode: Decode) -> Step {
-        let content = content_hash(XdsType::Cds, resources, removed);
-        let read = || if delta { read_delta(XdsType::Cds, resources) } else { read_sotw(XdsType::Cds, resources) };
-        let (next, error, _) = held.step(XdsType::Cds, !delta, content, read, removed, decode);
+        let ((next, _), error, _) = take((held, &Arc::default()), XdsType::Cds, delta, resources, removed, decode);
         (next, error)
     }
 
@@ -1245,9 +1219,9 @@ mod tests {
     #[test]
     fn names_held_are_shared_like_clusters() {
         let step = |held: &Arc<NamesHeld>, delta: bool, resources: &[Bytes], removed: &[String]| {
-            let content = content_hash(XdsType::Eds, resources, removed);
-            let read = || if delta { read_delta(XdsType::Eds, resources) } else { read_sotw(XdsType::Eds, resources) };
-            held.step(XdsType::Eds, delta, content, read, removed, Decode::Discovery)
+            let ((_, next), error, bytes) =
+                take((&Arc::default(), held), XdsType::Eds, delta, resources, removed, Decode::Discovery);
+            (next, error, bytes)
         };
         let empty = Arc::new(NamesHeld::default());
         let first = [res("a", b"xy"), res("b", b"z")];
