@@ -91,12 +91,23 @@ impl Names {
         self.raw_names().filter_map(|b| std::str::from_utf8(b).ok())
     }
 
+    /// The field 3 entries, walked as [`Names::read`] walks them (which read the whole
+    /// request when it was decoded, so it is well formed).
     fn raw_names(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        fields(&self.raw).filter_map(|f| match f {
-            // The request was walked whole when it was decoded.
-            Ok((NAMES_FIELD, Some(bytes))) => Some(bytes),
-            _ => None,
-        })
+        use prost::encoding::{DecodeContext, WireType, decode_key, skip_field};
+        let mut buf: &[u8] = &self.raw;
+        let mut next = move || -> Result<Option<&[u8]>, DecodeError> {
+            while !buf.is_empty() {
+                let (tag, wire_type) = decode_key(&mut buf)?;
+                if u64::from(tag) == NAMES_FIELD && wire_type == WireType::LengthDelimited {
+                    return length_delimited(&mut buf).map(Some);
+                }
+                skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
+            }
+            Ok(None)
+        };
+        // Bytes that stop reading end the names (never, for a request that decoded).
+        std::iter::from_fn(move || next().ok().flatten())
     }
 
     /// An order-independent digest of the names: the same names in any order give the
@@ -160,12 +171,7 @@ impl Names {
             let at = raw.len() - buf.len();
             let (tag, wire_type) = prost::encoding::decode_key(&mut buf)?;
             if u64::from(tag) == NAMES_FIELD && wire_type == prost::encoding::WireType::LengthDelimited {
-                let len = prost::encoding::decode_varint(&mut buf)?;
-                let len = usize::try_from(len).map_err(|_| DecodeError::new("length overflows"))?;
-                let Some((name, rest)) = buf.split_at_checked(len) else {
-                    return Err(DecodeError::new("message truncated"));
-                };
-                buf = rest;
+                let name = length_delimited(&mut buf)?;
                 names.count += 1;
                 names.star |= name == b"*";
                 run.get_or_insert(at);
@@ -256,43 +262,13 @@ impl From<DiscoveryRequest> for SotwRequest {
     }
 }
 
-/// The top-level fields of an encoded message: (field number, the bytes of a
-/// length-delimited field). Other wire types are skipped.
-fn fields(mut buf: &[u8]) -> impl Iterator<Item = Result<(u64, Option<&[u8]>), DecodeError>> + '_ {
-    std::iter::from_fn(move || {
-        if buf.is_empty() {
-            return None;
-        }
-        let field = next_field(&mut buf);
-        if field.is_err() {
-            buf = &[];
-        }
-        Some(field)
-    })
-}
-
-fn next_field<'a>(buf: &mut &'a [u8]) -> Result<(u64, Option<&'a [u8]>), DecodeError> {
-    let key = prost::encoding::decode_varint(buf)?;
-    let (number, wire_type) = (key >> 3, key & 7);
-    let skip = |buf: &mut &'a [u8], n: usize| -> Result<&'a [u8], DecodeError> {
-        if buf.len() < n {
-            return Err(DecodeError::new("message truncated"));
-        }
-        let (taken, rest) = buf.split_at(n);
-        *buf = rest;
-        Ok(taken)
-    };
-    match wire_type {
-        0 => prost::encoding::decode_varint(buf).map(|_| (number, None)).map_err(DecodeError::from),
-        1 => skip(buf, 8).map(|_| (number, None)),
-        2 => {
-            let len = prost::encoding::decode_varint(buf)?;
-            let len = usize::try_from(len).map_err(|_| DecodeError::new("length overflows"))?;
-            skip(buf, len).map(|b| (number, Some(b)))
-        }
-        5 => skip(buf, 4).map(|_| (number, None)),
-        _ => Err(DecodeError::new(format!("unexpected wire type {wire_type} for field {number}"))),
-    }
+/// The bytes of a length-delimited field whose key was just read.
+fn length_delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+    let len = prost::encoding::decode_varint(buf)?;
+    let len = usize::try_from(len).map_err(|_| DecodeError::new("length overflows"))?;
+    let (field, rest) = buf.split_at_checked(len).ok_or_else(|| DecodeError::new("message truncated"))?;
+    *buf = rest;
+    Ok(field)
 }
 
 #[cfg(test)]
