@@ -147,6 +147,47 @@ async fn timeouts_and_retries(delta: bool) -> anyhow::Result<()> {
     m.h.check_alive()
 }
 
+/// A retry policy every route of a host shares is set once on the virtual host (Spar's
+/// compact form of istiod's per-route policy), and Envoy still retries each route's
+/// requests by it.
+async fn retries_shared_by_every_route(delta: bool) -> anyhow::Result<()> {
+    let routes = vs(r#"  - match: [{uri: {prefix: /a}}]
+    retries: {attempts: 3, retryOn: "5xx"}
+    route: [{destination: {host: backend, subset: v1}}]
+  - retries: {attempts: 3, retryOn: "5xx"}
+    route: [{destination: {host: backend, subset: v1}}]
+"#);
+    let mut m = Mesh::start("shared-retries", delta, &routes, EchoOptions::default()).await?;
+    // Envoy holds the policy on the virtual host, not on the routes.
+    let (_, dump) = m.client.admin_get("/config_dump?resource=dynamic_route_configs").await?;
+    let dump: serde_json::Value = serde_json::from_str(&dump)?;
+    let hosts = dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["route_config"]["virtual_hosts"].as_array().cloned().unwrap_or_default());
+    let backend = hosts
+        .into_iter()
+        .find(|v| v["name"] == "backend.default.svc.cluster.local:9080")
+        .ok_or_else(|| anyhow::anyhow!("no backend virtual host in {dump}"))?;
+    assert_eq!(backend["retry_policy"]["num_retries"], 3, "{backend}");
+    for r in backend["routes"].as_array().into_iter().flatten() {
+        assert!(r["route"].get("retry_policy").is_none(), "{r}");
+    }
+    // Fails twice, then succeeds, on either route.
+    for (path, key) in [("/a/flaky", "a"), ("/flaky", "b")] {
+        let r = m.get(path, &[("x-echo-fail", "2"), ("x-echo-key", key)]).await?;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(body_json(&r)["headers"]["x-envoy-attempt-count"], "3", "{path}");
+    }
+    // 1 try + 3 retries, all failing.
+    let r = m.get("/a/flaky", &[("x-echo-fail", "5"), ("x-echo-key", "c")]).await?;
+    assert_eq!(r.status, 503);
+    let tries = m.v1.received().iter().filter(|q| q.headers.get("x-echo-key").map(String::as_str) == Some("c")).count();
+    assert_eq!(tries, 4);
+    m.h.check_alive()
+}
+
 async fn fault_injection(delta: bool) -> anyhow::Result<()> {
     let routes = vs(r#"  - match: [{headers: {x-fault: {exact: abort}}}]
     fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
@@ -292,6 +333,7 @@ async fn connection_pool_overflow(delta: bool) -> anyhow::Result<()> {
 both_variants_mod!(redirect_direct_response_rewrite, redirect_direct_response_rewrite);
 both_variants_mod!(header_manipulation, header_manipulation);
 both_variants_mod!(timeouts_and_retries, timeouts_and_retries);
+both_variants_mod!(retries_shared_by_every_route, retries_shared_by_every_route);
 both_variants_mod!(fault_injection, fault_injection);
 both_variants_mod!(mirroring, mirroring);
 both_variants_mod!(cors_preflight, cors_preflight);
