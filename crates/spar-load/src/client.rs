@@ -406,38 +406,62 @@ struct ClusterHead {
     discovery: Option<i32>,
 }
 
-/// `DiscoveryResponse` as the client reads it: each resource (an `Any`) is a slice of
-/// the received message, its fields picked out when used ([`fields`]). prost's own types
-/// copy every `Any` into a vector of their own (a fifth of the client's CPU in a
-/// full-mesh storm), and decoding each resource as a message of its own was a quarter.
-/// Fields not listed are skipped.
+/// `DiscoveryResponse` without its resources (prost skips them): what every proxy reads
+/// of every reply. The resources are read ([`Listed`]) only by a proxy that cannot take
+/// another's reading of the same bytes ([`remember`]).
 #[derive(Clone, PartialEq, prost::Message)]
-struct SotwReply {
+struct SotwHead {
     #[prost(string, tag = "1")]
     version_info: String,
-    /// `google.protobuf.Any` each, as sent.
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    resources: Vec<Bytes>,
     #[prost(string, tag = "4")]
     type_url: String,
     #[prost(string, tag = "5")]
     nonce: String,
 }
 
-/// `DeltaDiscoveryResponse`, read as [`SotwReply`].
+/// `DeltaDiscoveryResponse` without its resources, as [`SotwHead`].
 #[derive(Clone, PartialEq, prost::Message)]
-struct DeltaReply {
+struct DeltaHead {
     #[prost(string, tag = "1")]
     system_version_info: String,
-    /// `envoy.service.discovery.v3.Resource` each, as sent.
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    resources: Vec<Bytes>,
     #[prost(string, tag = "4")]
     type_url: String,
     #[prost(string, tag = "5")]
     nonce: String,
     #[prost(string, repeated, tag = "6")]
     removed_resources: Vec<String>,
+}
+
+/// The resources of either response (field 2 of both), each a slice of the received
+/// message (a SotW `Any`, or a delta `Resource`), its fields picked out when used
+/// ([`fields`]). prost's own types copy every `Any` into a vector of their own (a fifth
+/// of the client's CPU in a full-mesh storm), and decoding each resource as a message of
+/// its own was a quarter.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Listed {
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    resources: Vec<Bytes>,
+}
+
+/// A reply's resources, listed on first use.
+struct Lazily {
+    body: std::cell::Cell<Option<crate::grpc::Chunks>>,
+    listed: std::cell::OnceCell<Result<Vec<Bytes>, String>>,
+}
+
+impl Lazily {
+    fn new(body: crate::grpc::Chunks) -> Self {
+        Self { body: std::cell::Cell::new(Some(body)), listed: std::cell::OnceCell::new() }
+    }
+
+    /// The resources, or why they cannot be listed.
+    fn get(&self) -> Result<&[Bytes], &str> {
+        let listed = self.listed.get_or_init(|| {
+            let body = self.body.take().unwrap_or_default();
+            Listed::decode(body).map(|l| l.resources).map_err(|e| e.to_string())
+        });
+        listed.as_deref().map_err(String::as_str)
+    }
 }
 
 /// The length-delimited fields `tags` of an encoded message, in one walk that skips
@@ -538,21 +562,28 @@ type Items<'a> = [(&'a [u8], &'a [u8])];
 type Step = (Arc<Held>, Option<String>);
 
 /// A response's resources as read for one proxy: (name, value) each, the first that
-/// could not be read, and the bytes of the values.
+/// could not be read, and their count and size.
 struct Read<'a> {
     items: Vec<(&'a [u8], &'a [u8])>,
     error: Option<String>,
+    sizes: Sizes,
+}
+
+/// How many resources a response carried, and the bytes of their values.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Sizes {
+    resources: usize,
     bytes: usize,
 }
 
 /// Where a response takes a proxy: the state after, the first resource that could not
-/// be read or decoded (a NACK's reason), and the bytes of the resources' values.
-type Outcome<S> = (Arc<S>, Option<String>, usize);
+/// be read or decoded (a NACK's reason), and the response's sizes.
+type Outcome<S> = (Arc<S>, Option<String>, Sizes);
 
 /// Per client thread: (state before, what was received) → the outcome, while some
 /// proxy holds the state after (the table keeps none alive).
 type Memo<S> = std::cell::RefCell<std::collections::HashMap<(u64, u64), Remembered<S>, foldhash::fast::FixedState>>;
-type Remembered<S> = (std::sync::Weak<S>, Option<String>, usize);
+type Remembered<S> = (std::sync::Weak<S>, Option<String>, Sizes);
 
 /// The outcome remembered for `key` in `memo`, else `work`'s, remembered. With
 /// `--decode discovery`, a proxy that receives from some state the very bytes another
@@ -582,24 +613,6 @@ fn remember<S>(
         m.insert(key, (Arc::downgrade(&outcome.0), outcome.1.clone(), outcome.2));
     });
     outcome
-}
-
-/// A hash of a response's resources as received and of the names it removes: two
-/// proxies whose responses hash alike received the same.
-fn content_hash(kind: XdsType, resources: &[Bytes], removed: &[String]) -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut h = foldhash::quality::FixedState::with_seed(0x5ba7).build_hasher();
-    h.write_u8(kind as u8);
-    for r in resources {
-        h.write_usize(r.len());
-        h.write(r);
-    }
-    h.write_usize(removed.len());
-    for name in removed {
-        h.write_usize(name.len());
-        h.write(name.as_bytes());
-    }
-    h.finish()
 }
 
 /// A new state's number (0 is holding nothing).
@@ -654,7 +667,7 @@ impl NamesHeld {
     /// The state after an EDS or RDS response: the names it brings added and `removed`
     /// taken out when `track` (delta), none kept otherwise.
     fn apply(&self, kind: XdsType, track: bool, read: Read<'_>, removed: &[String], decode: Decode) -> Outcome<Self> {
-        let Read { items, mut error, bytes } = read;
+        let Read { items, mut error, sizes } = read;
         let mut names = if track { self.names.clone() } else { FastSet::default() };
         for (name, value) in &items {
             if track {
@@ -671,17 +684,19 @@ impl NamesHeld {
                 names.remove(&name_hash(name));
             }
         }
-        (Arc::new(Self { id: next_id(), names }), error, bytes)
+        (Arc::new(Self { id: next_id(), names }), error, sizes)
     }
 }
 
-/// A response's resources, each as `item` reads it: `Ok(None)` leaves it out.
+/// A response's resources (or why they cannot be listed), each as `item` reads it:
+/// `Ok(None)` leaves it out.
 fn read<'a>(
     kind: XdsType,
-    resources: &'a [Bytes],
+    resources: Result<&'a [Bytes], &str>,
     item: impl Fn(&'a [u8]) -> Result<Option<(&'a [u8], &'a [u8])>, String>,
 ) -> Read<'a> {
-    let mut error = None;
+    let mut error = resources.err().map(|e| format!("{}: {e}", kind.short()));
+    let resources = resources.unwrap_or_default();
     let items: Vec<(&[u8], &[u8])> = resources
         .iter()
         .filter_map(|r| {
@@ -691,18 +706,18 @@ fn read<'a>(
             })
         })
         .collect();
-    let bytes = items.iter().map(|(_, v)| v.len()).sum();
-    Read { items, error, bytes }
+    let sizes = Sizes { resources: resources.len(), bytes: items.iter().map(|(_, v)| v.len()).sum() };
+    Read { items, error, sizes }
 }
 
 /// A SotW response's resources: each `Any`'s value, unnamed.
-fn read_sotw(kind: XdsType, resources: &[Bytes]) -> Read<'_> {
+fn read_sotw<'a>(kind: XdsType, resources: Result<&'a [Bytes], &str>) -> Read<'a> {
     read(kind, resources, |any| Ok(Some((&b""[..], fields(any, [2])?[0].unwrap_or_default()))))
 }
 
 /// A delta response's resources: each one's name and its `Any`'s value (a resource
 /// without one, as for a heartbeat, is left out).
-fn read_delta(kind: XdsType, resources: &[Bytes]) -> Read<'_> {
+fn read_delta<'a>(kind: XdsType, resources: Result<&'a [Bytes], &str>) -> Read<'a> {
     read(kind, resources, |r| delta_resource(r).map(|(name, value)| Some((name, value?))))
 }
 
@@ -787,10 +802,10 @@ struct Holdings {
 }
 
 impl Holdings {
-    /// Takes the state after a response that hashes to `content` ([`content_hash`]), read by
-    /// `read` if it has to be; `delta` adds to and removes from what was held, SotW
-    /// replaces it. Returns the first resource that could not be read or decoded, and
-    /// the bytes of the resources' values.
+    /// Takes the state after a response that hashes to `content` (the whole message,
+    /// [`crate::grpc::Chunks::content_hash`]), read by `read` if it has to be; `delta`
+    /// adds to and removes from what was held, SotW replaces it. Returns the first
+    /// resource that could not be read or decoded, and the response's sizes.
     fn step<'a>(
         &mut self,
         kind: XdsType,
@@ -799,7 +814,7 @@ impl Holdings {
         read: impl FnOnce() -> Read<'a>,
         removed: &[String],
         decode: Decode,
-    ) -> (Option<String>, usize) {
+    ) -> (Option<String>, Sizes) {
         thread_local! {
             static HELD: Memo<Held> = std::cell::RefCell::default();
             static NAMES: Memo<NamesHeld> = std::cell::RefCell::default();
@@ -809,21 +824,21 @@ impl Holdings {
                 let held = if kind == XdsType::Cds { &mut self.cds } else { &mut self.lds };
                 // SotW replaces what was held: the state before does not matter.
                 let key = (if delta { held.id } else { 0 }, content);
-                let (next, error, bytes) = remember(&HELD, key, decode, || {
-                    let Read { items, error, bytes } = read();
+                let (next, error, sizes) = remember(&HELD, key, decode, || {
+                    let Read { items, error, sizes } = read();
                     let (next, e) = held.apply(kind, !delta, &items, removed, decode);
-                    (next, error.or(e), bytes)
+                    (next, error.or(e), sizes)
                 });
                 *held = next;
-                (error, bytes)
+                (error, sizes)
             }
             XdsType::Eds | XdsType::Rds => {
                 let held = if kind == XdsType::Eds { &mut self.eds_held } else { &mut self.rds_held };
                 let key = (if delta { held.id } else { 0 }, content);
-                let (next, error, bytes) =
+                let (next, error, sizes) =
                     remember(&NAMES, key, decode, || held.apply(kind, delta, read(), removed, decode));
                 *held = next;
-                (error, bytes)
+                (error, sizes)
             }
         }
     }
@@ -924,9 +939,11 @@ impl Proxy {
         .await?;
         tx.send(ask(DiscoveryRequest { type_url: type_url::LISTENER.into(), ..Default::default() })).await?;
         let mut inbound = crate::grpc::open(channel, SOTW_METHOD, rx).await?;
-        while let Some(resp) = inbound.message::<SotwReply>().await? {
+        while let Some(body) = inbound.body().await? {
             let received = Instant::now();
-            let SotwReply { version_info, resources, type_url, nonce } = resp;
+            let content = body.content_hash();
+            let SotwHead { version_info, type_url, nonce } = SotwHead::decode(body.clone())?;
+            let resources = Lazily::new(body);
             let Some(kind) = XdsType::from_url(&type_url) else {
                 // A type we never asked for (SDS without certificates, say): ACK and move on.
                 tx.send(ask(DiscoveryRequest { version_info, response_nonce: nonce, type_url, ..Default::default() }))
@@ -937,8 +954,8 @@ impl Proxy {
             h.nonce[k] = nonce.clone();
             // State of the world: the response replaces what the proxy held of its type.
             // An `Any` that cannot be read or decoded is a NACK's reason.
-            let content = content_hash(kind, &resources, &[]);
-            let (error, bytes) = h.step(kind, false, content, || read_sotw(kind, &resources), &[], self.opts.decode);
+            let (error, sizes) =
+                h.step(kind, false, content, || read_sotw(kind, resources.get()), &[], self.opts.decode);
             let ack = error.is_none() && self.decide_ack();
             // New subscriptions first (Envoy subscribes to the EDS of new clusters while
             // it warms them), then the ACK or NACK.
@@ -970,8 +987,8 @@ impl Proxy {
                 received,
                 answered: Instant::now(),
                 acked: ack,
-                resources: resources.len(),
-                bytes,
+                resources: sizes.resources,
+                bytes: sizes.bytes,
             };
             self.record(&h, rec);
         }
@@ -1010,19 +1027,20 @@ impl Proxy {
         .await?;
         tx.send(DeltaDiscoveryRequest { type_url: type_url::LISTENER.into(), ..Default::default() }.into()).await?;
         let mut inbound = crate::grpc::open(channel, DELTA_METHOD, rx).await?;
-        while let Some(resp) = inbound.message::<DeltaReply>().await? {
+        while let Some(body) = inbound.body().await? {
             let received = Instant::now();
-            let DeltaReply { system_version_info, resources, type_url, removed_resources, nonce } = resp;
+            let content = body.content_hash();
+            let DeltaHead { system_version_info, type_url, nonce, removed_resources } =
+                DeltaHead::decode(body.clone())?;
+            let resources = Lazily::new(body);
             let Some(kind) = XdsType::from_url(&type_url) else {
                 tx.send(DeltaDiscoveryRequest { response_nonce: nonce, type_url, ..Default::default() }.into()).await?;
                 continue;
             };
             let k = kind as usize;
-            let count = resources.len();
             // A resource that cannot be read or decoded is a NACK's reason.
-            let content = content_hash(kind, &resources, &removed_resources);
-            let (error, bytes) =
-                h.step(kind, true, content, || read_delta(kind, &resources), &removed_resources, self.opts.decode);
+            let (error, sizes) =
+                h.step(kind, true, content, || read_delta(kind, resources.get()), &removed_resources, self.opts.decode);
             let ack = error.is_none() && self.decide_ack();
             for (held, sub) in [(XdsType::Cds, XdsType::Eds), (XdsType::Lds, XdsType::Rds)] {
                 let i = usize::from(sub == XdsType::Rds);
@@ -1064,8 +1082,8 @@ impl Proxy {
                 received,
                 answered: Instant::now(),
                 acked: ack,
-                resources: count,
-                bytes,
+                resources: sizes.resources,
+                bytes: sizes.bytes,
             };
             self.record(&h, rec);
         }
@@ -1125,6 +1143,24 @@ mod tests {
         assert!(delta_resource(&[0x1f]).is_err(), "a reserved wire type");
     }
 
+    /// A hash of a response's resources as received and of the names it removes: two
+    /// proxies whose responses hash alike received the same.
+    fn content_hash(kind: XdsType, resources: &[Bytes], removed: &[String]) -> u64 {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = foldhash::quality::FixedState::with_seed(0x5ba7).build_hasher();
+        h.write_u8(kind as u8);
+        for r in resources {
+            h.write_usize(r.len());
+            h.write(r);
+        }
+        h.write_usize(removed.len());
+        for name in removed {
+            h.write_usize(name.len());
+            h.write(name.as_bytes());
+        }
+        h.finish()
+    }
+
     /// A SotW resource: an `Any` holding `value`.
     fn any(value: &[u8]) -> Bytes {
         use envoy_types::pb::google::protobuf::Any;
@@ -1151,9 +1187,9 @@ mod tests {
     ) -> ((Arc<Held>, Arc<NamesHeld>), Option<String>, usize) {
         let mut h = Holdings { cds: Arc::clone(cds), eds_held: Arc::clone(eds), ..Default::default() };
         let content = content_hash(kind, resources, removed);
-        let read = || if delta { read_delta(kind, resources) } else { read_sotw(kind, resources) };
-        let (error, bytes) = h.step(kind, delta, content, read, removed, decode);
-        ((h.cds, h.eds_held), error, bytes)
+        let read = || if delta { read_delta(kind, Ok(resources)) } else { read_sotw(kind, Ok(resources)) };
+        let (error, sizes) = h.step(kind, delta, content, read, removed, decode);
+        ((h.cds, h.eds_held), error, sizes.bytes)
     }
 
     /// The state `held` moves to on a CDS response of `resources` (SotW unless `delta`).

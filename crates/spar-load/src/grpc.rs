@@ -104,13 +104,22 @@ pub struct Replies {
 impl Replies {
     /// The next reply; `None` when the server ended the stream with OK.
     pub async fn message<Reply: Message + Default>(&mut self) -> anyhow::Result<Option<Reply>> {
+        Ok(match self.body().await? {
+            Some(body) => Some(Reply::decode(body)?),
+            None => None,
+        })
+    }
+
+    /// The next reply's bytes, as they came; `None` when the server ended the stream
+    /// with OK.
+    pub async fn body(&mut self) -> anyhow::Result<Option<Chunks>> {
         loop {
             if let Some(len) = self.next_len()?
                 && self.buffered >= 5 + len
             {
                 let mut message = self.take(5 + len);
                 message.advance(5);
-                return Ok(Some(Reply::decode(message)?));
+                return Ok(Some(message));
             }
             if self.ended {
                 anyhow::ensure!(self.buffered == 0, "ADS stream ended inside a message");
@@ -174,9 +183,43 @@ impl Replies {
 
 /// Bytes held as a list of frames: a [`Buf`] whose `copy_to_bytes` is a slice when the
 /// bytes lie in one frame.
+#[derive(Clone, Debug, Default)]
 pub struct Chunks {
     chunks: VecDeque<Bytes>,
     remaining: usize,
+}
+
+impl Chunks {
+    /// A hash of the bytes that does not depend on where frames split them: equal bytes,
+    /// however framed, hash alike. The bytes are hashed in blocks of 4 KiB; only a
+    /// block that spans two frames is copied.
+    pub fn content_hash(&self) -> u64 {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        const BLOCK: usize = 4096;
+        let mut h = foldhash::quality::FixedState::with_seed(0x5ba7).build_hasher();
+        h.write_usize(self.remaining);
+        let mut pending = [0u8; BLOCK];
+        let mut held = 0;
+        for mut c in self.chunks.iter().map(|c| &c[..]) {
+            if held > 0 {
+                let n = c.len().min(BLOCK - held);
+                pending[held..held + n].copy_from_slice(&c[..n]);
+                (held, c) = (held + n, &c[n..]);
+                if held < BLOCK {
+                    continue;
+                }
+                h.write(&pending);
+            }
+            let whole = c.len() / BLOCK * BLOCK;
+            for block in c[..whole].chunks_exact(BLOCK) {
+                h.write(block);
+            }
+            pending[..c.len() - whole].copy_from_slice(&c[whole..]);
+            held = c.len() - whole;
+        }
+        h.write(&pending[..held]);
+        h.finish()
+    }
 }
 
 impl Buf for Chunks {
@@ -226,6 +269,36 @@ impl Buf for Chunks {
 mod tests {
     use super::*;
 
+    /// `bytes` as frames of the given sizes in turn (the last one takes the rest).
+    fn split(bytes: &[u8], sizes: &[usize]) -> Chunks {
+        let (mut chunks, mut rest) = (VecDeque::new(), bytes);
+        for &n in sizes.iter().cycle() {
+            let (frame, more) = rest.split_at(n.min(rest.len()));
+            chunks.push_back(Bytes::copy_from_slice(frame));
+            rest = more;
+            if rest.is_empty() {
+                break;
+            }
+        }
+        Chunks { chunks, remaining: bytes.len() }
+    }
+
+    /// Equal bytes hash alike however they are framed; other bytes, otherwise.
+    #[test]
+    fn content_hashes_do_not_depend_on_framing() {
+        let bytes: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let whole = split(&bytes, &[bytes.len()]).content_hash();
+        for sizes in [&[1][..], &[7, 4096], &[4095, 1, 4097], &[16_384], &[3, 12_000, 5000]] {
+            assert_eq!(split(&bytes[..200], sizes).content_hash(), split(&bytes[..200], &[200]).content_hash());
+            assert_eq!(split(&bytes, sizes).content_hash(), whole, "{sizes:?}");
+        }
+        let mut other = bytes.clone();
+        other[30_000] ^= 1;
+        assert_ne!(split(&other, &[4096]).content_hash(), whole);
+        assert_ne!(split(&bytes[..49_999], &[4096]).content_hash(), whole, "a shorter run");
+        assert_eq!(Chunks::default().content_hash(), split(&[], &[1]).content_hash());
+    }
+
     /// A message split across frames at every size decodes as prost's, and a `bytes`
     /// field within one frame is a slice of it.
     #[test]
@@ -255,6 +328,7 @@ mod tests {
         }
         let frame = Bytes::copy_from_slice(&wire[5..]);
         let mut one = Chunks { chunks: VecDeque::from([frame.clone()]), remaining: frame.len() };
+        assert_eq!(one.content_hash(), split(&frame, &[1, 4095, 4096, 4097, 9000]).content_hash());
         one.advance(10);
         let slice = one.copy_to_bytes(100);
         assert_eq!(slice.as_ptr(), frame[10..].as_ptr(), "a slice, not a copy");
