@@ -538,7 +538,7 @@ impl<M: Message + 'static> crate::grpc::Wire for Ask<M> {
 /// A state is never changed, only replaced, and may be shared: every proxy of a full
 /// mesh is sent the same clusters and listeners. With `--decode discovery`, a proxy that
 /// receives from the same state the very bytes another proxy on its thread received
-/// takes the state that proxy reached ([`Held::step`]) instead of decoding thousands of
+/// takes the state that proxy reached ([`Holdings::step`]) instead of decoding thousands of
 /// resources again: decoding them, the maps and their names were a third of the client's
 /// CPU and most of its memory in a full-mesh reconnect storm, on the cores it shares with
 /// the server it measures.

@@ -13,7 +13,7 @@
 //!   NACK on demand) and timestamp every response.
 //! * [`scenario`]: synthetic meshes written as config directories, and changes written
 //!   as file edits.
-//! * [`bench`]: the scale benchmark of issue 7 (RSS, convergence, reconnect storm).
+//! * [`bench`](mod@bench): the scale benchmark of issue 7 (RSS, convergence, reconnect storm).
 
 pub mod bench;
 pub mod bigread;
