@@ -2,9 +2,13 @@
 //! directory and N stock Envoy sidecars (the conformance harness, each on its own
 //! loopback IP), waits until every Envoy is ready, then changes one endpoint and reads,
 //! from each Envoy's admin interface, the counter that says it applied the new endpoints
-//! (`cluster.<cluster>.update_success`): change to applied, per Envoy.
+//! (`cluster.<cluster>.update_success`): change to applied, per Envoy. Reading that
+//! counter costs each Envoy tens of milliseconds, so with many Envoys the polling itself
+//! slows what it measures; the same changes are also timed, without any polling of the
+//! Envoys, by the ACK each Envoy sends once it has applied them (Spar's sync status).
 
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use spar_conformance::{Envoy, Harness, Pod};
@@ -48,6 +52,27 @@ async fn counter(envoy: &Envoy, name: &str) -> anyhow::Result<u64> {
     Ok(body.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok())).unwrap_or(0))
 }
 
+/// Each connected proxy's last ACKed EDS version and when (Unix milliseconds), from
+/// Spar's sync status (`/debug/syncz`).
+async fn eds_acks(h: &Harness) -> anyhow::Result<HashMap<String, (Option<String>, Option<u64>)>> {
+    let r = spar_conformance::http_request(h.debug_address(), "GET", "spar", "/debug/syncz", &[]).await?;
+    let proxies: serde_json::Value = serde_json::from_str(&r.body).context("/debug/syncz is not JSON")?;
+    Ok(proxies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let eds = &p["types"]["eds"];
+            let proxy = p["proxy"].as_str().unwrap_or_default().to_string();
+            (proxy, (eds["acked"].as_str().map(String::from), eds["acked_at_ms"].as_u64()))
+        })
+        .collect())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn rss_mb(pid: Option<u32>) -> u64 {
     pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_string))
@@ -56,7 +81,7 @@ fn rss_mb(pid: Option<u32>) -> u64 {
 }
 
 /// Runs the benchmark and prints its table.
-pub async fn run(opts: &EnvoysOptions) -> anyhow::Result<()> {
+pub async fn run(opts: &EnvoysOptions) -> anyhow::Result<String> {
     let mut h = Harness::new("envoy-scale", opts.delta)?;
     let mesh = Mesh::new(opts.services, opts.namespaces);
     let scenario = ScenarioDir::write(&h.dir.join("mesh"), mesh.clone(), false)?;
@@ -89,8 +114,31 @@ pub async fn run(opts: &EnvoysOptions) -> anyhow::Result<()> {
         .await?;
     }
     let ready = start.elapsed();
-    let mut applied = Vec::new();
+    // First the changes timed by the Envoys' ACKs, with no Envoy polled.
+    let mut acked = Vec::new();
     for generation in 1..=opts.changes {
+        let before = eds_acks(&h).await?;
+        let wall = unix_ms();
+        let t0 = Instant::now();
+        scenario.apply(Change::Endpoint { service: 1, generation })?;
+        loop {
+            let now = eds_acks(&h).await?;
+            let done: Vec<u64> = now
+                .iter()
+                .filter(|(p, (version, _))| before.get(*p).is_none_or(|(was, _)| was != version))
+                .filter_map(|(_, (_, at))| *at)
+                .collect();
+            if done.len() >= opts.envoys {
+                acked.extend(done.iter().map(|at| Duration::from_millis(at.saturating_sub(wall))));
+                break;
+            }
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "not every Envoy ACKed the change within 60 s");
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+    // Then as many changes timed by each Envoy's counter.
+    let mut applied = Vec::new();
+    for generation in opts.changes + 1..=2 * opts.changes {
         let mut before = Vec::new();
         for e in &envoys {
             before.push(counter(e, &stat).await?);
@@ -134,32 +182,44 @@ pub async fn run(opts: &EnvoysOptions) -> anyhow::Result<()> {
     let spar_rss = rss_mb(h.child_pid("spar"));
     let envoy_rss: Vec<u64> = envoys.iter().map(|e| rss_mb(h.child_pid(&e.name))).collect();
     let config = envoys.first().map(|e| e.admin_get("/config_dump")).context("no Envoy")?.await?.1.len();
-    println!("| measurement | result |");
-    println!("|---|---|");
-    println!(
+    use std::fmt::Write as _;
+    let mut t = String::from("| measurement | result |\n|---|---|\n");
+    writeln!(
+        t,
         "| {} real Envoys ({}) × {} services: all ready (config applied, listeners up) | {:.1} s |",
         opts.envoys,
         if opts.delta { "delta" } else { "SotW" },
         opts.services,
         ready.as_secs_f64()
-    );
-    println!(
+    )?;
+    writeln!(
+        t,
         "| one endpoint change → applied by every Envoy (`{stat}` incremented), file write → applied, p50 / p99 / max over {} changes × {} Envoys | {} |",
         opts.changes,
         opts.envoys,
         Summary::of(&applied).display()
-    );
-    println!(
-        "|   (includes Spar's debounce, 100 ms quiet; each Envoy read every {} ms; one counter query takes {} ) | |",
+    )?;
+    writeln!(
+        t,
+        "| one endpoint change → ACKed by every Envoy (EDS, Spar's sync status; Envoy ACKs once it has applied it; no Envoy polled), file write → ACK, p50 / p99 / max over {} changes × {} Envoys | {} |",
+        opts.changes,
+        opts.envoys,
+        Summary::of(&acked).display()
+    )?;
+    writeln!(
+        t,
+        "|   (both include Spar's debounce, 100 ms quiet; for the counter, each Envoy read every {} ms; one counter query takes {} ) | |",
         POLL_EVERY.as_millis(),
         Summary::of(&query).display()
-    );
-    println!("| spar RSS | {spar_rss} MB |");
-    println!(
+    )?;
+    writeln!(t, "| spar RSS | {spar_rss} MB |")?;
+    writeln!(
+        t,
         "| Envoy RSS, each (min / max) | {} / {} MB |",
         envoy_rss.iter().min().copied().unwrap_or(0),
         envoy_rss.iter().max().copied().unwrap_or(0)
-    );
-    println!("| Envoy config dump, bytes | {config} |");
-    h.check_alive()
+    )?;
+    writeln!(t, "| Envoy config dump, bytes | {config} |")?;
+    h.check_alive()?;
+    Ok(t)
 }

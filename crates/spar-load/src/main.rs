@@ -276,7 +276,8 @@ async fn main() -> anyhow::Result<()> {
                 delta: a.delta,
                 changes: a.changes,
             };
-            spar_load::envoys::run(&opts).await
+            print!("{}", spar_load::envoys::run(&opts).await?);
+            Ok(())
         }
         Cmd::Scenario(a) => {
             let s = ScenarioDir::write(&a.out, Mesh::new(a.services, a.namespaces), a.sidecar_scope)?;

@@ -65,3 +65,20 @@ async fn sotw_proxies_reach_full_config_and_follow_changes() {
 async fn delta_proxies_reach_full_config_and_follow_changes() {
     check(&small_bench(true).await);
 }
+
+/// Real Envoys (issue 7 e) on a small mesh: both timings of the endpoint changes are
+/// taken, every Envoy applies and ACKs each change. The numbers are not judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_envoys_apply_and_ack_endpoint_changes() {
+    let opts = spar_load::envoys::EnvoysOptions { services: 20, namespaces: 2, envoys: 2, delta: true, changes: 2 };
+    let table = spar_load::envoys::run(&opts).await.expect("the Envoys apply and ACK every change");
+    println!("{table}");
+    for row in [
+        "2 real Envoys (delta) × 20 services: all ready",
+        "one endpoint change → applied by every Envoy",
+        "one endpoint change → ACKed by every Envoy",
+    ] {
+        let line = table.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("no row {row:?} in\n{table}"));
+        assert!(line.contains(" ms |") || line.contains(" s |"), "{line}");
+    }
+}
