@@ -102,14 +102,6 @@ pub struct Replies {
 }
 
 impl Replies {
-    /// The next reply; `None` when the server ended the stream with OK.
-    pub async fn message<Reply: Message + Default>(&mut self) -> anyhow::Result<Option<Reply>> {
-        Ok(match self.body().await? {
-            Some(body) => Some(Reply::decode(body)?),
-            None => None,
-        })
-    }
-
     /// The next reply's bytes, as they came; `None` when the server ended the stream
     /// with OK.
     pub async fn body(&mut self) -> anyhow::Result<Option<Chunks>> {
