@@ -3,12 +3,13 @@
 #
 #   api/generate.sh [path/to/crd-all.gen.yaml]
 #
-# Default input: Istio's CRDs beside the project (../shared/fixtures/istio/crds/crd-all.gen.yaml),
-# read in place. Needs kopium on PATH (`cargo install kopium --version 0.24.1`).
+# Default input: Istio's CRDs as the repository carries them (api/istio/crd-all.gen.yaml;
+# api/istio/README.md says where they came from).
+# Needs kopium on PATH (`cargo install kopium --version 0.24.1`).
 # The generated files are committed; the build does not run this.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-crds=${1:-$here/../shared/fixtures/istio/crds/crd-all.gen.yaml}
+crds=${1:-$here/api/istio/crd-all.gen.yaml}
 out=$here/crates/spar-api/src/istio
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -63,9 +63,9 @@ pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-/// Istio's fixtures beside the project (`../shared/fixtures/istio`), read in place.
+/// Istio's fixtures, copied into the repository (`testdata/istio`).
 pub fn istio_fixtures() -> PathBuf {
-    project_root().join("../shared/fixtures/istio")
+    spar_testdata::istio("")
 }
 
 /// The Envoy binary: `$ENVOY_BIN`, else the project's virtualenv (`make setup`).
@@ -213,7 +213,7 @@ impl Harness {
         Ok(())
     }
 
-    /// Puts Istio's fixture `rel` (under ../shared/fixtures/istio) into the watched
+    /// Puts Istio's fixture `rel` (under testdata/istio) into the watched
     /// directory unchanged, as `as_name`.
     pub fn use_fixture(&self, rel: &str, as_name: &str) -> anyhow::Result<()> {
         let text =

@@ -5,7 +5,7 @@ Run once when the fixture changes (the output is committed; nothing reads the YA
 build time or run time):
 
     python3 crates/spar-analyze/gen/messages.py \
-        ../shared/fixtures/istio/analyzer/analysis-messages.yaml \
+        testdata/istio/analyzer/analysis-messages.yaml \
         > crates/spar-analyze/src/messages_gen.rs
 """
 import json

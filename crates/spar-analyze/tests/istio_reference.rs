@@ -1,12 +1,12 @@
-//! Istio's own analyzer test grid (`analyzers_test.go`), read in place from
-//! `../shared/fixtures/istio/analyzer`: for each case, run the named analyzer over its
+//! Istio's own analyzer test grid (`analyzers_test.go`), from
+//! `testdata/istio/analyzer`: for each case, run the named analyzer over its
 //! files and compare the multiset of (code, kind, resource) with Istio's expectations.
 //! Prints the pass count per analyzer (cases grouped by the analyzer they run, names
 //! checked against analyzers.tsv) and requires every case of every implemented analyzer
 //! to pass.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use spar_analyze::{Context, LoadOptions, Loaded, MeshConfig, analyzers};
 
@@ -16,7 +16,7 @@ const PASSING_FLOOR: usize = 105;
 const MATCHED_FLOOR: usize = 221;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/istio/analyzer")
+    spar_testdata::istio("analyzer")
 }
 
 #[derive(Debug, Default)]

@@ -1,11 +1,11 @@
-//! Reference tests against Istio's own data in ../shared/fixtures/istio (read in place).
+//! Reference tests against Istio's own data (testdata/istio).
 
 use std::path::{Path, PathBuf};
 
 use spar_api::{Kind, parse_file, validate};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/istio")
+    spar_testdata::istio("")
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -1,5 +1,5 @@
 //! AuthorizationPolicy against istiod's own golden RBAC output
-//! (../shared/fixtures/istio/authz-golden, read in place): for each input, the RBAC Spar
+//! (testdata/istio/authz-golden): for each input, the RBAC Spar
 //! generates must mean the same as istiod's. "The same" is compared on a normal form:
 //! every policy by name, its permission and principal trees with the children of AND/OR
 //! sorted (both are commutative), so only order, not meaning, may differ.
@@ -18,7 +18,7 @@ use spar_model::Config;
 use spar_xds::generator::authz;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/istio/authz-golden")
+    spar_testdata::istio("authz-golden")
 }
 
 fn sm(m: &xds_matcher::StringMatcher) -> Value {

@@ -1213,8 +1213,7 @@ mod tests {
     use super::*;
 
     fn fixture(rel: &str) -> String {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/istio").join(rel);
-        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        spar_testdata::read_istio(rel)
     }
 
     /// The httpbin Deployment of Istio's samples, as a JSON object.

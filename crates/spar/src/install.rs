@@ -778,7 +778,6 @@ fn validating_webhook(opts: &Options) -> Value {
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
-    use std::path::Path;
 
     use serde::Serialize;
     use serde::de::DeserializeOwned;
@@ -880,9 +879,9 @@ mod tests {
         }
     }
 
-    /// Istio's own CRDs, read in place (never copied into the repository).
+    /// Istio's own CRDs (api/istio/crd-all.gen.yaml).
     fn istio_crds() -> BTreeMap<String, Value> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/istio/crds/crd-all.gen.yaml");
+        let path = spar_testdata::istio_crds();
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_yaml_ng::Deserializer::from_str(&text)
             .filter_map(|d| {

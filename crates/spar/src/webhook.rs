@@ -229,7 +229,7 @@ mod tests {
     /// invalid ones refused (counts printed; the floor only rises).
     #[test]
     fn istio_validation_corpus() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/istio/validation");
+        let dir = spar_testdata::istio("validation");
         let Ok(entries) = std::fs::read_dir(&dir) else { panic!("fixtures missing at {}", dir.display()) };
         let mut files: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();

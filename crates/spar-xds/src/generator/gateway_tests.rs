@@ -49,8 +49,7 @@ fn snapshot(docs: &[&str]) -> Snapshot {
 }
 
 fn fixture(rel: &str) -> String {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/istio/samples").join(rel);
-    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    spar_testdata::read_istio(&format!("samples/{rel}"))
 }
 
 fn gateway_proxy(identity: bool) -> Proxy {
