@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 pub mod echo;
+pub mod extauthz;
 pub mod jwt;
 pub mod netns;
 pub mod tls;
@@ -441,6 +442,14 @@ impl Harness {
     /// Starts an echo backend named `name` on `addr`.
     pub async fn start_echo(&mut self, name: &str, addr: SocketAddr) -> anyhow::Result<Arc<echo::EchoState>> {
         self.start_echo_with(name, addr, echo::EchoOptions::default()).await
+    }
+
+    /// Starts the external authorizer (`extauthz`) on `addr`.
+    pub async fn start_ext_authz(&mut self, addr: SocketAddr) -> anyhow::Result<Arc<extauthz::Checks>> {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding ext-authz on {addr}"))?;
+        let checks = Arc::new(extauthz::Checks::default());
+        self.echo_tasks.push(tokio::spawn(extauthz::serve(listener, Arc::clone(&checks))));
+        Ok(checks)
     }
 
     /// Starts an echo backend with fixed behaviour (e.g. always failing).

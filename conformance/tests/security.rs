@@ -419,6 +419,102 @@ spec:
 
 both_variants_mod!(authorization_policy, authorization);
 
+/// MeshConfig for the CUSTOM cases: an HTTP authorizer that answers, one where nothing
+/// listens (failOpen false), both with istiod's header settings.
+const EXT_AUTHZ_MESH: &str = r#"extensionProviders:
+- name: ext-authz-http
+  envoyExtAuthzHttp:
+    service: ext-authz.local
+    port: 8000
+    timeout: 2s
+    includeRequestHeadersInCheck: [x-ext-authz]
+    headersToUpstreamOnAllow: [x-ext-authz-check-result]
+    headersToDownstreamOnDeny: [x-ext-authz-check-result]
+- name: ext-authz-down
+  envoyExtAuthzHttp:
+    service: ext-authz-down.local
+    port: 8000
+    timeout: 1s
+"#;
+
+fn custom_policy(provider: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: ext-authz}}\nspec:\n  \
+         selector: {{matchLabels: {{app: backend}}}}\n  action: CUSTOM\n  provider: {{name: {provider}}}\n  \
+         rules:\n  - to: [{{operation: {{paths: [\"/checked*\"]}}}}]\n"
+    )
+}
+
+/// AuthorizationPolicy CUSTOM through a real external authorizer: the requests the
+/// policy matches are checked (allowed and denied by header, the authorizer's headers
+/// passed on), the others are not sent for checking; with the authorizer down, or the
+/// provider missing from MeshConfig, the matched requests are denied and the others
+/// still served.
+async fn custom_authorization(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("ext-authz", delta)?.with_security("24h");
+    h.load_case("ext-authz")?;
+    let mesh_config = h.dir.join("mesh-config.yaml");
+    std::fs::write(&mesh_config, EXT_AUTHZ_MESH)?;
+    h.spar_args = vec!["--mesh-config".into(), mesh_config.display().to_string()];
+    h.write_config("policy.yaml", &custom_policy("ext-authz-http"))?;
+    h.start_spar(&[]).await?;
+    let authz_ip = h.ip("ext-authz");
+    let checks = h.start_ext_authz(SocketAddr::new(authz_ip, 8000)).await?;
+    let backend = h.pod("backend", &[("app", "backend")]);
+    let seen = h.start_echo(&backend.name, SocketAddr::new(backend.ip, 8080)).await?;
+    h.start_sidecar(&backend).await?;
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let to = SocketAddr::new(client.ip, 9080);
+    let allow: &[(&str, &str)] = &[("x-ext-authz", "allow")];
+    wait_for(CONVERGE, "the CUSTOM policy to apply", || async {
+        http_request(to, "GET", "backend", "/checked", &[]).await.is_ok_and(|r| r.status == 403)
+            && http_request(to, "GET", "backend", "/checked", allow).await.is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+
+    let before = checks.counts();
+    let r = http_request(to, "GET", "backend", "/checked/a", allow).await?;
+    assert_eq!(r.status, 200, "allowed by the authorizer: {r:?}");
+    let upstream = seen.received().last().map(|x| x.headers.clone()).unwrap_or_default();
+    assert_eq!(upstream.get("x-ext-authz-check-result").map(String::as_str), Some("allowed"), "{upstream:?}");
+    let r = http_request(to, "GET", "backend", "/checked/a", &[("x-ext-authz", "no")]).await?;
+    assert_eq!(r.status, 403, "denied by the authorizer: {r:?}");
+    assert_eq!(r.headers.get("x-ext-authz-check-result").map(String::as_str), Some("denied"), "{r:?}");
+    let r = http_request(to, "GET", "backend", "/open", &[]).await?;
+    assert_eq!(r.status, 200, "not matched by the policy: {r:?}");
+    let after = checks.counts();
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1), "only the two matched requests were checked");
+
+    // Each change below is seen from the client: every one flips what an allowed request
+    // to /checked gets.
+    let switch = |provider: &'static str, want: u16| {
+        let h = &h;
+        async move {
+            h.write_config("policy.yaml", &custom_policy(provider))?;
+            wait_for(CONVERGE, &format!("provider {provider} to apply"), || async {
+                http_request(to, "GET", "backend", "/checked", allow).await.is_ok_and(|r| r.status == want)
+            })
+            .await
+        }
+    };
+    // A provider MeshConfig does not define: matched requests denied, and Spar says why.
+    switch("not-defined", 403).await?;
+    let warning = "\"not-defined\" is not an ext_authz provider of MeshConfig extensionProviders";
+    assert!(h.spar_log().contains(warning), "spar warns about the missing provider");
+    let r = http_request(to, "GET", "backend", "/open", &[]).await?;
+    assert_eq!(r.status, 200, "unmatched requests are still served: {r:?}");
+
+    // The authorizer down (nothing listens; failOpen false): matched requests denied.
+    switch("ext-authz-http", 200).await?;
+    switch("ext-authz-down", 403).await?;
+    let r = http_request(to, "GET", "backend", "/open", &[]).await?;
+    assert_eq!(r.status, 200, "unmatched requests are still served: {r:?}");
+    h.check_alive()
+}
+
+both_variants_mod!(custom_authorization_policy, custom_authorization);
+
 /// RequestAuthentication (JWT, inline JWKS) with AuthorizationPolicy on request
 /// principals and claims: a table of real requests with real ES256 tokens.
 async fn jwt_policies(delta: bool) -> anyhow::Result<()> {

@@ -71,9 +71,9 @@ pub static SPAR_MESSAGE_TYPES: &[MessageType] = &[
     MessageType {
         code: "SPAR0001",
         name: "FieldNotActedOn",
-        level: Level::Info,
-        description: "A field is parsed and kept, but Spar does not act on it yet; Istio would.",
-        template: "Field %s is accepted but not acted on by Spar yet.",
+        level: Level::Error,
+        description: "A field is parsed and kept, but Spar does not act on it; Istio would, so traffic does not do what the resource says.",
+        template: "Field %s is accepted but not acted on by Spar: traffic does not do what it says.",
         args: &["field"],
     },
     MessageType {
@@ -91,6 +91,14 @@ pub static SPAR_MESSAGE_TYPES: &[MessageType] = &[
         description: "The same resource (kind, namespace, name) is defined more than once; only the first definition is used.",
         template: "%s is defined more than once; the definition at %s is used and this one is ignored.",
         args: &["resource", "kept"],
+    },
+    MessageType {
+        code: "SPAR0004",
+        name: "CustomProviderUnusable",
+        level: Level::Error,
+        description: "An AuthorizationPolicy with action CUSTOM names no usable ext_authz provider; every request it matches is denied.",
+        template: "CUSTOM authorization cannot be checked: %s; every request this policy matches is denied.",
+        args: &["reason"],
     },
 ];
 

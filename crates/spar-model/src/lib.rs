@@ -9,6 +9,7 @@
 //!   DestinationRules, Sidecars, diagnostics ──► generators (per proxy)
 //! ```
 
+mod ext_authz;
 mod host;
 mod proxy;
 mod service;
@@ -16,11 +17,15 @@ mod snapshot;
 mod store;
 mod telemetry;
 
+pub use ext_authz::{
+    DEFAULT_TIMEOUT as EXT_AUTHZ_DEFAULT_TIMEOUT, ExtAuthzApi, ExtAuthzProvider, HttpSettings, RequestBody,
+};
 pub use host::{matches as host_matches, resolve as resolve_host, short_forms};
 pub use proxy::{InterceptionMode, Proxy, ProxyError, ProxyKind};
 pub use service::{Endpoint, Protocol, Resolution, Service, ServicePort, export_allows};
 pub use snapshot::{
-    Config, Diagnostic, EndpointChanges, FileAccessLog, MeshConfig, MtlsMode, Snapshot, gateway_ref_is, selects,
+    Config, DRY_RUN_ANNOTATION, Diagnostic, EndpointChanges, FileAccessLog, MeshConfig, MtlsMode, Snapshot,
+    gateway_ref_is, go_bool, selects,
 };
 pub use store::{Duplicate, Store, Unit};
 pub use telemetry::{OtelHttp, OtelProvider, Tracing, TracingProvider, TracingSpec};

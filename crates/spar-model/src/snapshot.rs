@@ -22,6 +22,7 @@ use spar_api::istio::virtual_service::VirtualServiceSpec;
 use spar_api::istio::workload_entry::WorkloadEntrySpec;
 use spar_api::{Object, Origin, Resource};
 
+use crate::ext_authz::ExtAuthzProvider;
 use crate::service::{Endpoint, Protocol, Resolution, Service, ServicePort};
 use crate::telemetry::TracingProvider;
 use crate::{Proxy, Store, host};
@@ -51,6 +52,10 @@ pub struct MeshConfig {
     /// `defaultConfig.tracing.sampling`: percent of requests traced when no Telemetry
     /// sets `randomSamplingPercentage`; Istio's default is 1.
     pub trace_sampling: f64,
+    /// `extensionProviders[]` of kind `envoyExtAuthzHttp` or `envoyExtAuthzGrpc`, by
+    /// name, for AuthorizationPolicy `action: CUSTOM`; a provider that cannot be used
+    /// is kept with the reason (the policies naming it deny what they match).
+    pub authz_providers: BTreeMap<String, Result<ExtAuthzProvider, String>>,
 }
 
 /// A file access log as MeshConfig describes one.
@@ -77,6 +82,7 @@ impl Default for MeshConfig {
             tracing_providers: BTreeMap::new(),
             default_tracing_providers: Vec::new(),
             trace_sampling: 1.0,
+            authz_providers: BTreeMap::new(),
         }
     }
 }
@@ -92,6 +98,9 @@ pub struct Config<S> {
     pub origin: Origin,
     /// `metadata.creationTimestamp`, for istiod's oldest-first precedence.
     pub created: Option<String>,
+    /// The `istio.io/dry-run` annotation is true (AuthorizationPolicy: evaluated and
+    /// logged, not enforced).
+    pub dry_run: bool,
     /// The spec, shared with the store.
     pub spec: Arc<S>,
 }
@@ -207,7 +216,20 @@ fn config<S>(obj: &Object, spec: &Arc<S>) -> Config<S> {
         namespace: obj.meta.namespace.clone(),
         origin: obj.origin.clone(),
         created: obj.meta.creation_timestamp.clone(),
+        dry_run: obj.meta.annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| go_bool(v) == Some(true)),
         spec: Arc::clone(spec),
+    }
+}
+
+/// The annotation that makes an AuthorizationPolicy a dry run.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// Go's `strconv.ParseBool`, as istiod reads the dry-run annotation.
+pub fn go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
     }
 }
 
@@ -221,6 +243,38 @@ fn u16_port(p: i64) -> Option<u16> {
 }
 
 impl Snapshot {
+    /// Says which AuthorizationPolicies with `action: CUSTOM` cannot be checked: their
+    /// provider is missing or unusable (the requests they match are denied), or they
+    /// are dry runs (neither enforced nor sent to the provider).
+    fn diagnose_custom_policies(&mut self) {
+        use spar_api::istio::authorization_policy::AuthorizationPolicyAction as Action;
+        for p in &self.authorization_policies {
+            if p.spec.action != Some(Action::Custom) {
+                continue;
+            }
+            let name = p.spec.provider.as_ref().and_then(|p| p.name.as_deref()).unwrap_or_default();
+            let message = if p.dry_run {
+                "a CUSTOM policy in dry run is neither enforced nor sent to its provider".to_string()
+            } else {
+                match self.mesh.authz_providers.get(name) {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => {
+                        format!("CUSTOM provider unusable ({e}): every request this policy matches is denied")
+                    }
+                    None => format!(
+                        "CUSTOM provider {name:?} is not an ext_authz provider of MeshConfig extensionProviders: every \
+                         request this policy matches is denied"
+                    ),
+                }
+            };
+            self.diagnostics.push(Diagnostic {
+                origin: p.origin.clone(),
+                resource: p.label("AuthorizationPolicy"),
+                message,
+            });
+        }
+    }
+
     /// Builds a snapshot from everything in `store`.
     pub fn build(store: &Store, mesh: &MeshConfig, version: u64) -> Snapshot {
         let (objects, dups) = store.objects();
@@ -291,6 +345,8 @@ impl Snapshot {
         });
         snap.gateways
             .sort_by(|a, b| oldest_first(&a.created, (&a.namespace, &a.name), &b.created, (&b.namespace, &b.name)));
+
+        snap.diagnose_custom_policies();
 
         // istiod gives each host to the oldest VirtualService bound to sidecars; later ones
         // lose it silently. Spar says so.

@@ -129,6 +129,7 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
         Kind::AuthorizationPolicy => &[
             "spec.selector",
             "spec.action",
+            "spec.provider",
             "spec.rules[].from[].source.principals",
             "spec.rules[].from[].source.notPrincipals",
             "spec.rules[].from[].source.requestPrincipals",

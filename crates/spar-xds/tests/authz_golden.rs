@@ -1,6 +1,7 @@
 //! AuthorizationPolicy against istiod's own golden RBAC output
-//! (testdata/istio/authz-golden): for each input, the RBAC Spar
-//! generates must mean the same as istiod's. "The same" is compared on a normal form:
+//! (testdata/istio/authz-golden): for each input, the RBAC Spar generates (enforced
+//! rules, dry-run shadow rules, CUSTOM rules for ext_authz or denied when the provider
+//! cannot be used) must mean the same as istiod's. "The same" is compared on a normal form:
 //! every policy by name, its permission and principal trees with the children of AND/OR
 //! sorted (both are commutative), so only order, not meaning, may differ.
 
@@ -165,10 +166,9 @@ fn generated(rbac: &xds_rbac::Rbac) -> BTreeMap<String, Value> {
         .collect()
 }
 
-fn expected(out: &Value) -> (String, BTreeMap<String, Value>) {
-    let rules = &out["typedConfig"]["rules"];
-    let action = rules["action"].as_str().unwrap_or("ALLOW").to_string();
-    let policies = rules["policies"]
+/// The policies of one rule set of an istiod output (`rules` or `shadowRules`).
+fn expected_set(rules: &Value) -> BTreeMap<String, Value> {
+    rules["policies"]
         .as_object()
         .map(|m| {
             m.iter()
@@ -181,11 +181,96 @@ fn expected(out: &Value) -> (String, BTreeMap<String, Value>) {
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    (action, policies)
+        .unwrap_or_default()
 }
 
-fn run_case(dir: &str, input: &Path, tcp: bool) -> Result<(), String> {
+/// A rule set as compared: (`rules` or `shadowRules`, action, policies by name).
+type RuleSet = (String, String, BTreeMap<String, Value>);
+
+/// The rule sets of one istiod output file (none for an ext_authz filter).
+fn expected(out: &Value) -> Vec<RuleSet> {
+    let mut sets = Vec::new();
+    for field in ["rules", "shadowRules"] {
+        let rules = &out["typedConfig"][field];
+        if !rules.is_null() {
+            let action = rules["action"].as_str().unwrap_or("ALLOW").to_string();
+            sets.push((field.to_string(), action, expected_set(rules)));
+        }
+    }
+    sets
+}
+
+fn action_name(a: i32) -> String {
+    match a {
+        1 => "DENY",
+        2 => "LOG",
+        _ => "ALLOW",
+    }
+    .to_string()
+}
+
+/// The rule sets Spar generates, in the same shape.
+fn generated_sets(built: &authz::WorkloadRbac) -> Vec<RuleSet> {
+    let mut got = Vec::new();
+    for c in &built.custom {
+        match c {
+            authz::Custom::ExtAuthz { rules, .. } => {
+                got.push(("shadowRules".into(), action_name(rules.action), generated(rules)))
+            }
+            authz::Custom::Deny { rules, .. } => {
+                got.push(("rules".into(), action_name(rules.action), generated(rules)))
+            }
+        }
+    }
+    for r in &built.configs {
+        if let Some(rules) = &r.rules {
+            got.push(("rules".into(), action_name(rules.action), generated(rules)));
+        }
+        if let Some(rules) = &r.shadow {
+            got.push(("shadowRules".into(), action_name(rules.action), generated(rules)));
+        }
+    }
+    got
+}
+
+/// The CUSTOM provider the goldens' mesh configs define (`builder_test.go`): `default`,
+/// an HTTP or gRPC ext_authz service, or none usable (`Err`).
+#[derive(Clone, Copy, Debug)]
+enum Provider {
+    Http,
+    Grpc,
+    Unusable,
+}
+
+fn resolver(kind: Provider) -> impl Fn(&str) -> Result<authz::ResolvedProvider, String> {
+    move |name: &str| {
+        let api = match kind {
+            Provider::Http => spar_model::ExtAuthzApi::Http(Default::default()),
+            Provider::Grpc => spar_model::ExtAuthzApi::Grpc,
+            Provider::Unusable => return Err(format!("provider {name} is invalid")),
+        };
+        if name != "default" {
+            return Err(format!("provider {name} is not defined"));
+        }
+        let host = "my-custom-ext-authz.foo.svc.cluster.local".to_string();
+        Ok(authz::ResolvedProvider {
+            cluster: format!("outbound|9000||{host}"),
+            host,
+            provider: spar_model::ExtAuthzProvider {
+                service: "foo/my-custom-ext-authz.foo.svc.cluster.local".into(),
+                port: 9000,
+                timeout: std::time::Duration::from_secs(10),
+                fail_open: false,
+                status_on_error: None,
+                body: None,
+                api,
+            },
+        })
+    }
+}
+
+/// Runs `input` and compares with `outs` (by default, the outputs named after it).
+fn run_case(dir: &str, input: &Path, tcp: bool, provider: Provider, outs: Option<&[&str]>) -> Result<(), String> {
     let text = std::fs::read_to_string(input).map_err(|e| e.to_string())?;
     let parsed = spar_api::parse_file(&input.to_string_lossy(), &text);
     let policies: Vec<Config<_>> = parsed
@@ -197,52 +282,43 @@ fn run_case(dir: &str, input: &Path, tcp: bool) -> Result<(), String> {
                 namespace: o.meta.namespace.clone(),
                 origin: o.origin.clone(),
                 created: None,
+                dry_run: o
+                    .meta
+                    .annotations
+                    .get("istio.io/dry-run")
+                    .is_some_and(|v| spar_model::go_bool(v) == Some(true)),
                 spec: s.clone(),
             }),
             _ => None,
         })
         .collect();
     let refs: Vec<&Config<_>> = policies.iter().collect();
-    let built = authz::build(&refs, "cluster.local", tcp);
+    let built = authz::build(&refs, "cluster.local", tcp, &resolver(provider));
     let stem = input.file_name().and_then(|n| n.to_str()).unwrap_or_default().trim_end_matches("-in.yaml").to_string();
-    let mut outs: Vec<PathBuf> = Vec::new();
-    for suffix in ["-out.yaml", "-out1.yaml", "-out2.yaml"] {
-        let p = fixtures().join(dir).join(format!("{stem}{suffix}"));
-        if p.exists() {
-            outs.push(p);
-        }
-    }
+    let outs: Vec<PathBuf> = match outs {
+        Some(names) => names.iter().map(|n| fixtures().join(dir).join(n)).collect(),
+        None => ["-out.yaml", "-out1.yaml", "-out2.yaml"]
+            .iter()
+            .map(|suffix| fixtures().join(dir).join(format!("{stem}{suffix}")))
+            .filter(|p| p.exists())
+            .collect(),
+    };
     let mut want = Vec::new();
     for o in &outs {
-        let v: Value = serde_yaml_ng::from_str(&std::fs::read_to_string(o).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        if v["typedConfig"]["rules"].is_null() {
-            continue; // shadow (dry-run) or ext_authz configs: not compared here
-        }
-        want.push(expected(&v));
+        let v: Value =
+            serde_yaml_ng::from_str(&std::fs::read_to_string(o).map_err(|e| format!("{}: {e}", o.display()))?)
+                .map_err(|e| e.to_string())?;
+        want.extend(expected(&v));
     }
-    let got: Vec<(String, BTreeMap<String, Value>)> = built
-        .configs
-        .iter()
-        .map(|r| {
-            let action = match r.action {
-                1 => "DENY",
-                2 => "LOG",
-                _ => "ALLOW",
-            };
-            (action.to_string(), generated(r))
-        })
-        .collect();
-    // Istio orders its outputs DENY before ALLOW as well; compare as sets.
-    let mut want_sorted = want.clone();
-    want_sorted.sort_by_key(|(a, _)| a.clone());
-    let mut got_sorted = got.clone();
-    got_sorted.sort_by_key(|(a, _)| a.clone());
-    if want_sorted == got_sorted {
+    let mut got = generated_sets(&built);
+    // Istio orders its outputs AUDIT, DENY, ALLOW; compare as sets.
+    want.sort_by_key(|s| format!("{s:?}"));
+    got.sort_by_key(|s| format!("{s:?}"));
+    if want == got {
         Ok(())
     } else {
-        let show = |v: &Vec<(String, BTreeMap<String, Value>)>| serde_json::to_string(v).unwrap_or_default();
-        Err(format!("want {}\n got {}", show(&want_sorted), show(&got_sorted)))
+        let show = |v: &Vec<RuleSet>| serde_json::to_string(v).unwrap_or_default();
+        Err(format!("want {}\n got {}", show(&want), show(&got)))
     }
 }
 
@@ -261,20 +337,37 @@ fn generated_rbac_means_what_istiod_generates() {
         inputs.sort();
         for input in inputs {
             let name = format!("{dir}/{}", input.file_name().and_then(|n| n.to_str()).unwrap_or_default());
-            // CUSTOM (ext_authz providers), dry-run (shadow rules) and trust-domain aliases
-            // need mesh settings these goldens assume; not supported yet.
-            // allow-host-before-111 is the format for Envoy older than 1.11.
-            if ["custom", "dry-run", "td-aliases", "trust-domains", "multiple-td", "before-111"]
+            // Trust-domain aliases need mesh settings these goldens assume; not supported
+            // yet. allow-host-before-111 is the format for Envoy older than 1.11.
+            // custom-simple-http has no outputs of its own: it is run below, once per
+            // provider, against the outputs istiod's test names for it.
+            if ["td-aliases", "trust-domains", "multiple-td", "before-111", "custom-simple-http"]
                 .iter()
                 .any(|k| name.contains(k))
             {
                 skipped.push(name);
                 continue;
             }
-            match run_case(dir, &input, tcp) {
+            // istiod's test serves an HTTP provider to custom-only-http, gRPC elsewhere.
+            let provider = if name.contains("only-http") { Provider::Http } else { Provider::Grpc };
+            match run_case(dir, &input, tcp, provider, None) {
                 Ok(()) => passed.push(name),
                 Err(e) => failed.push(format!("{name}: {e}")),
             }
+        }
+    }
+    // One input, three mesh configs (istiod's `custom-http-provider`, `custom-grpc-provider`
+    // and `custom-bad-invalid-config` cases).
+    let simple = fixtures().join("http/custom-simple-http-in.yaml");
+    for (provider, out) in [
+        (Provider::Http, "custom-http-provider-out1.yaml"),
+        (Provider::Grpc, "custom-grpc-provider-out1.yaml"),
+        (Provider::Unusable, "custom-bad-out.yaml"),
+    ] {
+        let name = format!("http/custom-simple-http-in.yaml ({provider:?}) -> {out}");
+        match run_case("http", &simple, false, provider, Some(&[out])) {
+            Ok(()) => passed.push(name),
+            Err(e) => failed.push(format!("{name}: {e}")),
         }
     }
     eprintln!(
@@ -287,13 +380,16 @@ fn generated_rbac_means_what_istiod_generates() {
     for f in &failed {
         eprintln!("FAIL {f}\n");
     }
-    // Known differences, each a feature not built yet; the list must stay exact, so a fix
-    // (or a new difference) shows up here.
+    // Known differences, each a feature not built yet or a deliberate one; the list must
+    // stay exact, so a fix (or a new difference) shows up here.
     const KNOWN: &[&str] = &[
         // request.auth.claims / audiences: istiod matches list-valued claims (listMatch).
         "http/allow-full-rule-in.yaml",
         // Trust-domain aliases from mesh config add an extra principal per alias.
         "http/simple-policy-principal-with-wildcard-in.yaml",
+        // A CUSTOM policy whose provider checks HTTP, on a TCP port: istiod leaves the
+        // check out (the port is open); Spar denies what the policy matches (fail closed).
+        "tcp/custom-only-http-in.yaml",
     ];
     let mut failed_names: Vec<&str> = failed.iter().filter_map(|f| f.split(':').next()).collect();
     failed_names.sort_unstable();

@@ -472,7 +472,7 @@ fn main() -> anyhow::Result<()> {
                             let (m, ignored) =
                                 mesh::load(p, base).with_context(|| format!("--mesh-config {}", p.display()))?;
                             if !ignored.is_empty() {
-                                tracing::info!(file = %p.display(), fields = ?ignored, "MeshConfig fields Spar does not act on");
+                                tracing::warn!(file = %p.display(), fields = ?ignored, "MeshConfig fields Spar does not act on: traffic does not do what they say");
                             }
                             m
                         }

@@ -14,7 +14,10 @@ use std::path::Path;
 
 use serde_json::Value;
 use spar_kube::meshconfig::MeshText;
-use spar_model::{FileAccessLog, MeshConfig, OtelHttp, OtelProvider, TracingProvider};
+use spar_model::{
+    EXT_AUTHZ_DEFAULT_TIMEOUT, ExtAuthzApi, ExtAuthzProvider, FileAccessLog, HttpSettings, MeshConfig, OtelHttp,
+    OtelProvider, RequestBody, TracingProvider,
+};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -75,7 +78,7 @@ impl ConfigMapLayer {
         match over(text, base, self.registry_only) {
             Ok((mesh, ignored)) => {
                 if !ignored.is_empty() {
-                    info!(%configmap, fields = ?ignored, "MeshConfig fields Spar does not act on");
+                    warn!(%configmap, fields = ?ignored, "MeshConfig fields Spar does not act on: traffic does not do what they say");
                 }
                 Some(mesh)
             }
@@ -182,6 +185,7 @@ fn from_raw(raw: &Value, mut mesh: MeshConfig) -> anyhow::Result<(MeshConfig, Ve
         mesh.access_log_providers.insert(name.to_string(), access_log(path, text, json, labels.unwrap_or_default()));
     }
     read_tracing(raw, &mut mesh)?;
+    read_ext_authz(raw, &mut mesh);
     let mut ignored: Vec<String> = raw
         .as_object()
         .into_iter()
@@ -227,6 +231,115 @@ fn read_tracing(raw: &Value, mesh: &mut MeshConfig) -> anyhow::Result<()> {
         mesh.trace_sampling = if s <= 0.0 || s > 100.0 || !s.is_finite() { 1.0 } else { s };
     }
     Ok(())
+}
+
+/// `extensionProviders[]` of kind `envoyExtAuthzHttp`/`envoyExtAuthzGrpc`. A provider
+/// that cannot be used is kept with the reason, not refused with the whole MeshConfig:
+/// the CUSTOM policies naming it then deny what they match (as istiod does).
+fn read_ext_authz(raw: &Value, mesh: &mut MeshConfig) {
+    mesh.authz_providers.clear();
+    for p in raw.get("extensionProviders").and_then(Value::as_array).into_iter().flatten() {
+        let Some(name) = p.get("name").and_then(Value::as_str) else { continue };
+        let (http, grpc) = (p.get("envoyExtAuthzHttp"), p.get("envoyExtAuthzGrpc"));
+        if http.is_none() && grpc.is_none() {
+            continue;
+        }
+        let provider = if mesh.authz_providers.contains_key(name) {
+            Err(format!("extensionProviders {name:?}: the name is used twice"))
+        } else {
+            ext_authz_provider(name, http, grpc).map_err(|e| format!("extensionProviders {name:?}: {e}"))
+        };
+        mesh.authz_providers.insert(name.to_string(), provider);
+    }
+}
+
+/// One ext_authz provider, checked as istiod checks it.
+fn ext_authz_provider(name: &str, http: Option<&Value>, grpc: Option<&Value>) -> Result<ExtAuthzProvider, String> {
+    let dns_label = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !dns_label {
+        return Err("the name must be a DNS label (lower-case letters, digits and '-', at most 63)".into());
+    }
+    let (field, v) = match (http, grpc) {
+        (Some(h), None) => ("envoyExtAuthzHttp", h),
+        (None, Some(g)) => ("envoyExtAuthzGrpc", g),
+        _ => return Err("sets both envoyExtAuthzHttp and envoyExtAuthzGrpc".into()),
+    };
+    let err = |e: String| format!("{field}.{e}");
+    let service = v.get("service").and_then(Value::as_str).filter(|s| !s.is_empty());
+    let service = service.ok_or_else(|| err("service: required".into()))?.to_string();
+    let port = v.get("port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()).filter(|p| *p > 0);
+    let port = port.ok_or_else(|| err(format!("port: {} is not 1-65535", v.get("port").unwrap_or(&Value::Null))))?;
+    let timeout = match v.get("timeout") {
+        None => EXT_AUTHZ_DEFAULT_TIMEOUT,
+        Some(t) => duration(t).map_err(|e| err(format!("timeout: {e}")))?,
+    };
+    let status_on_error = match v.get("statusOnError").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            s.parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| err(format!("statusOnError: {s:?} is not an HTTP status")))?,
+        ),
+    };
+    let body = v.get("includeRequestBodyInCheck").map(|b| RequestBody {
+        max_request_bytes: b
+            .get("maxRequestBytes")
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0),
+        allow_partial_message: b.get("allowPartialMessage").and_then(Value::as_bool).unwrap_or(false),
+        pack_as_bytes: b.get("packAsBytes").and_then(Value::as_bool).unwrap_or(false),
+    });
+    let api = if http.is_some() {
+        let path_prefix = v.get("pathPrefix").and_then(Value::as_str).unwrap_or_default().to_string();
+        if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
+            return Err(err(format!("pathPrefix: {path_prefix:?} must start with /")));
+        }
+        let list = |key: &str| -> Result<Vec<String>, String> {
+            let names: Vec<String> = match v.get(key) {
+                None => Vec::new(),
+                Some(l) => serde_json::from_value(l.clone()).map_err(|e| err(format!("{key}: {e}")))?,
+            };
+            match names.iter().find(|n| n.is_empty() || *n == "*") {
+                Some(bad) => Err(err(format!("{key}: {bad:?} is not a header name or pattern"))),
+                None => Ok(names),
+            }
+        };
+        let mut include_request_headers = list("includeRequestHeadersInCheck")?;
+        if include_request_headers.is_empty() {
+            include_request_headers = list("includeHeadersInCheck")?;
+        }
+        let additional: BTreeMap<String, String> = match v.get("includeAdditionalHeadersInCheck") {
+            None => BTreeMap::new(),
+            Some(m) => {
+                serde_json::from_value(m.clone()).map_err(|e| err(format!("includeAdditionalHeadersInCheck: {e}")))?
+            }
+        };
+        ExtAuthzApi::Http(HttpSettings {
+            path_prefix,
+            include_request_headers,
+            additional_headers: additional.into_iter().collect(),
+            headers_to_upstream_on_allow: list("headersToUpstreamOnAllow")?,
+            headers_to_downstream_on_deny: list("headersToDownstreamOnDeny")?,
+            headers_to_downstream_on_allow: list("headersToDownstreamOnAllow")?,
+        })
+    } else {
+        ExtAuthzApi::Grpc
+    };
+    Ok(ExtAuthzProvider {
+        service,
+        port,
+        timeout,
+        fail_open: v.get("failOpen").and_then(Value::as_bool).unwrap_or(false),
+        status_on_error,
+        body,
+        api,
+    })
 }
 
 /// `opentelemetry: {service, port, maxTagLength, http, grpc, resourceDetectors}`; an

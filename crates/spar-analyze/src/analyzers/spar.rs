@@ -11,6 +11,8 @@ use crate::context::{Context, Resource, gk};
 pub const CONFIGURATION_DROPPED: &str = "SPAR0002";
 /// `SPAR0003` DuplicateResource.
 pub const DUPLICATE_RESOURCE: &str = "SPAR0003";
+/// `SPAR0004` CustomProviderUnusable.
+pub const CUSTOM_PROVIDER_UNUSABLE: &str = "SPAR0004";
 
 pub(super) static ANALYZERS: &[Analyzer] = &[
     Analyzer {
@@ -27,7 +29,39 @@ pub(super) static ANALYZERS: &[Analyzer] = &[
         default: true,
         run: duplicates,
     },
+    Analyzer {
+        name: "spar.CustomAuthorizationAnalyzer",
+        description: "Finds AuthorizationPolicies with action CUSTOM whose provider is not an ext_authz provider of MeshConfig extensionProviders: the requests they match are denied",
+        codes: &[CUSTOM_PROVIDER_UNUSABLE],
+        default: true,
+        run: custom_providers,
+    },
 ];
+
+/// CUSTOM policies need an `envoyExtAuthzHttp`/`envoyExtAuthzGrpc` provider by the name
+/// they give; without one, Spar (as istiod) denies every request they match.
+fn custom_providers(ctx: &Context, r: &mut Reporter<'_>) {
+    let providers = ctx.mesh().raw.get("extensionProviders").and_then(serde_json::Value::as_array);
+    let ext_authz = |name: &str| {
+        providers.into_iter().flatten().any(|p| {
+            p.get("name").and_then(serde_json::Value::as_str) == Some(name)
+                && (p.get("envoyExtAuthzHttp").is_some() || p.get("envoyExtAuthzGrpc").is_some())
+        })
+    };
+    for ap in ctx.of(gk::AUTHORIZATION_POLICY) {
+        let spec = ap.spec();
+        if spec.get("action").and_then(serde_json::Value::as_str) != Some("CUSTOM") {
+            continue;
+        }
+        let name = spec.pointer("/provider/name").and_then(serde_json::Value::as_str).unwrap_or_default();
+        if name.is_empty() {
+            r.report_at(ap, CUSTOM_PROVIDER_UNUSABLE, "spec.action", vec!["the policy names no provider".into()]);
+        } else if !ext_authz(name) {
+            let reason = format!("provider {name:?} is not an ext_authz provider of MeshConfig extensionProviders");
+            r.report_at(ap, CUSTOM_PROVIDER_UNUSABLE, "spec.provider.name", vec![reason]);
+        }
+    }
+}
 
 fn dropped_virtual_services(ctx: &Context, r: &mut Reporter<'_>) {
     for vs in ctx.of(gk::VIRTUAL_SERVICE) {

@@ -1042,7 +1042,7 @@ fn inbound_chains(
     let mode = scope.snap.mtls_mode(&scope.proxy.namespace, &scope.proxy.labels, port);
     let policies = authz::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels);
     let td = scope.proxy.identity.as_deref().map_or("cluster.local", mtls::trust_domain);
-    let rbac = authz::build(&policies, td, !protocol.is_http());
+    let rbac = authz::build(&policies, td, !protocol.is_http(), &|name| authz::resolve_provider(scope, name));
     let (jwt, _) = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
     let make_filter = |tls: bool| {
         if protocol.is_http() {
@@ -1057,9 +1057,9 @@ fn inbound_chains(
                 validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
                 ..Default::default()
             };
-            // JWT validation first, so that RBAC sees the request principal and claims.
-            let mut auth: Vec<_> = jwt.iter().cloned().collect();
-            auth.extend(authz::http_filters(&rbac));
+            // CUSTOM, then JWT validation, so that DENY and ALLOW see the request
+            // principal and claims (istiod's order).
+            let auth = authz::http_filters(&rbac, jwt.clone());
             vec![inbound_hcm(scope, stat.to_string(), rc, tls, auth)]
         } else {
             let mut filters = authz::network_filters(&rbac);

@@ -315,7 +315,7 @@ pub fn listeners(scope: &Scope<'_>, out: &mut ProxyResources) {
 fn network_authz(scope: &Scope<'_>) -> Vec<xds_listener::Filter> {
     let policies = authz::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels);
     let td = scope.proxy.identity.as_deref().map_or("cluster.local", mtls::trust_domain);
-    authz::network_filters(&authz::build(&policies, td, true))
+    authz::network_filters(&authz::build(&policies, td, true, &|name| authz::resolve_provider(scope, name)))
 }
 
 /// The gateway's HTTP connection manager: JWT and RBAC from the policies selecting the
@@ -325,10 +325,9 @@ fn hcm(scope: &Scope<'_>, stat_prefix: String, route_name: String, tls: bool) ->
     use xds_hcm::http_connection_manager::{ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails};
     let policies = authz::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels);
     let td = scope.proxy.identity.as_deref().map_or("cluster.local", mtls::trust_domain);
-    let rbac = authz::build(&policies, td, false);
+    let rbac = authz::build(&policies, td, false, &|name| authz::resolve_provider(scope, name));
     let (jwt, _) = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
-    let mut filters: Vec<_> = jwt.into_iter().collect();
-    filters.extend(authz::http_filters(&rbac));
+    let mut filters = authz::http_filters(&rbac, jwt);
     filters.extend(envoy::http_filters());
     let mut h = xds_hcm::HttpConnectionManager {
         stat_prefix,

@@ -20,6 +20,7 @@
 pub mod authz;
 mod credentials;
 mod envoy;
+mod ext_authz;
 mod gateway;
 pub mod jwt;
 mod mtls;

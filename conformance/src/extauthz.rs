@@ -1,0 +1,78 @@
+//! A small external authorizer for AuthorizationPolicy `action: CUSTOM`, speaking the
+//! HTTP protocol of Envoy's `ext_authz` filter (as Istio's `samples/extauthz` server
+//! does): a check whose request carries `x-ext-authz: allow` is allowed (200), any
+//! other is denied (403); either answer carries `x-ext-authz-check-result`, which the
+//! filter passes upstream on allow and to the client on deny when the provider says so.
+//! Every check is counted, so tests can see which requests were sent for checking.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The authorizer's counters.
+#[derive(Debug, Default)]
+pub struct Checks {
+    allowed: AtomicUsize,
+    denied: AtomicUsize,
+}
+
+impl Checks {
+    /// Checks answered so far: (allowed, denied).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.allowed.load(Ordering::SeqCst), self.denied.load(Ordering::SeqCst))
+    }
+}
+
+/// Serves checks on `listener` until the task is aborted.
+pub async fn serve(listener: TcpListener, checks: Arc<Checks>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(handle(stream, Arc::clone(&checks)));
+    }
+}
+
+async fn handle(stream: TcpStream, checks: Arc<Checks>) {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        let (mut allow, mut length) = (false, 0usize);
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
+                allow |= k == "x-ext-authz" && v == "allow";
+                if k == "content-length" {
+                    length = v.parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if r.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let (status, result) = if allow { ("200 OK", "allowed") } else { ("403 Forbidden", "denied") };
+        let counter = if allow { &checks.allowed } else { &checks.denied };
+        counter.fetch_add(1, Ordering::SeqCst);
+        let text = format!("ext-authz: {result}");
+        let resp = format!(
+            "HTTP/1.1 {status}\r\nx-ext-authz-check-result: {result}\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        if w.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
