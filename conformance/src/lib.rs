@@ -555,9 +555,15 @@ impl Pod {
         }
     }
 
-    /// A gateway pod (node type `router`) in `namespace` with the given labels.
+    /// A gateway pod (node type `router`) in `namespace` with the given labels; its
+    /// service account is named after its `istio` label as Istio's charts name it
+    /// (`istio: ingressgateway` runs as `istio-ingressgateway`).
     pub fn gateway(name: &str, namespace: &str, ip: IpAddr, labels: &[(&str, &str)]) -> Self {
-        Self { namespace: namespace.into(), gateway: true, ..Self::new(name, ip, labels) }
+        let service_account = labels
+            .iter()
+            .find(|(k, _)| *k == "istio")
+            .map_or_else(|| "default".to_string(), |(_, v)| format!("istio-{v}"));
+        Self { namespace: namespace.into(), gateway: true, service_account, ..Self::new(name, ip, labels) }
     }
 }
 

@@ -115,7 +115,7 @@ async fn ingress_tls(delta: bool) -> anyhow::Result<()> {
     // who called in x-forwarded-client-cert).
     let xfcc = web_seen.received().last().and_then(|r| r.headers.get("x-forwarded-client-cert").cloned());
     assert!(
-        xfcc.as_deref().is_some_and(|x| x.contains("spiffe://cluster.local/ns/istio-system/sa/default")),
+        xfcc.as_deref().is_some_and(|x| x.contains("spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway")),
         "gateway identity in XFCC: {xfcc:?}"
     );
     // Passthrough: the backend's own certificate reaches the client (not terminated).

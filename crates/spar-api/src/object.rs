@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1 as corev1;
 use k8s_openapi::api::discovery::v1 as discoveryv1;
+use k8s_openapi::api::rbac::v1 as rbacv1;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
@@ -76,6 +77,10 @@ kinds! {
     Secret => "", &["v1"];
     Pod => "", &["v1"];
     Node => "", &["v1"];
+    Role => "rbac.authorization.k8s.io", &["v1"];
+    ClusterRole => "rbac.authorization.k8s.io", &["v1"];
+    RoleBinding => "rbac.authorization.k8s.io", &["v1"];
+    ClusterRoleBinding => "rbac.authorization.k8s.io", &["v1"];
 }
 
 impl fmt::Display for Kind {
@@ -87,7 +92,7 @@ impl fmt::Display for Kind {
 impl Kind {
     /// Whether objects of this kind live in a namespace.
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::ClusterRole | Kind::ClusterRoleBinding)
     }
 }
 
@@ -249,4 +254,8 @@ resources! {
     Secret(corev1::Secret) via whole;
     Pod(corev1::Pod) via whole;
     Node(corev1::Node) via whole;
+    Role(rbacv1::Role) via whole;
+    ClusterRole(rbacv1::ClusterRole) via whole;
+    RoleBinding(rbacv1::RoleBinding) via whole;
+    ClusterRoleBinding(rbacv1::ClusterRoleBinding) via whole;
 }

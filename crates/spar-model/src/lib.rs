@@ -12,6 +12,7 @@
 mod ext_authz;
 mod host;
 mod proxy;
+mod rbac;
 mod service;
 mod snapshot;
 mod store;
@@ -22,6 +23,7 @@ pub use ext_authz::{
 };
 pub use host::{matches as host_matches, resolve as resolve_host, short_forms};
 pub use proxy::{InterceptionMode, Proxy, ProxyError, ProxyKind};
+pub use rbac::SecretReaders;
 pub use service::{Endpoint, Protocol, Resolution, Service, ServicePort, export_allows};
 pub use snapshot::{
     Config, DRY_RUN_ANNOTATION, Diagnostic, EndpointChanges, FileAccessLog, MeshConfig, MtlsMode, Snapshot,

@@ -23,6 +23,7 @@ use spar_api::istio::workload_entry::WorkloadEntrySpec;
 use spar_api::{Object, Origin, Resource};
 
 use crate::ext_authz::ExtAuthzProvider;
+use crate::rbac::SecretReaders;
 use crate::service::{Endpoint, Protocol, Resolution, Service, ServicePort};
 use crate::telemetry::TracingProvider;
 use crate::{Proxy, Store, host};
@@ -143,6 +144,9 @@ pub struct Snapshot {
     pub peer_authentications: Vec<Config<PeerAuthenticationSpec>>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<Config<AuthorizationPolicySpec>>,
+    /// Which service accounts Kubernetes RBAC lets list Secrets in their namespace (the
+    /// question istiod's SDS asks before serving a `credentialName`'s key).
+    pub secret_readers: SecretReaders,
     /// RequestAuthentications.
     pub request_authentications: Vec<Config<RequestAuthenticationSpec>>,
     /// Secrets by (namespace, name), for `credentialName`.
@@ -292,6 +296,8 @@ impl Snapshot {
         let mut slices: BTreeMap<(String, String), Vec<&discoveryv1::EndpointSlice>> = BTreeMap::new();
         let mut service_entries = Vec::new();
         let mut workloads = Workloads::default();
+        let (mut roles, mut cluster_roles, mut role_bindings, mut cluster_role_bindings) =
+            (BTreeMap::new(), BTreeMap::new(), Vec::new(), Vec::new());
         for obj in &objects {
             match &obj.resource {
                 Resource::VirtualService(s) => {
@@ -324,6 +330,14 @@ impl Snapshot {
                     }
                 }
                 Resource::Pod(p) => workloads.add_pod(obj, p),
+                Resource::Role(r) => {
+                    roles.insert((obj.meta.namespace.clone(), obj.meta.name.clone()), &**r);
+                }
+                Resource::ClusterRole(r) => {
+                    cluster_roles.insert(obj.meta.name.clone(), &**r);
+                }
+                Resource::RoleBinding(b) => role_bindings.push((obj.meta.namespace.clone(), &**b)),
+                Resource::ClusterRoleBinding(b) => cluster_role_bindings.push(&**b),
                 Resource::Node(n) => {
                     workloads.node_regions.insert(
                         obj.meta.name.clone(),
@@ -346,6 +360,7 @@ impl Snapshot {
         snap.gateways
             .sort_by(|a, b| oldest_first(&a.created, (&a.namespace, &a.name), &b.created, (&b.namespace, &b.name)));
 
+        snap.secret_readers = SecretReaders::from_rbac(&roles, &cluster_roles, &role_bindings, &cluster_role_bindings);
         snap.diagnose_custom_policies();
 
         // istiod gives each host to the oldest VirtualService bound to sidecars; later ones

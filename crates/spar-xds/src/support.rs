@@ -190,7 +190,11 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
         | Kind::Namespace
         | Kind::Secret
         | Kind::Pod
-        | Kind::Node => &["spec"],
+        | Kind::Node
+        | Kind::Role
+        | Kind::ClusterRole
+        | Kind::RoleBinding
+        | Kind::ClusterRoleBinding => &["spec"],
         _ => &[],
     }
 }

@@ -27,11 +27,14 @@ pub struct EndpointChanges {
 
 impl<S: PartialEq> PartialEq for Config<S> {
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-            && self.namespace == other.namespace
-            && self.origin == other.origin
-            && self.created == other.created
-            && (Arc::ptr_eq(&self.spec, &other.spec) || self.spec == other.spec)
+        // Destructured without `..` so that a field added to `Config` must be compared.
+        let Config { name, namespace, origin, created, dry_run, spec } = self;
+        *name == other.name
+            && *namespace == other.namespace
+            && *origin == other.origin
+            && *created == other.created
+            && *dry_run == other.dry_run
+            && (Arc::ptr_eq(spec, &other.spec) || **spec == *other.spec)
     }
 }
 
@@ -81,6 +84,7 @@ impl Snapshot {
             peer_authentications,
             authorization_policies,
             request_authentications,
+            secret_readers,
             secrets,
             gateways,
             telemetries,
@@ -96,6 +100,7 @@ impl Snapshot {
             && *peer_authentications == prev.peer_authentications
             && *authorization_policies == prev.authorization_policies
             && *request_authentications == prev.request_authentications
+            && *secret_readers == prev.secret_readers
             && *gateways == prev.gateways
             && *telemetries == prev.telemetries
             && *outbound_label_keys == prev.outbound_label_keys

@@ -32,15 +32,86 @@ pub fn resource_name(name: &str) -> String {
     if name.contains("://") { name.to_string() } else { format!("kubernetes://{name}") }
 }
 
+/// How a `credentialName` names its Secret, as istiod reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RefKind {
+    /// `name`, `kubernetes://name` or `kubernetes://ns/name`: a Secret of the proxy's
+    /// own namespace, served when its service account may list Secrets there.
+    Kubernetes,
+    /// `kubernetes-gateway://ns/name`: a Secret a Gateway in the proxy's namespace
+    /// refers to, in that same namespace (another one needs a ReferenceGrant).
+    Gateway,
+}
+
 /// The Secret a `credentialName` refers to: `name` or `kubernetes://name` in the proxy's
-/// namespace, `kubernetes-gateway://ns/name` in `ns`.
-fn secret_ref<'a>(credential: &'a str, proxy_ns: &'a str) -> (&'a str, &'a str) {
+/// namespace, `kubernetes://ns/name` and `kubernetes-gateway://ns/name` in `ns`.
+fn secret_ref<'a>(credential: &'a str, proxy_ns: &'a str) -> (RefKind, &'a str, &'a str) {
     if let Some(rest) = credential.strip_prefix("kubernetes-gateway://")
         && let Some((ns, name)) = rest.split_once('/')
     {
-        return (ns, name);
+        return (RefKind::Gateway, ns, name);
     }
-    (proxy_ns, credential.rsplit("://").next().unwrap_or(credential))
+    let rest = credential.strip_prefix("kubernetes://").unwrap_or(credential);
+    match rest.split_once('/') {
+        Some((ns, name)) => (RefKind::Kubernetes, ns, name),
+        None => (RefKind::Kubernetes, proxy_ns, rest),
+    }
+}
+
+/// Whether `scope`'s proxy may receive the key of Secret `ns/name`, by istiod's SDS
+/// rules: only a proxy that proved its identity; a Secret of its own namespace only
+/// (`kubernetes-gateway://` from a Gateway of that namespace); and for a key (not a CA
+/// bundle) of a `kubernetes://` Secret, a service account that Kubernetes RBAC lets list
+/// Secrets there. The error says why not, for the operator.
+fn authorize(
+    scope: &Scope<'_>,
+    kind: RefKind,
+    ns: &str,
+    name: &str,
+    key: bool,
+    gateway_ns: Option<&str>,
+) -> Result<(), String> {
+    let id = scope
+        .proxy
+        .identity
+        .as_deref()
+        .and_then(spar_ca::Identity::parse)
+        .ok_or("not sent: the proxy has not proven its identity (it must connect to the secure xDS port)")?;
+    match kind {
+        RefKind::Gateway => {
+            if gateway_ns != Some(id.namespace.as_str()) {
+                return Err(format!(
+                    "not sent: kubernetes-gateway:// Secrets go only to gateways in the Gateway's own namespace \
+                     ({}), and this proxy's identity is in {}",
+                    gateway_ns.unwrap_or("none: not a Gateway"),
+                    id.namespace
+                ));
+            }
+            if ns != id.namespace {
+                return Err(format!(
+                    "not sent: Secret {ns}/{name} is in another namespace than the Gateway ({}); that takes a \
+                     ReferenceGrant, which Spar does not read yet",
+                    id.namespace
+                ));
+            }
+        }
+        RefKind::Kubernetes => {
+            if ns != id.namespace {
+                return Err(format!(
+                    "not sent: Secret {ns}/{name} is not in the proxy's own namespace ({})",
+                    id.namespace
+                ));
+            }
+            if key && !scope.snap.secret_readers.may_list(&id.namespace, &id.service_account) {
+                return Err(format!(
+                    "not sent: service account {}/{} may not list Secrets in {} (Kubernetes RBAC; bind it a Role \
+                     with list on secrets, as Istio's gateway chart does)",
+                    id.namespace, id.service_account, id.namespace
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn secret_value(secret: &k8s_openapi::api::core::v1::Secret, keys: &[&str]) -> Option<String> {
@@ -61,20 +132,20 @@ fn inline(s: String) -> Option<xds_core::DataSource> {
     })
 }
 
-/// Looks up the Secret behind `credential`, checks what `needs` asks of it, and adds its
-/// SDS secrets to `out`. Secrets only go to a proxy that proved its identity: a proxy
-/// that merely claims a namespace never sees that namespace's keys. The error says why
-/// the credential cannot be used, for the operator.
+/// Looks up the Secret behind `credential`, checks that the proxy may have it
+/// ([`authorize`]) and what `needs` asks of it, and adds its SDS secrets to `out`.
+/// `gateway_ns` is the namespace of the Gateway naming it (none for a DestinationRule).
+/// The error says why the credential cannot be used, for the operator.
 pub(super) fn load(
     scope: &Scope<'_>,
     credential: &str,
     needs: Needs,
+    gateway_ns: Option<&str>,
     out: &mut ProxyResources,
 ) -> Result<Loaded, String> {
-    if scope.proxy.identity.is_none() {
-        return Err("not sent: the proxy has not proven its identity (it must connect to the secure xDS port)".into());
-    }
-    let (ns, name) = secret_ref(credential, &scope.proxy.namespace);
+    let (kind, ns, name) = secret_ref(credential, &scope.proxy.namespace);
+    // A CA bundle alone (istiod's `-cacert` names) is served without the RBAC check.
+    authorize(scope, kind, ns, name, needs.key_pair, gateway_ns)?;
     let secret = scope.snap.secrets.get(&(ns.to_string(), name.to_string()));
     let sds_name = resource_name(credential);
     let mut loaded = Loaded { key_pair: None, ca: None };
@@ -139,9 +210,10 @@ mod tests {
 
     #[test]
     fn secret_references() {
-        assert_eq!(secret_ref("cert", "gw"), ("gw", "cert"));
-        assert_eq!(secret_ref("kubernetes://cert", "gw"), ("gw", "cert"));
-        assert_eq!(secret_ref("kubernetes-gateway://other/cert", "gw"), ("other", "cert"));
+        assert_eq!(secret_ref("cert", "gw"), (RefKind::Kubernetes, "gw", "cert"));
+        assert_eq!(secret_ref("kubernetes://cert", "gw"), (RefKind::Kubernetes, "gw", "cert"));
+        assert_eq!(secret_ref("kubernetes://other/cert", "gw"), (RefKind::Kubernetes, "other", "cert"));
+        assert_eq!(secret_ref("kubernetes-gateway://other/cert", "gw"), (RefKind::Gateway, "other", "cert"));
         assert_eq!(resource_name("cert"), "kubernetes://cert");
         assert_eq!(resource_name("kubernetes-gateway://other/cert"), "kubernetes-gateway://other/cert");
     }

@@ -799,7 +799,7 @@ pub fn service_clusters(scope: &Scope<'_>, services: &[&std::sync::Arc<Service>]
                             key_pair: matches!(tls.mode, Some(Mode::Mutual)),
                             ca: !tls.insecure_skip_verify.unwrap_or(false),
                         };
-                        if let Err(e) = credentials::load(scope, &name, needs, out) {
+                        if let Err(e) = credentials::load(scope, &name, needs, None, out) {
                             // Without the Secret the cluster uses the certificate paths (or
                             // the system's roots) rather than wait for secrets that will
                             // never come. istiod applies credentialName at sidecars only for

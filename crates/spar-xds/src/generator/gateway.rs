@@ -775,16 +775,26 @@ fn server_tls(
                 for (i, cred) in creds.iter().enumerate() {
                     // The CA comes with the first credential (or `caCertCredentialName`).
                     let want_ca = mutual && i == 0 && ca_file.is_none() && tls.ca_cert_credential_name.is_none();
-                    let loaded =
-                        credentials::load(scope, cred, credentials::Needs { key_pair: true, ca: want_ca }, out)
-                            .map_err(|e| format!("credentialName {cred}: {e}"))?;
+                    let loaded = credentials::load(
+                        scope,
+                        cred,
+                        credentials::Needs { key_pair: true, ca: want_ca },
+                        Some(&s.gw.namespace),
+                        out,
+                    )
+                    .map_err(|e| format!("credentialName {cred}: {e}"))?;
                     common.tls_certificate_sds_secret_configs.extend(loaded.key_pair.as_deref().map(mtls::sds));
                     ca_sds = ca_sds.or(loaded.ca);
                 }
                 if mutual && let Some(ca_cred) = tls.ca_cert_credential_name.as_deref().filter(|c| !c.is_empty()) {
-                    let loaded =
-                        credentials::load(scope, ca_cred, credentials::Needs { key_pair: false, ca: true }, out)
-                            .map_err(|e| format!("caCertCredentialName {ca_cred}: {e}"))?;
+                    let loaded = credentials::load(
+                        scope,
+                        ca_cred,
+                        credentials::Needs { key_pair: false, ca: true },
+                        Some(&s.gw.namespace),
+                        out,
+                    )
+                    .map_err(|e| format!("caCertCredentialName {ca_cred}: {e}"))?;
                     ca_sds = loaded.ca;
                 }
                 if mutual {

@@ -26,6 +26,19 @@ subsets:
 - addresses: [{ip: 10.0.0.9}]
   ports: [{name: http2, port: 8080}, {name: https, port: 8443}]
 ---
+# The gateway's service account may read Secrets in its namespace, as Istio's gateway
+# chart grants it (istiod's SDS asks Kubernetes RBAC the same question).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: ingress-sds, namespace: istio-system}
+rules: [{apiGroups: [""], resources: [secrets], verbs: [get, watch, list]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: ingress-sds, namespace: istio-system}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: ingress-sds}
+subjects: [{kind: ServiceAccount, name: ingress}]
+---
 apiVersion: v1
 kind: Service
 metadata: {name: productpage}
@@ -301,4 +314,78 @@ spec:
             "outbound_.9080_._.productpage.default.svc.cluster.local"
         ]
     );
+}
+
+/// The app's identity (`ns1/sa-a`) on a proxy that calls itself a gateway (node type
+/// `router`, labels `istio: ingressgateway`), selected by a Gateway in its namespace.
+fn impostor() -> Proxy {
+    let id = "router~10.0.0.7~app-1.ns1~ns1.svc.cluster.local";
+    let mut p = Proxy::from_node(id, &serde_json::json!({"LABELS": {"istio": "ingressgateway"}})).expect("valid node");
+    p.identity = Some("spiffe://cluster.local/ns/ns1/sa/sa-a".into());
+    p
+}
+
+fn gateway_in(ns: &str, credential: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  \
+         selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    \
+         hosts: [\"*\"]\n    tls: {{mode: SIMPLE, credentialName: {credential:?}}}\n"
+    )
+}
+
+fn secret_in(ns: &str, name: &str) -> String {
+    let (cert, key) = spar_ca::Ca::new_root_pem("example.com").expect("cert");
+    secret(name, &cert, &key).replace("namespace: istio-system", &format!("namespace: {ns}"))
+}
+
+/// Whether the proxy was sent any Secret, and the warnings.
+fn secrets_and_warnings(snap: &Snapshot, proxy: &Proxy) -> (Vec<String>, String) {
+    let r = generate(snap, proxy);
+    (names(&r, type_url::SECRET).into_iter().filter(|n| n.starts_with("kubernetes")).collect(), r.warnings.join("\n"))
+}
+
+#[test]
+fn an_app_posing_as_a_gateway_gets_no_key_of_its_own_namespace_without_rbac() {
+    let snap = snapshot(&[INGRESS, &gateway_in("ns1", "cert"), &secret_in("ns1", "cert")]);
+    let (sent, w) = secrets_and_warnings(&snap, &impostor());
+    assert!(sent.is_empty(), "{sent:?}");
+    assert!(w.contains("service account ns1/sa-a may not list Secrets in ns1"), "{w}");
+}
+
+#[test]
+fn an_app_posing_as_a_gateway_gets_no_key_of_another_namespace() {
+    for credential in ["kubernetes-gateway://istio-system/cert", "kubernetes://istio-system/cert"] {
+        // Even a Gateway in the app's own namespace cannot point it at another's Secret.
+        let snap = snapshot(&[INGRESS, &gateway_in("ns1", credential), &secret_in("istio-system", "cert")]);
+        let (sent, w) = secrets_and_warnings(&snap, &impostor());
+        assert!(sent.is_empty(), "{credential}: {sent:?}");
+        assert!(w.contains("not sent:") && w.contains("istio-system"), "{credential}: {w}");
+    }
+}
+
+#[test]
+fn a_gateway_in_another_namespace_than_the_gateway_resource_gets_no_kubernetes_gateway_key() {
+    // The Gateway resource is in istio-system; an impostor in ns1 it selects by label.
+    let snap = snapshot(&[
+        INGRESS,
+        &gateway_in("istio-system", "kubernetes-gateway://istio-system/cert"),
+        &secret_in("istio-system", "cert"),
+    ]);
+    let (sent, w) = secrets_and_warnings(&snap, &impostor());
+    assert!(sent.is_empty(), "{sent:?}");
+    assert!(w.contains("only to gateways in the Gateway's own namespace"), "{w}");
+    // The real gateway, in istio-system, gets it.
+    let (sent, w) = secrets_and_warnings(&snap, &gateway_proxy(true));
+    assert_eq!(sent, ["kubernetes-gateway://istio-system/cert"], "{w}");
+}
+
+#[test]
+fn a_gateway_whose_service_account_may_not_list_secrets_gets_no_key() {
+    let no_rbac = INGRESS.split("---").filter(|d| !d.contains("rbac.authorization")).collect::<Vec<_>>().join("---");
+    let snap = snapshot(&[&no_rbac, &gateway_in("istio-system", "cert"), &secret_in("istio-system", "cert")]);
+    let (sent, w) = secrets_and_warnings(&snap, &gateway_proxy(true));
+    assert!(sent.is_empty(), "{sent:?}");
+    assert!(w.contains("service account istio-system/ingress may not list Secrets"), "{w}");
+    let snap = snapshot(&[INGRESS, &gateway_in("istio-system", "cert"), &secret_in("istio-system", "cert")]);
+    assert_eq!(secrets_and_warnings(&snap, &gateway_proxy(true)).0, ["kubernetes://cert"]);
 }
