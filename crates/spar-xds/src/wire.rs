@@ -596,11 +596,15 @@ impl<M: WireMessage + Unpin> http_body::Body for XdsBody<M> {
 #[derive(Clone, Debug)]
 pub struct AdsServer {
     inner: crate::server::AdsService,
+    /// This server's budget for large requests, in KiB: each listening port has its
+    /// own, so that strangers on the plaintext port cannot starve proxies on the secure
+    /// one.
+    budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdsServer {
     pub(crate) fn new(inner: crate::server::AdsService) -> Self {
-        Self { inner }
+        Self { inner, budget: Arc::new(tokio::sync::Semaphore::new(LARGE_REQUEST_BUDGET_KIB as usize)) }
     }
 }
 
@@ -628,17 +632,18 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let svc = self.inner.clone();
+        let budget = Arc::clone(&self.budget);
         Box::pin(async move {
             let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
             let (parts, body) = req.into_parts();
             let response = match method.as_str() {
                 "StreamAggregatedResources" => {
-                    let mut request = tonic::Request::new(requests::<B, SotwRequest>(body));
+                    let mut request = tonic::Request::new(requests::<B, SotwRequest>(body, budget));
                     *request.extensions_mut() = parts.extensions;
                     grpc_response(svc.serve::<SotwRequest, SotwResponse>(crate::conn::Variant::Sotw, request).await)
                 }
                 "DeltaAggregatedResources" => {
-                    let mut request = tonic::Request::new(requests::<B, crate::request::DeltaRequest>(body));
+                    let mut request = tonic::Request::new(requests::<B, crate::request::DeltaRequest>(body, budget));
                     *request.extensions_mut() = parts.extensions;
                     grpc_response(
                         svc.serve::<crate::request::DeltaRequest, DeltaResponse>(crate::conn::Variant::Delta, request)
@@ -665,8 +670,8 @@ struct RequestStream<B, T> {
     /// The body has ended.
     ended: bool,
     done: bool,
-    /// The budget for large requests ([`LARGE_REQUESTS`], shared by every stream), in
-    /// KiB, and its size.
+    /// The budget for large requests (the server's, shared by its streams), in KiB, and
+    /// its size.
     budget: Arc<tokio::sync::Semaphore>,
     budget_kib: u32,
     /// Held while a large request is read and decoded: its size of the budget.
@@ -682,7 +687,7 @@ struct RequestStream<B, T> {
 const KEEP_BUFFER: usize = 16 * 1024;
 
 /// Bytes of large requests (over [`KEEP_BUFFER`]) read and decoded at once, over all
-/// streams, in KiB: 64 MiB. Envoy's EDS request names every cluster (220 KB at 1k
+/// streams of one listening port, in KiB: 64 MiB. Envoy's EDS request names every cluster (220 KB at 1k
 /// services); should thousands come at once beyond this, the rest wait, their bytes held
 /// back by HTTP/2 flow control (one receive window each) instead of buffered here.
 ///
@@ -696,8 +701,11 @@ const LARGE_REQUEST_BUDGET_KIB: u32 = 64 * 1024;
 /// How long a stream may take to send a large request once its turn has come.
 const LARGE_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-static LARGE_REQUESTS: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
-    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(LARGE_REQUEST_BUDGET_KIB as usize)));
+/// Bytes of a large request that must have arrived before it takes its share of the
+/// budget (or all of it, if smaller): a client that announces a large request and sends
+/// nothing holds no budget. Below the smallest HTTP/2 stream window (64 KiB), so that a
+/// sender is never held back by flow control while Spar waits for these bytes.
+const CLAIM_AFTER: usize = 32 * 1024;
 
 /// A request message as read from the wire.
 pub(crate) trait WireRequest: Sized {
@@ -717,13 +725,13 @@ impl WireRequest for SotwRequest {
     }
 }
 
-fn requests<B, T>(body: B) -> crate::server::Requests<T>
+fn requests<B, T>(body: B, budget: Arc<tokio::sync::Semaphore>) -> crate::server::Requests<T>
 where
     B: http_body::Body + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     T: WireRequest + Send + 'static,
 {
-    Box::pin(RequestStream::<B, T>::new(body, Arc::clone(&LARGE_REQUESTS), LARGE_REQUEST_BUDGET_KIB))
+    Box::pin(RequestStream::<B, T>::new(body, budget, LARGE_REQUEST_BUDGET_KIB))
 }
 
 impl<B, T> RequestStream<B, T>
@@ -832,7 +840,8 @@ where
             if this.permit.is_none() {
                 // (`take_message` has refused one over `MAX_REQUEST` already.)
                 let len = this.message_len().unwrap_or(0);
-                if len > KEEP_BUFFER {
+                let arrived = this.buf.len() + this.received.iter().map(Bytes::len).sum::<usize>();
+                if len > KEEP_BUFFER && arrived >= (5 + len).min(CLAIM_AFTER) {
                     // Its size of the budget, at most all of it (`MAX_REQUEST` is less).
                     let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX).min(this.budget_kib);
                     let acquire = this
@@ -1119,6 +1128,47 @@ mod tests {
         let got = stream.next().await.expect("a request").expect("decodes");
         assert_eq!(got.names.count, 5000);
         assert_eq!(turns.available_permits(), 1, "the turn is given back once the request is read");
+    }
+
+    /// A body that sends `first` and then nothing, ever (a stalled or hostile sender).
+    struct Stalls(Option<Bytes>);
+
+    impl http_body::Body for Stalls {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            match self.0.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    /// A client that announces a 16 MiB request and sends nothing more holds none of the
+    /// budget: another stream's large request is read at once.
+    #[tokio::test]
+    async fn a_large_request_announced_and_never_sent_holds_no_budget() {
+        use futures::{FutureExt, StreamExt};
+        let budget = Arc::new(tokio::sync::Semaphore::new(300));
+        let mut prefix = vec![0u8];
+        prefix.extend_from_slice(&(16u32 << 20).to_be_bytes());
+        let mut hostile: Vec<_> = (0..12)
+            .map(|_| {
+                RequestStream::<Stalls, SotwRequest>::new(
+                    Stalls(Some(Bytes::from(prefix.clone()))),
+                    Arc::clone(&budget),
+                    300,
+                )
+            })
+            .collect();
+        for h in &mut hostile {
+            assert!(h.next().now_or_never().is_none(), "waits for the bytes");
+        }
+        assert_eq!(budget.available_permits(), 300, "nothing claimed");
+        let mut honest =
+            RequestStream::<Pieces, SotwRequest>::new(Pieces(framed(&[&big_request()])), Arc::clone(&budget), 300);
+        let got = honest.next().now_or_never().expect("not held up").expect("a request").expect("decodes");
+        assert_eq!(got.names.count, 5000);
     }
 
     /// Messages that share a frame are taken one by one; a large one behind a small one

@@ -19,6 +19,7 @@ use spar_model::{MeshConfig, ProxyKind};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod accept;
 mod analysis;
 mod analyze;
 mod debug;

@@ -16,10 +16,9 @@ use spar_xds::sds::Security;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// Handshakes that take longer than this are dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lifetime of the control plane's own serving certificate (re-issued well before).
 const SERVER_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How often the CA directory is checked for a new root, intermediate or trust bundle.
@@ -85,40 +84,24 @@ pub fn server_config(
     Ok((Arc::new(cfg), issued.refresh_at()))
 }
 
-/// Accepts TCP connections and completes TLS handshakes off the accept loop; yields
-/// only connections whose client certificate verified.
+/// Accepts TCP connections and completes TLS handshakes off the accept loop
+/// (`crate::accept`); yields only connections whose client certificate verified.
 pub fn incoming(
     listener: TcpListener,
     config: watch::Receiver<Arc<rustls::ServerConfig>>,
 ) -> mpsc::Receiver<Result<TlsStream<TcpStream>, std::io::Error>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
+    crate::accept::incoming(listener, "secure-xds", crate::accept::HANDSHAKE_TIMEOUT, move |tcp, peer| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
+        async move {
+            match acceptor.accept(tcp).await {
+                Ok(tls) => Some(tls),
                 Err(e) => {
-                    warn!(error = %e, "accept failed on the secure xDS port");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    info!(%peer, error = %e, "refused on the secure xDS port: TLS handshake failed");
+                    None
                 }
-            };
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
-            let conn_tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => info!(%peer, error = %e, "refused on the secure xDS port: TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-            if tx.is_closed() {
-                return;
             }
         }
-    });
-    rx
+    })
 }
 
 fn stamp(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>)> {

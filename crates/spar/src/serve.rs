@@ -240,13 +240,20 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let listener = xds_listener(cfg.xds_address).with_context(|| format!("binding xDS address {}", cfg.xds_address))?;
     let bound = listener.local_addr()?;
     info!(address = %bound, "serving xDS (ADS: SotW and delta)");
-    let incoming = tokio_stream_incoming(listener);
+    // A connection must speak HTTP/2 within the handshake timeout, or it is closed.
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::accept::incoming(
+        listener,
+        "xds",
+        crate::accept::HANDSHAKE_TIMEOUT,
+        crate::accept::h2_preface,
+    ));
     let mut shutdown_wait = shutdown_rx.clone();
     let server = tonic::transport::Server::builder()
         // A proxy's large request (EDS names every cluster) arrives in one flight and is
         // read as it comes, within a budget (spar_xds::wire).
         .initial_stream_window_size(RECEIVE_WINDOW)
         .initial_connection_window_size(RECEIVE_WINDOW * 4)
+        .max_concurrent_streams(Some(MAX_STREAMS))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(ads.into_server())
         .serve_with_incoming_shutdown(incoming, async move {
@@ -370,6 +377,7 @@ async fn serve_secure(
         let r = tonic::transport::Server::builder()
             .initial_stream_window_size(RECEIVE_WINDOW)
             .initial_connection_window_size(RECEIVE_WINDOW * 4)
+            .max_concurrent_streams(Some(MAX_STREAMS))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(ads.into_server())
             .add_service(csr)
@@ -403,9 +411,10 @@ fn xds_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpLi
     socket.listen(ACCEPT_BACKLOG)
 }
 
-fn tokio_stream_incoming(listener: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
-}
+/// Concurrent streams a client may open on one connection (advertised in HTTP/2
+/// SETTINGS). Envoy opens one ADS stream per connection (plus a CSR call at times); a
+/// client opening hundreds is not a proxy.
+const MAX_STREAMS: u32 = 32;
 
 fn build(store: &Mutex<Store>, mesh: &MeshConfig, version: u64) -> Snapshot {
     let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

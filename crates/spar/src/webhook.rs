@@ -122,21 +122,23 @@ pub async fn serve(
     if let Ok(a) = listener.local_addr() {
         info!(address = %a, "serving admission webhooks (/inject, /validate)");
     }
+    let mut errors = crate::accept::AcceptErrors::new("webhook");
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "webhook accept failed");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
             _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(c) => c,
+            Err(e) => {
+                errors.pause(&e).await;
+                continue;
+            }
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.borrow().clone());
         let app = app.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(crate::accept::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     warn!(%peer, error = %e, "webhook TLS handshake failed");
