@@ -187,6 +187,11 @@ pub struct ProxySync {
     pub variant: String,
     /// Proven identity, if any.
     pub identity: Option<String>,
+    /// The proxy proved no identity while Spar serves a secure port: anyone could have
+    /// opened this stream, so its NACKs are shown but not believed (no reject count, no
+    /// status condition, not waited for by `spar wait`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
     /// Snapshot version last generated for it.
     pub snapshot: u64,
     /// Per type (lds, rds, cds, eds, sds).
@@ -220,7 +225,15 @@ impl SyncRegistry {
     /// existing entry is updated in place (a string is copied only when it changed, into
     /// the one it replaces) rather than rebuilt: rebuilding was tens of allocations per
     /// ACK, 8-11% of the server's CPU while 2,000 proxies ACKed an endpoint change.
-    fn update(&self, id: u64, conn: &Connection, proxy: &Arc<Proxy>, snapshot: u64, warnings: &[String]) {
+    fn update(
+        &self,
+        id: u64,
+        conn: &Connection,
+        proxy: &Arc<Proxy>,
+        unverified: bool,
+        snapshot: u64,
+        warnings: &[String],
+    ) {
         let since_epoch = |t: Option<SystemTime>| t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok());
         let secs = |t: Option<SystemTime>| since_epoch(t).map(|d| d.as_secs());
         let millis = |t: Option<SystemTime>| since_epoch(t).and_then(|d| u64::try_from(d.as_millis()).ok());
@@ -232,6 +245,7 @@ impl SyncRegistry {
                 Variant::Delta => "delta".into(),
             },
             identity: proxy.identity.clone(),
+            unverified,
             snapshot,
             types: BTreeMap::new(),
             warnings: Vec::new(),
@@ -405,6 +419,8 @@ pub struct AdsService {
     security: Option<Arc<Security>>,
     token_auth: Option<crate::auth::TokenAuth>,
     rejections: Arc<crate::rejections::Rejections>,
+    /// Spar serves a secure port: a proxy that proves no identity is not believed.
+    distrust_unverified: bool,
 }
 
 impl AdsService {
@@ -419,7 +435,16 @@ impl AdsService {
             security: None,
             token_auth: None,
             rejections: Arc::default(),
+            distrust_unverified: false,
         }
+    }
+
+    /// Spar also serves a secure port (proxies can prove an identity): the NACKs of a
+    /// proxy that proves none are shown, not believed (`ProxySync::unverified`).
+    #[must_use]
+    pub fn distrusting_unverified(mut self) -> Self {
+        self.distrust_unverified = true;
+        self
     }
 
     /// The shared-generation cache (hit and miss counters).
@@ -563,6 +588,7 @@ impl AdsService {
             }
             proxy.identity = Some(id.to_string());
         }
+        let proven_missing = proxy.identity.is_none();
         let (tx, rx) = mpsc::channel::<crate::wire::Outbound<Resp>>(OUTBOUND_QUEUE);
         let span = info_span!("ads", proxy = %proxy.id, variant = ?variant, %peer);
         let task = StreamTask {
@@ -576,6 +602,7 @@ impl AdsService {
             security: proven.and_then(|id| self.security.clone().map(|s| (s, id))),
             certs: CertState::default(),
             warnings: Vec::new(),
+            unverified: self.distrust_unverified && proven_missing,
         };
         tokio::spawn(task.run(variant, first, inbound, tx).instrument(span));
         Ok(rx)
@@ -620,6 +647,9 @@ struct StreamTask {
     certs: CertState,
     /// The warnings of the last generated config (logged when they change).
     warnings: Vec<String>,
+    /// The proxy proved no identity while Spar serves a secure port (its NACKs are not
+    /// believed).
+    unverified: bool,
 }
 
 impl StreamTask {
@@ -655,7 +685,7 @@ impl StreamTask {
                 }
                 self.metrics.record_push(&kind, decided_at);
             }
-            self.sync.update(sync_id, &conn, &self.proxy, snapshot.version, &self.warnings);
+            self.sync.update(sync_id, &conn, &self.proxy, self.unverified, snapshot.version, &self.warnings);
             tokio::select! {
                 req = inbound.next() => match req {
                     Some(Ok(req)) => {
@@ -746,6 +776,18 @@ impl StreamTask {
                     }
                     debug!(r#type = type_url::short(&type_url), %version, "ACK");
                     self.rejections.clear(stream, Some(&type_url));
+                }
+                Event::Nack { type_url, nack } if self.unverified => {
+                    // Anyone can open a plaintext stream and NACK with text of their
+                    // choosing: shown in proxy-status as such, believed nowhere else.
+                    let message: String = nack.message.chars().take(200).collect();
+                    warn!(
+                        proxy = %self.proxy.id,
+                        r#type = type_url::short(&type_url),
+                        version = %nack.version,
+                        error = %message,
+                        "NACK from a proxy that proved no identity: not counted and not reported on any resource"
+                    );
                 }
                 Event::Nack { type_url, nack } => {
                     self.metrics.rejects.fetch_add(1, Ordering::Relaxed);

@@ -261,3 +261,61 @@ async fn a_stream_without_a_node_is_refused() {
     let err = client.stream_aggregated_resources(ReceiverStream::new(req_rx)).await.expect_err("refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+/// Spar with a secure port distrusts proxies that prove no identity: one that NACKs on
+/// the plaintext port, with text of its choosing, is shown as unverified and moves no
+/// reject counter (and no status: `spar wait` and the status writer skip it).
+#[tokio::test]
+async fn a_nack_from_a_proxy_that_proved_no_identity_is_not_believed() {
+    for distrust in [false, true] {
+        let (_snap_tx, snap_rx) = watch::channel(mk_snapshot(1, 1));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut ads = AdsService::new(snap_rx, shutdown_rx);
+        if distrust {
+            ads = ads.distrusting_unverified();
+        }
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ads.clone().into_server())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.expect("connect");
+        let (req_tx, req_rx) = mpsc::channel(8);
+        req_tx
+            .send(DiscoveryRequest { node: Some(mk_node()), type_url: type_url::CLUSTER.into(), ..Default::default() })
+            .await
+            .expect("send");
+        let mut responses =
+            client.stream_aggregated_resources(ReceiverStream::new(req_rx)).await.expect("stream").into_inner();
+        let first = responses.message().await.expect("read").expect("first response");
+        req_tx
+            .send(DiscoveryRequest {
+                type_url: type_url::CLUSTER.into(),
+                response_nonce: first.nonce.clone(),
+                error_detail: Some(envoy_types::pb::google::rpc::Status {
+                    code: 3,
+                    message: "spar is broken, call 555-0100".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("nack");
+        let rejects = || ads.metrics().rejects.load(std::sync::atomic::Ordering::Relaxed);
+        let nacked =
+            || ads.sync_registry().snapshot().iter().any(|p| p.types.get("cds").is_some_and(|t| t.nack.is_some()));
+        for _ in 0..100 {
+            if nacked() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(nacked(), "the NACK is shown");
+        let entry = ads.sync_registry().snapshot().pop().expect("one proxy");
+        assert_eq!(entry.unverified, distrust, "distrust={distrust}");
+        assert_eq!(rejects(), u64::from(!distrust), "distrust={distrust}: counted only when believed");
+        let _ = shutdown_tx.send(true);
+    }
+}

@@ -421,6 +421,9 @@ pub async fn wait(address: &str, version: Option<u64>, timeout: std::time::Durat
         let proxies = proxies.as_array().cloned().unwrap_or_default();
         let mut pending = Vec::new();
         let mut nacked = Vec::new();
+        // Proxies that proved no identity while Spar has a secure port could be anyone:
+        // they neither hold the wait up nor fail it.
+        let (unverified, proxies): (Vec<_>, Vec<_>) = proxies.iter().partition(|p| p["unverified"] == true);
         for p in &proxies {
             let name = p["proxy"].as_str().unwrap_or("?");
             if p["snapshot"].as_u64().unwrap_or(0) < target {
@@ -442,7 +445,12 @@ pub async fn wait(address: &str, version: Option<u64>, timeout: std::time::Durat
             anyhow::bail!("snapshot {target} was rejected (NACK):\n  {}", nacked.join("\n  "));
         }
         if pending.is_empty() {
-            println!("all {} proxies hold snapshot {target} or later", proxies.len());
+            let skipped = if unverified.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} proxies that proved no identity not counted)", unverified.len())
+            };
+            println!("all {} proxies hold snapshot {target} or later{skipped}", proxies.len());
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {
@@ -512,7 +520,8 @@ pub async fn proxy_status(address: &str, format: impl Into<StatusFormat>) -> any
             }
             let age = |k: &str| st[k].as_u64().map(|t| format!(" {}s", now.saturating_sub(t))).unwrap_or_default();
             if st["nack"]["version"] == st["sent"] && !st["nack"].is_null() {
-                format!("NACKED{}", age("sent_at"))
+                let mark = if p["unverified"] == true { "*" } else { "" };
+                format!("NACKED{mark}{}", age("sent_at"))
             } else if st["acked"] == st["sent"] {
                 format!("SYNCED{}", age("acked_at"))
             } else {
@@ -531,7 +540,12 @@ pub async fn proxy_status(address: &str, format: impl Into<StatusFormat>) -> any
         );
         for (t, st) in p["types"].as_object().into_iter().flatten() {
             if let Some(msg) = st["nack"]["message"].as_str() {
-                println!("    {t} NACK: {msg}");
+                if p["unverified"] == true {
+                    let msg: String = msg.chars().take(200).collect();
+                    println!("    {t} NACK* (from a proxy that proved no identity; not believed): {msg}");
+                } else {
+                    println!("    {t} NACK: {msg}");
+                }
             }
         }
         for w in p["warnings"].as_array().into_iter().flatten().filter_map(|w| w.as_str()) {

@@ -115,7 +115,12 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         Some((c, s, a)) => (Some(c), Some(s), Some(a)),
         None => (None, None, None),
     };
-    let ads = AdsService::new(snap_rx.clone(), shutdown_rx.clone());
+    let mut ads = AdsService::new(snap_rx.clone(), shutdown_rx.clone());
+    if cfg.security.is_some() {
+        // Proxies can prove who they are: one that does not is not believed when it
+        // NACKs (anyone can reach the plaintext port).
+        ads = ads.distrusting_unverified();
+    }
     let ads_secure = ads.clone();
     // Filled once the CA is loaded, for its metrics on the debug endpoint.
     let ca_metrics: Arc<std::sync::OnceLock<Arc<spar_xds::sds::Security>>> = Arc::default();
@@ -146,6 +151,10 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     // Proxies connect only once the sources have synced: an empty first snapshot would
     // take every route away from every proxy that reconnects during a restart.
     if !cfg.config.is_empty() {
+        // A mistyped path would serve an empty mesh to every proxy: refuse to start.
+        if let Some(missing) = cfg.config.iter().find(|p| !p.exists()) {
+            anyhow::bail!("--config {}: no such file or directory", missing.display());
+        }
         let mut source = FileSource::new(cfg.config.clone(), Arc::clone(&store));
         source.sync();
         tokio::spawn(source.run(change_tx.clone()).instrument(info_span!("file-source")));
