@@ -4,11 +4,12 @@
 #   make test   set up, build, and run every test (unit, Istio fixtures, conformance)
 #   make lint   rustfmt and clippy (-D warnings)
 #   make bench  benchmarks (release build)
+#   make fuzz   each cargo-fuzz target for FUZZ_SECONDS (default 60; nightly toolchain)
 
 CARGO ?= cargo
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: setup build demo demo-gateways test lint fmt check-crates bench clean
+.PHONY: setup build demo demo-gateways test lint fmt check-crates bench fuzz clean
 
 setup:
 	@scripts/setup.sh
@@ -40,10 +41,13 @@ lint:
 
 # Each crate builds on its own (the dependency graph keeps the layers apart).
 check-crates:
-	for c in spar-api spar-model spar-ca spar-xds spar-analyze spar spar-conformance spar-load; do $(CARGO) check -p $$c || exit 1; done
+	for c in spar-api spar-model spar-ca spar-xds spar-analyze spar spar-conformance spar-load spar-testdata spar-fuzz; do $(CARGO) check -p $$c || exit 1; done
 
 bench:
 	$(CARGO) bench -p spar --bench generate
+
+fuzz:
+	@scripts/fuzz.sh
 
 clean:
 	rm -rf target/conformance
