@@ -246,7 +246,8 @@ impl Harness {
     /// Starts `spar serve` on the config directory plus `extra` paths, and waits until
     /// its xDS port accepts connections.
     pub async fn start_spar(&mut self, extra: &[PathBuf]) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join("spar.log"))?;
+        // Appended to: a restarted Spar (`kill_spar`) keeps writing the same log.
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("spar.log"))?;
         let mut cmd = Command::new(spar_bin()?);
         cmd.arg("serve").arg("--config").arg(self.config_dir());
         for p in extra {
@@ -491,6 +492,16 @@ impl Harness {
         })
         .await?;
         Ok(envoy)
+    }
+
+    /// Kills `spar serve` with SIGKILL (no shutdown, as a crash or an OOM kill would) and
+    /// waits until it is gone; `start_spar` starts it again on the same addresses.
+    pub async fn kill_spar(&mut self) -> anyhow::Result<()> {
+        let i = self.children.iter().position(|(n, _)| n == "spar").context("spar is not running")?;
+        let (_, mut child) = self.children.remove(i);
+        child.start_kill()?;
+        child.wait().await?;
+        Ok(())
     }
 
     /// Checks that every process is still running; names the first that died.

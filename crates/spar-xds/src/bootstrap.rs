@@ -82,7 +82,13 @@ pub fn bootstrap(p: &BootstrapParams) -> Result<Value, BootstrapError> {
                 "api_type": api_type,
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+                // Reconnect within a second of Spar coming back (a restart, a failover):
+                // Envoy's default backs off up to 30 s. The wait is jittered below the
+                // interval, so a fleet does not come back in one wave.
+                "grpc_services": [{"envoy_grpc": {
+                    "cluster_name": "xds-grpc",
+                    "retry_policy": {"retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}},
+                }}],
             },
             "cds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
