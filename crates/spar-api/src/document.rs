@@ -183,3 +183,38 @@ mod tests {
         assert!(docs[1].text.starts_with("b: 2"));
     }
 }
+
+#[cfg(test)]
+mod hostile_input {
+    use super::*;
+
+    /// A "billion laughs" document: each alias doubles the one before. Refused as an
+    /// error naming the file, in bounded time and memory; the next document is kept.
+    #[test]
+    fn an_alias_bomb_is_an_error_and_the_next_document_is_kept() {
+        let mut bomb =
+            String::from("apiVersion: v1\nkind: Service\nmetadata:\n  name: bomb\n  labels:\n    a0: &a0 [x, x]\n");
+        for i in 1..40 {
+            bomb.push_str(&format!("    a{i}: &a{i} [*a{p}, *a{p}]\n", p = i - 1));
+        }
+        bomb.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: good}\nspec: {ports: [{port: 80}]}\n");
+        let parsed = parse_file("bomb.yaml", &bomb);
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert!(parsed.errors[0].to_string().contains("bomb.yaml"), "{}", parsed.errors[0]);
+        assert_eq!(parsed.objects.len(), 1, "the good document is kept");
+    }
+
+    /// 10,000 levels of nesting: an error (the parser's recursion limit), not a stack
+    /// overflow.
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: deep}}\nspec: {{ports: {}{}}}\n",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        let parsed = parse_file("deep.yaml", &deep);
+        assert_eq!(parsed.errors.len(), 1, "{:?}", parsed.errors);
+        assert!(parsed.objects.is_empty());
+    }
+}

@@ -231,6 +231,22 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_is_not_utf8_is_refused_and_what_it_held_is_kept() {
+        let d = scratch("utf8");
+        let f = d.join("svc.yaml");
+        std::fs::write(&f, SERVICE).expect("write");
+        let store = Arc::new(Mutex::new(Store::new()));
+        let mut source = FileSource::new(vec![d.clone()], Arc::clone(&store));
+        source.sync();
+        let mut bad = SERVICE.as_bytes().to_vec();
+        bad.extend_from_slice(&[0xff, 0xfe, b'\n']);
+        std::fs::write(&f, bad).expect("write");
+        assert!(!source.sync(), "nothing changed in the store");
+        assert_eq!(units(&store), 1, "the service it held before is still served");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn a_file_over_the_limit_is_not_read_and_what_it_held_is_kept() {
         let d = scratch("large");
         let f = d.join("svc.yaml");
