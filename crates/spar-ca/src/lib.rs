@@ -303,23 +303,29 @@ impl Ca {
     /// Signs a CSR for `id` (the proven identity; whatever the CSR asks for is ignored
     /// apart from its public key), valid for `ttl`.
     pub fn sign_csr(&self, csr_pem: &str, id: &Identity, ttl: Duration) -> Result<Issued, CaError> {
-        self.sign_csr_for_pod(csr_pem, id, None, ttl)
+        self.sign_csr_for_pod(csr_pem, id, None, ttl, None)
     }
 
     /// Like [`Ca::sign_csr`], and when `pod` is given the certificate names the pod whose
     /// token was the proof ([`pod_binding_in`] reads it back), so that whoever accepts it
-    /// can refuse it once that pod is gone.
+    /// can refuse it once that pod is gone. `chain_start` (seconds since the epoch) is
+    /// when the chain of renewals this one continues began ([`chain_start_in`] reads it
+    /// back): a certificate renewed with a certificate carries its predecessor's.
     pub fn sign_csr_for_pod(
         &self,
         csr_pem: &str,
         id: &Identity,
         pod: Option<&PodBinding>,
         ttl: Duration,
+        chain_start: Option<u64>,
     ) -> Result<Issued, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::Csr(e.to_string()))?;
         let (mut params, not_before, not_after) = self.leaf_params(id, ttl)?;
         if let Some(pod) = pod {
             params.distinguished_name.push(DnType::OrganizationalUnitName, pod.to_string());
+        }
+        if let Some(start) = chain_start {
+            params.distinguished_name.push(DnType::OrganizationalUnitName, format!("{CHAIN_OU_PREFIX}{start}"));
         }
         let csr = CertificateSigningRequestParams { params, public_key: csr.public_key };
         let cert = csr.signed_by(&self.issuer).map_err(cert_err)?;
@@ -390,6 +396,21 @@ pub struct PodBinding {
 
 /// How a binding is written in the subject's OU.
 const POD_OU_PREFIX: &str = "spar-pod/";
+
+/// How the start of a renewal chain is written in the subject's OU.
+const CHAIN_OU_PREFIX: &str = "spar-chain-start/";
+
+/// When the chain of renewals that led to this certificate began, in seconds since the
+/// epoch: what the CA wrote when it renewed a certificate with a certificate, else the
+/// certificate's own `notBefore` (a fresh proof began it).
+pub fn chain_start_in(cert_der: &[u8]) -> Option<u64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let written = cert
+        .subject()
+        .iter_organizational_unit()
+        .find_map(|ou| ou.as_str().ok()?.strip_prefix(CHAIN_OU_PREFIX)?.parse::<u64>().ok());
+    written.or_else(|| u64::try_from(cert.validity().not_before.timestamp()).ok())
+}
 
 impl fmt::Display for PodBinding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -60,7 +60,7 @@ fn pod_bound_certificates_name_their_pod() {
     let (key_pem, csr) = new_csr(&id).expect("csr");
     assert!(key_pem.contains("PRIVATE KEY"));
     let pod = PodBinding { name: "cart-7d9f-x2".into(), uid: "0b6c-11ef".into() };
-    let bound = ca.sign_csr_for_pod(&csr, &id, Some(&pod), Duration::from_secs(600)).expect("sign");
+    let bound = ca.sign_csr_for_pod(&csr, &id, Some(&pod), Duration::from_secs(600), None).expect("sign");
     let leaf = &pem_to_der(&bound.chain_pem)[0];
     assert_eq!(identities_in(leaf), std::slice::from_ref(&id));
     assert_eq!(pod_binding_in(leaf), Some(pod));
@@ -157,4 +157,22 @@ fn serving_pair_check_names_the_problem() {
     assert_eq!(check_serving_pair(&cert, "garbage"), Err("no PEM private key in tls.key".into()));
     assert_eq!(check_ca_bundle(&cert), Ok(()));
     assert!(check_ca_bundle("").is_err());
+}
+
+/// The start of a renewal chain is written into a certificate and read back; a
+/// certificate without one began its own chain when it became valid.
+#[test]
+fn the_chain_start_is_carried_in_the_certificate() {
+    let ca = Ca::load_or_create(&tmpdir("chain"), "cluster.local").expect("create");
+    let id = Identity::new("cluster.local", "ns1", "sa-a");
+    let (_key, csr) = new_csr(&id).expect("csr");
+    let renewed = ca.sign_csr_for_pod(&csr, &id, None, Duration::from_secs(600), Some(1_234_567)).expect("sign");
+    let der = pem_to_der(&renewed.chain_pem).remove(0);
+    assert_eq!(crate::chain_start_in(&der), Some(1_234_567));
+    let fresh = ca.sign_csr(&csr, &id, Duration::from_secs(600)).expect("sign");
+    let der = pem_to_der(&fresh.chain_pem).remove(0);
+    let not_before =
+        u64::try_from(x509_parser::parse_x509_certificate(&der).expect("x509").1.validity().not_before.timestamp())
+            .expect("after 1970");
+    assert_eq!(crate::chain_start_in(&der), Some(not_before));
 }

@@ -66,6 +66,9 @@ pub struct Caller {
     pub pod: Option<PodBinding>,
     /// The proof was a token (not a certificate).
     pub by_token: bool,
+    /// For a certificate, when the chain of renewals it continues began (seconds since
+    /// the epoch; `spar_ca::chain_start_in`).
+    pub chain_start: Option<u64>,
 }
 
 /// What a caller presented, taken off its request (so that no borrow of the request is
@@ -118,7 +121,8 @@ pub async fn authenticate(
                 )));
             }
         }
-        return Ok(Some(Caller { identity, pod, by_token: false }));
+        let chain_start = spar_ca::chain_start_in(cert);
+        return Ok(Some(Caller { identity, pod, by_token: false, chain_start }));
     }
     if !presented.on_tls {
         return Ok(None);
@@ -135,5 +139,6 @@ pub async fn authenticate(
         identity: Identity::new(trust_domain, &reviewed.namespace, &reviewed.service_account),
         pod: reviewed.pod,
         by_token: true,
+        chain_start: None,
     }))
 }

@@ -44,6 +44,12 @@ pub struct IstioCertificateResponse {
     pub cert_chain: Vec<String>,
 }
 
+/// How long a chain of renewals may go on, each authenticated by the certificate before
+/// it, before the caller must prove its identity afresh (a new credential, or in
+/// Kubernetes a service-account token, which the pod's existence backs). Without it a
+/// stolen certificate would renew itself forever.
+pub const MAX_CHAIN_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// gRPC service name.
 pub const SERVICE_NAME: &str = "istio.v1.auth.IstioCertificateService";
 /// The method's path.
@@ -103,7 +109,11 @@ impl CertificateService {
             .map_or(workload, |s| Duration::from_secs(s).min(max));
         let pod = caller.pod.as_ref().filter(|_| self.token_auth.is_some());
         let id = &caller.identity;
-        let issued = self.security.ca().sign_csr_for_pod(&req.csr, id, pod, ttl);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let (chain_start, ttl) = renewal_chain(&caller, now, ttl).inspect_err(|_| {
+            metrics.authn_failures.fetch_add(1, Ordering::Relaxed);
+        })?;
+        let issued = self.security.ca().sign_csr_for_pod(&req.csr, id, pod, ttl, Some(chain_start));
         metrics.record_signing(&issued);
         let issued = issued.map_err(|e| match SignError::of(&e) {
             SignError::Csr => Status::invalid_argument(e.to_string()),
@@ -113,6 +123,24 @@ impl CertificateService {
         let cert_chain = spar_ca::pem_to_der(&issued.chain_pem).iter().map(|der| to_pem(der)).collect();
         Ok(Response::new(IstioCertificateResponse { cert_chain }))
     }
+}
+
+/// The chain a new certificate belongs to and its lifetime: a certificate renewed with a
+/// certificate continues that one's chain, which ends [`MAX_CHAIN_AGE`] after it began
+/// (the lifetime is cut to fit; past the end the caller is refused); a token is a fresh
+/// proof and starts a new chain.
+fn renewal_chain(caller: &crate::auth::Caller, now: u64, ttl: Duration) -> Result<(u64, Duration), Status> {
+    let start = if caller.by_token { now } else { caller.chain_start.unwrap_or(now) };
+    let age = now.saturating_sub(start);
+    let left = MAX_CHAIN_AGE.saturating_sub(Duration::from_secs(age));
+    if left.is_zero() {
+        return Err(Status::permission_denied(format!(
+            "the client certificate continues a chain of renewals begun {age}s ago, over the {}s limit: prove the \
+             identity afresh (a new credential, or a service-account token)",
+            MAX_CHAIN_AGE.as_secs()
+        )));
+    }
+    Ok((start, ttl.min(left)))
 }
 
 fn to_pem(der: &[u8]) -> String {
@@ -170,6 +198,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mk_caller(by_token: bool, chain_start: Option<u64>) -> crate::auth::Caller {
+        crate::auth::Caller {
+            identity: spar_ca::Identity::new("cluster.local", "ns1", "sa-a"),
+            pod: None,
+            by_token,
+            chain_start,
+        }
+    }
+
+    const DAY: u64 = 24 * 3600;
+
+    #[test]
+    fn a_certificate_renews_within_its_chain_and_no_further() {
+        let now = 100 * DAY;
+        let ttl = Duration::from_secs(DAY);
+        // Early in the chain: the full lifetime, the chain carried on.
+        assert_eq!(renewal_chain(&mk_caller(false, Some(now - DAY)), now, ttl).expect("ok"), (now - DAY, ttl));
+        // Near its end: cut to what is left.
+        let start = now - MAX_CHAIN_AGE.as_secs() + 3600;
+        assert_eq!(
+            renewal_chain(&mk_caller(false, Some(start)), now, ttl).expect("ok"),
+            (start, Duration::from_secs(3600))
+        );
+        // Past its end: refused, however often it was renewed.
+        let old = now - MAX_CHAIN_AGE.as_secs();
+        let e = renewal_chain(&mk_caller(false, Some(old)), now, ttl).expect_err("refused");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    }
+
+    #[test]
+    fn a_token_starts_a_new_chain() {
+        let now = 100 * DAY;
+        let ttl = Duration::from_secs(DAY);
+        assert_eq!(renewal_chain(&mk_caller(true, Some(0)), now, ttl).expect("ok"), (now, ttl));
+    }
 
     #[test]
     fn pem_round_trip() {
