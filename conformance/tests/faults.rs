@@ -205,8 +205,9 @@ fn open_ads(
 /// Malformed input and hostile clients on every port Spar listens on, while a real
 /// client sends requests through its sidecar: random bytes (xDS plaintext, secure and
 /// debug ports), a gRPC message claiming 4 GiB, one claiming 16 MiB and sending nothing
-/// more, garbage protobuf, hundreds of streams on one connection, and thousands of
-/// connections opened and dropped. Spar stays up, answers the hostile streams with
+/// more, garbage protobuf, hundreds of streams on one connection, a proxy that never
+/// reads while the config changes 30 times, and thousands of connections opened and
+/// dropped. Spar stays up, answers the hostile streams with
 /// errors, keeps its memory (growth printed and held under 20 MB), and the mesh keeps
 /// working: no request fails, and a new route still reaches the proxy.
 async fn hostile_clients(delta: bool) -> anyhow::Result<()> {
@@ -274,6 +275,41 @@ async fn hostile_clients(delta: bool) -> anyhow::Result<()> {
     let opened = queued.len();
     // (A client that honours the SETTINGS, as h2's does, holds the streams past the
     // limit back; the server refuses streams over it from one that does not.)
+    // A proxy that subscribes to every cluster and then never reads, while the config
+    // changes 30 times, each time with more services: its stream holds one pending
+    // push at most, not a backlog.
+    let stuck = {
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+        use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+        use prost::Message;
+        let ns = Value { kind: Some(Kind::StringValue("default".into())) };
+        let req = DiscoveryRequest {
+            node: Some(Node {
+                id: "sidecar~10.9.9.9~stuck.default~default.svc.cluster.local".into(),
+                metadata: Some(Struct { fields: [("NAMESPACE".to_string(), ns)].into_iter().collect() }),
+                ..Default::default()
+            }),
+            type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+            ..Default::default()
+        };
+        let msg = req.encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&u32::try_from(msg.len())?.to_be_bytes());
+        framed.extend_from_slice(&msg);
+        ads_stream(xds, &mut conns, framed).await?
+    };
+    for round in 1..=30 {
+        let mut yaml = String::new();
+        for i in 0..round * 20 {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: filler-{i}}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n"
+            ));
+        }
+        h.write_config("filler.yaml", &yaml)?;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
     // Thousands of connections opened and dropped.
     for _ in 0..2000 {
         drop(tokio::net::TcpStream::connect(xds).await);
@@ -293,6 +329,7 @@ async fn hostile_clients(delta: bool) -> anyhow::Result<()> {
     })
     .await?;
     drop(held);
+    drop(stuck);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_kib(&h)?;
     let growth = rss_after.saturating_sub(rss_before);
