@@ -361,3 +361,156 @@ async fn token_identity(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(token, token_identity);
+
+/// `spar serve` as a second replica on its own address, against the same API server.
+async fn second_replica(
+    h: &mut Harness,
+    kubeconfig: &std::path::Path,
+) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let ip = h.ip("spar-b");
+    let xds = SocketAddr::new(ip, 15010);
+    let log = std::fs::File::create(h.dir.join("spar-b.log"))?;
+    let child = tokio::process::Command::new(spar_conformance::spar_bin()?)
+        .args(["serve", "--kubernetes", "--missing-crd-retry", "1s", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--xds-address", &xds.to_string(), "--debug-address", &SocketAddr::new(ip, 15014).to_string()])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    wait_for(CONVERGE, "replica B's xDS port", || async { tokio::net::TcpStream::connect(xds).await.is_ok() }).await?;
+    Ok((child, xds))
+}
+
+/// A sidecar whose bootstrap knows both replicas (as a Service in front of them would):
+/// when its stream breaks it reconnects to whichever answers.
+async fn sidecar_of_both(h: &mut Harness, pod: &spar_conformance::Pod, b: SocketAddr) -> anyhow::Result<Envoy> {
+    let mut bootstrap = h.bootstrap(pod).await?;
+    let clusters =
+        bootstrap["static_resources"]["clusters"].as_array_mut().ok_or_else(|| anyhow::anyhow!("no clusters"))?;
+    let xds = clusters.iter_mut().find(|c| c["name"] == "xds-grpc").ok_or_else(|| anyhow::anyhow!("no xds-grpc"))?;
+    let endpoints = xds["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow::anyhow!("no xds-grpc endpoints"))?;
+    endpoints.push(
+        json!({"endpoint": {"address": {"socket_address": {"address": b.ip().to_string(), "port_value": b.port()}}}}),
+    );
+    h.start_envoy_with(pod, &bootstrap).await
+}
+
+/// Two replicas against one API server, proxies that know both, the Lease holder killed
+/// (SIGKILL) while a client sends requests: no request fails, every proxy is served by
+/// the survivor, and the survivor takes the Lease and with it the status writes (a
+/// broken object applied after the kill gets its condition).
+async fn failover(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("failover", delta)?;
+    let (server, kubeconfig) = fake_cluster(&h).await?;
+    apply(&server, backend_service("10.96.0.10"))?;
+    let ip = h.ip("backend-v1").to_string();
+    apply(&server, pod("backend-v1", json!({"app": "backend", "version": "v1"}), "backend", &ip))?;
+    apply(
+        &server,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "backend-x1", "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "backend"}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 9080}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": true},
+                "targetRef": {"kind": "Pod", "name": "backend-v1", "namespace": "default"}}]}),
+    )?;
+    let client_ip = h.ip("client").to_string();
+    apply(&server, pod("client", json!({"app": "client"}), "default", &client_ip))?;
+    apply(&server, backend_sidecar())?;
+    apply(&server, client_sidecar(&client_ip, false))?;
+    h.spar_args = vec![
+        "--kubernetes".into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+        "--missing-crd-retry".into(),
+        "1s".into(),
+    ];
+    h.start_spar(&[]).await?;
+    let (mut b, b_xds) = second_replica(&mut h, &kubeconfig).await?;
+    let backend = h.pod("backend-v1", &[("app", "backend"), ("version", "v1")]);
+    h.start_echo(&backend.name, SocketAddr::new(backend.ip, 8080)).await?;
+    sidecar_of_both(&mut h, &backend, b_xds).await?;
+    let client_pod = h.pod("client", &[("app", "client")]);
+    let client = sidecar_of_both(&mut h, &client_pod, b_xds).await?;
+    wait_routed(&client, &[], "backend-v1", "backend to route to v1").await?;
+
+    // Who leads: the Lease names a replica by pod name, else `spar-<host>-<pid>`.
+    let lease_holder = || {
+        server
+            .get("coordination.k8s.io/v1", "Lease", "istio-system", "spar-leader")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+    };
+    wait_for(CONVERGE, "a Lease holder", || async { lease_holder().is_some() }).await?;
+    let holder = lease_holder().unwrap_or_default();
+    let a_pid = h.child_pid("spar").unwrap_or_default();
+    let a_leads = holder.ends_with(&format!("-{a_pid}"));
+
+    let to = SocketAddr::new(client.ip, 9080);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let stop = std::sync::Arc::clone(&stop);
+        async move {
+            let (mut sent, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = http_request(to, "GET", "backend", "/", &[]).await;
+                sent += 1;
+                if !r.as_ref().is_ok_and(|r| r.status == 200) {
+                    failed.push(format!("{r:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (sent, failed)
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let survivor_debug = if a_leads {
+        h.kill_spar().await?;
+        SocketAddr::new(b_xds.ip(), 15014)
+    } else {
+        b.start_kill()?;
+        b.wait().await?;
+        h.debug_address()
+    };
+    // The survivor serves both proxies.
+    wait_for(Duration::from_secs(30), "both proxies on the survivor", || async {
+        http_request(survivor_debug, "GET", "spar", "/debug/syncz", &[])
+            .await
+            .ok()
+            .and_then(|r| serde_json::from_str::<Vec<Value>>(&r.body).ok())
+            .is_some_and(|p| p.len() == 2)
+    })
+    .await?;
+    // It takes the Lease (15 s without renewal) and writes status.
+    server.write_object_raw(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "default",
+        "broken",
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "broken", "namespace": "default"}, "spec": {"hosts": "backend"}}),
+    );
+    wait_for(Duration::from_secs(45), "the survivor to write the broken object's status", || async {
+        server
+            .get("networking.istio.io/v1", "VirtualService", "default", "broken")
+            .and_then(|o| o.pointer("/status/conditions/0/reason").cloned())
+            .is_some_and(|r| r == "Invalid")
+    })
+    .await?;
+    let new_holder = lease_holder().unwrap_or_default();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failed) = traffic.await?;
+    eprintln!(
+        "failover: the leader was replica {}; {sent} requests, {} failed; new holder {new_holder}",
+        if a_leads { "A" } else { "B" },
+        failed.len()
+    );
+    assert_ne!(new_holder, holder, "the Lease moved");
+    assert!(failed.is_empty(), "{} of {sent} requests failed: {failed:#?}", failed.len());
+    Ok(())
+}
+
+both_variants_mod!(replica_failover, failover);
