@@ -201,9 +201,15 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
 
 /// Fields set on `obj` that Spar parsed and keeps but does not translate yet.
 pub fn unacted_fields(obj: &Object) -> Vec<String> {
-    let acted = acted_on(obj.meta.kind);
+    unacted_fields_in(obj.meta.kind, &obj.raw)
+}
+
+/// The same for a document of `kind` (`{"spec": ...}`), such as one rebuilt from a typed
+/// object after its original text was let go.
+pub fn unacted_fields_in(kind: Kind, document: &serde_json::Value) -> Vec<String> {
+    let acted = acted_on(kind);
     if acted == ["spec"] {
         return Vec::new();
     }
-    spar_api::fields::unacted(&obj.raw, acted)
+    spar_api::fields::unacted(document, acted)
 }

@@ -71,6 +71,21 @@ pub fn analyze(resources: Vec<Resource>, root_namespace: &str) -> BTreeMap<Strin
     let ctx = Context::new(resources, mesh, None);
     let selected = spar_analyze::select_analyzers(&[]).unwrap_or_default();
     let mut out: BTreeMap<String, Vec<Finding>> = BTreeMap::new();
+    // Fields Spar parses and does not act on: an error on the object, as `spar analyze`
+    // reports them (SPAR0001), since traffic does not do what they say.
+    if let Some(kind) = spar_analyze::message_type("SPAR0001") {
+        for r in ctx.resources() {
+            let Some(obj) = &r.object else { continue };
+            for field in spar_xds::support::unacted_fields_in(obj.meta.kind, &r.raw) {
+                out.entry(r.origin.file.to_string()).or_default().push(Finding {
+                    code: kind.code.to_string(),
+                    name: kind.name.to_string(),
+                    level: kind.level.as_str().to_uppercase(),
+                    message: kind.render(&[field]),
+                });
+            }
+        }
+    }
     for m in spar_analyze::run(&ctx, &selected) {
         if m.level() < Level::Warning || m.file.is_empty() {
             continue;
@@ -127,5 +142,25 @@ pub async fn run(
             r = snapshots.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the cluster's objects say and Spar does not do reaches their status as an
+    /// error, as `spar analyze` reports it (the store keeps no document text: the fields
+    /// are read from the typed object).
+    #[test]
+    fn fields_not_acted_on_are_errors_in_status() {
+        let yaml = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: lua, namespace: default}\n\
+                    spec:\n  configPatches:\n  - applyTo: HTTP_FILTER\n    patch: {operation: INSERT_BEFORE, value: {name: lua}}\n";
+        let mut store = Store::new();
+        store.set_unit("kubernetes/EnvoyFilter/default/lua", spar_api::parse_file("lua", yaml));
+        let findings = analyze(resources(&store), "istio-system");
+        let f = findings.values().flatten().find(|f| f.code == "SPAR0001").expect("a SPAR0001 finding");
+        assert_eq!(f.level, "ERROR");
+        assert!(f.message.contains("Field spec "), "{}", f.message);
     }
 }
