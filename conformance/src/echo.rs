@@ -65,43 +65,45 @@ async fn handle(stream: TcpStream, name: Arc<str>, state: Arc<EchoState>) {
     handle_stream(stream, name, state).await;
 }
 
+/// One HTTP/1.1 request read off a connection: method, path, headers (lower-cased
+/// names); the body is read and dropped. `None` once the connection ends.
+pub(crate) async fn read_request<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+) -> Option<(String, String, BTreeMap<String, String>)> {
+    let mut line = String::new();
+    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let length = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0usize);
+    if length > 0 {
+        let mut body = vec![0u8; length];
+        tokio::io::AsyncReadExt::read_exact(r, &mut body).await.ok()?;
+    }
+    Some((method, path, headers))
+}
+
 /// Serves HTTP/1.1 requests on one connection (plain or TLS).
 pub async fn handle_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S, name: Arc<str>, state: Arc<EchoState>) {
     let (r, mut w) = tokio::io::split(stream);
     let mut r = BufReader::new(r);
     loop {
-        let mut line = String::new();
-        match r.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-        let mut headers = BTreeMap::new();
-        let mut content_length = 0usize;
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let k = k.trim().to_ascii_lowercase();
-                if k == "content-length" {
-                    content_length = v.trim().parse().unwrap_or(0);
-                }
-                headers.insert(k, v.trim().to_string());
-            }
-        }
-        if content_length > 0 {
-            let mut body = vec![0u8; content_length];
-            if tokio::io::AsyncReadExt::read_exact(&mut r, &mut body).await.is_err() {
-                return;
-            }
-        }
+        let Some((method, path, headers)) = read_request(&mut r).await else { return };
         if let Ok(mut log) = state.received.lock() {
             log.push(Received { method: method.clone(), path: path.clone(), headers: headers.clone() });
         }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The authorizer's counters.
@@ -37,32 +37,8 @@ async fn handle(stream: TcpStream, checks: Arc<Checks>) {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-            return;
-        }
-        let (mut allow, mut length) = (false, 0usize);
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-                allow |= k == "x-ext-authz" && v == "allow";
-                if k == "content-length" {
-                    length = v.parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if r.read_exact(&mut body).await.is_err() {
-            return;
-        }
+        let Some((_, _, headers)) = crate::echo::read_request(&mut r).await else { return };
+        let allow = headers.get("x-ext-authz").is_some_and(|v| v == "allow");
         let (status, result) = if allow { ("200 OK", "allowed") } else { ("403 Forbidden", "denied") };
         let counter = if allow { &checks.allowed } else { &checks.denied };
         counter.fetch_add(1, Ordering::SeqCst);

@@ -55,6 +55,28 @@ async fn changes(envoys: &[&spar_conformance::Envoy]) -> anyhow::Result<Vec<u64>
     Ok(out)
 }
 
+/// Spar with its CA, a backend and a client behind sidecars (mutual TLS between them),
+/// once the client reaches the backend: the harness, the client's Envoy, the backend's.
+async fn start_mesh(
+    name: &str,
+    delta: bool,
+) -> anyhow::Result<(Harness, spar_conformance::Envoy, spar_conformance::Envoy)> {
+    let mut h = Harness::new(name, delta)?.with_security("24h");
+    h.load_case("traffic")?;
+    h.start_spar(&[]).await?;
+    let backend = h.pod("backend-v1", &[("app", "backend"), ("version", "v1")]);
+    h.start_echo(&backend.name, SocketAddr::new(backend.ip, 8080)).await?;
+    let backend = h.start_sidecar(&backend).await?;
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let to = SocketAddr::new(client.ip, 9080);
+    wait_for(CONVERGE, "mesh routes", || async {
+        http_request(to, "GET", "backend", "/", &[]).await.is_ok_and(|r| r.status == 200)
+    })
+    .await?;
+    Ok((h, client, backend))
+}
+
 /// Waits (up to `CONVERGE`) for [`synced`].
 async fn wait_synced(h: &Harness, want: usize) -> anyhow::Result<BTreeMap<String, String>> {
     let deadline = Instant::now() + CONVERGE;
@@ -75,19 +97,8 @@ async fn wait_synced(h: &Harness, want: usize) -> anyhow::Result<BTreeMap<String
 /// both Envoys are back in sync (printed: how soon after the restart), with the versions
 /// they held before, and Envoy changed no listener or cluster (no config flap).
 async fn restart_under_traffic(delta: bool) -> anyhow::Result<()> {
-    let mut h = Harness::new("restart", delta)?.with_security("24h");
-    h.load_case("traffic")?;
-    h.start_spar(&[]).await?;
-    let backend = h.pod("backend-v1", &[("app", "backend"), ("version", "v1")]);
-    h.start_echo(&backend.name, SocketAddr::new(backend.ip, 8080)).await?;
-    let backend = h.start_sidecar(&backend).await?;
-    let client = h.pod("client", &[("app", "client")]);
-    let client = h.start_sidecar(&client).await?;
+    let (mut h, client, backend) = start_mesh("restart", delta).await?;
     let to = SocketAddr::new(client.ip, 9080);
-    wait_for(CONVERGE, "mesh routes", || async {
-        http_request(to, "GET", "backend", "/", &[]).await.is_ok_and(|r| r.status == 200)
-    })
-    .await?;
     let before = wait_synced(&h, 2).await?;
     let changes_before = changes(&[&client, &backend]).await?;
 
@@ -211,19 +222,8 @@ fn open_ads(
 /// errors, keeps its memory (growth printed and held under 20 MB), and the mesh keeps
 /// working: no request fails, and a new route still reaches the proxy.
 async fn hostile_clients(delta: bool) -> anyhow::Result<()> {
-    let mut h = Harness::new("hostile", delta)?.with_security("24h");
-    h.load_case("traffic")?;
-    h.start_spar(&[]).await?;
-    let backend = h.pod("backend-v1", &[("app", "backend"), ("version", "v1")]);
-    h.start_echo(&backend.name, SocketAddr::new(backend.ip, 8080)).await?;
-    h.start_sidecar(&backend).await?;
-    let client = h.pod("client", &[("app", "client")]);
-    let _client = h.start_sidecar(&client).await?;
+    let (mut h, client, _backend) = start_mesh("hostile", delta).await?;
     let to = SocketAddr::new(client.ip, 9080);
-    wait_for(CONVERGE, "mesh routes", || async {
-        http_request(to, "GET", "backend", "/", &[]).await.is_ok_and(|r| r.status == 200)
-    })
-    .await?;
     wait_synced(&h, 2).await?;
     let rss_before = rss_kib(&h)?;
     let xds = h.xds;

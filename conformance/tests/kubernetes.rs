@@ -38,6 +38,23 @@ fn backend_service(cluster_ip: &str) -> Value {
                  "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}})
 }
 
+/// `spar serve` against the fake API server.
+fn kube_args(kubeconfig: &std::path::Path) -> Vec<String> {
+    ["--kubernetes", "--kubeconfig", &kubeconfig.display().to_string(), "--missing-crd-retry", "1s"]
+        .map(str::to_string)
+        .to_vec()
+}
+
+/// The `backend` Service's EndpointSlice: one ready endpoint, pod `pod` at `ip`.
+fn backend_slice(pod: &str, ip: &str) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "backend-x1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "backend"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 9080}],
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true},
+            "targetRef": {"kind": "Pod", "name": pod, "namespace": "default"}}]})
+}
+
 /// A running pod in `default`, as the API server holds it once scheduled.
 fn pod(name: &str, labels: Value, service_account: &str, ip: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
@@ -128,13 +145,7 @@ async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
     )?;
     apply(&server, virtual_service("v1"))?;
 
-    h.spar_args = vec![
-        "--kubernetes".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--missing-crd-retry".into(),
-        "1s".into(),
-    ];
+    h.spar_args = kube_args(&kubeconfig);
     h.start_spar(&[]).await?;
     for v in ["v1", "v2"] {
         let pod = h.pod(&format!("backend-{v}"), &[("app", "backend"), ("version", v)]);
@@ -282,15 +293,7 @@ async fn token_identity(delta: bool) -> anyhow::Result<()> {
         pods.push((name, uid, token_file(&h, name, &token)?));
     }
     let backend_ip = h.ip("backend").to_string();
-    apply(
-        &server,
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "backend-x1", "namespace": "default",
-                "labels": {"kubernetes.io/service-name": "backend"}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 9080}],
-            "endpoints": [{"addresses": [backend_ip], "conditions": {"ready": true},
-                "targetRef": {"kind": "Pod", "name": "backend", "namespace": "default"}}]}),
-    )?;
+    apply(&server, backend_slice("backend", &backend_ip))?;
     let client_ip = h.ip("client").to_string();
     apply(&server, backend_sidecar())?;
     apply(&server, client_sidecar(&client_ip, false))?;
@@ -409,26 +412,12 @@ async fn failover(delta: bool) -> anyhow::Result<()> {
     apply(&server, backend_service("10.96.0.10"))?;
     let ip = h.ip("backend-v1").to_string();
     apply(&server, pod("backend-v1", json!({"app": "backend", "version": "v1"}), "backend", &ip))?;
-    apply(
-        &server,
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "backend-x1", "namespace": "default",
-                "labels": {"kubernetes.io/service-name": "backend"}},
-            "addressType": "IPv4", "ports": [{"name": "http", "port": 9080}],
-            "endpoints": [{"addresses": [ip], "conditions": {"ready": true},
-                "targetRef": {"kind": "Pod", "name": "backend-v1", "namespace": "default"}}]}),
-    )?;
+    apply(&server, backend_slice("backend-v1", &ip))?;
     let client_ip = h.ip("client").to_string();
     apply(&server, pod("client", json!({"app": "client"}), "default", &client_ip))?;
     apply(&server, backend_sidecar())?;
     apply(&server, client_sidecar(&client_ip, false))?;
-    h.spar_args = vec![
-        "--kubernetes".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--missing-crd-retry".into(),
-        "1s".into(),
-    ];
+    h.spar_args = kube_args(&kubeconfig);
     h.start_spar(&[]).await?;
     let (mut b, b_xds) = second_replica(&mut h, &kubeconfig).await?;
     let backend = h.pod("backend-v1", &[("app", "backend"), ("version", "v1")]);

@@ -61,10 +61,18 @@ async fn start(snapshots: watch::Receiver<Arc<Snapshot>>) -> (String, watch::Sen
 }
 
 async fn start_service(snapshots: watch::Receiver<Arc<Snapshot>>) -> (String, watch::Sender<bool>, AdsService) {
+    start_configured(snapshots, |ads| ads).await
+}
+
+/// Serves an `AdsService` (as `configure` sets it up) on 127.0.0.1:0.
+async fn start_configured(
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    configure: impl FnOnce(AdsService) -> AdsService,
+) -> (String, watch::Sender<bool>, AdsService) {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let ads = AdsService::new(snapshots, shutdown_rx);
+    let ads = configure(AdsService::new(snapshots, shutdown_rx));
     let svc = ads.clone().into_server();
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -72,6 +80,27 @@ async fn start_service(snapshots: watch::Receiver<Arc<Snapshot>>) -> (String, wa
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     (format!("http://{addr}"), shutdown_tx, ads)
+}
+
+/// A SotW stream subscribed to every cluster: its request sender, the responses after the
+/// first, and the first.
+async fn cds_stream(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    node: Node,
+) -> (
+    mpsc::Sender<DiscoveryRequest>,
+    tonic::Streaming<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse>,
+    envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse,
+) {
+    let (req_tx, req_rx) = mpsc::channel(8);
+    req_tx
+        .send(DiscoveryRequest { node: Some(node), type_url: type_url::CLUSTER.into(), ..Default::default() })
+        .await
+        .expect("send");
+    let mut responses =
+        client.stream_aggregated_resources(ReceiverStream::new(req_rx)).await.expect("stream").into_inner();
+    let first = responses.message().await.expect("read").expect("first response");
+    (req_tx, responses, first)
 }
 
 /// Replicas of one workload (same namespace and labels, different IPs) share one
@@ -177,14 +206,7 @@ async fn slow_sotw_proxy_gets_the_latest_version_not_a_backlog() {
         .await
         .expect("connect");
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (req_tx, req_rx) = mpsc::channel(8);
-    req_tx
-        .send(DiscoveryRequest { node: Some(mk_node()), type_url: type_url::CLUSTER.into(), ..Default::default() })
-        .await
-        .expect("send");
-    let mut responses =
-        client.stream_aggregated_resources(ReceiverStream::new(req_rx)).await.expect("stream").into_inner();
-    let first = responses.message().await.expect("read").expect("first response");
+    let (req_tx, mut responses, first) = cds_stream(&mut client, mk_node()).await;
     assert_eq!(outbound_names(&first.resources).len(), 1);
     req_tx
         .send(DiscoveryRequest {
@@ -269,27 +291,10 @@ async fn a_stream_without_a_node_is_refused() {
 async fn a_nack_from_a_proxy_that_proved_no_identity_is_not_believed() {
     for distrust in [false, true] {
         let (_snap_tx, snap_rx) = watch::channel(mk_snapshot(1, 1));
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut ads = AdsService::new(snap_rx, shutdown_rx);
-        if distrust {
-            ads = ads.distrusting_unverified();
-        }
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(ads.clone().into_server())
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.expect("connect");
-        let (req_tx, req_rx) = mpsc::channel(8);
-        req_tx
-            .send(DiscoveryRequest { node: Some(mk_node()), type_url: type_url::CLUSTER.into(), ..Default::default() })
-            .await
-            .expect("send");
-        let mut responses =
-            client.stream_aggregated_resources(ReceiverStream::new(req_rx)).await.expect("stream").into_inner();
-        let first = responses.message().await.expect("read").expect("first response");
+        let (url, shutdown_tx, ads) =
+            start_configured(snap_rx, |ads| if distrust { ads.distrusting_unverified() } else { ads }).await;
+        let mut client = AggregatedDiscoveryServiceClient::connect(url).await.expect("connect");
+        let (req_tx, _responses, first) = cds_stream(&mut client, mk_node()).await;
         req_tx
             .send(DiscoveryRequest {
                 type_url: type_url::CLUSTER.into(),
