@@ -325,7 +325,9 @@ impl Ca {
             params.distinguished_name.push(DnType::OrganizationalUnitName, pod.to_string());
         }
         if let Some(start) = chain_start {
-            params.distinguished_name.push(DnType::OrganizationalUnitName, format!("{CHAIN_OU_PREFIX}{start}"));
+            params
+                .distinguished_name
+                .push(DnType::CustomDnType(DN_QUALIFIER.to_vec()), format!("{CHAIN_PREFIX}{start}"));
         }
         let csr = CertificateSigningRequestParams { params, public_key: csr.public_key };
         let cert = csr.signed_by(&self.issuer).map_err(cert_err)?;
@@ -396,19 +398,20 @@ pub struct PodBinding {
 
 /// How a binding is written in the subject's OU.
 const POD_OU_PREFIX: &str = "spar-pod/";
-
-/// How the start of a renewal chain is written in the subject's OU.
-const CHAIN_OU_PREFIX: &str = "spar-chain-start/";
+/// How the start of a renewal chain is written: the subject's `dnQualifier` (2.5.4.46),
+/// an attribute of its own (a name holds one value per attribute type, and the OU is the
+/// pod binding's).
+const CHAIN_PREFIX: &str = "spar-chain-start/";
+const DN_QUALIFIER: [u64; 4] = [2, 5, 4, 46];
 
 /// When the chain of renewals that led to this certificate began, in seconds since the
 /// epoch: what the CA wrote when it renewed a certificate with a certificate, else the
 /// certificate's own `notBefore` (a fresh proof began it).
 pub fn chain_start_in(cert_der: &[u8]) -> Option<u64> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    let written = cert
-        .subject()
-        .iter_organizational_unit()
-        .find_map(|ou| ou.as_str().ok()?.strip_prefix(CHAIN_OU_PREFIX)?.parse::<u64>().ok());
+    let oid = x509_parser::der_parser::Oid::from(&DN_QUALIFIER).ok()?;
+    let written =
+        cert.subject().iter_by_oid(&oid).find_map(|a| a.as_str().ok()?.strip_prefix(CHAIN_PREFIX)?.parse::<u64>().ok());
     written.or_else(|| u64::try_from(cert.validity().not_before.timestamp()).ok())
 }
 
