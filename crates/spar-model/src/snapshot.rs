@@ -261,7 +261,23 @@ impl Snapshot {
                 "a CUSTOM policy in dry run is neither enforced nor sent to its provider".to_string()
             } else {
                 match self.mesh.authz_providers.get(name) {
-                    Some(Ok(_)) => continue,
+                    Some(Ok(provider)) => {
+                        let (ns, host) = provider.namespace_and_host();
+                        let svc = self.services.get(host).filter(|s| ns.is_none_or(|ns| s.namespace == ns));
+                        match svc {
+                            Some(s) if s.port(provider.port).is_some() => continue,
+                            Some(_) => format!(
+                                "CUSTOM provider {name:?}: service {} has no port {}: every request this policy \
+                                 matches is denied",
+                                provider.service, provider.port
+                            ),
+                            None => format!(
+                                "CUSTOM provider {name:?}: service {} is not in the registry: every request this \
+                                 policy matches is denied",
+                                provider.service
+                            ),
+                        }
+                    }
                     Some(Err(e)) => {
                         format!("CUSTOM provider unusable ({e}): every request this policy matches is denied")
                     }
@@ -361,7 +377,6 @@ impl Snapshot {
             .sort_by(|a, b| oldest_first(&a.created, (&a.namespace, &a.name), &b.created, (&b.namespace, &b.name)));
 
         snap.secret_readers = SecretReaders::from_rbac(&roles, &cluster_roles, &role_bindings, &cluster_role_bindings);
-        snap.diagnose_custom_policies();
 
         // istiod gives each host to the oldest VirtualService bound to sidecars; later ones
         // lose it silently. Spar says so.
@@ -423,6 +438,7 @@ impl Snapshot {
         snap.outbound_label_keys = snap.collect_outbound_label_keys();
         let tracing = snap.tracing_diagnostics();
         snap.diagnostics.extend(tracing);
+        snap.diagnose_custom_policies();
         snap
     }
 

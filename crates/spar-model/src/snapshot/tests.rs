@@ -228,3 +228,48 @@ fn endpoint_only_changes_name_the_services_and_anything_else_is_a_full_change() 
     let fewer = MESH.split("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry").next().unwrap_or_default();
     assert_eq!(build(fewer, 2).endpoint_changes_since(&before), None);
 }
+
+/// A CUSTOM policy whose provider cannot be used says so, naming the policy: the
+/// requests it matches are denied (the generator's side), and this is the why.
+#[test]
+fn custom_policies_without_a_usable_provider_are_diagnosed() {
+    use crate::{ExtAuthzApi, ExtAuthzProvider};
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: authz, namespace: default}\nspec: {ports: [{name: http, port: 8000}]}\n---\n\
+                apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: default}\n\
+                spec:\n  action: CUSTOM\n  provider: {name: PROVIDER}\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n";
+    let mut mesh = MeshConfig::default();
+    let provider = |service: &str, port| ExtAuthzProvider {
+        service: service.into(),
+        port,
+        timeout: std::time::Duration::from_secs(1),
+        fail_open: false,
+        status_on_error: None,
+        body: None,
+        api: ExtAuthzApi::Grpc,
+    };
+    mesh.authz_providers.insert("good".into(), Ok(provider("authz.default.svc.cluster.local", 8000)));
+    mesh.authz_providers.insert("no-port".into(), Ok(provider("authz.default.svc.cluster.local", 9000)));
+    mesh.authz_providers.insert("no-service".into(), Ok(provider("gone.default.svc.cluster.local", 8000)));
+    mesh.authz_providers.insert("invalid".into(), Err("extensionProviders \"invalid\": port: 0".into()));
+    for (name, want) in [
+        ("good", None),
+        ("no-port", Some("has no port 9000")),
+        ("no-service", Some("not in the registry")),
+        ("invalid", Some("port: 0")),
+        ("missing", Some("is not an ext_authz provider")),
+    ] {
+        let snap = Snapshot::build(&mk_store(&yaml.replace("PROVIDER", name)), &mesh, 1);
+        let said: Vec<&str> = snap
+            .diagnostics
+            .iter()
+            .filter(|d| d.resource == "AuthorizationPolicy default/p")
+            .map(|d| d.message.as_str())
+            .collect();
+        match want {
+            None => assert!(said.is_empty(), "{name}: {said:?}"),
+            Some(w) => {
+                assert!(said.len() == 1 && said[0].contains(w) && said[0].contains("denied"), "{name}: {said:?}")
+            }
+        }
+    }
+}
