@@ -38,6 +38,19 @@ fn backend_service(cluster_ip: &str) -> Value {
                  "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}})
 }
 
+/// A VirtualService the API server holds but Spar cannot parse (`hosts` is not a list),
+/// as a cluster without the CRD's schema would keep it.
+fn write_broken_virtual_service(server: &FakeApiServer) {
+    server.write_object_raw(
+        "networking.istio.io/v1",
+        "VirtualService",
+        "default",
+        "broken",
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "broken", "namespace": "default"}, "spec": {"hosts": "backend"}}),
+    );
+}
+
 /// `spar serve` against the fake API server.
 fn kube_args(kubeconfig: &std::path::Path) -> Vec<String> {
     ["--kubernetes", "--kubeconfig", &kubeconfig.display().to_string(), "--missing-crd-retry", "1s"]
@@ -164,14 +177,7 @@ async fn kubernetes_source(delta: bool) -> anyhow::Result<()> {
     wait_routed(&client, &[], "backend-v2", "the updated VirtualService").await?;
 
     // A bad object is skipped: good routes stay, and its status says why.
-    server.write_object_raw(
-        "networking.istio.io/v1",
-        "VirtualService",
-        "default",
-        "broken",
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": "broken", "namespace": "default"}, "spec": {"hosts": "backend"}}),
-    );
+    write_broken_virtual_service(&server);
     let condition = |name: &str| {
         server
             .get("networking.istio.io/v1", "VirtualService", "default", name)
@@ -474,14 +480,7 @@ async fn failover(delta: bool) -> anyhow::Result<()> {
     })
     .await?;
     // It takes the Lease (15 s without renewal) and writes status.
-    server.write_object_raw(
-        "networking.istio.io/v1",
-        "VirtualService",
-        "default",
-        "broken",
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": "broken", "namespace": "default"}, "spec": {"hosts": "backend"}}),
-    );
+    write_broken_virtual_service(&server);
     wait_for(Duration::from_secs(45), "the survivor to write the broken object's status", || async {
         server
             .get("networking.istio.io/v1", "VirtualService", "default", "broken")

@@ -502,6 +502,11 @@ async fn custom_authorization(delta: bool) -> anyhow::Result<()> {
     switch("not-defined", 403).await?;
     let warning = "\"not-defined\" is not an ext_authz provider of MeshConfig extensionProviders";
     assert!(h.spar_log().contains(warning), "spar warns about the missing provider");
+    let status = h.proxy_status(false).await?;
+    assert!(
+        status.contains("AuthorizationPolicy CUSTOM provider \"not-defined\"") && status.contains("are denied"),
+        "proxy-status says why the backend denies: {status}"
+    );
     let r = http_request(to, "GET", "backend", "/open", &[]).await?;
     assert_eq!(r.status, 200, "unmatched requests are still served: {r:?}");
 

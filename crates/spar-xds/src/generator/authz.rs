@@ -85,6 +85,23 @@ pub struct WorkloadRbac {
     pub configs: Vec<RbacFilter>,
 }
 
+impl WorkloadRbac {
+    /// Adds to `warnings` (once each) why CUSTOM policies deny what they match: their
+    /// provider cannot be used by this proxy. What the operator reads in `proxy-status`.
+    pub fn note_denials(&self, warnings: &mut Vec<String>) {
+        for c in &self.custom {
+            if let Custom::Deny { provider, reason, .. } = c {
+                let w = format!(
+                    "AuthorizationPolicy CUSTOM provider {provider:?}: {reason}; the requests its policies match are denied"
+                );
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+        }
+    }
+}
+
 /// Policies that apply to a workload in `namespace` with `labels`: the root namespace's
 /// (mesh-wide, or by selector in every namespace) and its own namespace's.
 pub fn applicable<'a>(

@@ -948,7 +948,7 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
         }
         out.insert(type_url::CLUSTER, cluster_name.clone(), &c);
         let stat = if capture { format!("inbound_0.0.0.0_{port}") } else { format!("inbound_{bind}_{port}") };
-        let mut chains = inbound_chains(scope, port, protocol, &cluster_name, &stat);
+        let mut chains = inbound_chains(scope, port, protocol, &cluster_name, &stat, &mut out.warnings);
         if capture {
             for ch in &mut chains {
                 ch.filter_chain_match.get_or_insert_with(Default::default).destination_port =
@@ -1038,11 +1038,13 @@ fn inbound_chains(
     protocol: Protocol,
     cluster_name: &str,
     stat: &str,
+    warnings: &mut Vec<String>,
 ) -> Vec<xds_listener::FilterChain> {
     let mode = scope.snap.mtls_mode(&scope.proxy.namespace, &scope.proxy.labels, port);
     let policies = authz::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels);
     let td = scope.proxy.identity.as_deref().map_or("cluster.local", mtls::trust_domain);
     let rbac = authz::build(&policies, td, !protocol.is_http(), &|name| authz::resolve_provider(scope, name));
+    rbac.note_denials(warnings);
     let (jwt, _) = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
     let make_filter = |tls: bool| {
         if protocol.is_http() {

@@ -284,7 +284,7 @@ pub fn listeners(scope: &Scope<'_>, out: &mut ProxyResources) {
                 let rc = route_config(scope, &route_name, port, &kept, out);
                 out.insert(type_url::ROUTE, route_name.clone(), &rc);
                 listener.filter_chains = vec![xds_listener::FilterChain {
-                    filters: vec![hcm(scope, stat, route_name, false)],
+                    filters: vec![hcm(scope, stat, route_name, false, &mut out.warnings)],
                     ..Default::default()
                 }];
             }
@@ -296,7 +296,7 @@ pub fn listeners(scope: &Scope<'_>, out: &mut ProxyResources) {
                 let s = kept[0];
                 match tcp_destinations(scope, s) {
                     Some(dests) => {
-                        let mut filters = network_authz(scope);
+                        let mut filters = network_authz(scope, &mut out.warnings);
                         filters.push(envoy::tcp_proxy_to(scope, stat, dests));
                         listener.filter_chains = vec![xds_listener::FilterChain { filters, ..Default::default() }];
                     }
@@ -311,21 +311,31 @@ pub fn listeners(scope: &Scope<'_>, out: &mut ProxyResources) {
     }
 }
 
-/// RBAC network filters for TCP traffic through the gateway.
-fn network_authz(scope: &Scope<'_>) -> Vec<xds_listener::Filter> {
+/// RBAC network filters for TCP traffic through the gateway (why CUSTOM policies deny,
+/// if they do, into `warnings`).
+fn network_authz(scope: &Scope<'_>, warnings: &mut Vec<String>) -> Vec<xds_listener::Filter> {
     let policies = authz::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels);
     let td = scope.proxy.identity.as_deref().map_or("cluster.local", mtls::trust_domain);
-    authz::network_filters(&authz::build(&policies, td, true, &|name| authz::resolve_provider(scope, name)))
+    let rbac = authz::build(&policies, td, true, &|name| authz::resolve_provider(scope, name));
+    rbac.note_denials(warnings);
+    authz::network_filters(&rbac)
 }
 
 /// The gateway's HTTP connection manager: JWT and RBAC from the policies selecting the
 /// gateway, then CORS, fault and the router; the client's address is the connection's
 /// (`use_remote_address`), and over TLS the client certificate is passed on.
-fn hcm(scope: &Scope<'_>, stat_prefix: String, route_name: String, tls: bool) -> xds_listener::Filter {
+fn hcm(
+    scope: &Scope<'_>,
+    stat_prefix: String,
+    route_name: String,
+    tls: bool,
+    warnings: &mut Vec<String>,
+) -> xds_listener::Filter {
     use xds_hcm::http_connection_manager::{ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails};
     let policies = authz::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels);
     let td = scope.proxy.identity.as_deref().map_or("cluster.local", mtls::trust_domain);
     let rbac = authz::build(&policies, td, false, &|name| authz::resolve_provider(scope, name));
+    rbac.note_denials(warnings);
     let (jwt, _) = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
     let mut filters = authz::http_filters(&rbac, jwt);
     filters.extend(envoy::http_filters());
@@ -526,13 +536,13 @@ fn tls_chains(
                     );
                     let rc = route_config(scope, &route_name, s.listen_port, &[*s], out);
                     out.insert(type_url::ROUTE, route_name.clone(), &rc);
-                    vec![hcm(scope, stat.to_string(), route_name, true)]
+                    vec![hcm(scope, stat.to_string(), route_name, true, &mut out.warnings)]
                 } else {
                     let Some(dests) = tcp_destinations(scope, s) else {
                         warn(out, format!("{label}: no VirtualService tcp route is bound to it"));
                         continue;
                     };
-                    let mut f = network_authz(scope);
+                    let mut f = network_authz(scope, &mut out.warnings);
                     f.push(envoy::tcp_proxy_to(scope, stat.to_string(), dests));
                     f
                 };
