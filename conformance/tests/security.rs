@@ -419,6 +419,56 @@ spec:
 
 both_variants_mod!(authorization_policy, authorization);
 
+/// `istio.io/dry-run`: an ALLOW policy that would refuse every path but `/allowed` is
+/// evaluated and counted by the backends' Envoys, and refuses nothing; once the
+/// annotation goes, the same policy is enforced.
+async fn dry_run_authorization(delta: bool) -> anyhow::Result<()> {
+    let mut m = start("dry-run", delta, "24h").await?;
+    let policy = |dry: bool| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: only-allowed\n  \
+             annotations: {{istio.io/dry-run: \"{dry}\"}}\nspec:\n  selector: {{matchLabels: {{app: backend}}}}\n  \
+             action: ALLOW\n  rules: [{{to: [{{operation: {{paths: [\"/allowed\"]}}}}]}}]\n"
+        )
+    };
+    m.h.write_config("dry-run.yaml", &policy(true))?;
+    let mesh = SocketAddr::new(m.client.ip, 9080);
+    // The shadow rules are in place once a request is counted as one they would deny
+    // (Envoy: `http.<prefix>.rbac.istio_dry_run_allow_.shadow_denied`).
+    let shadow_denied = |b: &Pod| {
+        let envoy = Envoy { name: b.name.clone(), admin: SocketAddr::new(b.ip, 15000), ip: b.ip };
+        async move {
+            let (_, stats) =
+                envoy.admin_get("/stats?filter=rbac.istio_dry_run_allow_.shadow_denied").await.unwrap_or_default();
+            stats.lines().filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok()).sum::<u64>()
+        }
+    };
+    wait_for(CONVERGE, "dry-run shadow rules to count a request", || async {
+        let r = http_request(mesh, "GET", "backend", "/other", &[]).await;
+        let mut counted = 0;
+        for b in &m.backends {
+            counted += shadow_denied(b).await;
+        }
+        r.is_ok_and(|r| r.status == 200) && counted > 0
+    })
+    .await?;
+    for path in ["/other", "/allowed", "/admin"] {
+        let r = http_request(mesh, "GET", "backend", path, &[]).await?;
+        assert_eq!(r.status, 200, "dry run: {path} is not refused");
+    }
+    // Without the annotation the same policy is enforced.
+    m.h.write_config("dry-run.yaml", &policy(false))?;
+    wait_for(CONVERGE, "the policy enforced", || async {
+        tally(mesh, "backend", "/other", &[], 10).await.is_ok_and(|c| c.get("status 403") == Some(&10))
+    })
+    .await?;
+    let r = http_request(mesh, "GET", "backend", "/allowed", &[]).await?;
+    assert_eq!(r.status, 200, "the allowed path");
+    m.h.check_alive()
+}
+
+both_variants_mod!(dry_run_authorization_policy, dry_run_authorization);
+
 /// MeshConfig for the CUSTOM cases: an HTTP authorizer that answers, one where nothing
 /// listens (failOpen false), both with istiod's header settings.
 const EXT_AUTHZ_MESH: &str = r#"extensionProviders:

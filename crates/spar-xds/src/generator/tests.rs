@@ -397,3 +397,41 @@ fn an_endpoint_change_regenerates_only_the_clusters_and_endpoints_it_touches() {
     let gw_prev = std::sync::Arc::new(super::generate_shared(&before, &gw));
     assert!(super::regenerate_shared(&after, &gw, &gw_prev).is_none());
 }
+
+/// A dry-run ALLOW policy is on the workload's inbound listener as shadow rules only.
+#[test]
+fn a_dry_run_policy_is_shadow_rules_on_the_inbound_listener() {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: only-allowed\n  \
+                  annotations: {istio.io/dry-run: \"true\"}\nspec:\n  selector: {matchLabels: {app: backend}}\n  \
+                  action: ALLOW\n  rules: [{to: [{operation: {paths: [\"/allowed\"]}}]}]\n";
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}\n---\n{policy}"));
+    assert!(snap.authorization_policies.iter().all(|p| p.dry_run), "the annotation is read");
+    let r = generate(&snap, &mk_proxy("10.0.0.5", serde_json::json!({"app": "backend"}), "NONE"));
+    use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        HttpConnectionManager, http_filter,
+    };
+    let l: Listener = decode(&r, type_url::LISTENER, "10.0.0.5_9080");
+    let rbac: Vec<Rbac> = l
+        .filter_chains
+        .iter()
+        .flat_map(|c| &c.filters)
+        .filter_map(|f| match &f.config_type {
+            Some(ConfigType::TypedConfig(a)) => HttpConnectionManager::decode(a.value.as_slice()).ok(),
+            _ => None,
+        })
+        .flat_map(|h| h.http_filters)
+        .filter(|f| f.name == "envoy.filters.http.rbac")
+        .filter_map(|f| match f.config_type {
+            Some(http_filter::ConfigType::TypedConfig(a)) => Rbac::decode(a.value.as_slice()).ok(),
+            _ => None,
+        })
+        .collect();
+    assert!(!rbac.is_empty(), "an RBAC filter on every chain");
+    for r in &rbac {
+        assert!(r.rules.is_none(), "nothing enforced");
+        assert!(r.shadow_rules.is_some() && r.shadow_rules_stat_prefix == "istio_dry_run_allow_", "{r:?}");
+    }
+}
