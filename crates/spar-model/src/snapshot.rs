@@ -248,8 +248,8 @@ fn u16_port(p: i64) -> Option<u16> {
 
 impl Snapshot {
     /// Says which AuthorizationPolicies with `action: CUSTOM` cannot be checked: their
-    /// provider is missing or unusable (the requests they match are denied), or they
-    /// are dry runs (neither enforced nor sent to the provider).
+    /// provider is missing or unusable, so the requests they match are denied. (A dry-run
+    /// CUSTOM policy never gets here: validation refuses it, as Istio's webhook does.)
     fn diagnose_custom_policies(&mut self) {
         use spar_api::istio::authorization_policy::AuthorizationPolicyAction as Action;
         for p in &self.authorization_policies {
@@ -257,35 +257,31 @@ impl Snapshot {
                 continue;
             }
             let name = p.spec.provider.as_ref().and_then(|p| p.name.as_deref()).unwrap_or_default();
-            let message = if p.dry_run {
-                "a CUSTOM policy in dry run is neither enforced nor sent to its provider".to_string()
-            } else {
-                match self.mesh.authz_providers.get(name) {
-                    Some(Ok(provider)) => {
-                        let (ns, host) = provider.namespace_and_host();
-                        let svc = self.services.get(host).filter(|s| ns.is_none_or(|ns| s.namespace == ns));
-                        match svc {
-                            Some(s) if s.port(provider.port).is_some() => continue,
-                            Some(_) => format!(
-                                "CUSTOM provider {name:?}: service {} has no port {}: every request this policy \
-                                 matches is denied",
-                                provider.service, provider.port
-                            ),
-                            None => format!(
-                                "CUSTOM provider {name:?}: service {} is not in the registry: every request this \
-                                 policy matches is denied",
-                                provider.service
-                            ),
-                        }
+            let message = match self.mesh.authz_providers.get(name) {
+                Some(Ok(provider)) => {
+                    let (ns, host) = provider.namespace_and_host();
+                    let svc = self.services.get(host).filter(|s| ns.is_none_or(|ns| s.namespace == ns));
+                    match svc {
+                        Some(s) if s.port(provider.port).is_some() => continue,
+                        Some(_) => format!(
+                            "CUSTOM provider {name:?}: service {} has no port {}: every request this policy \
+                             matches is denied",
+                            provider.service, provider.port
+                        ),
+                        None => format!(
+                            "CUSTOM provider {name:?}: service {} is not in the registry: every request this \
+                             policy matches is denied",
+                            provider.service
+                        ),
                     }
-                    Some(Err(e)) => {
-                        format!("CUSTOM provider unusable ({e}): every request this policy matches is denied")
-                    }
-                    None => format!(
-                        "CUSTOM provider {name:?} is not an ext_authz provider of MeshConfig extensionProviders: every \
-                         request this policy matches is denied"
-                    ),
                 }
+                Some(Err(e)) => {
+                    format!("CUSTOM provider unusable ({e}): every request this policy matches is denied")
+                }
+                None => format!(
+                    "CUSTOM provider {name:?} is not an ext_authz provider of MeshConfig extensionProviders: every \
+                     request this policy matches is denied"
+                ),
             };
             self.diagnostics.push(Diagnostic {
                 origin: p.origin.clone(),

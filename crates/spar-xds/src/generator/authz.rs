@@ -188,8 +188,8 @@ pub fn build(
     out
 }
 
-/// The CUSTOM policies (dry runs left out: they are neither enforced nor sent to the
-/// provider), grouped by provider as istiod groups them. istiod (by default) serves one
+/// The CUSTOM policies, grouped by provider as istiod groups them (validation refuses
+/// dry-run CUSTOM policies, as Istio's webhook does). istiod (by default) serves one
 /// provider per workload: with several, every CUSTOM policy denies what it matches.
 fn custom(
     policies: &[&Config<AuthorizationPolicySpec>],
@@ -198,7 +198,7 @@ fn custom(
     resolve: &dyn Fn(&str) -> Result<ResolvedProvider, String>,
 ) -> Vec<Custom> {
     let mut by_provider: BTreeMap<&str, Vec<&&Config<AuthorizationPolicySpec>>> = BTreeMap::new();
-    for p in policies.iter().filter(|p| p.spec.action == Some(Action::Custom) && !p.dry_run) {
+    for p in policies.iter().filter(|p| p.spec.action == Some(Action::Custom)) {
         let name = p.spec.provider.as_ref().and_then(|p| p.name.as_deref()).unwrap_or_default();
         by_provider.entry(name).or_default().push(p);
     }
