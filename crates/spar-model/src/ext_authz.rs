@@ -67,13 +67,3 @@ pub struct RequestBody {
     /// `packAsBytes`.
     pub pack_as_bytes: bool,
 }
-
-impl ExtAuthzProvider {
-    /// The `service` split into its namespace (when given) and host.
-    pub fn namespace_and_host(&self) -> (Option<&str>, &str) {
-        match self.service.split_once('/') {
-            Some((ns, host)) => (Some(ns), host),
-            None => (None, self.service.as_str()),
-        }
-    }
-}

@@ -258,23 +258,19 @@ impl Snapshot {
             }
             let name = p.spec.provider.as_ref().and_then(|p| p.name.as_deref()).unwrap_or_default();
             let message = match self.mesh.authz_providers.get(name) {
-                Some(Ok(provider)) => {
-                    let (ns, host) = provider.namespace_and_host();
-                    let svc = self.services.get(host).filter(|s| ns.is_none_or(|ns| s.namespace == ns));
-                    match svc {
-                        Some(s) if s.port(provider.port).is_some() => continue,
-                        Some(_) => format!(
-                            "CUSTOM provider {name:?}: service {} has no port {}: every request this policy \
+                Some(Ok(provider)) => match self.provider_service(&provider.service) {
+                    Some(s) if s.port(provider.port).is_some() => continue,
+                    Some(_) => format!(
+                        "CUSTOM provider {name:?}: service {} has no port {}: every request this policy \
                              matches is denied",
-                            provider.service, provider.port
-                        ),
-                        None => format!(
-                            "CUSTOM provider {name:?}: service {} is not in the registry: every request this \
+                        provider.service, provider.port
+                    ),
+                    None => format!(
+                        "CUSTOM provider {name:?}: service {} is not in the registry: every request this \
                              policy matches is denied",
-                            provider.service
-                        ),
-                    }
-                }
+                        provider.service
+                    ),
+                },
                 Some(Err(e)) => {
                     format!("CUSTOM provider unusable ({e}): every request this policy matches is denied")
                 }
@@ -522,6 +518,16 @@ impl Snapshot {
             }
         }
         out
+    }
+
+    /// The service a MeshConfig extension provider names (`service: [<namespace>/]<host>`,
+    /// as istiod reads it for tracing collectors and ext_authz servers).
+    pub fn provider_service(&self, service: &str) -> Option<&Arc<Service>> {
+        let (ns, host) = match service.split_once('/') {
+            Some((ns, host)) => (Some(ns), host),
+            None => (None, service),
+        };
+        self.services.get(host).filter(|s| ns.is_none_or(|ns| s.namespace == ns))
     }
 
     /// The Sidecar that applies to `proxy`: one in its namespace whose selector matches

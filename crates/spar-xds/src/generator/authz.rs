@@ -257,21 +257,18 @@ pub(super) fn resolve_provider(scope: &Scope<'_>, name: &str) -> Result<Resolved
         Some(Err(e)) => return Err(e.clone()),
         Some(Ok(p)) => p,
     };
-    let (ns, host) = provider.namespace_and_host();
     let svc = scope
         .snap
-        .services
-        .get(host)
-        .filter(|s| ns.is_none_or(|ns| s.namespace == ns))
+        .provider_service(&provider.service)
         .ok_or_else(|| format!("provider {name:?}: service {} is not in the registry", provider.service))?;
     let port = svc
         .port(provider.port)
         .ok_or_else(|| format!("provider {name:?}: service {} has no port {}", provider.service, provider.port))?;
     if matches!(provider.api, ExtAuthzApi::Grpc) && !port.protocol.is_http2() {
         return Err(format!(
-            "provider {name:?}: port {} of {host} is {}, and the gRPC check needs HTTP/2 (name the port grpc-* or \
+            "provider {name:?}: port {} of {} is {}, and the gRPC check needs HTTP/2 (name the port grpc-* or \
              set appProtocol: grpc)",
-            provider.port, port.protocol
+            provider.port, svc.hostname, port.protocol
         ));
     }
     if !scope.imports(svc) {

@@ -220,16 +220,10 @@ fn collector(
     imports: &impl Fn(&Service) -> bool,
 ) -> Result<(String, String, Protocol), String> {
     let p = &spec.provider;
-    let (ns, host) = match p.service.split_once('/') {
-        Some((ns, host)) => (Some(ns), host),
-        None => (None, p.service.as_str()),
-    };
     let who = format!("MeshConfig extensionProviders {:?}", spec.provider_name);
     let svc = scope
         .snap
-        .services
-        .get(host)
-        .filter(|s| ns.is_none_or(|ns| s.namespace == ns))
+        .provider_service(&p.service)
         .ok_or_else(|| format!("{who}: service {} is not in the registry; tracing is left out", p.service))?;
     if !imports(svc) {
         return Err(format!(
