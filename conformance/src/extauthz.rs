@@ -1,8 +1,10 @@
-//! A small external authorizer for AuthorizationPolicy `action: CUSTOM`, speaking the
-//! HTTP protocol of Envoy's `ext_authz` filter (as Istio's `samples/extauthz` server
-//! does): a check whose request carries `x-ext-authz: allow` is allowed (200), any
+//! A small external authorizer for AuthorizationPolicy `action: CUSTOM`, speaking both
+//! protocols of Envoy's `ext_authz` filter (as Istio's `samples/extauthz` server does):
+//! HTTP ([`serve`]) and gRPC `envoy.service.auth.v3.Authorization/Check`
+//! ([`serve_grpc`]). A check whose request carries `x-ext-authz: allow` is allowed, any
 //! other is denied (403); either answer carries `x-ext-authz-check-result`, which the
-//! filter passes upstream on allow and to the client on deny when the provider says so.
+//! filter passes upstream on allow and to the client on deny (over HTTP when the
+//! provider's `headersTo*` say so; over gRPC the authorizer's answer says so itself).
 //! Every check is counted, so tests can see which requests were sent for checking.
 
 use std::sync::Arc;
@@ -50,5 +52,65 @@ async fn handle(stream: TcpStream, checks: Arc<Checks>) {
         if w.write_all(resp.as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+/// Serves gRPC checks on `listener` until the task is aborted.
+pub async fn serve_grpc(listener: TcpListener, checks: Arc<Checks>) {
+    use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let _ = tonic::transport::Server::builder()
+        .add_service(AuthorizationServer::new(GrpcAuthorizer(checks)))
+        .serve_with_incoming(incoming)
+        .await;
+}
+
+struct GrpcAuthorizer(Arc<Checks>);
+
+#[tonic::async_trait]
+impl envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization for GrpcAuthorizer {
+    async fn check(
+        &self,
+        request: tonic::Request<envoy_types::pb::envoy::service::auth::v3::CheckRequest>,
+    ) -> Result<tonic::Response<envoy_types::pb::envoy::service::auth::v3::CheckResponse>, tonic::Status> {
+        use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+        use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
+        use envoy_types::pb::envoy::service::auth::v3::{
+            CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
+        };
+        use envoy_types::pb::google::rpc::Status;
+        let headers = request
+            .get_ref()
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+            .map(|h| &h.headers);
+        let allow = headers.and_then(|h| h.get("x-ext-authz")).is_some_and(|v| v == "allow");
+        let result = if allow { "allowed" } else { "denied" };
+        let counter = if allow { &self.0.allowed } else { &self.0.denied };
+        counter.fetch_add(1, Ordering::SeqCst);
+        let header = vec![HeaderValueOption {
+            header: Some(HeaderValue { key: "x-ext-authz-check-result".into(), value: result.into(), ..Default::default() }),
+            ..Default::default()
+        }];
+        let response = if allow {
+            CheckResponse {
+                status: Some(Status { code: 0, ..Default::default() }),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse { headers: header, ..Default::default() })),
+                ..Default::default()
+            }
+        } else {
+            CheckResponse {
+                status: Some(Status { code: tonic::Code::PermissionDenied as i32, ..Default::default() }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus { code: StatusCode::Forbidden as i32 }),
+                    headers: header,
+                    body: format!("ext-authz: {result}"),
+                })),
+                ..Default::default()
+            }
+        };
+        Ok(tonic::Response::new(response))
     }
 }

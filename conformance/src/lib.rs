@@ -453,6 +453,13 @@ impl Harness {
         Ok(checks)
     }
 
+    /// Starts the external authorizer's gRPC protocol on `addr`, counting into `checks`.
+    pub async fn start_ext_authz_grpc(&mut self, addr: SocketAddr, checks: &Arc<extauthz::Checks>) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding ext-authz gRPC on {addr}"))?;
+        self.echo_tasks.push(tokio::spawn(extauthz::serve_grpc(listener, Arc::clone(checks))));
+        Ok(())
+    }
+
     /// Starts an echo backend with fixed behaviour (e.g. always failing).
     pub async fn start_echo_with(
         &mut self,

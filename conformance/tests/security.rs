@@ -480,6 +480,11 @@ const EXT_AUTHZ_MESH: &str = r#"extensionProviders:
     includeRequestHeadersInCheck: [x-ext-authz]
     headersToUpstreamOnAllow: [x-ext-authz-check-result]
     headersToDownstreamOnDeny: [x-ext-authz-check-result]
+- name: ext-authz-grpc
+  envoyExtAuthzGrpc:
+    service: ext-authz-grpc.local
+    port: 9000
+    timeout: 2s
 - name: ext-authz-down
   envoyExtAuthzHttp:
     service: ext-authz-down.local
@@ -495,9 +500,10 @@ fn custom_policy(provider: &str) -> String {
     )
 }
 
-/// AuthorizationPolicy CUSTOM through a real external authorizer: the requests the
-/// policy matches are checked (allowed and denied by header, the authorizer's headers
-/// passed on), the others are not sent for checking; with the authorizer down, or the
+/// AuthorizationPolicy CUSTOM through a real external authorizer, over HTTP and over
+/// gRPC: the requests the policy matches are checked (allowed and denied by header, the
+/// authorizer's headers passed on), the others are not sent for checking; with the
+/// authorizer down, or the
 /// provider missing from MeshConfig, the matched requests are denied and the others
 /// still served.
 async fn custom_authorization(delta: bool) -> anyhow::Result<()> {
@@ -510,6 +516,7 @@ async fn custom_authorization(delta: bool) -> anyhow::Result<()> {
     h.start_spar(&[]).await?;
     let authz_ip = h.ip("ext-authz");
     let checks = h.start_ext_authz(SocketAddr::new(authz_ip, 8000)).await?;
+    h.start_ext_authz_grpc(SocketAddr::new(authz_ip, 9000), &checks).await?;
     let backend = h.pod("backend", &[("app", "backend")]);
     let seen = h.start_echo(&backend.name, SocketAddr::new(backend.ip, 8080)).await?;
     h.start_sidecar(&backend).await?;
@@ -560,8 +567,22 @@ async fn custom_authorization(delta: bool) -> anyhow::Result<()> {
     let r = http_request(to, "GET", "backend", "/open", &[]).await?;
     assert_eq!(r.status, 200, "unmatched requests are still served: {r:?}");
 
+    // The gRPC provider: the same answers, headers set by the authorizer's own answer.
+    switch("ext-authz-grpc", 200).await?;
+    let before = checks.counts();
+    let r = http_request(to, "GET", "backend", "/checked/g", allow).await?;
+    assert_eq!(r.status, 200, "allowed by the gRPC authorizer: {r:?}");
+    let upstream = seen.received().last().map(|x| x.headers.clone()).unwrap_or_default();
+    assert_eq!(upstream.get("x-ext-authz-check-result").map(String::as_str), Some("allowed"), "{upstream:?}");
+    let r = http_request(to, "GET", "backend", "/checked/g", &[("x-ext-authz", "no")]).await?;
+    assert_eq!(r.status, 403, "denied by the gRPC authorizer: {r:?}");
+    assert_eq!(r.headers.get("x-ext-authz-check-result").map(String::as_str), Some("denied"), "{r:?}");
+    let r = http_request(to, "GET", "backend", "/open", &[]).await?;
+    assert_eq!(r.status, 200, "not matched by the policy: {r:?}");
+    let after = checks.counts();
+    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1), "only the two matched requests were checked over gRPC");
+
     // The authorizer down (nothing listens; failOpen false): matched requests denied.
-    switch("ext-authz-http", 200).await?;
     switch("ext-authz-down", 403).await?;
     let r = http_request(to, "GET", "backend", "/open", &[]).await?;
     assert_eq!(r.status, 200, "unmatched requests are still served: {r:?}");
