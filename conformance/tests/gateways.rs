@@ -2,6 +2,7 @@
 //! gateways (node type `router`), real clients and backends. Every case runs over SotW
 //! and over delta xDS.
 
+use anyhow::Context as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -225,6 +226,44 @@ async fn egress_gateway(delta: bool) -> anyhow::Result<()> {
     h.check_alive()
 }
 
+/// Every proxy becomes ready with nothing to serve, as under istiod: a gateway that no
+/// Gateway selects yet and a sidecar with no services. Envoy's initial fetch of each
+/// type waits for one answer, so an empty one must be sent (over delta it once was
+/// not, and a gateway deployed before its routes never became ready). The Gateway
+/// written afterwards is then served.
+async fn ready_with_nothing_to_serve(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("gw-empty", delta)?;
+    h.load_case("gateway-samples")?;
+    h.use_fixture("samples/helloworld/helloworld.yaml", "helloworld.yaml")?;
+    // A sidecar whose Sidecar resource lets it see no service at all.
+    h.write_config(
+        "lonely.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: lonely}\nspec:\n  \
+         workloadSelector: {labels: {app: lonely}}\n  egress: [{hosts: [\"./nothing.example\"]}]\n",
+    )?;
+    h.start_spar(&[]).await?;
+    let ip = h.ip("helloworld-v1");
+    h.start_echo("helloworld-v1", SocketAddr::new(ip, 5000)).await?;
+    let lonely = h.pod("lonely", &[("app", "lonely")]);
+    h.start_sidecar(&lonely).await.context("a sidecar with no services is ready")?;
+    let ip = h.ip("ingress-gw");
+    let gw = Pod::gateway("ingress-gw", "istio-system", ip, &[("istio", "ingressgateway")]);
+    let gw = h.start_sidecar(&gw).await.context("a gateway that no Gateway selects is ready")?;
+    let (_, listeners) = gw.admin_get("/config_dump?resource=dynamic_listeners").await?;
+    assert!(!listeners.contains("0.0.0.0_8080"), "no Gateway, no listener: {listeners}");
+
+    h.use_fixture("samples/helloworld/helloworld-gateway.yaml", "helloworld-gateway.yaml")?;
+    let to = SocketAddr::new(gw.ip, 8080);
+    wait_for(CONVERGE, "the Gateway written afterwards to route /hello", || async {
+        http_request(to, "GET", "any.example.com", "/hello", &[])
+            .await
+            .is_ok_and(|r| r.backend() == Some("helloworld-v1"))
+    })
+    .await?;
+    h.check_alive()
+}
+
 both_variants_mod!(samples, ingress_samples);
+both_variants_mod!(ready_empty, ready_with_nothing_to_serve);
 both_variants_mod!(tls, ingress_tls);
 both_variants_mod!(egress, egress_gateway);

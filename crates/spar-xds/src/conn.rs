@@ -551,7 +551,11 @@ impl Connection {
         }
         let resources =
             if whole { Resources::whole(&current, type_url) } else { Resources::of(resources, &current, type_url) };
-        if resources.is_empty() && removed.is_empty() {
+        // Nothing to send is still an answer the first time: Envoy's initial fetch of a
+        // type waits for one response, so a gateway that no Gateway selects yet (and a
+        // sidecar with no services) would otherwise never become ready.
+        let first = state.sent_nonce.is_none();
+        if resources.is_empty() && removed.is_empty() && !first {
             return None;
         }
         let nonce = self.next_nonce();

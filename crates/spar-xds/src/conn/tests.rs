@@ -298,6 +298,28 @@ fn delta_wildcard_sends_only_changes_and_removals() {
 }
 
 #[test]
+fn a_delta_subscription_with_nothing_to_send_gets_an_empty_first_answer_and_then_silence() {
+    let mut c = Connection::new(Variant::Delta, Arc::new(ProxyResources::default()));
+    let out = c.handle_delta(mk_delta(type_url::LISTENER, &[], &[], ""));
+    assert_eq!(out.len(), 1, "Envoy's initial fetch is answered");
+    let r = delta(&out[0]).clone();
+    assert!(r.resources.is_empty() && r.removed_resources.is_empty());
+    assert!(c.handle_delta(mk_delta(type_url::LISTENER, &[], &[], &r.nonce)).is_empty(), "the ACK is not answered");
+    assert!(c.on_resources(Arc::new(ProxyResources::default())).is_empty(), "still nothing: no push");
+}
+
+#[test]
+fn a_delta_resume_holding_everything_is_answered_once() {
+    let res = mk_resources(&[("a", 1)]);
+    let a_version = res.of(type_url::CLUSTER).and_then(|m| m.get("a")).map(|e| e.version.clone()).unwrap_or_default();
+    let mut c = Connection::new(Variant::Delta, res);
+    let mut req = mk_delta(type_url::CLUSTER, &[], &[], "");
+    req.initial_resource_versions.insert("a".into(), a_version);
+    let r = delta(&c.handle_delta(req)[0]).clone();
+    assert!(r.resources.is_empty() && r.removed_resources.is_empty(), "the proxy holds everything already");
+}
+
+#[test]
 fn delta_resume_skips_what_the_proxy_holds() {
     let res = mk_resources(&[("a", 1), ("b", 1)]);
     let a_version = res.of(type_url::CLUSTER).and_then(|m| m.get("a")).map(|e| e.version.clone()).unwrap_or_default();
