@@ -6,6 +6,10 @@
 //! - `x-echo-status: NNN` answers with that status;
 //! - `x-echo-delay-ms: N` waits N ms before answering;
 //! - `x-echo-fail: N` with `x-echo-key: K` answers 503 to the first N requests with key K.
+//!
+//! A WebSocket upgrade (`Upgrade: websocket`) is accepted with `101 Switching Protocols`
+//! (and the `Sec-WebSocket-Accept` RFC 6455 asks for); from then on the connection
+//! echoes every byte it receives, so a test sees data cross the upgraded stream.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -124,6 +128,17 @@ pub async fn handle_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S, name: A
                 status = 503;
             }
         }
+        if headers.get("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+            let accept = websocket_accept(headers.get("sec-websocket-key").map_or("", String::as_str));
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+                 sec-websocket-accept: {accept}\r\nx-echo-name: {name}\r\n\r\n"
+            );
+            if w.write_all(head.as_bytes()).await.is_ok() {
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+            return;
+        }
         let close = headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let body = serde_json::json!({"name": &*name, "method": method, "path": path, "headers": headers}).to_string();
         let resp = format!(
@@ -138,4 +153,12 @@ pub async fn handle_stream<S: AsyncRead + AsyncWrite + Unpin>(stream: S, name: A
             return;
         }
     }
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 section 4.2.2).
+fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{key}{GUID}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
 }

@@ -74,10 +74,10 @@ impl envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorizat
         request: tonic::Request<envoy_types::pb::envoy::service::auth::v3::CheckRequest>,
     ) -> Result<tonic::Response<envoy_types::pb::envoy::service::auth::v3::CheckResponse>, tonic::Status> {
         use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-        use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
         use envoy_types::pb::envoy::service::auth::v3::{
             CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
         };
+        use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode};
         use envoy_types::pb::google::rpc::Status;
         let headers = request
             .get_ref()
@@ -91,7 +91,11 @@ impl envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorizat
         let counter = if allow { &self.0.allowed } else { &self.0.denied };
         counter.fetch_add(1, Ordering::SeqCst);
         let header = vec![HeaderValueOption {
-            header: Some(HeaderValue { key: "x-ext-authz-check-result".into(), value: result.into(), ..Default::default() }),
+            header: Some(HeaderValue {
+                key: "x-ext-authz-check-result".into(),
+                value: result.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }];
         let response = if allow {

@@ -454,7 +454,11 @@ impl Harness {
     }
 
     /// Starts the external authorizer's gRPC protocol on `addr`, counting into `checks`.
-    pub async fn start_ext_authz_grpc(&mut self, addr: SocketAddr, checks: &Arc<extauthz::Checks>) -> anyhow::Result<()> {
+    pub async fn start_ext_authz_grpc(
+        &mut self,
+        addr: SocketAddr,
+        checks: &Arc<extauthz::Checks>,
+    ) -> anyhow::Result<()> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding ext-authz gRPC on {addr}"))?;
         self.echo_tasks.push(tokio::spawn(extauthz::serve_grpc(listener, Arc::clone(checks))));
         Ok(())
@@ -652,6 +656,52 @@ pub async fn http_request(
         parse_response(&buf)
     };
     tokio::time::timeout(Duration::from_secs(10), fut).await.context("HTTP request timed out")?
+}
+
+/// A WebSocket upgrade through `addr` for `host` `path`: the response to the upgrade
+/// request and, when it is `101`, what came back after sending `message` on the
+/// upgraded stream (the echo backend sends every byte back).
+pub async fn websocket_exchange(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    message: &[u8],
+) -> anyhow::Result<(HttpResponse, Vec<u8>)> {
+    let fut = async {
+        let mut s = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        // The response head, byte by byte so nothing after it is consumed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await? == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+        if !head.ends_with(b"\r\n\r\n") {
+            // Refused and closed: the whole answer, body included.
+            s.read_to_end(&mut head).await?;
+            return Ok((parse_response(&head)?, Vec::new()));
+        }
+        let response = parse_response(&head)?;
+        if response.status != 101 {
+            let length = response.headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0usize);
+            let mut body = vec![0u8; length];
+            s.read_exact(&mut body).await?;
+            let response = HttpResponse { body: String::from_utf8_lossy(&body).into_owned(), ..response };
+            return Ok((response, Vec::new()));
+        }
+        s.write_all(message).await?;
+        let mut echoed = vec![0u8; message.len()];
+        s.read_exact(&mut echoed).await?;
+        Ok((response, echoed))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut).await.context("WebSocket exchange timed out")?
 }
 
 pub(crate) fn parse_response(buf: &[u8]) -> anyhow::Result<HttpResponse> {

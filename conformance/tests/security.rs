@@ -580,7 +580,11 @@ async fn custom_authorization(delta: bool) -> anyhow::Result<()> {
     let r = http_request(to, "GET", "backend", "/open", &[]).await?;
     assert_eq!(r.status, 200, "not matched by the policy: {r:?}");
     let after = checks.counts();
-    assert_eq!((after.0 - before.0, after.1 - before.1), (1, 1), "only the two matched requests were checked over gRPC");
+    assert_eq!(
+        (after.0 - before.0, after.1 - before.1),
+        (1, 1),
+        "only the two matched requests were checked over gRPC"
+    );
 
     // The authorizer down (nothing listens; failOpen false): matched requests denied.
     switch("ext-authz-down", 403).await?;

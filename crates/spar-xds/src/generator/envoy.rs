@@ -105,6 +105,21 @@ pub(super) fn http_filters() -> Vec<xds_hcm::HttpFilter> {
     ]
 }
 
+/// What istiod sets on every HTTP connection manager it builds (sidecar inbound and
+/// outbound, gateways): WebSocket upgrades allowed, HTTP/1.1 and HTTP/2 by sniffing, and
+/// no stream idle timeout (a quiet WebSocket or gRPC stream is not cut after Envoy's
+/// default 5 minutes). CONNECT is not allowed: istiod only allows it on its HBONE
+/// tunnels, and an `Upgrade: h2c` request is left to Envoy, which ignores it.
+pub(super) fn istio_hcm_defaults(h: &mut xds_hcm::HttpConnectionManager) {
+    h.codec_type = xds_hcm::http_connection_manager::CodecType::Auto as i32;
+    h.upgrade_configs = vec![xds_hcm::http_connection_manager::UpgradeConfig {
+        upgrade_type: "websocket".into(),
+        ..Default::default()
+    }];
+    h.stream_idle_timeout = Some(envoy_types::pb::google::protobuf::Duration { seconds: 0, nanos: 0 });
+    h.normalize_path = Some(envoy_types::pb::google::protobuf::BoolValue { value: true });
+}
+
 fn hcm(
     scope: &Scope<'_>,
     stat_prefix: String,
@@ -114,14 +129,12 @@ fn hcm(
         stat_prefix,
         route_specifier: Some(route),
         http_filters: http_filters(),
-        // Istio's defaults: no request timeout, HTTP/1.1 and HTTP/2 by sniffing.
-        codec_type: xds_hcm::http_connection_manager::CodecType::Auto as i32,
-        normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         path_with_escaped_slashes_action: xds_hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged
             as i32,
         access_log: scope.access_logs.clone(),
         ..Default::default()
     };
+    istio_hcm_defaults(&mut hcm);
     scope.tracing.apply(Side::Client, &mut hcm);
     typed_filter("envoy.filters.network.http_connection_manager", pack_any(hcm))
 }
@@ -142,12 +155,11 @@ fn inbound_hcm(
         stat_prefix,
         route_specifier: Some(xds_hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)),
         http_filters: filters,
-        codec_type: xds_hcm::http_connection_manager::CodecType::Auto as i32,
-        normalize_path: Some(envoy_types::pb::google::protobuf::BoolValue { value: true }),
         forward_client_cert_details: ForwardClientCertDetails::Sanitize as i32,
         access_log: scope.access_logs.clone(),
         ..Default::default()
     };
+    istio_hcm_defaults(&mut h);
     scope.tracing.apply(Side::Server, &mut h);
     if tls {
         h.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;

@@ -346,14 +346,13 @@ fn hcm(
             route_config_name: route_name,
         })),
         http_filters: filters,
-        codec_type: xds_hcm::http_connection_manager::CodecType::Auto as i32,
         use_remote_address: Some(BoolValue { value: true }),
-        normalize_path: Some(BoolValue { value: true }),
         generate_request_id: Some(BoolValue { value: true }),
         access_log: scope.access_logs.clone(),
         forward_client_cert_details: ForwardClientCertDetails::Sanitize as i32,
         ..Default::default()
     };
+    envoy::istio_hcm_defaults(&mut h);
     // Gateways trace as clients, as istiod configures them.
     scope.tracing.apply(super::telemetry::Side::Client, &mut h);
     if tls {

@@ -91,6 +91,12 @@ fn cluster_of(rc: &RouteConfiguration, vhost: &str, route: usize) -> String {
 }
 
 #[test]
+fn every_gateway_connection_manager_allows_websocket_upgrades_as_istiod_does() {
+    let snap = snapshot(&[INGRESS, &fixture("bookinfo/networking/bookinfo-gateway.yaml")]);
+    super::tests::assert_istio_hcm_defaults(&generate(&snap, &gateway_proxy(false)));
+}
+
+#[test]
 fn istio_samples_share_the_mapped_port() {
     // bookinfo binds server port 8080, httpbin port 80 (-> targetPort 8080): one listener.
     let bookinfo = fixture("bookinfo/networking/bookinfo-gateway.yaml");

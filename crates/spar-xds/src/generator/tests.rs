@@ -227,6 +227,58 @@ fn subset_endpoints_are_filtered_by_labels() {
     assert!(v1[0].contains("10.0.0.2"), "{v1:?}");
 }
 
+/// Every HTTP connection manager in `r`'s listeners, with its listener's name.
+pub(super) fn every_hcm(
+    r: &ProxyResources,
+) -> Vec<(
+    String,
+    envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager,
+)> {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    let mut out = Vec::new();
+    for name in names(r, type_url::LISTENER) {
+        let l: Listener = decode(r, type_url::LISTENER, &name);
+        for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
+            for f in &chain.filters {
+                if let Some(ConfigType::TypedConfig(any)) = &f.config_type
+                    && f.name == "envoy.filters.network.http_connection_manager"
+                {
+                    out.push((name.clone(), HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM")));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What istiod sets on every connection manager, checked on all of them.
+pub(super) fn assert_istio_hcm_defaults(r: &ProxyResources) {
+    let hcms = every_hcm(r);
+    assert!(!hcms.is_empty(), "some HTTP listener to check");
+    for (listener, h) in hcms {
+        let upgrades: Vec<&str> = h.upgrade_configs.iter().map(|u| u.upgrade_type.as_str()).collect();
+        assert_eq!(upgrades, ["websocket"], "{listener}: WebSocket allowed, CONNECT not");
+        assert_eq!(
+            h.stream_idle_timeout.map(|d| (d.seconds, d.nanos)),
+            Some((0, 0)),
+            "{listener}: no stream idle timeout"
+        );
+    }
+}
+
+#[test]
+fn every_sidecar_connection_manager_allows_websocket_upgrades_as_istiod_does() {
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
+    let backend =
+        generate(&snap, &mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "NONE"));
+    assert!(every_hcm(&backend).iter().any(|(l, _)| l == "10.0.0.2_9080"), "the inbound one is checked");
+    assert_istio_hcm_defaults(&backend);
+    let client = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
+    assert_istio_hcm_defaults(&client);
+    let captured = generate(&snap, &mk_proxy("10.0.0.5", serde_json::json!({"app": "other"}), "REDIRECT"));
+    assert_istio_hcm_defaults(&captured);
+}
+
 #[test]
 fn sidecar_ingress_builds_inbound_listeners_and_clusters() {
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
