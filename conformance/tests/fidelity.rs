@@ -12,7 +12,7 @@ const CONVERGE: Duration = Duration::from_secs(20);
 /// WebSocket upgrades pass by default, as istiod allows them on every HTTP connection
 /// manager: client sidecar → backend sidecar over mutual TLS (outbound and inbound
 /// connection managers), and through an ingress gateway. Bytes cross the upgraded
-/// stream both ways.
+/// stream both ways. CONNECT is refused, as istiod allows it only on HBONE tunnels.
 async fn websocket_upgrades(delta: bool) -> anyhow::Result<()> {
     let mut h = Harness::new("websocket", delta)?.with_security("24h");
     h.load_case("traffic")?;
@@ -50,6 +50,9 @@ async fn websocket_upgrades(delta: bool) -> anyhow::Result<()> {
         assert!(r.headers.get("x-echo-name").is_some_and(|n| n.starts_with(backend)), "{what}: {r:?}");
         assert_eq!(echoed, message.as_bytes(), "{what}: bytes cross the upgraded stream");
     }
+    // CONNECT is not an upgrade istiod allows on sidecars or gateways.
+    let r = http_request(mesh, "CONNECT", "backend:9080", "backend:9080", &[]).await?;
+    assert_eq!(r.status, 404, "CONNECT is refused (no route matches CONNECT): {r:?}");
     h.check_alive()
 }
 
