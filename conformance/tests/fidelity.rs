@@ -57,3 +57,56 @@ async fn websocket_upgrades(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(websocket, websocket_upgrades);
+
+/// A route to a subset no DestinationRule defines is loud: Envoy answers 503 with
+/// response flag `NC`, as under istiod, and Spar says so in its log (with the
+/// VirtualService's file:line), in the diagnostics metric and in `proxy-status`; the
+/// routes that are fine keep working.
+async fn dangling_references(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("dangling", delta)?;
+    h.load_case("traffic")?;
+    h.write_config(
+        "routes.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: backend}\nspec:\n  \
+         host: backend\n  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend}\nspec:\n  \
+         hosts: [backend]\n  http:\n  - match: [{headers: {x-version: {exact: v3}}}]\n    \
+         route: [{destination: {host: backend, subset: v3}}]\n  - route: [{destination: {host: backend, subset: v1}}]\n",
+    )?;
+    h.start_spar(&[]).await?;
+    for v in ["v1", "v2"] {
+        let pod = h.pod(&format!("backend-{v}"), &[("app", "backend"), ("version", v)]);
+        h.start_echo(&pod.name, SocketAddr::new(pod.ip, 8080)).await?;
+        h.start_sidecar(&pod).await?;
+    }
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let to = SocketAddr::new(client.ip, 9080);
+    wait_for(CONVERGE, "the good route", || async {
+        http_request(to, "GET", "backend", "/", &[]).await.is_ok_and(|r| r.backend() == Some("backend-v1"))
+    })
+    .await?;
+    let r = http_request(to, "GET", "backend", "/", &[("x-version", "v3")]).await?;
+    assert_eq!(r.status, 503, "Envoy has no cluster for subset v3: {r:?}");
+    let (_, stats) = client.admin_get("/stats?filter=no_cluster").await?;
+    let no_cluster: u64 =
+        stats.lines().filter_map(|l| l.rsplit_once(": ").and_then(|(_, v)| v.trim().parse::<u64>().ok())).sum();
+    assert!(no_cluster > 0, "Envoy counted the request as no cluster (NC): {stats}");
+
+    let log = h.spar_log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("subset \"v3\""))
+        .unwrap_or_else(|| panic!("a WARN names the subset: {log}"));
+    assert!(line.contains("routes.yaml:8") && line.contains("VirtualService default/backend"), "{line}");
+    let metrics = http_request(h.debug_address(), "GET", "spar", "/metrics", &[]).await?.body;
+    assert!(metrics.lines().any(|l| l == "spar_snapshot_diagnostics 1"), "{metrics}");
+    let status = h.proxy_status(false).await?;
+    assert!(
+        status.contains("outbound|9080|v3|backend.default.svc.cluster.local") && status.contains("503 (NC)"),
+        "proxy-status says what the client lacks: {status}"
+    );
+    h.check_alive()
+}
+
+both_variants_mod!(dangling, dangling_references);

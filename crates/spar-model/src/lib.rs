@@ -13,6 +13,7 @@ mod ext_authz;
 mod host;
 mod proxy;
 mod rbac;
+mod references;
 mod service;
 mod snapshot;
 mod store;

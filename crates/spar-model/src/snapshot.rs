@@ -431,6 +431,7 @@ impl Snapshot {
         let tracing = snap.tracing_diagnostics();
         snap.diagnostics.extend(tracing);
         snap.diagnose_custom_policies();
+        snap.diagnose_dangling_routes();
         snap
     }
 

@@ -273,3 +273,85 @@ fn custom_policies_without_a_usable_provider_are_diagnosed() {
         }
     }
 }
+
+#[test]
+fn routes_to_a_missing_host_port_or_subset_are_diagnosed_with_the_virtual_service() {
+    let yaml = format!(
+        r#"{MESH}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: wild, namespace: default}}
+spec: {{hosts: ["*.wild.example"], resolution: NONE, ports: [{{number: 80, name: http}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec: {{host: reviews, subsets: [{{name: v1, labels: {{version: v1}}}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: good, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{{destination: {{host: reviews, subset: v1, port: {{number: 9080}}}}}}]
+    mirror: {{host: a.wild.example}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: bad, namespace: default}}
+spec:
+  hosts: [reviews.example]
+  http:
+  - match: [{{uri: {{prefix: /a}}}}]
+    route: [{{destination: {{host: reviews, subset: v3}}}}]
+  - match: [{{uri: {{prefix: /b}}}}]
+    route: [{{destination: {{host: reviews, subset: v3}}}}]
+  - route:
+    - {{destination: {{host: nowhere}}}}
+    - {{destination: {{host: reviews, port: {{number: 1}}}}}}
+  tcp:
+  - route: [{{destination: {{host: ratings.prod.svc.cluster.local, subset: v9}}}}]
+"#
+    );
+    let snap = Snapshot::build(&mk_store(&yaml), &MeshConfig::default(), 1);
+    let said: Vec<(&str, &str)> = snap
+        .diagnostics
+        .iter()
+        .filter(|d| d.resource.starts_with("VirtualService"))
+        .map(|d| (d.resource.as_str(), d.message.as_str()))
+        .collect();
+    let nc = ": Envoy answers these requests 503 (NC, no cluster)";
+    assert_eq!(
+        said,
+        [
+            (
+                "VirtualService default/bad",
+                &*format!(
+                    "http route to subset \"v3\" of host reviews.default.svc.cluster.local, which no DestinationRule defines{nc}"
+                )
+            ),
+            (
+                "VirtualService default/bad",
+                &*format!(
+                    "http route to host nowhere.default.svc.cluster.local, which is not in the service registry{nc}"
+                )
+            ),
+            (
+                "VirtualService default/bad",
+                &*format!("http route to port 1 of host reviews.default.svc.cluster.local, which has no such port{nc}")
+            ),
+            (
+                "VirtualService default/bad",
+                &*format!(
+                    "tcp route to subset \"v9\" of host ratings.prod.svc.cluster.local, which no DestinationRule defines{nc}"
+                )
+            ),
+        ],
+        "once per problem, in order; the good VirtualService (a defined subset, a wildcard host) says nothing"
+    );
+    let bad = snap.diagnostics.iter().find(|d| d.resource == "VirtualService default/bad").expect("a diagnostic");
+    assert_eq!(&*bad.origin.file, "mesh.yaml");
+    assert!(bad.origin.line > 1, "the VirtualService's own line: {}", bad.origin);
+}

@@ -349,7 +349,7 @@ pub(super) fn l4_destinations(
             let host = spar_model::resolve_host(host, vs_ns, &scope.snap.mesh.domain);
             let p = p.and_then(|n| u16::try_from(n).ok()).unwrap_or(port);
             let w = if all_unset { 1 } else { u32::try_from(weight.unwrap_or(0)).ok().filter(|w| *w > 0)? };
-            Some((outbound_cluster_name(p, subset.map_or("", String::as_str), &host), w))
+            Some((scope.route_to(outbound_cluster_name(p, subset.map_or("", String::as_str), &host)), w))
         })
         .collect()
 }

@@ -54,6 +54,11 @@ pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
     }
     envoy::clusters(&scope, &mut out);
     add_warnings(&scope, &mut out);
+    for w in scope.dangling_routes(&out) {
+        if !out.warnings.contains(&w) {
+            out.warnings.push(w);
+        }
+    }
     out
 }
 

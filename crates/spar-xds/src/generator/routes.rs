@@ -182,7 +182,7 @@ fn destination_cluster(
                 _ => listener_port,
             }
         });
-    outbound_cluster_name(port, d.subset.as_deref().unwrap_or(""), &host)
+    scope.route_to(outbound_cluster_name(port, d.subset.as_deref().unwrap_or(""), &host))
 }
 
 /// The consistent-hash policy of the DestinationRule (and subset) a destination uses.

@@ -39,6 +39,9 @@ pub struct Scope<'a> {
     /// Tracing for the client and server connection managers (Telemetry, MeshConfig),
     /// with the warnings of what was left out.
     pub tracing: super::telemetry::HcmTracing,
+    /// The `outbound|...` clusters routes and TCP proxies were pointed at while
+    /// generating, checked against the clusters generated ([`Scope::dangling_routes`]).
+    pub routed: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 /// Whether Sidecar egress host `pattern` (`ns/host`) imports `svc` for a proxy in `proxy_ns`.
@@ -118,10 +121,50 @@ impl<'a> Scope<'a> {
             registry_only,
             access_logs: Vec::new(),
             tracing: Default::default(),
+            routed: Default::default(),
         };
         scope.access_logs = super::telemetry::access_logs(&scope);
         scope.tracing = super::telemetry::tracing(&scope, |svc| scope.imports(svc));
         scope
+    }
+
+    /// Records that a route or TCP proxy sends to cluster `name`; returns it.
+    pub fn route_to(&self, name: String) -> String {
+        self.routed.borrow_mut().insert(name.clone());
+        name
+    }
+
+    /// A warning for each cluster a route sends to that `out` does not have, saying why:
+    /// Envoy answers those requests 503 (`NC`). The VirtualService itself is named, with
+    /// its file:line, by the snapshot's diagnostics.
+    pub fn dangling_routes(&self, out: &crate::resources::ProxyResources) -> Vec<String> {
+        let clusters = out.of(crate::resources::type_url::CLUSTER);
+        let mut warnings = Vec::new();
+        for name in self.routed.borrow().iter() {
+            if clusters.is_some_and(|c| c.contains_key(name)) {
+                continue;
+            }
+            let mut parts = name.splitn(4, '|').skip(1);
+            let (port, subset, host) =
+                (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let why = match self.snap.services.get(host) {
+                None => format!("{host} is not in the service registry"),
+                Some(svc) if !self.imports(svc) => {
+                    format!("{host} is not visible to this proxy (Sidecar egress hosts or exportTo)")
+                }
+                Some(svc) if port.parse().ok().and_then(|p| svc.port(p)).is_none() => {
+                    format!("{host} has no port {port}")
+                }
+                Some(_) if !subset.is_empty() => {
+                    format!("subset {subset:?} is not defined by the DestinationRule that applies to {host}")
+                }
+                Some(_) => "it was not generated".to_string(),
+            };
+            warnings.push(format!(
+                "routes send to cluster {name}, which this proxy does not have ({why}): Envoy answers 503 (NC)"
+            ));
+        }
+        warnings
     }
 
     /// Whether the proxy imports `svc` (so that its outbound clusters exist): visible to

@@ -280,6 +280,25 @@ fn every_sidecar_connection_manager_allows_websocket_upgrades_as_istiod_does() {
 }
 
 #[test]
+fn a_route_to_a_cluster_the_proxy_does_not_have_is_a_warning_that_says_why() {
+    // The VirtualService's 20% go to subset v3, which the DestinationRule does not define.
+    let mesh = MESH.replace(
+        "{destination: {host: backend, subset: v2}, weight: 20}",
+        "{destination: {host: backend, subset: v3}, weight: 20}",
+    );
+    let snap = mk_snapshot(&mesh);
+    let client = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
+    assert_eq!(
+        client.warnings,
+        ["routes send to cluster outbound|9080|v3|backend.default.svc.cluster.local, which this proxy does not have \
+          (subset \"v3\" is not defined by the DestinationRule that applies to backend.default.svc.cluster.local): \
+          Envoy answers 503 (NC)"]
+    );
+    let good = generate(&mk_snapshot(MESH), &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
+    assert!(good.warnings.is_empty(), "{:?}", good.warnings);
+}
+
+#[test]
 fn sidecar_ingress_builds_inbound_listeners_and_clusters() {
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
     let r = generate(&snap, &mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "NONE"));
