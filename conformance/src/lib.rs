@@ -137,6 +137,10 @@ pub struct Harness {
     pub spar_log: Option<String>,
     /// `spar bootstrap --prometheus-port` for every proxy (none by default).
     pub prometheus_port: Option<u16>,
+    /// Host names Envoys resolve (DNS clusters, the dynamic forward proxy): when set,
+    /// each Envoy runs in its own mount namespace where this is `/etc/hosts` (needs root,
+    /// as the network-namespace tests do); nothing outside the test sees it.
+    pub etc_hosts: Vec<(String, IpAddr)>,
     ips: BTreeMap<String, IpAddr>,
     children: Vec<(String, Child)>,
     echo_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -163,6 +167,7 @@ impl Harness {
             spar_args: Vec::new(),
             spar_log: None,
             prometheus_port: None,
+            etc_hosts: Vec::new(),
             ips: BTreeMap::new(),
             children: Vec::new(),
             echo_tasks: Vec::new(),
@@ -399,7 +404,17 @@ impl Harness {
         let log = std::fs::File::create(self.dir.join(format!("{}.envoy.log", pod.name)))?;
         // Envoy's stdout is the container log: access logs to /dev/stdout land here.
         let stdout = std::fs::File::create(self.stdout_path(&pod.name))?;
-        let child = Command::new(envoy_bin()?)
+        let mut cmd = if self.etc_hosts.is_empty() {
+            Command::new(envoy_bin()?)
+        } else {
+            let hosts = self.dir.join("etc-hosts");
+            let text: String = self.etc_hosts.iter().map(|(name, ip)| format!("{ip} {name}\n")).collect();
+            std::fs::write(&hosts, format!("127.0.0.1 localhost\n{text}"))?;
+            let mut c = Command::new("unshare");
+            c.args(["-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\""]).arg(&hosts).arg(envoy_bin()?);
+            c
+        };
+        let child = cmd
             .arg("-c")
             .arg(&path)
             .args(["--disable-hot-restart", "--log-level", "warn", "--concurrency", "1"])

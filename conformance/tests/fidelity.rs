@@ -110,3 +110,45 @@ async fn dangling_references(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(dangling, dangling_references);
+
+/// ServiceEntry `resolution: DYNAMIC_DNS` (wildcard hosts): each request's own host is
+/// resolved when it is made, by Envoy's dynamic forward proxy, so two names under one
+/// wildcard reach two different servers (HTTP by the Host header, TLS by the SNI); a
+/// name that does not resolve gets 503.
+async fn dynamic_dns(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("dynamic-dns", delta)?;
+    h.load_case("traffic")?;
+    h.write_config(
+        "dynamic.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: dynamic}\nspec:\n  \
+         hosts: [\"*.dyn.example\"]\n  location: MESH_EXTERNAL\n  resolution: DYNAMIC_DNS\n  \
+         ports: [{number: 8000, name: http, protocol: HTTP}, {number: 8443, name: tls, protocol: TLS}]\n",
+    )?;
+    let (a, b) = (h.ip("dyn-a"), h.ip("dyn-b"));
+    h.etc_hosts = vec![("a.dyn.example".into(), a), ("b.dyn.example".into(), b)];
+    h.start_spar(&[]).await?;
+    h.start_echo("dyn-a", SocketAddr::new(a, 8000)).await?;
+    h.start_echo("dyn-b", SocketAddr::new(b, 8000)).await?;
+    let pki = spar_conformance::tls::Pki::new("dyn-ca")?;
+    h.start_echo_tls("dyn-b-tls", SocketAddr::new(b, 8443), pki.server_cert(&["b.dyn.example"])?).await?;
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let to = SocketAddr::new(client.ip, 8000);
+    wait_for(CONVERGE, "a.dyn.example through the dynamic forward proxy", || async {
+        http_request(to, "GET", "a.dyn.example:8000", "/", &[]).await.is_ok_and(|r| r.backend() == Some("dyn-a"))
+    })
+    .await?;
+    let r = http_request(to, "GET", "b.dyn.example:8000", "/", &[]).await?;
+    assert_eq!(r.backend(), Some("dyn-b"), "another name, another address: {r:?}");
+    let r = http_request(to, "GET", "nowhere.dyn.example:8000", "/", &[]).await?;
+    assert_eq!(r.status, 503, "a name that does not resolve: {r:?}");
+    // TLS from the app, end to end: the sidecar reads the SNI and connects to its address.
+    let tls = SocketAddr::new(client.ip, 8443);
+    let r = spar_conformance::tls::tls_request(tls, "b.dyn.example", &pki.ca_pem, "/").await?;
+    assert_eq!(r.backend(), Some("dyn-b-tls"), "TLS by SNI: {r:?}");
+    let (_, clusters) = client.admin_get("/config_dump?resource=dynamic_active_clusters").await?;
+    assert!(clusters.contains("envoy.clusters.dynamic_forward_proxy"), "{clusters}");
+    h.check_alive()
+}
+
+both_variants_mod!(dynamic_dns, dynamic_dns);

@@ -98,6 +98,9 @@ pub enum Resolution {
     DnsRoundRobin,
     /// Traffic goes where the client sent it (NONE).
     Passthrough,
+    /// Each request's own host name is resolved when it is made (DYNAMIC_DNS, for
+    /// wildcard hosts): Envoy's dynamic forward proxy.
+    DynamicDns,
 }
 
 /// One endpoint of a service.

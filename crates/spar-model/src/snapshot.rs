@@ -1027,8 +1027,8 @@ fn service_entry_services(
     let resolution = match se.resolution {
         None | Some(ServiceEntryResolution::None) => Resolution::Passthrough,
         Some(ServiceEntryResolution::Static) => Resolution::Static,
-        // DYNAMIC_DNS is resolved per request by Istio's DNS proxy; Spar resolves it like DNS.
-        Some(ServiceEntryResolution::Dns | ServiceEntryResolution::DynamicDns) => Resolution::Dns,
+        Some(ServiceEntryResolution::Dns) => Resolution::Dns,
+        Some(ServiceEntryResolution::DynamicDns) => Resolution::DynamicDns,
         Some(ServiceEntryResolution::DnsRoundRobin) => Resolution::DnsRoundRobin,
     };
     let mut eps = Vec::new();

@@ -125,10 +125,12 @@ fn hcm(
     stat_prefix: String,
     route: xds_hcm::http_connection_manager::RouteSpecifier,
 ) -> xds_listener::Filter {
+    let mut filters = http_filters();
+    add_dynamic_dns_filter(scope, &mut filters);
     let mut hcm = xds_hcm::HttpConnectionManager {
         stat_prefix,
         route_specifier: Some(route),
-        http_filters: http_filters(),
+        http_filters: filters,
         path_with_escaped_slashes_action: xds_hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged
             as i32,
         access_log: scope.access_logs.clone(),
@@ -454,23 +456,30 @@ fn tcp_chains(scope: &Scope<'_>, port: u16, svc: &Service) -> Vec<xds_listener::
 fn tls_chains(scope: &Scope<'_>, port: u16, services: &[&Service]) -> Vec<xds_listener::FilterChain> {
     let mut chains = Vec::new();
     let mut taken: BTreeSet<String> = BTreeSet::new();
-    let mut chain =
-        |names: Vec<String>, dests: Vec<(String, u32)>, stat: String, chains: &mut Vec<xds_listener::FilterChain>| {
-            let names: Vec<String> = names.into_iter().filter(|n| taken.insert(n.clone())).collect();
-            if names.is_empty() || dests.is_empty() {
-                return;
-            }
-            chains.push(xds_listener::FilterChain {
-                filter_chain_match: Some(xds_listener::FilterChainMatch {
-                    server_names: names,
-                    transport_protocol: "tls".into(),
-                    ..Default::default()
-                }),
-                filters: vec![tcp_proxy_to(scope, stat, dests)],
+    let mut chain = |names: Vec<String>,
+                     dests: Vec<(String, u32)>,
+                     stat: String,
+                     dynamic: bool,
+                     chains: &mut Vec<xds_listener::FilterChain>| {
+        let names: Vec<String> = names.into_iter().filter(|n| taken.insert(n.clone())).collect();
+        if names.is_empty() || dests.is_empty() {
+            return;
+        }
+        // DYNAMIC_DNS: the SNI names the host to resolve for the dynamic forward proxy.
+        let mut filters = if dynamic { vec![sni_dynamic_dns_filter(port)] } else { Vec::new() };
+        filters.push(tcp_proxy_to(scope, stat, dests));
+        chains.push(xds_listener::FilterChain {
+            filter_chain_match: Some(xds_listener::FilterChainMatch {
+                server_names: names,
+                transport_protocol: "tls".into(),
                 ..Default::default()
-            });
-        };
+            }),
+            filters,
+            ..Default::default()
+        });
+    };
     for svc in services {
+        let dynamic = svc.resolution == Resolution::DynamicDns;
         let stat = format!("outbound|{port}||{}", svc.hostname);
         let mut routed = false;
         if let Some(vs) = scope.snap.virtual_services_for(&scope.proxy.namespace, &svc.hostname).next() {
@@ -487,7 +496,7 @@ fn tls_chains(scope: &Scope<'_>, port: u16, services: &[&Service]) -> Vec<xds_li
                         routes::Binding::Mesh,
                         &vs.namespace,
                     ) {
-                        chain(m.sni_hosts.clone(), dests.clone(), stat.clone(), &mut chains);
+                        chain(m.sni_hosts.clone(), dests.clone(), stat.clone(), dynamic, &mut chains);
                         routed = true;
                     }
                 }
@@ -498,6 +507,7 @@ fn tls_chains(scope: &Scope<'_>, port: u16, services: &[&Service]) -> Vec<xds_li
                 vec![svc.hostname.clone()],
                 vec![(outbound_cluster_name(port, "", &svc.hostname), 1)],
                 stat,
+                dynamic,
                 &mut chains,
             );
         }
@@ -800,6 +810,13 @@ pub fn service_clusters(scope: &Scope<'_>, services: &[&std::sync::Arc<Service>]
                         ));
                         c.lb_policy = xds_cluster::cluster::LbPolicy::ClusterProvided as i32;
                     }
+                    Resolution::DynamicDns => {
+                        // As istiod: no subset clusters (the hosts are whatever requests name).
+                        if !subset.is_empty() {
+                            continue;
+                        }
+                        c.cluster_discovery_type = Some(dynamic_dns_cluster_type());
+                    }
                 }
                 let mut effective = dr.map(|dr| policy::effective(&dr.spec, subset, port.port));
                 if let Some(p) = effective.as_mut() {
@@ -831,6 +848,10 @@ pub fn service_clusters(scope: &Scope<'_>, services: &[&std::sync::Arc<Service>]
                     }
                     policy::apply(p, &mut c, port.protocol, &svc.hostname);
                 }
+                if svc.resolution == Resolution::DynamicDns {
+                    // Envoy refuses a dynamic forward proxy cluster balanced any other way.
+                    c.lb_policy = xds_cluster::cluster::LbPolicy::ClusterProvided as i32;
+                }
                 istio_mtls(scope, svc, port.port, subset, labels, effective.as_ref(), &mut c);
                 if c.eds_cluster_config.is_some() {
                     let mut cla = load_assignment(&name, svc, port.port, labels);
@@ -847,6 +868,71 @@ pub fn service_clusters(scope: &Scope<'_>, services: &[&std::sync::Arc<Service>]
             }
         }
     }
+}
+
+/// The DNS cache every dynamic forward proxy cluster and filter of a proxy shares: the
+/// cluster and the filter that feeds it must name the same cache with the same settings.
+pub(super) const DYNAMIC_DNS_CACHE: &str = "outbound_dynamic_dns_cache";
+
+fn dynamic_dns_cache() -> envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig {
+    envoy_types::pb::envoy::extensions::common::dynamic_forward_proxy::v3::DnsCacheConfig {
+        name: DYNAMIC_DNS_CACHE.into(),
+        dns_lookup_family: xds_cluster::cluster::DnsLookupFamily::V4Preferred as i32,
+        ..Default::default()
+    }
+}
+
+/// ServiceEntry `resolution: DYNAMIC_DNS`: Envoy's dynamic forward proxy cluster, which
+/// resolves each request's host (set by [`dynamic_dns_filter`]) when it is made.
+fn dynamic_dns_cluster_type() -> xds_cluster::cluster::ClusterDiscoveryType {
+    use envoy_types::pb::envoy::extensions::clusters::dynamic_forward_proxy::v3::{ClusterConfig, cluster_config};
+    xds_cluster::cluster::ClusterDiscoveryType::ClusterType(xds_cluster::cluster::CustomClusterType {
+        name: "envoy.clusters.dynamic_forward_proxy".into(),
+        typed_config: Some(pack_any(ClusterConfig {
+            cluster_implementation_specifier: Some(cluster_config::ClusterImplementationSpecifier::DnsCacheConfig(
+                dynamic_dns_cache(),
+            )),
+            ..Default::default()
+        })),
+    })
+}
+
+/// Puts [`dynamic_dns_filter`] before the router of `filters` when the proxy sees a
+/// DYNAMIC_DNS service (only then: other proxies' connection managers stay as they were).
+pub(super) fn add_dynamic_dns_filter(scope: &Scope<'_>, filters: &mut Vec<xds_hcm::HttpFilter>) {
+    if scope.services.iter().any(|s| s.resolution == Resolution::DynamicDns) {
+        let router = filters.len().saturating_sub(1);
+        filters.insert(router, dynamic_dns_filter());
+    }
+}
+
+/// The network filter that resolves a TLS connection's SNI (on `port`) for a dynamic
+/// forward proxy cluster, as istiod does for DYNAMIC_DNS TLS ports.
+fn sni_dynamic_dns_filter(port: u16) -> xds_listener::Filter {
+    use envoy_types::pb::envoy::extensions::filters::network::sni_dynamic_forward_proxy::v3::{
+        FilterConfig, filter_config,
+    };
+    typed_filter(
+        "envoy.filters.network.sni_dynamic_forward_proxy",
+        pack_any(FilterConfig {
+            dns_cache_config: Some(dynamic_dns_cache()),
+            port_specifier: Some(filter_config::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        }),
+    )
+}
+
+/// The HTTP filter that resolves the host of requests routed to a dynamic forward proxy
+/// cluster (it lets requests to other clusters pass untouched).
+pub(super) fn dynamic_dns_filter() -> xds_hcm::HttpFilter {
+    use envoy_types::pb::envoy::extensions::filters::http::dynamic_forward_proxy::v3::{FilterConfig, filter_config};
+    http_filter(
+        "envoy.filters.http.dynamic_forward_proxy",
+        pack_any(FilterConfig {
+            implementation_specifier: Some(filter_config::ImplementationSpecifier::DnsCacheConfig(dynamic_dns_cache())),
+            ..Default::default()
+        }),
+    )
 }
 
 /// Where a Sidecar `defaultEndpoint` sends traffic: `127.0.0.1:PORT` and `[::1]:PORT`

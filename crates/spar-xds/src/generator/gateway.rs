@@ -339,6 +339,7 @@ fn hcm(
     let (jwt, _) = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
     let mut filters = authz::http_filters(&rbac, jwt);
     filters.extend(envoy::http_filters());
+    envoy::add_dynamic_dns_filter(scope, &mut filters);
     let mut h = xds_hcm::HttpConnectionManager {
         stat_prefix,
         route_specifier: Some(RouteSpecifier::Rds(xds_hcm::Rds {

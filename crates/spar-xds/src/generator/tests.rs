@@ -299,6 +299,65 @@ fn a_route_to_a_cluster_the_proxy_does_not_have_is_a_warning_that_says_why() {
 }
 
 #[test]
+fn dynamic_dns_is_a_dynamic_forward_proxy_cluster_fed_by_its_http_filter() {
+    let dynamic = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: dynamic}
+spec:
+  hosts: ["*.dyn.example"]
+  location: MESH_EXTERNAL
+  resolution: DYNAMIC_DNS
+  ports: [{number: 8000, name: http, protocol: HTTP}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: dynamic}
+spec:
+  host: "*.dyn.example"
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  subsets: [{name: v1, labels: {version: v1}}]
+"#;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, LbPolicy};
+    use envoy_types::pb::envoy::extensions::clusters::dynamic_forward_proxy::v3::{ClusterConfig, cluster_config};
+    let snap = mk_snapshot(&format!("{MESH}\n---\n{dynamic}"));
+    let r = generate(&snap, &mk_proxy("10.0.0.9", serde_json::json!({"app": "other"}), "NONE"));
+    let c: Cluster = decode(&r, type_url::CLUSTER, "outbound|8000||*.dyn.example");
+    let Some(ClusterDiscoveryType::ClusterType(t)) = &c.cluster_discovery_type else { panic!("a custom cluster type") };
+    assert_eq!(t.name, "envoy.clusters.dynamic_forward_proxy");
+    let config = ClusterConfig::decode(t.typed_config.as_ref().expect("config").value.as_slice()).expect("decodes");
+    let Some(cluster_config::ClusterImplementationSpecifier::DnsCacheConfig(cache)) =
+        config.cluster_implementation_specifier
+    else {
+        panic!("a DNS cache")
+    };
+    assert_eq!(cache.name, super::envoy::DYNAMIC_DNS_CACHE);
+    assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32, "whatever the DestinationRule says");
+    assert!(c.load_assignment.is_none() && c.eds_cluster_config.is_none());
+    assert!(!names(&r, type_url::CLUSTER).contains("outbound|8000|v1|*.dyn.example"), "no subset clusters, as istiod");
+    // The filter feeds the cluster's cache, before the router, on every outbound
+    // connection manager of this proxy; a proxy that does not see the service has none.
+    let hcms = every_hcm(&r);
+    assert!(
+        hcms.iter().any(|(l, _)| l.ends_with("_8000")),
+        "the service's own port: {:?}",
+        names(&r, type_url::LISTENER)
+    );
+    for (listener, h) in hcms {
+        let filters: Vec<&str> = h.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            filters[filters.len() - 2..],
+            ["envoy.filters.http.dynamic_forward_proxy", "envoy.filters.http.router"],
+            "{listener}"
+        );
+    }
+    let plain = generate(&mk_snapshot(MESH), &mk_proxy("10.0.0.9", serde_json::json!({"app": "other"}), "NONE"));
+    for (listener, h) in every_hcm(&plain) {
+        assert!(h.http_filters.iter().all(|f| f.name != "envoy.filters.http.dynamic_forward_proxy"), "{listener}");
+    }
+}
+
+#[test]
 fn sidecar_ingress_builds_inbound_listeners_and_clusters() {
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
     let r = generate(&snap, &mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "NONE"));
