@@ -154,11 +154,21 @@ pub struct Service {
     pub mesh_external: bool,
     /// Namespaces the service is visible to (`*` for all, `.` resolved to its own).
     pub export_to: Vec<String>,
+    /// Other host names for this service: Kubernetes ExternalName Services whose
+    /// `externalName` is this host (istiod's service aliases). Requests for them are
+    /// routed as requests for this host.
+    pub aliases: Vec<String>,
     /// Where it was defined.
     pub origin: Origin,
 }
 
 impl Service {
+    /// A Kubernetes headless Service (`clusterIP: None`): clients reach each endpoint
+    /// by its own address, so traffic goes where the client sent it.
+    pub fn is_headless(&self) -> bool {
+        self.resolution == Resolution::Passthrough && !self.mesh_external && self.addresses.is_empty()
+    }
+
     /// The port numbered `port`.
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == port)

@@ -406,7 +406,12 @@ impl Snapshot {
             entries_by_ns.entry(o.meta.namespace.as_str()).or_default().push((*o, Arc::clone(we)));
         }
         let none = Vec::new();
+        let mut external_names = Vec::new();
         for (obj, svc) in &k8s_services {
+            if let Some(target) = external_name(svc) {
+                external_names.push((*obj, Arc::clone(svc), target));
+                continue;
+            }
             let key = (obj.meta.namespace.clone(), obj.meta.name.clone());
             let wes = entries_by_ns.get(obj.meta.namespace.as_str()).unwrap_or(&none);
             let s = kube_service(
@@ -426,6 +431,7 @@ impl Snapshot {
                 snap.insert_service(s);
             }
         }
+        snap.add_external_names(&external_names);
         snap.build_index();
         snap.outbound_label_keys = snap.collect_outbound_label_keys();
         let tracing = snap.tracing_diagnostics();
@@ -433,6 +439,68 @@ impl Snapshot {
         snap.diagnose_custom_policies();
         snap.diagnose_dangling_routes();
         snap
+    }
+
+    /// Kubernetes ExternalName Services, once every other service is in: one whose
+    /// `externalName` is a host of the registry becomes an alias of it (istiod's
+    /// behaviour since 1.21: its name routes like the target's); any other becomes a
+    /// DNS service resolving the external name on the Service's ports (istiod's
+    /// behaviour before 1.21, and what the Service means without a mesh).
+    fn add_external_names(&mut self, external: &[(&Object, Arc<corev1::Service>, String)]) {
+        for (obj, svc, target) in external {
+            let hostname = format!("{}.{}.svc.{}", obj.meta.name, obj.meta.namespace, self.mesh.domain);
+            if let Some(t) = self.services.get_mut(target) {
+                let t = Arc::make_mut(t);
+                if !t.aliases.contains(&hostname) {
+                    t.aliases.push(hostname);
+                }
+                continue;
+            }
+            let spec = svc.spec.clone().unwrap_or_default();
+            let ports: Vec<ServicePort> = spec
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| {
+                    let name = p.name.clone().unwrap_or_default();
+                    Some(ServicePort {
+                        protocol: Protocol::from_port(&name, p.app_protocol.as_deref()),
+                        port: u16_port(i64::from(p.port))?,
+                        target_port: target_port(p.target_port.as_ref()).0,
+                        name,
+                    })
+                })
+                .collect();
+            let endpoint = Endpoint {
+                address: target.clone(),
+                ports: ports.iter().map(|p| (p.port, p.target_port.unwrap_or(p.port))).collect(),
+                labels: BTreeMap::new(),
+                service_account: String::new(),
+                locality: String::new(),
+                weight: 0,
+                ready: true,
+                istio_mtls: false,
+                origin: obj.origin.clone(),
+            };
+            self.insert_service(Service {
+                hostname,
+                namespace: obj.meta.namespace.clone(),
+                name: obj.meta.name.clone(),
+                addresses: Vec::new(),
+                ports,
+                endpoints: vec![endpoint],
+                resolution: Resolution::Dns,
+                mesh_external: true,
+                export_to: obj
+                    .meta
+                    .annotations
+                    .get("networking.istio.io/exportTo")
+                    .map(|s| s.split(',').map(|s| s.trim().to_string()).collect())
+                    .unwrap_or_default(),
+                aliases: Vec::new(),
+                origin: obj.origin.clone(),
+            });
+        }
     }
 
     fn insert_service(&mut self, s: Service) {
@@ -848,6 +916,15 @@ impl<'a> Workloads<'a> {
     }
 }
 
+/// The `externalName` of a Kubernetes Service of type ExternalName.
+fn external_name(svc: &corev1::Service) -> Option<String> {
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() != Some("ExternalName") {
+        return None;
+    }
+    spec.external_name.clone().filter(|n| !n.is_empty()).map(|n| n.trim_end_matches('.').to_string())
+}
+
 fn kube_service(
     obj: &Object,
     svc: &corev1::Service,
@@ -955,7 +1032,12 @@ fn kube_service(
         addresses: spec.cluster_ip.iter().filter(|ip| ip.as_str() != "None" && !ip.is_empty()).cloned().collect(),
         ports,
         endpoints: eps,
-        resolution: Resolution::Static,
+        // Headless: no virtual IP; each endpoint is reached by its own address.
+        resolution: if spec.cluster_ip.as_deref() == Some("None") {
+            Resolution::Passthrough
+        } else {
+            Resolution::Static
+        },
         mesh_external: false,
         export_to: obj
             .meta
@@ -963,6 +1045,7 @@ fn kube_service(
             .get("networking.istio.io/exportTo")
             .map(|s| s.split(',').map(|s| s.trim().to_string()).collect())
             .unwrap_or_default(),
+        aliases: Vec::new(),
         origin: obj.origin.clone(),
     }
 }
@@ -1085,6 +1168,7 @@ fn service_entry_services(
                 resolution,
                 mesh_external: matches!(se.location, Some(ServiceEntryLocation::MeshExternal)),
                 export_to: se.export_to.clone().unwrap_or_default(),
+                aliases: Vec::new(),
                 origin: obj.origin.clone(),
             }
         })

@@ -47,12 +47,16 @@ fn same_but_endpoints(a: &Service, b: &Service) -> bool {
         name,
         addresses,
         ports,
-        endpoints: _,
+        endpoints,
         resolution,
         mesh_external,
         export_to,
+        aliases,
         origin,
     } = a;
+    // A headless service's endpoint addresses shape listeners (filter chains by pod
+    // address), so for it they are not endpoints only.
+    let headless_same = !a.is_headless() || *endpoints == b.endpoints;
     *hostname == b.hostname
         && *namespace == b.namespace
         && *name == b.name
@@ -61,7 +65,9 @@ fn same_but_endpoints(a: &Service, b: &Service) -> bool {
         && *resolution == b.resolution
         && *mesh_external == b.mesh_external
         && *export_to == b.export_to
+        && *aliases == b.aliases
         && *origin == b.origin
+        && headless_same
 }
 
 impl Snapshot {

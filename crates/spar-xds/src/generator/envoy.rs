@@ -263,10 +263,8 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 l.filter_chains = chains;
                 l.listener_filters = vec![tls_inspector()];
                 out.insert(type_url::LISTENER, name, &l);
-            } else if let Some(svc) = services.first() {
-                // One opaque-TCP service per bound port (the first by host name), routed by
-                // its VirtualService `tcp` rules when it has some.
-                let chains = tcp_chains(scope, port, svc);
+            } else if !services.is_empty() {
+                let chains = tcp_port_chains(scope, port, &services, !bind_to_port);
                 let mut l = listener(
                     name.clone(),
                     &egress.bind,
@@ -381,6 +379,65 @@ pub(super) fn cidr(s: &str) -> Option<xds_core::CidrRange> {
     let addr: IpAddr = ip.parse().ok()?;
     let len = len.unwrap_or(if addr.is_ipv4() { 32 } else { 128 });
     Some(xds_core::CidrRange { address_prefix: addr.to_string(), prefix_len: Some(UInt32Value { value: len }) })
+}
+
+/// Filter chains for an opaque TCP port that `services` share. Bound to an address (no
+/// capture) the destination is the proxy itself, so the port serves one service, the
+/// first by host name. Where traffic is captured, each service with addresses (its
+/// virtual IPs, or a headless service's pod addresses) gets its chains matched on the
+/// destination the client dialled, as istiod gives each its own `<VIP>_<port>` (or
+/// `<podIP>_<port>`) listener; the rest of the port's traffic goes to the first service
+/// without addresses, else where unknown destinations go (PassthroughCluster, or
+/// BlackHoleCluster under REGISTRY_ONLY).
+fn tcp_port_chains(
+    scope: &Scope<'_>,
+    port: u16,
+    services: &[&Service],
+    captured: bool,
+) -> Vec<xds_listener::FilterChain> {
+    if !captured {
+        return services.first().map(|svc| tcp_chains(scope, port, svc)).unwrap_or_default();
+    }
+    let mut chains = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut rest = None;
+    for svc in services {
+        let own = tcp_chains(scope, port, svc);
+        let destinations: Vec<xds_core::CidrRange> = if !svc.addresses.is_empty() {
+            svc.addresses.iter().filter_map(|a| cidr(a)).collect()
+        } else if svc.is_headless() {
+            svc.endpoints.iter().filter_map(|e| e.ip()).filter_map(|ip| cidr(&ip.to_string())).collect()
+        } else {
+            Vec::new()
+        };
+        if destinations.is_empty() {
+            rest.get_or_insert(own);
+            continue;
+        }
+        for mut c in own {
+            let m = c.filter_chain_match.get_or_insert_with(Default::default);
+            if m.prefix_ranges.is_empty() {
+                m.prefix_ranges = destinations.clone();
+            }
+            // Envoy refuses two chains with the same match; the first service keeps it.
+            if seen.insert(format!("{m:?}")) {
+                chains.push(c);
+            }
+        }
+    }
+    let rest = rest.unwrap_or_else(|| {
+        let cluster = if scope.registry_only { BLACKHOLE_CLUSTER } else { PASSTHROUGH_CLUSTER };
+        vec![xds_listener::FilterChain {
+            filters: vec![tcp_proxy(scope, cluster.into(), cluster.into())],
+            ..Default::default()
+        }]
+    });
+    for c in rest {
+        if seen.insert(format!("{:?}", c.filter_chain_match.clone().unwrap_or_default())) {
+            chains.push(c);
+        }
+    }
+    chains
 }
 
 /// Filter chains for an opaque TCP port: the service's VirtualService `tcp` rules in
@@ -624,6 +681,24 @@ fn istio_mtls(
     }
 }
 
+/// An ORIGINAL_DST cluster's hosts carry no metadata, so the `tlsMode` transport socket
+/// match cannot pick Istio mutual TLS for them: when every endpoint (of the subset) has
+/// a sidecar, mutual TLS is the cluster's socket; otherwise plaintext, as a client
+/// without auto mTLS would send.
+fn original_dst_mtls(svc: &Service, labels: &BTreeMap<String, String>, c: &mut xds_cluster::Cluster) {
+    let Some(tls) = c.transport_socket_matches.iter().find(|m| m.name == "tlsMode-istio") else { return };
+    let mut endpoints = svc.endpoints.iter().filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
+    let mut any = false;
+    if endpoints.all(|e| {
+        any = true;
+        e.istio_mtls
+    }) && any
+    {
+        c.transport_socket = tls.transport_socket.clone();
+    }
+    c.transport_socket_matches.clear();
+}
+
 /// `{tlsMode: istio}`, the transport-socket-match label of endpoints with sidecars.
 fn tls_mode_metadata() -> envoy_types::pb::google::protobuf::Struct {
     use envoy_types::pb::google::protobuf::{Value, value::Kind};
@@ -781,8 +856,16 @@ pub fn service_clusters(scope: &Scope<'_>, services: &[&std::sync::Arc<Service>]
                     // The tracer's OTLP/gRPC export needs HTTP/2 to the collector.
                     c.typed_extension_protocol_options = http2_options();
                 }
+                // A headless service is reached at the address the client dialled
+                // (ORIGINAL_DST) where traffic is captured; a gateway, or a sidecar
+                // without capture, has no such address and balances over the
+                // endpoints, as istiod does for gateways.
+                let by_eds = svc.resolution == Resolution::Static
+                    || (svc.is_headless()
+                        && (scope.proxy.kind == spar_model::ProxyKind::Router
+                            || scope.proxy.interception == InterceptionMode::None));
                 match svc.resolution {
-                    Resolution::Static => {
+                    Resolution::Static | Resolution::Passthrough if by_eds => {
                         c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(
                             xds_cluster::cluster::DiscoveryType::Eds as i32,
                         ));
@@ -804,7 +887,7 @@ pub fn service_clusters(scope: &Scope<'_>, services: &[&std::sync::Arc<Service>]
                         c.dns_lookup_family = xds_cluster::cluster::DnsLookupFamily::V4Preferred as i32;
                         c.load_assignment = Some(load_assignment(&name, svc, port.port, labels));
                     }
-                    Resolution::Passthrough => {
+                    Resolution::Static | Resolution::Passthrough => {
                         c.cluster_discovery_type = Some(xds_cluster::cluster::ClusterDiscoveryType::Type(
                             xds_cluster::cluster::DiscoveryType::OriginalDst as i32,
                         ));
@@ -853,6 +936,9 @@ pub fn service_clusters(scope: &Scope<'_>, services: &[&std::sync::Arc<Service>]
                     c.lb_policy = xds_cluster::cluster::LbPolicy::ClusterProvided as i32;
                 }
                 istio_mtls(scope, svc, port.port, subset, labels, effective.as_ref(), &mut c);
+                if svc.is_headless() && !by_eds {
+                    original_dst_mtls(svc, labels, &mut c);
+                }
                 if c.eds_cluster_config.is_some() {
                     let mut cla = load_assignment(&name, svc, port.port, labels);
                     if let Some(p) = effective.as_ref().filter(|p| p.outlier_detection.is_some()) {

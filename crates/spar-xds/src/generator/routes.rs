@@ -780,7 +780,16 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
     for svc in services {
         let mut domains = Vec::new();
         let mut names = short_forms(&svc.hostname, &scope.proxy.namespace, &scope.snap.mesh.domain);
+        // ExternalName Services aliasing this host route as it does (istiod's aliases).
+        for alias in &svc.aliases {
+            names.extend(short_forms(alias, &scope.proxy.namespace, &scope.snap.mesh.domain));
+        }
         names.extend(svc.addresses.iter().cloned());
+        // A headless service's pods by name (`web-0.web.ns.svc.cluster.local`, as a
+        // StatefulSet's pods are named), each reached at the address the client dialled.
+        if svc.is_headless() {
+            names.push(format!("*.{}", svc.hostname));
+        }
         for n in names {
             for d in [n.clone(), format!("{n}:{port}")] {
                 if used.insert(d.clone()) {

@@ -357,6 +357,132 @@ spec:
     }
 }
 
+const KUBE_KINDS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: pg-a}
+spec: {clusterIP: 10.96.0.1, ports: [{name: tcp-pg, port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pg-b}
+spec: {clusterIP: 10.96.0.2, ports: [{name: tcp-pg, port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kafka}
+spec: {clusterIP: None, selector: {app: kafka}, ports: [{name: tcp-kafka, port: 9092}, {name: http-admin, port: 8080}]}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: kafka}
+subsets: [{addresses: [{ip: 10.1.0.1}, {ip: 10.1.0.2}], ports: [{name: tcp-kafka, port: 9092}, {name: http-admin, port: 8080}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec: {hosts: [api.example.com], resolution: DNS, ports: [{number: 80, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api-alias}
+spec: {type: ExternalName, externalName: api.example.com}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy}
+spec: {type: ExternalName, externalName: legacy.example.org, ports: [{name: http, port: 8000}]}
+"#;
+
+fn chain_ranges(l: &Listener) -> Vec<(Vec<String>, String)> {
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy::ClusterSpecifier};
+    l.filter_chains
+        .iter()
+        .map(|c| {
+            let ranges = c
+                .filter_chain_match
+                .iter()
+                .flat_map(|m| m.prefix_ranges.iter())
+                .map(|r| format!("{}/{}", r.address_prefix, r.prefix_len.map_or(0, |l| l.value)))
+                .collect();
+            let Some(ConfigType::TypedConfig(any)) = &c.filters[0].config_type else { panic!("typed") };
+            let tp = TcpProxy::decode(any.value.as_slice()).expect("a TCP proxy");
+            let Some(ClusterSpecifier::Cluster(cluster)) = tp.cluster_specifier else { panic!("one cluster") };
+            (ranges, cluster)
+        })
+        .collect()
+}
+
+#[test]
+fn captured_tcp_ports_are_matched_by_destination_address_per_service_and_headless_pod() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+    let snap = mk_snapshot(KUBE_KINDS);
+    let captured = generate(&snap, &mk_proxy("10.0.0.5", serde_json::json!({"app": "client"}), "REDIRECT"));
+    let l: Listener = decode(&captured, type_url::LISTENER, "0.0.0.0_5432");
+    assert_eq!(
+        chain_ranges(&l),
+        [
+            (vec!["10.96.0.1/32".to_string()], "outbound|5432||pg-a.default.svc.cluster.local".to_string()),
+            (vec!["10.96.0.2/32".to_string()], "outbound|5432||pg-b.default.svc.cluster.local".to_string()),
+            (vec![], "PassthroughCluster".to_string()),
+        ],
+        "each service by its VIP, unknown destinations passed through"
+    );
+    let l: Listener = decode(&captured, type_url::LISTENER, "0.0.0.0_9092");
+    assert_eq!(
+        chain_ranges(&l),
+        [
+            (
+                vec!["10.1.0.1/32".to_string(), "10.1.0.2/32".to_string()],
+                "outbound|9092||kafka.default.svc.cluster.local".to_string()
+            ),
+            (vec![], "PassthroughCluster".to_string()),
+        ],
+        "a headless service by its pods' addresses"
+    );
+    let c: Cluster = decode(&captured, type_url::CLUSTER, "outbound|9092||kafka.default.svc.cluster.local");
+    assert_eq!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
+        "each connection to the pod the client dialled"
+    );
+    let rc: RouteConfiguration = decode(&captured, type_url::ROUTE, "8080");
+    let kafka = rc.virtual_hosts.iter().find(|v| v.name.starts_with("kafka")).expect("kafka's virtual host");
+    assert!(kafka.domains.contains(&"*.kafka.default.svc.cluster.local".to_string()), "{:?}", kafka.domains);
+
+    // Without capture there is no dialled address: one service per port, and a headless
+    // service is balanced over its pods by EDS (as istiod does for gateways).
+    let bound = generate(&snap, &mk_proxy("10.0.0.6", serde_json::json!({"app": "client"}), "NONE"));
+    let l: Listener = decode(&bound, type_url::LISTENER, "127.0.0.1_5432");
+    assert_eq!(chain_ranges(&l), [(vec![], "outbound|5432||pg-a.default.svc.cluster.local".to_string())]);
+    let c: Cluster = decode(&bound, type_url::CLUSTER, "outbound|9092||kafka.default.svc.cluster.local");
+    assert_eq!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)));
+    let cla: ClusterLoadAssignment =
+        decode(&bound, type_url::ENDPOINT, "outbound|9092||kafka.default.svc.cluster.local");
+    assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 2);
+}
+
+#[test]
+fn external_name_services_are_aliases_of_registry_hosts_or_dns_services() {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+    let snap = mk_snapshot(KUBE_KINDS);
+    let r = generate(&snap, &mk_proxy("10.0.0.6", serde_json::json!({"app": "client"}), "NONE"));
+    // api-alias names api.example.com, a registry host: its names route as that host.
+    let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "127.0.0.1:80");
+    let api = rc.virtual_hosts.iter().find(|v| v.domains.contains(&"api.example.com".to_string())).expect("api");
+    for d in ["api-alias", "api-alias.default.svc.cluster.local", "api-alias:80"] {
+        assert!(api.domains.contains(&d.to_string()), "{d} in {:?}", api.domains);
+    }
+    assert!(
+        !names(&r, type_url::CLUSTER).iter().any(|c| c.contains("api-alias")),
+        "an alias has no cluster of its own"
+    );
+    // legacy names a host outside the registry: a DNS service on its own ports.
+    let c: Cluster = decode(&r, type_url::CLUSTER, "outbound|8000||legacy.default.svc.cluster.local");
+    assert_eq!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)));
+    assert!(format!("{:?}", c.load_assignment).contains("legacy.example.org"), "{:?}", c.load_assignment);
+}
+
 #[test]
 fn sidecar_ingress_builds_inbound_listeners_and_clusters() {
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
