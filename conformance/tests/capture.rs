@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use spar_conformance::netns::Network;
-use spar_conformance::{Harness, Pod, wait_for};
+use spar_conformance::{Harness, Pod, both_variants_mod, wait_for};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -150,3 +150,109 @@ spec:
     assert!(n >= 5, "backend-v2's virtualInbound handled the requests: {}", stats.body);
     h.check_alive()
 }
+
+/// A pod without a sidecar running the echo app on `port`; returns its IP.
+async fn plain_pod(h: &mut Harness, net: &mut Network, name: &str, port: u16) -> anyhow::Result<IpAddr> {
+    let (ns, ip) = net.add_pod()?;
+    let log = std::fs::File::create(h.dir.join(format!("{name}.app.log")))?;
+    let child = Network::spawn(&ns, None, &tool()?, &["echo".into(), name.into(), format!("0.0.0.0:{port}")], log)?;
+    h.adopt(&format!("{name}-app"), child);
+    Ok(ip)
+}
+
+/// Captured opaque TCP as istiod routes it: two services sharing port 5432 are told
+/// apart by the cluster IP the client dialled (not all sent to the first), the pods of
+/// a headless service (a StatefulSet's Kafka brokers) are each reached at their own
+/// address (not balanced), and a destination no service claims passes through.
+async fn captured_tcp_by_destination(delta: bool) -> anyhow::Result<()> {
+    let id = 220 + u8::try_from(std::process::id() % 16).unwrap_or(0) * 2 + u8::from(delta);
+    let mut net = Network::new(id)?;
+    let mut h = Harness::new("capture-tcp", delta)?;
+    h.xds = std::net::SocketAddr::new(net.host_ip(), 15010);
+    // Pod IPs are allocated in order: .2 and .3 the databases, .4 and .5 the brokers,
+    // .6 a server outside the registry, .7 the client.
+    let ip = |n: u8| IpAddr::from([10, 123, id, n]);
+    h.write_config(
+        "mesh.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: db-a}}
+spec: {{clusterIP: 10.96.{id}.21, ports: [{{name: tcp-pg, port: 5432}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: db-a}}
+subsets: [{{addresses: [{{ip: "{a}"}}], ports: [{{name: tcp-pg, port: 5432}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: db-b}}
+spec: {{clusterIP: 10.96.{id}.22, ports: [{{name: tcp-pg, port: 5432}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: db-b}}
+subsets: [{{addresses: [{{ip: "{b}"}}], ports: [{{name: tcp-pg, port: 5432}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: kafka}}
+spec: {{clusterIP: None, ports: [{{name: tcp-kafka, port: 9092}}]}}
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {{name: kafka}}
+subsets: [{{addresses: [{{ip: "{k0}"}}, {{ip: "{k1}"}}], ports: [{{name: tcp-kafka, port: 9092}}]}}]
+"#,
+            a = ip(2),
+            b = ip(3),
+            k0 = ip(4),
+            k1 = ip(5)
+        ),
+    )?;
+    h.start_spar(&[]).await?;
+    plain_pod(&mut h, &mut net, "db-a", 5432).await?;
+    plain_pod(&mut h, &mut net, "db-b", 5432).await?;
+    plain_pod(&mut h, &mut net, "kafka-0", 9092).await?;
+    plain_pod(&mut h, &mut net, "kafka-1", 9092).await?;
+    plain_pod(&mut h, &mut net, "outside", 5432).await?;
+    let (client_ns, _) = captured_pod(&mut h, &mut net, "client", &[("app", "client")], None).await?;
+    let tool = tool()?;
+    let backend = |to: String| {
+        let (ns, tool) = (client_ns.clone(), tool.clone());
+        async move {
+            let out = Network::run(&ns, &tool, &["get", to.as_str(), "x"]).await?;
+            let v = serde_json::from_str::<serde_json::Value>(&out)?;
+            anyhow::Ok(v["backend"].as_str().unwrap_or_default().to_string())
+        }
+    };
+    wait_for(CONVERGE, "captured TCP to reach db-b by its cluster IP", || async {
+        backend(format!("10.96.{id}.22:5432")).await.is_ok_and(|b| b == "db-b")
+    })
+    .await?;
+    let cases = [
+        (format!("10.96.{id}.21:5432"), "db-a"),
+        (format!("10.96.{id}.22:5432"), "db-b"),
+        (format!("{}:9092", ip(4)), "kafka-0"),
+        (format!("{}:9092", ip(5)), "kafka-1"),
+        (format!("{}:5432", ip(6)), "outside"),
+    ];
+    for _ in 0..3 {
+        for (to, want) in &cases {
+            assert_eq!(backend(to.clone()).await?, *want, "{to}");
+        }
+    }
+    // Only the sidecar could have told these apart: its listener counted them.
+    let (_, stats) =
+        h_admin(ip(7), "/stats?filter=outbound.9092..kafka.default.svc.cluster.local.upstream_cx_total").await?;
+    assert!(stats.contains("upstream_cx_total: "), "the client's sidecar carried the broker connections: {stats}");
+    h.check_alive()
+}
+
+async fn h_admin(ip: IpAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let r = spar_conformance::http_request(std::net::SocketAddr::new(ip, 15000), "GET", "localhost", path, &[]).await?;
+    Ok((r.status, r.body))
+}
+
+both_variants_mod!(tcp_by_destination, captured_tcp_by_destination);

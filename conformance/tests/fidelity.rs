@@ -152,3 +152,57 @@ async fn dynamic_dns(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(dynamic_dns, dynamic_dns);
+
+/// Kubernetes ExternalName Services: one whose external name is a registry host is an
+/// alias of it (its names route as that host does, as istiod routes aliases since
+/// 1.21); one whose external name is outside the registry is a DNS service that
+/// resolves it, and a VirtualService bound to its name applies.
+async fn external_name(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("external-name", delta)?;
+    h.load_case("traffic")?;
+    h.write_config(
+        "external-name.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec: {hosts: [api.example], location: MESH_EXTERNAL, resolution: DNS, ports: [{number: 8000, name: http}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api-alias}
+spec: {type: ExternalName, externalName: api.example}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: legacy}
+spec: {type: ExternalName, externalName: legacy.example, ports: [{name: http, port: 8000}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: legacy}
+spec:
+  hosts: [legacy]
+  http: [{route: [{destination: {host: legacy}}], headers: {response: {set: {x-routed-by: legacy-vs}}}}]
+"#,
+    )?;
+    let (api, legacy) = (h.ip("api"), h.ip("legacy"));
+    h.etc_hosts = vec![("api.example".into(), api), ("legacy.example".into(), legacy)];
+    h.start_spar(&[]).await?;
+    h.start_echo("api", SocketAddr::new(api, 8000)).await?;
+    h.start_echo("legacy", SocketAddr::new(legacy, 8000)).await?;
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let to = SocketAddr::new(client.ip, 8000);
+    wait_for(CONVERGE, "the alias to route as its target", || async {
+        http_request(to, "GET", "api-alias", "/", &[]).await.is_ok_and(|r| r.backend() == Some("api"))
+    })
+    .await?;
+    let r = http_request(to, "GET", "api-alias.default.svc.cluster.local:8000", "/", &[]).await?;
+    assert_eq!(r.backend(), Some("api"), "the alias's full name: {r:?}");
+    let r = http_request(to, "GET", "legacy", "/", &[]).await?;
+    assert_eq!(r.backend(), Some("legacy"), "the external name, resolved: {r:?}");
+    assert_eq!(r.headers.get("x-routed-by").map(String::as_str), Some("legacy-vs"), "its VirtualService: {r:?}");
+    h.check_alive()
+}
+
+both_variants_mod!(external_name, external_name);
