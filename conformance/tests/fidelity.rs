@@ -2,6 +2,8 @@
 //! through real `spar serve` and stock Envoys. Every case runs over SotW and delta xDS.
 
 use std::net::SocketAddr;
+
+use anyhow::Context as _;
 use std::time::Duration;
 
 use spar_conformance::{Harness, Pod, both_variants_mod, http_request, wait_for, websocket_exchange};
@@ -206,3 +208,107 @@ spec:
 }
 
 both_variants_mod!(external_name, external_name);
+
+/// A backend that speaks HTTP and a raw line protocol on one port: an HTTP request gets
+/// `200` naming the backend; anything else is echoed back.
+async fn serve_dual(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else { continue };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let Ok(n) = s.read(&mut buf).await else { return };
+            if buf[..n].starts_with(b"GET ") {
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nx-echo-name: dual\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                return;
+            }
+            let _ = s.write_all(&buf[..n]).await;
+            let (mut r, mut w) = s.into_split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+    }
+}
+
+/// Protocol selection as istiod makes it: a port with no protocol (no name prefix, no
+/// `appProtocol`) is detected per connection by Envoy's stock `http_inspector`, so a
+/// VirtualService's `http` rules apply to HTTP on it while other bytes still pass as
+/// TCP; `appProtocol: http` makes a port HTTP whatever its name; an undeclared MySQL
+/// port (3306) is never sniffed, as istiod never does.
+async fn protocol_selection(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("protocol", delta)?;
+    h.load_case("traffic")?;
+    let ip = h.ip("dual");
+    h.write_config(
+        "protocols.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: dual}}
+spec: {{selector: {{app: dual}}, ports: [{{port: 9100}}, {{port: 3306, name: db}}, {{port: 9200, name: web, appProtocol: http}}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: dual}}
+spec: {{address: "{ip}", labels: {{app: dual}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: dual}}
+spec:
+  hosts: [dual]
+  http: [{{route: [{{destination: {{host: dual}}}}], headers: {{response: {{set: {{x-routed-by: dual-vs}}}}}}}}]
+"#
+        ),
+    )?;
+    h.start_spar(&[]).await?;
+    for port in [9100, 3306, 9200] {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await?;
+        tokio::spawn(serve_dual(listener));
+    }
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let sniffed = SocketAddr::new(client.ip, 9100);
+    wait_for(CONVERGE, "HTTP on the undeclared port through the VirtualService", || async {
+        http_request(sniffed, "GET", "dual", "/", &[]).await.is_ok_and(|r| {
+            r.status == 200
+                && r.backend() == Some("dual")
+                && r.headers.get("x-routed-by").is_some_and(|v| v == "dual-vs")
+        })
+    })
+    .await?;
+    // Not HTTP: the same port carries it as TCP, bytes both ways.
+    let raw = |port: u16| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(SocketAddr::new(client.ip, port)).await?;
+        s.write_all(b"PING raw bytes\n").await?;
+        let mut back = vec![0u8; 15];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await??;
+        anyhow::Ok(back)
+    };
+    assert_eq!(raw(9100).await.context("raw bytes on 9100")?, b"PING raw bytes\n", "TCP on the detected port");
+    assert_eq!(raw(3306).await.context("raw bytes on 3306")?, b"PING raw bytes\n", "TCP on the MySQL port");
+    let r = http_request(SocketAddr::new(client.ip, 9200), "GET", "dual", "/", &[]).await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.headers.get("x-routed-by").map(String::as_str), Some("dual-vs"), "appProtocol http: {r:?}");
+    let (_, dump) = client.admin_get("/config_dump?resource=dynamic_listeners").await?;
+    let listener = |port: u16| {
+        let v: serde_json::Value = serde_json::from_str(&dump).unwrap_or_default();
+        v["configs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == format!("{}_{port}", client.ip))
+            .map(|l| l["active_state"]["listener"].to_string())
+            .unwrap_or_default()
+    };
+    assert!(listener(9100).contains("envoy.filters.listener.http_inspector"), "detected: {}", listener(9100));
+    assert!(!listener(3306).contains("http_inspector") && !listener(3306).contains("http_connection_manager"));
+    assert!(!listener(9200).contains("http_inspector") && listener(9200).contains("http_connection_manager"));
+    h.check_alive()
+}
+
+both_variants_mod!(protocol_selection, protocol_selection);

@@ -216,7 +216,11 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
             None => {
                 for s in &egress.services {
                     for p in &s.ports {
-                        ports.entry(p.port).or_insert(p.protocol);
+                        let protocol = listener_protocol(p.port, p.protocol);
+                        ports
+                            .entry(p.port)
+                            .and_modify(|seen| *seen = port_protocol_conflict(*seen, protocol))
+                            .or_insert(protocol);
                     }
                 }
             }
@@ -262,6 +266,32 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 );
                 l.filter_chains = chains;
                 l.listener_filters = vec![tls_inspector()];
+                out.insert(type_url::LISTENER, name, &l);
+            } else if protocol == Protocol::Unknown && !services.is_empty() {
+                // Detected: HTTP/1.x and h2c by Envoy's http_inspector go through the
+                // port's routes (VirtualService `http` rules apply); the rest is TCP.
+                let route_name = if wildcard { port.to_string() } else { format!("{}:{port}", egress.bind) };
+                let rc = routes::route_config(scope, &route_name, port, &services);
+                out.insert(type_url::ROUTE, route_name.clone(), &rc);
+                let rds = xds_hcm::http_connection_manager::RouteSpecifier::Rds(xds_hcm::Rds {
+                    config_source: Some(ads()),
+                    route_config_name: route_name,
+                });
+                let http = hcm(scope, format!("outbound_{}_{port}", egress.bind), rds);
+                let tcp = tcp_port_chains(scope, port, &services, !bind_to_port);
+                let mut l = listener(
+                    name.clone(),
+                    &egress.bind,
+                    port,
+                    tcp_proxy(scope, String::new(), String::new()),
+                    bind_to_port,
+                );
+                l.filter_chains = sniffed_chains(http, tcp);
+                l.listener_filters = vec![http_inspector()];
+                // istiod's default protocolDetectionTimeout (0s): no timeout, so a
+                // server-first protocol on an undeclared port waits for the client.
+                l.listener_filters_timeout = Some(Duration { seconds: 0, nanos: 0 });
+                l.continue_on_listener_filters_timeout = true;
                 out.insert(type_url::LISTENER, name, &l);
             } else if !services.is_empty() {
                 let chains = tcp_port_chains(scope, port, &services, !bind_to_port);
@@ -379,6 +409,65 @@ pub(super) fn cidr(s: &str) -> Option<xds_core::CidrRange> {
     let addr: IpAddr = ip.parse().ok()?;
     let len = len.unwrap_or(if addr.is_ipv4() { 32 } else { 128 });
     Some(xds_core::CidrRange { address_prefix: addr.to_string(), prefix_len: Some(UInt32Value { value: len }) })
+}
+
+/// What a listener on `port` treats `protocol` as: an undeclared protocol is detected,
+/// except on the ports istiod never sniffs (SMTP, DNS, MySQL, MongoDB: server-first or
+/// not HTTP), which are TCP.
+fn listener_protocol(port: u16, protocol: Protocol) -> Protocol {
+    match (protocol, port) {
+        (Protocol::Unknown, 25 | 53 | 3306 | 27017) => Protocol::Tcp,
+        (p, _) => p,
+    }
+}
+
+/// The protocol of a port two services declare differently, as istiod settles it: HTTP
+/// and TCP on one port (or either with an undeclared one) is detected per connection;
+/// otherwise the first service's protocol stands.
+fn port_protocol_conflict(first: Protocol, other: Protocol) -> Protocol {
+    let plain = |p: Protocol| p.is_http() || matches!(p, Protocol::Tcp | Protocol::Unknown);
+    if first == other || !plain(first) || !plain(other) || (first.is_http() && other.is_http()) {
+        first
+    } else {
+        Protocol::Unknown
+    }
+}
+
+/// Envoy's stock HTTP inspector: sets the connection's application protocol to
+/// `http/1.0`, `http/1.1` or `h2c` when its first bytes are HTTP.
+fn http_inspector() -> xds_listener::ListenerFilter {
+    xds_listener::ListenerFilter {
+        name: "envoy.filters.listener.http_inspector".into(),
+        config_type: Some(xds_listener::listener_filter::ConfigType::TypedConfig(pack_any(
+            envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+/// A detected port's chains: the HTTP connection manager for connections the inspector
+/// found HTTP in (`http/1.1`, `h2c`, as istiod matches them), once per destination the
+/// TCP chains match on (the most specific destination wins before the protocol is
+/// looked at), then the TCP chains for everything else.
+fn sniffed_chains(http: xds_listener::Filter, tcp: Vec<xds_listener::FilterChain>) -> Vec<xds_listener::FilterChain> {
+    let mut chains = Vec::new();
+    let mut seen = BTreeSet::new();
+    for c in &tcp {
+        let ranges = c.filter_chain_match.as_ref().map(|m| m.prefix_ranges.clone()).unwrap_or_default();
+        if seen.insert(format!("{ranges:?}")) {
+            chains.push(xds_listener::FilterChain {
+                filter_chain_match: Some(xds_listener::FilterChainMatch {
+                    prefix_ranges: ranges,
+                    application_protocols: vec!["http/1.1".into(), "h2c".into()],
+                    ..Default::default()
+                }),
+                filters: vec![http.clone()],
+                ..Default::default()
+            });
+        }
+    }
+    chains.extend(tcp);
+    chains
 }
 
 /// Filter chains for an opaque TCP port that `services` share. Bound to an address (no
@@ -603,6 +692,26 @@ fn http2_options() -> std::collections::HashMap<String, Any> {
     )])
 }
 
+/// A port whose protocol is detected: HTTP requests go upstream in the protocol the
+/// client used (HTTP/1.1 or HTTP/2), as istiod configures such clusters.
+fn downstream_protocol_options() -> std::collections::HashMap<String, Any> {
+    use xds_upstream_http::http_protocol_options::{UpstreamProtocolOptions, UseDownstreamHttpConfig};
+    let opts = xds_upstream_http::HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            UseDownstreamHttpConfig {
+                http_protocol_options: Some(xds_core::Http1ProtocolOptions::default()),
+                http2_protocol_options: Some(xds_core::Http2ProtocolOptions::default()),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    std::collections::HashMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        pack_any(opts),
+    )])
+}
+
 fn base_cluster(name: String, protocol: Protocol) -> xds_cluster::Cluster {
     xds_cluster::Cluster {
         name,
@@ -610,6 +719,8 @@ fn base_cluster(name: String, protocol: Protocol) -> xds_cluster::Cluster {
         circuit_breakers: Some(thresholds()),
         typed_extension_protocol_options: if protocol.is_http2() {
             http2_options()
+        } else if protocol == Protocol::Unknown {
+            downstream_protocol_options()
         } else {
             std::collections::HashMap::new()
         },
