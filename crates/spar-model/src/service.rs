@@ -29,21 +29,27 @@ pub enum Protocol {
 impl Protocol {
     /// Parses Istio's protocol names (`HTTP`, `http2`, `GRPC`, ...). Case-insensitive.
     pub fn parse(s: &str) -> Protocol {
+        // istiod's names (`protocol.Parse`) and Kubernetes' `appProtocol` values. gRPC-Web
+        // is HTTP/1.1 as istiod treats it; UDP and the rest are not HTTP or TCP.
         match s.to_ascii_lowercase().as_str() {
-            "http" | "http-web" => Protocol::Http,
-            "http2" | "h2c" | "kubernetes.io/h2c" => Protocol::Http2,
-            "grpc" | "grpc-web" => Protocol::Grpc,
+            "http" | "http_proxy" | "grpc-web" | "kubernetes.io/ws" => Protocol::Http,
+            "http2" | "kubernetes.io/h2c" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
             "tcp" | "mongo" | "mysql" | "redis" => Protocol::Tcp,
             "tls" => Protocol::Tls,
-            "https" => Protocol::Https,
+            "https" | "kubernetes.io/wss" => Protocol::Https,
             _ => Protocol::Unknown,
         }
     }
 
-    /// Protocol of a port from `appProtocol`, else the port name's prefix before `-`.
+    /// Protocol of a port from `appProtocol`, else the port name's prefix before `-`
+    /// (`grpc-web` whole, as istiod reads it first).
     pub fn from_port(name: &str, app_protocol: Option<&str>) -> Protocol {
         if let Some(p) = app_protocol.map(Protocol::parse).filter(|p| *p != Protocol::Unknown) {
             return p;
+        }
+        if name.to_ascii_lowercase().starts_with("grpc-web") {
+            return Protocol::Http;
         }
         Protocol::parse(name.split('-').next().unwrap_or(name))
     }
@@ -183,4 +189,37 @@ impl Service {
 /// Istio's `exportTo` check: empty means everywhere; `.` means the object's namespace.
 pub fn export_allows(export_to: &[String], own_ns: &str, ns: &str) -> bool {
     export_to.is_empty() || export_to.iter().any(|e| e == "*" || e == ns || (e == "." && own_ns == ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Protocol;
+
+    #[test]
+    fn port_protocols_are_read_as_istiod_reads_them() {
+        let cases = [
+            ("http-web", None, Protocol::Http),
+            ("http2-x", None, Protocol::Http2),
+            ("grpc-api", None, Protocol::Grpc),
+            ("grpc-web-ui", None, Protocol::Http),
+            ("HTTPS", None, Protocol::Https),
+            ("tls-x", None, Protocol::Tls),
+            ("mysql", None, Protocol::Tcp),
+            ("mongo-db", None, Protocol::Tcp),
+            ("redis", None, Protocol::Tcp),
+            ("h2c", None, Protocol::Unknown),
+            ("web", None, Protocol::Unknown),
+            ("", None, Protocol::Unknown),
+            ("udp-dns", None, Protocol::Unknown),
+            ("web", Some("http"), Protocol::Http),
+            ("web", Some("kubernetes.io/h2c"), Protocol::Http2),
+            ("web", Some("kubernetes.io/ws"), Protocol::Http),
+            ("web", Some("kubernetes.io/wss"), Protocol::Https),
+            ("tcp-x", Some("grpc"), Protocol::Grpc),
+            ("grpc-x", Some("something-else"), Protocol::Grpc),
+        ];
+        for (name, app, want) in cases {
+            assert_eq!(Protocol::from_port(name, app), want, "{name:?} appProtocol {app:?}");
+        }
+    }
 }
