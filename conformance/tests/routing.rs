@@ -318,6 +318,10 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
         "NACK names the proxy and type: {nack_line}"
     );
     assert!(nack_line.contains("192.0.2.1"), "NACK carries Envoy's error detail: {nack_line}");
+    // It says what Envoy did: refused the new listener, applied the rest; and which
+    // Istio object produced it.
+    assert!(nack_line.contains("Envoy refused 192.0.2.1_9999"), "{nack_line}");
+    assert!(nack_line.contains("sidecar-client.yaml:1"), "NACK points at the Sidecar: {nack_line}");
     // The proxy keeps serving with its last good listeners and routes.
     let counts = tally(outbound(&client), "backend", "/", &[], 20).await?;
     assert_eq!(counts.get("backend-v2"), Some(&20), "last good config still applies: {counts:?}");
@@ -327,6 +331,7 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
     let line = status.lines().find(|l| l.contains(&format!("~{}~", client.ip))).unwrap_or_default().to_string();
     assert!(line.contains("NACKED"), "proxy-status shows the NACK:\n{status}");
     assert!(status.contains("lds NACK:") && status.contains("192.0.2.1"), "{status}");
+    assert!(status.contains("Envoy refused 192.0.2.1_9999") && status.contains("from "), "{status}");
     let metrics = spar_conformance::http_request(h.debug_address(), "GET", "spar", "/metrics", &[]).await?.body;
     let rejects: u64 = metrics
         .lines()
@@ -337,6 +342,23 @@ async fn nack(delta: bool) -> anyhow::Result<()> {
     // `spar wait` fails at once, naming the proxy, the type and Envoy's reason.
     let (ok, out) = h.spar_wait("20s").await?;
     assert!(!ok && out.contains("rejected (NACK)") && out.contains("lds") && out.contains("192.0.2.1"), "{out}");
+
+    // Only the unbindable listener left. Over SotW the update is the whole set again:
+    // Envoy refuses the bad listener once more and removes the old one anyway (removals
+    // are part of what it applies), and Spar says that listener is gone rather than
+    // claiming the last good config is kept. (Over delta the update is the removal
+    // alone, which Envoy accepts.) Either way it is gone: the client has no route.
+    let ip = h.ip("client");
+    let only_bad = client_sidecar(&mut h, true).replace(&format!("  - {{bind: \"{ip}\", hosts: [\"./*\"]}}\n"), "");
+    h.write_config("sidecar-client.yaml", &only_bad)?;
+    if !delta {
+        let gone = format!("removed, so now gone: {ip}_9080");
+        wait_for(CONVERGE, "spar to say the listener is gone", || async { h.spar_log().contains(&gone) }).await?;
+    }
+    wait_for(CONVERGE, "the client's listener to be gone", || async {
+        http_request(SocketAddr::new(client.ip, 9080), "GET", "backend", "/", &[]).await.is_err()
+    })
+    .await?;
 
     // Spar is not stuck on the rejected version: fixing the Sidecar and changing the
     // routes converges.

@@ -209,6 +209,12 @@ async fn one_leader_at_a_time_and_a_successor_after_expiry() {
 async fn status_says_whether_each_resource_was_applied_and_why_not() {
     let server = FakeApiServer::start().await.expect("fake API server");
     install_crds(&server, &[]);
+    // The host the VirtualServices route to exists: a route to a missing host is a
+    // warning of its own (a dangling reference).
+    server
+        .apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 9080}]}}))
+        .expect("service");
     server.apply(vs("reviews", "reviews")).expect("vs");
     // A second VirtualService for the same host: applied, but sidecars use the older one.
     let mut dup = vs("reviews-too", "reviews");

@@ -56,7 +56,9 @@ impl Rejections {
             message.push_str("...");
         }
         let says = format!("rejected by proxy {} ({}): {message}", proxy.id, type_url::short(type_url));
-        let entries = culprits(snap, proxy, type_url, nack).into_iter().map(|u| (u, says.clone())).collect();
+        let units: BTreeSet<String> =
+            culprits(snap, proxy, type_url, nack).into_iter().map(|o| o.file.to_string()).collect();
+        let entries = units.into_iter().map(|u| (u, says.clone())).collect();
         self.lock().insert((stream, type_url.to_string()), entries);
         self.publish();
     }
@@ -94,9 +96,10 @@ impl Rejections {
     }
 }
 
-/// The store units of the objects that likely caused `nack`.
-pub fn culprits(snap: &Snapshot, proxy: &Proxy, type_url: &str, nack: &Nack) -> BTreeSet<String> {
-    let named: Vec<&String> = nack.resources.iter().filter(|r| nack.message.contains(r.as_str())).collect();
+/// Where the objects that likely caused `nack` are defined (file:line; the file is the
+/// store unit).
+pub fn culprits(snap: &Snapshot, proxy: &Proxy, type_url: &str, nack: &Nack) -> BTreeSet<spar_api::Origin> {
+    let named: Vec<&String> = nack.resources.iter().filter(|r| crate::conn::names(&nack.message, r.as_str())).collect();
     let resources: Vec<&String> = if named.is_empty() { nack.resources.iter().collect() } else { named };
     let mut out = BTreeSet::new();
     let mut hosts: BTreeSet<&str> = BTreeSet::new();
@@ -108,13 +111,13 @@ pub fn culprits(snap: &Snapshot, proxy: &Proxy, type_url: &str, nack: &Nack) -> 
                 let egress = s.spec.egress.iter().flatten().map(|e| e.bind.as_deref());
                 let ingress = s.spec.ingress.iter().flatten().map(|i| i.bind.as_deref());
                 if egress.chain(ingress).flatten().any(|b| b == address) {
-                    out.insert(s.origin.file.to_string());
+                    out.insert(s.origin.clone());
                 }
             }
             if proxy.kind == ProxyKind::Router {
                 for g in &snap.gateways {
                     if g.spec.servers.iter().flatten().any(|srv| srv.port.number == port) {
-                        out.insert(g.origin.file.to_string());
+                        out.insert(g.origin.clone());
                     }
                 }
             }
@@ -124,18 +127,18 @@ pub fn culprits(snap: &Snapshot, proxy: &Proxy, type_url: &str, nack: &Nack) -> 
     }
     for (dr, host) in &snap.destination_rules {
         if hosts.contains(host.as_str()) || mentioned(&nack.message, host) {
-            out.insert(dr.origin.file.to_string());
+            out.insert(dr.origin.clone());
         }
     }
     for (vs, vs_hosts) in &snap.virtual_services {
         if vs_hosts.iter().any(|h| mentioned(&nack.message, h)) {
-            out.insert(vs.origin.file.to_string());
+            out.insert(vs.origin.clone());
         }
     }
     // Services: ServiceEntries among them (Kubernetes Services get no status).
     for svc in snap.services.values() {
         if hosts.contains(svc.hostname.as_str()) || mentioned(&nack.message, &svc.hostname) {
-            out.insert(svc.origin.file.to_string());
+            out.insert(svc.origin.clone());
         }
     }
     out

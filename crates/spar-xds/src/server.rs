@@ -174,6 +174,10 @@ pub struct NackInfo {
     pub version: String,
     /// Envoy's error detail.
     pub message: String,
+    /// What Envoy did with the response ([`crate::conn::Nack::outcome`]).
+    pub outcome: String,
+    /// Where the Istio objects that likely produced the refused resources are (file:line).
+    pub from: Vec<String>,
     /// Seconds since the epoch.
     pub at: u64,
 }
@@ -280,15 +284,17 @@ impl SyncRegistry {
             sync.acked_at = secs(st.acked_at);
             sync.acked_at_ms = millis(st.acked_at);
             match (&mut sync.nack, &st.last_nack) {
-                (Some(shown), Some(n)) => {
-                    shown.version.clone_from(&n.version);
-                    shown.message.clone_from(&n.message);
-                    shown.at = secs(Some(n.at)).unwrap_or(0);
+                (Some(shown), Some(n)) if shown.version == n.version && shown.at == secs(Some(n.at)).unwrap_or(0) => {
+                    if shown.from != n.from {
+                        shown.from.clone_from(&n.from);
+                    }
                 }
                 (shown, n) => {
                     *shown = n.as_ref().map(|n| NackInfo {
                         version: n.version.clone(),
                         message: n.message.clone(),
+                        outcome: n.outcome(t),
+                        from: n.from.clone(),
                         at: secs(Some(n.at)).unwrap_or(0),
                     });
                 }
@@ -791,14 +797,21 @@ impl StreamTask {
                 }
                 Event::Nack { type_url, nack } => {
                     self.metrics.rejects.fetch_add(1, Ordering::Relaxed);
+                    let from: Vec<String> = crate::rejections::culprits(snapshot, &self.proxy, &type_url, &nack)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    let outcome = nack.outcome(&type_url);
                     warn!(
                         proxy = %self.proxy.id,
                         r#type = type_url::short(&type_url),
                         version = %nack.version,
-                        resources = %nack.resources.join(","),
+                        refused = %nack.refused().join(","),
+                        from = %from.join(","),
                         error = %nack.message,
-                        "NACK: proxy rejected config and keeps its last good version"
+                        "NACK: {outcome}"
                     );
+                    conn.note_nack_origins(&type_url, from);
                     self.rejections.record(stream, &type_url, &self.proxy, snapshot, &nack);
                 }
                 Event::StaleNonce { type_url } => {

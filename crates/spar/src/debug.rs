@@ -545,6 +545,14 @@ pub async fn proxy_status(address: &str, format: impl Into<StatusFormat>) -> any
                     println!("    {t} NACK* (from a proxy that proved no identity; not believed): {msg}");
                 } else {
                     println!("    {t} NACK: {msg}");
+                    if let Some(outcome) = st["nack"]["outcome"].as_str() {
+                        println!("      {outcome}");
+                    }
+                    let from: Vec<&str> =
+                        st["nack"]["from"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
+                    if !from.is_empty() {
+                        println!("      from {}", from.join(", "));
+                    }
                 }
             }
         }

@@ -533,3 +533,82 @@ fn layers_of_one_snapshot_share_identical_resources() {
     let swapped = again.changed_since_for_tests(type_url::CLUSTER);
     assert!(Arc::ptr_eq(&swapped[0], &clusters(&third, "c")), "the change list holds the shared copy");
 }
+
+fn mk_listeners(names: &[&str]) -> Arc<ProxyResources> {
+    let mut r = ProxyResources::default();
+    for name in names {
+        let l = envoy_types::pb::envoy::config::listener::v3::Listener { name: name.to_string(), ..Default::default() };
+        r.insert(type_url::LISTENER, *name, &l);
+    }
+    Arc::new(r)
+}
+
+fn nack_of(c: &mut Connection) -> Nack {
+    let events = c.take_events();
+    let Some(Event::Nack { nack, .. }) = events.into_iter().find(|e| matches!(e, Event::Nack { .. })) else {
+        panic!("a NACK event")
+    };
+    nack
+}
+
+fn rejected(message: &str) -> RpcStatus {
+    RpcStatus { code: 13, message: message.into(), ..Default::default() }
+}
+
+#[test]
+fn a_sotw_listener_nack_says_what_envoy_refused_applied_and_removed() {
+    let mut c = Connection::new(Variant::Sotw, mk_listeners(&["10.0.0.1_80", "10.0.0.1_9080"]));
+    let r = sotw(&c.handle_sotw(mk_sotw(type_url::LISTENER, &[], "", ""))[0]).clone();
+    c.handle_sotw(mk_sotw(type_url::LISTENER, &[], &r.version_info, &r.nonce));
+    // The next generation moves 9080 to an address Envoy cannot bind and adds 8080.
+    let r = sotw(&c.on_resources(mk_listeners(&["10.0.0.1_80", "10.0.0.1_8080", "192.0.2.1_9080"]))[0]).clone();
+    let mut nack = mk_sotw(type_url::LISTENER, &[], &r.version_info, &r.nonce);
+    nack.error_detail = Some(rejected("Error adding/updating listener(s) 192.0.2.1_9080: cannot bind"));
+    c.handle_sotw(nack);
+    let n = nack_of(&mut c);
+    assert_eq!(n.refused(), ["192.0.2.1_9080"]);
+    assert_eq!(n.removed, ["10.0.0.1_9080"], "what the proxy held and the response left out");
+    assert_eq!(
+        n.outcome(type_url::LISTENER),
+        "Envoy refused 192.0.2.1_9080 (listeners it held keep their previous version, new ones are absent) and \
+         applied the other 2 of the response; removed, so now gone: 10.0.0.1_9080"
+    );
+    // What the proxy holds now is what the next NACK is measured from.
+    let r = sotw(&c.on_resources(mk_listeners(&["192.0.2.1_9080"]))[0]).clone();
+    let mut nack = mk_sotw(type_url::LISTENER, &[], &r.version_info, &r.nonce);
+    nack.error_detail = Some(rejected("Error adding/updating listener(s) 192.0.2.1_9080: cannot bind"));
+    c.handle_sotw(nack);
+    assert_eq!(nack_of(&mut c).removed, ["10.0.0.1_80", "10.0.0.1_8080"]);
+}
+
+#[test]
+fn refused_resources_are_named_whole_in_envoys_message() {
+    let n = Nack {
+        version: "1".into(),
+        nonce: "n".into(),
+        message: "Error adding/updating listener(s) 10.0.0.1_8080: duplicate".into(),
+        resources: vec!["10.0.0.1_80".into(), "10.0.0.1_8080".into(), "0.0.0.1_8080".into()],
+        removed: Vec::new(),
+        from: Vec::new(),
+        at: SystemTime::now(),
+    };
+    assert_eq!(n.refused(), ["10.0.0.1_8080"]);
+    assert_eq!(
+        n.outcome(type_url::ROUTE),
+        "Envoy refused the response: it keeps the versions it held of 10.0.0.1_8080"
+    );
+}
+
+#[test]
+fn a_delta_listener_nack_names_the_removals_of_the_response() {
+    let mut c = Connection::new(Variant::Delta, mk_listeners(&["a_80", "b_80"]));
+    let r = delta(&c.handle_delta(mk_delta(type_url::LISTENER, &[], &[], ""))[0]).clone();
+    c.handle_delta(mk_delta(type_url::LISTENER, &[], &[], &r.nonce));
+    let r = delta(&c.on_resources(mk_listeners(&["a_80", "c_80"]))[0]).clone();
+    assert_eq!(r.removed_resources, ["b_80"]);
+    let mut nack = mk_delta(type_url::LISTENER, &[], &[], &r.nonce);
+    nack.error_detail = Some(rejected("Error adding/updating listener(s) c_80: bad"));
+    c.handle_delta(nack);
+    let n = nack_of(&mut c);
+    assert_eq!((n.refused(), n.removed.clone()), (vec!["c_80"], vec!["b_80".to_string()]));
+}
