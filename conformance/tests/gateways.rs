@@ -52,6 +52,37 @@ async fn ingress_samples(delta: bool) -> anyhow::Result<()> {
         let r = http_request(to, "GET", "any.example.com", path, &[]).await?;
         assert_eq!(r.backend(), Some(backend), "{path}: {r:?}");
     }
+    // `spar explain` follows the gateway as Envoy does, from the same directory: the
+    // Gateway and the VirtualService named, the cluster real requests reach, and a
+    // non-zero exit for a request nothing would serve (a port no Gateway opens).
+    let explain = |path: &'static str| {
+        let (dir, ip) = (h.config_dir(), gw.ip.to_string());
+        async move {
+            let out = tokio::process::Command::new(spar_conformance::spar_bin()?)
+                .args(["explain", "ingress-gw", "--router", "--ip", &ip, "--namespace", "istio-system"])
+                .args(["--labels", "istio=ingressgateway", "-o", "json", "--config"])
+                .arg(dir)
+                .args(["--request", &format!("http://any.example.com{path}")])
+                .output()
+                .await?;
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            anyhow::Ok((out.status.success(), v))
+        }
+    };
+    let (ok, answer) = explain(":8080/hello").await?;
+    assert!(ok, "{answer}");
+    assert_eq!(
+        answer["explanation"]["clusters"][0]["name"], "outbound|5000||helloworld.default.svc.cluster.local",
+        "{answer}"
+    );
+    let names = |k: &str| answer["policies"][k].to_string();
+    assert!(names("gateways").contains("Gateway default/helloworld-gateway"), "{answer}");
+    assert!(names("virtual_services").contains("VirtualService default/helloworld"), "{answer}");
+    let (ok, answer) = explain(":9999/").await?;
+    assert!(!ok && answer["fails"].as_str().is_some_and(|f| f.contains("no listener")), "{answer}");
+    let real = http_request(SocketAddr::new(gw.ip, 9999), "GET", "any.example.com", "/", &[]).await;
+    assert!(real.is_err(), "nothing listens there: {real:?}");
+
     // istiod's names: the listener and route config for the pod's port 8080.
     let (_, dump) = gw.admin_get("/config_dump?resource=dynamic_listeners").await?;
     assert!(dump.contains("\"0.0.0.0_8080\"") || dump.contains(&format!("\"{}_8080\"", gw.ip)), "{dump}");

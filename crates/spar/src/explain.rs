@@ -174,7 +174,10 @@ fn parse_request(url: &str, headers: &[String], method: &str) -> anyhow::Result<
 struct Policies {
     /// Client side: the proxy's Sidecar.
     sidecar: Option<String>,
-    /// Client side: VirtualServices for the host.
+    /// A gateway: the Gateways that select it and serve the request's host.
+    gateways: Vec<String>,
+    /// Client side: VirtualServices for the host (a gateway's: those bound to its
+    /// Gateways).
     virtual_services: Vec<String>,
     /// Client side, per destination service: its DestinationRule.
     destination_rules: Vec<String>,
@@ -211,11 +214,16 @@ fn outbound_parts(cluster: &str) -> Option<(u16, &str)> {
 }
 
 fn policies(snap: &Snapshot, proxy: &Proxy, req: &Request, ex: &Explanation) -> Policies {
-    let mut out = Policies { sidecar: snap.sidecar_for(proxy).map(|s| label(s, "Sidecar")), ..Default::default() };
+    let mut out = Policies::default();
     let host = spar_xds::explain::strip_port(&req.authority);
     let fqdn = spar_model::resolve_host(host, &proxy.namespace, &snap.mesh.domain);
-    out.virtual_services =
-        snap.virtual_services_for(&proxy.namespace, &fqdn).map(|c| label(c, "VirtualService")).collect();
+    if proxy.kind == ProxyKind::Router {
+        gateway_policies(snap, proxy, host, &mut out);
+    } else {
+        out.sidecar = snap.sidecar_for(proxy).map(|s| label(s, "Sidecar"));
+        out.virtual_services =
+            snap.virtual_services_for(&proxy.namespace, &fqdn).map(|c| label(c, "VirtualService")).collect();
+    }
     let mut seen_services = BTreeSet::new();
     let mut seen_workloads = BTreeSet::new();
     for c in &ex.clusters {
@@ -229,6 +237,58 @@ fn policies(snap: &Snapshot, proxy: &Proxy, req: &Request, ex: &Explanation) -> 
         destinations(snap, svc, port, c, &mut seen_workloads, &mut out);
     }
     out
+}
+
+/// A gateway's side: the Gateways selecting `proxy` with a server for `host`, and the
+/// VirtualServices bound to them for that host (istiod's selection, any namespace).
+fn gateway_policies(snap: &Snapshot, proxy: &Proxy, host: &str, out: &mut Policies) {
+    let server_host = |h: &str| h.split_once('/').map_or(h, |(_, h)| h).to_string();
+    let gateways: Vec<_> = snap
+        .gateways
+        .iter()
+        .filter(|g| g.spec.selector.as_ref().is_some_and(|sel| spar_model::selects(sel, &proxy.labels)))
+        .filter(|g| {
+            g.spec.servers.iter().flatten().flat_map(|s| s.hosts.iter()).any(|h| {
+                let h = server_host(h);
+                spar_model::host_matches(&h, host)
+            })
+        })
+        .collect();
+    out.gateways = gateways.iter().map(|g| label(g, "Gateway")).collect();
+    for (vs, hosts) in &snap.virtual_services {
+        let bound = vs
+            .spec
+            .gateways
+            .iter()
+            .flatten()
+            .any(|r| gateways.iter().any(|g| spar_model::gateway_ref_is(r, &vs.namespace, &g.namespace, &g.name)));
+        if bound && hosts.iter().any(|h| spar_model::host_matches(h, host)) {
+            out.virtual_services.push(label(vs, "VirtualService"));
+        }
+    }
+}
+
+/// Why the request would fail, if it would: no listener, no route, an error status,
+/// a cluster Envoy does not have, no endpoints, or a refused connection.
+fn failure(ex: &Explanation, pol: &Policies) -> Option<String> {
+    if let Some(o) = &ex.outcome {
+        return Some(o.clone());
+    }
+    if let Some(code) = ex.action.strip_prefix("direct_response ").and_then(|c| c.parse::<u16>().ok())
+        && code >= 400
+    {
+        return Some(format!("the route answers {code}"));
+    }
+    if let Some(c) = ex.clusters.iter().find(|c| !c.exists) {
+        return Some(format!("cluster {} does not exist: Envoy answers 503 (NC)", c.name));
+    }
+    if ex.action == "forward"
+        && !ex.clusters.is_empty()
+        && ex.clusters.iter().all(|c| c.discovery == "EDS" && c.endpoints.is_empty())
+    {
+        return Some("no endpoints: Envoy answers 503 (UH, no healthy upstream)".into());
+    }
+    pol.warnings.iter().find(|w| w.contains("would be refused")).cloned()
 }
 
 fn destinations(
@@ -379,16 +439,21 @@ pub fn run(a: &ExplainArgs) -> anyhow::Result<()> {
     });
     let ex = spar_xds::explain::explain(&res, &req);
     let pol = policies(&snap, &proxy, &req, &ex);
+    let fails = failure(&ex, &pol);
     if a.output == "json" {
         let out = serde_json::json!({"proxy": proxy.id, "request": {
             "method": req.method, "authority": req.authority, "port": req.port, "path": req.path,
             "headers": req.headers, "address": req.address,
-        }, "explanation": ex, "policies": pol});
+        }, "explanation": ex, "policies": pol, "fails": fails});
         println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+    } else {
+        print_explanation(&proxy, &req, &ex, &pol);
     }
-    print_explanation(&proxy, &req, &ex, &pol);
-    Ok(())
+    // Non-zero for CI: the request would not be served.
+    match fails {
+        Some(why) => bail!("the request would fail: {why}"),
+        None => Ok(()),
+    }
 }
 
 fn paths(p: &[PathBuf]) -> String {
@@ -444,7 +509,12 @@ fn print_explanation(proxy: &Proxy, req: &Request, ex: &Explanation, pol: &Polic
         line("outcome", o);
     }
     println!("policies");
-    line("sidecar", &opt(&pol.sidecar));
+    if pol.gateways.is_empty() {
+        line("sidecar", &opt(&pol.sidecar));
+    }
+    for g in &pol.gateways {
+        line("gateway", g);
+    }
     for v in &pol.virtual_services {
         line("routing", v);
     }
