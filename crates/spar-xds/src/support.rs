@@ -136,6 +136,8 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
             "spec.rules[].from[].source.notRequestPrincipals",
             "spec.rules[].from[].source.namespaces",
             "spec.rules[].from[].source.notNamespaces",
+            "spec.rules[].from[].source.trustDomains",
+            "spec.rules[].from[].source.notTrustDomains",
             "spec.rules[].from[].source.serviceAccounts",
             "spec.rules[].from[].source.notServiceAccounts",
             "spec.rules[].from[].source.ipBlocks",
@@ -182,7 +184,18 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
             "spec.servers[].tls.cipherSuites",
             "spec.servers[].tls.ecdhCurves",
         ],
-        Kind::Telemetry => &["spec.selector", "spec.accessLogging[].providers", "spec.accessLogging[].disabled"],
+        Kind::Telemetry => &[
+            "spec.selector",
+            "spec.accessLogging[].providers",
+            "spec.accessLogging[].disabled",
+            "spec.tracing[].providers",
+            "spec.tracing[].randomSamplingPercentage",
+            "spec.tracing[].disableSpanReporting",
+            "spec.tracing[].customTags",
+            "spec.tracing[].enableIstioTags",
+            "spec.tracing[].match",
+            "spec.tracing[].useRequestIdForTraceSampling",
+        ],
         // Kubernetes kinds: everything Spar needs is read; nothing to report.
         Kind::Service
         | Kind::Endpoints

@@ -592,6 +592,19 @@ fn glob_regex(v: &str) -> String {
     v.split('*').map(regex_escape).collect::<Vec<_>>().join(".*")
 }
 
+/// `trustDomains`: the peer's SPIFFE URI is in that trust domain (`*` wildcards at
+/// either end of the domain, as validation allows).
+fn trust_domain_princ(td: &str) -> Princ {
+    if !td.contains('*') {
+        return authenticated(xds_matcher::StringMatcher {
+            match_pattern: Some(xds_matcher::string_matcher::MatchPattern::Prefix(format!("spiffe://{td}/"))),
+            ignore_case: false,
+        });
+    }
+    let domain = td.split('*').map(regex_escape).collect::<Vec<_>>().join("[^/]*");
+    authenticated(regex_matcher(format!("spiffe://{domain}/.*")))
+}
+
 fn namespace_princ(ns: &str) -> Princ {
     authenticated(regex_matcher(format!(".*/ns/{}/.*", glob_regex(ns))))
 }
@@ -653,6 +666,8 @@ fn source_princ(s: &AuthorizationPolicyRulesFromSource, td: &str, tcp: bool, pol
     }
     add(any_of(s.namespaces.as_ref(), |v| Some(namespace_princ(v)), princ_or), false);
     add(any_of(s.not_namespaces.as_ref(), |v| Some(namespace_princ(v)), princ_or), true);
+    add(any_of(s.trust_domains.as_ref(), |v| Some(trust_domain_princ(v)), princ_or), false);
+    add(any_of(s.not_trust_domains.as_ref(), |v| Some(trust_domain_princ(v)), princ_or), true);
     add(any_of(s.ip_blocks.as_ref(), |v| ip_princ(v, false), princ_or), false);
     add(any_of(s.not_ip_blocks.as_ref(), |v| ip_princ(v, false), princ_or), true);
     add(any_of(s.remote_ip_blocks.as_ref(), |v| ip_princ(v, true), princ_or), false);
