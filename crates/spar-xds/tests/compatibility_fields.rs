@@ -30,7 +30,7 @@ const KINDS: &[Kind] = &[
 ];
 
 /// The `spec` schema of `kind` in Istio's CRDs (its first served version).
-fn spec_schema<'a>(crds: &'a [Value], kind: Kind) -> &'a Value {
+fn spec_schema(crds: &[Value], kind: Kind) -> &Value {
     crds.iter()
         .find(|c| c["spec"]["names"]["kind"].as_str() == Some(kind.name()))
         .and_then(|c| c["spec"]["versions"].as_sequence()?.first())
@@ -60,7 +60,7 @@ fn covered(acted: &[&str], p: &str) -> bool {
 
 /// Rows for `path` and, when only part of it is acted on, its children.
 fn rows(acted: &[&str], path: &str, schema: &Value, out: &mut Vec<(String, &'static str)>) {
-    let shown = path.replace("[].", "[]."); // paths read as Spar's warnings write them
+    let shown = path.to_string();
     let acted_path = |p: &str| {
         let arr = if schema["type"].as_str() == Some("array") { format!("{p}[]") } else { p.to_string() };
         covered(acted, p) || covered(acted, &arr)
