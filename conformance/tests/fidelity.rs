@@ -475,3 +475,89 @@ async fn bookinfo_samples(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(bookinfo_samples, bookinfo_samples);
+
+/// EnvoyFilter, the usual escape hatch, through a real Envoy: a Lua filter inserted
+/// before the router adds a header to every request the client sends, and a local rate
+/// limit on the backend's inbound side answers 429 once its bucket is empty.
+async fn envoy_filters(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("envoy-filter", delta)?;
+    h.load_case("traffic")?;
+    h.write_config(
+        "envoy-filters.yaml",
+        r#"apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: lua-header}
+spec:
+  workloadSelector: {labels: {app: client}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_OUTBOUND
+      listener:
+        portNumber: 9080
+        filterChain: {filter: {name: envoy.filters.network.http_connection_manager, subFilter: {name: envoy.filters.http.router}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.lua
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+          default_source_code:
+            inline_string: |
+              function envoy_on_request(handle)
+                handle:headers():add("x-lua", "from-envoyfilter")
+              end
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: rate-limit}
+spec:
+  workloadSelector: {labels: {app: backend}}
+  configPatches:
+  - applyTo: HTTP_FILTER
+    match:
+      context: SIDECAR_INBOUND
+      listener: {filterChain: {filter: {name: envoy.filters.network.http_connection_manager}}}
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: http_local_rate_limiter
+          token_bucket: {max_tokens: 5, tokens_per_fill: 1, fill_interval: 600s}
+          filter_enabled: {runtime_key: local_rate_limit_enabled, default_value: {numerator: 100, denominator: HUNDRED}}
+          filter_enforced: {runtime_key: local_rate_limit_enforced, default_value: {numerator: 100, denominator: HUNDRED}}
+"#,
+    )?;
+    h.start_spar(&[]).await?;
+    for v in ["v1", "v2"] {
+        let pod = h.pod(&format!("backend-{v}"), &[("app", "backend"), ("version", v)]);
+        h.start_echo(&pod.name, SocketAddr::new(pod.ip, 8080)).await?;
+        h.start_sidecar(&pod).await?;
+    }
+    let client = h.pod("client", &[("app", "client")]);
+    let client = h.start_sidecar(&client).await?;
+    let to = SocketAddr::new(client.ip, 9080);
+    // The Lua filter's header reaches the backend.
+    wait_for(CONVERGE, "the Lua filter's header at the backend", || async {
+        http_request(to, "GET", "backend", "/", &[]).await.is_ok_and(|r| {
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            body["headers"]["x-lua"] == "from-envoyfilter"
+        })
+    })
+    .await?;
+    // Each backend's bucket holds 5 tokens for ten minutes: 20 requests over two
+    // backends see at least ten 429s, answered by the backends' sidecars.
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let r = http_request(to, "GET", "backend", "/", &[]).await?;
+        *statuses.entry(r.status).or_insert(0) += 1;
+    }
+    assert!(statuses.get(&429).copied().unwrap_or(0) >= 10, "the local rate limit answers 429: {statuses:?}");
+    let status = h.proxy_status(false).await?;
+    assert!(!status.contains("EnvoyFilter"), "no patch was left out: {status}");
+    h.check_alive()
+}
+
+both_variants_mod!(envoy_filters, envoy_filters);

@@ -100,6 +100,14 @@ pub static SPAR_MESSAGE_TYPES: &[MessageType] = &[
         template: "CUSTOM authorization cannot be checked: %s; every request this policy matches is denied.",
         args: &["reason"],
     },
+    MessageType {
+        code: "SPAR0005",
+        name: "EnvoyFilterPatchNotApplied",
+        level: Level::Error,
+        description: "An EnvoyFilter configPatch that Spar cannot apply: its value is not valid for Envoy's schema, or it uses a field or operation Spar does not support; it is left out of every proxy.",
+        template: "EnvoyFilter patch %s is not applied: %s.",
+        args: &["patch", "reason"],
+    },
 ];
 
 /// Every message type: Istio's, then Spar's.

@@ -23,7 +23,7 @@ pub use ext_authz::{
     DEFAULT_TIMEOUT as EXT_AUTHZ_DEFAULT_TIMEOUT, ExtAuthzApi, ExtAuthzProvider, HttpSettings, RequestBody,
 };
 pub use host::{matches as host_matches, resolve as resolve_host, short_forms};
-pub use proxy::{InterceptionMode, Proxy, ProxyError, ProxyKind};
+pub use proxy::{ISTIO_VERSION, InterceptionMode, Proxy, ProxyError, ProxyKind};
 pub use rbac::SecretReaders;
 pub use service::{Endpoint, Protocol, Resolution, Service, ServicePort, export_allows};
 pub use snapshot::{

@@ -54,7 +54,14 @@ pub struct Proxy {
     /// no `bind` (Spar's `SPAR_LISTEN_ADDRESS` metadata, for several gateways sharing one
     /// network namespace, as in the loopback conformance suite).
     pub listen_address: Option<IpAddr>,
+    /// The Istio version the proxy reports (node metadata `ISTIO_VERSION`), else the one
+    /// Spar's API follows ([`ISTIO_VERSION`]): what EnvoyFilter `proxyVersion` matches.
+    pub istio_version: String,
 }
+
+/// The Istio release whose API and behaviour Spar follows; the version Spar's own
+/// proxies report to EnvoyFilter `match.proxy.proxyVersion`.
+pub const ISTIO_VERSION: &str = "1.29.0";
 
 /// Why a node could not be understood.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +151,7 @@ impl Proxy {
             locality: String::new(),
             identity: None,
             listen_address,
+            istio_version: get("ISTIO_VERSION").unwrap_or(ISTIO_VERSION).to_string(),
         })
     }
 

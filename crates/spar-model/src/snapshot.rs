@@ -155,6 +155,9 @@ pub struct Snapshot {
     pub gateways: Vec<Config<GatewaySpec>>,
     /// Telemetry resources.
     pub telemetries: Vec<Config<TelemetrySpec>>,
+    /// EnvoyFilters, in the order istiod applies them: root namespace first, then by
+    /// priority, creation time and name.
+    pub envoy_filters: Vec<Config<spar_api::istio::envoy_filter::EnvoyFilterSpec>>,
     /// Problems found while building.
     pub diagnostics: Vec<Diagnostic>,
     /// Label keys any selector that shapes a sidecar's outbound config looks at
@@ -320,6 +323,7 @@ impl Snapshot {
                 Resource::Sidecar(s) => snap.sidecars.push(config(obj, s)),
                 Resource::Gateway(s) => snap.gateways.push(config(obj, s)),
                 Resource::Telemetry(s) => snap.telemetries.push(config(obj, s)),
+                Resource::EnvoyFilter(s) => snap.envoy_filters.push(config(obj, s)),
                 Resource::PeerAuthentication(s) => snap.peer_authentications.push(config(obj, s)),
                 Resource::AuthorizationPolicy(s) => snap.authorization_policies.push(config(obj, s)),
                 Resource::RequestAuthentication(s) => snap.request_authentications.push(config(obj, s)),
@@ -432,6 +436,16 @@ impl Snapshot {
             }
         }
         snap.add_external_names(&external_names);
+        let root = snap.mesh.root_namespace.clone();
+        snap.envoy_filters.sort_by(|a, b| {
+            (a.namespace != root, a.spec.priority.unwrap_or(0), &a.created, &a.namespace, &a.name).cmp(&(
+                b.namespace != root,
+                b.spec.priority.unwrap_or(0),
+                &b.created,
+                &b.namespace,
+                &b.name,
+            ))
+        });
         snap.build_index();
         snap.outbound_label_keys = snap.collect_outbound_label_keys();
         let tracing = snap.tracing_diagnostics();
@@ -753,6 +767,9 @@ impl Snapshot {
         }
         for t in &self.telemetries {
             add(t.spec.selector.as_ref().and_then(|w| w.match_labels.as_ref()));
+        }
+        for f in &self.envoy_filters {
+            add(f.spec.workload_selector.as_ref().and_then(|w| w.labels.as_ref()));
         }
         for (vs, _) in &self.virtual_services {
             for m in vs.spec.http.iter().flatten().flat_map(|r| r.r#match.iter().flatten()) {

@@ -286,6 +286,16 @@ impl ProxyResources {
         (own.is_some() || base.is_some()).then_some(TypeView { base, own })
     }
 
+    /// Removes `name` of `type_url` from this set's own layer (a shared base layer is
+    /// not changed); whether it was there.
+    pub fn remove(&mut self, type_url: &str, name: &str) -> bool {
+        let removed = self.by_type.get_mut(type_url).is_some_and(|m| m.remove(name).is_some());
+        if removed {
+            self.hashes = std::sync::OnceLock::new();
+        }
+        removed
+    }
+
     /// Adds a resource of type `M` to the own layer.
     pub fn insert<M: Message + Name>(&mut self, type_url: &'static str, name: impl Into<String>, msg: &M) {
         let e = Encoded::new(name, msg);

@@ -20,6 +20,8 @@ pub const EXIT_USAGE: i32 = 2;
 const FIELD_SUPPORT: &str = "spar.FieldSupportAnalyzer";
 /// `SPAR0001` FieldNotActedOn.
 const FIELD_NOT_ACTED_ON: &str = "SPAR0001";
+/// `SPAR0005` EnvoyFilterPatchNotApplied.
+const ENVOY_FILTER_PATCH: &str = "SPAR0005";
 
 #[derive(clap::Args, Debug)]
 pub struct AnalyzeArgs {
@@ -79,7 +81,7 @@ fn list_analyzers() -> String {
         out.push_str(&format!("{}\n    {}\n    codes: {}\n", a.name, a.description, a.codes.join(", ")));
     }
     out.push_str(&format!(
-        "{FIELD_SUPPORT}\n    Lists fields Spar parses but does not act on yet\n    codes: {FIELD_NOT_ACTED_ON}\n"
+        "{FIELD_SUPPORT}\n    Lists fields Spar parses but does not act on yet, and EnvoyFilter patches it cannot apply\n    codes: {FIELD_NOT_ACTED_ON}, {ENVOY_FILTER_PATCH}\n"
     ));
     out
 }
@@ -137,6 +139,7 @@ fn analyze(args: &AnalyzeArgs) -> Result<i32, String> {
     messages.extend(spar_analyze::run(&ctx, &selected));
     if field_support {
         messages.extend(unacted_fields(&ctx));
+        messages.extend(envoy_filter_patches(&ctx));
     }
     spar_analyze::sort(&mut messages);
     messages.retain(|m| !suppressions.iter().any(|s| s.matches(m)));
@@ -173,6 +176,34 @@ fn expand(p: &Path) -> Result<Vec<PathBuf>, String> {
     }
     out.sort();
     Ok(out)
+}
+
+/// `SPAR0005`: EnvoyFilter patches Spar cannot apply (a value Envoy's schema refuses,
+/// an unsupported field or operation), one message per patch.
+fn envoy_filter_patches(ctx: &Context) -> Vec<Message> {
+    let Some(kind) = spar_analyze::message_type(ENVOY_FILTER_PATCH) else { return Vec::new() };
+    let mut out = Vec::new();
+    for r in ctx.resources() {
+        let Some(spar_api::Object { resource: spar_api::Resource::EnvoyFilter(spec), .. }) = r.object.as_ref() else {
+            continue;
+        };
+        if analyzers::suppressed_by_annotation(r, ENVOY_FILTER_PATCH) {
+            continue;
+        }
+        for (i, p) in spec.config_patches.iter().flatten().enumerate() {
+            let Err(reason) = spar_xds::generator::envoy_filter::check(p) else { continue };
+            let at = format!("spec.configPatches[{i}]");
+            out.push(Message {
+                kind,
+                text: kind.render(&[at.clone(), reason]),
+                subject: Some(r.subject()),
+                file: r.origin.file.to_string(),
+                line: r.line_of(&at),
+                analyzer: FIELD_SUPPORT,
+            });
+        }
+    }
+    out
 }
 
 /// `SPAR0001`: fields Spar parses and keeps but does not act on, one message per field.

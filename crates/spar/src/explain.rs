@@ -355,7 +355,10 @@ fn load(a: &ExplainArgs) -> anyhow::Result<(Snapshot, usize, Option<Workload>)> 
     let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let rejected = store.errors().count();
     let workload = find_workload(&store, &a.proxy)?;
-    Ok((Snapshot::build(&store, &mesh, 1), rejected, workload))
+    let mut snap = Snapshot::build(&store, &mesh, 1);
+    let envoy_filters = spar_xds::generator::envoy_filter::diagnostics(&snap);
+    snap.diagnostics.extend(envoy_filters);
+    Ok((snap, rejected, workload))
 }
 
 fn build_proxy(a: &ExplainArgs, store_workload: Option<Workload>) -> anyhow::Result<Proxy> {

@@ -427,7 +427,10 @@ const MAX_STREAMS: u32 = 32;
 
 fn build(store: &Mutex<Store>, mesh: &MeshConfig, version: u64) -> Snapshot {
     let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let snap = Snapshot::build(&store, mesh, version);
+    let mut snap = Snapshot::build(&store, mesh, version);
+    // EnvoyFilter values are checked against Envoy's schema, which the generator holds.
+    let envoy_filters = spar_xds::generator::envoy_filter::diagnostics(&snap);
+    snap.diagnostics.extend(envoy_filters);
     for d in &snap.diagnostics {
         warn!(origin = %d.origin, resource = %d.resource, "{}", d.message);
     }

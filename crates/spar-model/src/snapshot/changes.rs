@@ -94,6 +94,7 @@ impl Snapshot {
             secrets,
             gateways,
             telemetries,
+            envoy_filters,
             diagnostics: _,
             outbound_label_keys,
             since: _,
@@ -109,6 +110,7 @@ impl Snapshot {
             && *secret_readers == prev.secret_readers
             && *gateways == prev.gateways
             && *telemetries == prev.telemetries
+            && *envoy_filters == prev.envoy_filters
             && *outbound_label_keys == prev.outbound_label_keys
             && secrets.len() == prev.secrets.len()
             && secrets.iter().zip(&prev.secrets).all(|((k, a), (pk, b))| k == pk && (Arc::ptr_eq(a, b) || a == b))

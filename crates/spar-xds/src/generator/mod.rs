@@ -20,6 +20,7 @@
 pub mod authz;
 mod credentials;
 mod envoy;
+pub mod envoy_filter;
 mod ext_authz;
 mod gateway;
 pub mod jwt;
@@ -59,6 +60,7 @@ pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
             out.warnings.push(w);
         }
     }
+    envoy_filter::apply(&scope, envoy_filter::Part::Shared, &mut out);
     out
 }
 
@@ -75,7 +77,8 @@ pub fn regenerate_shared(
     prev: &std::sync::Arc<ProxyResources>,
 ) -> Option<ProxyResources> {
     let since = snapshot.since.as_ref()?;
-    if proxy.kind != ProxyKind::Sidecar || prev.snapshot_version != since.from {
+    // EnvoyFilters may patch the clusters redone here: generated whole instead.
+    if proxy.kind != ProxyKind::Sidecar || prev.snapshot_version != since.from || !snapshot.envoy_filters.is_empty() {
         return None;
     }
     let scope = Scope::new(snapshot, proxy);
@@ -119,6 +122,7 @@ pub fn add_workload_specific(snapshot: &Snapshot, proxy: &Proxy, out: &mut Proxy
         ProxyKind::Router => envoy::jwks_clusters(&scope, out),
     }
     add_warnings(&scope, out);
+    envoy_filter::apply(&scope, envoy_filter::Part::Inbound, out);
 }
 
 /// Everything [`generate_shared`] reads from the proxy: proxies with equal keys get equal
@@ -145,6 +149,10 @@ pub fn share_key(snapshot: &Snapshot, proxy: &Proxy) -> String {
     }
     if router {
         let _ = write!(key, "|{:?}", proxy.ips);
+    }
+    // EnvoyFilter `match.proxy.proxyVersion` reads the version the proxy reports.
+    if !snapshot.envoy_filters.is_empty() {
+        let _ = write!(key, "|v={}", proxy.istio_version);
     }
     // Outbound spans carry the workload's service name and canonical labels: they tell
     // workloads apart only when this proxy's client side traces.
