@@ -86,6 +86,23 @@ pub fn analyze(resources: Vec<Resource>, root_namespace: &str) -> BTreeMap<Strin
             }
         }
     }
+    // EnvoyFilter patches Spar cannot apply (SPAR0005): left out of every proxy.
+    if let Some(kind) = spar_analyze::message_type("SPAR0005") {
+        for r in ctx.resources() {
+            let Some(spar_api::Object { resource: spar_api::Resource::EnvoyFilter(spec), .. }) = r.object.as_ref() else {
+                continue;
+            };
+            for (i, p) in spec.config_patches.iter().flatten().enumerate() {
+                let Err(reason) = spar_xds::generator::envoy_filter::check(p) else { continue };
+                out.entry(r.origin.file.to_string()).or_default().push(Finding {
+                    code: kind.code.to_string(),
+                    name: kind.name.to_string(),
+                    level: kind.level.as_str().to_uppercase(),
+                    message: kind.render(&[format!("spec.configPatches[{i}]"), reason]),
+                });
+            }
+        }
+    }
     for m in spar_analyze::run(&ctx, &selected) {
         if m.level() < Level::Warning || m.file.is_empty() {
             continue;
@@ -154,13 +171,26 @@ mod tests {
     /// are read from the typed object).
     #[test]
     fn fields_not_acted_on_are_errors_in_status() {
-        let yaml = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: lua, namespace: default}\n\
-                    spec:\n  configPatches:\n  - applyTo: HTTP_FILTER\n    patch: {operation: INSERT_BEFORE, value: {name: lua}}\n";
+        let yaml = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: metrics, namespace: default}\n\
+                    spec:\n  metrics: [{providers: [{name: prometheus}]}]\n";
         let mut store = Store::new();
-        store.set_unit("kubernetes/EnvoyFilter/default/lua", spar_api::parse_file("lua", yaml));
+        store.set_unit("kubernetes/Telemetry/default/metrics", spar_api::parse_file("metrics", yaml));
         let findings = analyze(resources(&store), "istio-system");
         let f = findings.values().flatten().find(|f| f.code == "SPAR0001").expect("a SPAR0001 finding");
         assert_eq!(f.level, "ERROR");
-        assert!(f.message.contains("Field spec "), "{}", f.message);
+        assert!(f.message.contains("Field spec.metrics "), "{}", f.message);
+    }
+
+    #[test]
+    fn envoy_filter_patches_spar_cannot_apply_are_errors_in_status() {
+        let yaml = "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: lua, namespace: default}\n\
+                    spec:\n  configPatches:\n  - applyTo: HTTP_FILTER\n    patch: {operation: INSERT_BEFORE, value: {name: lua, typo: 1}}\n";
+        let mut store = Store::new();
+        store.set_unit("kubernetes/EnvoyFilter/default/lua", spar_api::parse_file("lua", yaml));
+        let findings = analyze(resources(&store), "istio-system");
+        let f = findings.values().flatten().find(|f| f.code == "SPAR0005").expect("a SPAR0005 finding");
+        assert_eq!(f.level, "ERROR");
+        assert!(f.message.contains("spec.configPatches[0]") && f.message.contains("typo"), "{}", f.message);
+        assert!(!findings.values().flatten().any(|f| f.code == "SPAR0001"), "EnvoyFilter's fields are acted on");
     }
 }
