@@ -485,17 +485,7 @@ impl Snapshot {
                     })
                 })
                 .collect();
-            let endpoint = Endpoint {
-                address: target.clone(),
-                ports: ports.iter().map(|p| (p.port, p.target_port.unwrap_or(p.port))).collect(),
-                labels: BTreeMap::new(),
-                service_account: String::new(),
-                locality: String::new(),
-                weight: 0,
-                ready: true,
-                istio_mtls: false,
-                origin: obj.origin.clone(),
-            };
+            let endpoint = dns_endpoint(target, &ports, &obj.origin);
             self.insert_service(Service {
                 hostname,
                 namespace: obj.meta.namespace.clone(),
@@ -505,12 +495,7 @@ impl Snapshot {
                 endpoints: vec![endpoint],
                 resolution: Resolution::Dns,
                 mesh_external: true,
-                export_to: obj
-                    .meta
-                    .annotations
-                    .get("networking.istio.io/exportTo")
-                    .map(|s| s.split(',').map(|s| s.trim().to_string()).collect())
-                    .unwrap_or_default(),
+                export_to: export_to_annotation(obj),
                 aliases: Vec::new(),
                 origin: obj.origin.clone(),
             });
@@ -933,6 +918,30 @@ impl<'a> Workloads<'a> {
     }
 }
 
+/// A Kubernetes Service's `networking.istio.io/exportTo` annotation, as a list.
+fn export_to_annotation(obj: &Object) -> Vec<String> {
+    obj.meta
+        .annotations
+        .get("networking.istio.io/exportTo")
+        .map(|s| s.split(',').map(|s| s.trim().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// The one endpoint of a DNS service: the host name Envoy resolves, on every port.
+fn dns_endpoint(host: &str, ports: &[ServicePort], origin: &spar_api::Origin) -> Endpoint {
+    Endpoint {
+        address: host.to_string(),
+        ports: ports.iter().map(|p| (p.port, p.target_port.unwrap_or(p.port))).collect(),
+        labels: BTreeMap::new(),
+        service_account: String::new(),
+        locality: String::new(),
+        weight: 0,
+        ready: true,
+        istio_mtls: false,
+        origin: origin.clone(),
+    }
+}
+
 /// The `externalName` of a Kubernetes Service of type ExternalName.
 fn external_name(svc: &corev1::Service) -> Option<String> {
     let spec = svc.spec.as_ref()?;
@@ -1056,12 +1065,7 @@ fn kube_service(
             Resolution::Static
         },
         mesh_external: false,
-        export_to: obj
-            .meta
-            .annotations
-            .get("networking.istio.io/exportTo")
-            .map(|s| s.split(',').map(|s| s.trim().to_string()).collect())
-            .unwrap_or_default(),
+        export_to: export_to_annotation(obj),
         aliases: Vec::new(),
         origin: obj.origin.clone(),
     }
@@ -1163,17 +1167,7 @@ fn service_entry_services(
                 && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin)
                 && !h.starts_with('*')
             {
-                endpoints.push(Endpoint {
-                    address: h.clone(),
-                    ports: ports.iter().map(|p| (p.port, p.target_port.unwrap_or(p.port))).collect(),
-                    labels: BTreeMap::new(),
-                    service_account: String::new(),
-                    locality: String::new(),
-                    weight: 0,
-                    ready: true,
-                    istio_mtls: false,
-                    origin: obj.origin.clone(),
-                });
+                endpoints.push(dns_endpoint(h, &ports, &obj.origin));
             }
             Service {
                 hostname: h.clone(),

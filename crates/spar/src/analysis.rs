@@ -89,7 +89,8 @@ pub fn analyze(resources: Vec<Resource>, root_namespace: &str) -> BTreeMap<Strin
     // EnvoyFilter patches Spar cannot apply (SPAR0005): left out of every proxy.
     if let Some(kind) = spar_analyze::message_type("SPAR0005") {
         for r in ctx.resources() {
-            let Some(spar_api::Object { resource: spar_api::Resource::EnvoyFilter(spec), .. }) = r.object.as_ref() else {
+            let Some(spar_api::Object { resource: spar_api::Resource::EnvoyFilter(spec), .. }) = r.object.as_ref()
+            else {
                 continue;
             };
             for (i, p) in spec.config_patches.iter().flatten().enumerate() {

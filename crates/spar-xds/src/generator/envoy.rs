@@ -185,6 +185,18 @@ fn tcp_proxy(scope: &Scope<'_>, stat_prefix: String, cluster: String) -> xds_lis
     typed_filter("envoy.filters.network.tcp_proxy", pack_any(tp))
 }
 
+/// An outbound listener whose filter chains are `chains`.
+fn listener_with(
+    name: String,
+    bind: &str,
+    port: u16,
+    chains: Vec<xds_listener::FilterChain>,
+    bind_to_port: bool,
+) -> xds_listener::Listener {
+    let placeholder = xds_listener::Filter::default();
+    xds_listener::Listener { filter_chains: chains, ..listener(name, bind, port, placeholder, bind_to_port) }
+}
+
 fn listener(
     name: String,
     bind: &str,
@@ -234,7 +246,8 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
             let wildcard = egress.bind == "0.0.0.0" || egress.bind == "::";
             let services: Vec<&Service> =
                 egress.services.iter().filter(|s| s.port(port).is_some()).map(|s| s.as_ref()).collect();
-            if protocol.is_http() {
+            // The port's route configuration, and the connection manager reading it.
+            let outbound_hcm = |out: &mut ProxyResources| {
                 let route_name = if wildcard { port.to_string() } else { format!("{}:{port}", egress.bind) };
                 let rc = routes::route_config(scope, &route_name, port, &services);
                 out.insert(type_url::ROUTE, route_name.clone(), &rc);
@@ -242,13 +255,11 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                     config_source: Some(ads()),
                     route_config_name: route_name,
                 });
-                let l = listener(
-                    name.clone(),
-                    &egress.bind,
-                    port,
-                    hcm(scope, format!("outbound_{}_{port}", egress.bind), rds),
-                    bind_to_port,
-                );
+                hcm(scope, format!("outbound_{}_{port}", egress.bind), rds)
+            };
+            if protocol.is_http() {
+                let http = outbound_hcm(out);
+                let l = listener(name.clone(), &egress.bind, port, http, bind_to_port);
                 out.insert(type_url::LISTENER, name, &l);
             } else if matches!(protocol, Protocol::Tls | Protocol::Https) {
                 // TLS is routed by SNI: a filter chain per VirtualService `tls` match, and
@@ -257,36 +268,15 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 if chains.is_empty() {
                     continue;
                 }
-                let mut l = listener(
-                    name.clone(),
-                    &egress.bind,
-                    port,
-                    tcp_proxy(scope, String::new(), String::new()),
-                    bind_to_port,
-                );
-                l.filter_chains = chains;
+                let mut l = listener_with(name.clone(), &egress.bind, port, chains, bind_to_port);
                 l.listener_filters = vec![tls_inspector()];
                 out.insert(type_url::LISTENER, name, &l);
             } else if protocol == Protocol::Unknown && !services.is_empty() {
                 // Detected: HTTP/1.x and h2c by Envoy's http_inspector go through the
                 // port's routes (VirtualService `http` rules apply); the rest is TCP.
-                let route_name = if wildcard { port.to_string() } else { format!("{}:{port}", egress.bind) };
-                let rc = routes::route_config(scope, &route_name, port, &services);
-                out.insert(type_url::ROUTE, route_name.clone(), &rc);
-                let rds = xds_hcm::http_connection_manager::RouteSpecifier::Rds(xds_hcm::Rds {
-                    config_source: Some(ads()),
-                    route_config_name: route_name,
-                });
-                let http = hcm(scope, format!("outbound_{}_{port}", egress.bind), rds);
+                let http = outbound_hcm(out);
                 let tcp = tcp_port_chains(scope, port, &services, !bind_to_port);
-                let mut l = listener(
-                    name.clone(),
-                    &egress.bind,
-                    port,
-                    tcp_proxy(scope, String::new(), String::new()),
-                    bind_to_port,
-                );
-                l.filter_chains = sniffed_chains(http, tcp);
+                let mut l = listener_with(name.clone(), &egress.bind, port, sniffed_chains(http, tcp), bind_to_port);
                 l.listener_filters = vec![http_inspector()];
                 // istiod's default protocolDetectionTimeout (0s): no timeout, so a
                 // server-first protocol on an undeclared port waits for the client.
@@ -295,14 +285,7 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 out.insert(type_url::LISTENER, name, &l);
             } else if !services.is_empty() {
                 let chains = tcp_port_chains(scope, port, &services, !bind_to_port);
-                let mut l = listener(
-                    name.clone(),
-                    &egress.bind,
-                    port,
-                    tcp_proxy(scope, String::new(), String::new()),
-                    bind_to_port,
-                );
-                l.filter_chains = chains;
+                let l = listener_with(name.clone(), &egress.bind, port, chains, bind_to_port);
                 out.insert(type_url::LISTENER, name, &l);
             }
         }
