@@ -18,7 +18,7 @@ use spar_api::istio::authorization_policy::{
 };
 use spar_model::{Config, ExtAuthzApi, ExtAuthzProvider, Snapshot};
 
-use super::envoy::cidr;
+use super::l4::cidr;
 use super::{Scope, ext_authz};
 
 /// One RBAC filter of the workload: the rules it enforces and, for `istio.io/dry-run`

@@ -642,7 +642,7 @@ fn patch_routes(scope: &Scope<'_>, p: &Patch<'_>, out: &mut ProxyResources) -> R
 }
 
 fn is_inbound_cluster(name: &str) -> bool {
-    name.starts_with("inbound|") || name == super::envoy::INBOUND_PASSTHROUGH_CLUSTER
+    name.starts_with("inbound|") || name == super::inbound::INBOUND_PASSTHROUGH_CLUSTER
 }
 
 fn patch_clusters(p: &Patch<'_>, part: Part, out: &mut ProxyResources) -> Result<(), String> {

@@ -36,7 +36,7 @@ use spar_api::istio::gateway::{
 use spar_model::{Config, Protocol, host_matches};
 
 use super::routes::{self, Binding};
-use super::{Scope, authz, credentials, envoy, jwt, mtls};
+use super::{Scope, authz, clusters, credentials, envoy, jwt, l4, mtls};
 use crate::resources::{ProxyResources, type_url};
 use crate::sds::{DEFAULT_SECRET, ROOT_SECRET};
 
@@ -339,7 +339,7 @@ fn hcm(
     let (jwt, _) = jwt::http_filter(&jwt::applicable(scope.snap, &scope.proxy.namespace, &scope.proxy.labels));
     let mut filters = authz::http_filters(&rbac, jwt);
     filters.extend(envoy::http_filters());
-    envoy::add_dynamic_dns_filter(scope, &mut filters);
+    clusters::add_dynamic_dns_filter(scope, &mut filters);
     let mut h = xds_hcm::HttpConnectionManager {
         stat_prefix,
         route_specifier: Some(RouteSpecifier::Rds(xds_hcm::Rds {
@@ -564,12 +564,12 @@ fn tls_chains(
                     scope.snap.virtual_services_for_gateway(&scope.proxy.namespace, &s.gw.namespace, &s.gw.name)
                 {
                     for rule in vs.spec.tls.iter().flatten() {
-                        let dests = envoy::l4_destinations(scope, &vs.namespace, s.number, rule.route.as_ref());
+                        let dests = l4::l4_destinations(scope, &vs.namespace, s.number, rule.route.as_ref());
                         if dests.is_empty() {
                             continue;
                         }
                         for m in &rule.r#match {
-                            if !envoy::l4_match_applies(
+                            if !l4::l4_match_applies(
                                 scope,
                                 s.number,
                                 m.port,
@@ -648,7 +648,7 @@ fn tcp_destinations(scope: &Scope<'_>, s: &Server<'_>) -> Option<Vec<(String, u3
             let applies = rule.r#match.as_ref().is_none_or(|ms| {
                 ms.is_empty()
                     || ms.iter().any(|m| {
-                        envoy::l4_match_applies(
+                        l4::l4_match_applies(
                             scope,
                             s.number,
                             m.port,
@@ -663,7 +663,7 @@ fn tcp_destinations(scope: &Scope<'_>, s: &Server<'_>) -> Option<Vec<(String, u3
             if !applies {
                 continue;
             }
-            let dests = envoy::l4_destinations(scope, &vs.namespace, s.number, rule.route.as_ref());
+            let dests = l4::l4_destinations(scope, &vs.namespace, s.number, rule.route.as_ref());
             if !dests.is_empty() {
                 return Some(dests);
             }

@@ -18,12 +18,16 @@
 // of a newer matcher but what istiod generates and what Envoy 1.36-1.40 still accept.
 #[allow(deprecated)]
 pub mod authz;
+mod clusters;
 mod credentials;
 mod envoy;
 pub mod envoy_filter;
 mod ext_authz;
 mod gateway;
+mod inbound;
 pub mod jwt;
+mod l4;
+mod listeners;
 mod mtls;
 mod policy;
 mod routes;
@@ -50,10 +54,10 @@ pub fn generate_shared(snapshot: &Snapshot, proxy: &Proxy) -> ProxyResources {
     let scope = Scope::new(snapshot, proxy);
     let mut out = ProxyResources::new(snapshot.version);
     match proxy.kind {
-        ProxyKind::Sidecar => envoy::outbound(&scope, &mut out),
+        ProxyKind::Sidecar => listeners::outbound(&scope, &mut out),
         ProxyKind::Router => gateway::listeners(&scope, &mut out),
     }
-    envoy::clusters(&scope, &mut out);
+    clusters::clusters(&scope, &mut out);
     add_warnings(&scope, &mut out);
     for w in scope.dangling_routes(&out) {
         if !out.warnings.contains(&w) {
@@ -84,7 +88,7 @@ pub fn regenerate_shared(
     let scope = Scope::new(snapshot, proxy);
     let services: Vec<_> = scope.services.iter().copied().filter(|s| since.hosts.contains(&s.hostname)).collect();
     let mut fresh = ProxyResources::new(snapshot.version);
-    envoy::service_clusters(&scope, &services, &mut fresh);
+    clusters::service_clusters(&scope, &services, &mut fresh);
     // `outbound|<port>|<subset>|<host>`: host names have no `|`.
     let touched = |name: &str| {
         name.strip_prefix("outbound|").and_then(|n| n.rsplit('|').next()).is_some_and(|h| since.hosts.contains(h))
@@ -117,9 +121,9 @@ fn add_warnings(scope: &Scope<'_>, out: &mut ProxyResources) {
 pub fn add_workload_specific(snapshot: &Snapshot, proxy: &Proxy, out: &mut ProxyResources) {
     let scope = Scope::workload(snapshot, proxy);
     match proxy.kind {
-        ProxyKind::Sidecar => envoy::inbound(&scope, out),
+        ProxyKind::Sidecar => inbound::inbound(&scope, out),
         // Gateways have no inbound side; they may validate JWTs.
-        ProxyKind::Router => envoy::jwks_clusters(&scope, out),
+        ProxyKind::Router => inbound::jwks_clusters(&scope, out),
     }
     add_warnings(&scope, out);
     envoy_filter::apply(&scope, envoy_filter::Part::Inbound, out);

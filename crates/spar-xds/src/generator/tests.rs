@@ -331,7 +331,7 @@ spec:
     else {
         panic!("a DNS cache")
     };
-    assert_eq!(cache.name, super::envoy::DYNAMIC_DNS_CACHE);
+    assert_eq!(cache.name, super::clusters::DYNAMIC_DNS_CACHE);
     assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32, "whatever the DestinationRule says");
     assert!(c.load_assignment.is_none() && c.eds_cluster_config.is_none());
     assert!(!names(&r, type_url::CLUSTER).contains("outbound|8000|v1|*.dyn.example"), "no subset clusters, as istiod");
