@@ -28,11 +28,7 @@ spec:
 "#;
 
 fn snapshot(filters: &str) -> Snapshot {
-    let mut store = spar_model::Store::new();
-    let parsed = spar_api::parse_file("t.yaml", &format!("{MESH}\n---\n{filters}"));
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    store.set_unit("t.yaml", parsed);
-    Snapshot::build(&store, &spar_model::MeshConfig::default(), 1)
+    crate::generator::tests::snapshot_of(&[&format!("{MESH}\n---\n{filters}")], &spar_model::MeshConfig::default())
 }
 
 fn sidecar(ip: &str, app: &str) -> Proxy {

@@ -3,7 +3,7 @@
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route::Action, route_action::ClusterSpecifier};
 use prost::Message;
-use spar_model::{MeshConfig, Proxy, Snapshot, Store};
+use spar_model::{MeshConfig, Proxy, Snapshot};
 
 use super::generate;
 use super::tests::decode;
@@ -51,14 +51,7 @@ spec: {selector: {app: httpbin}, ports: [{name: http, port: 8000, targetPort: 80
 "#;
 
 fn snapshot(docs: &[&str]) -> Snapshot {
-    let mut store = Store::new();
-    for (i, d) in docs.iter().enumerate() {
-        let name = format!("{i}.yaml");
-        let parsed = spar_api::parse_file(&name, d);
-        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-        store.set_unit(&name, parsed);
-    }
-    Snapshot::build(&store, &MeshConfig::default(), 1)
+    super::tests::snapshot_of(docs, &MeshConfig::default())
 }
 
 fn fixture(rel: &str) -> String {

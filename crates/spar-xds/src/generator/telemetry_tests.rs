@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::r#type::tracing::v3::custom_tag::Type;
 use prost::Message;
-use spar_model::{MeshConfig, OtelHttp, OtelProvider, Proxy, Snapshot, Store, TracingProvider};
+use spar_model::{MeshConfig, OtelHttp, OtelProvider, Proxy, Snapshot, TracingProvider};
 
 use super::tests::decode;
 use super::{generate, share_key};
@@ -65,11 +65,7 @@ fn otel_mesh() -> MeshConfig {
 }
 
 fn snapshot(yaml: &str, mesh: &MeshConfig) -> Snapshot {
-    let mut store = Store::new();
-    let parsed = spar_api::parse_file("t.yaml", yaml);
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    store.set_unit("t.yaml", parsed);
-    Snapshot::build(&store, mesh, 1)
+    super::tests::snapshot_of(&[yaml], mesh)
 }
 
 fn telemetry(name: &str, namespace: &str, spec: &str) -> String {

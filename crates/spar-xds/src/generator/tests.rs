@@ -67,12 +67,21 @@ spec:
   - {port: {number: 9090, protocol: TCP, name: tcp}, defaultEndpoint: "127.0.0.1:7070"}
 "#;
 
-fn mk_snapshot(yaml: &str) -> Snapshot {
+/// The snapshot of `docs` (one file each, `0.yaml`, `1.yaml`, ...) under `mesh`: the one
+/// YAML → store → snapshot helper of the generator tests. Every document must parse.
+pub(super) fn snapshot_of(docs: &[&str], mesh: &MeshConfig) -> Snapshot {
     let mut store = Store::new();
-    let parsed = spar_api::parse_file("t.yaml", yaml);
-    assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
-    store.set_unit("t.yaml", parsed);
-    Snapshot::build(&store, &MeshConfig::default(), 1)
+    for (i, d) in docs.iter().enumerate() {
+        let name = format!("{i}.yaml");
+        let parsed = spar_api::parse_file(&name, d);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        store.set_unit(&name, parsed);
+    }
+    Snapshot::build(&store, mesh, 1)
+}
+
+fn mk_snapshot(yaml: &str) -> Snapshot {
+    snapshot_of(&[yaml], &MeshConfig::default())
 }
 
 fn mk_proxy(ip: &str, labels: serde_json::Value, mode: &str) -> Proxy {
