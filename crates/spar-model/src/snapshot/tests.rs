@@ -1,4 +1,5 @@
 use super::*;
+use crate::{Protocol, Resolution};
 
 fn mk_store(yaml: &str) -> Store {
     let mut store = Store::new();
