@@ -30,6 +30,7 @@ mod l4;
 mod listeners;
 mod mtls;
 mod policy;
+mod route_actions;
 mod routes;
 mod scope;
 mod telemetry;

@@ -5,22 +5,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3 as xds_core;
 use envoy_types::pb::envoy::config::route::v3 as xds_route;
-use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as xds_fault_common;
-use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as xds_cors;
-use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as xds_fault;
 use envoy_types::pb::envoy::r#type::matcher::v3 as xds_matcher;
-use envoy_types::pb::envoy::r#type::v3 as xds_type;
-use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use spar_api::istio::virtual_service::{
-    VirtualServiceHttp, VirtualServiceHttpCorsPolicy, VirtualServiceHttpCorsPolicyUnmatchedPreflights,
-    VirtualServiceHttpDirectResponse, VirtualServiceHttpFault, VirtualServiceHttpMatch, VirtualServiceHttpRedirect,
-    VirtualServiceHttpRouteDestination, VirtualServiceSpec,
+    VirtualServiceHttp, VirtualServiceHttpMatch, VirtualServiceHttpRouteDestination, VirtualServiceSpec,
 };
 use spar_model::{Config, Service, resolve_host, short_forms};
 
 use super::Scope;
 use super::envoy::outbound_cluster_name;
+use super::route_actions::{cors_config, direct_response_action, fault_config, percent, redirect_action};
 
 /// The HTTP fault filter's name (per-route config key).
 pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
@@ -28,7 +23,7 @@ pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
 pub(super) const CORS_FILTER: &str = "envoy.filters.http.cors";
 
 /// A string match as Istio writes it (`exact`, `prefix` or `regex`).
-fn string_matcher(
+pub(super) fn string_matcher(
     exact: Option<&String>,
     prefix: Option<&String>,
     regex: Option<&String>,
@@ -268,138 +263,6 @@ macro_rules! header_ops {
     ($h:expr) => {
         $h.as_ref().map(|h| HeaderOps { set: h.set.as_ref(), add: h.add.as_ref(), remove: h.remove.as_ref() })
     };
-}
-
-/// Istio percentages (0-100, fractional) as Envoy's per-million fraction.
-fn percent(value: Option<f64>) -> xds_type::FractionalPercent {
-    let v = value.unwrap_or(100.0).clamp(0.0, 100.0);
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // clamped to 0..=1e6
-    let numerator = (v * 10_000.0).round() as u32;
-    xds_type::FractionalPercent {
-        numerator,
-        denominator: xds_type::fractional_percent::DenominatorType::Million as i32,
-    }
-}
-
-/// gRPC status names Istio accepts in `fault.abort.grpcStatus`.
-fn grpc_code(name: &str) -> Option<u32> {
-    const NAMES: [&str; 17] = [
-        "OK",
-        "CANCELLED",
-        "UNKNOWN",
-        "INVALID_ARGUMENT",
-        "DEADLINE_EXCEEDED",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "RESOURCE_EXHAUSTED",
-        "FAILED_PRECONDITION",
-        "ABORTED",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "INTERNAL",
-        "UNAVAILABLE",
-        "DATA_LOSS",
-        "UNAUTHENTICATED",
-    ];
-    NAMES.iter().position(|n| *n == name).and_then(|i| u32::try_from(i).ok()).or_else(|| name.parse().ok())
-}
-
-fn fault_config(f: &VirtualServiceHttpFault) -> Any {
-    use xds_fault::fault_abort::ErrorType;
-    use xds_fault_common::fault_delay::FaultDelaySecifier;
-    let delay = f.delay.as_ref().and_then(|d| {
-        let fixed = parse_duration(d.fixed_delay.as_deref()?)?;
-        let pct = d.percentage.as_ref().and_then(|p| p.value).or(d.percent.map(f64::from));
-        Some(xds_fault_common::FaultDelay {
-            fault_delay_secifier: Some(FaultDelaySecifier::FixedDelay(fixed)),
-            percentage: Some(percent(pct)),
-        })
-    });
-    let abort = f.abort.as_ref().and_then(|a| {
-        let error_type = match (a.http_status, a.grpc_status.as_deref()) {
-            (Some(s), _) => ErrorType::HttpStatus(u32::try_from(s).ok()?),
-            (None, Some(g)) => ErrorType::GrpcStatus(grpc_code(g)?),
-            _ => return None,
-        };
-        Some(xds_fault::FaultAbort {
-            error_type: Some(error_type),
-            percentage: Some(percent(a.percentage.as_ref().and_then(|p| p.value))),
-            ..Default::default()
-        })
-    });
-    pack_any(xds_fault::HttpFault { delay, abort, ..Default::default() })
-}
-
-fn cors_config(c: &VirtualServiceHttpCorsPolicy) -> Any {
-    let mut origins: Vec<xds_matcher::StringMatcher> = c
-        .allow_origins
-        .iter()
-        .flatten()
-        .filter_map(|o| string_matcher(o.exact.as_ref(), o.prefix.as_ref(), o.regex.as_ref(), false))
-        .collect();
-    // The deprecated `allowOrigin` list is exact origins.
-    origins.extend(c.allow_origin.iter().flatten().filter_map(|o| string_matcher(Some(o), None, None, false)));
-    let join = |v: &Option<Vec<String>>| v.as_deref().unwrap_or_default().join(",");
-    let max_age = c.max_age.as_deref().and_then(parse_duration).map(|d| d.seconds.to_string()).unwrap_or_default();
-    pack_any(xds_cors::CorsPolicy {
-        allow_origin_string_match: origins,
-        allow_methods: join(&c.allow_methods),
-        allow_headers: join(&c.allow_headers),
-        expose_headers: join(&c.expose_headers),
-        max_age,
-        allow_credentials: c.allow_credentials.map(|value| BoolValue { value }),
-        forward_not_matching_preflights: c
-            .unmatched_preflights
-            .as_ref()
-            .map(|u| BoolValue { value: !matches!(u, VirtualServiceHttpCorsPolicyUnmatchedPreflights::Ignore) }),
-        ..Default::default()
-    })
-}
-
-fn redirect_action(r: &VirtualServiceHttpRedirect) -> xds_route::route::Action {
-    use xds_route::redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
-    let code = match r.redirect_code.unwrap_or(301) {
-        302 => RedirectResponseCode::Found,
-        303 => RedirectResponseCode::SeeOther,
-        307 => RedirectResponseCode::TemporaryRedirect,
-        308 => RedirectResponseCode::PermanentRedirect,
-        _ => RedirectResponseCode::MovedPermanently,
-    };
-    let path = r
-        .uri
-        .clone()
-        .map(PathRewriteSpecifier::PathRedirect)
-        .or_else(|| r.prefix_rewrite.clone().map(PathRewriteSpecifier::PrefixRewrite));
-    xds_route::route::Action::Redirect(xds_route::RedirectAction {
-        host_redirect: r.authority.clone().unwrap_or_default(),
-        port_redirect: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
-        response_code: code as i32,
-        scheme_rewrite_specifier: r.scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
-        path_rewrite_specifier: path,
-        ..Default::default()
-    })
-}
-
-fn direct_response_action(d: &VirtualServiceHttpDirectResponse) -> xds_route::route::Action {
-    use xds_core::data_source::Specifier;
-    let body = d.body.as_ref().and_then(|b| match (&b.string, &b.bytes) {
-        (Some(s), _) => Some(Specifier::InlineString(s.clone())),
-        (None, Some(b64)) => decode_base64(b64).map(Specifier::InlineBytes),
-        _ => None,
-    });
-    xds_route::route::Action::DirectResponse(xds_route::DirectResponseAction {
-        status: u32::try_from(d.status).unwrap_or(200),
-        body: body.map(|s| xds_core::DataSource { specifier: Some(s), ..Default::default() }),
-        ..Default::default()
-    })
-}
-
-/// Istio's `bytes` fields: standard base64 (line breaks allowed, as YAML folds them).
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD.decode(compact).ok()
 }
 
 /// A `RouteAction` for the rule's destinations, with rewrites, timeout, retries and
