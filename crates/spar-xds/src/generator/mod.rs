@@ -24,6 +24,8 @@ mod envoy;
 pub mod envoy_filter;
 mod ext_authz;
 mod gateway;
+mod gateway_servers;
+mod gateway_tls;
 mod inbound;
 pub mod jwt;
 mod l4;
