@@ -11,7 +11,9 @@ pub mod bootstrap;
 pub mod conn;
 pub mod csr;
 pub mod explain;
+mod generation_cache;
 pub mod generator;
+mod metrics;
 pub mod node;
 pub mod rejections;
 pub mod request;
@@ -20,6 +22,7 @@ pub mod sds;
 pub mod server;
 pub mod summary;
 pub mod support;
+mod sync;
 pub mod wire;
 
 pub use generator::generate;
