@@ -16,8 +16,9 @@
 
 // JWT claims are matched through RBAC's metadata principal, deprecated upstream in favour
 // of a newer matcher but what istiod generates and what Envoy 1.36-1.40 still accept.
-#[allow(deprecated)]
 pub mod authz;
+#[allow(deprecated)]
+mod authz_rules;
 mod clusters;
 mod credentials;
 mod envoy;
