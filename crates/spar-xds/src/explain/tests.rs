@@ -1,5 +1,9 @@
+use super::matching::{describe_match, route_matches};
 use super::*;
-use envoy_types::pb::envoy::config::route::v3::{HeaderMatcher, RouteMatch};
+use envoy_types::pb::envoy::config::route::v3::{
+    HeaderMatcher, QueryParameterMatcher, RouteMatch, header_matcher, query_parameter_matcher, route_match,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 
 fn req(path: &str, headers: &[(&str, &str)]) -> Request {
     Request {
