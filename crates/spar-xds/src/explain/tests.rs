@@ -1,4 +1,4 @@
-use super::matching::{describe_match, route_matches};
+use super::matching::route_matches;
 use super::*;
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, QueryParameterMatcher, RouteMatch, header_matcher, query_parameter_matcher, route_match,
