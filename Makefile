@@ -38,6 +38,7 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/vendor-h2.sh --check
 
 # Each crate builds on its own (the dependency graph keeps the layers apart).
 check-crates:
