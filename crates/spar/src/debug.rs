@@ -368,43 +368,22 @@ pub(crate) async fn get_text(address: &str, path: &str) -> anyhow::Result<String
     String::from_utf8(body).map_err(|_| anyhow::anyhow!("{address}{path}: the body is not UTF-8"))
 }
 
-/// One HTTP/1.1 GET with `Connection: close`: the status line, whether the status is
-/// 2xx, and the body (a chunked body is decoded).
+/// One HTTP/1.1 GET on hyper's client: the status line, whether the status is 2xx, and
+/// the body.
 async fn http_get(address: &str, path: &str) -> anyhow::Result<(String, bool, Vec<u8>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s =
+    use http_body_util::{BodyExt, Empty};
+    let tcp =
         tokio::net::TcpStream::connect(address).await.map_err(|e| anyhow::anyhow!("cannot reach {address}: {e}"))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |i| i + 4);
-    let (head, body) = buf.split_at(split);
-    let head = String::from_utf8_lossy(head);
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked { dechunk(body) } else { body.to_vec() };
-    let ok = head.split_whitespace().nth(1).is_some_and(|code| code.starts_with('2'));
-    Ok((head.lines().next().unwrap_or_default().to_string(), ok, body))
-}
-
-/// The payload of a chunked HTTP/1.1 body (extensions and trailers ignored).
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&body[..eol])
-            .ok()
-            .and_then(|l| usize::from_str_radix(l.split(';').next().unwrap_or_default().trim(), 16).ok())
-            .unwrap_or(0);
-        let start = eol + 2;
-        if size == 0 || start + size > body.len() {
-            break;
-        }
-        out.extend_from_slice(&body[start..start + size]);
-        body = body.get(start + size + 2..).unwrap_or_default();
-    }
-    out
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+    // The connection is driven beside the request and ends with it.
+    let driver = tokio::spawn(conn);
+    let request =
+        hyper::Request::get(path).header(hyper::header::HOST, address).body(Empty::<hyper::body::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let (version, status) = (response.version(), response.status());
+    let body = response.into_body().collect().await?.to_bytes().to_vec();
+    driver.abort();
+    Ok((format!("{version:?} {status}"), status.is_success(), body))
 }
 
 /// `spar wait`: blocks until every connected proxy has ACKed what it was sent from
@@ -633,9 +612,29 @@ mod tests {
         assert!(!out.contains("cert_chain"), "a self-signed root has no chain to expire: {out}");
     }
 
-    #[test]
-    fn chunked_bodies_are_decoded() {
-        assert_eq!(super::dechunk(b"4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n"), b"{\"a\":1}");
-        assert_eq!(super::dechunk(b"zz\r\n"), b"");
+    /// A one-shot HTTP server answering `response` (raw bytes) to one request.
+    async fn answer_once(response: &'static [u8]) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address").to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(response).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_read_whole_and_an_error_status_is_an_error_naming_it() {
+        let addr = answer_once(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\n\r\n",
+        )
+        .await;
+        assert_eq!(super::get_text(&addr, "/x").await.expect("200"), "{\"a\":1}");
+        let addr = answer_once(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
+        let e = super::get_text(&addr, "/ready").await.expect_err("503");
+        assert!(e.to_string().ends_with("/ready: HTTP/1.1 503 Service Unavailable"), "{e}");
     }
 }
