@@ -214,7 +214,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     let _ = snap_tx.send(Arc::new(first));
     drop(change_tx);
     tokio::spawn(
-        debounce(change_rx, mesh, Arc::clone(&store), cfg.clone(), snap_tx).instrument(info_span!("snapshot")),
+        debounce(change_rx, mesh, Arc::clone(&store), (cfg.debounce_quiet, cfg.debounce_max), snap_tx)
+            .instrument(info_span!("snapshot")),
     );
     let _ = ready_tx.send(true);
     if let (Some(client), Some(status), Some(k)) = (&kube_client, &kube, &cfg.kubernetes) {
@@ -437,13 +438,13 @@ fn build(store: &Mutex<Store>, mesh: &MeshConfig, version: u64) -> Snapshot {
     snap
 }
 
-/// Builds a snapshot once changes have been quiet for `debounce_quiet`, or once
-/// `debounce_max` has passed since the first unbuilt change.
+/// Builds a snapshot once changes have been quiet for `quiet`, or once `max` has passed
+/// since the first unbuilt change (`(quiet, max)`: `--debounce-quiet`, `--debounce-max`).
 async fn debounce(
     mut changes: mpsc::Receiver<()>,
     mesh: watch::Receiver<MeshConfig>,
     store: Arc<Mutex<Store>>,
-    cfg: ServeConfig,
+    (quiet, max): (Duration, Duration),
     snap_tx: watch::Sender<Arc<Snapshot>>,
 ) {
     let mut version = 1;
@@ -451,7 +452,7 @@ async fn debounce(
         let first = Instant::now();
         let mut last = first;
         loop {
-            let deadline = (last + cfg.debounce_quiet).min(first + cfg.debounce_max);
+            let deadline = (last + quiet).min(first + max);
             tokio::select! {
                 more = changes.recv() => match more {
                     Some(()) => last = Instant::now(),
@@ -499,4 +500,55 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The debounce task on a paused clock, fed by `changes`; what it publishes.
+    fn debounce_task() -> (mpsc::Sender<()>, watch::Receiver<Arc<Snapshot>>) {
+        let (tx, rx) = mpsc::channel(64);
+        let (_mesh_tx, mesh_rx) = watch::channel(MeshConfig::default());
+        let store = Arc::new(Mutex::new(Store::new()));
+        let first = Arc::new(Snapshot::build(&Store::new(), &MeshConfig::default(), 1));
+        let (snap_tx, snap_rx) = watch::channel(first);
+        let window = (Duration::from_millis(100), Duration::from_secs(10));
+        tokio::spawn(async move {
+            let _mesh_tx = _mesh_tx;
+            debounce(rx, mesh_rx, store, window, snap_tx).await;
+        });
+        (tx, snap_rx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_snapshot_is_built_once_changes_have_been_quiet_for_the_quiet_time() {
+        let (changes, mut snaps) = debounce_task();
+        changes.send(()).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(90)).await;
+        assert!(!snaps.has_changed().expect("open"), "90 ms after the change: still waiting");
+        // Another change restarts the quiet time.
+        changes.send(()).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(90)).await;
+        assert!(!snaps.has_changed().expect("open"), "90 ms after the second change: still waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(snaps.has_changed().expect("open"), "quiet for 100 ms: built");
+        assert_eq!(snaps.borrow_and_update().version, 2, "one snapshot for both changes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_that_never_stop_still_get_a_snapshot_after_the_max_time() {
+        let (changes, mut snaps) = debounce_task();
+        let start = tokio::time::Instant::now();
+        // A change every 50 ms: never quiet for 100 ms.
+        while !snaps.has_changed().expect("open") {
+            changes.send(()).await.expect("send");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited <= Duration::from_millis(10_050),
+            "built at the 10 s bound, not before and not much after: {waited:?}"
+        );
+    }
 }
