@@ -538,7 +538,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn changes_that_never_stop_still_get_a_snapshot_after_the_max_time() {
-        let (changes, mut snaps) = debounce_task();
+        let (changes, snaps) = debounce_task();
         let start = tokio::time::Instant::now();
         // A change every 50 ms: never quiet for 100 ms.
         while !snaps.has_changed().expect("open") {
