@@ -481,7 +481,7 @@ fn dynamic_dns_cluster_type() -> xds_cluster::cluster::ClusterDiscoveryType {
 /// Puts [`dynamic_dns_filter`] before the router of `filters` when the proxy sees a
 /// DYNAMIC_DNS service (only then: other proxies' connection managers stay as they were).
 pub(super) fn add_dynamic_dns_filter(scope: &Scope<'_>, filters: &mut Vec<xds_hcm::HttpFilter>) {
-    if scope.services.iter().any(|s| s.resolution == Resolution::DynamicDns) {
+    if scope.dynamic_dns {
         let router = filters.len().saturating_sub(1);
         filters.insert(router, dynamic_dns_filter());
     }

@@ -144,10 +144,17 @@ pub(super) fn listener_with(
     chains: Vec<xds_listener::FilterChain>,
     bind_to_port: bool,
 ) -> xds_listener::Listener {
-    let placeholder = xds_listener::Filter::default();
-    xds_listener::Listener { filter_chains: chains, ..listener(name, bind, port, placeholder, bind_to_port) }
+    xds_listener::Listener {
+        name,
+        address: Some(socket_address(bind, u32::from(port))),
+        filter_chains: chains,
+        bind_to_port: (!bind_to_port).then_some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        traffic_direction: xds_core::TrafficDirection::Outbound as i32,
+        ..Default::default()
+    }
 }
 
+/// An outbound listener with one filter chain holding `filter`.
 pub(super) fn listener(
     name: String,
     bind: &str,
@@ -155,14 +162,8 @@ pub(super) fn listener(
     filter: xds_listener::Filter,
     bind_to_port: bool,
 ) -> xds_listener::Listener {
-    xds_listener::Listener {
-        name,
-        address: Some(socket_address(bind, u32::from(port))),
-        filter_chains: vec![xds_listener::FilterChain { filters: vec![filter], ..Default::default() }],
-        bind_to_port: (!bind_to_port).then_some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
-        traffic_direction: xds_core::TrafficDirection::Outbound as i32,
-        ..Default::default()
-    }
+    let chain = xds_listener::FilterChain { filters: vec![filter], ..Default::default() };
+    listener_with(name, bind, port, vec![chain], bind_to_port)
 }
 
 pub(super) fn tls_inspector() -> xds_listener::ListenerFilter {

@@ -114,11 +114,10 @@ const ROUTER: &str = "envoy.filters.http.router";
 /// The EnvoyFilters that select `proxy`: those of the root namespace and of the proxy's
 /// own, whose workload selector (if any) matches its labels, in istiod's order (the
 /// snapshot keeps them so).
-fn selecting<'a>(snap: &'a Snapshot, proxy: &Proxy) -> impl Iterator<Item = &'a Config<EnvoyFilterSpec>> {
-    let root = snap.mesh.root_namespace.clone();
-    let (ns, labels) = (proxy.namespace.clone(), proxy.labels.clone());
+fn selecting<'a>(snap: &'a Snapshot, proxy: &'a Proxy) -> impl Iterator<Item = &'a Config<EnvoyFilterSpec>> {
+    let (root, ns, labels) = (&snap.mesh.root_namespace, &proxy.namespace, &proxy.labels);
     snap.envoy_filters.iter().filter(move |f| {
-        (f.namespace == root || f.namespace == ns)
+        (f.namespace == *root || f.namespace == *ns)
             && f.spec.workload_selector.as_ref().and_then(|w| w.labels.as_ref()).is_none_or(|sel| {
                 // A selector in the root namespace selects workloads of every namespace.
                 sel.iter().all(|(k, v)| labels.get(k) == Some(v))

@@ -16,8 +16,8 @@ use spar_model::{InterceptionMode, MtlsMode, Protocol};
 use super::Scope;
 use super::clusters::base_cluster;
 use super::envoy::{
-    BLACKHOLE_CLUSTER, CONNECT_TIMEOUT_SECS, PASSTHROUGH_CLUSTER, inbound_hcm, listener, socket_address, tcp_proxy,
-    tls_inspector,
+    BLACKHOLE_CLUSTER, CONNECT_TIMEOUT_SECS, PASSTHROUGH_CLUSTER, inbound_hcm, listener_with, socket_address,
+    tcp_proxy, tls_inspector,
 };
 use super::{authz, jwt, mtls, policy, routes};
 use crate::resources::{ProxyResources, type_url};
@@ -143,13 +143,14 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
             continue;
         }
         let name = format!("{bind}_{port}");
-        let mut l = listener(name.clone(), &bind, port, tcp_proxy(scope, String::new(), String::new()), true);
         // Chains told apart by transport protocol (STRICT's single TLS chain too) need
         // the TLS inspector: without it no chain matches and every connection is closed.
-        if chains.iter().any(|c| c.filter_chain_match.as_ref().is_some_and(|m| !m.transport_protocol.is_empty())) {
+        let inspect =
+            chains.iter().any(|c| c.filter_chain_match.as_ref().is_some_and(|m| !m.transport_protocol.is_empty()));
+        let mut l = listener_with(name.clone(), &bind, port, chains, true);
+        if inspect {
             l.listener_filters = vec![tls_inspector()];
         }
-        l.filter_chains = chains;
         l.traffic_direction = xds_core::TrafficDirection::Inbound as i32;
         out.insert(type_url::LISTENER, name, &l);
     }

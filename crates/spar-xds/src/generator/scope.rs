@@ -42,6 +42,9 @@ pub struct Scope<'a> {
     /// The `outbound|...` clusters routes and TCP proxies were pointed at while
     /// generating, checked against the clusters generated ([`Scope::dangling_routes`]).
     pub routed: std::cell::RefCell<std::collections::BTreeSet<String>>,
+    /// Some imported service resolves DYNAMIC_DNS: connection managers carry the dynamic
+    /// forward proxy's filter (found once here, not per connection manager).
+    pub dynamic_dns: bool,
 }
 
 /// Whether Sidecar egress host `pattern` (`ns/host`) imports `svc` for a proxy in `proxy_ns`.
@@ -122,7 +125,9 @@ impl<'a> Scope<'a> {
             access_logs: Vec::new(),
             tracing: Default::default(),
             routed: Default::default(),
+            dynamic_dns: false,
         };
+        scope.dynamic_dns = scope.services.iter().any(|s| s.resolution == spar_model::Resolution::DynamicDns);
         scope.access_logs = super::telemetry::access_logs(&scope);
         scope.tracing = super::telemetry::tracing(&scope, |svc| scope.imports(svc));
         scope
