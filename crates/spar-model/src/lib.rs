@@ -11,9 +11,11 @@
 
 mod ext_authz;
 mod host;
+mod mesh;
 mod proxy;
 mod rbac;
 mod references;
+mod selector;
 mod service;
 mod snapshot;
 mod store;
@@ -22,13 +24,17 @@ mod telemetry;
 pub use ext_authz::{
     DEFAULT_TIMEOUT as EXT_AUTHZ_DEFAULT_TIMEOUT, ExtAuthzApi, ExtAuthzProvider, HttpSettings, RequestBody,
 };
-pub use host::{matches as host_matches, resolve as resolve_host, short_forms};
+pub use host::{
+    matches as host_matches, overlaps as hosts_overlap, resolve as resolve_host,
+    resource_name as resource_name_from_host, short_forms, to_fqdn,
+};
+pub use mesh::{FileAccessLog, MeshConfig, MeshConfigError};
 pub use proxy::{ISTIO_VERSION, InterceptionMode, Proxy, ProxyError, ProxyKind};
 pub use rbac::SecretReaders;
+pub use selector::{LabelSelectorRequirement, label_selector_matches, selects};
 pub use service::{Endpoint, Protocol, Resolution, Service, ServicePort, export_allows};
 pub use snapshot::{
-    Config, DRY_RUN_ANNOTATION, Diagnostic, EndpointChanges, FileAccessLog, MeshConfig, MtlsMode, Snapshot,
-    gateway_ref_is, go_bool, selects,
+    Config, DRY_RUN_ANNOTATION, Diagnostic, EndpointChanges, MtlsMode, Snapshot, gateway_ref_is, go_bool,
 };
 pub use store::{Duplicate, Store, Unit};
 pub use telemetry::{OtelHttp, OtelProvider, Tracing, TracingProvider, TracingSpec};

@@ -20,72 +20,12 @@ use spar_api::istio::virtual_service::VirtualServiceSpec;
 use spar_api::istio::workload_entry::WorkloadEntrySpec;
 use spar_api::{Object, Origin, Resource};
 
-use crate::ext_authz::ExtAuthzProvider;
+use crate::mesh::{FileAccessLog, MeshConfig};
 use crate::rbac::SecretReaders;
+use crate::selector::selects;
 use crate::service::Service;
-use crate::telemetry::TracingProvider;
 use crate::{Proxy, Store, host};
 use registry::{REGION_LABEL, Workloads, external_name, kube_service, service_entry_services};
-
-/// Mesh-wide settings (Istio's MeshConfig, the parts Spar reads).
-#[derive(Clone, Debug, PartialEq)]
-pub struct MeshConfig {
-    /// DNS domain, `cluster.local`.
-    pub domain: String,
-    /// Root namespace for mesh-wide config, `istio-system`.
-    pub root_namespace: String,
-    /// `outboundTrafficPolicy.mode`: whether traffic to hosts outside the registry is
-    /// let through (`ALLOW_ANY`, Istio's default) or refused (`REGISTRY_ONLY`).
-    pub registry_only: bool,
-    /// `accessLogFile` (with `accessLogFormat` and `accessLogEncoding`): every proxy
-    /// writes an access log there. Off when unset.
-    pub access_log: Option<FileAccessLog>,
-    /// `extensionProviders[].envoyFileAccessLog`, by provider name, for Telemetry
-    /// `accessLogging`. The built-in `envoy` provider (`/dev/stdout`) is always there.
-    pub access_log_providers: BTreeMap<String, FileAccessLog>,
-    /// `extensionProviders[]` by name, for Telemetry `tracing` (OpenTelemetry ones; the
-    /// other kinds are kept to say why they are not served).
-    pub tracing_providers: BTreeMap<String, TracingProvider>,
-    /// `defaultProviders.tracing`: the provider of Telemetry `tracing` that names none
-    /// (the first one only, as in istiod).
-    pub default_tracing_providers: Vec<String>,
-    /// `defaultConfig.tracing.sampling`: percent of requests traced when no Telemetry
-    /// sets `randomSamplingPercentage`; Istio's default is 1.
-    pub trace_sampling: f64,
-    /// `extensionProviders[]` of kind `envoyExtAuthzHttp` or `envoyExtAuthzGrpc`, by
-    /// name, for AuthorizationPolicy `action: CUSTOM`; a provider that cannot be used
-    /// is kept with the reason (the policies naming it deny what they match).
-    pub authz_providers: BTreeMap<String, Result<ExtAuthzProvider, String>>,
-}
-
-/// A file access log as MeshConfig describes one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FileAccessLog {
-    /// Path (`/dev/stdout` for the container log).
-    pub path: String,
-    /// Text format (Envoy command operators); Istio's default format when unset.
-    pub format: Option<String>,
-    /// JSON lines instead of text; with `json_fields` as the fields when given.
-    pub json: bool,
-    /// JSON field name to Envoy command operator (`logFormat.labels`).
-    pub json_fields: BTreeMap<String, String>,
-}
-
-impl Default for MeshConfig {
-    fn default() -> Self {
-        Self {
-            domain: "cluster.local".into(),
-            root_namespace: "istio-system".into(),
-            registry_only: false,
-            access_log: None,
-            access_log_providers: BTreeMap::new(),
-            tracing_providers: BTreeMap::new(),
-            default_tracing_providers: Vec::new(),
-            trace_sampling: 1.0,
-            authz_providers: BTreeMap::new(),
-        }
-    }
-}
 
 /// An Istio object in the snapshot: its spec and where it came from.
 #[derive(Clone, Debug)]
@@ -237,11 +177,6 @@ pub fn go_bool(v: &str) -> Option<bool> {
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
         _ => None,
     }
-}
-
-/// Whether every label of `selector` is on `labels` (Kubernetes `matchLabels`).
-pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 fn u16_port(p: i64) -> Option<u16> {

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use spar_api::istio::telemetry::{TelemetrySpec, TelemetryTracingCustomTags, TelemetryTracingMatchMode};
 
-use crate::snapshot::{Config, Diagnostic, Snapshot, selects};
+use crate::selector::selects;
+use crate::snapshot::{Config, Diagnostic, Snapshot};
 
 /// A MeshConfig `extensionProviders[]` entry, as tracing sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
