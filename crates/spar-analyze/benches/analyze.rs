@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use spar_analyze::{Context, LoadOptions, Loaded, MeshConfig, select_analyzers};
+use spar_analyze::{Context, LoadOptions, Loaded, select_analyzers};
+use spar_model::MeshConfig;
 
 /// Every `PROBLEM_EVERY`th resource of a kind has something wrong with it.
 const PROBLEM_EVERY: usize = 50;

@@ -4,7 +4,16 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use spar_api::istio::authorization_policy::AuthorizationPolicySpec;
+use spar_api::istio::destination_rule::DestinationRuleSpec;
+use spar_api::istio::gateway::GatewaySpec;
+use spar_api::istio::request_authentication::RequestAuthenticationSpec;
+use spar_api::istio::service_entry::ServiceEntrySpec;
+use spar_api::istio::sidecar::SidecarSpec;
+use spar_api::istio::telemetry::TelemetrySpec;
+use spar_api::istio::virtual_service::VirtualServiceSpec;
 use spar_api::{Object, Origin};
+use spar_model::MeshConfig;
 
 use crate::fieldmap::FieldLines;
 use crate::message::Subject;
@@ -116,6 +125,13 @@ impl Resource {
         self.fields.contains_key(path)
     }
 
+    /// The typed spec, when the document parsed as Spar's type for its kind (see
+    /// [`Typed`]). Analyzers skip a resource without one, as Istio's skip objects that do
+    /// not convert; the schema analyzer reports why it did not parse.
+    pub fn typed<T: Typed>(&self) -> Option<&T> {
+        self.object.as_ref().and_then(|o| T::from_object(&o.resource))
+    }
+
     /// `ns/name`, or `name` without a namespace.
     pub fn full_name(&self) -> String {
         if self.namespace.is_empty() { self.name.clone() } else { format!("{}/{}", self.namespace, self.name) }
@@ -139,70 +155,40 @@ pub fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-/// Mesh-wide settings analyzers read (Istio's MeshConfig). Unknown fields are kept in
-/// `raw`.
-#[derive(Clone, Debug)]
-pub struct MeshConfig {
-    /// `rootNamespace`, `istio-system` by default.
-    pub root_namespace: String,
-    /// The cluster DNS domain, `cluster.local`.
-    pub domain: String,
-    /// `ingressService`, `istio-ingressgateway` by default.
-    pub ingress_service: String,
-    /// `ingressControllerMode`, `STRICT` by default (`OFF` disables the default ingress).
-    pub ingress_controller_mode: String,
-    /// The MeshConfig document as given (`defaultConfig`, `outboundTrafficPolicy`, ...).
-    pub raw: Value,
+/// A typed spec analyzers read instead of the document's JSON: its kind, and how to
+/// find it in a parsed [`Object`].
+pub trait Typed: Sized + 'static {
+    /// The kind whose spec this is.
+    const GK: Gk;
+    /// The spec, when `resource` is of this kind.
+    fn from_object(resource: &spar_api::Resource) -> Option<&Self>;
 }
 
-impl Default for MeshConfig {
-    fn default() -> Self {
-        Self {
-            root_namespace: "istio-system".into(),
-            domain: "cluster.local".into(),
-            ingress_service: "istio-ingressgateway".into(),
-            ingress_controller_mode: "STRICT".into(),
-            raw: Value::Object(serde_json::Map::new()),
-        }
-    }
+macro_rules! typed {
+    ($( $ty:ty => $variant:ident, $gk:expr; )*) => {
+        $(
+            impl Typed for $ty {
+                const GK: Gk = $gk;
+                fn from_object(resource: &spar_api::Resource) -> Option<&Self> {
+                    match resource {
+                        spar_api::Resource::$variant(spec) => Some(spec),
+                        _ => None,
+                    }
+                }
+            }
+        )*
+    };
 }
 
-impl MeshConfig {
-    /// Reads a MeshConfig YAML document (the `mesh` key of Istio's `istio` ConfigMap),
-    /// with Istio's defaults for what it does not set.
-    pub fn from_yaml(text: &str) -> Result<Self, String> {
-        let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
-        let raw = serde_json::to_value(v).map_err(|e| e.to_string())?;
-        let raw = match raw {
-            Value::Null => Value::Object(serde_json::Map::new()),
-            Value::Object(_) => raw,
-            _ => return Err("a MeshConfig must be a YAML mapping".into()),
-        };
-        let d = Self::default();
-        let s = |k: &str, def: String| raw.get(k).and_then(Value::as_str).map_or(def, str::to_string);
-        Ok(Self {
-            root_namespace: s("rootNamespace", d.root_namespace),
-            domain: d.domain,
-            ingress_service: s("ingressService", d.ingress_service),
-            ingress_controller_mode: s("ingressControllerMode", d.ingress_controller_mode),
-            raw,
-        })
-    }
-
-    /// `defaultConfig` (ProxyConfig), or null.
-    pub fn default_config(&self) -> &Value {
-        self.raw.get("defaultConfig").unwrap_or(&Value::Null)
-    }
-
-    /// `outboundTrafficPolicy.mode`: `ALLOW_ANY` unless set.
-    pub fn outbound_traffic_policy(&self) -> &str {
-        self.raw.pointer("/outboundTrafficPolicy/mode").and_then(Value::as_str).unwrap_or("ALLOW_ANY")
-    }
-
-    /// `defaultConfig.proxyMetadata.<key>`.
-    pub fn proxy_metadata(&self, key: &str) -> Option<&str> {
-        self.default_config().get("proxyMetadata").and_then(|m| m.get(key)).and_then(Value::as_str)
-    }
+typed! {
+    VirtualServiceSpec => VirtualService, gk::VIRTUAL_SERVICE;
+    DestinationRuleSpec => DestinationRule, gk::DESTINATION_RULE;
+    GatewaySpec => Gateway, gk::GATEWAY;
+    ServiceEntrySpec => ServiceEntry, gk::SERVICE_ENTRY;
+    SidecarSpec => Sidecar, gk::SIDECAR;
+    AuthorizationPolicySpec => AuthorizationPolicy, gk::AUTHORIZATION_POLICY;
+    RequestAuthenticationSpec => RequestAuthentication, gk::REQUEST_AUTHENTICATION;
+    TelemetrySpec => Telemetry, gk::TELEMETRY;
 }
 
 /// The read-only view analyzers work on.
@@ -245,6 +231,12 @@ impl Context {
     /// Resources of kind `k`, in input order.
     pub fn of(&self, k: Gk) -> impl Iterator<Item = &Resource> + '_ {
         self.by_kind.get(&(k.group.to_string(), k.kind.to_string())).into_iter().flatten().map(|i| &self.resources[*i])
+    }
+
+    /// Resources of `T`'s kind that parsed as `T`, with their specs, in input order.
+    /// Resources that did not parse are left out (they are still in [`Context::of`]).
+    pub fn typed<T: Typed>(&self) -> impl Iterator<Item = (&Resource, &T)> + '_ {
+        self.of(T::GK).filter_map(|r| Some((r, r.typed::<T>()?)))
     }
 
     /// The resource of kind `k` named `ns/name`.

@@ -28,7 +28,7 @@ pub mod output;
 pub mod suppress;
 
 pub use analyzers::{Analyzer, Reporter};
-pub use context::{Context, MeshConfig, Resource};
+pub use context::{Context, Resource, Typed};
 pub use load::{LoadOptions, Loaded};
 pub use message::{Level, Message, MessageType, Subject, all_message_types, message_type};
 pub use messages_gen::code;

@@ -5,8 +5,9 @@
 use serde_json::Value;
 use spar_api::document::DocOutcome;
 use spar_api::{Origin, parse_document, split_documents, validate};
+use spar_model::MeshConfig;
 
-use crate::context::{MeshConfig, Resource};
+use crate::context::Resource;
 use crate::fieldmap::{self, FieldLines};
 use crate::message::{Message, Subject, message_type};
 use crate::messages_gen::code;

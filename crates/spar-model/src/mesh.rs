@@ -85,10 +85,10 @@ impl Default for MeshConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MeshConfigError {
     /// The text is not YAML.
-    #[error("{0}")]
+    #[error(transparent)]
     Yaml(#[from] serde_yaml_ng::Error),
     /// The YAML has no JSON form (a non-string key, ...).
-    #[error("{0}")]
+    #[error(transparent)]
     Json(#[from] serde_json::Error),
     /// The document is a list or a scalar.
     #[error("a MeshConfig must be a YAML mapping")]

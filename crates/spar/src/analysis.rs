@@ -61,11 +61,11 @@ pub fn resources(store: &Store) -> Vec<Resource> {
 /// The findings over `resources` (warnings and errors only), by the store unit they are
 /// about.
 pub fn analyze(resources: Vec<Resource>, root_namespace: &str) -> BTreeMap<String, Vec<Finding>> {
-    let mesh = match spar_analyze::MeshConfig::from_yaml(&format!("rootNamespace: {root_namespace}\n")) {
+    let mesh = match spar_model::MeshConfig::from_yaml(&format!("rootNamespace: {root_namespace}\n")) {
         Ok(m) => m,
         Err(e) => {
             warn!(error = %e, "analysis: cannot read the mesh config; using the defaults");
-            spar_analyze::MeshConfig::default()
+            spar_model::MeshConfig::default()
         }
     };
     let ctx = Context::new(resources, mesh, None);

@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use spar_analyze::output::{self, Format};
-use spar_analyze::{Context, Level, LoadOptions, Loaded, MeshConfig, Message, Suppression, analyzers};
+use spar_analyze::{Context, Level, LoadOptions, Loaded, Message, Suppression, analyzers};
+use spar_model::MeshConfig;
 
 /// Findings at or above `--failure-threshold` (istioctl's `ExitAnalyzerFoundIssues`).
 pub const EXIT_FINDINGS: i32 = 79;

@@ -46,7 +46,7 @@ pub fn load(path: &Path, base: MeshConfig) -> anyhow::Result<(MeshConfig, Vec<St
         Some(t) if doc.get("kind").and_then(Value::as_str) == Some("ConfigMap") => t.to_string(),
         _ => text,
     };
-    let parsed = spar_analyze::context::MeshConfig::from_yaml(&mesh_text).map_err(anyhow::Error::msg)?;
+    let parsed = MeshConfig::from_yaml(&mesh_text).map_err(anyhow::Error::msg)?;
     from_raw(&parsed.raw, base)
 }
 
@@ -62,7 +62,7 @@ pub struct ConfigMapLayer {
 /// The mesh for MeshConfig YAML `text` over `base`, then `registry_only` (the flag) over
 /// that. Returns the top-level fields that were ignored.
 pub fn over(text: &str, base: &MeshConfig, registry_only: Option<bool>) -> anyhow::Result<(MeshConfig, Vec<String>)> {
-    let parsed = spar_analyze::context::MeshConfig::from_yaml(text).map_err(anyhow::Error::msg)?;
+    let parsed = MeshConfig::from_yaml(text).map_err(anyhow::Error::msg)?;
     let (mut mesh, ignored) = from_raw(&parsed.raw, base.clone())?;
     if let Some(r) = registry_only {
         mesh.registry_only = r;

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::gateway::selector_string;
-use super::{Analyzer, Reporter, arr, pod_in_mesh, selects, st, strs};
+use spar_model::selects;
+
+use super::{Analyzer, Reporter, arr, pod_in_mesh, st, strs};
 use crate::context::{Context, Resource, gk};
 use crate::messages_gen::code;
 

@@ -2,11 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use spar_api::istio::destination_rule::{
+    DestinationRuleSpec, DestinationRuleTrafficPolicyPortLevelSettingsTlsMode as PortTlsMode,
+    DestinationRuleTrafficPolicyTlsMode as TlsMode,
+};
+use spar_model::selects;
 
+use super::st;
 use super::virtualservice::{destination_host, service_entry_host_map};
-use super::{Analyzer, Reporter, arr, selects, st, strs};
-use crate::context::{Context, Resource, gk};
+use super::{Analyzer, Reporter};
+use crate::context::{Context, gk};
 use crate::messages_gen::code;
 
 pub(super) static ANALYZERS: &[Analyzer] = &[
@@ -29,25 +34,33 @@ pub(super) static ANALYZERS: &[Analyzer] = &[
     },
 ];
 
-fn unverified(tls: &Value, has_selector: bool) -> Option<&str> {
-    let mode = st(tls, "mode");
-    if mode != "SIMPLE" && mode != "MUTUAL" {
-        return None;
-    }
-    let ca = st(tls, "caCertificates");
-    let credential = st(tls, "credentialName");
+/// The TLS mode that leaves the server unverified (`SIMPLE` or `MUTUAL` without
+/// `caCertificates`), if any.
+fn unverified(
+    mode: &'static str,
+    ca: Option<&String>,
+    credential: Option<&String>,
+    has_selector: bool,
+) -> Option<&'static str> {
+    let ca = ca.map_or("", String::as_str);
+    let credential = credential.map_or("", String::as_str);
     // A credential from a Secret verifies the server only for workload-selected rules.
     (ca.is_empty() && (!has_selector || credential.is_empty())).then_some(mode)
 }
 
 fn ca_certificates(ctx: &Context, r: &mut Reporter<'_>) {
-    for dr in ctx.of(gk::DESTINATION_RULE) {
-        let spec = dr.spec();
-        let has_selector = spec.get("workloadSelector").is_some_and(|w| !w.is_null());
-        let host = st(spec, "host");
-        let policy = spec.get("trafficPolicy").unwrap_or(&Value::Null);
-        if let Some(tls) = policy.get("tls")
-            && let Some(mode) = unverified(tls, has_selector)
+    for (dr, spec) in ctx.typed::<DestinationRuleSpec>() {
+        let has_selector = spec.workload_selector.is_some();
+        let host = spec.host.as_str();
+        let policy = spec.traffic_policy.as_ref();
+        if let Some(tls) = policy.and_then(|p| p.tls.as_ref())
+            && let Some(mode) = match tls.mode {
+                Some(TlsMode::Simple) => Some("SIMPLE"),
+                Some(TlsMode::Mutual) => Some("MUTUAL"),
+                _ => None,
+            }
+            && let Some(mode) =
+                unverified(mode, tls.ca_certificates.as_ref(), tls.credential_name.as_ref(), has_selector)
         {
             r.report_at(
                 dr,
@@ -56,12 +69,18 @@ fn ca_certificates(ctx: &Context, r: &mut Reporter<'_>) {
                 vec![dr.full_name(), dr.namespace.clone(), mode.into(), host.into()],
             );
         }
-        for (i, p) in arr(policy, "portLevelSettings").iter().enumerate() {
-            if let Some(tls) = p.get("tls")
-                && let Some(mode) = unverified(tls, has_selector)
+        for (i, p) in policy.and_then(|p| p.port_level_settings.as_ref()).into_iter().flatten().enumerate() {
+            if let Some(tls) = p.tls.as_ref()
+                && let Some(mode) = match tls.mode {
+                    Some(PortTlsMode::Simple) => Some("SIMPLE"),
+                    Some(PortTlsMode::Mutual) => Some("MUTUAL"),
+                    _ => None,
+                }
+                && let Some(mode) =
+                    unverified(mode, tls.ca_certificates.as_ref(), tls.credential_name.as_ref(), has_selector)
             {
                 // Istio prints the PortSelector proto (`number:9443`).
-                let port = p.pointer("/port/number").and_then(Value::as_i64).map(|n| format!("number:{n}"));
+                let port = p.port.as_ref().and_then(|p| p.number).map(|n| format!("number:{n}"));
                 r.report_at(
                     dr,
                     code::NO_SERVER_CERTIFICATE_VERIFICATION_PORT_LEVEL,
@@ -98,25 +117,25 @@ fn subsets_select_pods(ctx: &Context, r: &mut Reporter<'_>) {
             labels
         })
         .collect();
-    for dr in ctx.of(gk::DESTINATION_RULE) {
-        let spec = dr.spec();
-        let host = st(spec, "host");
-        let Some(entry) = destination_host(&hosts, &dr.namespace, &strs(spec, "exportTo"), host) else {
+    for (dr, spec) in ctx.typed::<DestinationRuleSpec>() {
+        let host = spec.host.as_str();
+        let export: Vec<&str> = spec.export_to.iter().flatten().map(String::as_str).collect();
+        let Some(entry) = destination_host(&hosts, &dr.namespace, &export, host, &ctx.mesh().domain) else {
             r.report_at(dr, code::UNKNOWN_DESTINATION_RULE_HOST, "spec.host", vec![host.into()]);
             continue;
         };
         if !ctx.workloads_known() {
             continue;
         }
-        for (i, s) in arr(spec, "subsets").iter().enumerate() {
+        for (i, s) in spec.subsets.iter().flatten().enumerate() {
             let mut selector = entry.selector.clone();
-            selector.extend(Resource::string_map(s.get("labels")));
+            selector.extend(s.labels.iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
             if !pods.iter().any(|labels| selects(&selector, labels)) {
                 r.report_at(
                     dr,
                     code::DESTINATION_RULE_SUBSET_NOT_SELECT_PODS,
                     &format!("spec.subsets[{i}].name"),
-                    vec![st(s, "name").into()],
+                    vec![s.name.clone()],
                 );
             }
         }

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use spar_api::istio::gateway::{GatewayServersTls, GatewaySpec};
+use spar_model::selects;
 
-use super::{Analyzer, Reporter, arr, selects, short_or_full, st, strs};
+use super::{Analyzer, Reporter, arr, short_or_full, st};
 use crate::context::{Context, Resource, gk};
 use crate::message::go_list;
 use crate::messages_gen::code;
@@ -51,12 +53,8 @@ fn selector_path(sel: &BTreeMap<String, String>) -> String {
     sel.keys().next().map(|k| format!("spec.selector.{k}")).unwrap_or_default()
 }
 
-fn gw_selector(gw: &Resource) -> BTreeMap<String, String> {
-    Resource::string_map(gw.spec().get("selector"))
-}
-
-fn port_number(server: &Value) -> Option<i64> {
-    server.pointer("/port/number").and_then(Value::as_i64)
+fn gw_selector(gw: &GatewaySpec) -> BTreeMap<String, String> {
+    gw.selector.clone().unwrap_or_default()
 }
 
 /// A Service port's `targetPort` as an integer (a numeric string counts; names are 0).
@@ -69,8 +67,8 @@ fn int_value(v: Option<&Value>) -> i64 {
 }
 
 fn ingress_ports(ctx: &Context, r: &mut Reporter<'_>) {
-    for gw in ctx.of(gk::GATEWAY) {
-        let sel = gw_selector(gw);
+    for (gw, spec) in ctx.typed::<GatewaySpec>() {
+        let sel = gw_selector(spec);
         let mut service_ports = std::collections::BTreeSet::new();
         let mut mapping: BTreeMap<i64, i64> = BTreeMap::new();
         let mut matched = 0;
@@ -111,8 +109,8 @@ fn ingress_ports(ctx: &Context, r: &mut Reporter<'_>) {
             );
             continue;
         }
-        for server in arr(gw.spec(), "servers") {
-            let Some(n) = port_number(server) else { continue };
+        for server in spec.servers.iter().flatten() {
+            let n = server.port.number;
             if !service_ports.contains(&n) && !mapping.contains_key(&n) {
                 r.report_at(
                     gw,
@@ -126,8 +124,8 @@ fn ingress_ports(ctx: &Context, r: &mut Reporter<'_>) {
 }
 
 fn secrets(ctx: &Context, r: &mut Reporter<'_>) {
-    for gw in ctx.of(gk::GATEWAY) {
-        let sel = gw_selector(gw);
+    for (gw, spec) in ctx.typed::<GatewaySpec>() {
+        let sel = gw_selector(spec);
         let Some(pod) = ctx.of(gk::POD).find(|p| selects(&sel, &p.labels)) else {
             if !ctx.workloads_known() {
                 continue;
@@ -141,8 +139,8 @@ fn secrets(ctx: &Context, r: &mut Reporter<'_>) {
             continue;
         };
         let gw_ns = pod.namespace.clone();
-        for (i, server) in arr(gw.spec(), "servers").iter().enumerate() {
-            let cn = server.get("tls").map(|t| st(t, "credentialName")).unwrap_or_default();
+        for (i, server) in spec.servers.iter().flatten().enumerate() {
+            let cn = server.tls.as_ref().and_then(|t| t.credential_name.as_deref()).unwrap_or_default();
             if cn.is_empty() {
                 continue;
             }
@@ -168,17 +166,17 @@ fn conflicting(ctx: &Context, r: &mut Reporter<'_>) {
     // (selector, port) -> gateway -> host -> bind
     type Hosts = BTreeMap<String, String>;
     let mut map: BTreeMap<(String, String), BTreeMap<String, Hosts>> = BTreeMap::new();
-    for gw in ctx.of(gk::GATEWAY) {
-        let sel = selector_string(&gw_selector(gw));
-        for server in arr(gw.spec(), "servers") {
-            let port = port_number(server).unwrap_or(0).to_string();
-            let bind = st(server, "bind").to_string();
-            let hb = strs(server, "hosts").into_iter().map(|h| (h.to_string(), bind.clone())).collect();
+    for (gw, spec) in ctx.typed::<GatewaySpec>() {
+        let sel = selector_string(&gw_selector(spec));
+        for server in spec.servers.iter().flatten() {
+            let port = server.port.number.to_string();
+            let bind = server.bind.clone().unwrap_or_default();
+            let hb = server.hosts.iter().map(|h| (h.clone(), bind.clone())).collect();
             map.entry((sel.clone(), port)).or_default().insert(gw.full_name(), hb);
         }
     }
-    for gw in ctx.of(gk::GATEWAY) {
-        let sel_map = gw_selector(gw);
+    for (gw, spec) in ctx.typed::<GatewaySpec>() {
+        let sel_map = gw_selector(spec);
         let sel = selector_string(&sel_map);
         let mut hit = Vec::new();
         for (key, entries) in &map {
@@ -204,17 +202,17 @@ fn conflicting(ctx: &Context, r: &mut Reporter<'_>) {
             );
             continue;
         }
-        for server in arr(gw.spec(), "servers") {
-            let port = port_number(server).unwrap_or(0).to_string();
-            let bind = st(server, "bind");
-            let hosts = strs(server, "hosts");
+        for server in spec.servers.iter().flatten() {
+            let port = server.port.number.to_string();
+            let bind = server.bind.as_deref().unwrap_or_default();
+            let hosts = &server.hosts;
             let mut conflicts = Vec::new();
             for ((_, p), entries) in &hit {
                 if *p != port {
                     continue;
                 }
                 for (name, known) in *entries {
-                    if *name != gw.full_name() && hosts.iter().any(|h| known.get(*h).is_some_and(|b| b == bind)) {
+                    if *name != gw.full_name() && hosts.iter().any(|h| known.get(h).is_some_and(|b| b == bind)) {
                         conflicts.push(name.clone());
                     }
                 }
@@ -227,14 +225,15 @@ fn conflicting(ctx: &Context, r: &mut Reporter<'_>) {
     }
 }
 
-fn same_certificate(a: &Value, b: &Value) -> bool {
-    let (ca, cb) = (st(a, "credentialName"), st(b, "credentialName"));
+fn same_certificate(a: &GatewayServersTls, b: &GatewayServersTls) -> bool {
+    let s = |v: &Option<String>| v.as_deref().unwrap_or_default().to_string();
+    let (ca, cb) = (s(&a.credential_name), s(&b.credential_name));
     if !ca.is_empty() && !cb.is_empty() {
         return ca == cb;
     }
     if ca.is_empty() && cb.is_empty() {
-        let (sa, sb) = (st(a, "serverCertificate"), st(b, "serverCertificate"));
-        let (ka, kb) = (st(a, "privateKey"), st(b, "privateKey"));
+        let (sa, sb) = (s(&a.server_certificate), s(&b.server_certificate));
+        let (ka, kb) = (s(&a.private_key), s(&b.private_key));
         return !sa.is_empty() && sa == sb && !ka.is_empty() && ka == kb;
     }
     false
@@ -243,13 +242,14 @@ fn same_certificate(a: &Value, b: &Value) -> bool {
 fn duplicate_certificates(ctx: &Context, r: &mut Reporter<'_>) {
     // Only Gateways with TLS servers can share a certificate; names and selectors are
     // computed once (the pairwise loop below is quadratic in these Gateways only).
-    let tls: Vec<(&Resource, String, BTreeMap<String, String>)> = ctx
-        .of(gk::GATEWAY)
-        .filter(|gw| arr(gw.spec(), "servers").iter().any(|s| s.get("tls").is_some()))
-        .map(|gw| (gw, gw.full_name(), gw_selector(gw)))
+    type TlsGateway<'c> = (&'c Resource, &'c GatewaySpec, String, BTreeMap<String, String>);
+    let tls: Vec<TlsGateway<'_>> = ctx
+        .typed::<GatewaySpec>()
+        .filter(|(_, spec)| spec.servers.iter().flatten().any(|s| s.tls.is_some()))
+        .map(|(gw, spec)| (gw, spec, gw.full_name(), gw_selector(spec)))
         .collect();
-    for (gw, name, sel) in &tls {
-        for (other, other_name, other_sel) in &tls {
+    for (gw, spec, name, sel) in &tls {
+        for (_, other, other_name, other_sel) in &tls {
             if other_name == name {
                 continue;
             }
@@ -257,9 +257,9 @@ fn duplicate_certificates(ctx: &Context, r: &mut Reporter<'_>) {
             if !sel.is_empty() && !sel.iter().all(|(k, v)| other_sel.get(k) == Some(v)) {
                 continue;
             }
-            for (i, s) in arr(gw.spec(), "servers").iter().enumerate() {
-                for o in arr(other.spec(), "servers") {
-                    let (Some(ta), Some(tb)) = (s.get("tls"), o.get("tls")) else { continue };
+            for (i, s) in spec.servers.iter().flatten().enumerate() {
+                for o in other.servers.iter().flatten() {
+                    let (Some(ta), Some(tb)) = (&s.tls, &o.tls) else { continue };
                     if same_certificate(ta, tb) {
                         r.report_at(
                             gw,

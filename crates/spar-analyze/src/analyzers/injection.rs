@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use spar_model::LabelSelectorRequirement;
 
 use super::{Analyzer, Reporter, arr, containers, st};
 use crate::context::{Context, Resource, gk};
@@ -144,7 +145,7 @@ fn image_type(ctx: &Context, pod: &Resource) -> String {
         if pc.spec().get("selector").is_some() {
             let sel = Resource::string_map(pc.spec().pointer("/selector/matchLabels"));
             let t = of(pc.spec());
-            if super::selects(&sel, &pod.labels) && !t.is_empty() {
+            if spar_model::selects(&sel, &pod.labels) && !t.is_empty() {
                 variant = t;
             }
         }
@@ -209,25 +210,20 @@ fn images(ctx: &Context, r: &mut Reporter<'_>) {
     }
 }
 
-/// A Kubernetes `LabelSelector` (`matchLabels` and `matchExpressions`); absent selects all.
+/// A Kubernetes `LabelSelector` written in a webhook (`matchLabels` and
+/// `matchExpressions`), matched by spar-model; absent selects all. Label values may be
+/// written as numbers or booleans, as elsewhere in analysis.
 pub(crate) fn label_selector_matches(selector: Option<&Value>, labels: &BTreeMap<String, String>) -> bool {
     let Some(sel) = selector.filter(|s| !s.is_null()) else { return true };
-    let ml = Resource::string_map(sel.get("matchLabels"));
-    if !super::selects(&ml, labels) {
-        return false;
-    }
-    arr(sel, "matchExpressions").iter().all(|e| {
-        let key = st(e, "key");
-        let values: Vec<&str> = super::strs(e, "values");
-        let v = labels.get(key);
-        match st(e, "operator") {
-            "In" => v.is_some_and(|v| values.contains(&v.as_str())),
-            "NotIn" => v.is_none_or(|v| !values.contains(&v.as_str())),
-            "Exists" => v.is_some(),
-            "DoesNotExist" => v.is_none(),
-            _ => false,
-        }
-    })
+    let expressions: Vec<LabelSelectorRequirement> = arr(sel, "matchExpressions")
+        .iter()
+        .map(|e| LabelSelectorRequirement {
+            key: st(e, "key").to_string(),
+            operator: st(e, "operator").to_string(),
+            values: super::strs(e, "values").into_iter().map(str::to_string).collect(),
+        })
+        .collect();
+    spar_model::label_selector_matches(&Resource::string_map(sel.get("matchLabels")), &expressions, labels)
 }
 
 fn has_auto_image(spec: &Value) -> bool {

@@ -129,15 +129,6 @@ pub(crate) fn strs<'v>(v: &'v Value, k: &str) -> Vec<&'v str> {
     arr(v, k).iter().filter_map(Value::as_str).collect()
 }
 
-/// Whether every `selector` label is in `labels` with the same value. An empty selector
-/// selects everything.
-pub(crate) fn selects(
-    selector: &std::collections::BTreeMap<String, String>,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-}
-
 /// The containers (and init containers) of a Pod, Deployment (or other workload with a
 /// pod template), as JSON values.
 pub(crate) fn containers(r: &Resource, with_init: bool) -> Vec<&Value> {
@@ -173,41 +164,6 @@ pub(crate) fn short_or_full(ns: &str, reference: &str) -> (String, String) {
     }
 }
 
-/// Host overlap as Istio's `host.Name.Matches`: equal, or one wildcard covers the other.
-pub(crate) fn host_matches(a: &str, b: &str) -> bool {
-    if a == b || a == "*" || b == "*" {
-        return true;
-    }
-    match (a.strip_prefix('*'), b.strip_prefix('*')) {
-        (Some(sa), Some(sb)) => sa.ends_with(sb) || sb.ends_with(sa),
-        (Some(sa), None) => b.ends_with(sa),
-        (None, Some(sb)) => a.ends_with(sb),
-        (None, None) => false,
-    }
-}
-
-/// Istio's `ConvertHostToFQDN`: a short name becomes `name.ns.svc.cluster.local`.
-pub(crate) fn fqdn(ns: &str, host: &str) -> String {
-    if host.starts_with('*') || host.contains('.') {
-        host.to_string()
-    } else {
-        format!("{host}.{ns}.svc.cluster.local")
-    }
-}
-
-/// Istio's `GetResourceNameFromHost`: `(ns, name)` of a cluster-local host, or
-/// `(default_ns, host)`.
-pub(crate) fn resource_name_from_host(default_ns: &str, host: &str) -> (String, String) {
-    if let Some(rest) = host.strip_suffix(".svc.cluster.local")
-        && let Some((name, ns)) = rest.rsplit_once('.')
-        && !name.is_empty()
-        && !ns.is_empty()
-    {
-        return (ns.to_string(), name.to_string());
-    }
-    (default_ns.to_string(), host.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,13 +182,5 @@ mod tests {
                 assert!(message_type(c).is_some(), "{}: unknown code {c}", a.name);
             }
         }
-    }
-
-    #[test]
-    fn host_overlap() {
-        assert!(host_matches("*.example.com", "a.example.com"));
-        assert!(host_matches("a.example.com", "*.example.com"));
-        assert!(host_matches("*", "x"));
-        assert!(!host_matches("a.example.com", "b.example.com"));
     }
 }

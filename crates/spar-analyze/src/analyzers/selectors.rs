@@ -101,7 +101,7 @@ fn select_pods<'c>(
     for (res, sel) in resources {
         let mut found = false;
         for pod in ctx.of(gk::POD).filter(|p| p.namespace == res.namespace) {
-            if super::selects(sel, &pod.labels) {
+            if spar_model::selects(sel, &pod.labels) {
                 found = true;
                 out.entry((pod.namespace.clone(), pod.name.clone())).or_insert((pod, Vec::new())).1.push(res);
             }
@@ -285,7 +285,7 @@ fn k8s_gateway_selectors(ctx: &Context, r: &mut Reporter<'_>) {
             let sel = Resource::string_map(spec.pointer("/selector/matchLabels"));
             for pod in ctx.of(gk::POD).filter(|pod| pod.namespace == p.namespace) {
                 if let Some(gw) = pod.labels.get(GATEWAY_NAME_LABEL)
-                    && super::selects(&sel, &pod.labels)
+                    && spar_model::selects(&sel, &pod.labels)
                 {
                     r.report(p, code::INEFFECTIVE_SELECTOR, vec![gw.clone()]);
                 }

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::{Analyzer, Reporter, arr, containers, pod_in_mesh, selects, st, strs};
+use spar_model::selects;
+
+use super::{Analyzer, Reporter, arr, containers, pod_in_mesh, st, strs};
 use crate::context::{Context, Resource, gk};
 use crate::message::go_list;
 use crate::messages_gen::code;

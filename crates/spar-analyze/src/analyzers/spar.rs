@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use super::virtualservice::{gateway_hosts, names_for_namespace};
-use super::{Analyzer, Reporter, host_matches, short_or_full, strs};
+use spar_api::istio::gateway::GatewaySpec;
+use spar_model::hosts_overlap;
+
+use super::{Analyzer, Reporter, short_or_full, strs};
 use crate::context::{Context, Resource, gk};
 
 /// `SPAR0002` ConfigurationDropped.
@@ -77,8 +80,12 @@ fn dropped_virtual_services(ctx: &Context, r: &mut Reporter<'_>) {
         for g in &gateways {
             let (ns, name) = short_or_full(&vs.namespace, g);
             if let Some(gw) = ctx.get(gk::GATEWAY, &ns, &name) {
-                let server_hosts = names_for_namespace(&gateway_hosts(gw), &vs.namespace);
-                if server_hosts.iter().any(|sh| hosts.iter().any(|h| host_matches(sh, h))) {
+                // A Gateway that does not parse serves nothing (spar serve drops it too).
+                let server_hosts = gw
+                    .typed::<GatewaySpec>()
+                    .map(|spec| names_for_namespace(&gateway_hosts(&gw.namespace, spec), &vs.namespace))
+                    .unwrap_or_default();
+                if server_hosts.iter().any(|sh| hosts.iter().any(|h| hosts_overlap(sh, h))) {
                     effective = true;
                 } else {
                     unmatched.push(g.to_string());

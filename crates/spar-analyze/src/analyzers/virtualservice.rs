@@ -1,11 +1,23 @@
 //! VirtualService analyzers: gateways, destination hosts and subsets, conflicting mesh
 //! hosts, JWT claim routing.
+//!
+//! They read typed objects (a resource that does not parse as its type is skipped),
+//! except where a route's destinations are walked: Istio reports a route with an empty
+//! destination (`route: [{}]`, its `virtualServiceDestinationHosts` case), which Spar's
+//! typed VirtualService cannot hold (the CRD requires `destination`), so those walk the
+//! document.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
+use spar_api::istio::destination_rule::DestinationRuleSpec;
+use spar_api::istio::gateway::GatewaySpec;
+use spar_api::istio::request_authentication::RequestAuthenticationSpec;
+use spar_api::istio::service_entry::ServiceEntrySpec;
+use spar_api::istio::virtual_service::VirtualServiceSpec;
+use spar_model::{hosts_overlap, resource_name_from_host, selects, to_fqdn};
 
-use super::{Analyzer, Reporter, arr, fqdn, host_matches, resource_name_from_host, selects, short_or_full, st, strs};
+use super::{Analyzer, Reporter, arr, short_or_full, st, strs};
 use crate::context::{Context, Resource, gk};
 use crate::message::go_list;
 use crate::messages_gen::code;
@@ -73,16 +85,16 @@ pub(crate) fn names_for_namespace(hosts: &[String], ns: &str) -> Vec<String> {
         .collect()
 }
 
-/// Server hosts of an Istio Gateway, `./` made explicit and `*/` stripped, as Istio's
-/// `sanitizeServerHostNamespace`.
-pub(crate) fn gateway_hosts(gw: &Resource) -> Vec<String> {
+/// Server hosts of an Istio Gateway in namespace `gw_ns`, `./` made explicit and `*/`
+/// stripped, as Istio's `sanitizeServerHostNamespace`.
+pub(crate) fn gateway_hosts(gw_ns: &str, gw: &GatewaySpec) -> Vec<String> {
     let mut out = Vec::new();
-    for server in arr(gw.spec(), "servers") {
-        let mut hosts: Vec<String> = strs(server, "hosts").into_iter().map(str::to_string).collect();
+    for server in gw.servers.iter().flatten() {
+        let mut hosts = server.hosts.clone();
         for i in 0..hosts.len() {
             if let Some((ns, h)) = hosts[i].split_once('/') {
                 if ns == "." {
-                    hosts[i] = format!("{}/{h}", gw.namespace);
+                    hosts[i] = format!("{gw_ns}/{h}");
                 } else if ns == "*" {
                     if h == "*" {
                         hosts = vec!["*".to_string()];
@@ -97,11 +109,15 @@ pub(crate) fn gateway_hosts(gw: &Resource) -> Vec<String> {
     out
 }
 
+/// The strings of an optional list, as `&str`s.
+fn strings(v: Option<&Vec<String>>) -> Vec<&str> {
+    v.into_iter().flatten().map(String::as_str).collect()
+}
+
 fn gateways(ctx: &Context, r: &mut Reporter<'_>) {
-    for vs in ctx.of(gk::VIRTUAL_SERVICE) {
-        let spec = vs.spec();
-        let vs_hosts = strs(spec, "hosts");
-        for (i, gw_name) in strs(spec, "gateways").into_iter().enumerate() {
+    for (vs, spec) in ctx.typed::<VirtualServiceSpec>() {
+        let vs_hosts = strings(spec.hosts.as_ref());
+        for (i, gw_name) in strings(spec.gateways.as_ref()).into_iter().enumerate() {
             if gw_name == "mesh" {
                 continue;
             }
@@ -121,17 +137,17 @@ fn gateways(ctx: &Context, r: &mut Reporter<'_>) {
                 Some(k) => {
                     let listeners = arr(k.spec(), "listeners");
                     listeners.iter().any(|l| st(l, "hostname").is_empty())
-                        || listeners.iter().any(|l| vs_hosts.iter().any(|h| host_matches(st(l, "hostname"), h)))
+                        || listeners.iter().any(|l| vs_hosts.iter().any(|h| hosts_overlap(st(l, "hostname"), h)))
                 }
                 None => {
                     let hosts: Vec<String> = ctx
-                        .of(gk::GATEWAY)
-                        .filter(|g| g.namespace == ns && g.name == name)
-                        .flat_map(gateway_hosts)
+                        .typed::<GatewaySpec>()
+                        .filter(|(g, _)| g.namespace == ns && g.name == name)
+                        .flat_map(|(g, spec)| gateway_hosts(&g.namespace, spec))
                         .collect();
                     names_for_namespace(&hosts, &vs.namespace)
                         .iter()
-                        .any(|gh| vs_hosts.iter().any(|h| host_matches(gh, h)))
+                        .any(|gh| vs_hosts.iter().any(|h| hosts_overlap(gh, h)))
                 }
             };
             if !matched {
@@ -199,15 +215,15 @@ pub(crate) struct HostEntry {
 /// namespaces).
 pub(crate) fn service_entry_host_map(ctx: &Context) -> BTreeMap<String, HostEntry> {
     let mut out = BTreeMap::new();
-    let key = |scope: &str, ns: &str, host: &str| format!("{scope}/{}", fqdn(ns, host));
-    for se in ctx.of(gk::SERVICE_ENTRY) {
-        let spec = se.spec();
+    let domain = &ctx.mesh().domain;
+    let key = |scope: &str, ns: &str, host: &str| format!("{scope}/{}", to_fqdn(host, ns, domain));
+    for (se, spec) in ctx.typed::<ServiceEntrySpec>() {
         let entry = HostEntry {
-            ports: arr(spec, "ports").iter().filter_map(|p| p.get("number")?.as_i64()).collect(),
-            selector: Resource::string_map(spec.pointer("/workloadSelector/labels")),
+            ports: spec.ports.iter().flatten().map(|p| p.number).collect(),
+            selector: spec.workload_selector.as_ref().and_then(|w| w.labels.clone()).unwrap_or_default(),
         };
-        let export = strs(spec, "exportTo");
-        for h in strs(spec, "hosts") {
+        let export = strings(spec.export_to.as_ref());
+        for h in &spec.hosts {
             if export.is_empty() || export.contains(&"*") {
                 out.insert(key("*", &se.namespace, h), entry.clone());
                 continue;
@@ -245,8 +261,9 @@ pub(crate) fn destination_host<'m>(
     ns: &str,
     export_to: &[&str],
     host: &str,
+    domain: &str,
 ) -> Option<&'m HostEntry> {
-    let f = fqdn(ns, host);
+    let f = to_fqdn(host, ns, domain);
     if let Some(e) = map.get(&format!("*/{f}")) {
         return Some(e);
     }
@@ -295,7 +312,7 @@ fn destination_hosts(ctx: &Context, r: &mut Reporter<'_>) {
             .chain(mirror_destinations(spec).into_iter().map(|d| (d, "mirror host")))
         {
             let host = st(d.dest, "host");
-            let Some(entry) = destination_host(&hosts, &vs.namespace, &export, host) else {
+            let Some(entry) = destination_host(&hosts, &vs.namespace, &export, host, &ctx.mesh().domain) else {
                 r.report_at(vs, code::REFERENCED_RESOURCE_NOT_FOUND, &d.path, vec![what.into(), host.into()]);
                 continue;
             };
@@ -347,11 +364,12 @@ fn destination_hosts(ctx: &Context, r: &mut Reporter<'_>) {
 }
 
 fn destination_rules(ctx: &Context, r: &mut Reporter<'_>) {
+    let domain = &ctx.mesh().domain;
     let mut subsets: BTreeSet<((String, String), String)> = BTreeSet::new();
-    for dr in ctx.of(gk::DESTINATION_RULE) {
-        let host = resource_name_from_host(&dr.namespace, st(dr.spec(), "host"));
-        for s in arr(dr.spec(), "subsets") {
-            subsets.insert((host.clone(), st(s, "name").to_string()));
+    for (dr, spec) in ctx.typed::<DestinationRuleSpec>() {
+        let host = resource_name_from_host(&spec.host, &dr.namespace, domain);
+        for s in spec.subsets.iter().flatten() {
+            subsets.insert((host.clone(), s.name.clone()));
         }
     }
     for vs in ctx.of(gk::VIRTUAL_SERVICE) {
@@ -366,7 +384,7 @@ fn destination_rules(ctx: &Context, r: &mut Reporter<'_>) {
                 continue;
             }
             let host = st(d.dest, "host");
-            if !subsets.contains(&(resource_name_from_host(&vs.namespace, host), subset.to_string())) {
+            if !subsets.contains(&(resource_name_from_host(host, &vs.namespace, domain), subset.to_string())) {
                 r.report_at(
                     vs,
                     code::REFERENCED_RESOURCE_NOT_FOUND,
@@ -380,22 +398,22 @@ fn destination_rules(ctx: &Context, r: &mut Reporter<'_>) {
 
 fn conflicting_mesh_hosts(ctx: &Context, r: &mut Reporter<'_>) {
     // scope/fqdn -> VirtualServices bound to the mesh gateway.
+    let domain = &ctx.mesh().domain;
     let mut by_host: BTreeMap<(String, String), Vec<&Resource>> = BTreeMap::new();
-    for vs in ctx.of(gk::VIRTUAL_SERVICE) {
-        let spec = vs.spec();
-        let gws = strs(spec, "gateways");
+    for (vs, spec) in ctx.typed::<VirtualServiceSpec>() {
+        let gws = strings(spec.gateways.as_ref());
         if !(gws.is_empty() || gws.contains(&"mesh")) {
             continue;
         }
-        let export = strs(spec, "exportTo");
+        let export = strings(spec.export_to.as_ref());
         let scopes: BTreeSet<String> = if export.is_empty() || export.contains(&"*") {
             ["*".to_string()].into()
         } else {
             export.iter().map(|e| if *e == "." { vs.namespace.clone() } else { e.to_string() }).collect()
         };
         for scope in scopes {
-            for h in strs(spec, "hosts") {
-                by_host.entry((scope.clone(), fqdn(&vs.namespace, h))).or_default().push(vs);
+            for h in spec.hosts.iter().flatten() {
+                by_host.entry((scope.clone(), to_fqdn(h, &vs.namespace, domain))).or_default().push(vs);
             }
         }
     }
@@ -404,7 +422,7 @@ fn conflicting_mesh_hosts(ctx: &Context, r: &mut Reporter<'_>) {
         let mut list = list.clone();
         if scope != "*" {
             for ((s, h), others) in &by_host {
-                if s == "*" && host_matches(host, h) {
+                if s == "*" && hosts_overlap(host, h) {
                     list.extend(others.iter().copied());
                 }
             }
@@ -439,26 +457,28 @@ fn is_claim_header(name: &str) -> bool {
 }
 
 fn jwt_claim_route(ctx: &Context, r: &mut Reporter<'_>) {
-    let mut ra_by_ns: BTreeMap<&str, Vec<BTreeMap<String, String>>> = BTreeMap::new();
-    for ra in ctx.of(gk::REQUEST_AUTHENTICATION) {
-        let sel = Resource::string_map(ra.spec().pointer("/selector/matchLabels"));
+    let empty = BTreeMap::new();
+    let mut ra_by_ns: BTreeMap<&str, Vec<&BTreeMap<String, String>>> = BTreeMap::new();
+    for (ra, spec) in ctx.typed::<RequestAuthenticationSpec>() {
+        let sel = spec.selector.as_ref().and_then(|s| s.match_labels.as_ref()).unwrap_or(&empty);
         ra_by_ns.entry(ra.namespace.as_str()).or_default().push(sel);
     }
-    for vs in ctx.of(gk::VIRTUAL_SERVICE) {
-        let spec = vs.spec();
-        let key = arr(spec, "http").iter().flat_map(|h| arr(h, "match")).find_map(|m| {
-            ["headers", "withoutHeaders"]
-                .iter()
-                .find_map(|k| m.get(*k).and_then(Value::as_object)?.keys().find(|h| is_claim_header(h)).cloned())
+    for (vs, spec) in ctx.typed::<VirtualServiceSpec>() {
+        let key = spec.http.iter().flatten().flat_map(|h| h.r#match.iter().flatten()).find_map(|m| {
+            let mut headers = m.headers.iter().flat_map(|h| h.keys());
+            let mut without = m.without_headers.iter().flat_map(|h| h.keys());
+            headers.find(|h| is_claim_header(h)).or_else(|| without.find(|h| is_claim_header(h))).cloned()
         });
         let Some(key) = key else { continue };
-        for gw_name in strs(spec, "gateways") {
+        for gw_name in strings(spec.gateways.as_ref()) {
             if gw_name == "mesh" {
                 continue;
             }
             let (ns, name) = short_or_full(&vs.namespace, gw_name);
-            let Some(gw) = ctx.get(gk::GATEWAY, &ns, &name) else { continue };
-            let selector = Resource::string_map(gw.spec().get("selector"));
+            let Some(gw) = ctx.get(gk::GATEWAY, &ns, &name).and_then(Resource::typed::<GatewaySpec>) else {
+                continue;
+            };
+            let selector = gw.selector.clone().unwrap_or_default();
             for pod in ctx.of(gk::POD) {
                 if !selects(&selector, &pod.labels) {
                     continue;
