@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-
-use super::gateway::selector_string;
+use spar_api::istio::authorization_policy::AuthorizationPolicySpec;
 use spar_model::selects;
 
-use super::{Analyzer, Reporter, arr, pod_in_mesh, st, strs};
+use super::gateway::selector_string;
+use super::{Analyzer, Reporter, arr, pod_in_mesh, st};
 use crate::context::{Context, Resource, gk};
 use crate::messages_gen::code;
 
@@ -55,10 +55,9 @@ fn authorization_policies(ctx: &Context, r: &mut Reporter<'_>) {
         }
     }
     let root = ctx.mesh().root_namespace.as_str();
-    for ap in ctx.of(gk::AUTHORIZATION_POLICY) {
-        let spec = ap.spec();
-        let has_selector = spec.get("selector").is_some_and(|s| !s.is_null());
-        let sel = Resource::string_map(spec.pointer("/selector/matchLabels"));
+    for (ap, spec) in ctx.typed::<AuthorizationPolicySpec>() {
+        let has_selector = spec.selector.is_some();
+        let sel = spec.selector.as_ref().and_then(|s| s.match_labels.clone()).unwrap_or_default();
         let in_ns = pods.get(ap.namespace.as_str()).map(Vec::as_slice).unwrap_or_default();
         if !ctx.workloads_known() {
             // No Pods in the input: nothing to say about what the policy selects.
@@ -73,17 +72,17 @@ fn authorization_policies(ctx: &Context, r: &mut Reporter<'_>) {
         } else if !in_ns.iter().any(|l| selects(&sel, l)) {
             r.report(ap, code::NO_MATCHING_WORKLOADS_FOUND, vec![selector_string(&sel)]);
         }
-        for (i, rule) in arr(spec, "rules").iter().enumerate() {
-            for (j, from) in arr(rule, "from").iter().enumerate() {
-                let source = from.get("source").unwrap_or(&Value::Null);
-                for field in ["namespaces", "notNamespaces"] {
-                    for (k, ns) in strs(source, field).into_iter().enumerate() {
+        for (i, rule) in spec.rules.iter().flatten().enumerate() {
+            for (j, from) in rule.from.iter().flatten().enumerate() {
+                let Some(source) = &from.source else { continue };
+                for (field, list) in [("namespaces", &source.namespaces), ("notNamespaces", &source.not_namespaces)] {
+                    for (k, ns) in list.iter().flatten().enumerate() {
                         if !ctx.of(gk::NAMESPACE).any(|n| namespace_match(&n.name, ns)) {
                             r.report_at(
                                 ap,
                                 code::REFERENCED_RESOURCE_NOT_FOUND,
                                 &format!("spec.rules[{i}].from[{j}].source.{field}[{k}]"),
-                                vec!["namespace".into(), ns.into()],
+                                vec!["namespace".into(), ns.clone()],
                             );
                         }
                     }

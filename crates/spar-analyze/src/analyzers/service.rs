@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
-
 use spar_model::selects;
 
 use super::{Analyzer, Reporter, arr, containers, pod_in_mesh, st, strs};
