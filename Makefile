@@ -42,7 +42,7 @@ lint:
 
 # Each crate builds on its own (the dependency graph keeps the layers apart).
 check-crates:
-	for c in spar-api spar-model spar-ca spar-xds spar-analyze spar spar-conformance spar-load spar-testdata spar-fuzz; do $(CARGO) check -p $$c || exit 1; done
+	for c in spar-api spar-model spar-ca spar-generate spar-xds spar-analyze spar spar-conformance spar-load spar-testdata spar-fuzz; do $(CARGO) check -p $$c || exit 1; done
 
 bench:
 	$(CARGO) bench -p spar --bench generate

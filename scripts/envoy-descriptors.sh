@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerates crates/spar-xds/envoy-api.desc: Envoy's API (and the protos it imports) as
+# Regenerates crates/spar-generate/envoy-api.desc: Envoy's API (and the protos it imports) as
 # one protobuf FileDescriptorSet, compiled from the .proto files of the envoy-types crate
 # in Cargo.lock, so EnvoyFilter patch values (proto JSON) are read with the very schema
 # Spar's generated types come from. The protos are Envoy's, Apache-2.0
@@ -71,4 +71,4 @@ fn main() {
     eprintln!("{} files in {out}", set.file.len());
 }
 RS
-cargo run -q --release -- "$proto" "$root/crates/spar-xds/envoy-api.desc"
+cargo run -q --release -- "$proto" "$root/crates/spar-generate/envoy-api.desc"

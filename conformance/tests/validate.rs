@@ -23,8 +23,8 @@ use http_v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 use http_v3::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions};
 use prost::{Message, Name};
 use spar_api::Resource;
+use spar_generate::resources::{ProxyResources, ResourceType};
 use spar_model::{MeshConfig, Proxy, Snapshot, Store};
-use spar_xds::resources::{ProxyResources, type_url};
 
 /// The YAML files under `dir` (recursively), sorted.
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -157,7 +157,7 @@ fn throwaway_secrets(names: &std::collections::BTreeSet<String>, have: &BTreeMap
         .collect()
 }
 
-fn decoded<M: Message + Default>(r: &ProxyResources, t: &str) -> Vec<M> {
+fn decoded<M: Message + Default>(r: &ProxyResources, t: ResourceType) -> Vec<M> {
     r.of(t).into_iter().flat_map(|v| v.values()).filter_map(|e| M::decode(e.any.value.as_slice()).ok()).collect()
 }
 
@@ -185,10 +185,10 @@ fn inline_routes(mut l: Listener, routes: &BTreeMap<String, RouteConfiguration>)
 /// validate mode) for what stays dynamic: endpoints and secrets.
 fn bootstrap(proxy: &Proxy, r: &ProxyResources) -> Bootstrap {
     let routes: BTreeMap<String, RouteConfiguration> =
-        decoded::<RouteConfiguration>(r, type_url::ROUTE).into_iter().map(|rc| (rc.name.clone(), rc)).collect();
+        decoded::<RouteConfiguration>(r, ResourceType::Route).into_iter().map(|rc| (rc.name.clone(), rc)).collect();
     let mut names = std::collections::BTreeSet::new();
     let mut listeners: Vec<Listener> =
-        decoded::<Listener>(r, type_url::LISTENER).into_iter().map(|l| inline_routes(l, &routes)).collect();
+        decoded::<Listener>(r, ResourceType::Listener).into_iter().map(|l| inline_routes(l, &routes)).collect();
     for l in &mut listeners {
         for chain in l.filter_chains.iter_mut().chain(l.default_filter_chain.iter_mut()) {
             if let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) =
@@ -198,7 +198,7 @@ fn bootstrap(proxy: &Proxy, r: &ProxyResources) -> Bootstrap {
             }
         }
     }
-    let mut clusters: Vec<Cluster> = decoded(r, type_url::CLUSTER);
+    let mut clusters: Vec<Cluster> = decoded(r, ResourceType::Cluster);
     for c in &mut clusters {
         let sockets = c
             .transport_socket
@@ -213,7 +213,7 @@ fn bootstrap(proxy: &Proxy, r: &ProxyResources) -> Bootstrap {
         }
     }
     let generated: BTreeMap<String, Secret> =
-        decoded::<Secret>(r, type_url::SECRET).into_iter().map(|s| (s.name.clone(), s)).collect();
+        decoded::<Secret>(r, ResourceType::Secret).into_iter().map(|s| (s.name.clone(), s)).collect();
     let mut secrets = throwaway_secrets(&names, &generated);
     secrets.extend(generated.into_values());
     // Spar's address as a sidecar's bootstrap has it (never dialled in validate mode).
@@ -264,7 +264,7 @@ fn validate(corpus: &str, files: &[PathBuf]) -> anyhow::Result<(usize, Vec<Strin
     std::fs::create_dir_all(&dir)?;
     let mut failures = Vec::new();
     for (i, p) in proxies.iter().enumerate() {
-        let r = spar_xds::generator::generate(&snap, p);
+        let r = spar_generate::generator::generate(&snap, p);
         let path = dir.join(format!("{i}.pb"));
         std::fs::write(&path, bootstrap(p, &r).encode_to_vec())?;
         let out = std::process::Command::new(&envoy)

@@ -7,10 +7,10 @@ use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
+use spar_generate::resources::ProxyResources;
 use spar_model::{MeshConfig, Proxy, Snapshot, Store};
 use spar_xds::conn::{Connection, Variant};
 use spar_xds::request::{DeltaRequest, SotwRequest};
-use spar_xds::resources::ProxyResources;
 
 static RESOURCES: LazyLock<Arc<ProxyResources>> = LazyLock::new(|| {
     let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{name: http, port: 80}]}\n";
@@ -19,7 +19,7 @@ static RESOURCES: LazyLock<Arc<ProxyResources>> = LazyLock::new(|| {
     let snap = Snapshot::build(&store, &MeshConfig::default(), 1);
     let proxy = Proxy::from_node("sidecar~10.0.0.1~a-1.default~default.svc.cluster.local", &serde_json::json!({}))
         .expect("a valid node id");
-    Arc::new(spar_xds::generator::generate(&snap, &proxy))
+    Arc::new(spar_generate::generator::generate(&snap, &proxy))
 });
 
 fuzz_target!(|data: &[u8]| {

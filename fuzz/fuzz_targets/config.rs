@@ -28,6 +28,6 @@ fuzz_target!(|data: &[u8]| {
     store.set_unit("fuzz.yaml", parsed);
     let snap = Snapshot::build(&store, &MeshConfig::default(), 2);
     for p in PROXIES.iter() {
-        let _ = spar_xds::generator::generate(&snap, p);
+        let _ = spar_generate::generator::generate(&snap, p);
     }
 });

@@ -11,7 +11,7 @@
 //! A document that either refuses is refused: an object the API server refuses is never
 //! stored, so istiod never serves it. Deliberate differences are noted at the rule.
 //! EnvoyFilter patch values are checked against Envoy's schema by the generator, which
-//! holds Envoy's descriptors (`spar_xds::generator::envoy_filter`, `SPAR0005`), not here:
+//! holds Envoy's descriptors (`spar_generate::generator::envoy_filter`, `SPAR0005`), not here:
 //! such an object is kept and the patch left out. Not implemented: inline JWKS contents beyond being JSON, CEL access-log filters, the locality syntax of
 //! `localityLbSetting`, and the VirtualService/Gateway/Sidecar rules not listed in their
 //! functions. Warnings (accepted with a message) are not reported here.

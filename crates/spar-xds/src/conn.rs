@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::layer_cache::{Delivery as _, Resources};
 use crate::request::SotwRequest;
-use crate::resources::{Encoded, ProxyResources, Resources, content_version, type_url};
+use crate::resources::{Encoded, ProxyResources, ResourceType, content_version, type_url};
 use crate::wire::{DeltaResponse, SotwResponse};
 
 mod delta;
@@ -116,14 +117,14 @@ impl TypeState {
     /// Delta: whether the proxy holds `name` under `synced`.
     fn held_in_sync(&self, type_url: &str, name: &str) -> bool {
         let Some((from, wild)) = &self.synced else { return false };
-        from.of(type_url).is_some_and(|v| v.contains_key(name))
+        from.of_url(type_url).is_some_and(|v| v.contains_key(name))
             && (*wild || (self.subscription.names.contains(name) && !self.fresh.contains(name)))
     }
 
     /// Delta: back from `synced` to per-resource versions.
     fn materialize(&mut self, type_url: &str) {
         let Some((from, _)) = self.synced.clone() else { return };
-        for r in from.of(type_url).unwrap_or_default().values() {
+        for r in from.of_url(type_url).unwrap_or_default().values() {
             if self.held_in_sync(type_url, &r.name) {
                 self.client_versions.insert(r.name.clone(), r.version.clone());
             }
@@ -261,7 +262,7 @@ impl Connection {
             sorted.dedup();
             let all_current = !wildcard
                 && !sorted.is_empty()
-                && self.current.of(&type_url).is_some_and(|v| {
+                && self.current.of_url(&type_url).is_some_and(|v| {
                     v.len() == sorted.len() && v.keys().map(String::as_str).eq(sorted.iter().copied())
                 });
             if all_current {
@@ -326,7 +327,8 @@ impl Connection {
         let mut subscribe = Some(&req.subscribe);
         if first
             && state.subscription.names.is_empty()
-            && let Some((base, digest)) = self.current.shared_names_and_digest(&type_url)
+            && let Some((base, digest)) =
+                ResourceType::from_url(&type_url).and_then(|t| self.current.shared_names_and_digest(t))
             && names_are(&req.subscribe, &base, digest)
         {
             state.subscription.names = Names::over(base);
@@ -373,8 +375,8 @@ impl Connection {
     pub fn on_resources(&mut self, current: Arc<ProxyResources>) -> Vec<Response> {
         self.current = current;
         let mut out = Vec::new();
-        let mut order: Vec<String> = type_url::PUSH_ORDER.iter().map(|s| s.to_string()).collect();
-        order.extend(self.types.keys().filter(|k| !type_url::PUSH_ORDER.contains(&k.as_str())).cloned());
+        let mut order: Vec<String> = ResourceType::ALL.iter().map(|t| t.url().to_string()).collect();
+        order.extend(self.types.keys().filter(|k| ResourceType::from_url(k).is_none()).cloned());
         let (mut clusters_pushed, mut listeners_pushed) = (false, false);
         for t in order {
             if !self.types.get(&t).is_some_and(|s| s.requested) {
@@ -408,12 +410,12 @@ impl Connection {
     /// for listeners and clusters only; Envoy applies the others per resource).
     fn sotw_push_with(&mut self, type_url: &str, whole: bool) -> Option<Response> {
         let current = Arc::clone(&self.current);
-        let all = current.of(type_url).unwrap_or_default();
+        let all = current.of_url(type_url).unwrap_or_default();
         let state = self.types.get(type_url)?;
         let sub = &state.subscription;
         let everything = sub.wildcard || sub.all_current;
         let version = if everything {
-            current.type_version(type_url)
+            type_version(&current, type_url)
         } else {
             set_version(all.values().filter(|r| sub.wants(&r.name)).map(|r| (&r.name, &r.version)))
         };
@@ -428,7 +430,7 @@ impl Connection {
             && everything
             && let Some((prev, prev_sub)) = &state.sent_from
             && prev_sub == sub
-            && let Some(changes) = current.changed_since(prev, type_url)
+            && let Some(changes) = ResourceType::from_url(type_url).and_then(|t| current.changed_since(prev, t))
         {
             let selected = Resources::List(changes.changed.as_slice().into());
             return Some(self.record_sotw_send(type_url, version, selected, &current));
@@ -451,7 +453,7 @@ impl Connection {
             // Both lists are in name order: walk them together. Resources that did not
             // change are usually the very same allocation (the generation cache reuses
             // them), so most steps are a pointer comparison.
-            let mut before = prev.of(type_url).unwrap_or_default().values().peekable();
+            let mut before = prev.of_url(type_url).unwrap_or_default().values().peekable();
             selected.retain(|r| {
                 if !prev_sub.wants(&r.name) {
                     return true;
@@ -506,7 +508,7 @@ impl Connection {
     /// proxy holds, and removals.
     fn delta_push(&mut self, type_url: &str) -> Option<Response> {
         let current = Arc::clone(&self.current);
-        let all = current.of(type_url).unwrap_or_default();
+        let all = current.of_url(type_url).unwrap_or_default();
         let state = self.types.get_mut(type_url)?;
         // A first push of everything the proxy sees (CDS and LDS, and Envoy's first EDS
         // request naming every load assignment): the whole type, without a walk.
@@ -549,7 +551,7 @@ impl Connection {
         state.fresh.clear();
         state.synced = Some((Arc::clone(&current), state.subscription.wildcard));
         // Names subscribed one by one are kept as the shared layer's names instead.
-        if let Some(base) = current.shared_names(type_url)
+        if let Some(base) = ResourceType::from_url(type_url).and_then(|t| current.shared_names(t))
             && state.subscription.names.worth_rebasing(&base)
         {
             state.subscription.names.rebase(&base);
@@ -565,7 +567,7 @@ impl Connection {
         }
         let nonce = self.next_nonce();
         let state = self.types.get_mut(type_url)?;
-        let version = current.type_version(type_url);
+        let version = type_version(&current, type_url);
         state.sent_version = Some(version.clone());
         state.sent_nonce = Some(nonce.clone());
         state.sent_at = Some(SystemTime::now());
@@ -598,3 +600,9 @@ fn set_version<'a>(items: impl Iterator<Item = (&'a String, &'a String)>) -> Str
 
 #[cfg(test)]
 mod tests;
+
+/// The version of every resource of `type_url` the proxy should hold; a type Spar does
+/// not serve has none, and one fixed version.
+fn type_version(current: &ProxyResources, type_url: &str) -> String {
+    ResourceType::from_url(type_url).map_or_else(|| format!("{:016x}", 0), |t| current.type_version(t))
+}

@@ -32,7 +32,7 @@ type SharedCell = std::sync::OnceLock<Arc<crate::ProxyResources>>;
 impl GenerationCache {
     /// The shared part of `proxy`'s config from `snapshot`, generated at most once per key.
     pub fn shared(&self, snapshot: &Snapshot, proxy: &Proxy) -> Arc<crate::ProxyResources> {
-        let key = crate::generator::share_key(snapshot, proxy);
+        let key = spar_generate::generator::share_key(snapshot, proxy);
         let cell = match self.inner.lock() {
             Ok(mut g) if g.0 <= snapshot.version => {
                 if g.0 != snapshot.version {
@@ -53,12 +53,12 @@ impl GenerationCache {
             let prev = self.previous.lock().ok().and_then(|p| p.get(&key).and_then(|c| c.get().cloned()));
             // Only endpoints changed: redo the clusters and load assignments they touch.
             if let Some(mut patched) =
-                prev.as_ref().and_then(|p| crate::generator::regenerate_shared(snapshot, proxy, p))
+                prev.as_ref().and_then(|p| spar_generate::generator::regenerate_shared(snapshot, proxy, p))
             {
                 self.share_with_sibling(&mut patched, &key);
                 return Arc::new(patched);
             }
-            let mut generated = crate::generator::generate_shared(snapshot, proxy);
+            let mut generated = spar_generate::generator::generate_shared(snapshot, proxy);
             if let Some(prev) = prev {
                 generated.reuse_unchanged(&prev);
             }

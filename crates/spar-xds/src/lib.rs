@@ -1,29 +1,30 @@
-//! Envoy resources from Spar's snapshot, and the ADS server that delivers them.
+//! Delivery: the ADS server that sends what `spar-generate` makes to Envoy.
 //!
 //! ```text
-//!   Snapshot ─┬─► gen::generate(snapshot, proxy) ─► ProxyResources (encoded once, versioned)
-//!             │                                            │
-//!             └─ watch ─► server (one task per stream) ─► conn::Connection (I/O-free) ─► Envoy
+//!   Snapshot ─► generation_cache (one shared layer per share key) ─► ProxyResources
+//!                                                                        │
+//!   Envoy ◄─ wire (encoded blocks, limits) ◄─ server (one task per stream) ◄─ conn::Connection
+//!                                                                       (I/O-free, SotW and delta)
 //! ```
+//!
+//! What sending a layer needs (names, digests, version hashes, wire blocks) is derived
+//! once per layer by [`layer_cache`].
 
 pub mod auth;
-pub mod bootstrap;
 pub mod conn;
 pub mod csr;
-pub mod explain;
 mod generation_cache;
-pub mod generator;
+pub mod layer_cache;
 mod metrics;
 pub mod node;
 pub mod rejections;
 pub mod request;
-pub mod resources;
 pub mod sds;
 pub mod server;
-pub mod summary;
-pub mod support;
 mod sync;
 pub mod wire;
 
-pub use generator::generate;
-pub use resources::{Encoded, ProxyResources, type_url};
+use spar_generate::resources;
+
+pub use layer_cache::Resources;
+pub use spar_generate::{Encoded, ProxyResources, ResourceType, type_url};

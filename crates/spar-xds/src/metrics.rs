@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::resources::type_url;
+use crate::resources::ResourceType;
 
 /// Counters the server keeps (exported as metrics by the binary).
 #[derive(Debug)]
@@ -13,17 +13,17 @@ pub struct Metrics {
     pub connected: AtomicU64,
     /// Responses sent.
     pub pushes: AtomicU64,
-    /// Responses sent per type, in `type_url::PUSH_ORDER` order (`pilot_xds_pushes{type}`).
-    pub pushes_by_type: [AtomicU64; 5],
+    /// Responses sent per type (`pilot_xds_pushes{type}`).
+    pub pushes_by_type: PerType<AtomicU64>,
     /// NACKs received (`pilot_total_xds_rejects`).
     pub rejects: AtomicU64,
     /// Push-to-ACK time (`pilot_proxy_convergence_time`).
     pub convergence: Histogram,
-    /// Per type, in `type_url::PUSH_ORDER` order: the time from the stream's decision to
+    /// Per type: the time from the stream's decision to
     /// respond (a request, a new snapshot, a CA change or a certificate renewal) to that
     /// type's response being handed to the stream (`pilot_xds_push_time{type}`). One
     /// observation per response, so each count equals `pushes_by_type`.
-    pub push_time: [Histogram; 5],
+    pub push_time: PerType<Histogram>,
 }
 
 impl Default for Metrics {
@@ -34,7 +34,7 @@ impl Default for Metrics {
             pushes_by_type: Default::default(),
             rejects: AtomicU64::default(),
             convergence: Histogram::new(Histogram::CONVERGENCE_BOUNDS),
-            push_time: std::array::from_fn(|_| Histogram::new(Histogram::PUSH_TIME_BOUNDS)),
+            push_time: PerType(std::array::from_fn(|_| Histogram::new(Histogram::PUSH_TIME_BOUNDS))),
         }
     }
 }
@@ -43,10 +43,28 @@ impl Metrics {
     /// Records one response of `type_url` handed to the stream, decided at `decided_at`.
     pub(crate) fn record_push(&self, type_url: &str, decided_at: Instant) {
         self.pushes.fetch_add(1, Ordering::Relaxed);
-        if let Some(i) = type_url::PUSH_ORDER.iter().position(|t| *t == type_url) {
-            self.pushes_by_type[i].fetch_add(1, Ordering::Relaxed);
-            self.push_time[i].observe(decided_at.elapsed());
+        if let Some(t) = ResourceType::from_url(type_url) {
+            self.pushes_by_type[t].fetch_add(1, Ordering::Relaxed);
+            self.push_time[t].observe(decided_at.elapsed());
         }
+    }
+}
+
+/// One value per resource type.
+#[derive(Debug, Default)]
+pub struct PerType<T>([T; ResourceType::ALL.len()]);
+
+impl<T> PerType<T> {
+    /// Each type with its value, in push order.
+    pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
+        ResourceType::ALL.into_iter().zip(&self.0)
+    }
+}
+
+impl<T> std::ops::Index<ResourceType> for PerType<T> {
+    type Output = T;
+    fn index(&self, t: ResourceType) -> &T {
+        &self.0[t.index()]
     }
 }
 

@@ -14,12 +14,9 @@ use envoy_types::pb::envoy::config::core::v3 as xds_core;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as xds_tls;
 use spar_ca::{Ca, CaError, Identity, Issued};
 
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
-/// Name of the workload certificate secret.
-pub const DEFAULT_SECRET: &str = "default";
-/// Name of the trust bundle secret.
-pub const ROOT_SECRET: &str = "ROOTCA";
+pub use spar_generate::secret_names::{DEFAULT_SECRET, ROOT_SECRET};
 
 /// What the ADS server needs to issue workload certificates.
 #[derive(Debug)]
@@ -174,7 +171,7 @@ impl CertState {
                 ..Default::default()
             })),
         };
-        out.insert(type_url::SECRET, DEFAULT_SECRET, &default);
+        out.insert(ResourceType::Secret, DEFAULT_SECRET, &default);
         let root = xds_tls::Secret {
             name: ROOT_SECRET.into(),
             r#type: Some(xds_tls::secret::Type::ValidationContext(xds_tls::CertificateValidationContext {
@@ -182,7 +179,7 @@ impl CertState {
                 ..Default::default()
             })),
         };
-        out.insert(type_url::SECRET, ROOT_SECRET, &root);
+        out.insert(ResourceType::Secret, ROOT_SECRET, &root);
     }
 }
 

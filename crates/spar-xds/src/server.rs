@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// CA changes are announced, and renewals are scheduled).
 const IDLE_REFRESH: Duration = Duration::from_secs(60);
 pub use crate::generation_cache::GenerationCache;
-pub use crate::metrics::{Histogram, Metrics};
+pub use crate::metrics::{Histogram, Metrics, PerType};
 use crate::resources::type_url;
 pub use crate::sync::{NackInfo, ProxySync, SyncRegistry, TypeSync};
 
@@ -46,6 +46,8 @@ pub struct AdsService {
     security: Option<Arc<Security>>,
     token_auth: Option<crate::auth::TokenAuth>,
     rejections: Arc<crate::rejections::Rejections>,
+    /// The wire's budget, lingering blocks and block counters, shared by both ports.
+    wire: Arc<crate::wire::Wire>,
     /// Spar serves a secure port: a proxy that proves no identity is not believed.
     distrust_unverified: bool,
 }
@@ -62,6 +64,7 @@ impl AdsService {
             security: None,
             token_auth: None,
             rejections: Arc::default(),
+            wire: Arc::default(),
             distrust_unverified: false,
         }
     }
@@ -116,6 +119,11 @@ impl AdsService {
     /// Shared counters.
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// The wire's shared state (its block counters are metrics).
+    pub fn wire(&self) -> Arc<crate::wire::Wire> {
+        Arc::clone(&self.wire)
     }
 
     /// The tonic service to add to a router.
@@ -367,13 +375,17 @@ impl StreamTask {
         let mut r = match prev {
             Some(p)
                 if p.is_layered()
-                    && crate::generator::workload_specific_unchanged(snapshot, &self.proxy, p.snapshot_version) =>
+                    && spar_generate::generator::workload_specific_unchanged(
+                        snapshot,
+                        &self.proxy,
+                        p.snapshot_version,
+                    ) =>
             {
                 p.own_layer_over(shared)
             }
             _ => {
                 let mut r = crate::ProxyResources::layered(shared);
-                crate::generator::add_workload_specific(snapshot, &self.proxy, &mut r);
+                spar_generate::generator::add_workload_specific(snapshot, &self.proxy, &mut r);
                 r
             }
         };
@@ -446,6 +458,7 @@ impl StreamTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::ResourceType;
 
     #[test]
     fn histogram_is_cumulative_and_inf_is_the_count() {
@@ -472,7 +485,7 @@ mod tests {
     #[test]
     fn push_time_is_recorded_per_type_with_each_push() {
         let m = Metrics::default();
-        let cds = type_url::PUSH_ORDER.iter().position(|t| *t == type_url::CLUSTER).expect("cds is pushed");
+        let cds = ResourceType::Cluster;
         let decided = Instant::now().checked_sub(Duration::from_millis(20)).unwrap_or_else(Instant::now);
         m.record_push(type_url::CLUSTER, decided);
         m.record_push(type_url::CLUSTER, Instant::now());
@@ -483,8 +496,8 @@ mod tests {
         assert_eq!(count, 2, "one observation per response");
         assert!(sum >= 0.02, "the 20 ms since the decision are counted: {sum}");
         assert_eq!(buckets.last().map(|b| b.1), Some(2));
-        for (i, h) in m.push_time.iter().enumerate().filter(|(i, _)| *i != cds) {
-            assert_eq!(h.cumulative().1, 0, "type {i}");
+        for (t, h) in m.push_time.iter().filter(|(t, _)| *t != cds) {
+            assert_eq!(h.cumulative().1, 0, "type {t:?}");
         }
     }
 }

@@ -26,7 +26,8 @@ use http_body::Frame;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::resources::{Encoded, Resources};
+use crate::layer_cache::{Delivery as _, Resources};
+use crate::resources::{Encoded, ResourceType};
 
 /// Largest chunk handed to HTTP/2 at once (a resource larger than this goes alone).
 const CHUNK: usize = 64 * 1024;
@@ -181,13 +182,6 @@ pub(crate) struct WireBlock {
     ends: Vec<(Arc<Encoded>, usize)>,
 }
 
-/// Responses written as slices of a shared layer's block (`spar_xds_block_responses`).
-pub static BLOCK_RESPONSES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Blocks serialized (`spar_xds_block_builds`): one per layer, type and form while
-/// responses from it are being written.
-pub static BLOCK_BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 /// Smallest shared type written from a block. Below it each response copies its
 /// resources as a list does: a block pays when many streams write the same large type
 /// at once (a full mesh connecting), while rebuilding small ones for responses that go
@@ -196,12 +190,12 @@ const BLOCK_MIN: usize = 256 * 1024;
 
 impl WireBlock {
     /// The block of `resources`, when they are at least [`BLOCK_MIN`] bytes.
-    fn build(resources: &crate::resources::TypeResources, delta: bool) -> Option<Self> {
+    fn build(resources: &crate::resources::TypeResources, delta: bool, wire: &Wire) -> Option<Self> {
         let len: usize = resources.values().map(|e| resource_len(e, delta)).sum();
         if len < BLOCK_MIN {
             return None;
         }
-        BLOCK_BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        wire.block_builds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut buf = BytesMut::with_capacity(len);
         let mut ends = Vec::with_capacity(resources.len());
         for e in resources.values() {
@@ -220,9 +214,9 @@ impl WireBlock {
 /// shared layer's wire block around the proxy's own resources (which hide shared ones
 /// of the same name). `None` when the shared layer has none, or too few bytes of them
 /// for a block.
-fn whole_pieces(from: &crate::ProxyResources, type_url: &'static str, delta: bool) -> Option<Pieces> {
-    let block = from.wire_block(type_url, delta, |r| WireBlock::build(r, delta))?;
-    let own = from.layers(type_url).1;
+fn whole_pieces(from: &crate::ProxyResources, t: ResourceType, delta: bool, wire: &Wire) -> Option<Pieces> {
+    let block = from.wire_block(t, delta, |r| WireBlock::build(r, delta, wire))?;
+    let own = from.layers(t).1;
     let (mut pieces, mut len, mut pos) = (Vec::new(), 0, 0);
     let mut own_bytes = BytesMut::new();
     for e in own.into_iter().flat_map(|o| o.values()) {
@@ -259,63 +253,92 @@ fn whole_pieces(from: &crate::ProxyResources, type_url: &'static str, delta: boo
 /// serialized once; a settled control plane holds none.
 const BLOCK_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// What the wire of one ADS service shares across its streams and ports: the budget of
+/// bytes in flight, the blocks kept a moment after their last response, and the block
+/// counters. Owned by the service ([`crate::server::AdsService`]); two services in one
+/// process (tests) share nothing.
+#[derive(Debug)]
+pub struct Wire {
+    /// Chunks handed to HTTP/2 and not yet written ([`IN_FLIGHT_CHUNKS`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Started with the first block; `None` inside when its thread cannot be started.
+    lingering: std::sync::OnceLock<Option<Arc<Lingering>>>,
+    /// Responses written as slices of a shared layer's block (`spar_xds_block_responses`).
+    pub block_responses: std::sync::atomic::AtomicU64,
+    /// Blocks serialized (`spar_xds_block_builds`): one per layer, type and form while
+    /// responses from it are being written.
+    pub block_builds: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Wire {
+    fn default() -> Self {
+        Self {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_CHUNKS)),
+            lingering: std::sync::OnceLock::new(),
+            block_responses: std::sync::atomic::AtomicU64::new(0),
+            block_builds: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Wire {
+    /// Keeps `block` for [`BLOCK_LINGER`] from now.
+    fn linger(&self, block: Arc<WireBlock>) {
+        let Some(l) = self.lingering.get_or_init(Lingering::start).as_deref() else { return };
+        let now = std::time::Instant::now();
+        let mut blocks = l.lock();
+        if let Some(e) = blocks.iter_mut().find(|(_, b)| Arc::ptr_eq(b, &block)) {
+            e.0 = now;
+        } else {
+            blocks.push((now, block));
+            l.wake.notify_one();
+        }
+    }
+}
+
 /// Blocks kept for [`BLOCK_LINGER`] after their last response, by when it was written;
-/// a thread of their own lets them go (started with the first).
+/// a thread of their own lets them go.
+#[derive(Debug)]
 struct Lingering {
     blocks: std::sync::Mutex<Vec<(std::time::Instant, Arc<WireBlock>)>>,
     wake: std::sync::Condvar,
 }
 
-/// `None` when the thread cannot be started: then each block lives while it is written.
-static LINGERING: std::sync::LazyLock<Option<Arc<Lingering>>> = std::sync::LazyLock::new(|| {
-    let lingering = Arc::new(Lingering { blocks: std::sync::Mutex::new(Vec::new()), wake: std::sync::Condvar::new() });
-    let l = Arc::clone(&lingering);
-    match std::thread::Builder::new().name("spar-blocks".into()).spawn(move || l.expire_forever()) {
-        Ok(_) => Some(lingering),
-        Err(e) => {
-            tracing::warn!("cannot start the thread that lets written blocks go: {e}");
-            None
+impl Lingering {
+    /// `None` when the thread cannot be started: then each block lives while it is written.
+    fn start() -> Option<Arc<Self>> {
+        let lingering = Arc::new(Self { blocks: std::sync::Mutex::new(Vec::new()), wake: std::sync::Condvar::new() });
+        let weak = Arc::downgrade(&lingering);
+        match std::thread::Builder::new().name("spar-blocks".into()).spawn(move || Self::expire(&weak)) {
+            Ok(_) => Some(lingering),
+            Err(e) => {
+                tracing::warn!("cannot start the thread that lets written blocks go: {e}");
+                None
+            }
         }
     }
-});
 
-impl Lingering {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(std::time::Instant, Arc<WireBlock>)>> {
         self.blocks.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn expire_forever(&self) {
-        let mut blocks = self.lock();
-        loop {
+    /// Lets blocks go as they expire, until the service that owns them is gone: the
+    /// thread holds them only while it looks, and looks at least once per linger period.
+    fn expire(weak: &std::sync::Weak<Self>) {
+        while let Some(l) = weak.upgrade() {
+            let mut blocks = l.lock();
             let now = std::time::Instant::now();
             let expired: Vec<_> = blocks.extract_if(.., |(at, _)| now.duration_since(*at) >= BLOCK_LINGER).collect();
             let next = blocks.iter().map(|(at, _)| *at + BLOCK_LINGER).min();
             // Freed outside the lock: a full mesh's block is megabytes.
             drop(blocks);
             drop(expired);
-            blocks = self.lock();
-            blocks = match next {
-                None if blocks.is_empty() => self.wake.wait(blocks).unwrap_or_else(std::sync::PoisonError::into_inner),
-                None => blocks,
-                Some(at) => {
-                    let wait = at.saturating_duration_since(std::time::Instant::now());
-                    self.wake.wait_timeout(blocks, wait).unwrap_or_else(std::sync::PoisonError::into_inner).0
-                }
-            };
+            let blocks = l.lock();
+            let wait = next.map_or(BLOCK_LINGER, |at| at.saturating_duration_since(std::time::Instant::now()));
+            drop(
+                l.wake.wait_timeout(blocks, wait.min(BLOCK_LINGER)).unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
         }
-    }
-}
-
-/// Keeps `block` for [`BLOCK_LINGER`] from now.
-fn linger(block: Arc<WireBlock>) {
-    let Some(l) = LINGERING.as_deref() else { return };
-    let now = std::time::Instant::now();
-    let mut blocks = l.lock();
-    if let Some(e) = blocks.iter_mut().find(|(_, b)| Arc::ptr_eq(b, &block)) {
-        e.0 = now;
-    } else {
-        blocks.push((now, block));
-        l.wake.notify_one();
     }
 }
 
@@ -352,6 +375,7 @@ impl Writer {
     /// `fields_len` bytes of fields before the resources, written by `put_fields`, and
     /// `tail` after them.
     fn new(
+        wire: &Wire,
         resources: &Resources,
         delta: bool,
         fields_len: usize,
@@ -359,7 +383,7 @@ impl Writer {
         tail: BytesMut,
     ) -> Self {
         let whole = match resources {
-            Resources::Whole(from, t) => whole_pieces(from, t, delta),
+            Resources::Whole(from, t) => whole_pieces(from, *t, delta, wire),
             Resources::List(_) => None,
         };
         let head = |resources_len: usize| {
@@ -368,7 +392,7 @@ impl Writer {
             head
         };
         if let Some(Pieces { pieces, len, block }) = whole {
-            BLOCK_RESPONSES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            wire.block_responses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut ready = VecDeque::with_capacity(pieces.len() + 2);
             ready.push_back(head(len).freeze());
             ready.extend(pieces);
@@ -386,7 +410,7 @@ impl Writer {
         Self { ready: VecDeque::new(), head: Some(head), list: Some(list), next: 0, delta, tail, block: None }
     }
 
-    fn sotw(r: &SotwResponse) -> Self {
+    fn sotw(r: &SotwResponse, wire: &Wire) -> Self {
         let fields_len =
             opt_field_len(r.version_info.len()) + opt_field_len(r.type_url.len()) + opt_field_len(r.nonce.len());
         let put_fields = |head: &mut BytesMut| {
@@ -394,10 +418,10 @@ impl Writer {
             put_opt_bytes(head, 4, r.type_url.as_bytes());
             put_opt_bytes(head, 5, r.nonce.as_bytes());
         };
-        Self::new(&r.resources, false, fields_len, put_fields, BytesMut::new())
+        Self::new(wire, &r.resources, false, fields_len, put_fields, BytesMut::new())
     }
 
-    fn delta(r: &DeltaResponse) -> Self {
+    fn delta(r: &DeltaResponse, wire: &Wire) -> Self {
         let fields_len =
             opt_field_len(r.system_version_info.len()) + opt_field_len(r.type_url.len()) + opt_field_len(r.nonce.len());
         let put_fields = |head: &mut BytesMut| {
@@ -410,11 +434,11 @@ impl Writer {
             put_field_header(&mut tail, 6, n.len());
             tail.put_slice(n.as_bytes());
         }
-        Self::new(&r.resources, true, fields_len, put_fields, tail)
+        Self::new(wire, &r.resources, true, fields_len, put_fields, tail)
     }
 
     /// The next chunk, or `None` when the message is written.
-    fn next_chunk(&mut self) -> Option<Bytes> {
+    fn next_chunk(&mut self, wire: &Wire) -> Option<Bytes> {
         if let Some(mut piece) = self.ready.pop_front() {
             if piece.len() > CHUNK {
                 self.ready.push_front(piece.split_off(CHUNK));
@@ -424,7 +448,7 @@ impl Writer {
             {
                 // The slices handed out keep their bytes; the block stays a moment for
                 // the next proxy of the layer, then the layer lets it go.
-                linger(block);
+                wire.linger(block);
             }
             return Some(piece);
         }
@@ -459,18 +483,18 @@ fn grpc_prefix(body_len: usize) -> BytesMut {
 /// A response that can be written as one gRPC message.
 pub trait WireMessage: Send + 'static {
     /// Its writer.
-    fn writer(&self) -> Writer;
+    fn writer(&self, wire: &Wire) -> Writer;
 }
 
 impl WireMessage for SotwResponse {
-    fn writer(&self) -> Writer {
-        Writer::sotw(self)
+    fn writer(&self, wire: &Wire) -> Writer {
+        Writer::sotw(self, wire)
     }
 }
 
 impl WireMessage for DeltaResponse {
-    fn writer(&self) -> Writer {
-        Writer::delta(self)
+    fn writer(&self, wire: &Wire) -> Writer {
+        Writer::delta(self, wire)
     }
 }
 
@@ -481,9 +505,6 @@ impl WireMessage for DeltaResponse {
 /// buffers (up to 400 KiB per stream each). A proxy that stops reading holds at most its
 /// HTTP/2 send buffer's worth (about 7 chunks) until its connection is closed.
 const IN_FLIGHT_CHUNKS: usize = 512;
-
-static IN_FLIGHT: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
-    std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_CHUNKS)));
 
 /// A chunk that gives its in-flight permit back when HTTP/2 has written and dropped it.
 struct Charged {
@@ -509,6 +530,7 @@ pub type Outbound<M> = Box<Result<M, Status>>;
 /// lazily within the in-flight budget, then the `grpc-status` trailers.
 pub struct XdsBody<M> {
     rx: mpsc::Receiver<Outbound<M>>,
+    wire: Arc<Wire>,
     current: Option<Writer>,
     permit: Option<Acquire>,
     done: bool,
@@ -522,8 +544,8 @@ impl<M> std::fmt::Debug for XdsBody<M> {
 
 impl<M> XdsBody<M> {
     /// A body fed by `rx`; it ends when the sender is dropped (OK) or sends an error.
-    pub fn new(rx: mpsc::Receiver<Outbound<M>>) -> Self {
-        Self { rx, current: None, permit: None, done: false }
+    pub fn new(rx: mpsc::Receiver<Outbound<M>>, wire: Arc<Wire>) -> Self {
+        Self { rx, wire, current: None, permit: None, done: false }
     }
 }
 
@@ -550,13 +572,14 @@ impl<M: WireMessage + Unpin> http_body::Body for XdsBody<M> {
         let this = &mut *self;
         loop {
             if let Some(w) = this.current.as_mut() {
-                let acquire = this.permit.get_or_insert_with(|| Box::pin(Arc::clone(&IN_FLIGHT).acquire_owned()));
+                let acquire =
+                    this.permit.get_or_insert_with(|| Box::pin(Arc::clone(&this.wire.in_flight).acquire_owned()));
                 let permit = match acquire.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(p) => p,
                 };
                 this.permit = None;
-                if let Some(chunk) = w.next_chunk() {
+                if let Some(chunk) = w.next_chunk(&this.wire) {
                     let data = match permit {
                         Ok(p) => Bytes::from_owner(Charged { data: chunk, _permit: p }),
                         // The semaphore is never closed; if it were, send uncharged.
@@ -570,7 +593,7 @@ impl<M: WireMessage + Unpin> http_body::Body for XdsBody<M> {
                 return Poll::Ready(None);
             }
             match this.rx.poll_recv(cx).map(|m| m.map(|m| *m)) {
-                Poll::Ready(Some(Ok(m))) => this.current = Some(m.writer()),
+                Poll::Ready(Some(Ok(m))) => this.current = Some(m.writer(&this.wire)),
                 Poll::Ready(Some(Err(status))) => {
                     this.done = true;
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers(Some(&status))))));
@@ -591,10 +614,11 @@ impl<M: WireMessage + Unpin> http_body::Body for XdsBody<M> {
 
 fn grpc_response<M: WireMessage + Unpin>(
     r: Result<mpsc::Receiver<Outbound<M>>, Status>,
+    wire: Arc<Wire>,
 ) -> http::Response<tonic::body::Body> {
     match r {
         Ok(rx) => {
-            let mut resp = http::Response::new(tonic::body::Body::new(XdsBody::new(rx)));
+            let mut resp = http::Response::new(tonic::body::Body::new(XdsBody::new(rx, wire)));
             resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
             resp
         }
@@ -604,9 +628,14 @@ fn grpc_response<M: WireMessage + Unpin>(
 
 /// Writes a whole message (tests).
 pub fn to_bytes(m: &impl WireMessage) -> Vec<u8> {
-    let mut w = m.writer();
+    to_bytes_with(m, &Wire::default())
+}
+
+/// Writes a whole message with `wire`'s blocks and counters (tests).
+pub fn to_bytes_with(m: &impl WireMessage, wire: &Wire) -> Vec<u8> {
+    let mut w = m.writer(wire);
     let mut out = Vec::new();
-    while let Some(c) = w.next_chunk() {
+    while let Some(c) = w.next_chunk(wire) {
         out.extend_from_slice(&c);
     }
     out

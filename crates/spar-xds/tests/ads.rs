@@ -11,9 +11,9 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use prost::Message;
+use spar_generate::{ResourceType, type_url};
 use spar_model::{MeshConfig, Snapshot, Store};
 use spar_xds::server::AdsService;
-use spar_xds::type_url;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -181,7 +181,7 @@ fn namespaces_layers_share_their_identical_resources() {
     let (a, b) = (cache.shared(&snapshot, &in_ns("one")), cache.shared(&snapshot, &in_ns("two")));
     assert!(!Arc::ptr_eq(&a, &b), "a layer per namespace");
     assert_eq!(cache.misses.load(std::sync::atomic::Ordering::Relaxed), 2);
-    for t in [type_url::CLUSTER, type_url::ENDPOINT] {
+    for t in [ResourceType::Cluster, ResourceType::Endpoint] {
         let (ra, rb) = (a.of(t).expect("some"), b.of(t).expect("some"));
         assert!(ra.len() >= 100, "{t}: {}", ra.len());
         assert_eq!(ra.len(), rb.len());

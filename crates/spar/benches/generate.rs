@@ -12,7 +12,7 @@
 //! * `sidecar: 10 hosts`: `scoped-client-1` (`app: scoped-client`), which the Sidecar
 //!   scopes to 10 services,
 //!
-//! it times `spar_xds::generate` (median and p90, after a warm-up run) and the "encode
+//! it times `spar_generate::generate` (median and p90, after a warm-up run) and the "encode
 //! floor": `prost::Message::encode_to_vec` on the generated resources decoded back into
 //! their Envoy messages, i.e. what encoding alone costs. It prints one Markdown table, a
 //! per-type breakdown, and the peak RSS.
@@ -36,10 +36,10 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use prost::Message;
+use spar_generate::ProxyResources;
+use spar_generate::generator::Scope;
+use spar_generate::resources::{ResourceType, content_version};
 use spar_model::{MeshConfig, Proxy, Snapshot, Store};
-use spar_xds::generator::Scope;
-use spar_xds::resources::content_version;
-use spar_xds::{ProxyResources, type_url};
 
 use scenario::Mesh;
 
@@ -134,14 +134,13 @@ enum Decoded {
 }
 
 impl Decoded {
-    fn decode(type_url: &str, bytes: &[u8]) -> Result<Self, prost::DecodeError> {
-        Ok(match type_url {
-            type_url::LISTENER => Decoded::Listener(Listener::decode(bytes)?),
-            type_url::ROUTE => Decoded::Route(RouteConfiguration::decode(bytes)?),
-            type_url::CLUSTER => Decoded::Cluster(Cluster::decode(bytes)?),
-            type_url::ENDPOINT => Decoded::Endpoint(ClusterLoadAssignment::decode(bytes)?),
-            type_url::SECRET => Decoded::Secret(Secret::decode(bytes)?),
-            other => panic!("generator produced an unknown type {other}"),
+    fn decode(t: ResourceType, bytes: &[u8]) -> Result<Self, prost::DecodeError> {
+        Ok(match t {
+            ResourceType::Listener => Decoded::Listener(Listener::decode(bytes)?),
+            ResourceType::Route => Decoded::Route(RouteConfiguration::decode(bytes)?),
+            ResourceType::Cluster => Decoded::Cluster(Cluster::decode(bytes)?),
+            ResourceType::Endpoint => Decoded::Endpoint(ClusterLoadAssignment::decode(bytes)?),
+            ResourceType::Secret => Decoded::Secret(Secret::decode(bytes)?),
         })
     }
 
@@ -199,16 +198,17 @@ fn run_client(
     // Scope, encoding and hashing alone: cheap, a second is plenty.
     let part_plan = Plan { min: 5, max: 101, budget: Duration::from_secs(1), limit: Duration::from_secs(5) };
 
-    let (generate, resources): (Samples, ProxyResources) = measure(gen_plan, || spar_xds::generate(snapshot, proxy));
+    let (generate, resources): (Samples, ProxyResources) =
+        measure(gen_plan, || spar_generate::generate(snapshot, proxy));
     let (scope, _) = measure(part_plan, || Scope::new(snapshot, proxy).services.len());
 
     // The encode floor: the same messages, encoded again, nothing else.
     let mut decoded = Vec::new();
     let mut by_type = Vec::new();
-    for t in type_url::PUSH_ORDER {
+    for t in ResourceType::ALL {
         let Some(of_type) = resources.of(t) else { continue };
         let bytes = of_type.values().map(|e| e.any.value.len()).sum();
-        by_type.push((type_url::short(t), of_type.len(), bytes));
+        by_type.push((t.short(), of_type.len(), bytes));
         for e in of_type.values() {
             decoded.push(Decoded::decode(t, &e.any.value).expect("generated resources decode"));
         }
@@ -235,8 +235,8 @@ fn run_client(
     // each subset (besides PassthroughCluster, BlackHoleCluster and the like).
     let per_service = 1 + scenario::VERSIONS.len();
     let outbound =
-        resources.of(type_url::CLUSTER).map_or(0, |m| m.keys().filter(|k| k.starts_with("outbound|")).count());
-    let eds = resources.of(type_url::ENDPOINT).map_or(0, |m| m.len());
+        resources.of(ResourceType::Cluster).map_or(0, |m| m.keys().filter(|k| k.starts_with("outbound|")).count());
+    let eds = resources.of(ResourceType::Endpoint).map_or(0, |m| m.len());
     if outbound != expect_services * per_service
         || eds != expect_services * per_service
         || virtual_hosts != expect_services

@@ -76,7 +76,7 @@ pub fn analyze(resources: Vec<Resource>, root_namespace: &str) -> BTreeMap<Strin
     if let Some(kind) = spar_analyze::message_type("SPAR0001") {
         for r in ctx.resources() {
             let Some(obj) = &r.object else { continue };
-            for field in spar_xds::support::unacted_fields_in(obj.meta.kind, &r.raw) {
+            for field in spar_generate::support::unacted_fields_in(obj.meta.kind, &r.raw) {
                 out.entry(r.origin.file.to_string()).or_default().push(Finding {
                     code: kind.code.to_string(),
                     name: kind.name.to_string(),
@@ -94,7 +94,7 @@ pub fn analyze(resources: Vec<Resource>, root_namespace: &str) -> BTreeMap<Strin
                 continue;
             };
             for (i, p) in spec.config_patches.iter().flatten().enumerate() {
-                let Err(reason) = spar_xds::generator::envoy_filter::check(p) else { continue };
+                let Err(reason) = spar_generate::generator::envoy_filter::check(p) else { continue };
                 out.entry(r.origin.file.to_string()).or_default().push(Finding {
                     code: kind.code.to_string(),
                     name: kind.name.to_string(),

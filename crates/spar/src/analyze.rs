@@ -192,7 +192,7 @@ fn envoy_filter_patches(ctx: &Context) -> Vec<Message> {
             continue;
         }
         for (i, p) in spec.config_patches.iter().flatten().enumerate() {
-            let Err(reason) = spar_xds::generator::envoy_filter::check(p) else { continue };
+            let Err(reason) = spar_generate::generator::envoy_filter::check(p) else { continue };
             let at = format!("spec.configPatches[{i}]");
             out.push(Message {
                 kind,
@@ -216,7 +216,7 @@ fn unacted_fields(ctx: &Context) -> Vec<Message> {
         if analyzers::suppressed_by_annotation(r, FIELD_NOT_ACTED_ON) {
             continue;
         }
-        for field in spar_xds::support::unacted_fields(obj) {
+        for field in spar_generate::support::unacted_fields(obj) {
             // `spec.http[].fault` → the first occurrence, `spec.http[0].fault`, for its line.
             let first = field.replace("[]", "[0]");
             out.push(Message {

@@ -21,6 +21,8 @@ use tokio::sync::watch;
 pub struct DebugState {
     /// ADS counters.
     pub metrics: Arc<Metrics>,
+    /// The wire's block counters.
+    pub wire: Arc<spar_xds::wire::Wire>,
     /// Per-proxy sync status.
     pub sync: Arc<SyncRegistry>,
     /// Shared-generation cache counters.
@@ -84,13 +86,8 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
         s.metrics.connected.load(Ordering::Relaxed).to_string(),
     );
     let _ = writeln!(out, "# HELP pilot_xds_pushes xDS responses sent, by type.\n# TYPE pilot_xds_pushes counter");
-    for (i, t) in spar_xds::type_url::PUSH_ORDER.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "pilot_xds_pushes{{type=\"{}\"}} {}",
-            spar_xds::type_url::short(t),
-            s.metrics.pushes_by_type[i].load(Ordering::Relaxed)
-        );
+    for (t, n) in s.metrics.pushes_by_type.iter() {
+        let _ = writeln!(out, "pilot_xds_pushes{{type=\"{}\"}} {}", t.short(), n.load(Ordering::Relaxed));
     }
     histogram(
         &mut out,
@@ -98,11 +95,8 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
         "Seconds from a push to the proxy's ACK.",
         &[("", &s.metrics.convergence)],
     );
-    let push_time: Vec<(String, &Histogram)> = spar_xds::type_url::PUSH_ORDER
-        .iter()
-        .zip(&s.metrics.push_time)
-        .map(|(t, h)| (format!("type=\"{}\"", spar_xds::type_url::short(t)), h))
-        .collect();
+    let push_time: Vec<(String, &Histogram)> =
+        s.metrics.push_time.iter().map(|(t, h)| (format!("type=\"{}\"", t.short()), h)).collect();
     let push_time: Vec<(&str, &Histogram)> = push_time.iter().map(|(l, h)| (l.as_str(), *h)).collect();
     histogram(
         &mut out,
@@ -131,14 +125,14 @@ async fn metrics(State(s): State<DebugState>) -> impl IntoResponse {
         "spar_xds_block_responses",
         "counter",
         "Whole-type responses written as slices of a shared layer's serialized block instead of copied per proxy.",
-        spar_xds::wire::BLOCK_RESPONSES.load(Ordering::Relaxed).to_string(),
+        s.wire.block_responses.load(Ordering::Relaxed).to_string(),
     );
     metric(
         &mut out,
         "spar_xds_block_builds",
         "counter",
         "Shared layers' blocks serialized (a block lives while responses from it are written).",
-        spar_xds::wire::BLOCK_BUILDS.load(Ordering::Relaxed).to_string(),
+        s.wire.block_builds.load(Ordering::Relaxed).to_string(),
     );
     metric(
         &mut out,
@@ -341,7 +335,7 @@ async fn config_dump(
     let Some(resources) = p.resources.clone() else {
         return (StatusCode::NOT_FOUND, "proxy resources unavailable").into_response();
     };
-    let rows = spar_xds::summary::ConfigRows::of_resources(&resources);
+    let rows = spar_generate::summary::ConfigRows::of_resources(&resources);
     axum::Json(serde_json::json!({"proxy": p.proxy, "snapshot": resources.snapshot_version, "config": rows}))
         .into_response()
 }

@@ -15,9 +15,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use spar_api::Resource;
+use spar_generate::explain::{ClusterChoice, Explanation, Request};
+use spar_generate::summary::ConfigRows;
 use spar_model::{MeshConfig, Proxy, ProxyKind, Service, Snapshot, Store};
-use spar_xds::explain::{ClusterChoice, Explanation, Request};
-use spar_xds::summary::ConfigRows;
 
 use crate::proxyconfig::Table;
 
@@ -138,7 +138,7 @@ fn parse_request(url: &str, headers: &[String], method: &str) -> anyhow::Result<
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
-    let host = spar_xds::explain::strip_port(authority);
+    let host = spar_generate::explain::strip_port(authority);
     if host.is_empty() {
         bail!("--request {url:?}: no host");
     }
@@ -215,7 +215,7 @@ fn outbound_parts(cluster: &str) -> Option<(u16, &str)> {
 
 fn policies(snap: &Snapshot, proxy: &Proxy, req: &Request, ex: &Explanation) -> Policies {
     let mut out = Policies::default();
-    let host = spar_xds::explain::strip_port(&req.authority);
+    let host = spar_generate::explain::strip_port(&req.authority);
     let fqdn = spar_model::resolve_host(host, &proxy.namespace, &snap.mesh.domain);
     if proxy.kind == ProxyKind::Router {
         gateway_policies(snap, proxy, host, &mut out);
@@ -309,8 +309,8 @@ fn destinations(
         let ns = svc.namespace.as_str();
         let mode = snap.mtls_mode(ns, &ep.labels, target);
         // The same selection the destination's own sidecar is generated from.
-        let authz = spar_xds::generator::authz::applicable(snap, ns, &ep.labels);
-        let authn = spar_xds::generator::jwt::applicable(snap, ns, &ep.labels);
+        let authz = spar_generate::generator::authz::applicable(snap, ns, &ep.labels);
+        let authn = spar_generate::generator::jwt::applicable(snap, ns, &ep.labels);
         let mode_name = format!("{mode:?}").to_ascii_uppercase();
         if mode == spar_model::MtlsMode::Strict && !choice.mtls && !c.transport.starts_with("mTLS") {
             out.warnings.push(format!(
@@ -356,7 +356,7 @@ fn load(a: &ExplainArgs) -> anyhow::Result<(Snapshot, usize, Option<Workload>)> 
     let rejected = store.errors().count();
     let workload = find_workload(&store, &a.proxy)?;
     let mut snap = Snapshot::build(&store, &mesh, 1);
-    let envoy_filters = spar_xds::generator::envoy_filter::diagnostics(&snap);
+    let envoy_filters = spar_generate::generator::envoy_filter::diagnostics(&snap);
     snap.diagnostics.extend(envoy_filters);
     Ok((snap, rejected, workload))
 }
@@ -415,7 +415,7 @@ pub fn run(a: &ExplainArgs) -> anyhow::Result<()> {
         );
     }
     let proxy = build_proxy(a, workload)?;
-    let res = spar_xds::generate(&snap, &proxy);
+    let res = spar_generate::generate(&snap, &proxy);
     let Some(url) = &a.request else {
         let rows = ConfigRows::of_resources(&res);
         if a.output == "json" {
@@ -436,11 +436,11 @@ pub fn run(a: &ExplainArgs) -> anyhow::Result<()> {
         if a.interception_mode.eq_ignore_ascii_case("NONE") {
             return None;
         }
-        let host = spar_xds::explain::strip_port(&req.authority);
+        let host = spar_generate::explain::strip_port(&req.authority);
         let fqdn = spar_model::resolve_host(host, &proxy.namespace, &snap.mesh.domain);
         snap.services.get(&fqdn).and_then(|s| s.addresses.iter().find_map(|a| a.parse().ok()))
     });
-    let ex = spar_xds::explain::explain(&res, &req);
+    let ex = spar_generate::explain::explain(&res, &req);
     let pol = policies(&snap, &proxy, &req, &ex);
     let fails = failure(&ex, &pol);
     if a.output == "json" {

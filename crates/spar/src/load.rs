@@ -27,7 +27,7 @@ pub fn report(parsed: &Parsed) {
         }
     }
     for obj in &parsed.objects {
-        let unacted = spar_xds::support::unacted_fields(obj);
+        let unacted = spar_generate::support::unacted_fields(obj);
         if !unacted.is_empty() {
             warn!(origin = %obj.origin, resource = %obj.key(), fields = %unacted.join(", "), "fields parsed and kept but not acted on: traffic does not do what they say");
         }

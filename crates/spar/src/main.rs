@@ -536,7 +536,7 @@ fn main() -> anyhow::Result<()> {
             a.dry_run,
         ),
         Command::Bootstrap(a) => {
-            let params = spar_xds::bootstrap::BootstrapParams {
+            let params = spar_generate::bootstrap::BootstrapParams {
                 kind: if a.router { ProxyKind::Router } else { ProxyKind::Sidecar },
                 xds_address: a.xds_address,
                 namespace: a.namespace,
@@ -551,7 +551,7 @@ fn main() -> anyhow::Result<()> {
                 locality: a.locality,
                 listen_address: a.listen_address,
             };
-            let mut b = spar_xds::bootstrap::bootstrap(&params)?;
+            let mut b = spar_generate::bootstrap::bootstrap(&params)?;
             if a.cluster_domain != "cluster.local"
                 && let Some(id) = b["node"]["id"].as_str().and_then(|id| id.strip_suffix(".cluster.local"))
             {
@@ -594,7 +594,7 @@ fn main() -> anyhow::Result<()> {
             if let Some((chain_pem, key_pem, root_pem)) = credential {
                 let (cert, key, root) = exchange::write_credential(&credential_dir, &chain_pem, &key_pem, &root_pem)?;
                 let cp = secure::control_plane_identity(&a.trust_domain, &a.root_namespace);
-                spar_xds::bootstrap::secure_xds(&mut b, &cert, &key, &root, &cp.to_string());
+                spar_generate::bootstrap::secure_xds(&mut b, &cert, &key, &root, &cp.to_string());
             }
             let out = match a.output {
                 Format::Json => serde_json::to_string_pretty(&b)?,

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context;
-use spar_xds::summary::ConfigRows;
+use spar_generate::summary::ConfigRows;
 
 /// Which tables.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -52,7 +52,7 @@ fn lines(rows: &ConfigRows, table: Table) -> Vec<(&'static str, Vec<String>)> {
         out.push(("listeners", rows.listeners.iter().map(|r| format!("{:<40} {}", r.name, r.address)).collect()));
     }
     if want(Table::Routes) {
-        let f = |r: &spar_xds::summary::RouteRow| {
+        let f = |r: &spar_generate::summary::RouteRow| {
             format!("{:<24} {:<40} {:<24} {}", r.route_config, r.virtual_host, r.matches, r.target)
         };
         out.push(("routes", rows.routes.iter().map(f).collect()));
@@ -64,7 +64,7 @@ fn lines(rows: &ConfigRows, table: Table) -> Vec<(&'static str, Vec<String>)> {
         out.push(("endpoints", rows.endpoints.iter().map(|r| format!("{:<24} {}", r.address, r.cluster)).collect()));
     }
     if want(Table::Secrets) {
-        let f = |r: &spar_xds::summary::SecretRow| {
+        let f = |r: &spar_generate::summary::SecretRow| {
             format!("{:<24} {:<13} {:<34} {:<32} {}", r.name, r.kind, r.serial, r.not_after, r.identity)
         };
         out.push(("secrets", rows.secrets.iter().map(f).collect()));

@@ -127,6 +127,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     if let Some(addr) = cfg.debug_address {
         let state = crate::debug::DebugState {
             metrics: ads.metrics(),
+            wire: ads.wire(),
             sync: ads.sync_registry(),
             cache: ads.cache(),
             store: Arc::clone(&store),
@@ -430,7 +431,7 @@ fn build(store: &Mutex<Store>, mesh: &MeshConfig, version: u64) -> Snapshot {
     let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut snap = Snapshot::build(&store, mesh, version);
     // EnvoyFilter values are checked against Envoy's schema, which the generator holds.
-    let envoy_filters = spar_xds::generator::envoy_filter::diagnostics(&snap);
+    let envoy_filters = spar_generate::generator::envoy_filter::diagnostics(&snap);
     snap.diagnostics.extend(envoy_filters);
     for d in &snap.diagnostics {
         warn!(origin = %d.origin, resource = %d.resource, "{}", d.message);

@@ -12,8 +12,9 @@ pub(super) fn layers_names_digest(
     type_url: &str,
     names: &crate::request::Names,
 ) -> Option<u64> {
-    let (digest, count) = current.shared_names_digest(type_url)?;
-    (names.count == count && current.of(type_url).is_some_and(|v| v.len() == count) && names.digest() == digest)
+    let t = ResourceType::from_url(type_url)?;
+    let (digest, count) = current.shared_names_digest(t)?;
+    (names.count == count && current.of(t).is_some_and(|v| v.len() == count) && names.digest() == digest)
         .then_some(digest)
 }
 
@@ -49,7 +50,7 @@ pub(super) fn delta_known_changes<'a>(
     if !state.fresh.is_empty() || !state.client_versions.is_empty() || *wild != state.subscription.wildcard {
         return None;
     }
-    current.changed_since(from, type_url)
+    current.changed_since(from, ResourceType::from_url(type_url)?)
 }
 
 /// Delta: whether the proxy wants every resource of the type in `current`, and nothing
@@ -60,8 +61,9 @@ pub(super) fn wants_all(state: &TypeState, current: &ProxyResources, type_url: &
     if sub.wildcard {
         return sub.names.is_empty();
     }
-    current.shared_names(type_url).is_some_and(|base| {
-        sub.names.is_exactly(&base) && current.layers(type_url).1.is_none_or(|own| own.keys().all(|n| base.contains(n)))
+    let Some(t) = ResourceType::from_url(type_url) else { return false };
+    current.shared_names(t).is_some_and(|base| {
+        sub.names.is_exactly(&base) && current.layers(t).1.is_none_or(|own| own.keys().all(|n| base.contains(n)))
     })
 }
 
@@ -112,7 +114,7 @@ pub(super) fn delta_diff_synced(
     let mut removed = Vec::new();
     let Some((from, wild)) = &state.synced else { return (resources, removed) };
     let names = &state.subscription.names;
-    let before = from.of(type_url).unwrap_or_default().values();
+    let before = from.of_url(type_url).unwrap_or_default().values();
     let held: Box<dyn Iterator<Item = &Arc<Encoded>>> = if *wild {
         Box::new(before)
     } else {

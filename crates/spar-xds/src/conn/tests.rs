@@ -18,9 +18,9 @@ fn mk_resources(clusters: &[(&str, u32)]) -> Arc<ProxyResources> {
             }),
             ..Default::default()
         };
-        r.insert(type_url::CLUSTER, *name, &c);
+        r.insert(ResourceType::Cluster, *name, &c);
         let cla = ClusterLoadAssignment { cluster_name: name.to_string(), ..Default::default() };
-        r.insert(type_url::ENDPOINT, *name, &cla);
+        r.insert(ResourceType::Endpoint, *name, &cla);
     }
     Arc::new(r)
 }
@@ -118,7 +118,7 @@ fn sotw_named_subscription_change_is_answered() {
     let r = sotw(&c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a"], "", ""))[0]).clone();
     c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a"], &r.version_info, &r.nonce));
     let mut res = (*mk_resources(&[("a", 1), ("b", 1)])).clone();
-    res.insert(type_url::ENDPOINT, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
+    res.insert(ResourceType::Endpoint, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
     assert!(c.on_resources(Arc::new(res)).is_empty());
 }
 
@@ -136,7 +136,7 @@ fn naming_every_resource_is_kept_as_a_flag() {
     // A new cluster's endpoints go out with the change (Envoy asks for them anyway),
     // and only they: EDS in SotW may carry just what changed.
     let mut res = (*mk_resources(&[("a", 1), ("b", 1)])).clone();
-    res.insert(type_url::ENDPOINT, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
+    res.insert(ResourceType::Endpoint, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
     let out = c.on_resources(Arc::new(res));
     let names: Vec<Vec<String>> = out
         .iter()
@@ -166,7 +166,7 @@ fn only_the_very_names_of_the_layer_are_every_resource() {
     }
     // The proxy's own resources beyond the layer's: naming only the layer's is not all.
     let mut own = ProxyResources::layered(Arc::clone(&base));
-    own.insert(type_url::ENDPOINT, "inbound", &ClusterLoadAssignment::default());
+    own.insert(ResourceType::Endpoint, "inbound", &ClusterLoadAssignment::default());
     let mut c = Connection::new(Variant::Sotw, Arc::new(own));
     let r = sotw(&c.handle_sotw(mk_sotw(type_url::ENDPOINT, &["a", "b", "c"], "", ""))[0]);
     assert!(!c.types()[type_url::ENDPOINT].subscription.all_current);
@@ -189,7 +189,7 @@ fn endpoints_go_whole_after_a_cluster_change_and_incrementally_otherwise() {
     // Cluster "a" changes (its timeout) and its endpoints too: the clusters, then every
     // assignment, since Envoy re-creates the cluster and waits for its endpoints.
     let mut res = (*mk_resources(&[("a", 2), ("b", 1)])).clone();
-    res.insert(type_url::ENDPOINT, "a", &ClusterLoadAssignment { cluster_name: "a".into(), ..Default::default() });
+    res.insert(ResourceType::Endpoint, "a", &ClusterLoadAssignment { cluster_name: "a".into(), ..Default::default() });
     let out = c.on_resources(Arc::new(res));
     assert_eq!(out.iter().map(|r| sotw(r).type_url).collect::<Vec<_>>(), [type_url::CLUSTER, type_url::ENDPOINT]);
     assert_eq!(sotw(&out[1]).resources.len(), 2);
@@ -199,13 +199,13 @@ fn endpoints_go_whole_after_a_cluster_change_and_incrementally_otherwise() {
 fn moved(r: &mut ProxyResources, name: &str) {
     let cla =
         ClusterLoadAssignment { cluster_name: name.into(), endpoints: vec![Default::default()], ..Default::default() };
-    r.insert(type_url::ENDPOINT, name.to_string(), &cla);
+    r.insert(ResourceType::Endpoint, name.to_string(), &cla);
 }
 
 /// A proxy's resources over a shared `base`, with one inbound cluster of its own.
 fn over(base: &Arc<ProxyResources>) -> Arc<ProxyResources> {
     let mut r = ProxyResources::layered(Arc::clone(base));
-    r.insert(type_url::CLUSTER, "inbound|80||", &Cluster { name: "inbound|80||".into(), ..Default::default() });
+    r.insert(ResourceType::Cluster, "inbound|80||", &Cluster { name: "inbound|80||".into(), ..Default::default() });
     Arc::new(r)
 }
 
@@ -231,21 +231,21 @@ fn a_shared_layer_generated_over_the_last_one_tells_its_streams_what_changed() {
     let linked = Arc::new(linked);
     let unlinked = Arc::new(next());
     let (before, after) = (over(&first), over(&linked));
-    let changed = after.changed_since(&before, type_url::ENDPOINT).expect("known from the shared layer");
+    let changed = after.changed_since(&before, ResourceType::Endpoint).expect("known from the shared layer");
     assert_eq!(changed.changed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["b"]);
     assert!(changed.removed.is_empty());
     // Clusters: the proxy's own layer has one too; it is compared, and it did not change.
-    let clusters = after.changed_since(&before, type_url::CLUSTER).expect("known");
+    let clusters = after.changed_since(&before, ResourceType::Cluster).expect("known");
     assert!(clusters.changed.is_empty() && clusters.removed.is_empty(), "{clusters:?}");
     // An own resource that changes, one that goes and one that hides a shared one.
     let mut own = ProxyResources::layered(Arc::clone(&linked));
-    own.insert(type_url::CLUSTER, "inbound|81||", &Cluster { name: "inbound|81||".into(), ..Default::default() });
-    own.insert(type_url::CLUSTER, "a", &Cluster { name: "a".into(), ..Default::default() });
-    let clusters = own.changed_since(&before, type_url::CLUSTER).expect("known");
+    own.insert(ResourceType::Cluster, "inbound|81||", &Cluster { name: "inbound|81||".into(), ..Default::default() });
+    own.insert(ResourceType::Cluster, "a", &Cluster { name: "a".into(), ..Default::default() });
+    let clusters = own.changed_since(&before, ResourceType::Cluster).expect("known");
     let names = |v: &[Arc<Encoded>]| v.iter().map(|e| e.name.clone()).collect::<Vec<_>>();
     assert_eq!(names(&clusters.changed), ["a", "inbound|81||"]);
     assert_eq!(clusters.removed, ["inbound|80||"]);
-    assert!(over(&unlinked).changed_since(&before, type_url::ENDPOINT).is_none(), "not generated over it");
+    assert!(over(&unlinked).changed_since(&before, ResourceType::Endpoint).is_none(), "not generated over it");
     // A stream moving from one to the other sends "b" alone, and the same as a stream
     // that finds it out by comparing every resource.
     for next in [linked, unlinked] {
@@ -311,7 +311,8 @@ fn a_delta_subscription_with_nothing_to_send_gets_an_empty_first_answer_and_then
 #[test]
 fn a_delta_resume_holding_everything_is_answered_once() {
     let res = mk_resources(&[("a", 1)]);
-    let a_version = res.of(type_url::CLUSTER).and_then(|m| m.get("a")).map(|e| e.version.clone()).unwrap_or_default();
+    let a_version =
+        res.of(ResourceType::Cluster).and_then(|m| m.get("a")).map(|e| e.version.clone()).unwrap_or_default();
     let mut c = Connection::new(Variant::Delta, res);
     let mut req = mk_delta(type_url::CLUSTER, &[], &[], "");
     req.initial_resource_versions.insert("a".into(), a_version);
@@ -322,7 +323,8 @@ fn a_delta_resume_holding_everything_is_answered_once() {
 #[test]
 fn delta_resume_skips_what_the_proxy_holds() {
     let res = mk_resources(&[("a", 1), ("b", 1)]);
-    let a_version = res.of(type_url::CLUSTER).and_then(|m| m.get("a")).map(|e| e.version.clone()).unwrap_or_default();
+    let a_version =
+        res.of(ResourceType::Cluster).and_then(|m| m.get("a")).map(|e| e.version.clone()).unwrap_or_default();
     let mut c = Connection::new(Variant::Delta, res);
     let mut req = mk_delta(type_url::CLUSTER, &[], &[], "");
     req.initial_resource_versions.insert("a".into(), a_version);
@@ -360,14 +362,14 @@ fn delta_streams_take_what_changed_from_the_shared_layer() {
     linked.reuse_unchanged(&first);
     let linked = Arc::new(linked);
     let known = over(&linked)
-        .changed_since(&over(&first), type_url::ENDPOINT)
+        .changed_since(&over(&first), ResourceType::Endpoint)
         .map(std::borrow::Cow::into_owned)
         .expect("known");
     assert_eq!(known.changed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["b", "d"]);
     assert_eq!(known.removed, ["c"]);
     let same = over(&first);
     assert!(
-        same.changed_since(&same, type_url::ENDPOINT).is_some_and(|c| c.changed.is_empty() && c.removed.is_empty())
+        same.changed_since(&same, ResourceType::Endpoint).is_some_and(|c| c.changed.is_empty() && c.removed.is_empty())
     );
     for next in [linked, Arc::new(next())] {
         let mut c = Connection::new(Variant::Delta, over(&first));
@@ -405,7 +407,7 @@ fn delta_keeps_what_the_proxy_holds_as_a_generation_not_a_map() {
     let mut res = (*mk_resources(&[("a", 1), ("b", 1)])).clone();
     let changed =
         ClusterLoadAssignment { cluster_name: "a".into(), endpoints: vec![Default::default()], ..Default::default() };
-    res.insert(type_url::ENDPOINT, "a", &changed);
+    res.insert(ResourceType::Endpoint, "a", &changed);
     let out = c.on_resources(Arc::new(res.clone()));
     let r = delta(&out[0]);
     assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a"]);
@@ -415,7 +417,7 @@ fn delta_keeps_what_the_proxy_holds_as_a_generation_not_a_map() {
     let r = delta(&c.handle_delta(mk_delta(type_url::ENDPOINT, &["b"], &[], ""))[0]);
     assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["b"]);
     // A resource that comes back after being removed is sent (still subscribed).
-    res.insert(type_url::ENDPOINT, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
+    res.insert(ResourceType::Endpoint, "c", &ClusterLoadAssignment { cluster_name: "c".into(), ..Default::default() });
     let out = c.on_resources(Arc::new(res));
     assert_eq!(delta(&out[0]).resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c"]);
 }
@@ -429,7 +431,7 @@ fn delta_subscriptions_to_every_name_share_the_layers_names() {
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
     let r = delta(&c.handle_delta(mk_delta(type_url::ENDPOINT, &all, &[], ""))[0]).clone();
     assert_eq!(r.resources.len(), 40);
-    let base = first.shared_names(type_url::ENDPOINT).expect("the layer has endpoints");
+    let base = first.shared_names(ResourceType::Endpoint).expect("the layer has endpoints");
     let sub = |c: &Connection| c.types()[type_url::ENDPOINT].subscription.names.clone();
     assert!(sub(&c).is_based_on(&base), "kept as the layer's names, not 40 strings");
     assert!(c.handle_delta(mk_delta(type_url::ENDPOINT, &[], &["c07"], &r.nonce)).is_empty());
@@ -446,7 +448,7 @@ fn delta_subscriptions_to_every_name_share_the_layers_names() {
         Arc::new(r)
     };
     let second = next(None);
-    assert!(Arc::ptr_eq(&second.shared_names(type_url::ENDPOINT).expect("names"), &base));
+    assert!(Arc::ptr_eq(&second.shared_names(ResourceType::Endpoint).expect("names"), &base));
     let out = c.on_resources(over(&second));
     let r = delta(&out[0]).clone();
     assert_eq!(r.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["c08"], "c07 is unsubscribed");
@@ -460,7 +462,7 @@ fn delta_subscriptions_to_every_name_share_the_layers_names() {
         r.reuse_unchanged(&second);
         Arc::new(r)
     };
-    let grown = third.shared_names(type_url::ENDPOINT).expect("names");
+    let grown = third.shared_names(ResourceType::Endpoint).expect("names");
     assert!(!Arc::ptr_eq(&grown, &base));
     c.on_resources(over(&third));
     let s = sub(&c);
@@ -508,10 +510,11 @@ fn layers_of_one_snapshot_share_identical_resources() {
     let other = mk_resources(&[("a", 1), ("b", 2), ("d", 1)]);
     let mut mine = (*mk_resources(&[("a", 1), ("b", 1), ("c", 3)])).clone();
     mine.reuse_unchanged(&first);
-    let clusters = |r: &ProxyResources, n: &str| Arc::clone(r.of(type_url::CLUSTER).and_then(|v| v.get(n)).expect(n));
+    let clusters =
+        |r: &ProxyResources, n: &str| Arc::clone(r.of(ResourceType::Cluster).and_then(|v| v.get(n)).expect(n));
     let changed_c = |r: &ProxyResources| {
         let l = ProxyResources::layered(Arc::new(r.clone()));
-        let c = l.changed_since(&ProxyResources::layered(Arc::clone(&first)), type_url::CLUSTER);
+        let c = l.changed_since(&ProxyResources::layered(Arc::clone(&first)), ResourceType::Cluster);
         c.map(|c| c.changed.iter().map(|e| e.name.clone()).collect::<Vec<_>>())
     };
     assert_eq!(mine.share_with(&other), 3, "cluster and load assignment of \"a\", load assignment of \"b\"");
@@ -530,7 +533,7 @@ fn layers_of_one_snapshot_share_identical_resources() {
     // Its load assignment of "c" is `first`'s already, as is `third`'s (through `mine`).
     assert_eq!(again.share_with(&third), 1);
     assert_eq!(changed_c(&again), Some(vec!["c".to_string()]));
-    let swapped = again.changed_since_for_tests(type_url::CLUSTER);
+    let swapped = again.recorded_changes(ResourceType::Cluster);
     assert!(Arc::ptr_eq(&swapped[0], &clusters(&third, "c")), "the change list holds the shared copy");
 }
 
@@ -538,7 +541,7 @@ fn mk_listeners(names: &[&str]) -> Arc<ProxyResources> {
     let mut r = ProxyResources::default();
     for name in names {
         let l = envoy_types::pb::envoy::config::listener::v3::Listener { name: name.to_string(), ..Default::default() };
-        r.insert(type_url::LISTENER, *name, &l);
+        r.insert(ResourceType::Listener, *name, &l);
     }
     Arc::new(r)
 }

@@ -56,6 +56,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let svc = self.inner.clone();
         let budget = Arc::clone(&self.budget);
+        let wire = svc.wire();
         Box::pin(async move {
             let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
             let (parts, body) = req.into_parts();
@@ -63,7 +64,10 @@ where
                 "StreamAggregatedResources" => {
                     let mut request = tonic::Request::new(requests::<B, SotwRequest>(body, budget));
                     *request.extensions_mut() = parts.extensions;
-                    grpc_response(svc.serve::<SotwRequest, SotwResponse>(crate::conn::Variant::Sotw, request).await)
+                    grpc_response(
+                        svc.serve::<SotwRequest, SotwResponse>(crate::conn::Variant::Sotw, request).await,
+                        wire,
+                    )
                 }
                 "DeltaAggregatedResources" => {
                     let mut request = tonic::Request::new(requests::<B, crate::request::DeltaRequest>(body, budget));
@@ -71,6 +75,7 @@ where
                     grpc_response(
                         svc.serve::<crate::request::DeltaRequest, DeltaResponse>(crate::conn::Variant::Delta, request)
                             .await,
+                        wire,
                     )
                 }
                 other => Status::unimplemented(format!("no method {other:?}")).into_http(),

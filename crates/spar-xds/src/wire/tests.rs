@@ -9,9 +9,10 @@ use super::*;
 use crate::request::SotwRequest;
 
 fn chunks(m: &impl WireMessage) -> VecDeque<Bytes> {
-    let mut w = m.writer();
+    let wire = Wire::default();
+    let mut w = m.writer(&wire);
     let mut out = VecDeque::new();
-    while let Some(c) = w.next_chunk() {
+    while let Some(c) = w.next_chunk(&wire) {
         out.push_back(c);
     }
     out
@@ -51,20 +52,22 @@ fn sotw_bytes_are_prosts() {
 #[test]
 fn a_whole_type_is_written_as_its_list_would_be() {
     use crate::resources::{ProxyResources, type_url};
+    // One service's wire: its blocks linger for the next response.
+    let wire = Wire::default();
     let mut base = ProxyResources::new(1);
     for i in 0..3000 {
         let c = Cluster { name: format!("c{i}"), alt_stat_name: "x".repeat(i % 200), ..Default::default() };
-        base.insert(type_url::CLUSTER, format!("outbound|80||svc-{i:04}"), &c);
+        base.insert(ResourceType::Cluster, format!("outbound|80||svc-{i:04}"), &c);
     }
     let mut layered = ProxyResources::layered(Arc::new(base));
     // Own resources in between, and one that hides a shared one.
     for name in ["inbound|80||", "outbound|80||svc-0100", "a-first", "zz-last"] {
-        layered.insert(type_url::CLUSTER, name, &Cluster { name: name.into(), ..Default::default() });
+        layered.insert(ResourceType::Cluster, name, &Cluster { name: name.into(), ..Default::default() });
     }
     let layered = Arc::new(layered);
-    let all: Vec<Arc<Encoded>> = layered.of(type_url::CLUSTER).expect("clusters").values().cloned().collect();
+    let all: Vec<Arc<Encoded>> = layered.of(ResourceType::Cluster).expect("clusters").values().cloned().collect();
     assert_eq!(all.len(), 3003);
-    let view = layered.of(type_url::CLUSTER).expect("clusters");
+    let view = layered.of(ResourceType::Cluster).expect("clusters");
     assert_eq!(view.len(), 3003, "counted without the walk, the hidden one once");
     let whole = Resources::of(all.clone(), &layered, type_url::CLUSTER);
     assert!(matches!(whole, Resources::Whole(..)));
@@ -82,28 +85,29 @@ fn a_whole_type_is_written_as_its_list_would_be() {
         removed_resources: vec!["gone".into()],
         nonce: "1".into(),
     };
-    assert_eq!(to_bytes(&sotw(whole.clone())), to_bytes(&sotw(list.clone())));
-    assert_eq!(to_bytes(&delta(whole.clone())), to_bytes(&delta(list.clone())));
+    assert_eq!(to_bytes_with(&sotw(whole.clone()), &wire), to_bytes_with(&sotw(list.clone()), &wire));
+    assert_eq!(to_bytes_with(&delta(whole.clone()), &wire), to_bytes_with(&delta(list.clone()), &wire));
     assert!(chunks(&sotw(whole.clone())).iter().all(|c| c.len() < CHUNK + 1024), "bounded chunks");
     assert_eq!(whole, list);
     // Proxies of the same shared layer are written slices of one block while any of
     // them is being written (no copy per stream), and a moment after; then the layer
     // lets it go.
     assert_eq!(layered.wire_blocks_alive(), 2, "the SotW and the delta block, just written");
-    let other = Arc::new(layered.own_layer_over(Arc::clone(layered.layers_base())));
-    let counted = BLOCK_RESPONSES.load(std::sync::atomic::Ordering::Relaxed);
-    let (mut a, mut b) = (sotw(whole.clone()).writer(), sotw(Resources::whole(&other, type_url::CLUSTER)).writer());
+    let other = Arc::new(layered.own_layer_over(Arc::clone(layered.base().expect("a layered set"))));
+    let counted = wire.block_responses.load(std::sync::atomic::Ordering::Relaxed);
+    let (mut a, mut b) =
+        (sotw(whole.clone()).writer(&wire), sotw(Resources::whole(&other, type_url::CLUSTER)).writer(&wire));
     assert_eq!(layered.wire_blocks_alive(), 2);
-    assert!(BLOCK_RESPONSES.load(std::sync::atomic::Ordering::Relaxed) >= counted + 2, "counted for the metric");
+    assert!(wire.block_responses.load(std::sync::atomic::Ordering::Relaxed) >= counted + 2, "counted for the metric");
     let (a, b): (Vec<Bytes>, Vec<Bytes>) =
-        (std::iter::from_fn(|| a.next_chunk()).collect(), std::iter::from_fn(|| b.next_chunk()).collect());
+        (std::iter::from_fn(|| a.next_chunk(&wire)).collect(), std::iter::from_fn(|| b.next_chunk(&wire)).collect());
     let shared = |c: &Bytes| b.iter().any(|d| d.as_ptr() == c.as_ptr() && d.len() == c.len() && c.len() > 1024);
     assert!(a.iter().filter(|c| shared(c)).count() >= 3, "the same bytes, not copies");
     // Written, the block stays a moment for the layer's next proxy, then goes.
     assert_eq!(layered.wire_blocks_alive(), 2, "kept a moment once written");
     let later: Vec<Bytes> = {
-        let mut w = sotw(Resources::whole(&other, type_url::CLUSTER)).writer();
-        std::iter::from_fn(|| w.next_chunk()).collect()
+        let mut w = sotw(Resources::whole(&other, type_url::CLUSTER)).writer(&wire);
+        std::iter::from_fn(|| w.next_chunk(&wire)).collect()
     };
     assert!(later.iter().filter(|c| shared(c)).count() >= 3, "the next proxy writes the same bytes");
     drop((a, b, later));
@@ -115,27 +119,30 @@ fn a_whole_type_is_written_as_its_list_would_be() {
     // A small type is copied per response: no block is made for it.
     let mut small = ProxyResources::new(1);
     for i in 0..10 {
-        small.insert(type_url::CLUSTER, format!("c{i}"), &Cluster::default());
+        small.insert(ResourceType::Cluster, format!("c{i}"), &Cluster::default());
     }
     let small = Arc::new(ProxyResources::layered(Arc::new(small)));
-    let small_list: Vec<Arc<Encoded>> = small.of(type_url::CLUSTER).expect("c").values().cloned().collect();
-    let w = sotw(Resources::whole(&small, type_url::CLUSTER)).writer();
+    let small_list: Vec<Arc<Encoded>> = small.of(ResourceType::Cluster).expect("c").values().cloned().collect();
+    let w = sotw(Resources::whole(&small, type_url::CLUSTER)).writer(&wire);
     assert_eq!(small.wire_blocks_alive(), 0);
     drop(w);
     assert_eq!(
-        to_bytes(&sotw(Resources::whole(&small, type_url::CLUSTER))),
-        to_bytes(&sotw(Resources::List(small_list.into())))
+        to_bytes_with(&sotw(Resources::whole(&small, type_url::CLUSTER)), &wire),
+        to_bytes_with(&sotw(Resources::List(small_list.into())), &wire)
     );
     // A set without a shared layer, and a type only the own layer has.
     let flat = Arc::new(layered.flattened());
-    assert_eq!(to_bytes(&delta(Resources::whole(&flat, type_url::CLUSTER))), to_bytes(&delta(list.clone())));
-    let mut own_only = ProxyResources::layered(Arc::new(ProxyResources::new(1)));
-    own_only.insert(type_url::CLUSTER, "x", &Cluster::default());
-    let own_only = Arc::new(own_only);
-    let one: Vec<Arc<Encoded>> = own_only.of(type_url::CLUSTER).expect("x").values().cloned().collect();
     assert_eq!(
-        to_bytes(&sotw(Resources::whole(&own_only, type_url::CLUSTER))),
-        to_bytes(&sotw(Resources::List(one.into())))
+        to_bytes_with(&delta(Resources::whole(&flat, type_url::CLUSTER)), &wire),
+        to_bytes_with(&delta(list.clone()), &wire)
+    );
+    let mut own_only = ProxyResources::layered(Arc::new(ProxyResources::new(1)));
+    own_only.insert(ResourceType::Cluster, "x", &Cluster::default());
+    let own_only = Arc::new(own_only);
+    let one: Vec<Arc<Encoded>> = own_only.of(ResourceType::Cluster).expect("x").values().cloned().collect();
+    assert_eq!(
+        to_bytes_with(&sotw(Resources::whole(&own_only, type_url::CLUSTER)), &wire),
+        to_bytes_with(&sotw(Resources::List(one.into())), &wire)
     );
     // A part of the type stays a list.
     let some: Vec<Arc<Encoded>> = whole.iter().take(5).cloned().collect();

@@ -20,7 +20,7 @@ use super::envoy::{
     tcp_proxy, tls_inspector,
 };
 use super::{authz, jwt, mtls, policy, routes};
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 /// Where a Sidecar `defaultEndpoint` sends traffic: `127.0.0.1:PORT` and `[::1]:PORT`
 /// to loopback, `0.0.0.0:PORT` and `[::]:PORT` to the workload's own IP.
@@ -131,7 +131,7 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 ..Default::default()
             });
         }
-        out.insert(type_url::CLUSTER, cluster_name.clone(), &c);
+        out.insert(ResourceType::Cluster, cluster_name.clone(), &c);
         let stat = if capture { format!("inbound_0.0.0.0_{port}") } else { format!("inbound_{bind}_{port}") };
         let mut chains = inbound_chains(scope, port, protocol, &cluster_name, &stat, &mut out.warnings);
         if capture {
@@ -152,7 +152,7 @@ pub fn inbound(scope: &Scope<'_>, out: &mut ProxyResources) {
             l.listener_filters = vec![tls_inspector()];
         }
         l.traffic_direction = xds_core::TrafficDirection::Inbound as i32;
-        out.insert(type_url::LISTENER, name, &l);
+        out.insert(ResourceType::Listener, name, &l);
     }
     if capture && scope.proxy.kind == spar_model::ProxyKind::Sidecar {
         capture_listeners(scope, virtual_chains, out);
@@ -210,7 +210,7 @@ pub(super) fn jwks_clusters(scope: &Scope<'_>, out: &mut ProxyResources) {
                 config_type: Some(xds_core::transport_socket::ConfigType::TypedConfig(pack_any(ctx))),
             });
         }
-        out.insert(type_url::CLUSTER, src.cluster, &c);
+        out.insert(ResourceType::Cluster, src.cluster, &c);
     }
 }
 
@@ -314,7 +314,7 @@ fn capture_listeners(scope: &Scope<'_>, mut inbound_chains: Vec<xds_listener::Fi
         traffic_direction: xds_core::TrafficDirection::Outbound as i32,
         ..Default::default()
     };
-    out.insert(type_url::LISTENER, "virtualOutbound", &vo);
+    out.insert(ResourceType::Listener, "virtualOutbound", &vo);
     let passthrough = xds_cluster::Cluster {
         name: INBOUND_PASSTHROUGH_CLUSTER.into(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
@@ -322,7 +322,7 @@ fn capture_listeners(scope: &Scope<'_>, mut inbound_chains: Vec<xds_listener::Fi
         connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
         ..Default::default()
     };
-    out.insert(type_url::CLUSTER, INBOUND_PASSTHROUGH_CLUSTER, &passthrough);
+    out.insert(ResourceType::Cluster, INBOUND_PASSTHROUGH_CLUSTER, &passthrough);
     // Ports no service declares are passed through as TCP (PERMISSIVE) or, under a
     // STRICT mesh or namespace policy, accepted only over mTLS.
     inbound_chains.push(xds_listener::FilterChain {
@@ -338,5 +338,5 @@ fn capture_listeners(scope: &Scope<'_>, mut inbound_chains: Vec<xds_listener::Fi
         traffic_direction: xds_core::TrafficDirection::Inbound as i32,
         ..Default::default()
     };
-    out.insert(type_url::LISTENER, "virtualInbound", &vi);
+    out.insert(ResourceType::Listener, "virtualInbound", &vi);
 }

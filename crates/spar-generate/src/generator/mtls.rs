@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as xds_matcher;
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
-use crate::sds::{DEFAULT_SECRET, ROOT_SECRET};
+use crate::secret_names::{DEFAULT_SECRET, ROOT_SECRET};
 
 /// An SDS reference to `name` over the proxy's ADS stream.
 pub(super) fn sds(name: &str) -> xds_tls::SdsSecretConfig {

@@ -143,7 +143,7 @@ impl<'a> Scope<'a> {
     /// Envoy answers those requests 503 (`NC`). The VirtualService itself is named, with
     /// its file:line, by the snapshot's diagnostics.
     pub fn dangling_routes(&self, out: &crate::resources::ProxyResources) -> Vec<String> {
-        let clusters = out.of(crate::resources::type_url::CLUSTER);
+        let clusters = out.of(crate::ResourceType::Cluster);
         let mut warnings = Vec::new();
         for name in self.routed.borrow().iter() {
             if clusters.is_some_and(|c| c.contains_key(name)) {

@@ -45,7 +45,7 @@ use spar_api::istio::envoy_filter::{
 use spar_model::{Config, Proxy, ProxyKind, Snapshot};
 
 use super::Scope;
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 static POOL: LazyLock<Result<DescriptorPool, String>> =
     LazyLock::new(|| DescriptorPool::decode(&include_bytes!("../../envoy-api.desc")[..]).map_err(|e| e.to_string()));
@@ -308,9 +308,9 @@ fn apply_one(scope: &Scope<'_>, p: &Patch<'_>, part: Part, out: &mut ProxyResour
     }
 }
 
-/// Resources of `type_url` in `out`, decoded, with their names.
-fn decoded<M: Message + Default>(out: &ProxyResources, type_url: &str) -> Vec<(String, M)> {
-    out.of(type_url)
+/// Resources of type `t` in `out`, decoded, with their names.
+fn decoded<M: Message + Default>(out: &ProxyResources, t: ResourceType) -> Vec<(String, M)> {
+    out.of(t)
         .map(|v| v.values().filter_map(|e| Some((e.name.clone(), M::decode(e.any.value.as_slice()).ok()?))).collect())
         .unwrap_or_default()
 }
@@ -333,7 +333,7 @@ fn listener_port(l: &Listener) -> Option<u32> {
 /// The listeners of `part` that the patch's `match.listener` selects.
 fn matching_listeners(p: &Patch<'_>, part: Part, out: &ProxyResources) -> Vec<(String, Listener)> {
     let lm = p.m.and_then(|m| m.listener.as_ref());
-    decoded::<Listener>(out, type_url::LISTENER)
+    decoded::<Listener>(out, ResourceType::Listener)
         .into_iter()
         .filter(|(_, l)| is_inbound_listener(l) == (part == Part::Inbound))
         .filter(|(_, l)| {
@@ -389,18 +389,18 @@ fn patch_listeners(p: &Patch<'_>, part: Part, out: &mut ProxyResources) -> Resul
             if l.name.is_empty() {
                 return Err("an added listener needs a name".into());
             }
-            out.insert(type_url::LISTENER, l.name.clone(), &l);
+            out.insert(ResourceType::Listener, l.name.clone(), &l);
         }
         Op::Remove => {
             for (name, _) in matching_listeners(p, part, out) {
-                out.remove(type_url::LISTENER, &name);
+                out.remove(ResourceType::Listener, &name);
             }
         }
         Op::Merge | Op::Replace => {
             let bytes = value_bytes::<Listener>(p)?;
             for (name, l) in matching_listeners(p, part, out) {
                 let new = if *p.op == Op::Merge { merge(&l, &bytes)? } else { value::<Listener>(p)? };
-                out.insert(type_url::LISTENER, name, &new);
+                out.insert(ResourceType::Listener, name, &new);
             }
         }
         other => return Err(format!("operation {other:?} does not apply to LISTENER")),
@@ -484,7 +484,7 @@ fn patch_within_listeners(p: &Patch<'_>, part: Part, out: &mut ProxyResources) -
             }
         }
         if changed {
-            out.insert(type_url::LISTENER, name, &l);
+            out.insert(ResourceType::Listener, name, &l);
         }
     }
     Ok(())
@@ -579,7 +579,7 @@ fn patch_routes(scope: &Scope<'_>, p: &Patch<'_>, out: &mut ProxyResources) -> R
     };
     let vm = rm.and_then(|r| r.vhost.as_ref());
     let route_m = vm.and_then(|v| v.route.as_ref());
-    for (name, mut rc) in decoded::<RouteConfiguration>(out, type_url::ROUTE) {
+    for (name, mut rc) in decoded::<RouteConfiguration>(out, ResourceType::Route) {
         let selected = rm.is_none_or(|r| {
             r.name.as_ref().is_none_or(|n| *n == rc.name)
                 && r.port_number.is_none_or(|n| route_port(&rc.name) == Some(n))
@@ -634,7 +634,7 @@ fn patch_routes(scope: &Scope<'_>, p: &Patch<'_>, out: &mut ProxyResources) -> R
             }
         };
         if changed {
-            out.insert(type_url::ROUTE, name, &rc);
+            out.insert(ResourceType::Route, name, &rc);
         }
     }
     Ok(())
@@ -650,7 +650,7 @@ fn patch_clusters(p: &Patch<'_>, part: Part, out: &mut ProxyResources) -> Result
         if c.name.is_empty() {
             return Err("an added cluster needs a name".into());
         }
-        out.insert(type_url::CLUSTER, c.name.clone(), &c);
+        out.insert(ResourceType::Cluster, c.name.clone(), &c);
         return Ok(());
     }
     let cm = p.m.and_then(|m| m.cluster.as_ref());
@@ -665,7 +665,7 @@ fn patch_clusters(p: &Patch<'_>, part: Part, out: &mut ProxyResources) -> Result
             && cm.service.as_ref().is_none_or(|s| host == Some(s.as_str()))
     };
     let names: Vec<String> = out
-        .of(type_url::CLUSTER)
+        .of(ResourceType::Cluster)
         .map(|v| v.keys().cloned().collect::<Vec<String>>())
         .unwrap_or_default()
         .into_iter()
@@ -674,14 +674,15 @@ fn patch_clusters(p: &Patch<'_>, part: Part, out: &mut ProxyResources) -> Result
     match p.op {
         Op::Remove => {
             for n in names {
-                out.remove(type_url::CLUSTER, &n);
+                out.remove(ResourceType::Cluster, &n);
             }
         }
         Op::Merge | Op::Replace => {
             let bytes = value_bytes::<Cluster>(p)?;
-            for (n, c) in decoded::<Cluster>(out, type_url::CLUSTER).into_iter().filter(|(n, _)| names.contains(n)) {
+            for (n, c) in decoded::<Cluster>(out, ResourceType::Cluster).into_iter().filter(|(n, _)| names.contains(n))
+            {
                 let new = if *p.op == Op::Merge { merge(&c, &bytes)? } else { value::<Cluster>(p)? };
-                out.insert(type_url::CLUSTER, n, &new);
+                out.insert(ResourceType::Cluster, n, &new);
             }
         }
         other => return Err(format!("operation {other:?} does not apply to CLUSTER")),

@@ -6,13 +6,79 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::hash::{BuildHasher as _, Hasher as _};
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
-/// Envoy's type URLs for the resource types Spar serves.
+/// The resource types Spar serves, in push order: clusters before the endpoints that
+/// warm them, listeners before the routes they reference (Envoy's "make before break"),
+/// which is also the order of their type URLs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceType {
+    /// CDS.
+    Cluster,
+    /// EDS.
+    Endpoint,
+    /// LDS.
+    Listener,
+    /// RDS.
+    Route,
+    /// SDS.
+    Secret,
+}
+
+impl ResourceType {
+    /// Every type, in push order.
+    pub const ALL: [Self; 5] = [Self::Cluster, Self::Endpoint, Self::Listener, Self::Route, Self::Secret];
+
+    /// The type URL on the wire.
+    pub const fn url(self) -> &'static str {
+        match self {
+            Self::Cluster => type_url::CLUSTER,
+            Self::Endpoint => type_url::ENDPOINT,
+            Self::Listener => type_url::LISTENER,
+            Self::Route => type_url::ROUTE,
+            Self::Secret => type_url::SECRET,
+        }
+    }
+
+    /// The type a type URL names, if Spar serves it.
+    pub fn from_url(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.url() == url)
+    }
+
+    /// Short name for logs and metrics (`cds`, `eds`, ...).
+    pub const fn short(self) -> &'static str {
+        match self {
+            Self::Cluster => "cds",
+            Self::Endpoint => "eds",
+            Self::Listener => "lds",
+            Self::Route => "rds",
+            Self::Secret => "sds",
+        }
+    }
+
+    /// Position in [`Self::ALL`], for per-type arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether an empty subscription means "everything" (the SotW legacy wildcard).
+    pub const fn is_wildcard(self) -> bool {
+        matches!(self, Self::Listener | Self::Cluster)
+    }
+}
+
+impl std::fmt::Display for ResourceType {
+    /// The short name (`cds`, `eds`, ...).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+/// Envoy's type URLs for the resource types Spar serves, as they appear on the wire.
 pub mod type_url {
     /// LDS.
     pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -25,25 +91,15 @@ pub mod type_url {
     /// SDS.
     pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
-    /// Push order that avoids traffic loss: clusters before the endpoints that warm them,
-    /// listeners before the routes they reference (Envoy's "make before break").
-    pub const PUSH_ORDER: [&str; 5] = [CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET];
-
-    /// Short name for logs and metrics (`cds`, `eds`, ...).
+    /// Short name for logs and metrics (`cds`, `eds`, ...; `unknown` for a type Spar
+    /// does not serve).
     pub fn short(type_url: &str) -> &'static str {
-        match type_url {
-            LISTENER => "lds",
-            ROUTE => "rds",
-            CLUSTER => "cds",
-            ENDPOINT => "eds",
-            SECRET => "sds",
-            _ => "unknown",
-        }
+        super::ResourceType::from_url(type_url).map_or("unknown", super::ResourceType::short)
     }
 
     /// Types whose empty subscription means "everything" (SotW legacy wildcard).
     pub fn is_wildcard_type(type_url: &str) -> bool {
-        matches!(type_url, LISTENER | CLUSTER)
+        super::ResourceType::from_url(type_url).is_some_and(super::ResourceType::is_wildcard)
     }
 }
 
@@ -77,24 +133,32 @@ pub fn content_version(bytes: &[u8]) -> String {
 
 static VERSION_HASH: foldhash::quality::FixedState = foldhash::quality::FixedState::with_seed(0x5ba7_7e55);
 
+/// A hasher for version digests made of content versions (a type's version over all its
+/// resources), with the seed content versions use.
+pub fn version_hasher() -> impl std::hash::Hasher {
+    VERSION_HASH.build_hasher()
+}
+
 /// All resources of one type for one proxy, by name.
 pub type TypeResources = BTreeMap<String, Arc<Encoded>>;
 
-/// Everything generated for one proxy from one snapshot.
+/// Everything generated for one proxy from one snapshot: plain data.
 ///
 /// Two layers: an optional shared base (the part every replica of a workload gets, one
 /// copy per snapshot for all of them) and the proxy's own resources on top (inbound
 /// listeners and clusters, certificates). A name in the own layer hides the same name
 /// in the base. Looking at a type gives a merged [`TypeView`]; nothing is copied.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// Two things ride along that are not content, and neither takes part in equality:
+/// what a shared layer changed against the generation it was made over (recorded by
+/// [`Self::reuse_unchanged`] and [`Self::patched`], read by [`Self::changed_since`]), and
+/// one [`Derived`] slot where the delivery side keeps what it computes from the layer.
+#[derive(Clone, Debug, Default)]
 pub struct ProxyResources {
     /// Version of the snapshot these were generated from.
     pub snapshot_version: u64,
     base: Option<Arc<ProxyResources>>,
-    by_type: BTreeMap<&'static str, TypeResources>,
-    /// Per type, a hash of the own layer's names and versions, computed once (a shared
-    /// base is hashed once for all the streams that use it).
-    hashes: std::sync::OnceLock<BTreeMap<&'static str, u64>>,
+    by_type: BTreeMap<ResourceType, TypeResources>,
     /// What generation had to leave out for this proxy and why (a Gateway server whose
     /// credential is missing, a conflicting server, shadowed routes), one line each,
     /// naming the resource. Logged when they change and shown in the sync status.
@@ -102,66 +166,46 @@ pub struct ProxyResources {
     /// For a shared layer generated over the previous snapshot's copy: what differs
     /// from that copy ([`Self::reuse_unchanged`]).
     changes: Changes,
-    /// The names of each type, computed once ([`Self::shared_names`]).
-    names: LayerNames,
-    /// The names' digest and count per type, without the names ([`Self::shared_names_digest`]).
-    digests: LayerDigests,
-    /// Each type serialized back to back, while responses being written use it
-    /// ([`Self::wire_block`]).
-    blocks: Blocks,
+    /// What the delivery side derived from this layer; emptied by every change.
+    derived: Derived,
 }
 
-/// A layer's wire blocks by type and form (SotW or delta), held weakly: a block lives
-/// while responses are being written from it (thousands at once in a reconnect storm)
-/// and is let go after, so an idle mesh does not keep a second copy of its config.
-#[derive(Debug, Default)]
-struct Blocks(std::sync::Mutex<BlockCache>);
-
-#[derive(Debug, Default)]
-struct BlockCache {
-    blocks: Vec<(&'static str, bool, std::sync::Weak<crate::wire::WireBlock>)>,
-    /// (type, form) whose builder declined (too small): a layer does not change, so it
-    /// is not asked again.
-    declined: Vec<(&'static str, bool)>,
+impl PartialEq for ProxyResources {
+    /// The same content: snapshot, layers, resources and warnings. What was derived
+    /// from the content, and the generation it was compared with, do not count.
+    fn eq(&self, other: &Self) -> bool {
+        self.snapshot_version == other.snapshot_version
+            && self.base == other.base
+            && self.by_type == other.by_type
+            && self.warnings == other.warnings
+    }
 }
 
-impl Clone for Blocks {
-    /// Derived data: a copy starts without blocks.
+/// A slot for data derived from one layer by another crate (the delivery side keeps the
+/// layer's names, digests, hashes and wire blocks there), made on first use and shared
+/// by every user of the layer. The generator does not know its type. A copy starts
+/// empty, as does a layer that changes.
+#[derive(Default)]
+pub struct Derived(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Derived {
+    /// The derived data, made with `T::default()` on first use; `None` when the slot
+    /// already holds another type (one user per process: the delivery side).
+    pub fn get_or_default<T: Default + Send + Sync + 'static>(&self) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(T::default())).downcast_ref()
+    }
+}
+
+impl Clone for Derived {
+    /// Derived data is not copied: a copy derives its own.
     fn clone(&self) -> Self {
         Self::default()
     }
 }
 
-impl PartialEq for Blocks {
-    /// Derived data, as [`Changes`].
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-/// A layer's names per type, shared by the streams whose subscriptions name them all,
-/// with their order-independent digest ([`crate::request::names_digest`]).
-#[derive(Clone, Debug, Default)]
-struct LayerNames(std::sync::OnceLock<BTreeMap<&'static str, NamesAndDigest>>);
-
-/// A layer's names of one type and their digest.
-type NamesAndDigest = (Arc<std::collections::BTreeSet<String>>, u64);
-
-impl PartialEq for LayerNames {
-    /// Derived data, as [`Changes`].
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-/// A layer's names' digest and count per type.
-#[derive(Clone, Debug, Default)]
-struct LayerDigests(std::sync::OnceLock<BTreeMap<&'static str, (u64, usize)>>);
-
-impl PartialEq for LayerDigests {
-    /// Derived data, as [`Changes`].
-    fn eq(&self, _: &Self) -> bool {
-        true
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Derived(..)" } else { "Derived(empty)" })
     }
 }
 
@@ -173,7 +217,7 @@ struct Changes {
     /// The layer these are relative to (a weak reference keeps its address unique).
     from: std::sync::Weak<ProxyResources>,
     /// Per type, what is new, differs or is gone.
-    by_type: BTreeMap<&'static str, TypeChanges>,
+    by_type: BTreeMap<ResourceType, TypeChanges>,
 }
 
 /// The changes of one type between two generations of a shared layer.
@@ -187,13 +231,6 @@ pub struct TypeChanges {
 
 /// Nothing changed.
 static NO_CHANGES: TypeChanges = TypeChanges { changed: Vec::new(), removed: Vec::new() };
-
-impl PartialEq for Changes {
-    /// Derived data: two sets of resources are equal whatever they were derived from.
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
 
 impl ProxyResources {
     /// An empty set for snapshot `version`.
@@ -223,6 +260,11 @@ impl ProxyResources {
         self.base.is_some()
     }
 
+    /// The shared layer: this set's base, or this set when it has none.
+    pub fn shared_layer(&self) -> &ProxyResources {
+        self.base.as_deref().unwrap_or(self)
+    }
+
     /// This set's own layer (the same allocations) and warnings over another shared
     /// `base`: for a proxy whose own resources did not change while its shared layer did.
     pub fn own_layer_over(&self, base: Arc<ProxyResources>) -> Self {
@@ -232,45 +274,30 @@ impl ProxyResources {
         r
     }
 
-    /// What this layer recorded as changed of `type_url` (tests).
-    #[cfg(test)]
-    pub(crate) fn changed_since_for_tests(&self, type_url: &str) -> Vec<Arc<Encoded>> {
-        self.changes.by_type.get(type_url).map(|c| c.changed.clone()).unwrap_or_default()
+    /// What this layer recorded as changed of `t` (tests).
+    pub fn recorded_changes(&self, t: ResourceType) -> Vec<Arc<Encoded>> {
+        self.changes.by_type.get(&t).map(|c| c.changed.clone()).unwrap_or_default()
     }
 
-    /// The shared layer under this set (tests).
-    #[cfg(test)]
-    pub(crate) fn layers_base(&self) -> &Arc<ProxyResources> {
-        self.base.as_ref().expect("a layered set")
+    /// The shared layer under this set, if it is layered.
+    pub fn base(&self) -> Option<&Arc<ProxyResources>> {
+        self.base.as_ref()
     }
 
-    /// How many wire blocks of the shared layer are alive (tests).
-    #[cfg(test)]
-    pub(crate) fn wire_blocks_alive(&self) -> usize {
-        let layer = self.base.as_deref().unwrap_or(self);
-        let cache = layer.blocks.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.blocks.iter().filter(|(_, _, w)| w.strong_count() > 0).count()
-    }
-
-    pub(crate) fn flattened(&self) -> ProxyResources {
-        let mut by_type: BTreeMap<&'static str, TypeResources> = BTreeMap::new();
-        for t in self.type_urls() {
+    /// This set in one layer: the same resources, the own ones winning.
+    pub fn flattened(&self) -> ProxyResources {
+        let mut by_type: BTreeMap<ResourceType, TypeResources> = BTreeMap::new();
+        for t in self.types() {
             if let Some(v) = self.of(t) {
                 by_type.insert(t, v.values().map(|e| (e.name.clone(), Arc::clone(e))).collect());
             }
         }
-        Self {
-            snapshot_version: self.snapshot_version,
-            base: None,
-            by_type,
-            warnings: self.warnings.clone(),
-            ..Default::default()
-        }
+        Self { snapshot_version: self.snapshot_version, by_type, warnings: self.warnings.clone(), ..Default::default() }
     }
 
-    /// The type URLs that have resources, in either layer.
-    pub fn type_urls(&self) -> Vec<&'static str> {
-        let mut out: Vec<&'static str> = self.by_type.keys().copied().collect();
+    /// The types that have resources, in either layer, in push order.
+    pub fn types(&self) -> Vec<ResourceType> {
+        let mut out: Vec<ResourceType> = self.by_type.keys().copied().collect();
         if let Some(b) = &self.base {
             out.extend(b.by_type.keys().copied());
         }
@@ -280,27 +307,38 @@ impl ProxyResources {
     }
 
     /// The resources of one type, both layers merged (`None` when there are none).
-    pub fn of(&self, type_url: &str) -> Option<TypeView<'_>> {
-        let own = self.by_type.get(type_url);
-        let base = self.base.as_deref().and_then(|b| b.by_type.get(type_url));
+    pub fn of(&self, t: ResourceType) -> Option<TypeView<'_>> {
+        let own = self.by_type.get(&t);
+        let base = self.base.as_deref().and_then(|b| b.by_type.get(&t));
         (own.is_some() || base.is_some()).then_some(TypeView { base, own })
     }
 
-    /// Removes `name` of `type_url` from this set's own layer (a shared base layer is
-    /// not changed); whether it was there.
-    pub fn remove(&mut self, type_url: &str, name: &str) -> bool {
-        let removed = self.by_type.get_mut(type_url).is_some_and(|m| m.remove(name).is_some());
+    /// [`Self::of`] by type URL, as a request names it (`None` for a type Spar does not
+    /// serve).
+    pub fn of_url(&self, type_url: &str) -> Option<TypeView<'_>> {
+        self.of(ResourceType::from_url(type_url)?)
+    }
+
+    /// Removes `name` of `t` from this set's own layer (a shared base layer is not
+    /// changed); whether it was there.
+    pub fn remove(&mut self, t: ResourceType, name: &str) -> bool {
+        let removed = self.by_type.get_mut(&t).is_some_and(|m| m.remove(name).is_some());
         if removed {
-            self.hashes = std::sync::OnceLock::new();
+            self.derived = Derived::default();
         }
         removed
     }
 
     /// Adds a resource of type `M` to the own layer.
-    pub fn insert<M: Message + Name>(&mut self, type_url: &'static str, name: impl Into<String>, msg: &M) {
+    pub fn insert<M: Message + Name>(&mut self, t: ResourceType, name: impl Into<String>, msg: &M) {
         let e = Encoded::new(name, msg);
-        self.by_type.entry(type_url).or_default().insert(e.name.clone(), Arc::new(e));
-        self.hashes = std::sync::OnceLock::new();
+        self.by_type.entry(t).or_default().insert(e.name.clone(), Arc::new(e));
+        self.derived = Derived::default();
+    }
+
+    /// What the delivery side derived from this layer (its own layer only).
+    pub fn derived(&self) -> &Derived {
+        &self.derived
     }
 
     /// Replaces each own resource that `prev` holds unchanged (same name and version) by
@@ -308,20 +346,20 @@ impl ProxyResources {
     /// and comparing them is mostly comparing pointers; and records what did change
     /// ([`Self::changed_since`]).
     pub fn reuse_unchanged(&mut self, prev: &Arc<ProxyResources>) {
-        let mut by_type: BTreeMap<&'static str, TypeChanges> = BTreeMap::new();
+        let mut by_type: BTreeMap<ResourceType, TypeChanges> = BTreeMap::new();
         for (t, mine) in &mut self.by_type {
             let theirs = prev.by_type.get(t);
             for (name, e) in mine.iter_mut() {
                 match theirs.and_then(|m| m.get(name)) {
                     Some(old) if old.version == e.version => *e = Arc::clone(old),
-                    _ => by_type.entry(t).or_default().changed.push(Arc::clone(e)),
+                    _ => by_type.entry(*t).or_default().changed.push(Arc::clone(e)),
                 }
             }
         }
         for (t, theirs) in &prev.by_type {
             let mine = self.by_type.get(t);
             for name in theirs.keys().filter(|n| mine.is_none_or(|m| !m.contains_key(*n))) {
-                by_type.entry(t).or_default().removed.push(name.clone());
+                by_type.entry(*t).or_default().removed.push(name.clone());
             }
         }
         self.changes = Changes { from: Arc::downgrade(prev), by_type };
@@ -365,15 +403,15 @@ impl ProxyResources {
     /// untouched resources. `fresh` carries the snapshot version and any new warnings.
     pub fn patched(
         prev: &Arc<ProxyResources>,
-        types: &[&'static str],
+        types: &[ResourceType],
         touched: impl Fn(&str) -> bool,
         fresh: ProxyResources,
     ) -> ProxyResources {
         let mut by_type = prev.by_type.clone();
-        let mut changes: BTreeMap<&'static str, TypeChanges> = BTreeMap::new();
+        let mut changes: BTreeMap<ResourceType, TypeChanges> = BTreeMap::new();
         for &t in types {
             let now = by_type.entry(t).or_default();
-            let new = fresh.by_type.get(t);
+            let new = fresh.by_type.get(&t);
             let gone: Vec<String> =
                 now.keys().filter(|n| touched(n) && new.is_none_or(|m| !m.contains_key(*n))).cloned().collect();
             for name in gone {
@@ -387,7 +425,7 @@ impl ProxyResources {
                 }
             }
             if now.is_empty() {
-                by_type.remove(t);
+                by_type.remove(&t);
             }
         }
         let mut warnings = prev.warnings.clone();
@@ -398,23 +436,19 @@ impl ProxyResources {
         }
         Self {
             snapshot_version: fresh.snapshot_version,
-            base: None,
             by_type,
-            hashes: std::sync::OnceLock::new(),
             warnings,
             changes: Changes { from: Arc::downgrade(prev), by_type: changes },
-            names: LayerNames::default(),
-            digests: LayerDigests::default(),
-            blocks: Blocks::default(),
+            ..Default::default()
         }
     }
 
-    /// What of `type_url` differs from what `prev` held, when that is known without
-    /// comparing every resource: `prev` is this very set (nothing), or both are layered
-    /// and this one's shared layer was generated over `prev`'s
-    /// ([`Self::reuse_unchanged`]); then the shared layer's list is taken as it is and
-    /// only the own layers (a proxy's few inbound resources) are compared.
-    pub fn changed_since(&self, prev: &ProxyResources, type_url: &str) -> Option<Cow<'_, TypeChanges>> {
+    /// What of `t` differs from what `prev` held, when that is known without comparing
+    /// every resource: `prev` is this very set (nothing), or both are layered and this
+    /// one's shared layer was generated over `prev`'s ([`Self::reuse_unchanged`]); then
+    /// the shared layer's list is taken as it is and only the own layers (a proxy's few
+    /// inbound resources) are compared.
+    pub fn changed_since(&self, prev: &ProxyResources, t: ResourceType) -> Option<Cow<'_, TypeChanges>> {
         if std::ptr::eq(self, prev) {
             return Some(Cow::Borrowed(&NO_CHANGES));
         }
@@ -422,14 +456,14 @@ impl ProxyResources {
         if !std::ptr::eq(base.changes.from.as_ptr(), Arc::as_ptr(prev_base)) {
             return None;
         }
-        let shared = base.changes.by_type.get(type_url).unwrap_or(&NO_CHANGES);
-        let (own, prev_own) = (self.by_type.get(type_url), prev.by_type.get(type_url));
+        let shared = base.changes.by_type.get(&t).unwrap_or(&NO_CHANGES);
+        let (own, prev_own) = (self.by_type.get(&t), prev.by_type.get(&t));
         if own.is_none_or(BTreeMap::is_empty) && prev_own.is_none_or(BTreeMap::is_empty) {
             return Some(Cow::Borrowed(shared));
         }
         // Own resources hide shared ones of the same name: the shared list minus what
         // the own layer hides, plus what differs among the names either own layer has.
-        let (now, before) = (self.of(type_url).unwrap_or_default(), prev.of(type_url).unwrap_or_default());
+        let (now, before) = (self.of(t).unwrap_or_default(), prev.of(t).unwrap_or_default());
         let hidden = |n: &str| own.is_some_and(|o| o.contains_key(n));
         let mut changed: Vec<Arc<Encoded>> = shared.changed.iter().filter(|e| !hidden(&e.name)).cloned().collect();
         let mut removed: Vec<String> = shared.removed.iter().filter(|n| !hidden(n)).cloned().collect();
@@ -450,129 +484,28 @@ impl ProxyResources {
         Some(Cow::Owned(TypeChanges { changed, removed }))
     }
 
-    /// The names of `type_url`'s resources in the shared layer (this set's base, or this
-    /// set when it has none), one copy per layer; and the previous generation's very
-    /// copy while the names stay the same, so that streams keep theirs across pushes.
-    pub fn shared_names(&self, type_url: &str) -> Option<Arc<std::collections::BTreeSet<String>>> {
-        self.shared_names_and_digest(type_url).map(|(names, _)| names)
+    /// The layer this shared layer was generated over, while it is alive.
+    pub fn generated_over(&self) -> Option<Arc<ProxyResources>> {
+        self.changes.from.upgrade()
     }
 
-    /// [`Self::shared_names`] and their order-independent digest, computed once per layer
-    /// ([`crate::request::names_digest`]).
-    pub fn shared_names_and_digest(&self, type_url: &str) -> Option<NamesAndDigest> {
-        let layer = self.base.as_deref().unwrap_or(self);
-        let names = layer.names.0.get_or_init(|| {
-            let prev = layer.changes.from.upgrade();
-            let prev_names = prev.as_ref().and_then(|p| p.names.0.get());
-            layer
-                .by_type
-                .iter()
-                .map(|(t, m)| {
-                    let same = prev_names
-                        .and_then(|p| p.get(t))
-                        .filter(|(p, _)| p.len() == m.len() && p.iter().eq(m.keys()))
-                        .map(|(p, d)| (Arc::clone(p), *d));
-                    let fresh = || (Arc::new(m.keys().cloned().collect()), crate::request::names_digest(m.keys()));
-                    (*t, same.unwrap_or_else(fresh))
-                })
-                .collect()
-        });
-        names.get(type_url).cloned()
-    }
-
-    /// The order-independent digest ([`crate::request::names_digest`]) and the count of
-    /// `type_url`'s names in the shared layer, computed once per layer without keeping a
-    /// copy of the names (SotW streams match first requests with it).
-    pub fn shared_names_digest(&self, type_url: &str) -> Option<(u64, usize)> {
-        let layer = self.base.as_deref().unwrap_or(self);
-        if let Some((names, digest)) = layer.names.0.get().and_then(|n| n.get(type_url)) {
-            return Some((*digest, names.len()));
-        }
-        let digests = layer.digests.0.get_or_init(|| {
-            layer.by_type.iter().map(|(t, m)| (*t, (crate::request::names_digest(m.keys()), m.len()))).collect()
-        });
-        digests.get(type_url).copied()
-    }
-
-    fn own_hash(&self, type_url: &str) -> u64 {
-        let hashes = self.hashes.get_or_init(|| {
-            self.by_type
-                .iter()
-                .map(|(t, m)| {
-                    // foldhash, as for content versions: SipHash here was 8% of spar's
-                    // CPU in a delta endpoint wave (every changed layer hashes 8,000
-                    // names and versions of a full mesh).
-                    let mut h = VERSION_HASH.build_hasher();
-                    for e in m.values() {
-                        for s in [&e.name, &e.version] {
-                            h.write_usize(s.len());
-                            h.write(s.as_bytes());
-                        }
-                    }
-                    (*t, h.finish())
-                })
-                .collect()
-        });
-        hashes.get(type_url).copied().unwrap_or(0)
-    }
-
-    /// A version for every resource of one type (both layers): changes whenever any of
-    /// them does. The shared layer's part is computed once, so asking costs a stream
-    /// only its own resources.
-    pub fn type_version(&self, type_url: &str) -> String {
-        let own = self.own_hash(type_url);
+    /// The shared layer's resources of `t` (the base, or this set when it has none) and
+    /// the own resources over it (none when this set has no base).
+    pub fn layers(&self, t: ResourceType) -> (Option<&TypeResources>, Option<&TypeResources>) {
         match &self.base {
-            Some(b) => {
-                let mut h = VERSION_HASH.build_hasher();
-                h.write_u64(b.own_hash(type_url));
-                h.write_u64(own);
-                format!("{:016x}", h.finish())
-            }
-            None => format!("{own:016x}"),
+            Some(b) => (b.by_type.get(&t), self.by_type.get(&t)),
+            None => (self.by_type.get(&t), None),
         }
     }
 
-    /// The shared layer of `type_url` (the base, or this set when it has none) and the
-    /// own resources over it (none when this set has no base).
-    pub(crate) fn layers(&self, type_url: &str) -> (Option<&TypeResources>, Option<&TypeResources>) {
-        match &self.base {
-            Some(b) => (b.by_type.get(type_url), self.by_type.get(type_url)),
-            None => (self.by_type.get(type_url), None),
-        }
-    }
-
-    /// The shared layer's resources of `type_url` in one wire block of the given form
-    /// (`delta` or SotW): the block a response being written from this layer already
-    /// holds, or a new one made by `build` (`None` when `build` declines, which is
-    /// remembered). The layer holds it only weakly.
-    pub(crate) fn wire_block(
-        &self,
-        type_url: &'static str,
-        delta: bool,
-        build: impl FnOnce(&TypeResources) -> Option<crate::wire::WireBlock>,
-    ) -> Option<Arc<crate::wire::WireBlock>> {
-        let layer = self.base.as_deref().unwrap_or(self);
-        let resources = layer.by_type.get(type_url)?;
-        let mut cache = layer.blocks.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.declined.contains(&(type_url, delta)) {
-            return None;
-        }
-        let held = cache.blocks.iter().find(|(t, d, _)| *t == type_url && *d == delta);
-        if let Some(b) = held.and_then(|(_, _, w)| w.upgrade()) {
-            return Some(b);
-        }
-        let Some(block) = build(resources).map(Arc::new) else {
-            cache.declined.push((type_url, delta));
-            return None;
-        };
-        cache.blocks.retain(|(t, d, w)| w.strong_count() > 0 && !(*t == type_url && *d == delta));
-        cache.blocks.push((type_url, delta, Arc::downgrade(&block)));
-        Some(block)
+    /// This layer's own resources of each type (not the base's).
+    pub fn own(&self) -> impl Iterator<Item = (ResourceType, &TypeResources)> + '_ {
+        self.by_type.iter().map(|(t, m)| (*t, m))
     }
 
     /// Every resource, all types, both layers.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Encoded>> + '_ {
-        self.type_urls().into_iter().filter_map(|t| self.of(t)).flat_map(|v| v.values())
+        self.types().into_iter().filter_map(|t| self.of(t)).flat_map(|v| v.values())
     }
 
     /// Total encoded size in bytes, over all types.
@@ -638,74 +571,5 @@ impl<'a> TypeView<'a> {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.values().next().is_none()
-    }
-}
-
-/// The resources of a response: a list, or every resource of one type of a generation
-/// (a stream's first response, every CDS and LDS response) without a list per stream.
-#[derive(Clone, Debug)]
-pub enum Resources {
-    /// These resources.
-    List(Arc<[Arc<Encoded>]>),
-    /// Every resource of the type in the set (both layers).
-    Whole(Arc<ProxyResources>, &'static str),
-}
-
-impl Resources {
-    /// `selected`, or the whole type of `from` when that is what it is.
-    pub fn of(selected: Vec<Arc<Encoded>>, from: &Arc<ProxyResources>, type_url: &str) -> Self {
-        let all = from.of(type_url).unwrap_or_default();
-        match type_url::PUSH_ORDER.iter().find(|t| **t == type_url) {
-            Some(t) if !selected.is_empty() && selected.len() == all.len() => Self::Whole(Arc::clone(from), t),
-            _ => Self::List(selected.into()),
-        }
-    }
-
-    /// Every resource of `type_url` in `from` (an empty list when there are none).
-    pub fn whole(from: &Arc<ProxyResources>, type_url: &str) -> Self {
-        match type_url::PUSH_ORDER.iter().find(|t| **t == type_url) {
-            Some(t) if from.of(type_url).is_some_and(|v| !v.is_empty()) => Self::Whole(Arc::clone(from), t),
-            _ => Self::List(from.of(type_url).map(|v| v.values().cloned().collect()).unwrap_or_default()),
-        }
-    }
-
-    /// Every resource, in order.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = &Arc<Encoded>> + '_> {
-        match self {
-            Self::List(l) => Box::new(l.iter()),
-            Self::Whole(from, t) => Box::new(from.of(t).unwrap_or_default().values()),
-        }
-    }
-
-    /// How many.
-    pub fn len(&self) -> usize {
-        match self {
-            Self::List(l) => l.len(),
-            Self::Whole(from, t) => from.of(t).map_or(0, |v| v.len()),
-        }
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.iter().next().is_none()
-    }
-}
-
-impl Default for Resources {
-    fn default() -> Self {
-        Self::List(Arc::from(Vec::new()))
-    }
-}
-
-impl From<Vec<Arc<Encoded>>> for Resources {
-    fn from(v: Vec<Arc<Encoded>>) -> Self {
-        Self::List(v.into())
-    }
-}
-
-impl PartialEq for Resources {
-    /// The same resources, however held.
-    fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
     }
 }

@@ -132,7 +132,7 @@ spec:
     };
     let rbac = r#", value: {name: envoy.filters.network.rbac, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC, stat_prefix: x}}"#;
     let filters = |snap: &Snapshot| {
-        let l: Listener = decoded_as(&client(snap), type_url::LISTENER, "127.0.0.1_5432");
+        let l: Listener = decoded_as(&client(snap), ResourceType::Listener, "127.0.0.1_5432");
         l.filter_chains[0].filters.iter().map(|f| f.name.clone()).collect::<Vec<_>>()
     };
     assert_eq!(
@@ -176,12 +176,12 @@ spec:
 "#,
     );
     let r = client(&snap);
-    let listeners = names(&r, type_url::LISTENER);
+    let listeners = names(&r, ResourceType::Listener);
     assert!(listeners.contains("extra_7000") && !listeners.contains("127.0.0.1_9080"), "{listeners:?}");
-    let l: Listener = decoded_as(&r, type_url::LISTENER, "127.0.0.1_5432");
+    let l: Listener = decoded_as(&r, ResourceType::Listener, "127.0.0.1_5432");
     assert_eq!(l.per_connection_buffer_limit_bytes.map(|v| v.value), Some(1024));
     assert!(!l.filter_chains.is_empty(), "a merge keeps what it does not set");
-    let extra: Listener = decoded_as(&r, type_url::LISTENER, "extra_7000");
+    let extra: Listener = decoded_as(&r, ResourceType::Listener, "extra_7000");
     assert_eq!(extra.filter_chains[0].name, "merged-chain");
     let Some(address::Address::SocketAddress(a)) = extra.address.and_then(|a| a.address) else { panic!("address") };
     assert_eq!(a.address, "127.0.0.1");
@@ -215,7 +215,7 @@ spec:
 "#,
     );
     let r = client(&snap);
-    let rc: RouteConfiguration = decoded_as(&r, type_url::ROUTE, "127.0.0.1:9080");
+    let rc: RouteConfiguration = decoded_as(&r, ResourceType::Route, "127.0.0.1:9080");
     assert_eq!(rc.request_headers_to_add.len(), 1);
     assert!(rc.virtual_hosts.iter().any(|v| v.name == "extra"), "{:?}", rc.virtual_hosts);
     let vh = rc.virtual_hosts.iter().find(|v| v.name == "backend.default.svc.cluster.local:9080").expect("vhost");
@@ -247,9 +247,9 @@ spec:
 "#,
     );
     let r = client(&snap);
-    let c: Cluster = decoded_as(&r, type_url::CLUSTER, "outbound|9080||backend.default.svc.cluster.local");
+    let c: Cluster = decoded_as(&r, ResourceType::Cluster, "outbound|9080||backend.default.svc.cluster.local");
     assert_eq!(c.connect_timeout.map(|d| d.seconds), Some(2));
-    let clusters = names(&r, type_url::CLUSTER);
+    let clusters = names(&r, ResourceType::Cluster);
     assert!(clusters.contains("extra") && !clusters.contains("outbound|5432||db.default.svc.cluster.local"));
 }
 
@@ -263,7 +263,13 @@ fn contexts_select_the_inbound_side_the_outbound_side_or_gateways() {
     // The parts generated apart are the whole: the inbound patch is in the workload's part.
     let mut parts = crate::generator::generate_shared(&snap, &sidecar("10.0.0.2", "backend"));
     crate::generator::add_workload_specific(&snap, &sidecar("10.0.0.2", "backend"), &mut parts);
-    assert_eq!(parts.type_version(type_url::LISTENER), backend.type_version(type_url::LISTENER));
+    assert!(
+        parts
+            .of(ResourceType::Listener)
+            .unwrap_or_default()
+            .values()
+            .eq(backend.of(ResourceType::Listener).unwrap_or_default().values())
+    );
     let gateway = LUA.replace("SIDECAR_OUTBOUND", "GATEWAY");
     let r = client(&snapshot(&gateway));
     assert!(!http_filter_names(&r, "127.0.0.1_9080").contains(&"envoy.filters.http.lua".to_string()), "not a gateway");
@@ -353,7 +359,7 @@ fn envoys_descriptors_know_the_messages_spar_generates_and_the_usual_extensions(
     }
     // What Spar generates reads back through the descriptors as the same message.
     let r = client(&snapshot(""));
-    for e in r.of(type_url::LISTENER).expect("listeners").values() {
+    for e in r.of(ResourceType::Listener).expect("listeners").values() {
         let desc = pool.get_message_by_name(&Listener::full_name()).expect("Listener");
         let dynamic = DynamicMessage::decode(desc, e.any.value.as_slice()).expect("decodes");
         assert_eq!(dynamic.encode_to_vec(), e.any.value, "{}", e.name);

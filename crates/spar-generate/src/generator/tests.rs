@@ -8,7 +8,7 @@ use prost::Message;
 use spar_model::{MeshConfig, Proxy, Snapshot, Store};
 
 use super::generate;
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 const MESH: &str = r#"
 apiVersion: v1
@@ -89,7 +89,7 @@ fn mk_proxy(ip: &str, labels: serde_json::Value, mode: &str) -> Proxy {
     Proxy::from_node(&id, &serde_json::json!({"LABELS": labels, "INTERCEPTION_MODE": mode})).expect("valid node")
 }
 
-pub(super) fn decode<M: Message + Default>(r: &ProxyResources, t: &str, name: &str) -> M {
+pub(super) fn decode<M: Message + Default>(r: &ProxyResources, t: ResourceType, name: &str) -> M {
     let e = r
         .of(t)
         .and_then(|m| m.get(name))
@@ -97,7 +97,7 @@ pub(super) fn decode<M: Message + Default>(r: &ProxyResources, t: &str, name: &s
     M::decode(e.any.value.as_slice()).expect("decodes")
 }
 
-pub(super) fn names(r: &ProxyResources, t: &str) -> BTreeSet<String> {
+pub(super) fn names(r: &ProxyResources, t: ResourceType) -> BTreeSet<String> {
     r.of(t).map(|m| m.keys().cloned().collect()).unwrap_or_default()
 }
 
@@ -105,10 +105,10 @@ pub(super) fn names(r: &ProxyResources, t: &str) -> BTreeSet<String> {
 fn outbound_names_follow_istio_for_bound_listeners() {
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
     let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
-    assert_eq!(names(&r, type_url::LISTENER), BTreeSet::from(["10.0.0.1_9080".into(), "10.0.0.1_5432".into()]));
-    assert_eq!(names(&r, type_url::ROUTE), BTreeSet::from(["10.0.0.1:9080".into()]));
+    assert_eq!(names(&r, ResourceType::Listener), BTreeSet::from(["10.0.0.1_9080".into(), "10.0.0.1_5432".into()]));
+    assert_eq!(names(&r, ResourceType::Route), BTreeSet::from(["10.0.0.1:9080".into()]));
     assert_eq!(
-        names(&r, type_url::CLUSTER),
+        names(&r, ResourceType::Cluster),
         BTreeSet::from([
             "outbound|9080||backend.default.svc.cluster.local".into(),
             "outbound|9080|v1|backend.default.svc.cluster.local".into(),
@@ -118,10 +118,10 @@ fn outbound_names_follow_istio_for_bound_listeners() {
             "BlackHoleCluster".into(),
         ])
     );
-    let l: Listener = decode(&r, type_url::LISTENER, "10.0.0.1_9080");
+    let l: Listener = decode(&r, ResourceType::Listener, "10.0.0.1_9080");
     let filters: Vec<_> = l.filter_chains.iter().flat_map(|c| &c.filters).map(|f| f.name.clone()).collect();
     assert_eq!(filters, ["envoy.filters.network.http_connection_manager"]);
-    let tcp: Listener = decode(&r, type_url::LISTENER, "10.0.0.1_5432");
+    let tcp: Listener = decode(&r, ResourceType::Listener, "10.0.0.1_5432");
     let Some(ConfigType::TypedConfig(any)) = &tcp.filter_chains[0].filters[0].config_type else {
         panic!("typed config")
     };
@@ -132,15 +132,15 @@ fn outbound_names_follow_istio_for_bound_listeners() {
 fn capture_mode_uses_wildcard_listeners_and_port_route_names() {
     let snap = mk_snapshot(MESH);
     let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({}), "REDIRECT"));
-    assert!(names(&r, type_url::LISTENER).contains("0.0.0.0_9080"));
-    assert_eq!(names(&r, type_url::ROUTE), BTreeSet::from(["9080".into()]));
+    assert!(names(&r, ResourceType::Listener).contains("0.0.0.0_9080"));
+    assert_eq!(names(&r, ResourceType::Route), BTreeSet::from(["9080".into()]));
 }
 
 #[test]
 fn virtual_service_routes_and_domains() {
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
     let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
-    let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "10.0.0.1:9080");
+    let rc: RouteConfiguration = decode(&r, ResourceType::Route, "10.0.0.1:9080");
     let vh = &rc.virtual_hosts[0];
     assert_eq!(vh.name, "backend.default.svc.cluster.local:9080");
     for d in ["backend.default.svc.cluster.local", "backend", "backend:9080", "backend.default", "backend.default.svc"]
@@ -178,7 +178,7 @@ fn a_retry_policy_shared_by_every_route_is_set_on_the_virtual_host() {
             .trim_end_matches("apiVersion: networking.istio.io/v1\n");
         let snap = mk_snapshot(&format!("{mesh}---\n{vs}\n---\n{SIDECARS}"));
         let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
-        let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "10.0.0.1:9080");
+        let rc: RouteConfiguration = decode(&r, ResourceType::Route, "10.0.0.1:9080");
         rc.virtual_hosts.into_iter().find(|v| v.name == "backend.default.svc.cluster.local:9080").expect("backend host")
     };
     let per_route = |vh: &envoy_types::pb::envoy::config::route::v3::VirtualHost| -> Vec<Option<u32>> {
@@ -220,7 +220,7 @@ fn subset_endpoints_are_filtered_by_labels() {
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
     let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({"app": "client"}), "NONE"));
     let addrs = |name: &str| -> Vec<String> {
-        let cla: ClusterLoadAssignment = decode(&r, type_url::ENDPOINT, name);
+        let cla: ClusterLoadAssignment = decode(&r, ResourceType::Endpoint, name);
         cla.endpoints
             .iter()
             .flat_map(|l| &l.lb_endpoints)
@@ -245,8 +245,8 @@ pub(super) fn every_hcm(
 )> {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
     let mut out = Vec::new();
-    for name in names(r, type_url::LISTENER) {
-        let l: Listener = decode(r, type_url::LISTENER, &name);
+    for name in names(r, ResourceType::Listener) {
+        let l: Listener = decode(r, ResourceType::Listener, &name);
         for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
             for f in &chain.filters {
                 if let Some(ConfigType::TypedConfig(any)) = &f.config_type
@@ -331,7 +331,7 @@ spec:
     use envoy_types::pb::envoy::extensions::clusters::dynamic_forward_proxy::v3::{ClusterConfig, cluster_config};
     let snap = mk_snapshot(&format!("{MESH}\n---\n{dynamic}"));
     let r = generate(&snap, &mk_proxy("10.0.0.9", serde_json::json!({"app": "other"}), "NONE"));
-    let c: Cluster = decode(&r, type_url::CLUSTER, "outbound|8000||*.dyn.example");
+    let c: Cluster = decode(&r, ResourceType::Cluster, "outbound|8000||*.dyn.example");
     let Some(ClusterDiscoveryType::ClusterType(t)) = &c.cluster_discovery_type else { panic!("a custom cluster type") };
     assert_eq!(t.name, "envoy.clusters.dynamic_forward_proxy");
     let config = ClusterConfig::decode(t.typed_config.as_ref().expect("config").value.as_slice()).expect("decodes");
@@ -343,14 +343,17 @@ spec:
     assert_eq!(cache.name, super::clusters::DYNAMIC_DNS_CACHE);
     assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32, "whatever the DestinationRule says");
     assert!(c.load_assignment.is_none() && c.eds_cluster_config.is_none());
-    assert!(!names(&r, type_url::CLUSTER).contains("outbound|8000|v1|*.dyn.example"), "no subset clusters, as istiod");
+    assert!(
+        !names(&r, ResourceType::Cluster).contains("outbound|8000|v1|*.dyn.example"),
+        "no subset clusters, as istiod"
+    );
     // The filter feeds the cluster's cache, before the router, on every outbound
     // connection manager of this proxy; a proxy that does not see the service has none.
     let hcms = every_hcm(&r);
     assert!(
         hcms.iter().any(|(l, _)| l.ends_with("_8000")),
         "the service's own port: {:?}",
-        names(&r, type_url::LISTENER)
+        names(&r, ResourceType::Listener)
     );
     for (listener, h) in hcms {
         let filters: Vec<&str> = h.http_filters.iter().map(|f| f.name.as_str()).collect();
@@ -427,7 +430,7 @@ fn captured_tcp_ports_are_matched_by_destination_address_per_service_and_headles
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
     let snap = mk_snapshot(KUBE_KINDS);
     let captured = generate(&snap, &mk_proxy("10.0.0.5", serde_json::json!({"app": "client"}), "REDIRECT"));
-    let l: Listener = decode(&captured, type_url::LISTENER, "0.0.0.0_5432");
+    let l: Listener = decode(&captured, ResourceType::Listener, "0.0.0.0_5432");
     assert_eq!(
         chain_ranges(&l),
         [
@@ -437,7 +440,7 @@ fn captured_tcp_ports_are_matched_by_destination_address_per_service_and_headles
         ],
         "each service by its VIP, unknown destinations passed through"
     );
-    let l: Listener = decode(&captured, type_url::LISTENER, "0.0.0.0_9092");
+    let l: Listener = decode(&captured, ResourceType::Listener, "0.0.0.0_9092");
     assert_eq!(
         chain_ranges(&l),
         [
@@ -449,25 +452,25 @@ fn captured_tcp_ports_are_matched_by_destination_address_per_service_and_headles
         ],
         "a headless service by its pods' addresses"
     );
-    let c: Cluster = decode(&captured, type_url::CLUSTER, "outbound|9092||kafka.default.svc.cluster.local");
+    let c: Cluster = decode(&captured, ResourceType::Cluster, "outbound|9092||kafka.default.svc.cluster.local");
     assert_eq!(
         c.cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
         "each connection to the pod the client dialled"
     );
-    let rc: RouteConfiguration = decode(&captured, type_url::ROUTE, "8080");
+    let rc: RouteConfiguration = decode(&captured, ResourceType::Route, "8080");
     let kafka = rc.virtual_hosts.iter().find(|v| v.name.starts_with("kafka")).expect("kafka's virtual host");
     assert!(kafka.domains.contains(&"*.kafka.default.svc.cluster.local".to_string()), "{:?}", kafka.domains);
 
     // Without capture there is no dialled address: one service per port, and a headless
     // service is balanced over its pods by EDS (as istiod does for gateways).
     let bound = generate(&snap, &mk_proxy("10.0.0.6", serde_json::json!({"app": "client"}), "NONE"));
-    let l: Listener = decode(&bound, type_url::LISTENER, "127.0.0.1_5432");
+    let l: Listener = decode(&bound, ResourceType::Listener, "127.0.0.1_5432");
     assert_eq!(chain_ranges(&l), [(vec![], "outbound|5432||pg-a.default.svc.cluster.local".to_string())]);
-    let c: Cluster = decode(&bound, type_url::CLUSTER, "outbound|9092||kafka.default.svc.cluster.local");
+    let c: Cluster = decode(&bound, ResourceType::Cluster, "outbound|9092||kafka.default.svc.cluster.local");
     assert_eq!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)));
     let cla: ClusterLoadAssignment =
-        decode(&bound, type_url::ENDPOINT, "outbound|9092||kafka.default.svc.cluster.local");
+        decode(&bound, ResourceType::Endpoint, "outbound|9092||kafka.default.svc.cluster.local");
     assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 2);
 }
 
@@ -477,17 +480,17 @@ fn external_name_services_are_aliases_of_registry_hosts_or_dns_services() {
     let snap = mk_snapshot(KUBE_KINDS);
     let r = generate(&snap, &mk_proxy("10.0.0.6", serde_json::json!({"app": "client"}), "NONE"));
     // api-alias names api.example.com, a registry host: its names route as that host.
-    let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "127.0.0.1:80");
+    let rc: RouteConfiguration = decode(&r, ResourceType::Route, "127.0.0.1:80");
     let api = rc.virtual_hosts.iter().find(|v| v.domains.contains(&"api.example.com".to_string())).expect("api");
     for d in ["api-alias", "api-alias.default.svc.cluster.local", "api-alias:80"] {
         assert!(api.domains.contains(&d.to_string()), "{d} in {:?}", api.domains);
     }
     assert!(
-        !names(&r, type_url::CLUSTER).iter().any(|c| c.contains("api-alias")),
+        !names(&r, ResourceType::Cluster).iter().any(|c| c.contains("api-alias")),
         "an alias has no cluster of its own"
     );
     // legacy names a host outside the registry: a DNS service on its own ports.
-    let c: Cluster = decode(&r, type_url::CLUSTER, "outbound|8000||legacy.default.svc.cluster.local");
+    let c: Cluster = decode(&r, ResourceType::Cluster, "outbound|8000||legacy.default.svc.cluster.local");
     assert_eq!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)));
     assert!(format!("{:?}", c.load_assignment).contains("legacy.example.org"), "{:?}", c.load_assignment);
 }
@@ -497,12 +500,13 @@ fn sidecar_ingress_builds_inbound_listeners_and_clusters() {
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}"));
     let r = generate(&snap, &mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "NONE"));
     assert!(
-        names(&r, type_url::LISTENER).is_superset(&BTreeSet::from(["10.0.0.2_9080".into(), "10.0.0.2_9090".into()]))
+        names(&r, ResourceType::Listener)
+            .is_superset(&BTreeSet::from(["10.0.0.2_9080".into(), "10.0.0.2_9090".into()]))
     );
-    let c: Cluster = decode(&r, type_url::CLUSTER, "inbound|9080||");
+    let c: Cluster = decode(&r, ResourceType::Cluster, "inbound|9080||");
     let ep = format!("{:?}", c.load_assignment);
     assert!(ep.contains("10.0.0.2") && ep.contains("8080"), "0.0.0.0:PORT forwards to the instance IP: {ep}");
-    let c: Cluster = decode(&r, type_url::CLUSTER, "inbound|9090||");
+    let c: Cluster = decode(&r, ResourceType::Cluster, "inbound|9090||");
     let ep = format!("{:?}", c.load_assignment);
     assert!(ep.contains("127.0.0.1") && ep.contains("7070"), "127.0.0.1:PORT forwards to loopback: {ep}");
 }
@@ -519,14 +523,14 @@ spec:
     let snap = mk_snapshot(&format!("{MESH}\n---\n{scoped}"));
     let r = generate(&snap, &mk_proxy("10.0.0.1", serde_json::json!({}), "NONE"));
     assert_eq!(
-        names(&r, type_url::CLUSTER),
+        names(&r, ResourceType::Cluster),
         BTreeSet::from([
             "outbound|5432||db.data.svc.cluster.local".into(),
             "PassthroughCluster".into(),
             "BlackHoleCluster".into()
         ])
     );
-    assert!(names(&r, type_url::ROUTE).is_empty());
+    assert!(names(&r, ResourceType::Route).is_empty());
 }
 
 #[test]
@@ -557,8 +561,8 @@ fn shared_plus_specific_is_the_whole_config() {
     let mut layered = crate::ProxyResources::layered(std::sync::Arc::new(super::generate_shared(&snap, &p)));
     super::add_workload_specific(&snap, &p, &mut layered);
     let whole = generate(&snap, &p);
-    assert_eq!(layered.type_urls(), whole.type_urls());
-    for t in whole.type_urls() {
+    assert_eq!(layered.types(), whole.types());
+    for t in whole.types() {
         let names = |r: &crate::ProxyResources| -> Vec<(String, String)> {
             r.of(t).map(|v| v.values().map(|e| (e.name.clone(), e.version.clone())).collect()).unwrap_or_default()
         };
@@ -586,7 +590,7 @@ fn strict_inbound_listener_inspects_tls() {
     let strict = "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: all}\nspec: {mtls: {mode: STRICT}}\n";
     let snap = mk_snapshot(&format!("{MESH}\n---\n{SIDECARS}\n---\n{strict}"));
     let r = generate(&snap, &mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "NONE"));
-    let l: Listener = decode(&r, type_url::LISTENER, "10.0.0.2_9080");
+    let l: Listener = decode(&r, ResourceType::Listener, "10.0.0.2_9080");
     assert_eq!(l.filter_chains.len(), 1);
     assert_eq!(
         l.listener_filters.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
@@ -616,18 +620,18 @@ fn an_endpoint_change_regenerates_only_the_clusters_and_endpoints_it_touches() {
     // and the load assignments of the moved endpoint; v2's subset did not change.
     let patched = std::sync::Arc::new(patched);
     let (now, was) = (ProxyResources::layered(patched), ProxyResources::layered(std::sync::Arc::clone(&prev)));
-    let changed = |t: &str| -> Vec<String> {
+    let changed = |t: ResourceType| -> Vec<String> {
         let c = now.changed_since(&was, t).expect("known");
         assert!(c.removed.is_empty());
         c.changed.iter().map(|e| e.name.clone()).collect()
     };
-    assert_eq!(changed(type_url::CLUSTER), ["outbound|443||api.example.com"]);
+    assert_eq!(changed(ResourceType::Cluster), ["outbound|443||api.example.com"]);
     assert_eq!(
-        changed(type_url::ENDPOINT),
+        changed(ResourceType::Endpoint),
         // In name order ('|' sorts after 'v').
         ["outbound|9080|v1|backend.default.svc.cluster.local", "outbound|9080||backend.default.svc.cluster.local"]
     );
-    assert!(changed(type_url::LISTENER).is_empty() && changed(type_url::ROUTE).is_empty());
+    assert!(changed(ResourceType::Listener).is_empty() && changed(ResourceType::Route).is_empty());
 
     // A workload whose own address did not change keeps its own (inbound) layer; the one
     // whose endpoint moved away gets its inbound side generated again.
@@ -643,7 +647,7 @@ fn an_endpoint_change_regenerates_only_the_clusters_and_endpoints_it_touches() {
     assert!(super::workload_specific_unchanged(&after, &v2, 1));
     let kept = whole(&before, &v2, &before).own_layer_over(std::sync::Arc::new(super::generate_shared(&after, &v2)));
     assert_eq!(listing(&kept), listing(&whole(&after, &v2, &after)));
-    assert!(kept.of(type_url::LISTENER).is_some_and(|l| l.contains_key("virtualInbound")), "has an inbound side");
+    assert!(kept.of(ResourceType::Listener).is_some_and(|l| l.contains_key("virtualInbound")), "has an inbound side");
     let v1 = mk_proxy("10.0.0.2", serde_json::json!({"app": "backend", "version": "v1"}), "REDIRECT");
     assert!(!super::workload_specific_unchanged(&after, &v1, 1), "its endpoint moved away");
     assert_ne!(listing(&whole(&before, &v1, &after)), listing(&whole(&after, &v1, &after)), "and that shows");
@@ -678,7 +682,7 @@ fn a_dry_run_policy_is_shadow_rules_on_the_inbound_listener() {
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
         HttpConnectionManager, http_filter,
     };
-    let l: Listener = decode(&r, type_url::LISTENER, "10.0.0.5_9080");
+    let l: Listener = decode(&r, ResourceType::Listener, "10.0.0.5_9080");
     let rbac: Vec<Rbac> = l
         .filter_chains
         .iter()

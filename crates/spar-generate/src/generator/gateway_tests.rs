@@ -7,7 +7,7 @@ use spar_model::{MeshConfig, Proxy, Snapshot};
 
 use super::generate;
 use super::tests::decode;
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 /// The ingress gateway's Service (80 -> 8080, 443 -> 8443) with the gateway pod as its
 /// endpoint, and the backends the samples route to.
@@ -68,7 +68,7 @@ fn gateway_proxy(identity: bool) -> Proxy {
 }
 
 /// Names of one type, in order.
-fn names(r: &ProxyResources, t: &str) -> Vec<String> {
+fn names(r: &ProxyResources, t: ResourceType) -> Vec<String> {
     super::tests::names(r, t).into_iter().collect()
 }
 
@@ -97,9 +97,9 @@ fn istio_samples_share_the_mapped_port() {
     let snap = snapshot(&[INGRESS, &bookinfo, &httpbin]);
     let r = generate(&snap, &gateway_proxy(false));
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-    assert_eq!(names(&r, type_url::LISTENER), ["0.0.0.0_8080"]);
-    assert_eq!(names(&r, type_url::ROUTE), ["http.8080"]);
-    let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "http.8080");
+    assert_eq!(names(&r, ResourceType::Listener), ["0.0.0.0_8080"]);
+    assert_eq!(names(&r, ResourceType::Route), ["http.8080"]);
+    let rc: RouteConfiguration = decode(&r, ResourceType::Route, "http.8080");
     // One host "*": bookinfo's routes (older by name) then httpbin's catch-all.
     assert_eq!(rc.virtual_hosts.len(), 1);
     let vh = &rc.virtual_hosts[0];
@@ -108,15 +108,17 @@ fn istio_samples_share_the_mapped_port() {
     assert_eq!(cluster_of(&rc, &vh.name, 0), "outbound|9080||productpage.default.svc.cluster.local");
     assert_eq!(cluster_of(&rc, &vh.name, 5), "outbound|8000||httpbin.default.svc.cluster.local");
     // Gateways get clusters for what they can reach, and no sidecar listeners.
-    assert!(names(&r, type_url::CLUSTER).contains(&"outbound|9080||productpage.default.svc.cluster.local".to_string()));
-    assert!(!names(&r, type_url::LISTENER).iter().any(|l| l.starts_with("virtual")));
+    assert!(
+        names(&r, ResourceType::Cluster).contains(&"outbound|9080||productpage.default.svc.cluster.local".to_string())
+    );
+    assert!(!names(&r, ResourceType::Listener).iter().any(|l| l.starts_with("virtual")));
     // A sidecar is not a gateway: the Gateway does not select it.
     let sidecar = Proxy::from_node(
         "sidecar~10.0.0.7~a.default~default.svc.cluster.local",
         &serde_json::json!({"LABELS": {"istio": "ingressgateway"}, "INTERCEPTION_MODE": "NONE"}),
     )
     .expect("node");
-    assert!(!names(&generate(&snap, &sidecar), type_url::ROUTE).iter().any(|n| n.starts_with("http.")));
+    assert!(!names(&generate(&snap, &sidecar), ResourceType::Route).iter().any(|n| n.starts_with("http.")));
 }
 
 const HTTPS: &str = r#"
@@ -172,12 +174,12 @@ fn a_bad_credential_or_a_conflict_leaves_out_one_server_and_says_why() {
     let (cert, key) = spar_ca::Ca::new_root_pem("good.example.com").expect("cert");
     let snap = snapshot(&[INGRESS, HTTPS, &secret("good-cert", &cert, &key)]);
     let r = generate(&snap, &gateway_proxy(true));
-    assert_eq!(names(&r, type_url::LISTENER), ["0.0.0.0_8080", "0.0.0.0_8443"]);
-    let l: Listener = decode(&r, type_url::LISTENER, "0.0.0.0_8443");
+    assert_eq!(names(&r, ResourceType::Listener), ["0.0.0.0_8080", "0.0.0.0_8443"]);
+    let l: Listener = decode(&r, ResourceType::Listener, "0.0.0.0_8443");
     let sni: Vec<Vec<String>> =
         l.filter_chains.iter().map(|c| c.filter_chain_match.clone().unwrap_or_default().server_names).collect();
     assert_eq!(sni, [vec!["good.example.com".to_string()]]);
-    assert!(names(&r, type_url::SECRET).contains(&"kubernetes://good-cert".to_string()));
+    assert!(names(&r, ResourceType::Secret).contains(&"kubernetes://good-cert".to_string()));
     let w = r.warnings.join("\n");
     assert!(
         w.contains("server 1 (https-missing: port 443 HTTPS)")
@@ -187,8 +189,8 @@ fn a_bad_credential_or_a_conflict_leaves_out_one_server_and_says_why() {
     assert!(w.contains("server 2 (https-dup:") && w.contains("host good.example.com is already served"), "{w}");
     assert!(w.contains("server 4 (tls-clash:") && w.contains("already served as HTTP"), "{w}");
     // The HTTPS route config is named istiod's way; the HTTP one redirects.
-    assert!(names(&r, type_url::ROUTE).contains(&"https.443.https-good.web.istio-system".to_string()));
-    let rc: RouteConfiguration = decode(&r, type_url::ROUTE, "http.8080");
+    assert!(names(&r, ResourceType::Route).contains(&"https.443.https-good.web.istio-system".to_string()));
+    let rc: RouteConfiguration = decode(&r, ResourceType::Route, "http.8080");
     assert_eq!(rc.virtual_hosts[0].domains, ["*.example.com", "*.example.com:*"]);
     assert_eq!(rc.virtual_hosts[0].require_tls, 2, "ALL");
 
@@ -197,13 +199,13 @@ fn a_bad_credential_or_a_conflict_leaves_out_one_server_and_says_why() {
     let snap = snapshot(&[INGRESS, HTTPS, &secret("good-cert", &cert, &other_key)]);
     let r = generate(&snap, &gateway_proxy(true));
     assert!(r.warnings.iter().any(|w| w.contains("does not belong to the certificate")), "{:?}", r.warnings);
-    assert_eq!(names(&r, type_url::LISTENER), ["0.0.0.0_8080"]);
+    assert_eq!(names(&r, ResourceType::Listener), ["0.0.0.0_8080"]);
 
     // A gateway that did not prove its identity gets no keys.
     let snap = snapshot(&[INGRESS, HTTPS, &secret("good-cert", &cert, &key)]);
     let r = generate(&snap, &gateway_proxy(false));
     assert!(r.warnings.iter().any(|w| w.contains("has not proven its identity")), "{:?}", r.warnings);
-    assert!(names(&r, type_url::SECRET).is_empty());
+    assert!(names(&r, ResourceType::Secret).is_empty());
 }
 
 #[test]
@@ -275,7 +277,7 @@ spec:
     let snap = snapshot(&[INGRESS, gw, &both]);
     let r = generate(&snap, &gateway_proxy(true));
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-    let l: Listener = decode(&r, type_url::LISTENER, "0.0.0.0_8443");
+    let l: Listener = decode(&r, ResourceType::Listener, "0.0.0.0_8443");
     let ctx = |i: usize| -> DownstreamTlsContext {
         let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) =
             &l.filter_chains[i].transport_socket.as_ref().expect("tls").config_type
@@ -303,7 +305,7 @@ spec:
     assert_eq!(v.default_validation_context.expect("checks").match_typed_subject_alt_names.len(), 2, "DNS or URI");
     assert_eq!(ctx(1).require_client_certificate.map(|b| b.value), Some(false), "OPTIONAL_MUTUAL");
     // AUTO_PASSTHROUGH: one chain per service port and subset, by istiod's mTLS SNI.
-    let l: Listener = decode(&r, type_url::LISTENER, "0.0.0.0_15443");
+    let l: Listener = decode(&r, ResourceType::Listener, "0.0.0.0_15443");
     let sni: Vec<String> =
         l.filter_chains.iter().flat_map(|c| c.filter_chain_match.clone().unwrap_or_default().server_names).collect();
     assert_eq!(
@@ -340,7 +342,10 @@ fn secret_in(ns: &str, name: &str) -> String {
 /// Whether the proxy was sent any Secret, and the warnings.
 fn secrets_and_warnings(snap: &Snapshot, proxy: &Proxy) -> (Vec<String>, String) {
     let r = generate(snap, proxy);
-    (names(&r, type_url::SECRET).into_iter().filter(|n| n.starts_with("kubernetes")).collect(), r.warnings.join("\n"))
+    (
+        names(&r, ResourceType::Secret).into_iter().filter(|n| n.starts_with("kubernetes")).collect(),
+        r.warnings.join("\n"),
+    )
 }
 
 #[test]

@@ -27,7 +27,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 /// A listener row.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -121,13 +121,13 @@ impl ConfigRows {
     /// The rows of what Spar generated (undecodable resources are skipped).
     pub fn of_resources(r: &ProxyResources) -> Self {
         let mut out = Self::default();
-        let decode = |t: &str| r.of(t).into_iter().flat_map(|v| v.values()).map(|e| e.any.value.as_slice());
-        for bytes in decode(type_url::LISTENER) {
+        let decode = |t: ResourceType| r.of(t).into_iter().flat_map(|v| v.values()).map(|e| e.any.value.as_slice());
+        for bytes in decode(ResourceType::Listener) {
             if let Ok(l) = Listener::decode(bytes) {
                 out.listeners.insert(ListenerRow { address: socket(l.address.as_ref()), name: l.name });
             }
         }
-        for bytes in decode(type_url::CLUSTER) {
+        for bytes in decode(ResourceType::Cluster) {
             if let Ok(c) = Cluster::decode(bytes) {
                 let discovery = match c.cluster_discovery_type {
                     Some(ClusterDiscoveryType::Type(t)) => {
@@ -145,7 +145,7 @@ impl ConfigRows {
                 out.clusters.insert(ClusterRow { name: c.name, discovery });
             }
         }
-        for bytes in decode(type_url::ROUTE) {
+        for bytes in decode(ResourceType::Route) {
             let Ok(rc) = RouteConfiguration::decode(bytes) else { continue };
             for vh in &rc.virtual_hosts {
                 for r in &vh.routes {
@@ -182,11 +182,11 @@ impl ConfigRows {
                 }
             }
         }
-        for bytes in decode(type_url::ENDPOINT) {
+        for bytes in decode(ResourceType::Endpoint) {
             let Ok(cla) = ClusterLoadAssignment::decode(bytes) else { continue };
             endpoint_rows(&mut out, &cla.cluster_name, &cla);
         }
-        for bytes in decode(type_url::SECRET) {
+        for bytes in decode(ResourceType::Secret) {
             let Ok(secret) = Secret::decode(bytes) else { continue };
             let (kind, data) = match &secret.r#type {
                 Some(secret::Type::TlsCertificate(c)) => ("certificate", c.certificate_chain.as_ref()),

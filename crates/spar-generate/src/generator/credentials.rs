@@ -6,7 +6,7 @@ use envoy_types::pb::envoy::config::core::v3 as xds_core;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as xds_tls;
 
 use super::Scope;
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 /// What a use of a credential needs from it.
 #[derive(Clone, Copy, Debug)]
@@ -166,7 +166,7 @@ pub(super) fn load(
                 ..Default::default()
             })),
         };
-        out.insert(type_url::SECRET, sds_name.clone(), &s);
+        out.insert(ResourceType::Secret, sds_name.clone(), &s);
         loaded.key_pair = Some(sds_name.clone());
     }
     if needs.ca {
@@ -198,7 +198,7 @@ pub(super) fn load(
                 ..Default::default()
             })),
         };
-        out.insert(type_url::SECRET, ca_name.clone(), &s);
+        out.insert(ResourceType::Secret, ca_name.clone(), &s);
         loaded.ca = Some(ca_name);
     }
     Ok(loaded)

@@ -13,7 +13,7 @@ use spar_model::{MeshConfig, OtelHttp, OtelProvider, Proxy, Snapshot, TracingPro
 
 use super::tests::decode;
 use super::{generate, share_key};
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 const COLLECTOR: &str = "otel-collector.observability.svc.cluster.local";
 const CLUSTER: &str = "outbound|4317||otel-collector.observability.svc.cluster.local";
@@ -80,7 +80,7 @@ fn sidecar(ip: &str, app: &str) -> Proxy {
 }
 
 fn hcm_of(r: &ProxyResources, listener: &str) -> HttpConnectionManager {
-    let l: Listener = decode(r, type_url::LISTENER, listener);
+    let l: Listener = decode(r, ResourceType::Listener, listener);
     let Some(ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type else { panic!("typed config") };
     HttpConnectionManager::decode(any.value.as_slice()).expect("an HCM")
 }
@@ -131,7 +131,7 @@ fn mesh_wide_telemetry_traces_both_sides_to_the_collector_cluster() {
         ["istio.canonical_revision", "istio.canonical_service", "istio.cluster_id", "istio.mesh_id", "istio.namespace"]
     );
     // The collector's cluster is there, and HTTP/2 because its port says gRPC.
-    let c: Cluster = decode(&client, type_url::CLUSTER, CLUSTER);
+    let c: Cluster = decode(&client, ResourceType::Cluster, CLUSTER);
     assert!(c.typed_extension_protocol_options.contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"));
 
     let inbound = hcm_of(&backend, "10.0.0.2_9080").tracing.expect("server side traced");
@@ -279,7 +279,7 @@ fn grpc_export_needs_http2_to_the_collector() {
     let snap = snapshot(&format!("{}---\n{root}", mesh("otlp")), &otel_mesh());
     let (client, _) = client_and_backend(&snap);
     assert!(hcm_of(&client, "10.0.0.1_9080").tracing.is_some());
-    let c: Cluster = decode(&client, type_url::CLUSTER, CLUSTER);
+    let c: Cluster = decode(&client, ResourceType::Cluster, CLUSTER);
     assert!(c.typed_extension_protocol_options.contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"));
     // A port that says HTTP/1.1: left out, with the reason.
     let snap = snapshot(&format!("{}---\n{root}", mesh("http-otlp")), &otel_mesh());
@@ -319,7 +319,7 @@ fn http_export_uses_the_http_service() {
     assert_eq!(uri.http_upstream_type, Some(HttpUpstreamType::Cluster(CLUSTER.into())));
     assert_eq!(svc.request_headers_to_add.len(), 1);
     assert_eq!(otel.resource_detectors.len(), 1);
-    let c: Cluster = decode(&client, type_url::CLUSTER, CLUSTER);
+    let c: Cluster = decode(&client, ResourceType::Cluster, CLUSTER);
     assert!(c.typed_extension_protocol_options.is_empty(), "OTLP/HTTP does not force HTTP/2");
 }
 
@@ -360,7 +360,7 @@ spec:
     let id = "router~10.0.0.9~ingress-1.istio-system~istio-system.svc.cluster.local";
     let labels = serde_json::json!({"LABELS": {"istio": "ingressgateway", "app": "istio-ingressgateway"}});
     let r = generate(&snap, &Proxy::from_node(id, &labels).expect("node"));
-    let listeners: Vec<String> = r.of(type_url::LISTENER).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let listeners: Vec<String> = r.of(ResourceType::Listener).map(|m| m.keys().cloned().collect()).unwrap_or_default();
     let l = listeners.first().unwrap_or_else(|| panic!("a gateway listener; warnings {:?}", r.warnings));
     let t = hcm_of(&r, l).tracing.expect("gateway traced");
     assert_eq!(t.spawn_upstream_span.map(|b| b.value), Some(true));

@@ -15,7 +15,7 @@ use super::envoy::{ads, http_filters, istio_hcm_defaults, listener, listener_wit
 use super::l4::{tcp_port_chains, tls_chains};
 use super::routes;
 use super::telemetry::Side;
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 /// Outbound listeners and their route configurations.
 pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
@@ -53,7 +53,7 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
             let outbound_hcm = |out: &mut ProxyResources| {
                 let route_name = if wildcard { port.to_string() } else { format!("{}:{port}", egress.bind) };
                 let rc = routes::route_config(scope, &route_name, port, &services);
-                out.insert(type_url::ROUTE, route_name.clone(), &rc);
+                out.insert(ResourceType::Route, route_name.clone(), &rc);
                 let rds = xds_hcm::http_connection_manager::RouteSpecifier::Rds(xds_hcm::Rds {
                     config_source: Some(ads()),
                     route_config_name: route_name,
@@ -63,7 +63,7 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
             if protocol.is_http() {
                 let http = outbound_hcm(out);
                 let l = listener(name.clone(), &egress.bind, port, http, bind_to_port);
-                out.insert(type_url::LISTENER, name, &l);
+                out.insert(ResourceType::Listener, name, &l);
             } else if matches!(protocol, Protocol::Tls | Protocol::Https) {
                 // TLS is routed by SNI: a filter chain per VirtualService `tls` match, and
                 // one per service host for the rest.
@@ -73,7 +73,7 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 }
                 let mut l = listener_with(name.clone(), &egress.bind, port, chains, bind_to_port);
                 l.listener_filters = vec![tls_inspector()];
-                out.insert(type_url::LISTENER, name, &l);
+                out.insert(ResourceType::Listener, name, &l);
             } else if protocol == Protocol::Unknown && !services.is_empty() {
                 // Detected: HTTP/1.x and h2c by Envoy's http_inspector go through the
                 // port's routes (VirtualService `http` rules apply); the rest is TCP.
@@ -85,11 +85,11 @@ pub fn outbound(scope: &Scope<'_>, out: &mut ProxyResources) {
                 // server-first protocol on an undeclared port waits for the client.
                 l.listener_filters_timeout = Some(Duration { seconds: 0, nanos: 0 });
                 l.continue_on_listener_filters_timeout = true;
-                out.insert(type_url::LISTENER, name, &l);
+                out.insert(ResourceType::Listener, name, &l);
             } else if !services.is_empty() {
                 let chains = tcp_port_chains(scope, port, &services, !bind_to_port);
                 let l = listener_with(name.clone(), &egress.bind, port, chains, bind_to_port);
-                out.insert(type_url::LISTENER, name, &l);
+                out.insert(ResourceType::Listener, name, &l);
             }
         }
     }

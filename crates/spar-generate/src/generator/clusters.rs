@@ -21,7 +21,7 @@ use super::envoy::{
     socket_address, typed_filter,
 };
 use super::{credentials, mtls, policy};
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 /// istiod's two catch-all clusters.
 pub(super) fn catch_all_clusters(out: &mut ProxyResources) {
@@ -34,14 +34,14 @@ pub(super) fn catch_all_clusters(out: &mut ProxyResources) {
         circuit_breakers: Some(thresholds()),
         ..Default::default()
     };
-    out.insert(type_url::CLUSTER, PASSTHROUGH_CLUSTER, &passthrough);
+    out.insert(ResourceType::Cluster, PASSTHROUGH_CLUSTER, &passthrough);
     let blackhole = xds_cluster::Cluster {
         name: BLACKHOLE_CLUSTER.into(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
         connect_timeout: Some(Duration { seconds: CONNECT_TIMEOUT_SECS, nanos: 0 }),
         ..Default::default()
     };
-    out.insert(type_url::CLUSTER, BLACKHOLE_CLUSTER, &blackhole);
+    out.insert(ResourceType::Cluster, BLACKHOLE_CLUSTER, &blackhole);
 }
 
 pub(super) fn thresholds() -> xds_cluster::CircuitBreakers {
@@ -442,9 +442,9 @@ pub fn service_clusters(scope: &Scope<'_>, services: &[&std::sync::Arc<Service>]
                             p.load_balancer.as_ref().and_then(|lb| lb.locality_lb_setting.as_ref()),
                         );
                     }
-                    out.insert(type_url::ENDPOINT, name.clone(), &cla);
+                    out.insert(ResourceType::Endpoint, name.clone(), &cla);
                 }
-                out.insert(type_url::CLUSTER, name, &c);
+                out.insert(ResourceType::Cluster, name, &c);
             }
         }
     }

@@ -1,11 +1,11 @@
 //! docs/compatibility-fields.md is generated from two sources and checked here against
 //! both: every field of Istio's CRD schemas (api/istio/crd-all.gen.yaml) and the fields
-//! Spar acts on (`spar_xds::support::acted_on`, the same list that makes Spar warn about
+//! Spar acts on (`spar_generate::support::acted_on`, the same list that makes Spar warn about
 //! the rest). A field the code starts or stops acting on changes the table, and this
 //! test fails until the doc is regenerated:
 //!
 //! ```sh
-//! SPAR_BLESS=1 cargo test -p spar-xds --test compatibility_fields
+//! SPAR_BLESS=1 cargo test -p spar-generate --test compatibility_fields
 //! ```
 
 use std::fmt::Write as _;
@@ -89,7 +89,7 @@ fn table() -> String {
     let mut md = String::from(
         "# Istio fields, one row each: acted on or not\n\n\
          Generated from Istio's CRD schemas (`api/istio/crd-all.gen.yaml`) and the fields Spar's\n\
-         generators act on (`crates/spar-xds/src/support.rs`); `crates/spar-xds/tests/compatibility_fields.rs`\n\
+         generators act on (`crates/spar-generate/src/support.rs`); `crates/spar-generate/tests/compatibility_fields.rs`\n\
          fails when the two disagree with this page. [compatibility.md](compatibility.md) says how each\n\
          field is translated and where Spar differs from istiod.\n\n\
          ✅ acted on (with everything below it) · ◐ partly: see compatibility.md · ✗ parsed and kept, not acted\n\
@@ -98,7 +98,7 @@ fn table() -> String {
          status says so. A security kind Spar cannot enforce denies rather than opens (security.md).\n",
     );
     for kind in KINDS {
-        let acted = spar_xds::support::acted_on(*kind);
+        let acted = spar_generate::support::acted_on(*kind);
         let mut out = Vec::new();
         for (p, s) in children(spec_schema(&crds, *kind), "spec") {
             rows(acted, &p, &s, &mut out);
@@ -124,7 +124,7 @@ fn the_field_table_is_what_the_code_acts_on() {
     assert!(
         have == want,
         "docs/compatibility-fields.md is out of date with support::acted_on or the CRDs; regenerate it with \
-         SPAR_BLESS=1 cargo test -p spar-xds --test compatibility_fields"
+         SPAR_BLESS=1 cargo test -p spar-generate --test compatibility_fields"
     );
 }
 
@@ -133,7 +133,7 @@ fn every_acted_on_field_is_a_field_of_istios_schema() {
     // A typo in support::acted_on would silently report a set field as acted on.
     let md = table();
     for kind in KINDS {
-        for a in spar_xds::support::acted_on(*kind) {
+        for a in spar_generate::support::acted_on(*kind) {
             let a = a.trim_end_matches("[]");
             assert!(
                 md.contains(&format!("`{a}`")) || md.contains(&format!("`{a}[]")) || md.contains(&format!("`{a}.")),

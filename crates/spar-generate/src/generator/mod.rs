@@ -40,7 +40,7 @@ mod telemetry;
 
 use spar_model::{Proxy, ProxyKind, Snapshot};
 
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 pub use scope::Scope;
 
@@ -97,7 +97,7 @@ pub fn regenerate_shared(
     let touched = |name: &str| {
         name.strip_prefix("outbound|").and_then(|n| n.rsplit('|').next()).is_some_and(|h| since.hosts.contains(h))
     };
-    Some(ProxyResources::patched(prev, &[type_url::CLUSTER, type_url::ENDPOINT], touched, fresh))
+    Some(ProxyResources::patched(prev, &[ResourceType::Cluster, ResourceType::Endpoint], touched, fresh))
 }
 
 /// Whether what [`add_workload_specific`] makes for `proxy` from `snapshot` is what it

@@ -25,7 +25,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsC
 use prost::Message;
 use serde::Serialize;
 
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 /// A plaintext HTTP/1.1 request as the application sends it to its sidecar.
 #[derive(Clone, Debug, Default)]
@@ -155,7 +155,7 @@ pub struct Explanation {
 /// Follows `req` through `res` as Envoy would.
 pub fn explain(res: &ProxyResources, req: &Request) -> Explanation {
     let mut out = Explanation { action: "none".into(), ..Default::default() };
-    let listeners: Vec<Listener> = decode_all(res, type_url::LISTENER);
+    let listeners: Vec<Listener> = decode_all(res, ResourceType::Listener);
     let Some(listener) = pick_listener(&listeners, req) else {
         out.outcome = Some(format!(
             "no listener accepts {}:{} (outbound traffic to it is not captured, or the Sidecar does not import the host)",
@@ -179,7 +179,7 @@ pub fn explain(res: &ProxyResources, req: &Request) -> Explanation {
             let rc = match hcm.route_specifier {
                 Some(http_connection_manager::RouteSpecifier::Rds(rds)) => {
                     out.route_config = Some(rds.route_config_name.clone());
-                    let all: Vec<RouteConfiguration> = decode_all(res, type_url::ROUTE);
+                    let all: Vec<RouteConfiguration> = decode_all(res, ResourceType::Route);
                     all.into_iter().find(|r| r.name == rds.route_config_name)
                 }
                 Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
@@ -213,7 +213,7 @@ pub fn explain(res: &ProxyResources, req: &Request) -> Explanation {
     out
 }
 
-fn decode_all<M: Message + Default>(res: &ProxyResources, t: &str) -> Vec<M> {
+fn decode_all<M: Message + Default>(res: &ProxyResources, t: ResourceType) -> Vec<M> {
     res.of(t).into_iter().flat_map(|v| v.values()).filter_map(|e| M::decode(e.any.value.as_slice()).ok()).collect()
 }
 
@@ -473,8 +473,8 @@ fn duration(seconds: i64, nanos: i32) -> String {
 
 fn clusters(res: &ProxyResources, targets: Vec<(String, Option<u32>)>) -> Vec<ClusterChoice> {
     let all: BTreeMap<String, Cluster> =
-        decode_all::<Cluster>(res, type_url::CLUSTER).into_iter().map(|c| (c.name.clone(), c)).collect();
-    let cla: BTreeMap<String, ClusterLoadAssignment> = decode_all::<ClusterLoadAssignment>(res, type_url::ENDPOINT)
+        decode_all::<Cluster>(res, ResourceType::Cluster).into_iter().map(|c| (c.name.clone(), c)).collect();
+    let cla: BTreeMap<String, ClusterLoadAssignment> = decode_all::<ClusterLoadAssignment>(res, ResourceType::Endpoint)
         .into_iter()
         .map(|c| (c.cluster_name.clone(), c))
         .collect();

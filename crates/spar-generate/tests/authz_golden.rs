@@ -15,8 +15,8 @@ use envoy_types::pb::envoy::config::route::v3 as xds_route;
 use envoy_types::pb::envoy::r#type::matcher::v3 as xds_matcher;
 use serde_json::{Value, json};
 use spar_api::Resource;
+use spar_generate::generator::authz;
 use spar_model::Config;
-use spar_xds::generator::authz;
 
 fn fixtures() -> PathBuf {
     spar_testdata::istio("authz-golden")

@@ -33,7 +33,7 @@ use super::gateway_servers::{Class, Server, servers, warn};
 use super::gateway_tls::server_tls;
 use super::routes::{self};
 use super::{Scope, authz, clusters, envoy, jwt, l4, mtls};
-use crate::resources::{ProxyResources, type_url};
+use crate::resources::{ProxyResources, ResourceType};
 
 /// Listeners and route configurations for a gateway proxy.
 pub fn listeners(scope: &Scope<'_>, out: &mut ProxyResources) {
@@ -92,7 +92,7 @@ pub fn listeners(scope: &Scope<'_>, out: &mut ProxyResources) {
                     None => format!("http.{port}"),
                 };
                 let rc = route_config(scope, &route_name, port, &kept, out);
-                out.insert(type_url::ROUTE, route_name.clone(), &rc);
+                out.insert(ResourceType::Route, route_name.clone(), &rc);
                 listener.filter_chains = vec![xds_listener::FilterChain {
                     filters: vec![hcm(scope, stat, route_name, false, &mut out.warnings)],
                     ..Default::default()
@@ -117,7 +117,7 @@ pub fn listeners(scope: &Scope<'_>, out: &mut ProxyResources) {
         if listener.filter_chains.is_empty() {
             continue;
         }
-        out.insert(type_url::LISTENER, name, &listener);
+        out.insert(ResourceType::Listener, name, &listener);
     }
 }
 
@@ -345,7 +345,7 @@ fn tls_chains(
                         s.spec.bind.as_deref().filter(|b| !b.is_empty()).map(|b| format!(".{b}")).unwrap_or_default()
                     );
                     let rc = route_config(scope, &route_name, s.listen_port, &[*s], out);
-                    out.insert(type_url::ROUTE, route_name.clone(), &rc);
+                    out.insert(ResourceType::Route, route_name.clone(), &rc);
                     vec![hcm(scope, stat.to_string(), route_name, true, &mut out.warnings)]
                 } else {
                     let Some(dests) = tcp_destinations(scope, s) else {

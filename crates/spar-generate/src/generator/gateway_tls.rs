@@ -14,7 +14,7 @@ use spar_api::istio::gateway::{
 use super::gateway_servers::{Class, Server};
 use super::{Scope, credentials, mtls};
 use crate::resources::ProxyResources;
-use crate::sds::{DEFAULT_SECRET, ROOT_SECRET};
+use crate::secret_names::{DEFAULT_SECRET, ROOT_SECRET};
 
 pub(super) fn tls_version(v: &GatewayServersTlsMinProtocolVersion) -> xds_tls::tls_parameters::TlsProtocol {
     use xds_tls::tls_parameters::TlsProtocol;
