@@ -18,10 +18,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::layer_cache::{Delivery as _, Resources};
+use crate::layer_cache::Delivery as _;
 use crate::request::SotwRequest;
 use crate::resources::{Encoded, ProxyResources, ResourceType, content_version, type_url};
-use crate::wire::{DeltaResponse, SotwResponse};
+use crate::response::{DeltaResponse, Resources, SotwResponse};
 
 mod delta;
 mod nack;

@@ -2,8 +2,6 @@
 //! it shares, derived once per layer and kept in the layer's [`Derived`] slot, by type:
 //! the names and their digest (streams whose subscriptions name them all keep one copy),
 //! each type's version hash, and the wire blocks that responses being written use.
-//!
-//! Also the resources of one response ([`Resources`]), by list or as a whole type.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher as _;
@@ -12,7 +10,6 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use spar_generate::resources::{Derived, Encoded, ProxyResources, ResourceType, TypeResources, version_hasher};
 
 use crate::request::names_digest;
-use crate::wire::WireBlock;
 
 /// A layer's names of one type and their digest.
 pub(crate) type NamesAndDigest = (Arc<BTreeSet<String>>, u64);
@@ -194,72 +191,13 @@ impl Delivery for ProxyResources {
     }
 }
 
-/// The resources of a response: a list, or every resource of one type of a generation
-/// (a stream's first response, every CDS and LDS response) without a list per stream.
-#[derive(Clone, Debug)]
-pub enum Resources {
-    /// These resources.
-    List(Arc<[Arc<Encoded>]>),
-    /// Every resource of the type in the set (both layers).
-    Whole(Arc<ProxyResources>, ResourceType),
-}
-
-impl Resources {
-    /// `selected`, or the whole type of `from` when that is what it is.
-    pub fn of(selected: Vec<Arc<Encoded>>, from: &Arc<ProxyResources>, type_url: &str) -> Self {
-        match ResourceType::from_url(type_url) {
-            Some(t) if !selected.is_empty() && selected.len() == from.of(t).map_or(0, |v| v.len()) => {
-                Self::Whole(Arc::clone(from), t)
-            }
-            _ => Self::List(selected.into()),
-        }
-    }
-
-    /// Every resource of `type_url` in `from` (an empty list when there are none).
-    pub fn whole(from: &Arc<ProxyResources>, type_url: &str) -> Self {
-        match ResourceType::from_url(type_url) {
-            Some(t) if from.of(t).is_some_and(|v| !v.is_empty()) => Self::Whole(Arc::clone(from), t),
-            _ => Self::List(Arc::from(Vec::new())),
-        }
-    }
-
-    /// Every resource, in order.
-    pub fn iter(&self) -> Box<dyn Iterator<Item = &Arc<Encoded>> + '_> {
-        match self {
-            Self::List(l) => Box::new(l.iter()),
-            Self::Whole(from, t) => Box::new(from.of(*t).unwrap_or_default().values()),
-        }
-    }
-
-    /// How many.
-    pub fn len(&self) -> usize {
-        match self {
-            Self::List(l) => l.len(),
-            Self::Whole(from, t) => from.of(*t).map_or(0, |v| v.len()),
-        }
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.iter().next().is_none()
-    }
-}
-
-impl Default for Resources {
-    fn default() -> Self {
-        Self::List(Arc::from(Vec::new()))
-    }
-}
-
-impl From<Vec<Arc<Encoded>>> for Resources {
-    fn from(v: Vec<Arc<Encoded>>) -> Self {
-        Self::List(v.into())
-    }
-}
-
-impl PartialEq for Resources {
-    /// The same resources, however held.
-    fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
-    }
+/// A shared layer's resources of one type serialized back to back in one wire form, in
+/// name order. Every response of the whole type from that layer hands HTTP/2 slices of
+/// it (which go to the socket as they are) instead of copying each resource per stream.
+/// Kept by the delivery cache; made by the wire (`WireBlock::build`).
+#[derive(Debug)]
+pub(crate) struct WireBlock {
+    pub(crate) bytes: bytes::Bytes,
+    /// The resources, and where each one's bytes end.
+    pub(crate) ends: Vec<(Arc<Encoded>, usize)>,
 }

@@ -19,6 +19,7 @@ mod metrics;
 pub mod node;
 pub mod rejections;
 pub mod request;
+pub mod response;
 pub mod sds;
 pub mod server;
 mod sync;
@@ -26,5 +27,5 @@ pub mod wire;
 
 use spar_generate::resources;
 
-pub use layer_cache::Resources;
+pub use response::Resources;
 pub use spar_generate::{Encoded, ProxyResources, ResourceType, type_url};

@@ -46,8 +46,6 @@ pub struct AdsService {
     security: Option<Arc<Security>>,
     token_auth: Option<crate::auth::TokenAuth>,
     rejections: Arc<crate::rejections::Rejections>,
-    /// The wire's budget, lingering blocks and block counters, shared by both ports.
-    wire: Arc<crate::wire::Wire>,
     /// Spar serves a secure port: a proxy that proves no identity is not believed.
     distrust_unverified: bool,
 }
@@ -64,7 +62,6 @@ impl AdsService {
             security: None,
             token_auth: None,
             rejections: Arc::default(),
-            wire: Arc::default(),
             distrust_unverified: false,
         }
     }
@@ -120,20 +117,10 @@ impl AdsService {
     pub fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
     }
-
-    /// The wire's shared state (its block counters are metrics).
-    pub fn wire(&self) -> Arc<crate::wire::Wire> {
-        Arc::clone(&self.wire)
-    }
-
-    /// The tonic service to add to a router.
-    pub fn into_server(self) -> crate::wire::AdsServer {
-        crate::wire::AdsServer::new(self)
-    }
 }
 
 /// A request of either protocol variant.
-pub(crate) trait XdsRequest: crate::wire::WireRequest + Send + 'static {
+pub(crate) trait XdsRequest: Send + 'static {
     fn node(&self) -> Option<&Node>;
     fn handle(self, conn: &mut Connection) -> Vec<Response>;
 }
@@ -162,7 +149,7 @@ pub(crate) trait XdsResponse: Send + 'static + Sized {
     fn type_url(&self) -> &str;
 }
 
-impl XdsResponse for crate::wire::SotwResponse {
+impl XdsResponse for crate::response::SotwResponse {
     fn from_response(r: Response) -> Option<Self> {
         match r {
             Response::Sotw(r) => Some(r),
@@ -174,7 +161,7 @@ impl XdsResponse for crate::wire::SotwResponse {
     }
 }
 
-impl XdsResponse for crate::wire::DeltaResponse {
+impl XdsResponse for crate::response::DeltaResponse {
     fn from_response(r: Response) -> Option<Self> {
         match r {
             Response::Delta(r) => Some(r),
@@ -191,7 +178,7 @@ impl AdsService {
         &self,
         variant: Variant,
         request: Request<Requests<Req>>,
-    ) -> Result<mpsc::Receiver<crate::wire::Outbound<Resp>>, Status> {
+    ) -> Result<mpsc::Receiver<crate::response::Outbound<Resp>>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         // The identity the caller proves: a client certificate (the secure port verified the
         // chain) or, on TLS, a reviewed service-account token.
@@ -224,7 +211,7 @@ impl AdsService {
             proxy.identity = Some(id.to_string());
         }
         let proven_missing = proxy.identity.is_none();
-        let (tx, rx) = mpsc::channel::<crate::wire::Outbound<Resp>>(OUTBOUND_QUEUE);
+        let (tx, rx) = mpsc::channel::<crate::response::Outbound<Resp>>(OUTBOUND_QUEUE);
         let span = info_span!("ads", proxy = %proxy.id, variant = ?variant, %peer);
         let task = StreamTask {
             cache: Arc::clone(&self.cache),
@@ -293,7 +280,7 @@ impl StreamTask {
         variant: Variant,
         first: Req,
         mut inbound: Requests<Req>,
-        tx: mpsc::Sender<crate::wire::Outbound<Resp>>,
+        tx: mpsc::Sender<crate::response::Outbound<Resp>>,
     ) {
         self.metrics.connected.fetch_add(1, Ordering::Relaxed);
         info!("proxy connected");

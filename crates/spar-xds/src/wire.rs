@@ -19,82 +19,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryResponse, DiscoveryResponse, Resource as DeltaResource,
-};
 use http_body::Frame;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::layer_cache::{Delivery as _, Resources};
+use crate::layer_cache::{Delivery as _, WireBlock};
 use crate::resources::{Encoded, ResourceType};
+use crate::response::{DeltaResponse, Outbound, Resources, SotwResponse};
 
 /// Largest chunk handed to HTTP/2 at once (a resource larger than this goes alone).
 const CHUNK: usize = 64 * 1024;
-
-/// A state-of-the-world response.
-#[derive(Clone, Debug, PartialEq)]
-pub struct SotwResponse {
-    /// `version_info`.
-    pub version_info: String,
-    /// The resources, shared with the generated config.
-    pub resources: Resources,
-    /// `type_url`.
-    pub type_url: String,
-    /// `nonce`.
-    pub nonce: String,
-}
-
-/// An incremental response.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DeltaResponse {
-    /// `system_version_info`.
-    pub system_version_info: String,
-    /// Changed resources (name, version and the resource come from each [`Encoded`]).
-    pub resources: Resources,
-    /// `type_url`.
-    pub type_url: String,
-    /// `removed_resources`.
-    pub removed_resources: Vec<String>,
-    /// `nonce`.
-    pub nonce: String,
-}
-
-impl SotwResponse {
-    /// The same response as prost's message (tests, tools).
-    pub fn to_prost(&self) -> DiscoveryResponse {
-        DiscoveryResponse {
-            version_info: self.version_info.clone(),
-            resources: self.resources.iter().map(|r| r.any.clone()).collect(),
-            type_url: self.type_url.clone(),
-            nonce: self.nonce.clone(),
-            ..Default::default()
-        }
-    }
-}
-
-impl DeltaResponse {
-    /// The same response as prost's message (tests, tools).
-    pub fn to_prost(&self) -> DeltaDiscoveryResponse {
-        DeltaDiscoveryResponse {
-            system_version_info: self.system_version_info.clone(),
-            resources: self
-                .resources
-                .iter()
-                .map(|r| DeltaResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: self.type_url.clone(),
-            removed_resources: self.removed_resources.clone(),
-            nonce: self.nonce.clone(),
-            ..Default::default()
-        }
-    }
-}
 
 fn varint_len(v: usize) -> usize {
     let mut n = 1;
@@ -170,16 +104,6 @@ fn put_resource(buf: &mut BytesMut, e: &Encoded, delta: bool) {
         put_field_header(buf, 2, any_len(e));
         put_any(buf, e);
     }
-}
-
-/// A shared layer's resources of one type serialized back to back in one wire form, in
-/// name order. Every response of the whole type from that layer hands HTTP/2 slices of
-/// it (which go to the socket as they are) instead of copying each resource per stream.
-#[derive(Debug)]
-pub(crate) struct WireBlock {
-    bytes: Bytes,
-    /// The resources, and where each one's bytes end.
-    ends: Vec<(Arc<Encoded>, usize)>,
 }
 
 /// Smallest shared type written from a block. Below it each response copies its
@@ -522,11 +446,6 @@ type Acquire =
     Pin<Box<dyn Future<Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send + Sync>>;
 
 /// The body of a streaming gRPC response: messages from the stream task, serialized
-/// What a stream task hands its response body: boxed, because tokio's channel allocates
-/// its slots in blocks of 32 whatever the capacity, and an unboxed response and `Status`
-/// made that block about 3 KB per stream.
-pub type Outbound<M> = Box<Result<M, Status>>;
-
 /// lazily within the in-flight budget, then the `grpc-status` trailers.
 pub struct XdsBody<M> {
     rx: mpsc::Receiver<Outbound<M>>,
@@ -643,7 +562,6 @@ pub fn to_bytes_with(m: &impl WireMessage, wire: &Wire) -> Vec<u8> {
 
 mod requests;
 pub use requests::AdsServer;
-pub(crate) use requests::WireRequest;
 
 #[cfg(test)]
 mod tests;

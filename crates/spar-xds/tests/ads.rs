@@ -73,7 +73,7 @@ async fn start_configured(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let ads = configure(AdsService::new(snapshots, shutdown_rx));
-    let svc = ads.clone().into_server();
+    let svc = spar_xds::wire::AdsServer::new(ads.clone(), Arc::default());
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(svc)

@@ -122,12 +122,14 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         ads = ads.distrusting_unverified();
     }
     let ads_secure = ads.clone();
+    // The wire's budget of bytes in flight and its blocks: one for both ports.
+    let wire: Arc<spar_xds::wire::Wire> = Arc::default();
     // Filled once the CA is loaded, for its metrics on the debug endpoint.
     let ca_metrics: Arc<std::sync::OnceLock<Arc<spar_xds::sds::Security>>> = Arc::default();
     if let Some(addr) = cfg.debug_address {
         let state = crate::debug::DebugState {
             metrics: ads.metrics(),
-            wire: ads.wire(),
+            wire: Arc::clone(&wire),
             sync: ads.sync_registry(),
             cache: ads.cache(),
             store: Arc::clone(&store),
@@ -266,7 +268,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         .initial_connection_window_size(RECEIVE_WINDOW * 4)
         .max_concurrent_streams(Some(MAX_STREAMS))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(ads.into_server())
+        .add_service(spar_xds::wire::AdsServer::new(ads, Arc::clone(&wire)))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown_wait.wait_for(|s| *s).await;
         });
@@ -285,6 +287,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                     metrics: ca_metrics,
                 },
                 ads_secure,
+                Arc::clone(&wire),
                 shutdown_rx.clone(),
             )
             .await?,
@@ -325,6 +328,7 @@ async fn serve_secure(
     root_namespace: String,
     with_ca: WithCa,
     ads: AdsService,
+    wire: Arc<spar_xds::wire::Wire>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let WithCa { webhook, inject, kube_client, bundle, token_auth, metrics } = with_ca;
@@ -390,7 +394,7 @@ async fn serve_secure(
             .initial_connection_window_size(RECEIVE_WINDOW * 4)
             .max_concurrent_streams(Some(MAX_STREAMS))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(ads.into_server())
+            .add_service(spar_xds::wire::AdsServer::new(ads, wire))
             .add_service(csr)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = shutdown_wait.wait_for(|s| *s).await;

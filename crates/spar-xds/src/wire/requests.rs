@@ -19,6 +19,9 @@ use super::*;
 #[derive(Clone, Debug)]
 pub struct AdsServer {
     inner: crate::server::AdsService,
+    /// The wire's budget of bytes in flight, lingering blocks and block counters: one
+    /// for all of a process's ports.
+    wire: Arc<Wire>,
     /// This server's budget for large requests, in KiB: each listening port has its
     /// own, so that strangers on the plaintext port cannot starve proxies on the secure
     /// one.
@@ -26,8 +29,10 @@ pub struct AdsServer {
 }
 
 impl AdsServer {
-    pub(crate) fn new(inner: crate::server::AdsService) -> Self {
-        Self { inner, budget: Arc::new(tokio::sync::Semaphore::new(LARGE_REQUEST_BUDGET_KIB as usize)) }
+    /// The tonic service for `inner` on one port, writing through `wire` (shared by the
+    /// ports of one process).
+    pub fn new(inner: crate::server::AdsService, wire: Arc<Wire>) -> Self {
+        Self { inner, wire, budget: Arc::new(tokio::sync::Semaphore::new(LARGE_REQUEST_BUDGET_KIB as usize)) }
     }
 }
 
@@ -56,7 +61,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let svc = self.inner.clone();
         let budget = Arc::clone(&self.budget);
-        let wire = svc.wire();
+        let wire = Arc::clone(&self.wire);
         Box::pin(async move {
             let method = req.uri().path().rsplit('/').next().unwrap_or_default().to_string();
             let (parts, body) = req.into_parts();
