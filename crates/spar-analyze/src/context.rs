@@ -18,6 +18,9 @@ use spar_model::MeshConfig;
 use crate::fieldmap::FieldLines;
 use crate::message::Subject;
 
+/// The file name given to the default ingress resources.
+pub const DEFAULT_RESOURCES_FILE: &str = "internal-ingress";
+
 /// A group and kind, the way analyzers ask for resources (`networking.istio.io`
 /// `Gateway` and `gateway.networking.k8s.io` `Gateway` are different kinds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -261,7 +264,7 @@ impl Context {
     /// it is true: Spar's file mode has no Pods, and reporting every selector as
     /// dangling there would be noise.
     pub fn workloads_known(&self) -> bool {
-        self.strict_selectors || self.of(gk::POD).any(|p| &*p.origin.file != crate::load::DEFAULT_RESOURCES_FILE)
+        self.strict_selectors || self.of(gk::POD).any(|p| &*p.origin.file != DEFAULT_RESOURCES_FILE)
     }
 
     /// MeshNetworks, when given.

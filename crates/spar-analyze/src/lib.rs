@@ -16,6 +16,7 @@
 //! `messages_gen.rs`; Spar's own codes are `SPAR0001`... .
 
 pub mod analyzers;
+mod catalog;
 #[rustfmt::skip]
 mod annotations_gen;
 pub mod context;
@@ -28,9 +29,10 @@ pub mod output;
 pub mod suppress;
 
 pub use analyzers::{Analyzer, Reporter};
+pub use catalog::{all_message_types, message_type};
 pub use context::{Context, Resource, Typed};
 pub use load::{LoadOptions, Loaded};
-pub use message::{Level, Message, MessageType, Subject, all_message_types, message_type};
+pub use message::{Level, Message, MessageType, Subject};
 pub use messages_gen::code;
 pub use suppress::Suppression;
 

@@ -7,9 +7,10 @@ use spar_api::document::DocOutcome;
 use spar_api::{Origin, parse_document, split_documents, validate};
 use spar_model::MeshConfig;
 
+use crate::catalog::message_type;
 use crate::context::Resource;
 use crate::fieldmap::{self, FieldLines};
-use crate::message::{Message, Subject, message_type};
+use crate::message::{Message, Subject};
 use crate::messages_gen::code;
 
 /// How documents are read.
@@ -192,8 +193,7 @@ impl Loaded {
     }
 }
 
-/// The file name given to the default ingress resources.
-pub const DEFAULT_RESOURCES_FILE: &str = "internal-ingress";
+pub use crate::context::DEFAULT_RESOURCES_FILE;
 
 /// istioctl's default ingress resources (pkg/config/analysis/local/defaults.go).
 const DEFAULT_INGRESS: &str = "\

@@ -5,8 +5,6 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::messages_gen::MESSAGE_TYPES;
-
 /// How serious a message is. Ordered: `Info < Warning < Error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Level {
@@ -109,16 +107,6 @@ pub static SPAR_MESSAGE_TYPES: &[MessageType] = &[
         args: &["patch", "reason"],
     },
 ];
-
-/// Every message type: Istio's, then Spar's.
-pub fn all_message_types() -> impl Iterator<Item = &'static MessageType> {
-    MESSAGE_TYPES.iter().chain(SPAR_MESSAGE_TYPES)
-}
-
-/// The message type for `code` (`IST0101`, `SPAR0001`, ...).
-pub fn message_type(code: &str) -> Option<&'static MessageType> {
-    all_message_types().find(|m| m.code == code)
-}
 
 impl MessageType {
     /// Fills the template with `args` (already formatted; `%q` quotes its argument).
@@ -250,24 +238,9 @@ impl fmt::Display for Message {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn table_is_complete_and_unique() {
-        assert_eq!(MESSAGE_TYPES.len(), 68);
-        let mut codes: Vec<_> = all_message_types().map(|m| m.code).collect();
-        codes.sort_unstable();
-        codes.dedup();
-        assert_eq!(codes.len(), 68 + SPAR_MESSAGE_TYPES.len());
-        for m in all_message_types() {
-            let verbs = m.template.matches('%').count() - 2 * m.template.matches("%%").count();
-            assert_eq!(verbs, m.args.len(), "{} template/args mismatch", m.code);
-        }
-    }
-
     #[test]
     fn renders_go_verbs() {
-        let m = message_type("IST0101").expect("IST0101 is in the table");
+        let m = crate::catalog::message_type("IST0101").expect("IST0101 is in the table");
         assert_eq!(m.render(&["gateway".into(), "bogus".into()]), "Referenced gateway not found: \"bogus\"");
         assert_eq!(m.documentation_url(), "https://istio.io/v1.31/docs/reference/config/analysis/ist0101/");
     }

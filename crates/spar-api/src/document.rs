@@ -5,7 +5,6 @@
 
 use std::fmt;
 
-use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
 
 use crate::object::{Kind, Meta, Object, Resource};
@@ -164,11 +163,6 @@ pub fn parse_document(origin: &Origin, text: &str) -> Result<Option<Object>, Doc
     let resource = Resource::parse(k, text).map_err(|e| yaml_error(origin, Some(label()), &e))?;
     let meta = Meta::from_value(k, api_version, &value);
     Ok(Some(Object { meta, origin: origin.clone(), resource, raw: serde_json::to_value(&value).unwrap_or_default() }))
-}
-
-/// Deserializes `text` as `T`, reporting the failing path and line.
-pub(crate) fn from_yaml<T: DeserializeOwned>(text: &str) -> Result<T, serde_yaml_ng::Error> {
-    serde_yaml_ng::from_str(text)
 }
 
 #[cfg(test)]

@@ -223,12 +223,12 @@ macro_rules! resources {
 }
 
 fn spec<S: serde::de::DeserializeOwned + Default>(text: &str) -> Result<S, serde_yaml_ng::Error> {
-    let env: Envelope<S> = crate::document::from_yaml(text)?;
+    let env: Envelope<S> = serde_yaml_ng::from_str(text)?;
     Ok(env.spec.unwrap_or_default())
 }
 
 fn whole<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_yaml_ng::Error> {
-    crate::document::from_yaml(text)
+    serde_yaml_ng::from_str(text)
 }
 
 resources! {

@@ -4,7 +4,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use crate::Inner;
-use crate::http::{JSON, Req, json_response};
+use crate::request::{JSON, Req, json_response};
 use crate::store::{ApiError, Store};
 
 pub(crate) fn version() -> Value {

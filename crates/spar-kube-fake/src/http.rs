@@ -1,44 +1,26 @@
 //! The HTTP surface: authentication, routing, CRUD and list. Watches live in `watch`,
 //! discovery and TokenReview in `discovery`.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::discovery::{group_list, resource_list, token_review, version};
 use crate::patch::{json_patch, merge_patch};
-use crate::select::Selector;
+use crate::request::{JSON, Params, Req, Target, content_type, in_scope, json_response, selector, served};
 use crate::store::{ApiError, Store, meta_str};
 use crate::watch::watch;
 use crate::{FakeApiServer, Inner, ResourceType};
 
-pub(crate) const JSON: &str = "application/json";
 const MERGE_PATCH: &str = "application/merge-patch+json";
 const STRATEGIC_MERGE_PATCH: &str = "application/strategic-merge-patch+json";
 const APPLY_PATCH: &str = "application/apply-patch+yaml";
 const JSON_PATCH: &str = "application/json-patch+json";
-
-pub(crate) type Params = HashMap<String, String>;
-
-/// What the handlers read from a request besides its path.
-pub(crate) struct Req<'a> {
-    pub params: Params,
-    pub headers: &'a HeaderMap,
-    pub body: &'a Bytes,
-}
-
-impl Req<'_> {
-    /// The body as JSON, after checking its content type is one of `allowed`.
-    pub fn json(&self, allowed: &[&str]) -> Result<Value, ApiError> {
-        parse_json(self.headers, self.body, allowed)
-    }
-}
 
 pub(crate) fn router(inner: Arc<Inner>) -> Router {
     Router::new().fallback(handle).with_state(inner)
@@ -48,11 +30,6 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         json_response(self.code, &self.to_status())
     }
-}
-
-pub(crate) fn json_response(code: u16, body: &Value) -> Response {
-    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (code, [(header::CONTENT_TYPE, JSON)], body.to_string()).into_response()
 }
 
 async fn handle(State(srv): State<Arc<Inner>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -93,22 +70,6 @@ fn serve(
         (_, ["api", version, rest @ ..]) => resource(srv, method, "", version, rest, &req),
         (_, ["apis", group, version, rest @ ..]) => resource(srv, method, group, version, rest, &req),
         _ => Err(ApiError::no_route()),
-    }
-}
-
-/// A request for a registered resource, resolved from the URL.
-pub(crate) struct Target {
-    pub rt: ResourceType,
-    pub reg_id: u64,
-    /// From the URL; `None` for cluster-scoped kinds and all-namespace collections.
-    pub ns: Option<String>,
-    /// `Some("status")` for the status subresource.
-    pub sub: Option<String>,
-}
-
-impl Target {
-    fn ns(&self) -> String {
-        self.ns.clone().unwrap_or_default()
     }
 }
 
@@ -169,39 +130,6 @@ fn resource(
 
 fn method_not_allowed() -> ApiError {
     ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
-}
-
-/// The request body as JSON, after checking its content type is one of `allowed`.
-fn parse_json(headers: &HeaderMap, body: &Bytes, allowed: &[&str]) -> Result<Value, ApiError> {
-    let mime = content_type(headers);
-    if !allowed.contains(&mime) {
-        return Err(ApiError::new(
-            415,
-            "UnsupportedMediaType",
-            format!(
-                "the body of the request was in an unknown format - accepted media types include: {}",
-                allowed.join(", ")
-            ),
-        ));
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON ({mime}): {e}")))
-}
-
-/// The media type of the request body, without parameters.
-fn content_type(headers: &HeaderMap) -> &str {
-    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    value.unwrap_or("").split(';').next().unwrap_or("").trim()
-}
-
-/// A copy of a stored object as served through `rt` (its `apiVersion` and `kind`).
-pub(crate) fn served(obj: &Value, rt: &ResourceType) -> Value {
-    let mut obj = obj.clone();
-    if let Some(o) = obj.as_object_mut() {
-        o.insert("apiVersion".into(), rt.api_version().into());
-        o.insert("kind".into(), rt.kind.clone().into());
-    }
-    obj
 }
 
 /// Checks a submitted object against the resource type and the URL namespace.
@@ -356,16 +284,6 @@ fn delete(srv: &Inner, t: &Target, name: &str, body: &Bytes) -> Result<Response,
     drop(store);
     srv.notify();
     Ok(json_response(200, &served(&removed, &t.rt)))
-}
-
-pub(crate) fn selector(params: &Params) -> Result<Selector, ApiError> {
-    let get = |k: &str| params.get(k).map(String::as_str);
-    Selector::parse(get("labelSelector"), get("fieldSelector")).map_err(ApiError::bad_request)
-}
-
-/// Whether `obj` is in the URL's namespace (if any) and matches the selector.
-pub(crate) fn in_scope(ns: Option<&str>, selector: &Selector, obj: &Value) -> bool {
-    ns.is_none_or(|ns| meta_str(obj, "namespace") == ns) && selector.matches(obj)
 }
 
 fn list(srv: &Inner, t: &Target, params: &Params) -> Result<Response, ApiError> {

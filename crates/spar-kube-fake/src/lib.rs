@@ -68,6 +68,7 @@
 mod discovery;
 mod http;
 mod patch;
+mod request;
 mod select;
 mod store;
 mod watch;

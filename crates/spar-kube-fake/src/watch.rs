@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::http::{JSON, Params, Target, in_scope, selector, served};
+use crate::request::{JSON, Params, Target, in_scope, selector, served};
 use crate::select::Selector;
 use crate::store::{ApiError, Event, EventType};
 use crate::{Inner, ResourceType};

@@ -28,7 +28,7 @@ pub use host::{
     matches as host_matches, overlaps as hosts_overlap, resolve as resolve_host,
     resource_name as resource_name_from_host, short_forms, to_fqdn,
 };
-pub use mesh::{FileAccessLog, MeshConfig, MeshConfigError};
+pub use mesh::{FileAccessLog, MeshConfig, MeshConfigError, OtelHttp, OtelProvider, TracingProvider};
 pub use proxy::{ISTIO_VERSION, InterceptionMode, Proxy, ProxyError, ProxyKind};
 pub use rbac::SecretReaders;
 pub use selector::{LabelSelectorRequirement, label_selector_matches, selects};
@@ -37,4 +37,4 @@ pub use snapshot::{
     Config, DRY_RUN_ANNOTATION, Diagnostic, EndpointChanges, MtlsMode, Snapshot, gateway_ref_is, go_bool,
 };
 pub use store::{Duplicate, Store, Unit};
-pub use telemetry::{OtelHttp, OtelProvider, Tracing, TracingProvider, TracingSpec};
+pub use telemetry::{Tracing, TracingSpec};

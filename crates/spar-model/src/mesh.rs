@@ -2,11 +2,11 @@
 //! by `spar serve` (which layers files and a ConfigMap over them) and `spar analyze`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::ext_authz::ExtAuthzProvider;
-use crate::telemetry::TracingProvider;
 
 /// Mesh-wide settings (Istio's MeshConfig, the parts Spar reads).
 #[derive(Clone, Debug, PartialEq)]
@@ -158,4 +158,47 @@ mod tests {
         assert_eq!(m.proxy_metadata("A"), Some("true"));
         assert_eq!(m.proxy_metadata("B"), None);
     }
+}
+
+/// A MeshConfig `extensionProviders[]` entry, as tracing sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TracingProvider {
+    /// `opentelemetry`: OTLP to a collector, over gRPC or HTTP.
+    OpenTelemetry(OtelProvider),
+    /// Any other kind (`zipkin`, `datadog`, `envoyFileAccessLog`, ...), by its field
+    /// name: Spar configures no tracer for it.
+    Unsupported(String),
+}
+
+/// MeshConfig `extensionProviders[].opentelemetry`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OtelProvider {
+    /// `service`: the collector's host (`otel-collector.observability.svc.cluster.local`),
+    /// or `<namespace>/<host>`.
+    pub service: String,
+    /// `port`.
+    pub port: u16,
+    /// `maxTagLength`: the longest path tag; 0 for Envoy's default (256).
+    pub max_tag_length: u32,
+    /// `http`: OTLP over HTTP instead of gRPC.
+    pub http: Option<OtelHttp>,
+    /// `grpc.timeout`.
+    pub grpc_timeout: Option<Duration>,
+    /// `grpc.initialMetadata`, name and value (an `envName` read from Spar's environment).
+    pub grpc_initial_metadata: Vec<(String, String)>,
+    /// `resourceDetectors.environment`: resource attributes from `OTEL_RESOURCE_ATTRIBUTES`.
+    pub environment_detector: bool,
+    /// `resourceDetectors.dynatrace`.
+    pub dynatrace_detector: bool,
+}
+
+/// MeshConfig `extensionProviders[].opentelemetry.http`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OtelHttp {
+    /// `path` (`/v1/traces`).
+    pub path: String,
+    /// `timeout`.
+    pub timeout: Option<Duration>,
+    /// `headers`, name and value (an `envName` read from Spar's environment).
+    pub headers: Vec<(String, String)>,
 }

@@ -14,55 +14,12 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use spar_api::istio::telemetry::{TelemetrySpec, TelemetryTracingCustomTags, TelemetryTracingMatchMode};
 
+use crate::mesh::{OtelProvider, TracingProvider};
 use crate::selector::selects;
 use crate::snapshot::{Config, Diagnostic, Snapshot};
-
-/// A MeshConfig `extensionProviders[]` entry, as tracing sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TracingProvider {
-    /// `opentelemetry`: OTLP to a collector, over gRPC or HTTP.
-    OpenTelemetry(OtelProvider),
-    /// Any other kind (`zipkin`, `datadog`, `envoyFileAccessLog`, ...), by its field
-    /// name: Spar configures no tracer for it.
-    Unsupported(String),
-}
-
-/// MeshConfig `extensionProviders[].opentelemetry`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OtelProvider {
-    /// `service`: the collector's host (`otel-collector.observability.svc.cluster.local`),
-    /// or `<namespace>/<host>`.
-    pub service: String,
-    /// `port`.
-    pub port: u16,
-    /// `maxTagLength`: the longest path tag; 0 for Envoy's default (256).
-    pub max_tag_length: u32,
-    /// `http`: OTLP over HTTP instead of gRPC.
-    pub http: Option<OtelHttp>,
-    /// `grpc.timeout`.
-    pub grpc_timeout: Option<Duration>,
-    /// `grpc.initialMetadata`, name and value (an `envName` read from Spar's environment).
-    pub grpc_initial_metadata: Vec<(String, String)>,
-    /// `resourceDetectors.environment`: resource attributes from `OTEL_RESOURCE_ATTRIBUTES`.
-    pub environment_detector: bool,
-    /// `resourceDetectors.dynatrace`.
-    pub dynatrace_detector: bool,
-}
-
-/// MeshConfig `extensionProviders[].opentelemetry.http`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct OtelHttp {
-    /// `path` (`/v1/traces`).
-    pub path: String,
-    /// `timeout`.
-    pub timeout: Option<Duration>,
-    /// `headers`, name and value (an `envName` read from Spar's environment).
-    pub headers: Vec<(String, String)>,
-}
 
 /// The tracing of one side (client or server) of a workload.
 #[derive(Clone, Debug, PartialEq)]

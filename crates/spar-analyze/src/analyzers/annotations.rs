@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use super::{Analyzer, Reporter};
-use crate::annotations_gen::ANNOTATIONS;
+use crate::annotations_gen::{ANNOTATIONS, AnnotationDef};
 use crate::context::{Context, Resource, gk};
 use crate::messages_gen::code;
 
@@ -33,19 +33,6 @@ pub(super) static ANALYZERS: &[Analyzer] = &[
         run: alpha,
     },
 ];
-
-/// One annotation Istio defines.
-#[derive(Debug)]
-pub struct AnnotationDef {
-    /// `prefix/name`.
-    pub name: &'static str,
-    /// Kinds it may be set on; `Any` for every kind.
-    pub kinds: &'static [&'static str],
-    /// Deprecated.
-    pub deprecated: bool,
-    /// Part of an alpha feature.
-    pub alpha: bool,
-}
 
 fn lookup(name: &str) -> Option<&'static AnnotationDef> {
     ANNOTATIONS.binary_search_by(|a| a.name.cmp(name)).ok().map(|i| &ANNOTATIONS[i])

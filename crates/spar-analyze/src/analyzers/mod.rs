@@ -5,8 +5,9 @@
 
 use serde_json::Value;
 
+use crate::catalog::message_type;
 use crate::context::{Context, Resource};
-use crate::message::{Message, message_type};
+use crate::message::Message;
 
 pub(crate) mod annotations;
 mod authz;

@@ -10,10 +10,11 @@ use envoy_types::pb::envoy::config::rbac::v3 as xds_rbac;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as xds_http_rbac;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3 as xds_net_rbac;
 use spar_api::istio::authorization_policy::{AuthorizationPolicyAction as Action, AuthorizationPolicySpec};
-use spar_model::{Config, ExtAuthzApi, ExtAuthzProvider, Snapshot};
+use spar_model::{Config, ExtAuthzApi, Snapshot};
 
 use super::authz_rules::{perm, perm_not, princ, princ_not, rule_policy};
 use super::{Scope, ext_authz};
+pub use ext_authz::ResolvedProvider;
 
 /// One RBAC filter of the workload: the rules it enforces and, for `istio.io/dry-run`
 /// policies, shadow rules that are only evaluated and counted.
@@ -56,17 +57,6 @@ pub enum Custom {
         /// Why the provider cannot be used.
         reason: String,
     },
-}
-
-/// An ext_authz provider as one proxy reaches it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedProvider {
-    /// The service's host name.
-    pub host: String,
-    /// `outbound|<port>||<host>`.
-    pub cluster: String,
-    /// The provider's settings.
-    pub provider: ExtAuthzProvider,
 }
 
 /// The authorization filters of one workload, in istiod's order: CUSTOM (per provider),
@@ -273,7 +263,7 @@ pub(super) fn resolve_provider(scope: &Scope<'_>, name: &str) -> Result<Resolved
     }
     Ok(ResolvedProvider {
         host: svc.hostname.clone(),
-        cluster: super::envoy::outbound_cluster_name(provider.port, "", &svc.hostname),
+        cluster: super::names::outbound_cluster_name(provider.port, "", &svc.hostname),
         provider: provider.clone(),
     })
 }

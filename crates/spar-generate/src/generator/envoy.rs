@@ -11,23 +11,14 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 
 use super::Scope;
-use super::routes;
+pub use super::names::{BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, outbound_cluster_name};
+use super::names::{CORS_FILTER, FAULT_FILTER};
 use super::telemetry::Side;
 
 /// istiod's default `connectTimeout` (MeshConfig).
 pub(super) const CONNECT_TIMEOUT_SECS: i64 = 10;
 /// istiod's default circuit-breaker limits: effectively unlimited.
 pub(super) const UNLIMITED: u32 = u32::MAX;
-
-/// Where ALLOW_ANY traffic to unknown hosts goes (original destination).
-pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
-/// Where refused traffic goes: a cluster with no endpoints.
-pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
-
-/// `outbound|<port>|<subset>|<host>`.
-pub fn outbound_cluster_name(port: u16, subset: &str, host: &str) -> String {
-    format!("outbound|{port}|{subset}|{host}")
-}
 
 pub(super) fn socket_address(ip: &str, port: u32) -> xds_core::Address {
     xds_core::Address {
@@ -66,11 +57,11 @@ pub(super) fn http_filter(name: &str, any: Any) -> xds_hcm::HttpFilter {
 pub(super) fn http_filters() -> Vec<xds_hcm::HttpFilter> {
     vec![
         http_filter(
-            routes::CORS_FILTER,
+            CORS_FILTER,
             pack_any(envoy_types::pb::envoy::extensions::filters::http::cors::v3::Cors::default()),
         ),
         http_filter(
-            routes::FAULT_FILTER,
+            FAULT_FILTER,
             pack_any(envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault::default()),
         ),
         http_filter("envoy.filters.http.router", pack_any(Router::default())),

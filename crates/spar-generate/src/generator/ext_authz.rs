@@ -12,8 +12,6 @@ use envoy_types::pb::envoy::r#type::v3 as xds_type;
 use envoy_types::pb::google::protobuf::Duration;
 use spar_model::{ExtAuthzApi, ExtAuthzProvider};
 
-use super::authz::ResolvedProvider;
-
 /// The RBAC dynamic metadata key that names the CUSTOM rule a request matched.
 const SHADOW_KEY: &str = "istio_ext_authz_shadow_effective_policy_id";
 
@@ -147,4 +145,15 @@ pub(super) fn network(provider: &str, authz: &ResolvedProvider) -> xds_net_authz
         filter_enabled_metadata: Some(enabled_for(provider, "envoy.filters.network.rbac")),
         ..Default::default()
     }
+}
+
+/// An ext_authz provider as one proxy reaches it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedProvider {
+    /// The service's host name.
+    pub host: String,
+    /// `outbound|<port>||<host>`.
+    pub cluster: String,
+    /// The provider's settings.
+    pub provider: ExtAuthzProvider,
 }

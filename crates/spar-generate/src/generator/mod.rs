@@ -32,6 +32,7 @@ pub mod jwt;
 mod l4;
 mod listeners;
 mod mtls;
+mod names;
 mod policy;
 mod route_actions;
 mod routes;

@@ -21,7 +21,7 @@ use spar_api::istio::destination_rule::{
 use spar_model::Protocol;
 
 use super::mtls::sds;
-use super::routes::parse_duration;
+use super::route_actions::parse_duration;
 
 /// The same shape under another generated name (subset and port-level policies) as the
 /// top-level policy type. Istio's schema repeats the message; the generator repeats the

@@ -8,14 +8,12 @@ use envoy_types::pb::envoy::extensions::filters::http::cors::v3 as xds_cors;
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as xds_fault;
 use envoy_types::pb::envoy::r#type::matcher::v3 as xds_matcher;
 use envoy_types::pb::envoy::r#type::v3 as xds_type;
-use envoy_types::pb::google::protobuf::{Any, BoolValue};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration};
 use envoy_types::util::pack_any;
 use spar_api::istio::virtual_service::{
     VirtualServiceHttpCorsPolicy, VirtualServiceHttpCorsPolicyUnmatchedPreflights, VirtualServiceHttpDirectResponse,
     VirtualServiceHttpFault, VirtualServiceHttpRedirect,
 };
-
-use super::routes::{parse_duration, string_matcher};
 
 /// Istio percentages (0-100, fractional) as Envoy's per-million fraction.
 pub(super) fn percent(value: Option<f64>) -> xds_type::FractionalPercent {
@@ -147,4 +145,50 @@ pub(super) fn decode_base64(s: &str) -> Option<Vec<u8>> {
     use base64::Engine;
     let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD.decode(compact).ok()
+}
+
+/// A string match as Istio writes it (`exact`, `prefix` or `regex`).
+pub(super) fn string_matcher(
+    exact: Option<&String>,
+    prefix: Option<&String>,
+    regex: Option<&String>,
+    ignore_case: bool,
+) -> Option<xds_matcher::StringMatcher> {
+    use xds_matcher::string_matcher::MatchPattern;
+    let pattern = if let Some(e) = exact {
+        MatchPattern::Exact(e.clone())
+    } else if let Some(p) = prefix {
+        MatchPattern::Prefix(p.clone())
+    } else if let Some(r) = regex {
+        MatchPattern::SafeRegex(xds_matcher::RegexMatcher { regex: r.clone(), ..Default::default() })
+    } else {
+        return None;
+    };
+    Some(xds_matcher::StringMatcher { match_pattern: Some(pattern), ignore_case })
+}
+
+/// Istio durations: `1s`, `500ms`, `1m`, `1h`, `1.5s`.
+pub(super) fn parse_duration(s: &str) -> Option<Duration> {
+    let (num, mult_ns): (&str, f64) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e6)
+    } else if let Some(n) = s.strip_suffix("us").or_else(|| s.strip_suffix("µs")) {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix("ns") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e9)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60e9)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600e9)
+    } else {
+        return None;
+    };
+    let total = num.parse::<f64>().ok()? * mult_ns;
+    if !total.is_finite() || total < 0.0 {
+        return None;
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // bounded above
+    let ns = total.min(1e18) as u64;
+    Some(Duration { seconds: i64::try_from(ns / 1_000_000_000).ok()?, nanos: i32::try_from(ns % 1_000_000_000).ok()? })
 }

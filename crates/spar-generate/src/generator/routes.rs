@@ -14,33 +14,10 @@ use spar_api::istio::virtual_service::{
 use spar_model::{Config, Service, resolve_host, short_forms};
 
 use super::Scope;
-use super::envoy::outbound_cluster_name;
-use super::route_actions::{cors_config, direct_response_action, fault_config, percent, redirect_action};
-
-/// The HTTP fault filter's name (per-route config key).
-pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
-/// The CORS filter's name (per-route config key).
-pub(super) const CORS_FILTER: &str = "envoy.filters.http.cors";
-
-/// A string match as Istio writes it (`exact`, `prefix` or `regex`).
-pub(super) fn string_matcher(
-    exact: Option<&String>,
-    prefix: Option<&String>,
-    regex: Option<&String>,
-    ignore_case: bool,
-) -> Option<xds_matcher::StringMatcher> {
-    use xds_matcher::string_matcher::MatchPattern;
-    let pattern = if let Some(e) = exact {
-        MatchPattern::Exact(e.clone())
-    } else if let Some(p) = prefix {
-        MatchPattern::Prefix(p.clone())
-    } else if let Some(r) = regex {
-        MatchPattern::SafeRegex(xds_matcher::RegexMatcher { regex: r.clone(), ..Default::default() })
-    } else {
-        return None;
-    };
-    Some(xds_matcher::StringMatcher { match_pattern: Some(pattern), ignore_case })
-}
+use super::names::{CORS_FILTER, FAULT_FILTER, PASSTHROUGH_CLUSTER, outbound_cluster_name};
+use super::route_actions::{
+    cors_config, direct_response_action, fault_config, parse_duration, percent, redirect_action, string_matcher,
+};
 
 macro_rules! sm {
     ($m:expr) => {
@@ -583,32 +560,6 @@ fn merge_matches(
     }
 }
 
-/// Istio durations: `1s`, `500ms`, `1m`, `1h`, `1.5s`.
-pub(super) fn parse_duration(s: &str) -> Option<Duration> {
-    let (num, mult_ns): (&str, f64) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1e6)
-    } else if let Some(n) = s.strip_suffix("us").or_else(|| s.strip_suffix("µs")) {
-        (n, 1e3)
-    } else if let Some(n) = s.strip_suffix("ns") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1e9)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60e9)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600e9)
-    } else {
-        return None;
-    };
-    let total = num.parse::<f64>().ok()? * mult_ns;
-    if !total.is_finite() || total < 0.0 {
-        return None;
-    }
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // bounded above
-    let ns = total.min(1e18) as u64;
-    Some(Duration { seconds: i64::try_from(ns / 1_000_000_000).ok()?, nanos: i32::try_from(ns % 1_000_000_000).ok()? })
-}
-
 /// Moves the retry policy that every forwarding route of `vh` carries alike up to `vh`
 /// itself. Envoy gives a virtual host's policy to each of its routes that has none of its
 /// own, so requests are retried exactly as before; istiod repeats the policy per route,
@@ -712,7 +663,7 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
         vhosts.push(xds_route::VirtualHost {
             name: "allow_any".into(),
             domains: vec!["*".into()],
-            routes: vec![to_cluster_route("allow_any", super::envoy::PASSTHROUGH_CLUSTER)],
+            routes: vec![to_cluster_route("allow_any", PASSTHROUGH_CLUSTER)],
             ..Default::default()
         });
     }

@@ -234,7 +234,7 @@ fn collector(
     let port = svc
         .port(p.port)
         .ok_or_else(|| format!("{who}: service {} has no port {}; tracing is left out", p.service, p.port))?;
-    Ok((svc.hostname.clone(), super::envoy::outbound_cluster_name(p.port, "", &svc.hostname), port.protocol))
+    Ok((svc.hostname.clone(), super::names::outbound_cluster_name(p.port, "", &svc.hostname), port.protocol))
 }
 
 fn duration(d: std::time::Duration) -> Duration {
