@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 /// What kind of proxy a node is, from the first field of its id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProxyKind {
     /// `sidecar~...`: a workload's sidecar.
     Sidecar,
@@ -13,7 +13,7 @@ pub enum ProxyKind {
 }
 
 /// How traffic reaches the proxy (`INTERCEPTION_MODE`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InterceptionMode {
     /// iptables REDIRECT (Istio's default).
     Redirect,

@@ -104,12 +104,31 @@ pub struct Snapshot {
     /// Telemetry selectors). Workloads that agree on these get the same outbound config.
     pub outbound_label_keys: BTreeSet<String>,
     /// When the only difference from the snapshot before (`since.from`) is endpoints of
-    /// some services: which ([`Snapshot::note_changes_since`]). Generators then redo only
+    /// some services: which ([`BuildOptions::previous`]). Generators then redo only
     /// those services' clusters and load assignments.
     pub since: Option<EndpointChanges>,
     /// Lookup indexes over the lists above, built once per snapshot so that per-proxy
     /// generation does not scan every rule for every service.
     index: Index,
+}
+
+/// What a snapshot is built with besides the store and the mesh.
+#[derive(Clone, Copy, Default)]
+pub struct BuildOptions<'a> {
+    /// The snapshot before this one: its endpoint-only changes are recorded (`since`).
+    pub previous: Option<&'a Snapshot>,
+    /// Checks only other crates can make (EnvoyFilter values against Envoy's schema),
+    /// run on the built snapshot; their diagnostics are the snapshot's.
+    pub checks: &'a [fn(&Snapshot) -> Vec<Diagnostic>],
+}
+
+impl std::fmt::Debug for BuildOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildOptions")
+            .field("previous", &self.previous.map(|p| p.version))
+            .field("checks", &self.checks.len())
+            .finish()
+    }
 }
 
 /// Positions into `virtual_services` and `destination_rules`, by host.
@@ -226,6 +245,25 @@ impl Snapshot {
 
     /// Builds a snapshot from everything in `store`.
     pub fn build(store: &Store, mesh: &MeshConfig, version: u64) -> Snapshot {
+        Self::build_with(store, mesh, version, BuildOptions::default())
+    }
+
+    /// [`Self::build`], also recording what changed since `options.previous` and the
+    /// diagnostics of `options.checks`: everything a snapshot holds is set while it is
+    /// built, never after.
+    pub fn build_with(store: &Store, mesh: &MeshConfig, version: u64, options: BuildOptions<'_>) -> Snapshot {
+        let mut snap = Self::assemble(store, mesh, version);
+        for check in options.checks {
+            let found = check(&snap);
+            snap.diagnostics.extend(found);
+        }
+        if let Some(prev) = options.previous {
+            snap.since = snap.changes_since(prev);
+        }
+        snap
+    }
+
+    fn assemble(store: &Store, mesh: &MeshConfig, version: u64) -> Snapshot {
         let (objects, dups) = store.objects();
         let mut snap = Snapshot { version, mesh: mesh.clone(), ..Default::default() };
         for d in dups {

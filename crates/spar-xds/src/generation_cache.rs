@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use spar_generate::generator::ShareKey;
 use spar_model::{Proxy, Snapshot};
 
 /// Shared config per (snapshot, share key): replicas of a workload reuse one generated
@@ -15,9 +16,9 @@ use spar_model::{Proxy, Snapshot};
 /// work was hundreds of generations per snapshot).
 #[derive(Debug, Default)]
 pub struct GenerationCache {
-    inner: Mutex<(u64, std::collections::HashMap<String, Arc<SharedCell>>)>,
+    inner: Mutex<(u64, std::collections::HashMap<ShareKey, Arc<SharedCell>>)>,
     /// The previous snapshot's entries: new generations reuse their unchanged resources.
-    previous: Mutex<std::collections::HashMap<String, Arc<SharedCell>>>,
+    previous: Mutex<std::collections::HashMap<ShareKey, Arc<SharedCell>>>,
     /// Lookups served from the cache (or by waiting for another stream's generation).
     pub hits: AtomicU64,
     /// Lookups that generated.
@@ -88,18 +89,14 @@ impl GenerationCache {
     /// a mesh sees alike, instead of one per namespace. Of the layers there, the largest
     /// of the same proxy kind is taken (a Sidecar-scoped workload's few clusters would
     /// share little); one walk over both, once per generation.
-    fn share_with_sibling(&self, layer: &mut crate::ProxyResources, key: &str) {
-        // A share key starts with the proxy kind (`generator::share_key`).
-        fn kind(key: &str) -> Option<&str> {
-            key.split('|').next()
-        }
+    fn share_with_sibling(&self, layer: &mut crate::ProxyResources, key: &ShareKey) {
         let sibling = self.inner.lock().ok().and_then(|g| {
             if g.0 != layer.snapshot_version {
                 return None;
             }
             g.1.iter()
-                .filter(|(k, _)| k.as_str() != key)
-                .filter_map(|(k, c)| Some((kind(k) == kind(key), c.get()?)))
+                .filter(|(k, _)| *k != key)
+                .filter_map(|(k, c)| Some((k.kind == key.kind, c.get()?)))
                 .max_by_key(|(same_kind, r)| (*same_kind, r.resource_count()))
                 .map(|(_, r)| Arc::clone(r))
         });

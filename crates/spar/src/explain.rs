@@ -355,9 +355,8 @@ fn load(a: &ExplainArgs) -> anyhow::Result<(Snapshot, usize, Option<Workload>)> 
     let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let rejected = store.errors().count();
     let workload = find_workload(&store, &a.proxy)?;
-    let mut snap = Snapshot::build(&store, &mesh, 1);
-    let envoy_filters = spar_generate::generator::envoy_filter::diagnostics(&snap);
-    snap.diagnostics.extend(envoy_filters);
+    let options = spar_model::BuildOptions { checks: crate::serve::SNAPSHOT_CHECKS, ..Default::default() };
+    let snap = Snapshot::build_with(&store, &mesh, 1, options);
     Ok((snap, rejected, workload))
 }
 

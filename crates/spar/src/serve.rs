@@ -207,7 +207,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     let first_mesh = mesh.borrow().clone();
     let started = Instant::now();
-    let first = build(&store, &first_mesh, 1);
+    let first = build(&store, &first_mesh, 1, None);
     info!(
         version = 1,
         services = first.services.len(),
@@ -431,12 +431,15 @@ fn xds_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpLi
 /// client opening hundreds is not a proxy.
 const MAX_STREAMS: u32 = 32;
 
-fn build(store: &Mutex<Store>, mesh: &MeshConfig, version: u64) -> Snapshot {
+/// The checks a snapshot's build runs that spar-model cannot: EnvoyFilter values against
+/// Envoy's schema, which the generator holds.
+pub(crate) const SNAPSHOT_CHECKS: &[fn(&Snapshot) -> Vec<spar_model::Diagnostic>] =
+    &[spar_generate::generator::envoy_filter::diagnostics];
+
+fn build(store: &Mutex<Store>, mesh: &MeshConfig, version: u64, previous: Option<&Snapshot>) -> Snapshot {
     let store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut snap = Snapshot::build(&store, mesh, version);
-    // EnvoyFilter values are checked against Envoy's schema, which the generator holds.
-    let envoy_filters = spar_generate::generator::envoy_filter::diagnostics(&snap);
-    snap.diagnostics.extend(envoy_filters);
+    let options = spar_model::BuildOptions { previous, checks: SNAPSHOT_CHECKS };
+    let snap = Snapshot::build_with(&store, mesh, version, options);
     for d in &snap.diagnostics {
         warn!(origin = %d.origin, resource = %d.resource, "{}", d.message);
     }
@@ -469,9 +472,8 @@ async fn debounce(
         version += 1;
         let started = Instant::now();
         let mesh_now = mesh.borrow().clone();
-        let mut snap = build(&store, &mesh_now, version);
         let prev = Arc::clone(&snap_tx.borrow());
-        snap.note_changes_since(&prev);
+        let snap = build(&store, &mesh_now, version, Some(&prev));
         drop(prev);
         info!(
             version,

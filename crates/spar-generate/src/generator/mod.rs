@@ -139,43 +139,59 @@ pub fn add_workload_specific(snapshot: &Snapshot, proxy: &Proxy, out: &mut Proxy
 /// at count (`Snapshot::outbound_label_keys`), and of the proven identity only its trust
 /// domain, so that all workloads of a namespace usually share one copy; gateways keep
 /// every label (Gateway selectors, policies) and their addresses (port mapping).
-pub fn share_key(snapshot: &Snapshot, proxy: &Proxy) -> String {
-    use std::fmt::Write as _;
+pub fn share_key(snapshot: &Snapshot, proxy: &Proxy) -> ShareKey {
     let router = proxy.kind == ProxyKind::Router;
-    let mut key = format!(
-        "{:?}|{}|{:?}|{}|{}|{:?}|",
-        proxy.kind,
-        proxy.namespace,
-        proxy.interception,
-        proxy.locality,
-        proxy.identity.as_deref().map_or("-", mtls::trust_domain),
-        proxy.listen_address,
-    );
-    for (k, v) in &proxy.labels {
-        if router || snapshot.outbound_label_keys.contains(k) {
-            let _ = write!(key, "{k}={v},");
-        }
-    }
-    if router {
-        let _ = write!(key, "|{:?}", proxy.ips);
-    }
-    // EnvoyFilter `match.proxy.proxyVersion` reads the version the proxy reports.
-    if !snapshot.envoy_filters.is_empty() {
-        let _ = write!(key, "|v={}", proxy.istio_version);
-    }
+    let labels = proxy
+        .labels
+        .iter()
+        .filter(|(k, _)| router || snapshot.outbound_label_keys.contains(*k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     // Outbound spans carry the workload's service name and canonical labels: they tell
     // workloads apart only when this proxy's client side traces.
-    if snapshot.tracing_configured() && snapshot.tracing(&proxy.namespace, &proxy.labels).client.is_some() {
-        let label = |k: &str| proxy.labels.get(k).map_or("", String::as_str);
-        let _ = write!(
-            key,
-            "|trace={},{},{}",
-            telemetry::service_name(proxy),
-            label("service.istio.io/canonical-name"),
-            label("service.istio.io/canonical-revision")
-        );
+    let traced = snapshot.tracing_configured() && snapshot.tracing(&proxy.namespace, &proxy.labels).client.is_some();
+    let label = |k: &str| proxy.labels.get(k).cloned().unwrap_or_default();
+    ShareKey {
+        kind: proxy.kind,
+        namespace: proxy.namespace.clone(),
+        interception: proxy.interception,
+        locality: proxy.locality.clone(),
+        trust_domain: proxy.identity.as_deref().map(|i| mtls::trust_domain(i).to_string()),
+        listen_address: proxy.listen_address,
+        labels,
+        ips: if router { proxy.ips.clone() } else { Vec::new() },
+        // EnvoyFilter `match.proxy.proxyVersion` reads the version the proxy reports.
+        istio_version: (!snapshot.envoy_filters.is_empty()).then(|| proxy.istio_version.clone()),
+        trace: traced.then(|| {
+            [
+                telemetry::service_name(proxy).to_string(),
+                label("service.istio.io/canonical-name"),
+                label("service.istio.io/canonical-revision"),
+            ]
+        }),
     }
-    key
+}
+
+/// What a proxy's shared config depends on ([`share_key`]): proxies with equal keys
+/// share one generated copy per snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ShareKey {
+    /// Sidecar or router: layers of the same kind share the most with each other.
+    pub kind: ProxyKind,
+    namespace: String,
+    interception: spar_model::InterceptionMode,
+    locality: String,
+    /// The trust domain of the proven identity, if any.
+    trust_domain: Option<String>,
+    listen_address: Option<std::net::IpAddr>,
+    /// The labels some selector looks at (a router's: all of them).
+    labels: Vec<(String, String)>,
+    /// A router's addresses (port mapping); none for a sidecar.
+    ips: Vec<std::net::IpAddr>,
+    /// When EnvoyFilters exist: the version the proxy reports.
+    istio_version: Option<String>,
+    /// When the client side traces: service name, canonical name and revision.
+    trace: Option<[String; 3]>,
 }
 
 #[cfg(test)]

@@ -601,16 +601,17 @@ fn strict_inbound_listener_inspects_tls() {
 #[test]
 fn an_endpoint_change_regenerates_only_the_clusters_and_endpoints_it_touches() {
     let dns = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  endpoints: [{address: a.example.com}]\n";
-    let build = |yaml: &str, version| {
+    let build_after = |yaml: &str, version, previous: Option<&Snapshot>| {
         let mut store = Store::new();
         store.set_unit("t.yaml", spar_api::parse_file("t.yaml", yaml));
-        Snapshot::build(&store, &MeshConfig::default(), version)
+        let options = spar_model::BuildOptions { previous, ..Default::default() };
+        Snapshot::build_with(&store, &MeshConfig::default(), version, options)
     };
+    let build = |yaml: &str, version| build_after(yaml, version, None);
     let text = format!("{MESH}\n---\n{dns}");
     let before = build(&text, 1);
     let moved = text.replace("10.0.0.2", "10.0.0.7").replace("a.example.com", "b.example.com");
-    let mut after = build(&moved, 2);
-    after.note_changes_since(&before);
+    let after = build_after(&moved, 2, Some(&before));
     let p = mk_proxy("10.0.0.9", serde_json::json!({"app": "client"}), "NONE");
     let prev = std::sync::Arc::new(super::generate_shared(&before, &p));
     let patched = super::regenerate_shared(&after, &p, &prev).expect("only endpoints changed");
@@ -655,11 +656,10 @@ fn an_endpoint_change_regenerates_only_the_clusters_and_endpoints_it_touches() {
 
     // Anything more than endpoints, a generation from another snapshot, or a gateway:
     // generated in full.
-    let mut rerouted = build(&moved.replace("weight: 80", "weight: 70").replace("weight: 20", "weight: 30"), 2);
-    rerouted.note_changes_since(&before);
+    let rerouted =
+        build_after(&moved.replace("weight: 80", "weight: 70").replace("weight: 20", "weight: 30"), 2, Some(&before));
     assert!(super::regenerate_shared(&rerouted, &p, &prev).is_none());
-    let mut later = build(&moved, 3);
-    later.note_changes_since(&after);
+    let later = build_after(&moved, 3, Some(&after));
     assert!(super::regenerate_shared(&later, &p, &prev).is_none(), "prev is from snapshot 1, not 2");
     let gw = Proxy::from_node("router~10.0.0.5~gw.default~default.svc.cluster.local", &serde_json::json!({}))
         .expect("valid node");

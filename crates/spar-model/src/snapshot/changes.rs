@@ -79,7 +79,7 @@ impl Snapshot {
         self.changes_since(prev).map(|c| c.hosts)
     }
 
-    fn changes_since(&self, prev: &Snapshot) -> Option<EndpointChanges> {
+    pub(super) fn changes_since(&self, prev: &Snapshot) -> Option<EndpointChanges> {
         let Snapshot {
             version: _,
             mesh,
@@ -141,11 +141,5 @@ impl Snapshot {
             }
         }
         Some(EndpointChanges { from: prev.version, hosts, addresses })
-    }
-
-    /// Records in `since` which services' endpoints are all that changed from `prev`
-    /// (nothing when more changed).
-    pub fn note_changes_since(&mut self, prev: &Snapshot) {
-        self.since = self.changes_since(prev);
     }
 }

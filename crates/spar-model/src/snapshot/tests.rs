@@ -209,8 +209,9 @@ fn endpoint_only_changes_name_the_services_and_anything_else_is_a_full_change() 
     let moved = build(&MESH.replace("127.0.0.11", "127.0.0.21"), 2);
     let reviews: BTreeSet<String> = ["reviews.default.svc.cluster.local".to_string()].into();
     assert_eq!(moved.endpoint_changes_since(&before), Some(reviews.clone()));
-    let mut noted = build(&MESH.replace("127.0.0.11", "127.0.0.21"), 2);
-    noted.note_changes_since(&before);
+    let options = BuildOptions { previous: Some(&before), ..Default::default() };
+    let noted =
+        Snapshot::build_with(&mk_store(&MESH.replace("127.0.0.11", "127.0.0.21")), &MeshConfig::default(), 2, options);
     let addresses = ["127.0.0.11".to_string(), "127.0.0.21".to_string()].into();
     assert_eq!(noted.since, Some(EndpointChanges { from: 1, hosts: reviews, addresses }));
     // Kubernetes Endpoints gain an address: only ratings.
