@@ -26,12 +26,14 @@ use crate::response::{DeltaResponse, Resources, SotwResponse};
 mod delta;
 mod nack;
 mod names;
+mod subscribe;
 use delta::*;
 pub use nack::Nack;
 pub(crate) use nack::names;
 use nack::record_ack_or_nack;
 pub use names::Names;
 use names::names_are;
+use subscribe::sotw_subscription;
 
 /// Which protocol variant the stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,42 +239,7 @@ impl Connection {
         // In SotW every request carries the full list of names it wants.
         let names = &req.names;
         let wildcard = names.star || (names.is_empty() && type_url::is_wildcard_type(&type_url));
-        let all_current = state.subscription.all_current && !wildcard;
-        let new_sub = if all_current && state.last_names == Some((names.ordered, names.count)) {
-            // The very list of the last request (Envoy repeats it in the same order):
-            // unchanged, without looking at a name.
-            state.subscription.clone()
-        } else if all_current && state.subscription.names_digest == (names.digest(), names.count) {
-            // The same names as the request that made it "all current", in another order.
-            state.subscription.clone()
-        } else if let Some(digest) = layers_names_digest(&self.current, &type_url, names).filter(|_| !wildcard) {
-            // Envoy's first EDS request names every load assignment it was sent: exactly
-            // the shared layer's, compared by digest (no sort, no string read).
-            Subscription {
-                wildcard: false,
-                names: Names::default(),
-                all_current: true,
-                names_digest: (digest, names.count),
-            }
-        } else {
-            // Sorted, both lists are compared in one walk (Envoy's EDS request names
-            // thousands of clusters: no string made and no lookup per name).
-            let mut sorted: Vec<&str> = names.iter().filter(|n| *n != "*").collect();
-            sorted.sort_unstable();
-            sorted.dedup();
-            let all_current = !wildcard
-                && !sorted.is_empty()
-                && self.current.of_url(&type_url).is_some_and(|v| {
-                    v.len() == sorted.len() && v.keys().map(String::as_str).eq(sorted.iter().copied())
-                });
-            if all_current {
-                let names_digest = (names.digest(), names.count);
-                Subscription { wildcard: false, names: Names::default(), all_current: true, names_digest }
-            } else {
-                let list: BTreeSet<String> = sorted.into_iter().map(str::to_string).collect();
-                Subscription { wildcard, names: list.into(), all_current: false, names_digest: (0, 0) }
-            }
-        };
+        let new_sub = sotw_subscription(state, names, wildcard, &self.current, &type_url);
         state.last_names = new_sub.all_current.then_some((names.ordered, names.count));
         let changed = state.subscription != new_sub;
         state.subscription = new_sub;

@@ -5,19 +5,6 @@ use std::sync::Arc;
 
 use super::*;
 
-/// The digest of `names` when they are exactly `current`'s resources of `type_url` and
-/// those are the shared layer's: the same count and the same digest.
-pub(super) fn layers_names_digest(
-    current: &ProxyResources,
-    type_url: &str,
-    names: &crate::request::Names,
-) -> Option<u64> {
-    let t = ResourceType::from_url(type_url)?;
-    let (digest, count) = current.shared_names_digest(t)?;
-    (names.count == count && current.of(t).is_some_and(|v| v.len() == count) && names.digest() == digest)
-        .then_some(digest)
-}
-
 /// The resources of a name-ordered list whose names are in `names`, by walking both.
 pub(super) fn in_names<'a>(
     it: impl Iterator<Item = &'a Arc<Encoded>> + 'a,
