@@ -73,21 +73,32 @@ impl From<&Message> for JsonMessage {
     }
 }
 
+/// Why messages could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// JSON or SARIF serialization failed.
+    #[error("rendering JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// YAML serialization failed.
+    #[error("rendering YAML: {0}")]
+    Yaml(#[from] serde_yaml_ng::Error),
+}
+
 /// Renders `messages` in `format`. Log output is one line per message (empty when
 /// there are none); the structured formats always produce a complete document.
-pub fn render(format: Format, messages: &[Message]) -> Result<String, String> {
-    match format {
-        Format::Log => Ok(messages.iter().map(|m| format!("{m}\n")).collect()),
+pub fn render(format: Format, messages: &[Message]) -> Result<String, RenderError> {
+    Ok(match format {
+        Format::Log => messages.iter().map(|m| format!("{m}\n")).collect(),
         Format::Json => {
             let v: Vec<JsonMessage> = messages.iter().map(JsonMessage::from).collect();
-            serde_json::to_string_pretty(&v).map(|s| s + "\n").map_err(|e| e.to_string())
+            serde_json::to_string_pretty(&v)? + "\n"
         }
         Format::Yaml => {
             let v: Vec<JsonMessage> = messages.iter().map(JsonMessage::from).collect();
-            serde_yaml_ng::to_string(&v).map_err(|e| e.to_string())
+            serde_yaml_ng::to_string(&v)?
         }
-        Format::Sarif => serde_json::to_string_pretty(&sarif(messages)).map(|s| s + "\n").map_err(|e| e.to_string()),
-    }
+        Format::Sarif => serde_json::to_string_pretty(&sarif(messages))? + "\n",
+    })
 }
 
 fn sarif_level(l: Level) -> &'static str {

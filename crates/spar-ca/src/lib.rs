@@ -449,35 +449,58 @@ pub fn pem_to_der(pem: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// What is wrong with a credential a Secret holds, for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    /// `tls.crt` holds no PEM certificate.
+    #[error("no PEM certificate in tls.crt")]
+    NoCertificate,
+    /// `tls.crt` does not parse.
+    #[error("tls.crt does not parse: {0}")]
+    CertificateUnparsable(String),
+    /// `tls.key` holds no PEM private key.
+    #[error("no PEM private key in tls.key")]
+    NoKey,
+    /// `tls.key` is not the certificate's key.
+    #[error("tls.key does not belong to the certificate in tls.crt")]
+    KeyMismatch,
+    /// `ca.crt` holds no PEM certificate.
+    #[error("no PEM certificate in the CA bundle")]
+    EmptyBundle,
+    /// A certificate of `ca.crt` does not parse.
+    #[error("a CA certificate does not parse: {0}")]
+    BundleUnparsable(String),
+}
+
 /// Checks a serving credential (a Secret's `tls.crt` and `tls.key`) before it is handed
 /// to a proxy: the certificate must parse, a private key must be there, and when the key
 /// is one Spar can read (PKCS#8: ECDSA, Ed25519, RSA) it must belong to the certificate.
-/// The error says what is wrong, for the operator.
-pub fn check_serving_pair(cert_pem: &str, key_pem: &str) -> Result<(), String> {
-    let der = pem_to_der(cert_pem).into_iter().next().ok_or("no PEM certificate in tls.crt")?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| format!("tls.crt does not parse: {e}"))?;
+pub fn check_serving_pair(cert_pem: &str, key_pem: &str) -> Result<(), CredentialError> {
+    let der = pem_to_der(cert_pem).into_iter().next().ok_or(CredentialError::NoCertificate)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| CredentialError::CertificateUnparsable(e.to_string()))?;
     let has_key = x509_parser::pem::Pem::iter_from_buffer(key_pem.as_bytes())
         .filter_map(Result::ok)
         .any(|p| p.label.ends_with("PRIVATE KEY"));
     if !has_key {
-        return Err("no PEM private key in tls.key".into());
+        return Err(CredentialError::NoKey);
     }
     if let Ok(key) = KeyPair::from_pem(key_pem)
         && cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw()
     {
-        return Err("tls.key does not belong to the certificate in tls.crt".into());
+        return Err(CredentialError::KeyMismatch);
     }
     Ok(())
 }
 
 /// Checks a CA bundle (`ca.crt`): at least one PEM certificate, all of them parsing.
-pub fn check_ca_bundle(pem: &str) -> Result<(), String> {
+pub fn check_ca_bundle(pem: &str) -> Result<(), CredentialError> {
     let ders = pem_to_der(pem);
     if ders.is_empty() {
-        return Err("no PEM certificate in the CA bundle".into());
+        return Err(CredentialError::EmptyBundle);
     }
     for d in &ders {
-        x509_parser::parse_x509_certificate(d).map_err(|e| format!("a CA certificate does not parse: {e}"))?;
+        x509_parser::parse_x509_certificate(d).map_err(|e| CredentialError::BundleUnparsable(e.to_string()))?;
     }
     Ok(())
 }

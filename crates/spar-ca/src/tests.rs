@@ -149,14 +149,17 @@ fn serving_pair_check_names_the_problem() {
     let (cert, key) = Ca::new_root_pem("example.com").expect("root");
     let (_, other_key) = Ca::new_root_pem("example.org").expect("root");
     assert_eq!(check_serving_pair(&cert, &key), Ok(()));
+    let mismatch = check_serving_pair(&cert, &other_key);
+    assert_eq!(mismatch, Err(CredentialError::KeyMismatch));
     assert_eq!(
-        check_serving_pair(&cert, &other_key),
-        Err("tls.key does not belong to the certificate in tls.crt".into())
+        mismatch.map_err(|e| e.to_string()),
+        Err("tls.key does not belong to the certificate in tls.crt".into()),
+        "the operator reads this"
     );
-    assert_eq!(check_serving_pair("garbage", &key), Err("no PEM certificate in tls.crt".into()));
-    assert_eq!(check_serving_pair(&cert, "garbage"), Err("no PEM private key in tls.key".into()));
+    assert_eq!(check_serving_pair("garbage", &key), Err(CredentialError::NoCertificate));
+    assert_eq!(check_serving_pair(&cert, "garbage"), Err(CredentialError::NoKey));
     assert_eq!(check_ca_bundle(&cert), Ok(()));
-    assert!(check_ca_bundle("").is_err());
+    assert_eq!(check_ca_bundle(""), Err(CredentialError::EmptyBundle));
 }
 
 /// The start of a renewal chain is written into a certificate and read back; a

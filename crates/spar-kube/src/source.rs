@@ -79,9 +79,25 @@ enum Requirement {
     Absent(String),
 }
 
+/// Why a namespace selector does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectorError {
+    /// A part that is none of `k=v`, `k!=v`, `k`, `!k`.
+    #[error("{selector:?}: {part:?} is not a label requirement (k=v, k!=v, k or !k)")]
+    NotARequirement {
+        /// The selector.
+        selector: String,
+        /// The part that does not parse.
+        part: String,
+    },
+    /// A selector without requirements.
+    #[error("{0:?}: empty selector")]
+    Empty(String),
+}
+
 impl NamespaceSelector {
     /// Parses label selectors, one per string: `k=v`, `k!=v`, `k`, `!k`, comma-separated.
-    pub fn parse(selectors: &[String]) -> Result<Self, String> {
+    pub fn parse(selectors: &[String]) -> Result<Self, SelectorError> {
         let mut any_of = Vec::new();
         for s in selectors {
             let mut all = Vec::new();
@@ -102,12 +118,12 @@ impl NamespaceSelector {
                     | Requirement::Absent(k) => k,
                 };
                 if key.is_empty() || key.contains(char::is_whitespace) {
-                    return Err(format!("{s:?}: {part:?} is not a label requirement (k=v, k!=v, k or !k)"));
+                    return Err(SelectorError::NotARequirement { selector: s.clone(), part: part.to_string() });
                 }
                 all.push(req);
             }
             if all.is_empty() {
-                return Err(format!("{s:?}: empty selector"));
+                return Err(SelectorError::Empty(s.clone()));
             }
             any_of.push(all);
         }

@@ -34,8 +34,7 @@ pub use rbac::SecretReaders;
 pub use selector::{LabelSelectorRequirement, label_selector_matches, selects};
 pub use service::{Endpoint, Protocol, Resolution, Service, ServicePort, export_allows};
 pub use snapshot::{
-    BuildOptions, Config, DRY_RUN_ANNOTATION, Diagnostic, EndpointChanges, MtlsMode, Snapshot, gateway_ref_is,
-    go_bool,
+    BuildOptions, Config, DRY_RUN_ANNOTATION, Diagnostic, EndpointChanges, MtlsMode, Snapshot, gateway_ref_is, go_bool,
 };
 pub use store::{Duplicate, Store, Unit};
 pub use telemetry::{Tracing, TracingSpec};

@@ -99,7 +99,7 @@ pub fn analyze(resources: Vec<Resource>, root_namespace: &str) -> BTreeMap<Strin
                     code: kind.code.to_string(),
                     name: kind.name.to_string(),
                     level: kind.level.as_str().to_uppercase(),
-                    message: kind.render(&[format!("spec.configPatches[{i}]"), reason]),
+                    message: kind.render(&[format!("spec.configPatches[{i}]"), reason.to_string()]),
                 });
             }
         }

@@ -147,7 +147,7 @@ fn analyze(args: &AnalyzeArgs) -> Result<i32, String> {
 
     let failed = messages.iter().any(|m| m.level() >= args.failure_threshold);
     let shown: Vec<Message> = messages.into_iter().filter(|m| m.level() >= args.output_threshold).collect();
-    let text = output::render(format, &shown)?;
+    let text = output::render(format, &shown).map_err(|e| e.to_string())?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(|e| format!("writing output: {e}"))?;
     if format == Format::Log && shown.is_empty() {
@@ -196,7 +196,7 @@ fn envoy_filter_patches(ctx: &Context) -> Vec<Message> {
             let at = format!("spec.configPatches[{i}]");
             out.push(Message {
                 kind,
-                text: kind.render(&[at.clone(), reason]),
+                text: kind.render(&[at.clone(), reason.to_string()]),
                 subject: Some(r.subject()),
                 file: r.origin.file.to_string(),
                 line: r.line_of(&at),

@@ -257,31 +257,52 @@ pub fn diagnostics(snap: &Snapshot) -> Vec<spar_model::Diagnostic> {
     out
 }
 
+/// Why Spar cannot apply a configPatch (to any proxy).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatchError {
+    /// A `match` field Spar does not act on.
+    #[error("{0} is not supported")]
+    UnsupportedMatch(&'static str),
+    /// `applyTo` or `patch` is missing.
+    #[error("applyTo and patch are required")]
+    Incomplete,
+    /// `patch.operation` is missing.
+    #[error("patch.operation is required")]
+    NoOperation,
+    /// An `applyTo` Spar does not patch.
+    #[error("applyTo {0} is not supported")]
+    UnsupportedApplyTo(String),
+    /// The value is not valid for Envoy's schema (or the schema is not available).
+    #[error("{0}")]
+    InvalidValue(String),
+}
+
 /// Whether Spar can apply configPatch `p` at all (whatever the proxy), and if not why.
-pub fn check(p: &ConfigPatch) -> Result<(), String> {
+pub fn check(p: &ConfigPatch) -> Result<(), PatchError> {
     if let Some(field) = unsupported_match(p.r#match.as_ref()) {
-        return Err(format!("{field} is not supported"));
+        return Err(PatchError::UnsupportedMatch(field));
     }
     let (Some(apply_to), Some(patch)) = (p.apply_to.as_ref(), p.patch.as_ref()) else {
-        return Err("applyTo and patch are required".into());
+        return Err(PatchError::Incomplete);
     };
     if patch.operation.is_none() {
-        return Err("patch.operation is required".into());
+        return Err(PatchError::NoOperation);
     }
     let Some(v) = patch.value.as_ref().map(|v| serde_json::Value::Object(v.clone().into_iter().collect())) else {
         return Ok(());
     };
-    match apply_to {
-        ApplyTo::Listener => encode::<Listener>(&v).map(drop),
-        ApplyTo::FilterChain => encode::<FilterChain>(&v).map(drop),
-        ApplyTo::NetworkFilter => encode::<Filter>(&v).map(drop),
-        ApplyTo::HttpFilter => encode::<HttpFilter>(&v).map(drop),
-        ApplyTo::RouteConfiguration => encode::<RouteConfiguration>(&v).map(drop),
-        ApplyTo::VirtualHost => encode::<VirtualHost>(&v).map(drop),
-        ApplyTo::HttpRoute => encode::<Route>(&v).map(drop),
-        ApplyTo::Cluster => encode::<Cluster>(&v).map(drop),
-        other => Err(format!("applyTo {other:?} is not supported")),
-    }
+    let checked = match apply_to {
+        ApplyTo::Listener => encode::<Listener>(&v),
+        ApplyTo::FilterChain => encode::<FilterChain>(&v),
+        ApplyTo::NetworkFilter => encode::<Filter>(&v),
+        ApplyTo::HttpFilter => encode::<HttpFilter>(&v),
+        ApplyTo::RouteConfiguration => encode::<RouteConfiguration>(&v),
+        ApplyTo::VirtualHost => encode::<VirtualHost>(&v),
+        ApplyTo::HttpRoute => encode::<Route>(&v),
+        ApplyTo::Cluster => encode::<Cluster>(&v),
+        other => return Err(PatchError::UnsupportedApplyTo(format!("{other:?}"))),
+    };
+    checked.map(drop).map_err(PatchError::InvalidValue)
 }
 
 /// The patch's value as `M`; an error when there is none or Envoy's schema refuses it.
