@@ -79,9 +79,7 @@ pub async fn run(client: kube::Client, cfg: LeaseConfig, leader: watch::Sender<b
             }
             Err(e) => {
                 warn!(lease = %cfg.name, error = %e, "lease renewal failed");
-                // Step down before the lease could expire in others' eyes.
-                let deadline = cfg.duration.saturating_sub(cfg.renew_every);
-                if *leader.borrow() && last_renewal.is_none_or(|t| t.elapsed() >= deadline) {
+                if *leader.borrow() && must_step_down(&cfg, last_renewal, tokio::time::Instant::now()) {
                     warn!(lease = %cfg.name, "stepping down: cannot renew");
                     let _ = leader.send(false);
                 }
@@ -94,33 +92,43 @@ pub async fn run(client: kube::Client, cfg: LeaseConfig, leader: watch::Sender<b
     }
 }
 
-async fn attempt(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Outcome, kube::Error> {
-    let now = Timestamp::now();
+/// Whether a leader whose last renewal was at `last_renewal` must step down at `now`:
+/// before its lease could expire in the others' eyes (one renewal period early).
+fn must_step_down(cfg: &LeaseConfig, last_renewal: Option<tokio::time::Instant>, now: tokio::time::Instant) -> bool {
+    let deadline = cfg.duration.saturating_sub(cfg.renew_every);
+    last_renewal.is_none_or(|t| now.saturating_duration_since(t) >= deadline)
+}
+
+/// What one attempt writes, from the lease as read (`None`: there is none) at `now`.
+#[derive(Debug, PartialEq)]
+enum Decision {
+    /// Create the lease, held by this replica.
+    Create(LeaseSpec),
+    /// Another replica holds an unexpired lease.
+    Follow(String),
+    /// Write this spec over the one read (a renewal, or a takeover of an expired or
+    /// unheld lease), compared on the resourceVersion read.
+    Write(LeaseSpec),
+}
+
+fn decide(read: Option<&LeaseSpec>, cfg: &LeaseConfig, now: Timestamp) -> Decision {
     let secs = i32::try_from(cfg.duration.as_secs()).unwrap_or(i32::MAX);
-    let Some(mut lease) = api.get_opt(&cfg.name).await? else {
-        let lease = Lease {
-            metadata: ObjectMeta { name: Some(cfg.name.clone()), ..Default::default() },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(cfg.identity.clone()),
-                lease_duration_seconds: Some(secs),
-                acquire_time: Some(MicroTime(now)),
-                renew_time: Some(MicroTime(now)),
-                lease_transitions: Some(0),
-                ..Default::default()
-            }),
-        };
-        return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(Outcome::Leading),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::Following(String::from("(another replica)"))),
-            Err(e) => Err(e),
-        };
+    let Some(read) = read else {
+        return Decision::Create(LeaseSpec {
+            holder_identity: Some(cfg.identity.clone()),
+            lease_duration_seconds: Some(secs),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(0),
+            ..Default::default()
+        });
     };
-    let spec = lease.spec.get_or_insert_with(Default::default);
+    let mut spec = read.clone();
     let holder = spec.holder_identity.clone().unwrap_or_default();
     let held_for = i64::from(spec.lease_duration_seconds.unwrap_or(secs));
     let expired = spec.renew_time.as_ref().is_none_or(|t| t.0 + SignedDuration::from_secs(held_for) < now);
     if holder != cfg.identity && !holder.is_empty() && !expired {
-        return Ok(Outcome::Following(holder));
+        return Decision::Follow(holder);
     }
     if holder != cfg.identity {
         spec.holder_identity = Some(cfg.identity.clone());
@@ -129,10 +137,38 @@ async fn attempt(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Outcome, kube::E
     }
     spec.renew_time = Some(MicroTime(now));
     spec.lease_duration_seconds = Some(secs);
-    // The resourceVersion read above makes this a compare-and-swap.
-    match api.replace(&cfg.name, &PostParams::default(), &lease).await {
-        Ok(_) => Ok(Outcome::Leading),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::Following(holder)),
-        Err(e) => Err(e),
+    Decision::Write(spec)
+}
+
+async fn attempt(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<Outcome, kube::Error> {
+    let read = api.get_opt(&cfg.name).await?;
+    // A lease object without a spec reads as an empty one.
+    let empty = LeaseSpec::default();
+    let spec = read.as_ref().map(|l| l.spec.as_ref().unwrap_or(&empty));
+    match decide(spec, cfg, Timestamp::now()) {
+        Decision::Follow(holder) => Ok(Outcome::Following(holder)),
+        Decision::Create(spec) => {
+            let lease =
+                Lease { metadata: ObjectMeta { name: Some(cfg.name.clone()), ..Default::default() }, spec: Some(spec) };
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Outcome::Leading),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::Following(String::from("(another replica)"))),
+                Err(e) => Err(e),
+            }
+        }
+        Decision::Write(spec) => {
+            let holder = read.as_ref().and_then(|l| l.spec.as_ref()?.holder_identity.clone()).unwrap_or_default();
+            let mut lease = read.unwrap_or_default();
+            lease.spec = Some(spec);
+            // The resourceVersion read above makes this a compare-and-swap.
+            match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+                Ok(_) => Ok(Outcome::Leading),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Outcome::Following(holder)),
+                Err(e) => Err(e),
+            }
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -145,10 +145,22 @@ pub struct CertState {
 impl CertState {
     /// Makes sure a valid certificate for `id` is held; returns when to refresh it.
     pub fn ensure(&mut self, security: &Security, id: &Identity) -> Result<SystemTime, spar_ca::CaError> {
+        self.ensure_at(security, id, SystemTime::now())
+    }
+
+    /// [`Self::ensure`] as of `now` (certificates live on the wall clock, so tests move
+    /// `now` instead of waiting): a new certificate when none is held, when the held one
+    /// reached its refresh time (80% of its life), or when the trust bundle changed.
+    fn ensure_at(
+        &mut self,
+        security: &Security,
+        id: &Identity,
+        now: SystemTime,
+    ) -> Result<SystemTime, spar_ca::CaError> {
         let ca = security.ca();
         let bundle = ca.trust_bundle_pem().to_string();
         let due = match &self.issued {
-            Some((i, b)) => SystemTime::now() >= i.refresh_at() || *b != bundle,
+            Some((i, b)) => now >= i.refresh_at() || *b != bundle,
             None => true,
         };
         if due {
@@ -157,7 +169,7 @@ impl CertState {
             security.metrics.record_signing(&issued);
             self.issued = Some((issued?, bundle));
         }
-        Ok(self.issued.as_ref().map_or_else(SystemTime::now, |(i, _)| i.refresh_at()))
+        Ok(self.issued.as_ref().map_or(now, |(i, _)| i.refresh_at()))
     }
 
     /// Adds `default` and `ROOTCA` to `out`.
@@ -212,6 +224,27 @@ mod tests {
         certs.ensure(&security, &id).expect("re-issued");
         assert_eq!((load(&security.metrics.csr), load(&security.metrics.success)), (2, 2));
         assert!(security.metrics.sign_errors.iter().all(|e| load(e) == 0));
+    }
+
+    /// Rotation on a moved clock: the certificate is kept until 80% of its life, replaced
+    /// from then on, and the next refresh time moves with the new certificate.
+    #[test]
+    fn a_certificate_is_replaced_at_eighty_percent_of_its_life_and_not_before() {
+        let security = mk_security();
+        let id = Identity::new("cluster.local", "default", "client");
+        let mut certs = CertState::default();
+        let issued_at = SystemTime::now();
+        let refresh = certs.ensure_at(&security, &id, issued_at).expect("issued");
+        let life = Duration::from_secs(3600);
+        let after_issue = refresh.duration_since(issued_at).expect("refresh is later");
+        // 80% of 3600 s from issuance (the not_before is backdated for skew, not counted).
+        assert!(after_issue.abs_diff(life.mul_f64(0.8)) < Duration::from_secs(2), "{after_issue:?}");
+        let just_before = refresh - Duration::from_secs(1);
+        assert_eq!(certs.ensure_at(&security, &id, just_before).expect("kept"), refresh, "the same certificate");
+        assert_eq!(load(&security.metrics.csr), 1);
+        let next = certs.ensure_at(&security, &id, refresh).expect("replaced");
+        assert_eq!(load(&security.metrics.csr), 2, "replaced at the refresh time");
+        assert!(next >= refresh, "the new certificate's own refresh time");
     }
 
     #[test]
