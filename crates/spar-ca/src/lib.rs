@@ -477,8 +477,8 @@ pub enum CredentialError {
 /// is one Spar can read (PKCS#8: ECDSA, Ed25519, RSA) it must belong to the certificate.
 pub fn check_serving_pair(cert_pem: &str, key_pem: &str) -> Result<(), CredentialError> {
     let der = pem_to_der(cert_pem).into_iter().next().ok_or(CredentialError::NoCertificate)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der)
-        .map_err(|e| CredentialError::CertificateUnparsable(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| CredentialError::CertificateUnparsable(e.to_string()))?;
     let has_key = x509_parser::pem::Pem::iter_from_buffer(key_pem.as_bytes())
         .filter_map(Result::ok)
         .any(|p| p.label.ends_with("PRIVATE KEY"));

@@ -12,6 +12,8 @@
 //! object only ever removes itself, exactly like a bad document in a file.
 
 pub mod ca_secret;
+pub mod inject;
+pub mod install;
 pub mod lease;
 pub mod meshconfig;
 pub mod rootcert;

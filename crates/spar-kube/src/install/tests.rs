@@ -187,20 +187,20 @@ fn rbac_covers_what_spar_does_and_no_more() {
     let cluster = &find(&docs, "ClusterRole", NAME)["rules"];
     let ns = &find(&docs, "Role", NAME)["rules"];
     // Every watched kind: list and watch.
-    let watched = spar_kube::SourceConfig::default().kinds;
+    let watched = crate::SourceConfig::default().kinds;
     for k in [Kind::Service, Kind::Pod, Kind::Namespace, Kind::Secret, Kind::Node, Kind::EndpointSlice] {
         assert!(watched.contains(&k), "{k} is watched");
     }
     for k in &watched {
         for verb in ["list", "watch"] {
-            assert!(allows(cluster, k.group(), &spar_kube::plural(*k), verb, None), "{verb} {k}");
+            assert!(allows(cluster, k.group(), &crate::plural(*k), verb, None), "{verb} {k}");
         }
     }
-    for k in spar_kube::custom_kinds() {
+    for k in crate::custom_kinds() {
         assert!(watched.contains(&k), "{k} is watched");
-        let status = format!("{}/status", spar_kube::plural(k));
+        let status = format!("{}/status", crate::plural(k));
         assert!(allows(cluster, k.group(), &status, "patch", Some("x")), "patch {k} status");
-        assert!(!allows(cluster, k.group(), &spar_kube::plural(k), "patch", Some("x")), "{k} itself is read-only");
+        assert!(!allows(cluster, k.group(), &crate::plural(k), "patch", Some("x")), "{k} itself is read-only");
     }
     assert!(allows(cluster, "authentication.k8s.io", "tokenreviews", "create", None));
     assert!(allows(cluster, "", "configmaps", "create", None));
@@ -486,10 +486,10 @@ fn validation_covers_every_istio_kind_and_fails_open() {
     assert_eq!(hooks.len(), 2);
     for h in &hooks {
         assert_eq!(h["failurePolicy"], "Ignore");
-        for k in spar_kube::custom_kinds() {
+        for k in crate::custom_kinds() {
             let covered = h["rules"].as_array().expect("rules").iter().any(|r| {
                 strs(&r["apiGroups"]).contains(&k.group())
-                    && strs(&r["resources"]).contains(&spar_kube::plural(k).as_str())
+                    && strs(&r["resources"]).contains(&crate::plural(k).as_str())
                     && strs(&r["operations"]) == ["CREATE", "UPDATE"]
             });
             assert!(covered, "{k} is validated by {}", h["name"]);
