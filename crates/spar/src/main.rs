@@ -138,6 +138,11 @@ struct ServeArgs {
     /// Longest a config change waits for a snapshot while changes keep arriving.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     debounce_max: Duration,
+    /// xDS connections older than this are asked to reconnect (HTTP/2 GOAWAY, then closed
+    /// 10 s later), as istiod's `keepaliveMaxServerConnectionAge` (30m in Istio's charts):
+    /// proxies spread over replicas again, and no connection is held forever.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    keepalive_max_server_connection_age: Duration,
     /// DNS domain of the cluster.
     #[arg(long, default_value = "cluster.local")]
     domain: String,
@@ -466,6 +471,7 @@ fn main() -> anyhow::Result<()> {
                 xds_address: a.xds_address,
                 debounce_quiet: a.debounce_quiet,
                 debounce_max: a.debounce_max,
+                max_connection_age: a.keepalive_max_server_connection_age,
                 mesh: {
                     let base = MeshConfig { domain: a.domain, root_namespace: a.root_namespace, ..Default::default() };
                     let mut mesh = match &a.mesh_config {

@@ -31,6 +31,9 @@ pub struct ServeConfig {
     pub debounce_quiet: Duration,
     /// Longest a change waits for a snapshot while changes keep coming.
     pub debounce_max: Duration,
+    /// Age after which an xDS connection is asked to reconnect (istiod's
+    /// `keepaliveMaxServerConnectionAge`).
+    pub max_connection_age: Duration,
     /// Mesh-wide settings.
     pub mesh: MeshConfig,
     /// The CA and secure port, when enabled.
@@ -261,13 +264,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         crate::accept::h2_preface,
     ));
     let mut shutdown_wait = shutdown_rx.clone();
-    let server = tonic::transport::Server::builder()
-        // A proxy's large request (EDS names every cluster) arrives in one flight and is
-        // read as it comes, within a budget (spar_xds::wire).
-        .initial_stream_window_size(RECEIVE_WINDOW)
-        .initial_connection_window_size(RECEIVE_WINDOW * 4)
-        .max_concurrent_streams(Some(MAX_STREAMS))
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+    let server = xds_server(cfg.max_connection_age)
         .add_service(spar_xds::wire::AdsServer::new(ads, Arc::clone(&wire)))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown_wait.wait_for(|s| *s).await;
@@ -286,8 +283,7 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
                     token_auth,
                     metrics: ca_metrics,
                 },
-                ads_secure,
-                Arc::clone(&wire),
+                XdsPort { ads: ads_secure, wire: Arc::clone(&wire), max_connection_age: cfg.max_connection_age },
                 shutdown_rx.clone(),
             )
             .await?,
@@ -322,15 +318,23 @@ struct WithCa {
     metrics: Arc<std::sync::OnceLock<Arc<spar_xds::sds::Security>>>,
 }
 
+/// What the secure port serves besides the CA's services: the ADS service, the process's
+/// wire, and the connection age limit both ports share.
+struct XdsPort {
+    ads: AdsService,
+    wire: Arc<spar_xds::wire::Wire>,
+    max_connection_age: Duration,
+}
+
 /// Starts the secure xDS port; returns the server future to spawn.
 async fn serve_secure(
     sec: SecurityConfig,
     root_namespace: String,
     with_ca: WithCa,
-    ads: AdsService,
-    wire: Arc<spar_xds::wire::Wire>,
+    port: XdsPort,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let XdsPort { ads, wire, max_connection_age } = port;
     let WithCa { webhook, inject, kube_client, bundle, token_auth, metrics } = with_ca;
     let ca = spar_ca::Ca::load_or_create(&sec.ca_dir, &sec.trust_domain)
         .with_context(|| format!("loading the CA from {}", sec.ca_dir.display()))?;
@@ -389,11 +393,7 @@ async fn serve_secure(
     }
     let mut shutdown_wait = shutdown;
     Ok(async move {
-        let r = tonic::transport::Server::builder()
-            .initial_stream_window_size(RECEIVE_WINDOW)
-            .initial_connection_window_size(RECEIVE_WINDOW * 4)
-            .max_concurrent_streams(Some(MAX_STREAMS))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        let r = xds_server(max_connection_age)
             .add_service(spar_xds::wire::AdsServer::new(ads, wire))
             .add_service(csr)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -424,6 +424,23 @@ fn xds_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpLi
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)
+}
+
+/// The HTTP/2 settings both xDS ports share, as istiod's gRPC server has them.
+fn xds_server(max_connection_age: Duration) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        // A proxy's large request (EDS names every cluster) arrives in one flight and is
+        // read as it comes, within a budget (spar_xds::wire).
+        .initial_stream_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW * 4)
+        .max_concurrent_streams(Some(MAX_STREAMS))
+        // istiod's keepalive: a ping after 30 s of silence, the connection closed when
+        // no answer comes within 10 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // istiod's MaxServerConnectionAge and its 10 s grace: a GOAWAY, then the close.
+        .max_connection_age(max_connection_age)
+        .max_connection_age_grace(Duration::from_secs(10))
 }
 
 /// Concurrent streams a client may open on one connection (advertised in HTTP/2
