@@ -111,8 +111,11 @@ pub(super) struct RequestStream<B, T> {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     acquiring: Option<Acquire>,
     /// When a held permit must have been used: a sender that stalls mid-request must not
-    /// keep its turn (and the other streams' large requests) forever.
+    /// keep its turn (and the other streams' large requests) for long. Moved on by the
+    /// bytes that arrive ([`claim_deadline`]).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the permit was taken, and the bytes received since.
+    claimed: Option<(tokio::time::Instant, usize)>,
     _message: std::marker::PhantomData<fn() -> T>,
 }
 
@@ -131,8 +134,27 @@ const KEEP_BUFFER: usize = 16 * 1024;
 /// decoded as it arrives: the storm's peak RSS halved.
 const LARGE_REQUEST_BUDGET_KIB: u32 = 64 * 1024;
 
-/// How long a stream may take to send a large request once its turn has come.
+/// How long a stream may take to send a large request once its turn has come, at most.
 const LARGE_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The slowest a large request may keep arriving once it holds its share of the budget,
+/// after [`LARGE_REQUEST_GRACE`]: Envoy sends its 220 KB EDS request in one flight (the
+/// receive window holds it), and a sender that stalls after its first 32 KiB loses its
+/// stream about two seconds later instead of holding its share for
+/// [`LARGE_REQUEST_TIME`]. Low, and after a grace of seconds, so that a sender slowed by
+/// a reconnect storm (its streams share one connection and its cores) is not cut off.
+const LARGE_REQUEST_RATE: usize = 64 * 1024;
+
+/// The time a large request gets besides what its bytes buy at [`LARGE_REQUEST_RATE`].
+const LARGE_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// When a large request that took its permit at `at` and has sent `bytes` since must have
+/// sent more: the grace, plus the time those bytes buy at the least rate, at most
+/// [`LARGE_REQUEST_TIME`] after `at`.
+fn claim_deadline(at: tokio::time::Instant, bytes: usize) -> tokio::time::Instant {
+    let bought = std::time::Duration::from_secs_f64(bytes as f64 / LARGE_REQUEST_RATE as f64);
+    at + (LARGE_REQUEST_GRACE + bought).min(LARGE_REQUEST_TIME)
+}
 
 /// Bytes of a large request that must have arrived before it takes its share of the
 /// budget (or all of it, if smaller): a client that announces a large request and sends
@@ -183,6 +205,7 @@ where
             permit: None,
             acquiring: None,
             deadline: None,
+            claimed: None,
             _message: std::marker::PhantomData,
         }
     }
@@ -236,6 +259,7 @@ where
         let msg = self.buf.split_to(5 + len);
         self.permit = None;
         self.deadline = None;
+        self.claimed = None;
         if len > KEEP_BUFFER {
             // The buffer is filled up to the end of one message (`fill`): the large
             // allocation goes with it.
@@ -285,7 +309,9 @@ where
                         Poll::Ready(p) => {
                             this.acquiring = None;
                             this.permit = p.ok();
-                            this.deadline = Some(Box::pin(tokio::time::sleep(LARGE_REQUEST_TIME)));
+                            let now = tokio::time::Instant::now();
+                            this.claimed = Some((now, 0));
+                            this.deadline = Some(Box::pin(tokio::time::sleep_until(claim_deadline(now, 0))));
                             this.buf.reserve(5 + len - this.buf.len());
                             continue;
                         }
@@ -299,19 +325,18 @@ where
                 }
                 return Poll::Ready(Some(Err(Status::internal("request stream ended inside a message"))));
             }
-            if let Some(d) = this.deadline.as_mut()
-                && d.as_mut().poll(cx).is_ready()
-            {
-                this.done = true;
-                this.permit = None;
-                return Poll::Ready(Some(Err(Status::deadline_exceeded("a large request was not received in time"))));
-            }
             match this.body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(mut data) = frame.into_data() {
                         use bytes::Buf;
                         // HTTP/2 data is `Bytes` already: taking it copies nothing.
                         let data = data.copy_to_bytes(data.remaining());
+                        if let Some((at, bytes)) = this.claimed.as_mut() {
+                            *bytes += data.len();
+                            if let Some(d) = this.deadline.as_mut() {
+                                d.as_mut().reset(claim_deadline(*at, *bytes));
+                            }
+                        }
                         if !data.is_empty() {
                             this.received.push_back(data);
                         }
@@ -322,7 +347,19 @@ where
                     return Poll::Ready(Some(Err(Status::from_error(e.into()))));
                 }
                 Poll::Ready(None) => this.ended = true,
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Only once what has arrived is read: a stream polled late (a busy
+                    // server) is not failed for bytes that were waiting for it.
+                    if let Some(d) = this.deadline.as_mut()
+                        && d.as_mut().poll(cx).is_ready()
+                    {
+                        this.done = true;
+                        this.permit = None;
+                        let late = "a large request did not arrive fast enough once its turn came";
+                        return Poll::Ready(Some(Err(Status::deadline_exceeded(late))));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }

@@ -3,6 +3,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Dis
 use prost::Message;
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use super::requests::RequestStream;
 use super::*;
@@ -307,4 +308,54 @@ fn delta_bytes_are_prosts() {
         nonce: "1".into(),
     };
     assert_eq!(DeltaDiscoveryResponse::decode(&to_bytes(&empty)[5..]).expect("decodes"), empty.to_prost());
+}
+
+/// A body that hands out its pieces when the test says so (`tx`), then stalls.
+struct Fed(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+impl http_body::Body for Fed {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// On tokio's paused clock: a sender that takes its share of the large-request budget and
+/// stalls loses its stream (and the share) two seconds and what its bytes bought later,
+/// not after 10 s; one that keeps sending above the least rate keeps its turn and its
+/// request is read.
+#[tokio::test(start_paused = true)]
+async fn a_large_request_that_stalls_loses_its_turn_within_seconds() {
+    use futures::StreamExt;
+    let budget = Arc::new(tokio::sync::Semaphore::new(1024));
+    let wire: Vec<u8> = framed(&[&big_request()]).into_iter().flatten().collect();
+    // Stalls after 40 KiB (past the 32 KiB that take the share).
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tx.send(Bytes::copy_from_slice(&wire[..40 * 1024])).expect("open");
+    let mut stalled = RequestStream::<Fed, SotwRequest>::new(Fed(rx), Arc::clone(&budget), 1024);
+    let started = tokio::time::Instant::now();
+    let failed = stalled.next().await.expect("an answer").expect_err("refused");
+    assert_eq!(failed.code(), tonic::Code::DeadlineExceeded);
+    let held = started.elapsed();
+    // 2 s of grace and the 8 KiB past the claim (40 KiB sent, the share taken at 32 KiB)
+    // at 64 KiB/s: 2.125 s.
+    assert!(held >= Duration::from_secs(2) && held < Duration::from_millis(2200), "{held:?}");
+    assert_eq!(budget.available_permits(), 1024, "the share is given back");
+    drop(tx);
+    // The same request sent at 80 KiB/s, a little above the least rate: read.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut steady = RequestStream::<Fed, SotwRequest>::new(Fed(rx), Arc::clone(&budget), 1024);
+    let feeder = tokio::spawn(async move {
+        for chunk in wire.chunks(8 * 1024) {
+            if tx.send(Bytes::copy_from_slice(chunk)).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let got = steady.next().await.expect("an answer").expect("read");
+    assert_eq!(got.names.count, 5000);
+    feeder.abort();
 }
