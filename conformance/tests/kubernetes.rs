@@ -376,6 +376,15 @@ async fn second_replica(
     h: &mut Harness,
     kubeconfig: &std::path::Path,
 ) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    second_replica_with(h, kubeconfig, &[]).await
+}
+
+/// [`second_replica`] with more flags.
+async fn second_replica_with(
+    h: &mut Harness,
+    kubeconfig: &std::path::Path,
+    extra: &[String],
+) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
     let ip = h.ip("spar-b");
     let xds = SocketAddr::new(ip, 15010);
     let log = std::fs::File::create(h.dir.join("spar-b.log"))?;
@@ -383,6 +392,7 @@ async fn second_replica(
         .args(["serve", "--kubernetes", "--missing-crd-retry", "1s", "--kubeconfig"])
         .arg(kubeconfig)
         .args(["--xds-address", &xds.to_string(), "--debug-address", &SocketAddr::new(ip, 15014).to_string()])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -396,6 +406,12 @@ async fn second_replica(
 /// when its stream breaks it reconnects to whichever answers.
 async fn sidecar_of_both(h: &mut Harness, pod: &spar_conformance::Pod, b: SocketAddr) -> anyhow::Result<Envoy> {
     let mut bootstrap = h.bootstrap(pod).await?;
+    add_xds_endpoint(&mut bootstrap, b)?;
+    h.start_envoy_with(pod, &bootstrap).await
+}
+
+/// Adds `b` to the endpoints of a bootstrap's `xds-grpc` cluster.
+fn add_xds_endpoint(bootstrap: &mut Value, b: SocketAddr) -> anyhow::Result<()> {
     let clusters =
         bootstrap["static_resources"]["clusters"].as_array_mut().ok_or_else(|| anyhow::anyhow!("no clusters"))?;
     let xds = clusters.iter_mut().find(|c| c["name"] == "xds-grpc").ok_or_else(|| anyhow::anyhow!("no xds-grpc"))?;
@@ -405,7 +421,7 @@ async fn sidecar_of_both(h: &mut Harness, pod: &spar_conformance::Pod, b: Socket
     endpoints.push(
         json!({"endpoint": {"address": {"socket_address": {"address": b.ip().to_string(), "port_value": b.port()}}}}),
     );
-    h.start_envoy_with(pod, &bootstrap).await
+    Ok(())
 }
 
 /// Two replicas against one API server, proxies that know both, the Lease holder killed
@@ -502,3 +518,6 @@ async fn failover(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(replica_failover, failover);
+
+#[path = "kubernetes/ca_failover.rs"]
+mod ca_failover;
