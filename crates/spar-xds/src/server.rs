@@ -48,6 +48,9 @@ pub struct AdsService {
     rejections: Arc<crate::rejections::Rejections>,
     /// Spar serves a secure port: a proxy that proves no identity is not believed.
     distrust_unverified: bool,
+    /// How long a stream lives before it is ended so that its proxy reconnects
+    /// ([`Self::with_max_stream_age`]).
+    max_stream_age: Option<Duration>,
 }
 
 impl AdsService {
@@ -63,7 +66,20 @@ impl AdsService {
             token_auth: None,
             rejections: Arc::default(),
             distrust_unverified: false,
+            max_stream_age: None,
         }
+    }
+
+    /// Ends each stream about `age` after it opened (plus or minus 10%, so that the
+    /// proxies of one reconnect storm do not all come back at once): the second half of
+    /// istiod's `keepaliveMaxServerConnectionAge`. The server sends the connection's
+    /// GOAWAY at the age itself; ending the stream after the grace closes the connection,
+    /// and the proxy reconnects over a new one (to any replica), its config kept
+    /// meanwhile.
+    #[must_use]
+    pub fn with_max_stream_age(mut self, age: Duration) -> Self {
+        self.max_stream_age = Some(age);
+        self
     }
 
     /// Spar also serves a secure port (proxies can prove an identity): the NACKs of a
@@ -225,6 +241,7 @@ impl AdsService {
             certs: CertState::default(),
             warnings: Vec::new(),
             unverified: self.distrust_unverified && proven_missing,
+            max_age: self.max_stream_age.map(jittered),
         };
         tokio::spawn(task.run(variant, first, inbound, tx).instrument(span));
         Ok(rx)
@@ -272,6 +289,18 @@ struct StreamTask {
     /// The proxy proved no identity while Spar serves a secure port (its NACKs are not
     /// believed).
     unverified: bool,
+    /// When the stream is ended so that the proxy reconnects (`None`: never).
+    max_age: Option<Duration>,
+}
+
+/// `age` plus or minus up to 10%, as grpc-go jitters istiod's max connection age.
+fn jittered(age: Duration) -> Duration {
+    use std::hash::BuildHasher as _;
+    let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let r = foldhash::fast::RandomState::default().hash_one(seed);
+    // A fraction in [-0.1, 0.1).
+    let f = (r % 2001) as f64 / 10_000.0 - 0.1;
+    age.mul_f64(1.0 + f)
 }
 
 impl StreamTask {
@@ -297,6 +326,15 @@ impl StreamTask {
         let mut conn = Connection::new(variant, Arc::new(initial));
         let mut pending = first.handle(&mut conn);
         let sync_id = self.sync.next.fetch_add(1, Ordering::Relaxed);
+        // Pending forever without an age limit.
+        let max_age = self.max_age;
+        let aged = async move {
+            match max_age {
+                Some(age) => tokio::time::sleep(age).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(aged);
         'stream: loop {
             self.log_events(&mut conn, sync_id, &snapshot);
             for r in pending.drain(..) {
@@ -341,6 +379,12 @@ impl StreamTask {
                     log_push_decision("certificate", snapshot.version, &pending);
                 }
                 _ = self.shutdown.changed() => break,
+                // The connection's age limit and grace have passed: the stream ends
+                // (status OK) and the proxy reconnects, keeping its config meanwhile.
+                () = &mut aged => {
+                    info!("stream reached its age limit; the proxy will reconnect");
+                    break;
+                }
             }
         }
         self.metrics.connected.fetch_sub(1, Ordering::Relaxed);

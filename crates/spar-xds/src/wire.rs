@@ -179,8 +179,8 @@ const BLOCK_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the wire of one ADS service shares across its streams and ports: the budget of
 /// bytes in flight, the blocks kept a moment after their last response, and the block
-/// counters. Owned by the service ([`crate::server::AdsService`]); two services in one
-/// process (tests) share nothing.
+/// counters. One per process, made by `spar serve` and handed to each port's
+/// [`AdsServer`]; two in one process (tests) share nothing.
 #[derive(Debug)]
 pub struct Wire {
     /// Chunks handed to HTTP/2 and not yet written ([`IN_FLIGHT_CHUNKS`]).
@@ -222,10 +222,16 @@ impl Wire {
 
 /// Blocks kept for [`BLOCK_LINGER`] after their last response, by when it was written;
 /// a thread of their own lets them go.
-#[derive(Debug)]
 struct Lingering {
     blocks: std::sync::Mutex<Vec<(std::time::Instant, Arc<WireBlock>)>>,
     wake: std::sync::Condvar,
+}
+
+impl std::fmt::Debug for Lingering {
+    /// How many blocks, not their megabytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lingering").field("blocks", &self.lock().len()).finish()
+    }
 }
 
 impl Lingering {

@@ -138,9 +138,10 @@ struct ServeArgs {
     /// Longest a config change waits for a snapshot while changes keep arriving.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     debounce_max: Duration,
-    /// xDS connections older than this are asked to reconnect (HTTP/2 GOAWAY, then closed
-    /// 10 s later), as istiod's `keepaliveMaxServerConnectionAge` (30m in Istio's charts):
-    /// proxies spread over replicas again, and no connection is held forever.
+    /// xDS connections older than this are asked to go (HTTP/2 GOAWAY; one without streams
+    /// closes then), and a proxy's stream on it is ended 10 s later, plus or minus 10%, as
+    /// istiod's `keepaliveMaxServerConnectionAge` (30m in Istio's charts): proxies
+    /// reconnect, spreading over replicas again, and no connection is held forever.
     #[arg(long, default_value = "30m", value_parser = parse_duration)]
     keepalive_max_server_connection_age: Duration,
     /// DNS domain of the cluster.

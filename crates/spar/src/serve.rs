@@ -118,7 +118,8 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
         Some((c, s, a)) => (Some(c), Some(s), Some(a)),
         None => (None, None, None),
     };
-    let mut ads = AdsService::new(snap_rx.clone(), shutdown_rx.clone());
+    let mut ads = AdsService::new(snap_rx.clone(), shutdown_rx.clone())
+        .with_max_stream_age(cfg.max_connection_age + MAX_CONNECTION_AGE_GRACE);
     if cfg.security.is_some() {
         // Proxies can prove who they are: one that does not is not believed when it
         // NACKs (anyone can reach the plaintext port).
@@ -438,10 +439,16 @@ fn xds_server(max_connection_age: Duration) -> tonic::transport::Server {
         // no answer comes within 10 s.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // istiod's MaxServerConnectionAge and its 10 s grace: a GOAWAY, then the close.
+        // istiod's MaxServerConnectionAge: a GOAWAY at the age, which closes a connection
+        // without streams at once. A proxy's stream is ended by its task after the grace
+        // (`AdsService::with_max_stream_age`), which closes the connection: tonic's own
+        // grace would close it without the GOAWAY.
         .max_connection_age(max_connection_age)
-        .max_connection_age_grace(Duration::from_secs(10))
 }
+
+/// istiod's `MaxServerConnectionAgeGrace`: how long a proxy's stream outlives its
+/// connection's GOAWAY.
+const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
 
 /// Concurrent streams a client may open on one connection (advertised in HTTP/2
 /// SETTINGS). Envoy opens one ADS stream per connection (plus a CSR call at times); a

@@ -111,10 +111,11 @@ pub(super) struct RequestStream<B, T> {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     acquiring: Option<Acquire>,
     /// When a held permit must have been used: a sender that stalls mid-request must not
-    /// keep its turn (and the other streams' large requests) for long. Moved on by the
-    /// bytes that arrive ([`claim_deadline`]).
+    /// keep its turn (and the other streams' large requests) for long. Moved on while
+    /// the request makes progress ([`LARGE_REQUEST_STALL`]).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// When the permit was taken, and the bytes received since.
+    /// When the permit was taken, and the bytes received since the body last had
+    /// nothing more to give.
     claimed: Option<(tokio::time::Instant, usize)>,
     _message: std::marker::PhantomData<fn() -> T>,
 }
@@ -137,24 +138,18 @@ const LARGE_REQUEST_BUDGET_KIB: u32 = 64 * 1024;
 /// How long a stream may take to send a large request once its turn has come, at most.
 const LARGE_REQUEST_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The slowest a large request may keep arriving once it holds its share of the budget,
-/// after [`LARGE_REQUEST_GRACE`]: Envoy sends its 220 KB EDS request in one flight (the
-/// receive window holds it), and a sender that stalls after its first 32 KiB loses its
-/// stream about two seconds later instead of holding its share for
-/// [`LARGE_REQUEST_TIME`]. Low, and after a grace of seconds, so that a sender slowed by
-/// a reconnect storm (its streams share one connection and its cores) is not cut off.
-const LARGE_REQUEST_RATE: usize = 64 * 1024;
+/// How long a large request that holds its share of the budget may make no progress:
+/// from the moment its share is taken, and again each time the body, read to its end
+/// for now, had brought at least [`LARGE_REQUEST_PROGRESS`] since the last time. A sender
+/// that stalls after its first 32 KiB loses its stream 2 s later instead of holding its
+/// share for [`LARGE_REQUEST_TIME`]. Measured between reads, not on the clock alone: a
+/// stream that Spar itself reads late (its task busy in a reconnect storm) finds the
+/// bytes that waited for it, and is not failed for them.
+const LARGE_REQUEST_STALL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The time a large request gets besides what its bytes buy at [`LARGE_REQUEST_RATE`].
-const LARGE_REQUEST_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// When a large request that took its permit at `at` and has sent `bytes` since must have
-/// sent more: the grace, plus the time those bytes buy at the least rate, at most
-/// [`LARGE_REQUEST_TIME`] after `at`.
-fn claim_deadline(at: tokio::time::Instant, bytes: usize) -> tokio::time::Instant {
-    let bought = std::time::Duration::from_secs_f64(bytes as f64 / LARGE_REQUEST_RATE as f64);
-    at + (LARGE_REQUEST_GRACE + bought).min(LARGE_REQUEST_TIME)
-}
+/// The least a large request must bring between two stalls to count as progress (a
+/// trickle of a few bytes does not keep its turn).
+const LARGE_REQUEST_PROGRESS: usize = 8 * 1024;
 
 /// Bytes of a large request that must have arrived before it takes its share of the
 /// budget (or all of it, if smaller): a client that announces a large request and sends
@@ -311,7 +306,7 @@ where
                             this.permit = p.ok();
                             let now = tokio::time::Instant::now();
                             this.claimed = Some((now, 0));
-                            this.deadline = Some(Box::pin(tokio::time::sleep_until(claim_deadline(now, 0))));
+                            this.deadline = Some(Box::pin(tokio::time::sleep_until(now + LARGE_REQUEST_STALL)));
                             this.buf.reserve(5 + len - this.buf.len());
                             continue;
                         }
@@ -331,11 +326,8 @@ where
                         use bytes::Buf;
                         // HTTP/2 data is `Bytes` already: taking it copies nothing.
                         let data = data.copy_to_bytes(data.remaining());
-                        if let Some((at, bytes)) = this.claimed.as_mut() {
+                        if let Some((_, bytes)) = this.claimed.as_mut() {
                             *bytes += data.len();
-                            if let Some(d) = this.deadline.as_mut() {
-                                d.as_mut().reset(claim_deadline(*at, *bytes));
-                            }
                         }
                         if !data.is_empty() {
                             this.received.push_back(data);
@@ -348,8 +340,16 @@ where
                 }
                 Poll::Ready(None) => this.ended = true,
                 Poll::Pending => {
-                    // Only once what has arrived is read: a stream polled late (a busy
-                    // server) is not failed for bytes that were waiting for it.
+                    // Everything that has arrived is read: progress since the last time
+                    // moves the deadline on (at most to LARGE_REQUEST_TIME after the
+                    // claim), else the deadline stands.
+                    if let (Some((at, bytes)), Some(d)) = (this.claimed.as_mut(), this.deadline.as_mut())
+                        && *bytes >= LARGE_REQUEST_PROGRESS
+                    {
+                        *bytes = 0;
+                        let next = tokio::time::Instant::now() + LARGE_REQUEST_STALL;
+                        d.as_mut().reset(next.min(*at + LARGE_REQUEST_TIME));
+                    }
                     if let Some(d) = this.deadline.as_mut()
                         && d.as_mut().poll(cx).is_ready()
                     {
