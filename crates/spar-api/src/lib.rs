@@ -13,6 +13,7 @@
 
 pub mod document;
 pub mod fields;
+pub mod gateway_api;
 pub mod istio;
 pub mod object;
 pub mod origin;
