@@ -32,6 +32,7 @@ mod iptables;
 mod kubeauth;
 mod load;
 mod mesh;
+mod process;
 mod proxyconfig;
 mod secure;
 mod serve;
@@ -397,23 +398,6 @@ mod allocator {
     }
 }
 
-/// Turns transparent huge pages off for this process. The allocator asks for them on its
-/// arenas (and hosts with THP `always` give them anyway); a 2 MiB page is resident and
-/// zeroed as a whole once any byte of it is touched, so the many half-used pages of
-/// thousands of streams inflated RSS by a fifth (1k services × 2k Sidecar-scoped proxies:
-/// 185 MB with them, 148 MB without; docs/performance.md) and their zeroing showed in
-/// push profiles.
-#[cfg(target_os = "linux")]
-fn no_transparent_huge_pages() {
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and only sets a flag on this
-    // process' memory map; it touches no memory of ours.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot turn transparent huge pages off");
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -508,7 +492,9 @@ fn main() -> anyhow::Result<()> {
             #[cfg(not(feature = "system-allocator"))]
             rt.on_thread_park(allocator::collect_when_idle);
             #[cfg(target_os = "linux")]
-            no_transparent_huge_pages();
+            process::no_transparent_huge_pages();
+            #[cfg(target_os = "linux")]
+            process::raise_open_file_limit();
             let rt = rt.build().context("starting the runtime")?;
             rt.block_on(serve::run(cfg))
         }
