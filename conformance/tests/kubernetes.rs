@@ -449,43 +449,9 @@ async fn failover(delta: bool) -> anyhow::Result<()> {
     let client = sidecar_of_both(&mut h, &client_pod, b_xds).await?;
     wait_routed(&client, &[], "backend-v1", "backend to route to v1").await?;
 
-    // Who leads: the Lease names a replica by pod name, else `spar-<host>-<pid>`.
-    let lease_holder = || {
-        server
-            .get("coordination.k8s.io/v1", "Lease", "istio-system", "spar-leader")
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-    };
-    wait_for(CONVERGE, "a Lease holder", || async { lease_holder().is_some() }).await?;
-    let holder = lease_holder().unwrap_or_default();
-    let a_pid = h.child_pid("spar").unwrap_or_default();
-    let a_leads = holder.ends_with(&format!("-{a_pid}"));
-
     let to = SocketAddr::new(client.ip, 9080);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let traffic = tokio::spawn({
-        let stop = std::sync::Arc::clone(&stop);
-        async move {
-            let (mut sent, mut failed) = (0usize, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let r = http_request(to, "GET", "backend", "/", &[]).await;
-                sent += 1;
-                if !r.as_ref().is_ok_and(|r| r.status == 200) {
-                    failed.push(format!("{r:?}"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (sent, failed)
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let survivor_debug = if a_leads {
-        h.kill_spar().await?;
-        SocketAddr::new(b_xds.ip(), 15014)
-    } else {
-        b.start_kill()?;
-        b.wait().await?;
-        h.debug_address()
-    };
+    let Failover { holder, a_led, survivor_debug, traffic } =
+        kill_the_leader_under_traffic(&mut h, &server, &mut b, b_xds.ip(), to).await?;
     // The survivor serves both proxies.
     wait_for(Duration::from_secs(30), "both proxies on the survivor", || async {
         http_request(survivor_debug, "GET", "spar", "/debug/syncz", &[])
@@ -504,12 +470,11 @@ async fn failover(delta: bool) -> anyhow::Result<()> {
             .is_some_and(|r| r == "Invalid")
     })
     .await?;
-    let new_holder = lease_holder().unwrap_or_default();
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (sent, failed) = traffic.await?;
+    let new_holder = lease_holder(&server).unwrap_or_default();
+    let (sent, failed) = traffic.stop().await?;
     eprintln!(
         "failover: the leader was replica {}; {sent} requests, {} failed; new holder {new_holder}",
-        if a_leads { "A" } else { "B" },
+        if a_led { "A" } else { "B" },
         failed.len()
     );
     assert_ne!(new_holder, holder, "the Lease moved");
@@ -518,6 +483,85 @@ async fn failover(delta: bool) -> anyhow::Result<()> {
 }
 
 both_variants_mod!(replica_failover, failover);
+
+/// The Lease holder as the API server has it: a replica by pod name, else
+/// `spar-<host>-<pid>`.
+fn lease_holder(server: &FakeApiServer) -> Option<String> {
+    server
+        .get("coordination.k8s.io/v1", "Lease", "istio-system", "spar-leader")
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+}
+
+/// Requests to `to` every 20 ms until stopped.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Traffic {
+    fn start(to: SocketAddr) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = std::sync::Arc::clone(&stop);
+            async move {
+                let (mut sent, mut failed) = (0usize, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = http_request(to, "GET", "backend", "/", &[]).await;
+                    sent += 1;
+                    if !r.as_ref().is_ok_and(|r| r.status == 200) {
+                        failed.push(format!("{r:?}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (sent, failed)
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops: how many requests were sent, and each one that failed.
+    async fn stop(self) -> anyhow::Result<(usize, Vec<String>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.task.await?)
+    }
+}
+
+/// What killing the leader left.
+struct Failover {
+    /// The Lease holder before.
+    holder: String,
+    /// Whether it was replica A (the harness's Spar).
+    a_led: bool,
+    /// The survivor's debug endpoint.
+    survivor_debug: SocketAddr,
+    /// Requests through the client's sidecar, started before the kill.
+    traffic: Traffic,
+}
+
+/// Once a replica holds the Lease, starts requests to `to` and kills the holder
+/// (SIGKILL): replica A (the harness's Spar) or B (`b`, at `b_ip`).
+async fn kill_the_leader_under_traffic(
+    h: &mut Harness,
+    server: &FakeApiServer,
+    b: &mut tokio::process::Child,
+    b_ip: std::net::IpAddr,
+    to: SocketAddr,
+) -> anyhow::Result<Failover> {
+    wait_for(CONVERGE, "a Lease holder", || async { lease_holder(server).is_some() }).await?;
+    let holder = lease_holder(server).unwrap_or_default();
+    let a_led = holder.ends_with(&format!("-{}", h.child_pid("spar").unwrap_or_default()));
+    let traffic = Traffic::start(to);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let survivor_debug = if a_led {
+        h.kill_spar().await?;
+        SocketAddr::new(b_ip, 15014)
+    } else {
+        b.start_kill()?;
+        b.wait().await?;
+        h.debug_address()
+    };
+    Ok(Failover { holder, a_led, survivor_debug, traffic })
+}
 
 #[path = "kubernetes/ca_failover.rs"]
 mod ca_failover;

@@ -71,40 +71,8 @@ async fn ca_failover(delta: bool) -> anyhow::Result<()> {
     })
     .await?;
 
-    let lease_holder = || {
-        server
-            .get("coordination.k8s.io/v1", "Lease", "istio-system", "spar-leader")
-            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-    };
-    wait_for(CONVERGE, "a Lease holder", || async { lease_holder().is_some() }).await?;
-    let holder = lease_holder().unwrap_or_default();
-    let a_leads = holder.ends_with(&format!("-{}", h.child_pid("spar").unwrap_or_default()));
-
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let traffic = tokio::spawn({
-        let stop = std::sync::Arc::clone(&stop);
-        async move {
-            let (mut sent, mut failed) = (0usize, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let r = http_request(to, "GET", "backend", "/", &[]).await;
-                sent += 1;
-                if !r.as_ref().is_ok_and(|r| r.status == 200) {
-                    failed.push(format!("{r:?}"));
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (sent, failed)
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let survivor_debug = if a_leads {
-        h.kill_spar().await?;
-        SocketAddr::new(b_ip, 15014)
-    } else {
-        b.start_kill()?;
-        b.wait().await?;
-        h.debug_address()
-    };
+    let Failover { holder, a_led, survivor_debug, traffic } =
+        kill_the_leader_under_traffic(&mut h, &server, &mut b, b_ip, to).await?;
     // Both proxies on the survivor, every type (workload certificates included) in sync.
     wait_for(Duration::from_secs(30), "both proxies in sync on the survivor", || async {
         http_request(survivor_debug, "GET", "spar", "/debug/syncz", &[])
@@ -115,18 +83,17 @@ async fn ca_failover(delta: bool) -> anyhow::Result<()> {
     })
     .await?;
     wait_for(Duration::from_secs(45), "the survivor to take the Lease", || async {
-        lease_holder().is_some_and(|now| now != holder)
+        lease_holder(&server).is_some_and(|now| now != holder)
     })
     .await?;
     // A few more requests after the move, then the tally.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (sent, failed) = traffic.await?;
+    let (sent, failed) = traffic.stop().await?;
     let metrics = spar_conformance::spar_metrics(survivor_debug).await?;
     let issued = spar_conformance::metric_value(&metrics, "citadel_server_success_cert_issuance_count").unwrap_or(0.0);
     eprintln!(
         "ca failover: the leader was replica {}; {sent} requests, {} failed; survivor issued {issued} certificates",
-        if a_leads { "A" } else { "B" },
+        if a_led { "A" } else { "B" },
         failed.len()
     );
     assert!(failed.is_empty(), "{} of {sent} requests failed: {failed:#?}", failed.len());
