@@ -106,6 +106,14 @@ pub static SPAR_MESSAGE_TYPES: &[MessageType] = &[
         template: "EnvoyFilter patch %s is not applied: %s.",
         args: &["patch", "reason"],
     },
+    MessageType {
+        code: "SPAR0006",
+        name: "GatewayAPINotServed",
+        level: Level::Error,
+        description: "A Gateway API resource, or part of one, that Spar (as istiod) does not serve: a parent that refuses a route, a backend that is missing or not granted, a listener that cannot be programmed, a filter or kind Spar does not implement.",
+        template: "%s.",
+        args: &["reason"],
+    },
 ];
 
 impl MessageType {

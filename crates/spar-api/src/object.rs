@@ -10,16 +10,30 @@ use k8s_openapi::api::rbac::v1 as rbacv1;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::istio;
 use crate::origin::Origin;
+use crate::{gateway_api, istio};
 
 /// Istio's served versions for networking.istio.io kinds.
 const NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 /// Istio's served versions for security.istio.io kinds.
 const SECURITY_VERSIONS: &[&str] = &["v1", "v1beta1"];
 
+/// Gateway API's served versions (experimental channel, as Istio serves it).
+const GATEWAY_API_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha2", "v1alpha3"];
+
+/// The name a kind has in YAML: its variant's, unless it says otherwise (`as "Gateway"`
+/// for Gateway API's Gateway, whose variant cannot share Istio's name).
+macro_rules! yaml_name {
+    ($kind:ident) => {
+        stringify!($kind)
+    };
+    ($kind:ident, $yaml:literal) => {
+        $yaml
+    };
+}
+
 macro_rules! kinds {
-    ($( $kind:ident => $group:literal, $versions:expr; )*) => {
+    ($( $kind:ident $(as $yaml:literal)? => $group:literal, $versions:expr; )*) => {
         /// Every kind Spar reads.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub enum Kind { $( #[doc = concat!("`", $group, "` ", stringify!($kind))] $kind, )* }
@@ -31,7 +45,7 @@ macro_rules! kinds {
             /// The kind for an API group and kind name.
             pub fn lookup(group: &str, kind: &str) -> Option<Kind> {
                 match (group, kind) {
-                    $( ($group, stringify!($kind)) => Some(Kind::$kind), )*
+                    $( ($group, yaml_name!($kind $(, $yaml)?)) => Some(Kind::$kind), )*
                     _ => None,
                 }
             }
@@ -48,7 +62,7 @@ macro_rules! kinds {
 
             /// Kind name as written in YAML.
             pub fn name(self) -> &'static str {
-                match self { $( Kind::$kind => stringify!($kind), )* }
+                match self { $( Kind::$kind => yaml_name!($kind $(, $yaml)?), )* }
             }
         }
     };
@@ -81,6 +95,14 @@ kinds! {
     ClusterRole => "rbac.authorization.k8s.io", &["v1"];
     RoleBinding => "rbac.authorization.k8s.io", &["v1"];
     ClusterRoleBinding => "rbac.authorization.k8s.io", &["v1"];
+    GatewayClass => "gateway.networking.k8s.io", GATEWAY_API_VERSIONS;
+    KubernetesGateway as "Gateway" => "gateway.networking.k8s.io", GATEWAY_API_VERSIONS;
+    HTTPRoute => "gateway.networking.k8s.io", GATEWAY_API_VERSIONS;
+    GRPCRoute => "gateway.networking.k8s.io", GATEWAY_API_VERSIONS;
+    TCPRoute => "gateway.networking.k8s.io", GATEWAY_API_VERSIONS;
+    TLSRoute => "gateway.networking.k8s.io", GATEWAY_API_VERSIONS;
+    ReferenceGrant => "gateway.networking.k8s.io", GATEWAY_API_VERSIONS;
+    BackendTLSPolicy => "gateway.networking.k8s.io", GATEWAY_API_VERSIONS;
 }
 
 impl fmt::Display for Kind {
@@ -92,7 +114,10 @@ impl fmt::Display for Kind {
 impl Kind {
     /// Whether objects of this kind live in a namespace.
     pub fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node | Kind::ClusterRole | Kind::ClusterRoleBinding)
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::GatewayClass
+        )
     }
 }
 
@@ -258,4 +283,12 @@ resources! {
     ClusterRole(rbacv1::ClusterRole) via whole;
     RoleBinding(rbacv1::RoleBinding) via whole;
     ClusterRoleBinding(rbacv1::ClusterRoleBinding) via whole;
+    GatewayClass(gateway_api::gateway_class::GatewayClassSpec) via spec;
+    KubernetesGateway(gateway_api::gateway::GatewaySpec) via spec;
+    HTTPRoute(gateway_api::http_route::HttpRouteSpec) via spec;
+    GRPCRoute(gateway_api::grpc_route::GrpcRouteSpec) via spec;
+    TCPRoute(gateway_api::tcp_route::TcpRouteSpec) via spec;
+    TLSRoute(gateway_api::tls_route::TlsRouteSpec) via spec;
+    ReferenceGrant(gateway_api::reference_grant::ReferenceGrantSpec) via spec;
+    BackendTLSPolicy(gateway_api::backend_tls_policy::BackendTlsPolicySpec) via spec;
 }

@@ -33,6 +33,8 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
             "spec.http[].redirect.port",
             "spec.http[].redirect.scheme",
             "spec.http[].redirect.redirectCode",
+            "spec.http[].redirect.derivePort",
+            "spec.http[].redirect.prefixRewrite",
             "spec.http[].directResponse",
             "spec.http[].delegate",
             "spec.http[].rewrite",
@@ -219,6 +221,45 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
             "spec.tracing[].match",
             "spec.tracing[].useRequestIdForTraceSampling",
         ],
+        // Gateway API: what the translation into Istio's kinds reads (gateway_api in
+        // spar-model). Filters of other types make a route unserved, said by the
+        // translation itself.
+        Kind::GatewayClass => &["spec.controllerName", "spec.description"],
+        Kind::KubernetesGateway => &[
+            "spec.gatewayClassName",
+            "spec.addresses",
+            "spec.listeners[].name",
+            "spec.listeners[].hostname",
+            "spec.listeners[].port",
+            "spec.listeners[].protocol",
+            "spec.listeners[].allowedRoutes",
+            "spec.listeners[].tls.mode",
+            "spec.listeners[].tls.certificateRefs",
+            "spec.listeners[].tls.options",
+            "spec.tls.frontend",
+        ],
+        Kind::HTTPRoute => &[
+            "spec.parentRefs",
+            "spec.hostnames",
+            "spec.rules[].name",
+            "spec.rules[].matches",
+            "spec.rules[].filters",
+            "spec.rules[].backendRefs",
+            "spec.rules[].timeouts",
+            "spec.rules[].retry",
+        ],
+        Kind::GRPCRoute => &[
+            "spec.parentRefs",
+            "spec.hostnames",
+            "spec.rules[].name",
+            "spec.rules[].matches",
+            "spec.rules[].filters",
+            "spec.rules[].backendRefs",
+        ],
+        Kind::TCPRoute | Kind::TLSRoute => {
+            &["spec.parentRefs", "spec.hostnames", "spec.rules[].name", "spec.rules[].backendRefs"]
+        }
+        Kind::ReferenceGrant => &["spec.from", "spec.to"],
         // Kubernetes kinds: everything Spar needs is read; nothing to report.
         Kind::Service
         | Kind::Endpoints

@@ -287,6 +287,7 @@ fn run_case(dir: &str, input: &Path, tcp: bool, provider: Provider, outs: Option
                     .annotations
                     .get("istio.io/dry-run")
                     .is_some_and(|v| spar_model::go_bool(v) == Some(true)),
+                generated: None,
                 spec: s.clone(),
             }),
             _ => None,

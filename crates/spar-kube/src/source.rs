@@ -287,9 +287,10 @@ impl KubeSource {
     }
 }
 
-/// The store unit of one object.
+/// The store unit of one object. Kinds are named by their variant, which is unique where
+/// YAML names are not (Istio's Gateway and Gateway API's, `KubernetesGateway`).
 fn unit_name(kind: Kind, ns: &str, name: &str) -> String {
-    if ns.is_empty() { format!("kubernetes/{kind}/{name}") } else { format!("kubernetes/{kind}/{ns}/{name}") }
+    if ns.is_empty() { format!("kubernetes/{kind:?}/{name}") } else { format!("kubernetes/{kind:?}/{ns}/{name}") }
 }
 
 fn api_resource(kind: Kind, version: &str) -> ApiResource {

@@ -140,12 +140,13 @@ pub fn desired(
     out
 }
 
-/// `kubernetes/<Kind>/<ns>/<name>` (or `kubernetes/<Kind>/<name>`).
+/// `kubernetes/<Kind>/<ns>/<name>` (or `kubernetes/<Kind>/<name>`), the kind named by its
+/// variant as the source writes it.
 fn parse_unit(unit: &str) -> Option<(Kind, String, String)> {
     let rest = unit.strip_prefix("kubernetes/")?;
     let mut parts = rest.splitn(3, '/');
     let kind_name = parts.next()?;
-    let kind = *Kind::ALL.iter().find(|k| k.name() == kind_name)?;
+    let kind = *Kind::ALL.iter().find(|k| format!("{k:?}") == kind_name)?;
     let a = parts.next()?.to_string();
     match parts.next() {
         Some(name) => Some((kind, a, name.to_string())),

@@ -10,6 +10,7 @@
 //! ```
 
 mod ext_authz;
+pub mod gateway_api;
 mod host;
 mod mesh;
 mod proxy;

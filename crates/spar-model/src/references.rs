@@ -58,9 +58,18 @@ impl Snapshot {
     pub(crate) fn diagnose_dangling_routes(&mut self) {
         let mut found = Vec::new();
         for (vs, _) in &self.virtual_services {
+            // A VirtualService translated from Gateway API: its unusable backends (an empty
+            // host) were reported by the translation, and its rules whose backends all
+            // weigh 0 name istiod's stand-in host on purpose; what is left is answered 500,
+            // as Gateway API says.
+            let generated = vs.generated.is_some();
             for d in destinations(&vs.spec) {
+                if generated && (d.host.is_empty() || d.host == "internal.cluster.local") {
+                    continue;
+                }
                 let Some(problem) = self.dangling(vs, &d) else { continue };
-                let message = format!("{} to {problem}: Envoy answers these requests 503 (NC, no cluster)", d.what);
+                let code = if generated { "500" } else { "503" };
+                let message = format!("{} to {problem}: Envoy answers these requests {code} (NC, no cluster)", d.what);
                 let resource = vs.label("VirtualService");
                 if !found.iter().any(|f: &Diagnostic| f.resource == resource && f.message == message) {
                     found.push(Diagnostic { origin: vs.origin.clone(), resource, message });

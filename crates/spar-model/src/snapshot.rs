@@ -41,6 +41,10 @@ pub struct Config<S> {
     /// The `istio.io/dry-run` annotation is true (AuthorizationPolicy: evaluated and
     /// logged, not enforced).
     pub dry_run: bool,
+    /// Set when translated from Gateway API (istiod's `route-semantics: gateway`): its
+    /// routes follow Gateway API's rules where they differ from Istio's, and a Gateway
+    /// programs the proxies it names rather than those its `selector` would.
+    pub generated: Option<Arc<crate::gateway_api::Generated>>,
     /// The spec, shared with the store.
     pub spec: Arc<S>,
 }
@@ -182,6 +186,7 @@ fn config<S>(obj: &Object, spec: &Arc<S>) -> Config<S> {
         origin: obj.origin.clone(),
         created: obj.meta.creation_timestamp.clone(),
         dry_run: obj.meta.annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| go_bool(v) == Some(true)),
+        generated: None,
         spec: Arc::clone(spec),
     }
 }
@@ -331,6 +336,15 @@ impl Snapshot {
                 _ => {}
             }
         }
+        // Gateway API, as istiod serves it: translated into Istio Gateways and
+        // VirtualServices, served like the rest.
+        let translated = crate::gateway_api::translate(&objects, &mesh.domain);
+        snap.gateways.extend(translated.gateways);
+        for vs in translated.virtual_services {
+            let hosts = vs.spec.hosts.iter().flatten().map(|h| host::resolve(h, &vs.namespace, &mesh.domain)).collect();
+            snap.virtual_services.push((vs, hosts));
+        }
+        snap.diagnostics.extend(translated.diagnostics);
         let oldest_first = |a: &Option<String>, an: (&str, &str), b: &Option<String>, bn: (&str, &str)| {
             // Objects without a timestamp (files) sort by namespace/name, after timed ones.
             (a.is_none(), a, an).cmp(&(b.is_none(), b, bn))
@@ -444,11 +458,19 @@ impl Snapshot {
 
     /// The Gateways whose `selector` matches a gateway proxy's labels (an empty selector
     /// matches every gateway proxy, as in istiod), oldest first. Sidecars get none.
+    /// A Gateway translated from Gateway API programs the proxies behind its Service
+    /// instead (their namespace and labels).
     pub fn gateways_for<'a>(&'a self, proxy: &'a Proxy) -> impl Iterator<Item = &'a Config<GatewaySpec>> + 'a {
         let router = proxy.kind == crate::ProxyKind::Router;
-        self.gateways
-            .iter()
-            .filter(move |g| router && g.spec.selector.as_ref().is_none_or(|sel| selects(sel, &proxy.labels)))
+        self.gateways.iter().filter(move |g| {
+            router
+                && match g.generated.as_ref().and_then(|t| t.proxies.as_ref()) {
+                    Some(p) => p.namespace == proxy.namespace && selects(&p.labels, &proxy.labels),
+                    None => {
+                        g.generated.is_none() && g.spec.selector.as_ref().is_none_or(|sel| selects(sel, &proxy.labels))
+                    }
+                }
+        })
     }
 
     /// VirtualServices bound to Gateway `gw_ns/gw_name` (their `gateways` names it as
@@ -722,7 +744,8 @@ impl Snapshot {
     }
 
     /// VirtualServices visible from `proxy_ns` that bind to sidecars (`mesh`) and whose
-    /// hosts match `hostname`, oldest first.
+    /// hosts match `hostname`, oldest first (Gateway API routes of the proxy's own
+    /// namespace before all).
     pub fn virtual_services_for<'a>(
         &'a self,
         proxy_ns: &'a str,
@@ -738,9 +761,18 @@ impl Snapshot {
         let mut positions: Vec<usize> = exact.iter().copied().chain(wild.copied()).collect();
         positions.sort_unstable();
         positions.dedup();
+        // Gateway API routes (GAMMA) apply to a Service from its own namespace (the
+        // producer's) or from the client's (the consumer's, which comes first), as in
+        // istiod.
+        let service_ns = self.services.get(hostname).map(|s| s.namespace.as_str());
+        let consumer = |c: &Config<VirtualServiceSpec>| c.generated.is_some() && c.namespace == proxy_ns;
+        positions.sort_by_key(|i| !consumer(&self.virtual_services[*i].0));
         positions.into_iter().filter_map(move |i| {
             let c = &self.virtual_services[i].0;
-            let visible = crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns);
+            let visible = match &c.generated {
+                Some(_) => c.namespace == proxy_ns || Some(c.namespace.as_str()) == service_ns,
+                None => crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns),
+            };
             let mesh_bound = c.spec.gateways.as_ref().is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
             (visible && mesh_bound).then_some(c)
         })

@@ -16,6 +16,8 @@ pub const CONFIGURATION_DROPPED: &str = "SPAR0002";
 pub const DUPLICATE_RESOURCE: &str = "SPAR0003";
 /// `SPAR0004` CustomProviderUnusable.
 pub const CUSTOM_PROVIDER_UNUSABLE: &str = "SPAR0004";
+/// `SPAR0006` GatewayAPINotServed.
+pub const GATEWAY_API_NOT_SERVED: &str = "SPAR0006";
 
 pub(super) static ANALYZERS: &[Analyzer] = &[
     Analyzer {
@@ -39,7 +41,30 @@ pub(super) static ANALYZERS: &[Analyzer] = &[
         default: true,
         run: custom_providers,
     },
+    Analyzer {
+        name: "spar.GatewayAPIAnalyzer",
+        description: "Translates Gateway API resources as spar serve does (into Istio Gateways and VirtualServices, as istiod) and reports what is not served: refused parents, unusable backends, listeners that cannot be programmed, unsupported filters",
+        codes: &[GATEWAY_API_NOT_SERVED],
+        default: true,
+        run: gateway_api,
+    },
 ];
+
+/// What `spar serve`'s translation of Gateway API says, on the resource that says it.
+fn gateway_api(ctx: &Context, r: &mut Reporter<'_>) {
+    let objects: Vec<&spar_api::Object> = ctx.resources().iter().filter_map(|res| res.object.as_ref()).collect();
+    if !objects.iter().any(|o| o.meta.kind.group() == spar_model::gateway_api::GROUP) {
+        return;
+    }
+    let translated = spar_model::gateway_api::translate(&objects, &ctx.mesh().domain);
+    for d in translated.diagnostics {
+        let Some(res) = ctx.resources().iter().find(|res| res.object.as_ref().is_some_and(|o| o.origin == d.origin))
+        else {
+            continue;
+        };
+        r.report(res, GATEWAY_API_NOT_SERVED, vec![d.message]);
+    }
+}
 
 /// CUSTOM policies need an `envoyExtAuthzHttp`/`envoyExtAuthzGrpc` provider by the name
 /// they give; without one, Spar (as istiod) denies every request they match.

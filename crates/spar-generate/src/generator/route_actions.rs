@@ -102,7 +102,11 @@ pub(super) fn cors_config(c: &VirtualServiceHttpCorsPolicy) -> Any {
     })
 }
 
-pub(super) fn redirect_action(r: &VirtualServiceHttpRedirect) -> xds_route::route::Action {
+/// A redirect on listener port `port`. `derivePort: FROM_REQUEST_PORT` redirects to the
+/// port the request came to, which is the listener's (istiod does the same: Envoy cannot
+/// derive it); `FROM_PROTOCOL_DEFAULT` leaves the port out, so the scheme's default applies.
+pub(super) fn redirect_action(r: &VirtualServiceHttpRedirect, port: u16) -> xds_route::route::Action {
+    use spar_api::istio::virtual_service::VirtualServiceHttpRedirectDerivePort as Derive;
     use xds_route::redirect_action::{PathRewriteSpecifier, RedirectResponseCode, SchemeRewriteSpecifier};
     let code = match r.redirect_code.unwrap_or(301) {
         302 => RedirectResponseCode::Found,
@@ -118,7 +122,11 @@ pub(super) fn redirect_action(r: &VirtualServiceHttpRedirect) -> xds_route::rout
         .or_else(|| r.prefix_rewrite.clone().map(PathRewriteSpecifier::PrefixRewrite));
     xds_route::route::Action::Redirect(xds_route::RedirectAction {
         host_redirect: r.authority.clone().unwrap_or_default(),
-        port_redirect: r.port.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+        port_redirect: match (r.port, &r.derive_port) {
+            (Some(p), _) => u32::try_from(p).unwrap_or(0),
+            (None, Some(Derive::FromRequestPort)) => u32::from(port),
+            (None, _) => 0,
+        },
         response_code: code as i32,
         scheme_rewrite_specifier: r.scheme.clone().map(SchemeRewriteSpecifier::SchemeRedirect),
         path_rewrite_specifier: path,

@@ -39,12 +39,18 @@ fn header_matcher(name: &str, m: Option<xds_matcher::StringMatcher>, invert: boo
     }
 }
 
-/// Istio's `HTTPMatchRequest` as an Envoy `RouteMatch`.
-fn route_match(m: &VirtualServiceHttpMatch) -> xds_route::RouteMatch {
+/// Istio's `HTTPMatchRequest` as an Envoy `RouteMatch`. Under Gateway API's semantics
+/// (`gateway_api`), a path prefix matches whole path segments (`/get` matches `/get` and
+/// `/get/x`, not `/getx`), as istiod's `PathSeparatedPrefix`.
+fn route_match(m: &VirtualServiceHttpMatch, gateway_api: bool) -> xds_route::RouteMatch {
     use xds_route::route_match::PathSpecifier;
     let ignore_case = m.ignore_uri_case.unwrap_or(false);
     let path = match &m.uri {
         Some(u) if u.exact.is_some() => PathSpecifier::Path(u.exact.clone().unwrap_or_default()),
+        Some(u) if gateway_api && u.prefix.as_deref().is_some_and(|p| p != "/") => {
+            let p = u.prefix.as_deref().unwrap_or_default();
+            PathSpecifier::PathSeparatedPrefix(p.strip_suffix('/').unwrap_or(p).to_string())
+        }
         Some(u) if u.prefix.is_some() => PathSpecifier::Prefix(u.prefix.clone().unwrap_or_default()),
         Some(u) if u.regex.is_some() => PathSpecifier::SafeRegex(xds_matcher::RegexMatcher {
             regex: u.regex.clone().unwrap_or_default(),
@@ -243,13 +249,16 @@ macro_rules! header_ops {
 }
 
 /// A `RouteAction` for the rule's destinations, with rewrites, timeout, retries and
-/// mirrors; `None` when the rule has no destinations.
+/// mirrors; `None` when the rule has no destinations. Under Gateway API's semantics a
+/// backend that cannot be used (no cluster) answers 500, and a prefix rewritten to `/`
+/// removes the matched prefix, as istiod does.
 fn forward_action(
     scope: &Scope<'_>,
     vs_ns: &str,
     rule: &VirtualServiceHttp,
     port: u16,
     route: &mut xds_route::Route,
+    gateway_api: bool,
 ) -> Option<xds_route::route::Action> {
     let dests = rule.route.as_deref().unwrap_or_default();
     if dests.is_empty() {
@@ -303,6 +312,10 @@ fn forward_action(
     };
     let mut action = route_action(cluster);
     let xds_route::route::Action::Route(ra) = &mut action else { return Some(action) };
+    if gateway_api {
+        ra.cluster_not_found_response_code =
+            xds_route::route_action::ClusterNotFoundResponseCode::InternalServerError as i32;
+    }
     // Consistent hashing is configured on the destination's DestinationRule and applied
     // per route, as istiod does (from the first destination).
     ra.hash_policy = hash_policy_for(scope, vs_ns, &dests[0].destination, port);
@@ -350,8 +363,23 @@ fn forward_action(
         }
     }
     if let Some(rw) = &rule.rewrite {
-        if let Some(uri) = &rw.uri {
-            ra.prefix_rewrite = uri.clone();
+        let separated = match route.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
+            Some(xds_route::route_match::PathSpecifier::PathSeparatedPrefix(p)) => Some(p.clone()),
+            _ => None,
+        };
+        match (&rw.uri, separated) {
+            (Some(uri), Some(prefix)) if gateway_api && uri == "/" => {
+                // Remove the prefix, keeping a `/` when nothing is left.
+                ra.regex_rewrite = Some(xds_matcher::RegexMatchAndSubstitute {
+                    pattern: Some(xds_matcher::RegexMatcher {
+                        regex: format!("^{}(/?)(.*)", regex_syntax_escape(&prefix)),
+                        ..Default::default()
+                    }),
+                    substitution: r"/\2".into(),
+                });
+            }
+            (Some(uri), _) => ra.prefix_rewrite = uri.clone(),
+            (None, _) => {}
         }
         if let Some(rr) = &rw.uri_regex_rewrite {
             ra.regex_rewrite = Some(xds_matcher::RegexMatchAndSubstitute {
@@ -412,20 +440,48 @@ fn http_routes(
     rule: &VirtualServiceHttp,
     port: u16,
     binding: Binding<'_>,
+    gateway_api: bool,
     out: &mut Vec<xds_route::Route>,
 ) {
-    let mut template = xds_route::Route::default();
-    let action = if let Some(r) = &rule.redirect {
-        redirect_action(r)
-    } else if let Some(d) = &rule.direct_response {
-        direct_response_action(d)
-    } else {
-        match forward_action(scope, vs_ns, rule, port, &mut template) {
-            Some(a) => a,
-            // delegate: resolved by the caller when supported; nothing to route here.
-            None => return,
-        }
+    let matches: Vec<Option<&VirtualServiceHttpMatch>> = match rule.r#match.as_deref() {
+        None | Some([]) => vec![None],
+        Some(ms) => ms.iter().map(Some).collect(),
     };
+    for m in matches {
+        if m.is_some_and(|m| !match_applies(scope, m, port, binding, vs_ns)) {
+            continue;
+        }
+        let rm = m.map_or_else(
+            || xds_route::RouteMatch {
+                path_specifier: Some(xds_route::route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            },
+            |m| route_match(m, gateway_api),
+        );
+        // The action depends on the match under Gateway API's semantics (a rewrite of a
+        // segment prefix), so each match builds its own.
+        let mut r = xds_route::Route { r#match: Some(rm), ..Default::default() };
+        let action = if let Some(rd) = &rule.redirect {
+            redirect_action(rd, port)
+        } else if let Some(d) = &rule.direct_response {
+            direct_response_action(d)
+        } else {
+            match forward_action(scope, vs_ns, rule, port, &mut r, gateway_api) {
+                Some(a) => a,
+                // delegate: resolved by the caller when supported; nothing to route here.
+                None => return,
+            }
+        };
+        finish_route(rule, &mut r);
+        r.name = rule.name.clone().or_else(|| m.and_then(|m| m.name.clone())).unwrap_or_default();
+        r.action = Some(action);
+        out.push(r);
+    }
+}
+
+/// The parts of a route that come from the rule alone: header operations, fault
+/// injection and CORS.
+fn finish_route(rule: &VirtualServiceHttp, template: &mut xds_route::Route) {
     if let Some(ops) = rule.headers.as_ref() {
         template.request_headers_to_add.extend(header_ops!(ops.request).map(|o| o.to_add()).unwrap_or_default());
         template.request_headers_to_remove.extend(header_ops!(ops.request).map(|o| o.to_remove()).unwrap_or_default());
@@ -440,27 +496,18 @@ fn http_routes(
     if let Some(c) = &rule.cors_policy {
         template.typed_per_filter_config.insert(CORS_FILTER.into(), cors_config(c));
     }
-    let matches: Vec<Option<&VirtualServiceHttpMatch>> = match rule.r#match.as_deref() {
-        None | Some([]) => vec![None],
-        Some(ms) => ms.iter().map(Some).collect(),
-    };
-    for m in matches {
-        if m.is_some_and(|m| !match_applies(scope, m, port, binding, vs_ns)) {
-            continue;
+}
+
+/// Go's `regexp.QuoteMeta`, for a path in a RE2 pattern.
+fn regex_syntax_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
         }
-        let rm = m.map_or_else(
-            || xds_route::RouteMatch {
-                path_specifier: Some(xds_route::route_match::PathSpecifier::Prefix("/".into())),
-                ..Default::default()
-            },
-            route_match,
-        );
-        let mut r = template.clone();
-        r.name = rule.name.clone().or_else(|| m.and_then(|m| m.name.clone())).unwrap_or_default();
-        r.r#match = Some(rm);
-        r.action = Some(action.clone());
-        out.push(r);
+        out.push(c);
     }
+    out
 }
 
 /// Envoy routes for a VirtualService's `http` rules (delegates expanded) on `port`, as
@@ -472,8 +519,9 @@ pub(super) fn vs_routes(
     binding: Binding<'_>,
 ) -> Vec<xds_route::Route> {
     let mut routes = Vec::new();
+    let gateway_api = vs.generated.is_some();
     for (ns, rule) in expand_delegates(scope, vs) {
-        http_routes(scope, ns, &rule, port, binding, &mut routes);
+        http_routes(scope, ns, &rule, port, binding, gateway_api, &mut routes);
     }
     routes
 }
@@ -615,8 +663,10 @@ pub fn route_config(scope: &Scope<'_>, name: &str, port: u16, services: &[&Servi
             continue;
         }
         let vs: Option<&Config<_>> = scope.snap.virtual_services_for(&scope.proxy.namespace, &svc.hostname).next();
-        let routes = match vs {
-            Some(vs) => vs_routes(scope, vs, port, Binding::Mesh),
+        // A VirtualService with no route for this port leaves the service its default
+        // route, as in istiod.
+        let routes = match vs.map(|vs| vs_routes(scope, vs, port, Binding::Mesh)).filter(|r| !r.is_empty()) {
+            Some(routes) => routes,
             None => {
                 let mut r = to_cluster_route("default", &outbound_cluster_name(port, "", &svc.hostname));
                 if let (Some(xds_route::route::Action::Route(ra)), Some(dr)) = (

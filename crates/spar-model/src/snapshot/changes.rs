@@ -28,12 +28,13 @@ pub struct EndpointChanges {
 impl<S: PartialEq> PartialEq for Config<S> {
     fn eq(&self, other: &Self) -> bool {
         // Destructured without `..` so that a field added to `Config` must be compared.
-        let Config { name, namespace, origin, created, dry_run, spec } = self;
+        let Config { name, namespace, origin, created, dry_run, generated, spec } = self;
         *name == other.name
             && *namespace == other.namespace
             && *origin == other.origin
             && *created == other.created
             && *dry_run == other.dry_run
+            && *generated == other.generated
             && (Arc::ptr_eq(spec, &other.spec) || **spec == *other.spec)
     }
 }
