@@ -26,6 +26,7 @@ mod gateways;
 mod routes;
 mod rules;
 mod shape;
+mod status;
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +37,8 @@ use spar_api::gateway_api::reference_grant::ReferenceGrantSpec;
 use spar_api::istio::gateway::GatewaySpec;
 use spar_api::istio::virtual_service::VirtualServiceSpec;
 use spar_api::{Object, Resource};
+
+pub use status::ObjectStatus;
 
 use crate::{Config, Diagnostic};
 
@@ -90,6 +93,9 @@ pub struct Translation {
     pub virtual_services: Vec<Config<VirtualServiceSpec>>,
     /// Why objects or parts of them are not served, each with its object's origin.
     pub diagnostics: Vec<Diagnostic>,
+    /// The status of every Gateway API object Spar serves (GatewayClasses, Gateways and
+    /// the routes attached to them), as Gateway API asks for it.
+    pub statuses: Vec<ObjectStatus>,
 }
 
 /// Translates the Gateway API objects among `objects` (the rest, Services,
@@ -98,8 +104,18 @@ pub struct Translation {
 pub fn translate(objects: &[&Object], domain: &str) -> Translation {
     let ctx = Ctx::new(objects, domain);
     let mut out = Translation::default();
-    let parents = gateways::translate(&ctx, objects, &mut out);
-    routes::translate(&ctx, &parents, objects, &mut out);
+    for o in objects {
+        if let Resource::GatewayClass(c) = &o.resource
+            && ctx.serves_class(&o.meta.name)
+        {
+            out.statuses.push(status::gateway_class(o, &c.controller_name));
+        }
+    }
+    let (parents, reports) = gateways::translate(&ctx, objects, &mut out);
+    let attached = routes::translate(&ctx, &parents, objects, &mut out);
+    for r in &reports {
+        out.statuses.push(status::gateway(&ctx, r, &attached));
+    }
     out
 }
 
@@ -122,6 +138,8 @@ pub(crate) struct Ctx<'a> {
     classes: BTreeMap<&'a str, &'a str>,
     /// Gateway API Gateways: (namespace, name) to class.
     gateway_classes: BTreeMap<(&'a str, &'a str), &'a str>,
+    /// Ports of each ServiceEntry host, by (namespace, host).
+    entry_ports: BTreeMap<(&'a str, &'a str), Vec<i32>>,
     /// Labels of Services and ServiceEntries by (namespace, name).
     service_labels: BTreeMap<(&'a str, &'a str), &'a BTreeMap<String, String>>,
 }
@@ -138,6 +156,7 @@ impl<'a> Ctx<'a> {
             grants: Vec::new(),
             classes: BUILTIN_CLASSES.iter().copied().collect(),
             gateway_classes: BTreeMap::new(),
+            entry_ports: BTreeMap::new(),
             service_labels: BTreeMap::new(),
         };
         for o in objects {
@@ -150,6 +169,11 @@ impl<'a> Ctx<'a> {
                 }
                 Resource::ServiceEntry(se) => {
                     ctx.service_labels.insert(key, &o.meta.labels);
+                    let ports: Vec<i32> =
+                        se.ports.iter().flatten().filter_map(|p| i32::try_from(p.number).ok()).collect();
+                    for h in &se.hosts {
+                        ctx.entry_ports.insert((o.meta.namespace.as_str(), h.as_str()), ports.clone());
+                    }
                     ctx.hosts.extend(se.hosts.iter().cloned());
                     ctx.service_entries.insert(key, se.hosts.clone());
                 }
@@ -170,6 +194,12 @@ impl<'a> Ctx<'a> {
             }
         }
         ctx
+    }
+
+    /// The controller of a class Spar serves (`istio` and classes naming istiod's
+    /// controller are reported as istiod's; `spar` as Spar's).
+    fn controller_of(&self, class: &str) -> &'static str {
+        if self.classes.get(class) == Some(&SPAR_CONTROLLER) { SPAR_CONTROLLER } else { ISTIO_CONTROLLER }
     }
 
     /// Whether a class's Gateways are Spar's to serve.

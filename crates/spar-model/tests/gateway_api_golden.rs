@@ -431,3 +431,121 @@ fn the_gateway_api_environment_parses_without_errors() {
     assert_eq!(env.ignored.len(), 5, "{ENVIRONMENT}: only the ConfigMaps go unread: {:?}", env.ignored);
     assert!(env.ignored.iter().all(|(_, what)| what.starts_with("v1 ConfigMap ")), "{:?}", env.ignored);
 }
+
+/// Inputs whose every Gateway API status (GatewayClass, Gateway and routes) is the one
+/// istiod writes, conditions compared by type, status, reason and message (without the
+/// times and generations the writer adds). The test fails when one stops passing.
+const STATUS_PASSING: &[&str] = &[
+    "backend-lb-policy",
+    "backend-tls-policy",
+    "backend-tls-policy-ignored",
+    "backend-traffic-policy-ignored",
+    "delegated",
+    "eastwest",
+    "eastwest-labelport",
+    "eastwest-tlsoption",
+    "empty-backend-refs",
+    "grpc",
+    "http-grpc-same-host",
+    "isolation",
+    "listenerset-https-missing-tls",
+    "mcs",
+    "mesh",
+    "mismatch",
+    "mix-backend-policy",
+    "multi-gateway",
+    "redirect-only",
+    "reference-grant-multiple-to",
+    "reference-policy-service",
+    "reference-policy-tcp",
+    "route-binding",
+    "route-precedence",
+    "serviceentry",
+    "tcp",
+    "valid-invalid-parent-ref",
+    "weighted",
+    "zero",
+];
+
+/// Removes what the status writer adds to each condition, and empty lists.
+fn without_times(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.remove("lastTransitionTime");
+            m.remove("observedGeneration");
+            m.values_mut().for_each(without_times);
+        }
+        Value::Array(a) => a.iter_mut().for_each(without_times),
+        _ => {}
+    }
+}
+
+/// The status differences of one input: `(compared, differences)`.
+fn run_status(input: &str, environment: &[Object]) -> (usize, Vec<String>) {
+    let rel = format!("{GOLDEN_DIR}/{input}.yaml");
+    let text = spar_testdata::read_istio(&rel);
+    let parsed = parse_file(&rel, &text);
+    let namespaces = namespace_objects(input, &namespaces_of(&text));
+    let refs: Vec<&Object> = parsed.objects.iter().chain(environment).chain(&namespaces).collect();
+    let translation = translate(&refs, DOMAIN);
+    let got: BTreeMap<(String, String, String), Value> = translation
+        .statuses
+        .iter()
+        .map(|s| ((s.kind.name().to_string(), s.namespace.clone(), s.name.clone()), s.status.clone()))
+        .collect();
+    let golden_text = spar_testdata::read_istio(&format!("{GOLDEN_DIR}/{input}.status.yaml.golden"));
+    let (mut compared, mut differences) = (0, Vec::new());
+    for doc in split_documents(&golden_text) {
+        let raw: Value = serde_yaml_ng::from_str(doc.text).unwrap_or(Value::Null);
+        let api = raw.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let kind = raw.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if !api.starts_with("gateway.networking.k8s.io/")
+            || !matches!(kind, "GatewayClass" | "Gateway" | "HTTPRoute" | "GRPCRoute" | "TCPRoute" | "TLSRoute")
+        {
+            continue;
+        }
+        let meta = raw.get("metadata").cloned().unwrap_or_default();
+        let field = |k: &str| meta.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut want = raw.get("status").cloned().unwrap_or_default();
+        without_times(&mut want);
+        compared += 1;
+        let key = (kind.to_string(), field("namespace"), field("name"));
+        let who = label(kind, &key.1, &key.2);
+        match got.get(&key) {
+            None => differences.push(format!("{who}: no status")),
+            Some(have) => {
+                if let Some(d) = first_difference("status", &want, have) {
+                    differences.push(format!("{who}: {d}"));
+                }
+            }
+        }
+    }
+    (compared, differences)
+}
+
+#[test]
+fn istio_gateway_api_status_goldens_are_written_the_same() {
+    let environment = parse(ENVIRONMENT);
+    let mut passing = Vec::new();
+    let mut table = String::from("input                               statuses  differing  first difference\n");
+    for input in inputs() {
+        let (compared, differences) = run_status(&input, &environment.objects);
+        let _ = writeln!(
+            table,
+            "{input:<36}{compared:>8}{:>11}  {}",
+            differences.len(),
+            differences.first().map_or("passes", String::as_str)
+        );
+        if differences.is_empty() {
+            passing.push(input);
+        }
+    }
+    println!("{table}\n{} inputs' statuses are istiod's.", passing.len());
+    let newly: Vec<String> =
+        passing.iter().filter(|i| !STATUS_PASSING.contains(&i.as_str())).map(|i| format!("{i:?}")).collect();
+    if !newly.is_empty() {
+        println!("Passing and not in STATUS_PASSING ({}): {}", newly.len(), newly.join(", "));
+    }
+    let regressed: Vec<&&str> = STATUS_PASSING.iter().filter(|i| !passing.iter().any(|p| p == **i)).collect();
+    assert!(regressed.is_empty(), "inputs in STATUS_PASSING no longer pass: {regressed:?}");
+}

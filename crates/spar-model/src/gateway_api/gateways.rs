@@ -1,7 +1,7 @@
 //! Gateways: one Istio Gateway per listener, and what routes may attach to each
 //! (istiod's `GatewayCollection` and `buildListener`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 use spar_api::gateway_api::gateway::{
@@ -12,6 +12,7 @@ use spar_api::istio::gateway::GatewaySpec;
 use spar_api::{Object, Resource};
 
 use super::shape::{Frontend, FrontendValidation, reshape};
+use super::status::{GatewayReport, ListenerReport};
 use super::{Ctx, GATEWAY_NAME_LABEL, GENERATED_SUFFIX, GROUP, ProxySelection, Translation};
 use crate::selector::{LabelSelectorRequirement, label_selector_matches};
 
@@ -33,14 +34,25 @@ pub(super) struct Listener {
     pub port: i32,
     /// Protocol.
     pub protocol: String,
+    /// The controller of the Gateway's class, for route status.
+    pub controller: &'static str,
 }
 
 /// Listeners by the Gateway (`namespace`, `name`) they belong to.
 pub(super) type Parents = BTreeMap<(String, String), Vec<Listener>>;
 
-/// Translates every Gateway of a class Spar serves; returns their listeners.
-pub(super) fn translate(ctx: &Ctx<'_>, objects: &[&Object], out: &mut Translation) -> Parents {
+/// A refusal: the condition reason and the message.
+pub(super) type Refused = (&'static str, String);
+
+/// Translates every Gateway of a class Spar serves; returns their listeners and what
+/// was found for their status.
+pub(super) fn translate<'a>(
+    ctx: &Ctx<'_>,
+    objects: &[&'a Object],
+    out: &mut Translation,
+) -> (Parents, Vec<GatewayReport<'a>>) {
     let mut parents = Parents::new();
+    let mut reports = Vec::new();
     let mut gateways: Vec<(&Object, &KubeGatewaySpec)> = objects
         .iter()
         .filter_map(|o| match &o.resource {
@@ -73,6 +85,17 @@ pub(super) fn translate(ctx: &Ctx<'_>, objects: &[&Object], out: &mut Translatio
             }
             continue;
         }
+        let controller = ctx.controller_of(&gw.gateway_class_name);
+        let mut report = GatewayReport {
+            obj,
+            error: None,
+            services: services(ctx, obj, gw),
+            ports: BTreeSet::new(),
+            listeners: Vec::new(),
+            valid: 0,
+            total: gw.listeners.len(),
+            insecure_fallback: false,
+        };
         // As istiod, the Gateway is translated even when no proxy can be found behind it
         // (it then programs none), so that its routes and status still read.
         let proxies = match proxies(ctx, obj, gw) {
@@ -83,13 +106,37 @@ pub(super) fn translate(ctx: &Ctx<'_>, objects: &[&Object], out: &mut Translatio
             }
             Err(Unserved::Address(message)) => {
                 out.diagnostics.push(super::diagnostic(obj, message));
+                let ignored: Vec<&str> = gw.addresses.iter().flatten().filter_map(|a| a.value.as_deref()).collect();
+                let status = format!("only Hostname is supported, ignoring [{}]", ignored.join(" "));
+                report.error = Some(("UnsupportedAddress".into(), status));
+                report.total = 0;
+                reports.push(report);
                 continue;
             }
         };
         let ns = obj.meta.namespace.as_str();
         let frontend: Option<Frontend> = gw.tls.as_ref().and_then(|t| t.frontend.as_ref()).and_then(reshape);
+        report.insecure_fallback = frontend.as_ref().is_some_and(|f| {
+            let insecure = |v: &Option<FrontendValidation>| {
+                v.as_ref().is_some_and(|v| v.mode.as_deref() == Some("AllowInsecureFallback"))
+            };
+            insecure(&f.default.validation) || f.per_port.iter().any(|p| insecure(&p.tls.validation))
+        });
         for l in &gw.listeners {
-            let Some(server) = server(ctx, obj, l, frontend.as_ref(), out) else { continue };
+            let (kinds, kinds_valid) = allowed_kinds(l);
+            let mut lr = ListenerReport::new(&l.name, kinds.clone(), kinds_valid);
+            let (server, programmed) = server(ctx, obj, l, frontend.as_ref(), &mut lr, out);
+            if programmed {
+                report.valid += 1;
+            }
+            report.listeners.push(lr);
+            let Some(server) = server else { continue };
+            // istiod counts the ports of every listener it built a server for, programmed
+            // or not, when it resolves the Gateway's addresses.
+            report.ports.insert(l.port);
+            if !programmed {
+                continue;
+            }
             let name = format!("{}~{GENERATED_SUFFIX}~{}", obj.meta.name, l.name);
             let hostnames: Vec<String> =
                 server.get("hosts").and_then(|h| serde_json::from_value(h.clone()).ok()).unwrap_or_default();
@@ -110,16 +157,51 @@ pub(super) fn translate(ctx: &Ctx<'_>, objects: &[&Object], out: &mut Translatio
             ));
             parents.entry((ns.to_string(), obj.meta.name.clone())).or_default().push(Listener {
                 internal_name: format!("{ns}/{name}"),
-                allowed_kinds: allowed_kinds(l),
+                allowed_kinds: kinds,
                 hostnames,
                 hostname: l.hostname.clone().unwrap_or_default(),
                 section_name: l.name.clone(),
                 port: l.port,
                 protocol: l.protocol.clone(),
+                controller,
             });
         }
+        reports.push(report);
     }
-    parents
+    (parents, reports)
+}
+
+/// The Services in front of a Gateway (istiod's `extractGatewayServices`): a managed
+/// Gateway's own (`<name>-<class>`, or the `gateway.istio.io/name-override`), else the
+/// FQDNs of its Hostname addresses.
+fn services(ctx: &Ctx<'_>, obj: &Object, gw: &KubeGatewaySpec) -> Vec<String> {
+    let ns = &obj.meta.namespace;
+    let addresses = gw.addresses.as_deref().unwrap_or_default();
+    if is_managed(gw) {
+        let name = obj
+            .meta
+            .annotations
+            .get("gateway.istio.io/name-override")
+            .cloned()
+            .unwrap_or_else(|| format!("{}-{}", obj.meta.name, gw.gateway_class_name));
+        return vec![ctx.service_host(&name, ns)];
+    }
+    addresses
+        .iter()
+        .filter(|a| a.r#type.as_deref().is_none_or(|t| t == "Hostname"))
+        .filter_map(|a| a.value.as_deref())
+        .map(|v| if v.contains('.') { v.to_string() } else { ctx.service_host(v, ns) })
+        .collect()
+}
+
+/// istiod's `IsManaged`: no address, or one IP address; Spar (as istiod) deploys the
+/// proxies.
+fn is_managed(gw: &KubeGatewaySpec) -> bool {
+    match gw.addresses.as_deref().unwrap_or_default() {
+        [] => true,
+        [one] => one.r#type.as_deref().is_none_or(|t| t == "IPAddress"),
+        _ => false,
+    }
 }
 
 /// The proxies a Gateway programs: a managed Gateway's (no address, or one IP address:
@@ -128,12 +210,7 @@ pub(super) fn translate(ctx: &Ctx<'_>, objects: &[&Object], out: &mut Translatio
 fn proxies(ctx: &Ctx<'_>, obj: &Object, gw: &KubeGatewaySpec) -> Result<ProxySelection, Unserved> {
     let ns = &obj.meta.namespace;
     let addresses = gw.addresses.as_deref().unwrap_or_default();
-    let managed = match addresses {
-        [] => true,
-        [one] => one.r#type.as_deref().is_none_or(|t| t == "IPAddress"),
-        _ => false,
-    };
-    if managed {
+    if is_managed(gw) {
         return Ok(ProxySelection {
             namespace: ns.clone(),
             labels: BTreeMap::from([(GATEWAY_NAME_LABEL.to_string(), obj.meta.name.clone())]),
@@ -183,8 +260,9 @@ enum Unserved {
     NoProxy(String),
 }
 
-/// The route kinds a listener accepts (istiod's `GenerateGatewaySupportedKinds`).
-fn allowed_kinds(l: &GatewayListeners) -> Vec<&'static str> {
+/// The route kinds a listener accepts, and whether every kind its `allowedRoutes` names
+/// is one it can serve (istiod's `GenerateGatewaySupportedKinds`).
+fn allowed_kinds(l: &GatewayListeners) -> (Vec<&'static str>, bool) {
     let supported: Vec<&'static str> = match l.protocol.as_str() {
         "HTTP" | "HTTPS" => vec!["HTTPRoute", "GRPCRoute"],
         "TCP" => vec!["TCPRoute"],
@@ -195,76 +273,82 @@ fn allowed_kinds(l: &GatewayListeners) -> Vec<&'static str> {
         _ => vec![],
     };
     match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()).filter(|k| !k.is_empty()) {
-        Some(kinds) => supported
-            .into_iter()
-            .filter(|s| kinds.iter().any(|k| k.kind == *s && k.group.as_deref().unwrap_or(GROUP) == GROUP))
-            .collect(),
-        None => supported,
+        Some(kinds) => {
+            let kept: Vec<&'static str> = supported
+                .into_iter()
+                .filter(|s| kinds.iter().any(|k| k.kind == *s && k.group.as_deref().unwrap_or(GROUP) == GROUP))
+                .collect();
+            let valid = kept.len() == kinds.len();
+            (kept, valid)
+        }
+        None => (supported, true),
     }
 }
 
-/// The Istio server for a listener (istiod's `buildListener`), `None` when the listener
-/// cannot be served (said in a diagnostic).
+/// The Istio server for a listener (istiod's `buildListener`) and whether the listener
+/// is programmed; what is wrong goes to the listener's conditions and a diagnostic.
 fn server(
     ctx: &Ctx<'_>,
     obj: &Object,
     l: &GatewayListeners,
     frontend: Option<&Frontend>,
+    report: &mut ListenerReport,
     out: &mut Translation,
-) -> Option<serde_json::Value> {
+) -> (Option<serde_json::Value>, bool) {
+    let say = |out: &mut Translation, message: String| {
+        out.diagnostics.push(super::diagnostic(obj, format!("listener {}: {message}", l.name)));
+    };
     let protocol = match l.protocol.as_str() {
         p @ ("HTTP" | "HTTPS" | "TLS" | "TCP") => p,
         p => {
             let hint = match p.to_uppercase().as_str() {
-                u @ ("HTTP" | "HTTPS" | "TLS" | "TCP") => format!(" (hint: {u:?}, upper case, is supported)"),
+                u @ ("HTTP" | "HTTPS" | "TLS" | "TCP") => format!(". hint: {u:?} (uppercase) may be supported"),
                 _ => String::new(),
             };
-            out.diagnostics.push(super::diagnostic(
-                obj,
-                format!("listener {}: protocol {p:?} is unsupported{hint}: the listener is not programmed", l.name),
-            ));
-            return None;
+            let message = format!("protocol {p:?} is unsupported{hint}");
+            say(out, format!("{message}: the listener is not programmed"));
+            report.fail("Accepted", "UnsupportedProtocol", message);
+            return (None, false);
         }
     };
     let mut notes = Vec::new();
+    let mut tls_error = None;
     let tls = match &l.tls {
         Some(t) => match tls(ctx, obj, l, t, &mut notes) {
             Ok(mut settings) => {
                 let terminates = t.mode != Some(GatewayListenersTlsMode::Passthrough);
                 if terminates
                     && let Some(v) = frontend.and_then(|f| validation_for(f, l.port))
-                    && let Err(message) = client_validation(ctx, obj, t, v, &mut settings)
+                    && let Err(e) = client_validation(ctx, obj, t, v, &mut settings)
                 {
-                    // Clients would not be checked as written: the listener is not served
-                    // (istiod does not program it either).
-                    out.diagnostics.push(super::diagnostic(
-                        obj,
-                        format!("listener {}: {message}: the listener is not programmed", l.name),
-                    ));
-                    return None;
+                    tls_error = Some(e);
                 }
                 Some(settings)
             }
-            Err(message) => {
-                // istiod does not program a listener whose TLS it could not build.
-                out.diagnostics.push(super::diagnostic(
-                    obj,
-                    format!("listener {}: {message}: the listener is not programmed", l.name),
-                ));
-                return None;
+            Err(e) => {
+                tls_error = Some(e);
+                None
             }
         },
         None => None,
     };
     for n in notes {
-        out.diagnostics.push(super::diagnostic(obj, format!("listener {}: {n}", l.name)));
+        say(out, n);
+    }
+    if let Some((reason, message)) = tls_error {
+        // istiod does not program a listener whose TLS it could not build; neither
+        // does Spar (clients would not be checked as written, or no certificate).
+        say(out, format!("{message}: the listener is not programmed"));
+        report.fail("ResolvedRefs", reason, message.clone());
+        report.fail("Programmed", "Invalid", "Bad TLS configuration");
+        if matches!(reason, "InvalidCACertificateRef" | "InvalidCACertificateKind" | "RefNotPermitted") {
+            report.fail("Accepted", "NoValidCACertificate", message);
+        }
+        return (Some(json!({ "port": { "number": l.port } })), false);
     }
     if tls.is_none() && matches!(protocol, "HTTPS" | "TLS") {
-        out.diagnostics.push(super::diagnostic(
-            obj,
-            format!("listener {}: protocol is {protocol} but it has no tls: the listener is not programmed", l.name),
-        ));
-        return None;
+        say(out, format!("protocol is {protocol} but it has no tls: the listener is not programmed"));
+        return (None, true);
     }
     let mut server = json!({
         "port": { "name": "default", "number": l.port, "protocol": protocol },
@@ -273,7 +357,7 @@ fn server(
     if let Some(t) = tls {
         server["tls"] = t;
     }
-    Some(server)
+    (Some(server), true)
 }
 
 /// The server's hosts: the listener's hostname (or `*`) for each namespace routes may
@@ -326,7 +410,7 @@ fn tls(
     l: &GatewayListeners,
     t: &GatewayListenersTls,
     notes: &mut Vec<String>,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, Refused> {
     let ns = &obj.meta.namespace;
     let mut out = json!({});
     if t.mode == Some(GatewayListenersTlsMode::Passthrough) {
@@ -353,7 +437,7 @@ fn tls(
     }
     let refs = t.certificate_refs.as_deref().unwrap_or_default();
     if refs.len() > 2 {
-        return Err("TLS mode can only support up to 2 server certificates".into());
+        return Err(("InvalidCertificateRef", "TLS mode can only support up to 2 server certificates".into()));
     }
     let mut names = Vec::new();
     let mut errors = Vec::new();
@@ -361,25 +445,28 @@ fn tls(
         let cred_ns = r.namespace.as_deref().unwrap_or(ns);
         let (group, kind) = (r.group.as_deref().unwrap_or(""), r.kind.as_deref().unwrap_or("Secret"));
         if cred_ns != ns && !ctx.granted("Gateway", ns, "", "Secret", &r.name, cred_ns) {
-            errors.push(format!(
+            errors.push(("RefNotPermitted", format!(
                 "certificateRef {}/{cred_ns} not accessible to a Gateway in namespace {ns:?} (missing a ReferenceGrant?)",
                 r.name
-            ));
+            )));
             continue;
         }
         if !(group.is_empty() && kind == "Secret") {
-            errors.push(format!(
-                "invalid certificate reference {group}/{kind}/{}.{cred_ns}, only secret is allowed",
-                r.name
+            errors.push((
+                "InvalidCertificateRef",
+                format!("invalid certificate reference {group}/{kind}/{}.{cred_ns}, only secret is allowed", r.name),
             ));
             continue;
         }
         let Some(secret) = ctx.secrets.get(&(cred_ns, r.name.as_str())) else {
-            errors.push(format!(
-                "invalid certificate reference {group}/{kind}/{}.{}, secret {cred_ns}/{} not found",
-                r.name,
-                r.namespace.as_deref().unwrap_or_default(),
-                r.name
+            errors.push((
+                "InvalidCertificateRef",
+                format!(
+                    "invalid certificate reference {group}/{kind}/{}.{}, secret {cred_ns}/{} not found",
+                    r.name,
+                    r.namespace.as_deref().unwrap_or_default(),
+                    r.name
+                ),
             ));
             continue;
         };
@@ -390,12 +477,12 @@ fn tls(
             data.and_then(|d| d.get(k)).is_some_and(|v| String::from_utf8_lossy(&v.0).contains(pem))
         };
         if !(has("tls.crt", "-----BEGIN CERTIFICATE-----") && has("tls.key", "PRIVATE KEY-----")) {
-            errors.push(format!(
+            errors.push(("InvalidCertificateRef", format!(
                 "invalid certificate reference {group}/{kind}/{}.{}, secret {cred_ns}/{} has no PEM certificate and key in tls.crt and tls.key",
                 r.name,
                 r.namespace.as_deref().unwrap_or_default(),
                 r.name
-            ));
+            )));
             continue;
         }
         names.push(format!("kubernetes-gateway://{cred_ns}/{}", r.name));
@@ -403,8 +490,13 @@ fn tls(
     match names.as_slice() {
         // istiod, too, keeps the server without a certificate: it serves nothing.
         [] => {
-            let message = if errors.is_empty() { "no certificateRefs".to_string() } else { errors.join("; ") };
-            return Err(format!("{message}: no certificate"));
+            let reason = errors.first().map_or("InvalidCertificateRef", |(r, _)| *r);
+            let message = if errors.is_empty() {
+                "no certificateRefs".to_string()
+            } else {
+                errors.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; ")
+            };
+            return Err((reason, message));
         }
         [one] => out["credentialName"] = json!(one),
         many => out["credentialNames"] = json!(many),
@@ -412,7 +504,8 @@ fn tls(
     cipher_suites(&mut out, t);
     // With one certificate resolved, istiod serves the listener with it alone.
     if !errors.is_empty() {
-        notes.push(format!("{}: the listener serves its other certificate only", errors.join("; ")));
+        let messages: Vec<&str> = errors.iter().map(|(_, m)| m.as_str()).collect();
+        notes.push(format!("{}: the listener serves its other certificate only", messages.join("; ")));
     }
     Ok(out)
 }
@@ -493,27 +586,38 @@ fn client_validation(
     t: &GatewayListenersTls,
     v: &FrontendValidation,
     out: &mut serde_json::Value,
-) -> Result<(), String> {
+) -> Result<(), Refused> {
     let ns = obj.meta.namespace.as_str();
     let [r] = v.ca_certificate_refs.as_slice() else {
-        return Err("only one caCertificateRef is supported".into());
+        return Err(("InvalidCACertificateRef", "only one caCertificateRef is supported".into()));
     };
     let ca_ns = r.namespace.as_deref().unwrap_or(ns);
     let what = format!("{}/{}/{}.{}", r.group, r.kind, r.name, r.namespace.as_deref().unwrap_or_default());
     match (r.group.as_str(), r.kind.as_str()) {
         ("", "Secret") => {}
         ("", "ConfigMap") => {
-            return Err(format!(
-                "CA certificate reference {what}: Spar reads CA bundles from Secrets, not ConfigMaps (put ca.crt in a \
+            return Err((
+                "InvalidCACertificateRef",
+                format!(
+                    "CA certificate reference {what}: Spar reads CA bundles from Secrets, not ConfigMaps (put ca.crt in a \
                  Secret)"
+                ),
             ));
         }
-        _ => return Err(format!("invalid CA certificate reference {what}, only secret and configmap are allowed")),
+        _ => {
+            return Err((
+                "InvalidCACertificateKind",
+                format!("invalid CA certificate reference {what}, only secret and configmap are allowed"),
+            ));
+        }
     }
     if ca_ns != ns && !ctx.granted("Gateway", ns, "", "Secret", &r.name, ca_ns) {
-        return Err(format!(
-            "caCertificateRef {ca_ns}/{} not accessible to a Gateway in namespace {ns:?} (missing a ReferenceGrant?)",
-            r.name
+        return Err((
+            "RefNotPermitted",
+            format!(
+                "caCertificateRef {ca_ns}/{} not accessible to a Gateway in namespace {ns:?} (missing a ReferenceGrant?)",
+                r.name
+            ),
         ));
     }
     let has_ca = ctx
@@ -522,7 +626,10 @@ fn client_validation(
         .and_then(|s| s.data.as_ref())
         .is_some_and(|d| d.get("ca.crt").is_some_and(|v| !v.0.is_empty()));
     if !has_ca {
-        return Err(format!("invalid CA certificate reference {what}, secret {ca_ns}/{} has no ca.crt", r.name));
+        return Err((
+            "InvalidCACertificateRef",
+            format!("invalid CA certificate reference {what}, secret {ca_ns}/{} has no ca.crt", r.name),
+        ));
     }
     let fallback = v.mode.as_deref() == Some("AllowInsecureFallback");
     out["mode"] = json!(if fallback { "OPTIONAL_MUTUAL" } else { "MUTUAL" });

@@ -13,6 +13,7 @@ use spar_api::{Object, Resource};
 use super::gateways::{Listener, Parents};
 use super::rules::{self, ConfigError, Converted, From};
 use super::shape::{GrpcMatch, HttpMatch, NoMatch, ParentRef, Route, Rule, reshape};
+use super::status::{Attachments, ParentResult};
 use super::util::{intersection, subset_of};
 use super::{Ctx, GENERATED_SUFFIX, GROUP, Translation};
 use crate::host::overlaps;
@@ -27,6 +28,15 @@ enum RouteKind {
 }
 
 impl RouteKind {
+    fn kind(self) -> spar_api::Kind {
+        match self {
+            Self::Http => spar_api::Kind::HTTPRoute,
+            Self::Grpc => spar_api::Kind::GRPCRoute,
+            Self::Tcp => spar_api::Kind::TCPRoute,
+            Self::Tls => spar_api::Kind::TLSRoute,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Http => "HTTPRoute",
@@ -75,6 +85,9 @@ impl RouteParent<'_> {
     }
 }
 
+/// The Istio routes for one kind of parent, and why some part cannot be served.
+type Converted2 = (Vec<Value>, Option<ConfigError>);
+
 /// Converts one rule with at most one of its matches (its position given).
 type RuleFn<'f, M> = dyn Fn(From<'_>, &Rule<M>, Option<&M>, usize) -> Converted + 'f;
 
@@ -86,7 +99,9 @@ struct Keyed<'a> {
 }
 
 /// Translates every route.
-pub(super) fn translate(ctx: &Ctx<'_>, parents: &Parents, objects: &[&Object], out: &mut Translation) {
+/// Translates every route; returns how many routes attach to each listener.
+pub(super) fn translate(ctx: &Ctx<'_>, parents: &Parents, objects: &[&Object], out: &mut Translation) -> Attachments {
+    let mut attached = Attachments::new();
     let known_gateways: BTreeSet<(&str, &str)> = objects
         .iter()
         .filter(|o| matches!(o.resource, Resource::KubernetesGateway(_)))
@@ -102,6 +117,7 @@ pub(super) fn translate(ctx: &Ctx<'_>, parents: &Parents, objects: &[&Object], o
                     &r,
                     |f, rule, m, pos| rules::http(ctx, f, rule, m, pos),
                     &mut merged,
+                    &mut attached,
                     out,
                 ),
                 None => t.unreadable(out),
@@ -112,22 +128,24 @@ pub(super) fn translate(ctx: &Ctx<'_>, parents: &Parents, objects: &[&Object], o
                     &r,
                     |f, rule, m, pos| rules::grpc(ctx, f, rule, m, pos),
                     &mut merged,
+                    &mut attached,
                     out,
                 ),
                 None => t.unreadable(out),
             },
             Resource::TCPRoute(spec) => match reshape::<_, Route<NoMatch>>(&**spec) {
-                Some(r) => t.l4(RouteKind::Tcp, &r, out),
+                Some(r) => t.l4(RouteKind::Tcp, &r, &mut attached, out),
                 None => t.unreadable(out),
             },
             Resource::TLSRoute(spec) => match reshape::<_, Route<NoMatch>>(&**spec) {
-                Some(r) => t.l4(RouteKind::Tls, &r, out),
+                Some(r) => t.l4(RouteKind::Tls, &r, &mut attached, out),
                 None => t.unreadable(out),
             },
             _ => {}
         }
     }
     merge(merged, out);
+    attached
 }
 
 /// One route being translated.
@@ -203,7 +221,8 @@ impl<'a, 'p> Translator<'a, 'p> {
                         mesh_hosts: vec![self.ctx.service_host(&r.name, pns)],
                         original: r.clone(),
                         banned: BTreeSet::new(),
-                        denied: (!found).then(|| ("NotAccepted", format!("parent service: {:?} not found", r.name))),
+                        denied: (!found)
+                            .then(|| ("NoMatchingParent", format!("parent service: {:?} not found", r.name))),
                     });
                 }
                 ("networking.istio.io", "ServiceEntry") => {
@@ -216,7 +235,7 @@ impl<'a, 'p> Translator<'a, 'p> {
                         banned: BTreeSet::new(),
                         denied: hosts
                             .is_none()
-                            .then(|| ("NotAccepted", format!("parent service entry: {:?} not found", r.name))),
+                            .then(|| ("NoMatchingParent", format!("parent service entry: {:?} not found", r.name))),
                     });
                 }
                 (g, k) => self.warn(
@@ -225,19 +244,7 @@ impl<'a, 'p> Translator<'a, 'p> {
                 ),
             }
         }
-        let key = |p: &RouteParent<'_>| {
-            let o = &p.original;
-            format!(
-                "{}/{}/{}/{}/{}.{}",
-                o.group.as_deref().unwrap_or(GROUP),
-                o.kind.as_deref().unwrap_or("Gateway"),
-                o.name,
-                o.section_name.as_deref().unwrap_or_default(),
-                o.port.unwrap_or(0),
-                o.namespace.as_deref().unwrap_or(ns)
-            )
-        };
-        result.sort_by_key(key);
+        result.sort_by_key(|p| parent_ref_string(&p.original, ns));
         self.report_denied(&result, out);
         result
     }
@@ -275,6 +282,42 @@ impl<'a, 'p> Translator<'a, 'p> {
         }
     }
 
+    /// The route's status, and its attachments to listeners (istiod's
+    /// `createRouteStatus` and `RouteAttachment`).
+    fn report(
+        &self,
+        kind: RouteKind,
+        parents: &[RouteParent<'_>],
+        mesh_error: Option<&ConfigError>,
+        gw_error: Option<&ConfigError>,
+        attached: &mut Attachments,
+        out: &mut Translation,
+    ) {
+        let ns = self.obj.meta.namespace.as_str();
+        let mut results = Vec::new();
+        let mut controller = super::ISTIO_CONTROLLER;
+        for p in parents {
+            let error = if p.is_mesh() { mesh_error } else { gw_error };
+            results.push(ParentResult {
+                original: serde_json::to_value(&p.original).unwrap_or_default(),
+                key: parent_ref_string(&p.original, ns),
+                denied: p.denied.clone(),
+                route_error: error.map(|e| (e.reason, e.message.clone())),
+            });
+            if let Some(l) = p.listener {
+                controller = l.controller;
+                if p.denied.is_none() {
+                    let gw_ns = p.original.namespace.clone().unwrap_or_else(|| ns.to_string());
+                    *attached.entry((gw_ns, p.original.name.clone(), l.section_name.clone())).or_default() += 1;
+                }
+            }
+        }
+        if results.is_empty() {
+            return;
+        }
+        out.statuses.push(super::status::route(kind.kind(), self.obj, controller, &results));
+    }
+
     /// Converts every rule (each match of it apart) for one kind of parent; nothing when a
     /// rule cannot be converted at all (istiod then serves none of the route's rules for
     /// that kind of parent).
@@ -285,7 +328,7 @@ impl<'a, 'p> Translator<'a, 'p> {
         mesh: bool,
         one: &RuleFn<'_, M>,
         out: &mut Translation,
-    ) -> Vec<Value> {
+    ) -> Converted2 {
         let from = From {
             kind: kind.name(),
             namespace: &self.obj.meta.namespace,
@@ -308,15 +351,16 @@ impl<'a, 'p> Translator<'a, 'p> {
                             out,
                             format!("not served ({}): {}; none of its rules is served", e.reason, e.message),
                         );
-                        return Vec::new();
+                        return (Vec::new(), Some(e));
                     }
                 }
             }
         }
-        for e in backend_errors {
-            self.report_backend(&e, out);
+        for e in &backend_errors {
+            self.report_backend(e, out);
         }
-        routes
+        // istiod reports the last backend error in the route's status.
+        (routes, backend_errors.pop())
     }
 
     fn report_backend(&self, e: &ConfigError, out: &mut Translation) {
@@ -331,14 +375,18 @@ impl<'a, 'p> Translator<'a, 'p> {
         route: &Route<M>,
         one: impl Fn(From<'_>, &Rule<M>, Option<&M>, usize) -> Converted,
         merged: &mut Vec<Keyed<'a>>,
+        attached: &mut Attachments,
         out: &mut Translation,
     ) {
         let parents = self.parents(kind, &route.parent_refs, &route.hostnames, out);
         let accepted = accepted(&parents);
         let need_mesh = accepted.iter().any(|p| p.is_mesh());
         let need_gw = accepted.iter().any(|p| !p.is_mesh());
-        let mesh_routes = if need_mesh { self.convert(kind, route, true, &one, out) } else { Vec::new() };
-        let gw_routes = if need_gw { self.convert(kind, route, false, &one, out) } else { Vec::new() };
+        let (mesh_routes, mesh_error) =
+            if need_mesh { self.convert(kind, route, true, &one, out) } else { (Vec::new(), None) };
+        let (gw_routes, gw_error) =
+            if need_gw { self.convert(kind, route, false, &one, out) } else { (Vec::new(), None) };
+        self.report(kind, &parents, mesh_error.as_ref(), gw_error.as_ref(), attached, out);
         let ns = &self.obj.meta.namespace;
         for parent in accepted {
             let (key, hosts, routes) = if parent.is_mesh() {
@@ -372,7 +420,7 @@ impl<'a, 'p> Translator<'a, 'p> {
     }
 
     /// TCPRoute and TLSRoute: one VirtualService per accepted parent and host.
-    fn l4(&self, kind: RouteKind, route: &Route<NoMatch>, out: &mut Translation) {
+    fn l4(&self, kind: RouteKind, route: &Route<NoMatch>, attached: &mut Attachments, out: &mut Translation) {
         let parents = self.parents(kind, &route.parent_refs, &route.hostnames, out);
         let accepted = accepted(&parents);
         let one = |from: From<'_>, rule: &Rule<NoMatch>, _: Option<&NoMatch>, _: usize| match kind {
@@ -381,8 +429,11 @@ impl<'a, 'p> Translator<'a, 'p> {
         };
         let need_mesh = accepted.iter().any(|p| p.is_mesh());
         let need_gw = accepted.iter().any(|p| !p.is_mesh());
-        let mesh_routes = if need_mesh { self.convert(kind, route, true, &one, out) } else { Vec::new() };
-        let gw_routes = if need_gw { self.convert(kind, route, false, &one, out) } else { Vec::new() };
+        let (mesh_routes, mesh_error) =
+            if need_mesh { self.convert(kind, route, true, &one, out) } else { (Vec::new(), None) };
+        let (gw_routes, gw_error) =
+            if need_gw { self.convert(kind, route, false, &one, out) } else { (Vec::new(), None) };
+        self.report(kind, &parents, mesh_error.as_ref(), gw_error.as_ref(), attached, out);
         let field = if kind == RouteKind::Tls { "tls" } else { "tcp" };
         let tag = if kind == RouteKind::Tls { "tls" } else { "tcp" };
         let mut count = 0;
@@ -423,6 +474,19 @@ impl<'a, 'p> Translator<'a, 'p> {
     }
 }
 
+/// istiod's `parentRefString`: `group/kind/name/section/port.namespace`.
+fn parent_ref_string(o: &ParentRef, route_ns: &str) -> String {
+    format!(
+        "{}/{}/{}/{}/{}.{}",
+        o.group.as_deref().unwrap_or(GROUP),
+        o.kind.as_deref().unwrap_or("Gateway"),
+        o.name,
+        o.section_name.as_deref().unwrap_or_default(),
+        o.port.unwrap_or(0),
+        o.namespace.as_deref().unwrap_or(route_ns)
+    )
+}
+
 /// Accepted parents, ordered by their internal name (istiod's `filteredReferences`).
 fn accepted<'p>(parents: &[RouteParent<'p>]) -> Vec<RouteParent<'p>> {
     let mut out: Vec<RouteParent<'p>> = parents.iter().filter(|p| p.denied.is_none()).cloned().collect();
@@ -440,10 +504,10 @@ fn listener_allows(
     route_ns: &str,
 ) -> Option<(&'static str, String)> {
     if let Some(p) = r.port.filter(|p| *p != 0 && *p != l.port) {
-        return Some(("NotAccepted", format!("port {p} not found")));
+        return Some(("NoMatchingParent", format!("port {p} not found")));
     }
     if let Some(s) = r.section_name.as_deref().filter(|s| !s.is_empty() && *s != l.section_name) {
-        return Some(("NotAccepted", format!("sectionName {s:?} not found")));
+        return Some(("NoMatchingParent", format!("sectionName {s:?} not found")));
     }
     let star = ["*".to_string()];
     let route_hosts = if hostnames.is_empty() { &star[..] } else { hostnames };
@@ -476,7 +540,7 @@ fn listener_allows(
         }
     }
     if !l.allowed_kinds.contains(&kind.name()) {
-        return Some(("NotAllowedByListeners", format!("kind {GROUP}/v1, Kind={} is not allowed", kind.name())));
+        return Some(("NotAllowedByListeners", format!("kind {GROUP}/v1/{} is not allowed", kind.name())));
     }
     None
 }

@@ -97,7 +97,7 @@ pub(super) fn http(
                     out.insert("corsPolicy".into(), cors_of(c));
                 }
             }
-            other => return Err(ConfigError::new("UnsupportedValue", format!("unsupported filter type {other:?}"))),
+            other => return Err(ConfigError::new("InvalidFilter", format!("unsupported filter type {other:?}"))),
         }
     }
     if let Some(r) = &rule.retry {
@@ -166,7 +166,7 @@ pub(super) fn grpc(
                     push(&mut out, "mirrors", m);
                 }
             }
-            other => return Err(ConfigError::new("UnsupportedValue", format!("unsupported filter type {other:?}"))),
+            other => return Err(ConfigError::new("InvalidFilter", format!("unsupported filter type {other:?}"))),
         }
     }
     if weight_sum(&rule.backend_refs) == 0 {
@@ -239,7 +239,7 @@ fn uri_match(m: &HttpMatch) -> Result<Value, ConfigError> {
         "RegularExpression" => json!({ "regex": value }),
         other => {
             return Err(ConfigError::new(
-                "UnsupportedValue",
+                "InvalidConfiguration",
                 format!("unknown type: {other:?} is not supported Path match type"),
             ));
         }
@@ -256,7 +256,7 @@ fn grpc_uri_match(m: &GrpcMatch) -> Result<Option<Value>, ConfigError> {
             (None, Some(me)) => format!("/[^/]+/{me}"),
             (Some(s), Some(me)) => return Ok(Some(json!({ "exact": format!("/{s}/{me}") }))),
             (None, None) => {
-                return Err(ConfigError::new("UnsupportedValue", "gRPC match must have method or service defined"));
+                return Err(ConfigError::new("InvalidConfiguration", "gRPC match must have method or service defined"));
             }
         },
         "RegularExpression" => match (svc, meth) {
@@ -264,12 +264,12 @@ fn grpc_uri_match(m: &GrpcMatch) -> Result<Option<Value>, ConfigError> {
             (None, Some(me)) => format!("/[^/]+/{me}"),
             (Some(s), Some(me)) => format!("/{s}/{me}"),
             (None, None) => {
-                return Err(ConfigError::new("UnsupportedValue", "gRPC match must have method or service defined"));
+                return Err(ConfigError::new("InvalidConfiguration", "gRPC match must have method or service defined"));
             }
         },
         other => {
             return Err(ConfigError::new(
-                "UnsupportedValue",
+                "InvalidConfiguration",
                 format!("unknown type: {other:?} is not supported Path match type"),
             ));
         }
@@ -287,7 +287,7 @@ fn value_matches(list: &[ValueMatch], what: &str) -> Result<Option<Value>, Confi
             "RegularExpression" => json!({ "regex": v.value }),
             other => {
                 return Err(ConfigError::new(
-                    "UnsupportedValue",
+                    "InvalidConfiguration",
                     format!("unknown type: {other:?} is not supported {what} match type"),
                 ));
             }
@@ -315,7 +315,7 @@ fn header_ops(h: &HeaderFilter) -> Result<Value, ConfigError> {
     for x in h.set.iter().chain(&h.add) {
         if !x.value.bytes().all(|c| c == 0x09 || (c >= 0x20 && c != 0x7f)) {
             return Err(ConfigError::new(
-                "UnsupportedValue",
+                "InvalidFilter",
                 format!("header {:?} value contains invalid characters", x.name),
             ));
         }
@@ -499,7 +499,7 @@ fn http_destinations(
             match f.r#type.as_str() {
                 "RequestHeaderModifier" | "ResponseHeaderModifier" => header_filter(&mut rd_map, f)?,
                 other => {
-                    return Err(ConfigError::new("UnsupportedValue", format!("unsupported filter type {other:?}")));
+                    return Err(ConfigError::new("InvalidFilter", format!("unsupported filter type {other:?}")));
                 }
             }
         }
@@ -563,7 +563,7 @@ fn destination(ctx: &Ctx<'_>, from: From<'_>, to: &BackendRef) -> Result<(Value,
         ("", "Service") | ("multicluster.x-k8s.io", "ServiceImport") => {
             if group.is_empty() && to.name.contains('.') {
                 return Err(ConfigError::new(
-                    "UnsupportedValue",
+                    "InvalidDestination",
                     "service name invalid; the name of the Service must be used, not the hostname.",
                 ));
             }
@@ -575,7 +575,7 @@ fn destination(ctx: &Ctx<'_>, from: From<'_>, to: &BackendRef) -> Result<(Value,
         }
         ("networking.istio.io", "Hostname") => {
             if to.namespace.is_some() {
-                return Err(ConfigError::new("UnsupportedValue", "namespace may not be set with Hostname type"));
+                return Err(ConfigError::new("InvalidDestination", "namespace may not be set with Hostname type"));
             }
             if !ctx.hosts.contains(&to.name) {
                 invalid = Some(ConfigError::new("BackendNotFound", format!("backend({}) not found", to.name)));
@@ -593,7 +593,7 @@ fn destination(ctx: &Ctx<'_>, from: From<'_>, to: &BackendRef) -> Result<(Value,
         }
     };
     let Some(port) = to.port else {
-        return Err(ConfigError::new("UnsupportedValue", "port is required in backendRef"));
+        return Err(ConfigError::new("InvalidDestination", "port is required in backendRef"));
     };
     Ok((json!({ "host": host, "port": { "number": port } }), invalid))
 }

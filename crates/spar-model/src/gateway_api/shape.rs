@@ -29,15 +29,20 @@ pub(super) struct Route<M> {
     pub rules: Vec<Rule<M>>,
 }
 
-/// A `parentRefs` entry.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// A `parentRefs` entry (written back as it was, in route status).
+#[derive(Clone, Debug, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ParentRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<i32>,
 }
 
