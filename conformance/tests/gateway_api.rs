@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use spar_conformance::tls::{Pki, secret_yaml, tls_request};
 use spar_conformance::{Envoy, Harness, Pod, both_variants_mod, http_request, tally, wait_for};
 
 /// Convergence bound for one config change; generous on purpose (shared machines).
@@ -149,5 +150,74 @@ async fn gamma(delta: bool) -> anyhow::Result<()> {
     h.check_alive()
 }
 
+/// The TLS listeners of a Gateway: HTTPS terminated with a certificate from a Secret of
+/// another namespace, which is not served (the listener is not programmed) until a
+/// ReferenceGrant lets the Gateway's namespace use it; TLS passthrough by SNI with a
+/// TLSRoute, the backend's own certificate reaching the client.
+async fn tls_listeners(delta: bool) -> anyhow::Result<()> {
+    let mut h = Harness::new("gwapi-tls", delta)?.with_security("1h");
+    h.load_case("gateway-api")?;
+    let server_ca = Pki::new("gateway API server CA")?;
+    let backend_ca = Pki::new("passthrough backend CA")?;
+    let secure = server_ca.server_cert(&["secure.example.com"])?;
+    h.write_config("secret.yaml", &secret_yaml("certs", "secure-cert", Some(&secure), None))?;
+    let tls = h.render(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls-gw, namespace: infra}\n\
+         spec:\n  gatewayClassName: istio\n  listeners:\n  \
+         - {name: https, port: 8443, protocol: HTTPS, hostname: secure.example.com, allowedRoutes: {namespaces: {from: All}},\n     \
+         tls: {mode: Terminate, certificateRefs: [{name: secure-cert, namespace: certs}]}}\n  \
+         - {name: passthrough, port: 9443, protocol: TLS, hostname: passthrough.example.com, allowedRoutes: {namespaces: {from: All}},\n     \
+         tls: {mode: Passthrough}}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: secure, namespace: default}\n\
+         spec:\n  parentRefs: [{name: tls-gw, namespace: infra}]\n  rules: [{backendRefs: [{name: echo-v1, port: 8080}]}]\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {name: pass, namespace: default}\n\
+         spec:\n  parentRefs: [{name: tls-gw, namespace: infra}]\n  hostnames: [passthrough.example.com]\n  \
+         rules: [{backendRefs: [{name: tls-backend, port: 8443}]}]\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {name: tls-backend, namespace: default}\n\
+         spec: {selector: {app: tls-backend}, ports: [{name: tls, port: 8443}]}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: tls-backend, namespace: default}\n\
+         spec: {address: \"${ip:tls-backend}\", labels: {app: tls-backend}}\n",
+    );
+    h.write_config("tls-gateway.yaml", &tls)?;
+    h.start_spar(&[]).await?;
+    let ip = h.ip("echo-v1");
+    h.start_echo("echo-v1", SocketAddr::new(ip, 8080)).await?;
+    let ip = h.ip("tls-backend");
+    h.start_echo_tls("tls-backend", SocketAddr::new(ip, 8443), backend_ca.server_cert(&["passthrough.example.com"])?)
+        .await?;
+    let ip = h.ip("tls-gw");
+    let gw = h.start_sidecar(&Pod::gateway("tls-gw", "infra", ip, &[(GATEWAY_NAME, "tls-gw")])).await?;
+
+    // Passthrough: the backend's certificate, not the gateway's.
+    let passthrough = SocketAddr::new(gw.ip, 9443);
+    wait_for(CONVERGE, "TLS passthrough to the backend", || async {
+        tls_request(passthrough, "passthrough.example.com", &backend_ca.ca_pem, "/")
+            .await
+            .is_ok_and(|r| r.backend() == Some("tls-backend"))
+    })
+    .await?;
+    // Another namespace's certificate without a grant: not served.
+    let https = SocketAddr::new(gw.ip, 8443);
+    assert!(
+        tls_request(https, "secure.example.com", &server_ca.ca_pem, "/").await.is_err(),
+        "no ReferenceGrant: the HTTPS listener is not programmed"
+    );
+    assert!(h.spar_log().contains("not accessible to a Gateway"), "the refusal is logged");
+    h.write_config(
+        "grant.yaml",
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: certs, namespace: certs}\n\
+         spec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: infra}]\n  \
+         to: [{group: \"\", kind: Secret, name: secure-cert}]\n",
+    )?;
+    wait_for(CONVERGE, "HTTPS with the granted certificate", || async {
+        tls_request(https, "secure.example.com", &server_ca.ca_pem, "/")
+            .await
+            .is_ok_and(|r| r.backend() == Some("echo-v1"))
+    })
+    .await?;
+    h.check_alive()
+}
+
 both_variants_mod!(http, http_route);
+both_variants_mod!(tls, tls_listeners);
 both_variants_mod!(mesh, gamma);

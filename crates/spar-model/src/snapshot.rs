@@ -92,6 +92,9 @@ pub struct Snapshot {
     pub secret_readers: SecretReaders,
     /// RequestAuthentications.
     pub request_authentications: Vec<Config<RequestAuthenticationSpec>>,
+    /// ReferenceGrants that let Gateways of one namespace use Secrets of another:
+    /// (Gateway namespace, Secret namespace, Secret name or all of them).
+    pub secret_grants: BTreeSet<(String, String, Option<String>)>,
     /// Secrets by (namespace, name), for `credentialName`.
     pub secrets: BTreeMap<(String, String), Arc<corev1::Secret>>,
     /// Gateways, oldest first.
@@ -103,6 +106,9 @@ pub struct Snapshot {
     pub envoy_filters: Vec<Config<spar_api::istio::envoy_filter::EnvoyFilterSpec>>,
     /// Problems found while building.
     pub diagnostics: Vec<Diagnostic>,
+    /// The status of each Gateway API object Spar serves, as Gateway API asks for it
+    /// (written by the status writer in Kubernetes; printed by `spar analyze`).
+    pub gateway_api_status: Vec<crate::gateway_api::ObjectStatus>,
     /// Label keys any selector that shapes a sidecar's outbound config looks at
     /// (Sidecar and DestinationRule workload selectors, VirtualService `sourceLabels`,
     /// Telemetry selectors). Workloads that agree on these get the same outbound config.
@@ -307,6 +313,19 @@ impl Snapshot {
                 Resource::Secret(s) => {
                     snap.secrets.insert((obj.meta.namespace.clone(), obj.meta.name.clone()), Arc::clone(s));
                 }
+                Resource::ReferenceGrant(g) => {
+                    let gateway_api = crate::gateway_api::GROUP;
+                    let to_secrets = g.to.iter().filter(|t| t.group.is_empty() && t.kind == "Secret");
+                    for to in to_secrets {
+                        for from in g.from.iter().filter(|f| f.group == gateway_api && f.kind == "Gateway") {
+                            snap.secret_grants.insert((
+                                from.namespace.clone(),
+                                obj.meta.namespace.clone(),
+                                to.name.clone(),
+                            ));
+                        }
+                    }
+                }
                 Resource::WorkloadEntry(s) => workload_entries.push((*obj, Arc::clone(s))),
                 Resource::ServiceEntry(s) => service_entries.push((*obj, Arc::clone(s))),
                 Resource::Service(s) => k8s_services.push((*obj, Arc::clone(s))),
@@ -345,6 +364,7 @@ impl Snapshot {
             snap.virtual_services.push((vs, hosts));
         }
         snap.diagnostics.extend(translated.diagnostics);
+        snap.gateway_api_status = translated.statuses;
         let oldest_first = |a: &Option<String>, an: (&str, &str), b: &Option<String>, bn: (&str, &str)| {
             // Objects without a timestamp (files) sort by namespace/name, after timed ones.
             (a.is_none(), a, an).cmp(&(b.is_none(), b, bn))
@@ -454,6 +474,12 @@ impl Snapshot {
             return;
         }
         self.services.insert(s.hostname.clone(), Arc::new(s));
+    }
+
+    /// Whether a ReferenceGrant lets Gateways of `gateway_ns` use Secret `ns/name`.
+    pub fn secret_granted(&self, gateway_ns: &str, ns: &str, name: &str) -> bool {
+        self.secret_grants.contains(&(gateway_ns.to_string(), ns.to_string(), None))
+            || self.secret_grants.contains(&(gateway_ns.to_string(), ns.to_string(), Some(name.to_string())))
     }
 
     /// The Gateways whose `selector` matches a gateway proxy's labels (an empty selector

@@ -436,6 +436,7 @@ fn the_gateway_api_environment_parses_without_errors() {
 /// istiod writes, conditions compared by type, status, reason and message (without the
 /// times and generations the writer adds). The test fails when one stops passing.
 const STATUS_PASSING: &[&str] = &[
+    "tls-terminate",
     "backend-lb-policy",
     "backend-tls-policy",
     "backend-tls-policy-ignored",

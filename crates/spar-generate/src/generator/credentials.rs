@@ -60,7 +60,8 @@ fn secret_ref<'a>(credential: &'a str, proxy_ns: &'a str) -> (RefKind, &'a str, 
 
 /// Whether `scope`'s proxy may receive the key of Secret `ns/name`, by istiod's SDS
 /// rules: only a proxy that proved its identity; a Secret of its own namespace only
-/// (`kubernetes-gateway://` from a Gateway of that namespace); and for a key (not a CA
+/// (`kubernetes-gateway://` from a Gateway of that namespace, or of another namespace a
+/// ReferenceGrant opens to its Gateways); and for a key (not a CA
 /// bundle) of a `kubernetes://` Secret, a service account that Kubernetes RBAC lets list
 /// Secrets there. The error says why not, for the operator.
 fn authorize(
@@ -87,11 +88,11 @@ fn authorize(
                     id.namespace
                 ));
             }
-            if ns != id.namespace {
+            if ns != id.namespace && !scope.snap.secret_granted(&id.namespace, ns, name) {
                 return Err(format!(
-                    "not sent: Secret {ns}/{name} is in another namespace than the Gateway ({}); that takes a \
-                     ReferenceGrant, which Spar does not read yet",
-                    id.namespace
+                    "not sent: Secret {ns}/{name} is in another namespace than the Gateway ({}), and no \
+                     ReferenceGrant in {ns} lets Gateways of {} use it",
+                    id.namespace, id.namespace
                 ));
             }
         }

@@ -393,3 +393,25 @@ fn a_gateway_whose_service_account_may_not_list_secrets_gets_no_key() {
     let snap = snapshot(&[INGRESS, &gateway_in("istio-system", "cert"), &secret_in("istio-system", "cert")]);
     assert_eq!(secrets_and_warnings(&snap, &gateway_proxy(true)).0, ["kubernetes://cert"]);
 }
+
+#[test]
+fn a_kubernetes_gateway_key_of_another_namespace_takes_a_reference_grant() {
+    let grant = |from: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: certs, namespace: certs}}\n\
+             spec:\n  from: [{{group: gateway.networking.k8s.io, kind: Gateway, namespace: {from}}}]\n  \
+             to: [{{group: \"\", kind: Secret, name: cert}}]\n"
+        )
+    };
+    let base = [INGRESS, &gateway_in("istio-system", "kubernetes-gateway://certs/cert"), &secret_in("certs", "cert")];
+    let (sent, w) = secrets_and_warnings(&snapshot(&base), &gateway_proxy(true));
+    assert!(sent.is_empty(), "{sent:?}");
+    assert!(w.contains("no ReferenceGrant in certs lets Gateways of istio-system use it"), "{w}");
+    // A grant to another namespace's Gateways opens nothing here.
+    let other = grant("elsewhere");
+    let (sent, _) = secrets_and_warnings(&snapshot(&[base[0], base[1], base[2], &other]), &gateway_proxy(true));
+    assert!(sent.is_empty(), "{sent:?}");
+    let ours = grant("istio-system");
+    let (sent, w) = secrets_and_warnings(&snapshot(&[base[0], base[1], base[2], &ours]), &gateway_proxy(true));
+    assert_eq!(sent, ["kubernetes-gateway://certs/cert"], "{w}");
+}

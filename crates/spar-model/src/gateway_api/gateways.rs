@@ -454,7 +454,11 @@ fn tls(
         if !(group.is_empty() && kind == "Secret") {
             errors.push((
                 "InvalidCertificateRef",
-                format!("invalid certificate reference {group}/{kind}/{}.{cred_ns}, only secret is allowed", r.name),
+                format!(
+                    "invalid certificate reference {group}/{kind}/{}.{}, only secret is allowed",
+                    r.name,
+                    r.namespace.as_deref().unwrap_or_default()
+                ),
             ));
             continue;
         }

@@ -380,8 +380,10 @@ impl<'a, 'p> Translator<'a, 'p> {
     ) {
         let parents = self.parents(kind, &route.parent_refs, &route.hostnames, out);
         let accepted = accepted(&parents);
-        let need_mesh = accepted.iter().any(|p| p.is_mesh());
-        let need_gw = accepted.iter().any(|p| !p.is_mesh());
+        // Rules are converted for every kind of parent named, accepting or not, so that a
+        // refused route's status still says what else is wrong with it (as istiod).
+        let need_mesh = parents.iter().any(|p| p.is_mesh());
+        let need_gw = parents.iter().any(|p| !p.is_mesh());
         let (mesh_routes, mesh_error) =
             if need_mesh { self.convert(kind, route, true, &one, out) } else { (Vec::new(), None) };
         let (gw_routes, gw_error) =
@@ -427,8 +429,10 @@ impl<'a, 'p> Translator<'a, 'p> {
             RouteKind::Tls => rules::tls(self.ctx, from, rule, &route.hostnames),
             _ => rules::tcp(self.ctx, from, rule),
         };
-        let need_mesh = accepted.iter().any(|p| p.is_mesh());
-        let need_gw = accepted.iter().any(|p| !p.is_mesh());
+        // Rules are converted for every kind of parent named, accepting or not, so that a
+        // refused route's status still says what else is wrong with it (as istiod).
+        let need_mesh = parents.iter().any(|p| p.is_mesh());
+        let need_gw = parents.iter().any(|p| !p.is_mesh());
         let (mesh_routes, mesh_error) =
             if need_mesh { self.convert(kind, route, true, &one, out) } else { (Vec::new(), None) };
         let (gw_routes, gw_error) =

@@ -92,11 +92,14 @@ impl Snapshot {
             authorization_policies,
             request_authentications,
             secret_readers,
+            secret_grants,
             secrets,
             gateways,
             telemetries,
             envoy_filters,
             diagnostics: _,
+            // What the status writer says, not what proxies are sent.
+            gateway_api_status: _,
             outbound_label_keys,
             since: _,
             index: _,
@@ -109,6 +112,7 @@ impl Snapshot {
             && *authorization_policies == prev.authorization_policies
             && *request_authentications == prev.request_authentications
             && *secret_readers == prev.secret_readers
+            && *secret_grants == prev.secret_grants
             && *gateways == prev.gateways
             && *telemetries == prev.telemetries
             && *envoy_filters == prev.envoy_filters
