@@ -292,9 +292,15 @@ struct BootstrapArgs {
     /// A gateway (router) instead of a sidecar.
     #[arg(long)]
     router: bool,
-    /// Gateways: bind listeners on this address instead of 0.0.0.0 (for several
-    /// gateways sharing one network namespace). Sets `SPAR_LISTEN_ADDRESS`.
-    #[arg(long, requires = "router")]
+    /// The proxy of Gateway API Gateway NAME (in --namespace): a gateway (router)
+    /// labelled `gateway.networking.k8s.io/gateway-name=NAME`, as istiod's deployment
+    /// controller labels a managed Gateway's pods.
+    #[arg(long, value_name = "NAME")]
+    gateway: Option<String>,
+    /// Gateways (--router, --gateway): bind listeners on this address instead of
+    /// 0.0.0.0 (for several gateways sharing one network namespace). Sets
+    /// `SPAR_LISTEN_ADDRESS`.
+    #[arg(long)]
     listen_address: Option<std::net::IpAddr>,
     /// Locality, region/zone/subzone (locality-aware load balancing).
     #[arg(long, default_value = "")]
@@ -529,12 +535,19 @@ fn main() -> anyhow::Result<()> {
             a.dry_run,
         ),
         Command::Bootstrap(a) => {
+            if a.listen_address.is_some() && !a.router && a.gateway.is_none() {
+                bail!("--listen-address is for gateways: add --router or --gateway");
+            }
+            let mut labels = parse_labels(&a.labels)?;
+            if let Some(gw) = &a.gateway {
+                labels.insert(spar_model::gateway_api::GATEWAY_NAME_LABEL.to_string(), gw.clone());
+            }
             let params = spar_generate::bootstrap::BootstrapParams {
-                kind: if a.router { ProxyKind::Router } else { ProxyKind::Sidecar },
+                kind: if a.router || a.gateway.is_some() { ProxyKind::Router } else { ProxyKind::Sidecar },
                 xds_address: a.xds_address,
                 namespace: a.namespace,
                 name: a.name,
-                labels: parse_labels(&a.labels)?,
+                labels,
                 ip: a.ip,
                 service_account: a.service_account,
                 admin_address: a.admin_address,
