@@ -333,18 +333,7 @@ fn inject_workload(pod: &Value, workload: Option<&str>, cfg: &InjectConfig) -> R
     let existing = take_array(spec, "initContainers");
     spec.insert("initContainers".into(), Value::Array(init.into_iter().chain(existing).collect()));
     push_array(spec, "containers", [proxy_container(&settings, cfg)]);
-    let mut volumes = vec![
-        json!({"name": BOOTSTRAP_VOLUME, "emptyDir": {"medium": "Memory"}}),
-        json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
-            "audience": TOKEN_AUDIENCE,
-            "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
-            "path": TOKEN_VOLUME,
-        }}]}}),
-    ];
-    if !cfg.plaintext {
-        volumes.push(json!({"name": ROOT_CERT_VOLUME, "configMap": {"name": ROOT_CERT_CONFIGMAP}}));
-    }
-    push_array(spec, "volumes", volumes);
+    push_array(spec, "volumes", proxy_volumes(cfg));
 
     let status = json!({
         "initContainers": init_names,
@@ -360,6 +349,61 @@ fn inject_workload(pod: &Value, workload: Option<&str>, cfg: &InjectConfig) -> R
         annotations.entry(annotation::DEFAULT_LOGS_CONTAINER).or_insert_with(|| json!(app_container));
     }
     Ok(Injection::Injected(out))
+}
+
+/// The volumes the proxy and its bootstrap container use: the bootstrap's emptyDir, the
+/// projected token and (unless plaintext) the trust bundle.
+fn proxy_volumes(cfg: &InjectConfig) -> Vec<Value> {
+    let mut volumes = vec![
+        json!({"name": BOOTSTRAP_VOLUME, "emptyDir": {"medium": "Memory"}}),
+        json!({"name": TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+            "audience": TOKEN_AUDIENCE,
+            "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+            "path": TOKEN_VOLUME,
+        }}]}}),
+    ];
+    if !cfg.plaintext {
+        volumes.push(json!({"name": ROOT_CERT_VOLUME, "configMap": {"name": ROOT_CERT_CONFIGMAP}}));
+    }
+    volumes
+}
+
+/// A gateway's pod, the way [`inject_pod`] makes a sidecar's: the same bootstrap init
+/// container (with `--router`, no capture: a gateway binds its listeners' ports itself),
+/// the same `istio-proxy` container and volumes. `annotations` are read as a pod's
+/// (`sidecar.istio.io/proxyImage`, `logLevel`, `proxyCPU`, ... as injection reads them);
+/// `labels` are the pod's, which the bootstrap carries as node metadata.
+pub(crate) fn router_pod(
+    annotations: &Map<String, Value>,
+    labels: &Map<String, Value>,
+    cfg: &InjectConfig,
+) -> Result<RouterPod, InjectError> {
+    let pod = json!({"metadata": {"annotations": annotations}});
+    let mut settings = Settings::read(&pod, cfg)?;
+    settings.capture = false;
+    settings.router = true;
+    let mut label_arg: Vec<String> =
+        labels.iter().filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}"))).collect();
+    label_arg.sort();
+    Ok(RouterPod {
+        bootstrap: bootstrap_container(&settings, &label_arg.join(","), cfg),
+        proxy: proxy_container(&settings, cfg),
+        volumes: proxy_volumes(cfg),
+        status_port: settings.status_port,
+    })
+}
+
+/// What [`router_pod`] makes.
+#[derive(Debug)]
+pub(crate) struct RouterPod {
+    /// The init container that writes the bootstrap.
+    pub bootstrap: Value,
+    /// The `istio-proxy` container.
+    pub proxy: Value,
+    /// The pod's volumes.
+    pub volumes: Vec<Value>,
+    /// The health port (`None`: `status.sidecar.istio.io/port: "0"`).
+    pub status_port: Option<u16>,
 }
 
 /// Why a pod is not injected, if it is not.
@@ -439,6 +483,8 @@ struct Settings {
     component_log_level: Option<String>,
     /// iptables capture (`REDIRECT`); `false` for `NONE`.
     capture: bool,
+    /// A gateway (`spar bootstrap --router`) rather than a sidecar.
+    router: bool,
     /// `None`: no health listener and no probes.
     status_port: Option<u16>,
     exclude_inbound_ports: Vec<u16>,
@@ -534,6 +580,7 @@ impl Settings {
             log_level,
             component_log_level,
             capture,
+            router: false,
             status_port,
             exclude_inbound_ports,
             // Istio's defaults: ready checks every 15 s, 4 misses make the pod unready.

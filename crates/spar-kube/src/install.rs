@@ -395,6 +395,13 @@ fn cluster_role() -> Value {
     // this lets Spar create any ConfigMap; everything else is limited to this one.
     rules.push(rule("", vec!["configmaps".into()], &[], &["create"]));
     rules.push(rule("", vec!["configmaps".into()], &[ROOT_CERT_CONFIGMAP], &["get", "patch", "update"]));
+    // Managed Gateway API Gateways (gateway_deploy): each one's ServiceAccount, Deployment
+    // and Service, by server-side apply (`create` too, for a patch that creates). `get`
+    // checks that an existing object is Spar's to change, and reads the Gateway's uid for
+    // the owner reference. Nothing is deleted: Kubernetes does, with the Gateway.
+    rules.push(rule("", vec!["serviceaccounts".into(), "services".into()], &[], &["get", "create", "patch"]));
+    rules.push(rule("apps", vec!["deployments".into()], &[], &["get", "create", "patch"]));
+    rules.push(rule(spar_model::gateway_api::GROUP, vec!["gateways".into()], &[], &["get"]));
     // Its own webhook configurations, to patch in their caBundle.
     rules.push(rule(
         "admissionregistration.k8s.io",

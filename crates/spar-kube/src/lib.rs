@@ -12,6 +12,7 @@
 //! object only ever removes itself, exactly like a bad document in a file.
 
 pub mod ca_secret;
+pub mod gateway_deploy;
 pub mod inject;
 pub mod install;
 pub mod lease;

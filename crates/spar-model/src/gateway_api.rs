@@ -38,7 +38,13 @@ use spar_api::istio::gateway::GatewaySpec;
 use spar_api::istio::virtual_service::VirtualServiceSpec;
 use spar_api::{Object, Resource};
 
+pub use gateways::is_managed;
 pub use status::ObjectStatus;
+
+/// The controller a GatewayClass's `controllerName` names, when it is one Spar serves.
+pub fn served_controller(controller_name: &str) -> Option<&'static str> {
+    [ISTIO_CONTROLLER, SPAR_CONTROLLER].into_iter().find(|c| *c == controller_name)
+}
 
 use crate::{Config, Diagnostic};
 

@@ -248,6 +248,18 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             )
             .instrument(info_span!("status")),
         );
+        // Managed Gateway API Gateways get their proxies' Deployment, Service and account.
+        let deploy = spar_kube::gateway_deploy::DeployConfig { inject: cfg.inject.clone(), ..Default::default() };
+        tokio::spawn(
+            spar_kube::gateway_deploy::run(
+                client.clone(),
+                Arc::clone(&store),
+                deploy,
+                snap_rx.clone(),
+                leader_rx.clone(),
+            )
+            .instrument(info_span!("gateway-deploy")),
+        );
         tokio::spawn(
             spar_kube::rootcert::run(client.clone(), Arc::clone(&store), bundle_rx, snap_rx.clone(), leader_rx)
                 .instrument(info_span!("root-cert")),

@@ -1,7 +1,8 @@
 //! `spar install` as an operator runs it: the real binary, its output against the committed
 //! `deploy/spar.yaml`, its Deployment against `spar serve --help`, and `deploy/` through
-//! kustomize (kubectl's built-in one, or a standalone `kustomize`); and the xDS protocol
-//! of the bootstrap that the injected init container writes.
+//! kustomize (kubectl's built-in one, or a standalone `kustomize`); the xDS protocol
+//! of the bootstrap that the injected init container writes; and the bootstrap a managed
+//! Gateway's pods write.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -158,4 +159,45 @@ fn bootstrap_defaults_to_delta_xds() {
         .output()
         .expect("run spar");
     assert!(!both.status.success(), "--delta with --sotw must be refused");
+}
+
+/// The init container of a managed Gateway's pods runs `spar bootstrap` with flags it
+/// accepts, and writes a router's bootstrap whose labels are those the Gateway API
+/// translation programs (`gateway.networking.k8s.io/gateway-name`).
+#[test]
+fn a_managed_gateways_pods_bootstrap_as_routers_of_that_gateway() {
+    use spar_kube::gateway_deploy::{managed, render};
+    use spar_kube::inject::InjectConfig;
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: web, namespace: shop}
+spec: {gatewayClassName: istio, listeners: [{name: http, port: 80, protocol: HTTP}]}";
+    let origin = spar_api::Origin::new("kubernetes/test", 0);
+    let Ok(Some(gateway)) = spar_api::parse_document(&origin, yaml) else { panic!("a Gateway") };
+    let gw = managed(&[&gateway]).pop().expect("managed");
+    // Plaintext: the token exchange needs Spar running; the flags are the same otherwise.
+    let cfg = InjectConfig { plaintext: true, ..InjectConfig::default() };
+    let rendered = render(&gw, "uid", &cfg).expect("renders");
+    let init = &rendered.deployment["spec"]["template"]["spec"]["initContainers"][0];
+    assert_eq!(init["command"], serde_json::json!(["spar"]));
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gateway-bootstrap.json");
+    let args: Vec<String> = init["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| {
+            // What the kubelet expands from the Downward API.
+            let a = a.as_str().expect("string arg");
+            let a = a.replace("$(POD_NAMESPACE)", "shop").replace("$(POD_NAME)", "web-istio-7d9f-x2");
+            let a = a.replace("$(INSTANCE_IP)", "10.1.2.3").replace("$(SERVICE_ACCOUNT)", "web-istio");
+            if a == spar_kube::inject::BOOTSTRAP_FILE { out.to_str().expect("UTF-8").to_string() } else { a }
+        })
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spar(&args);
+    let b: Value = serde_json::from_str(&std::fs::read_to_string(&out).expect("bootstrap")).expect("JSON");
+    assert_eq!(b["node"]["id"], "router~10.1.2.3~web-istio-7d9f-x2.shop~shop.svc.cluster.local");
+    let labels = &b["node"]["metadata"]["LABELS"];
+    assert_eq!(labels["gateway.networking.k8s.io/gateway-name"], "web", "{labels}");
+    assert_eq!(b["node"]["metadata"]["SERVICE_ACCOUNT"], "web-istio");
 }

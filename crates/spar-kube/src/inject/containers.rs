@@ -78,6 +78,9 @@ pub(super) fn bootstrap_container(s: &Settings, labels: &str, cfg: &InjectConfig
         mounts.push(json!({"name": ROOT_CERT_VOLUME, "mountPath": ROOT_CERT_DIR, "readOnly": true}));
     }
     args.insert(0, "bootstrap".into());
+    if s.router {
+        args.insert(1, "--router".into());
+    }
     // Said either way, so that the pod does not depend on the bootstrap's default.
     args.push(if cfg.delta { "--delta" } else { "--sotw" }.into());
     json!({

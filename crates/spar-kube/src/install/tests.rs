@@ -214,6 +214,15 @@ fn rbac_covers_what_spar_does_and_no_more() {
         assert!(allows(cluster, adm, "validatingwebhookconfigurations", verb, Some(VALIDATOR)));
         assert!(!allows(cluster, adm, "mutatingwebhookconfigurations", verb, Some("istio-sidecar-injector")));
     }
+    // Managed Gateways' objects: applied (a patch that may create), checked before.
+    for (group, resource) in [("", "serviceaccounts"), ("", "services"), ("apps", "deployments")] {
+        for verb in ["get", "create", "patch"] {
+            assert!(allows(cluster, group, resource, verb, Some("x")), "{verb} {resource}");
+        }
+        assert!(!allows(cluster, group, resource, "update", Some("x")), "update {resource}");
+    }
+    assert!(allows(cluster, "gateway.networking.k8s.io", "gateways", "get", Some("x")), "the Gateway's uid");
+    assert!(!allows(cluster, "gateway.networking.k8s.io", "gateways", "patch", Some("x")), "Gateways are read-only");
     // Secrets are watched (gateway credentials), never fetched or written cluster-wide.
     assert!(!allows(cluster, "", "secrets", "get", Some("x")));
     assert!(!allows(cluster, "", "secrets", "create", None));

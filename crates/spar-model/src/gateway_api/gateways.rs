@@ -195,8 +195,8 @@ fn services(ctx: &Ctx<'_>, obj: &Object, gw: &KubeGatewaySpec) -> Vec<String> {
 }
 
 /// istiod's `IsManaged`: no address, or one IP address; Spar (as istiod) deploys the
-/// proxies.
-fn is_managed(gw: &KubeGatewaySpec) -> bool {
+/// proxies. A Hostname address names a Service someone else runs.
+pub fn is_managed(gw: &KubeGatewaySpec) -> bool {
     match gw.addresses.as_deref().unwrap_or_default() {
         [] => true,
         [one] => one.r#type.as_deref().is_none_or(|t| t == "IPAddress"),
