@@ -41,6 +41,19 @@ use spar_api::{Object, Resource};
 pub use gateways::is_managed;
 pub use status::ObjectStatus;
 
+/// Go's `regexp.QuoteMeta`: `s` as a literal in a RE2 pattern (istiod quotes CORS origins
+/// and the prefixes it removes with it).
+pub fn quote_meta(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if r"\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// The controller a GatewayClass's `controllerName` names, when it is one Spar serves.
 pub fn served_controller(controller_name: &str) -> Option<&'static str> {
     [ISTIO_CONTROLLER, SPAR_CONTROLLER].into_iter().find(|c| *c == controller_name)

@@ -372,7 +372,7 @@ fn forward_action(
                 // Remove the prefix, keeping a `/` when nothing is left.
                 ra.regex_rewrite = Some(xds_matcher::RegexMatchAndSubstitute {
                     pattern: Some(xds_matcher::RegexMatcher {
-                        regex: format!("^{}(/?)(.*)", regex_syntax_escape(&prefix)),
+                        regex: format!("^{}(/?)(.*)", spar_model::gateway_api::quote_meta(&prefix)),
                         ..Default::default()
                     }),
                     substitution: r"/\2".into(),
@@ -498,17 +498,6 @@ fn finish_route(rule: &VirtualServiceHttp, template: &mut xds_route::Route) {
     }
 }
 
-/// Go's `regexp.QuoteMeta`, for a path in a RE2 pattern.
-fn regex_syntax_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if r"\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// Envoy routes for a VirtualService's `http` rules (delegates expanded) on `port`, as
 /// seen by `binding`.

@@ -407,7 +407,7 @@ fn cors_of(c: &Cors) -> Value {
         } else if o.matches('*').count() == 1 && o.ends_with('*') {
             origins.push(json!({ "prefix": o.trim_end_matches('*') }));
         } else {
-            let pattern = regex_quote(o).replace(r"\*", ".*");
+            let pattern = super::quote_meta(o).replace(r"\*", ".*");
             origins.push(json!({ "regex": format!("^{pattern}$") }));
         }
     }
@@ -432,17 +432,6 @@ fn cors_of(c: &Cors) -> Value {
     Value::Object(out)
 }
 
-/// Go's `regexp.QuoteMeta`.
-fn regex_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if r"\.+*?()|[]{}^$".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// istiod's `createMirrorFilter`: `None` when the filter carries no mirror.
 fn mirror(ctx: &Ctx<'_>, from: From<'_>, f: &Filter) -> Result<Option<Value>, ConfigError> {
