@@ -388,6 +388,10 @@ fn cluster_role() -> Value {
     for g in istio_groups() {
         rules.push(rule(g, resources(g, "/status"), &[], &["patch"]));
     }
+    // Status of Gateway API objects (gateway_status): read, merged with other controllers'
+    // route parents, written back with a merge patch (`update` for writers that replace).
+    let gateway_status = crate::gateway_status::KINDS.iter().map(|k| format!("{}/status", crate::plural(*k))).collect();
+    rules.push(rule(spar_model::gateway_api::GROUP, gateway_status, &[], &["get", "patch", "update"]));
     // Proxies prove their identity with their service-account token.
     rules.push(rule("authentication.k8s.io", vec!["tokenreviews".into()], &[], &["create"]));
     // The root certificate in every namespace, written by server-side apply (a patch,

@@ -13,6 +13,7 @@
 
 pub mod ca_secret;
 pub mod gateway_deploy;
+pub mod gateway_status;
 pub mod inject;
 pub mod install;
 pub mod lease;

@@ -589,6 +589,15 @@ fn trim(kind: Kind, v: &mut Value) {
                 meta.retain(|k, _| k == "name" || k == "labels");
             }
         }
+        // A Service keeps its load balancer's addresses: a Gateway API Gateway reports
+        // them (istiod's ClusterExternalAddresses). They change rarely.
+        Kind::Service => {
+            let lb = obj.get("status").and_then(|s| s.get("loadBalancer")).cloned();
+            obj.remove("status");
+            if let Some(lb) = lb.filter(|lb| lb.get("ingress").is_some()) {
+                obj.insert("status".into(), serde_json::json!({ "loadBalancer": lb }));
+            }
+        }
         _ => {
             obj.remove("status");
         }
@@ -598,6 +607,20 @@ fn trim(kind: Kind, v: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_keeps_only_its_load_balancer_addresses_of_its_status() {
+        let mut v = serde_json::json!({
+            "metadata": {"name": "gw", "namespace": "infra", "resourceVersion": "7"},
+            "spec": {"ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}, "conditions": [{"type": "x"}]},
+        });
+        trim(Kind::Service, &mut v);
+        assert_eq!(v["status"], serde_json::json!({"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}));
+        let mut pending = serde_json::json!({"metadata": {"name": "gw"}, "status": {"loadBalancer": {}}});
+        trim(Kind::Service, &mut pending);
+        assert!(pending.get("status").is_none(), "{pending}");
+    }
 
     #[test]
     fn namespace_selectors() {

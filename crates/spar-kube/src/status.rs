@@ -142,7 +142,7 @@ pub fn desired(
 
 /// `kubernetes/<Kind>/<ns>/<name>` (or `kubernetes/<Kind>/<name>`), the kind named by its
 /// variant as the source writes it.
-fn parse_unit(unit: &str) -> Option<(Kind, String, String)> {
+pub(crate) fn parse_unit(unit: &str) -> Option<(Kind, String, String)> {
     let rest = unit.strip_prefix("kubernetes/")?;
     let mut parts = rest.splitn(3, '/');
     let kind_name = parts.next()?;

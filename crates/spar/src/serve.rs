@@ -260,6 +260,17 @@ pub async fn run(cfg: ServeConfig) -> anyhow::Result<()> {
             )
             .instrument(info_span!("gateway-deploy")),
         );
+        // Gateway API status (GatewayClasses, Gateways, routes), merged with other controllers'.
+        tokio::spawn(
+            spar_kube::gateway_status::run(
+                client.clone(),
+                Arc::clone(&store),
+                Arc::clone(status),
+                snap_rx.clone(),
+                leader_rx.clone(),
+            )
+            .instrument(info_span!("gateway-status")),
+        );
         tokio::spawn(
             spar_kube::rootcert::run(client.clone(), Arc::clone(&store), bundle_rx, snap_rx.clone(), leader_rx)
                 .instrument(info_span!("root-cert")),

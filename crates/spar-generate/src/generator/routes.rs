@@ -498,7 +498,6 @@ fn finish_route(rule: &VirtualServiceHttp, template: &mut xds_route::Route) {
     }
 }
 
-
 /// Envoy routes for a VirtualService's `http` rules (delegates expanded) on `port`, as
 /// seen by `binding`.
 pub(super) fn vs_routes(

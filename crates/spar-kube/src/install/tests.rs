@@ -223,6 +223,14 @@ fn rbac_covers_what_spar_does_and_no_more() {
     }
     assert!(allows(cluster, "gateway.networking.k8s.io", "gateways", "get", Some("x")), "the Gateway's uid");
     assert!(!allows(cluster, "gateway.networking.k8s.io", "gateways", "patch", Some("x")), "Gateways are read-only");
+    // Gateway API status: read, merged, written; the objects themselves are not.
+    for resource in ["gatewayclasses", "gateways", "httproutes", "grpcroutes", "tcproutes", "tlsroutes"] {
+        for verb in ["get", "patch", "update"] {
+            let status = format!("{resource}/status");
+            assert!(allows(cluster, "gateway.networking.k8s.io", &status, verb, Some("x")), "{verb} {status}");
+        }
+        assert!(!allows(cluster, "gateway.networking.k8s.io", resource, "update", Some("x")), "{resource}");
+    }
     // Secrets are watched (gateway credentials), never fetched or written cluster-wide.
     assert!(!allows(cluster, "", "secrets", "get", Some("x")));
     assert!(!allows(cluster, "", "secrets", "create", None));

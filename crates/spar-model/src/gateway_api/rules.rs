@@ -432,7 +432,6 @@ fn cors_of(c: &Cors) -> Value {
     Value::Object(out)
 }
 
-
 /// istiod's `createMirrorFilter`: `None` when the filter carries no mirror.
 fn mirror(ctx: &Ctx<'_>, from: From<'_>, f: &Filter) -> Result<Option<Value>, ConfigError> {
     let Some(m) = &f.request_mirror else { return Ok(None) };
