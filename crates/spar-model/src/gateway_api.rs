@@ -121,6 +121,10 @@ pub struct Translation {
 /// ServiceEntries, Namespaces and Secrets, are read for references), with `domain` the
 /// cluster's DNS domain.
 pub fn translate(objects: &[&Object], domain: &str) -> Translation {
+    // Most meshes have none: no index of the registry is built for nothing.
+    if !objects.iter().any(|o| o.meta.kind.group() == GROUP) {
+        return Translation::default();
+    }
     let ctx = Ctx::new(objects, domain);
     let mut out = Translation::default();
     for o in objects {
