@@ -161,6 +161,21 @@ fn bootstrap_defaults_to_delta_xds() {
     assert!(!both.status.success(), "--delta with --sotw must be refused");
 }
 
+/// `spar bootstrap --gateway NAME` is the proxy of that Gateway API Gateway in file mode:
+/// a router labelled as istiod's deployment controller labels the Gateway's pods.
+#[test]
+fn bootstrap_gateway_is_a_router_labelled_with_the_gateways_name() {
+    let args = ["bootstrap", "--gateway", "web", "--namespace", "shop", "--name", "web-1", "--ip", "10.0.0.9"];
+    let b: Value = serde_json::from_str(&spar(&[&args[..], &["-o", "json"]].concat())).expect("a JSON bootstrap");
+    assert_eq!(b["node"]["id"], "router~10.0.0.9~web-1.shop~shop.svc.cluster.local");
+    assert_eq!(b["node"]["metadata"]["LABELS"]["gateway.networking.k8s.io/gateway-name"], "web");
+    let sidecar = Command::new(BIN)
+        .args(["bootstrap", "--name", "a", "--ip", "10.0.0.1", "--listen-address", "10.0.0.1"])
+        .output()
+        .expect("run spar");
+    assert!(!sidecar.status.success(), "--listen-address is for gateways only");
+}
+
 /// The init container of a managed Gateway's pods runs `spar bootstrap` with flags it
 /// accepts, and writes a router's bootstrap whose labels are those the Gateway API
 /// translation programs (`gateway.networking.k8s.io/gateway-name`).
