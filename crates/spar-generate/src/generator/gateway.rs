@@ -448,7 +448,8 @@ fn tls_chains(
 
 /// Where a TCP server (or a TLS server terminated here) sends connections: the first
 /// `tcp` rule of a bound VirtualService whose hosts meet the server's and whose match
-/// applies.
+/// applies (or, for a VirtualService made from a TLSRoute, its first `tls` rule whose SNI
+/// hosts meet the server's).
 fn tcp_destinations(scope: &Scope<'_>, s: &Server<'_>) -> Option<Vec<(String, u32)>> {
     for (vs, vs_hosts) in scope.snap.virtual_services_for_gateway(&scope.proxy.namespace, &s.gw.namespace, &s.gw.name) {
         if s.intersect(&vs.namespace, vs_hosts).is_empty() {
@@ -469,6 +470,22 @@ fn tcp_destinations(scope: &Scope<'_>, s: &Server<'_>) -> Option<Vec<(String, u3
                             &vs.namespace,
                         )
                     })
+            });
+            if !applies {
+                continue;
+            }
+            let dests = l4::l4_destinations(scope, &vs.namespace, s.number, rule.route.as_ref());
+            if !dests.is_empty() {
+                return Some(dests);
+            }
+        }
+        // A TLSRoute on a listener that terminates TLS: its `tls` rules say where the
+        // decrypted bytes go, by the SNI the server already matched (istiod's
+        // `buildGatewayNetworkFiltersFromTCPRoutes`).
+        let from_tls_route = vs.generated.as_ref().is_some_and(|g| g.parents.starts_with("TLSRoute/"));
+        for rule in vs.spec.tls.iter().flatten().filter(|_| from_tls_route) {
+            let applies = rule.r#match.iter().any(|m| {
+                m.port.is_none_or(|p| p == i64::from(s.number)) && !s.intersect(&vs.namespace, &m.sni_hosts).is_empty()
             });
             if !applies {
                 continue;

@@ -343,9 +343,8 @@ fn header_ops(h: &HeaderFilter) -> Result<Value, ConfigError> {
 /// istiod's `createRedirectFilter`.
 fn redirect_of(r: &super::shape::Redirect) -> Value {
     let mut out = Map::new();
-    if let Some(c) = r.status_code {
-        out.insert("redirectCode".into(), json!(c));
-    }
+    // The CRD's default, which the API server fills in; a file gets no defaulting.
+    out.insert("redirectCode".into(), json!(r.status_code.unwrap_or(302)));
     if let Some(h) = &r.hostname {
         out.insert("authority".into(), json!(h));
     }
