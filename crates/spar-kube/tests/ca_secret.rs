@@ -2,6 +2,8 @@
 //! root, `cacerts` wins, rotations rewrite the CA directory, malformed Secrets are reported
 //! and change nothing.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,15 +75,7 @@ fn read(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(name).display()))
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
+use common::eventually;
 
 fn secret(name: &str, data: &[(&str, &str)]) -> serde_json::Value {
     let s = Secret {

@@ -6,6 +6,8 @@
 //! Gateway rests on their owner references (checked here, uid included). What is tested
 //! is that Spar stops applying them once the Gateway is gone or another controller's.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,22 +20,10 @@ use spar_model::{Snapshot, Store};
 use tokio::sync::{mpsc, watch};
 
 async fn client(server: &FakeApiServer) -> kube::Client {
-    let dir = std::env::temp_dir().join(format!("spar-kube-gw-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(format!("kubeconfig-{}", server.url().rsplit(':').next().unwrap_or("0")));
-    std::fs::write(&path, server.kubeconfig()).expect("kubeconfig");
-    spar_kube::client(Some(&path)).await.expect("client")
+    common::client(server, "gw-deploy").await
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
+use common::eventually;
 
 fn mk_gateway(name: &str, class: &str, extra: Value) -> Value {
     let mut spec = json!({

@@ -3,6 +3,8 @@
 //! it, and the Lease holder writes each one's status through the real kube client, next
 //! to what another controller wrote on the route.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,22 +19,10 @@ const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
 const THEIRS: &str = "example.com/gateway-controller";
 
 async fn client(server: &FakeApiServer) -> kube::Client {
-    let dir = std::env::temp_dir().join(format!("spar-kube-gw-status-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(format!("kubeconfig-{}", server.url().rsplit(':').next().unwrap_or("0")));
-    std::fs::write(&path, server.kubeconfig()).expect("kubeconfig");
-    spar_kube::client(Some(&path)).await.expect("client")
+    common::client(server, "gw-status").await
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
-}
+use common::eventually;
 
 /// Another controller's entry in the route's parents, written before Spar runs.
 fn mk_their_parent() -> Value {
