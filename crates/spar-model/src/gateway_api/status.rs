@@ -89,6 +89,22 @@ impl ListenerReport {
         Self { name: name.into(), supported_kinds, conds }
     }
 
+    /// A listener that conflicts with an earlier one on its port (istiod's
+    /// `ReportListenerConflict`): not accepted, not programmed, conflicted.
+    pub(super) fn conflicted(name: &str, supported_kinds: Vec<&'static str>, reason: &str) -> Self {
+        let message = "Listener has a conflict with another listener attached to the same Gateway";
+        let mut conds = Conds::new();
+        let mut failed = |kind: &'static str| {
+            let mut c = Cond::ok("", "");
+            c.fail(reason, message);
+            conds.insert(kind, c);
+        };
+        failed("Accepted");
+        failed("Programmed");
+        conds.insert("Conflicted", Cond::ok(reason, message));
+        Self { name: name.into(), supported_kinds, conds }
+    }
+
     pub(super) fn fail(&mut self, kind: &'static str, reason: &str, message: impl Into<String>) {
         if let Some(c) = self.conds.get_mut(kind) {
             c.fail(reason, message);
