@@ -3105,6 +3105,5 @@ group!(
 group!(
     frontend_client_validation,
     gateway_api,
-    [gateway_frontend_client_certificate_validation, gateway_frontend_client_certificate_validation_insecure_fallback],
-    ignore = "spar: caCertificateRefs naming a ConfigMap are refused (CA bundles are read from Secrets only)"
+    [gateway_frontend_client_certificate_validation, gateway_frontend_client_certificate_validation_insecure_fallback]
 );

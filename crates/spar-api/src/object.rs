@@ -89,6 +89,7 @@ kinds! {
     EndpointSlice => "discovery.k8s.io", &["v1"];
     Namespace => "", &["v1"];
     Secret => "", &["v1"];
+    ConfigMap => "", &["v1"];
     Pod => "", &["v1"];
     Node => "", &["v1"];
     Role => "rbac.authorization.k8s.io", &["v1"];
@@ -277,6 +278,7 @@ resources! {
     EndpointSlice(discoveryv1::EndpointSlice) via whole;
     Namespace(corev1::Namespace) via whole;
     Secret(corev1::Secret) via whole;
+    ConfigMap(corev1::ConfigMap) via whole;
     Pod(corev1::Pod) via whole;
     Node(corev1::Node) via whole;
     Role(rbacv1::Role) via whole;

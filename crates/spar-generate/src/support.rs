@@ -185,6 +185,7 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
             "spec.servers[].tls.maxProtocolVersion",
             "spec.servers[].tls.cipherSuites",
             "spec.servers[].tls.ecdhCurves",
+            "spec.servers[].tls.insecureSkipVerify",
         ],
         Kind::EnvoyFilter => &[
             "spec.workloadSelector",
@@ -266,6 +267,7 @@ pub fn acted_on(kind: Kind) -> &'static [&'static str] {
         | Kind::EndpointSlice
         | Kind::Namespace
         | Kind::Secret
+        | Kind::ConfigMap
         | Kind::Pod
         | Kind::Node
         | Kind::Role

@@ -589,6 +589,16 @@ fn trim(kind: Kind, v: &mut Value) {
                 meta.retain(|k, _| k == "name" || k == "labels");
             }
         }
+        // A ConfigMap keeps only a CA bundle (`ca.crt`), the one thing Spar reads of it
+        // (Gateway API's client validation): a cluster's ConfigMaps can be large.
+        Kind::ConfigMap => {
+            let ca = obj.get("data").and_then(|d| d.get("ca.crt")).cloned();
+            obj.remove("data");
+            obj.remove("binaryData");
+            if let Some(ca) = ca {
+                obj.insert("data".into(), serde_json::json!({ "ca.crt": ca }));
+            }
+        }
         // A Service keeps its load balancer's addresses: a Gateway API Gateway reports
         // them (istiod's ClusterExternalAddresses). They change rarely.
         Kind::Service => {
@@ -607,6 +617,18 @@ fn trim(kind: Kind, v: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_map_keeps_only_its_ca_bundle() {
+        let mut v = serde_json::json!({
+            "metadata": {"name": "ca", "namespace": "infra"},
+            "data": {"ca.crt": "PEM", "dashboard.json": "{...}"},
+            "binaryData": {"blob": "AAAA"},
+        });
+        trim(Kind::ConfigMap, &mut v);
+        assert_eq!(v["data"], serde_json::json!({"ca.crt": "PEM"}));
+        assert!(v.get("binaryData").is_none(), "{v}");
+    }
 
     #[test]
     fn a_service_keeps_only_its_load_balancer_addresses_of_its_status() {

@@ -155,6 +155,8 @@ pub(crate) struct Ctx<'a> {
     namespaces: BTreeMap<&'a str, &'a BTreeMap<String, String>>,
     /// Secrets by (namespace, name).
     secrets: BTreeMap<(&'a str, &'a str), &'a corev1::Secret>,
+    /// ConfigMaps by (namespace, name), for CA bundles.
+    config_maps: BTreeMap<(&'a str, &'a str), &'a corev1::ConfigMap>,
     /// ReferenceGrants with their namespace.
     grants: Vec<(&'a str, &'a ReferenceGrantSpec)>,
     /// GatewayClasses: name to controller.
@@ -176,6 +178,7 @@ impl<'a> Ctx<'a> {
             hosts: BTreeSet::new(),
             namespaces: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            config_maps: BTreeMap::new(),
             grants: Vec::new(),
             classes: BUILTIN_CLASSES.iter().copied().collect(),
             gateway_classes: BTreeMap::new(),
@@ -205,6 +208,9 @@ impl<'a> Ctx<'a> {
                 }
                 Resource::Secret(s) => {
                     ctx.secrets.insert(key, s);
+                }
+                Resource::ConfigMap(c) => {
+                    ctx.config_maps.insert(key, c);
                 }
                 Resource::ReferenceGrant(g) => ctx.grants.push((o.meta.namespace.as_str(), g)),
                 Resource::KubernetesGateway(g) => {

@@ -97,6 +97,9 @@ pub struct Snapshot {
     pub secret_grants: BTreeSet<(String, String, Option<String>)>,
     /// Secrets by (namespace, name), for `credentialName`.
     pub secrets: BTreeMap<(String, String), Arc<corev1::Secret>>,
+    /// ConfigMaps by (namespace, name): CA bundles (`ca.crt`) for `configmap://`
+    /// credentials, as Gateway API's client validation names them.
+    pub config_maps: BTreeMap<(String, String), Arc<corev1::ConfigMap>>,
     /// Gateways, oldest first.
     pub gateways: Vec<Config<GatewaySpec>>,
     /// Telemetry resources.
@@ -312,6 +315,9 @@ impl Snapshot {
                 Resource::RequestAuthentication(s) => snap.request_authentications.push(config(obj, s)),
                 Resource::Secret(s) => {
                     snap.secrets.insert((obj.meta.namespace.clone(), obj.meta.name.clone()), Arc::clone(s));
+                }
+                Resource::ConfigMap(c) => {
+                    snap.config_maps.insert((obj.meta.namespace.clone(), obj.meta.name.clone()), Arc::clone(c));
                 }
                 Resource::ReferenceGrant(g) => {
                     let gateway_api = crate::gateway_api::GROUP;

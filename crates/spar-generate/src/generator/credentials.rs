@@ -41,6 +41,9 @@ enum RefKind {
     /// `kubernetes-gateway://ns/name`: a Secret a Gateway in the proxy's namespace
     /// refers to, in that same namespace (another one needs a ReferenceGrant).
     Gateway,
+    /// `configmap://ns/name`: a CA bundle (`ca.crt`) in a ConfigMap, which Gateway API's
+    /// client validation names; no key is ever in one.
+    ConfigMap,
 }
 
 /// The Secret a `credentialName` refers to: `name` or `kubernetes://name` in the proxy's
@@ -50,6 +53,11 @@ fn secret_ref<'a>(credential: &'a str, proxy_ns: &'a str) -> (RefKind, &'a str, 
         && let Some((ns, name)) = rest.split_once('/')
     {
         return (RefKind::Gateway, ns, name);
+    }
+    if let Some(rest) = credential.strip_prefix("configmap://")
+        && let Some((ns, name)) = rest.split_once('/')
+    {
+        return (RefKind::ConfigMap, ns, name);
     }
     let rest = credential.strip_prefix("kubernetes://").unwrap_or(credential);
     match rest.split_once('/') {
@@ -79,6 +87,21 @@ fn authorize(
         .and_then(spar_ca::Identity::parse)
         .ok_or("not sent: the proxy has not proven its identity (it must connect to the secure xDS port)")?;
     match kind {
+        // A CA bundle is no secret; it goes to the gateways of the Gateway naming it (a
+        // ConfigMap of another namespace took a ReferenceGrant to be named at all).
+        RefKind::ConfigMap => {
+            if gateway_ns != Some(id.namespace.as_str()) {
+                return Err(format!(
+                    "not sent: configmap:// CA bundles go only to gateways in the Gateway's own namespace ({}), \
+                     and this proxy's identity is in {}",
+                    gateway_ns.unwrap_or("none: not a Gateway"),
+                    id.namespace
+                ));
+            }
+            if key {
+                return Err(format!("ConfigMap {ns}/{name} holds no key: only a CA bundle can come from one"));
+            }
+        }
         RefKind::Gateway => {
             if gateway_ns != Some(id.namespace.as_str()) {
                 return Err(format!(
@@ -144,11 +167,42 @@ pub(super) fn load(
     gateway_ns: Option<&str>,
     out: &mut ProxyResources,
 ) -> Result<Loaded, String> {
-    let (kind, ns, name) = secret_ref(credential, &scope.proxy.namespace);
+    let (kind, ns, mut name) = secret_ref(credential, &scope.proxy.namespace);
     // A CA bundle alone (istiod's `-cacert` names) is served without the RBAC check.
     authorize(scope, kind, ns, name, needs.key_pair, gateway_ns)?;
-    let secret = scope.snap.secrets.get(&(ns.to_string(), name.to_string()));
     let sds_name = resource_name(credential);
+    // istiod's `<name>-cacert` names the CA bundle of `<name>` (the Secret's or the
+    // ConfigMap's `ca.crt`) when no object of the suffixed name exists.
+    let ca_only = needs.ca && !needs.key_pair;
+    if ca_only
+        && let Some(base) = name.strip_suffix("-cacert")
+        && (kind == RefKind::ConfigMap || !scope.snap.secrets.contains_key(&(ns.to_string(), name.to_string())))
+    {
+        name = base;
+    }
+    if kind == RefKind::ConfigMap {
+        let ca = scope
+            .snap
+            .config_maps
+            .get(&(ns.to_string(), name.to_string()))
+            .ok_or_else(|| format!("ConfigMap {ns}/{name} not found"))?
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt").cloned())
+            .ok_or_else(|| format!("ConfigMap {ns}/{name} has no ca.crt"))?;
+        spar_ca::check_ca_bundle(&ca).map_err(|e| format!("ConfigMap {ns}/{name}: {e}"))?;
+        let ca_name = if sds_name.ends_with("-cacert") { sds_name } else { format!("{sds_name}-cacert") };
+        let s = xds_tls::Secret {
+            name: ca_name.clone(),
+            r#type: Some(xds_tls::secret::Type::ValidationContext(xds_tls::CertificateValidationContext {
+                trusted_ca: inline(ca),
+                ..Default::default()
+            })),
+        };
+        out.insert(ResourceType::Secret, ca_name.clone(), &s);
+        return Ok(Loaded { key_pair: None, ca: Some(ca_name) });
+    }
+    let secret = scope.snap.secrets.get(&(ns.to_string(), name.to_string()));
     let mut loaded = Loaded { key_pair: None, ca: None };
     let cert = secret.and_then(|s| secret_value(s, &["tls.crt", "cert"]));
     let key = secret.and_then(|s| secret_value(s, &["tls.key", "key"]));
@@ -215,6 +269,7 @@ mod tests {
         assert_eq!(secret_ref("kubernetes://cert", "gw"), (RefKind::Kubernetes, "gw", "cert"));
         assert_eq!(secret_ref("kubernetes://other/cert", "gw"), (RefKind::Kubernetes, "other", "cert"));
         assert_eq!(secret_ref("kubernetes-gateway://other/cert", "gw"), (RefKind::Gateway, "other", "cert"));
+        assert_eq!(secret_ref("configmap://other/ca-cacert", "gw"), (RefKind::ConfigMap, "other", "ca-cacert"));
         assert_eq!(resource_name("cert"), "kubernetes://cert");
         assert_eq!(resource_name("kubernetes-gateway://other/cert"), "kubernetes-gateway://other/cert");
     }

@@ -415,3 +415,45 @@ fn a_kubernetes_gateway_key_of_another_namespace_takes_a_reference_grant() {
     let (sent, w) = secrets_and_warnings(&snapshot(&[base[0], base[1], base[2], &ours]), &gateway_proxy(true));
     assert_eq!(sent, ["kubernetes-gateway://certs/cert"], "{w}");
 }
+
+#[test]
+fn insecure_skip_verify_accepts_untrusted_client_certificates_only_where_none_is_needed() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        DownstreamTlsContext, certificate_validation_context::TrustChainVerification,
+        common_tls_context::ValidationContextType,
+    };
+    let gw = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: tls, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-mutual, protocol: HTTPS}
+    hosts: [a.example.com]
+    tls: {mode: MUTUAL, credentialName: both, insecureSkipVerify: true}
+  - port: {number: 443, name: https-optional, protocol: HTTPS}
+    hosts: [b.example.com]
+    tls: {mode: OPTIONAL_MUTUAL, credentialName: both, insecureSkipVerify: true}
+"#;
+    let (cert, key) = spar_ca::Ca::new_root_pem("a.example.com").expect("cert");
+    let snap = snapshot(&[INGRESS, gw, &secret_with_ca("both", &cert, &key, Some(&cert))]);
+    let r = generate(&snap, &gateway_proxy(true));
+    let l: Listener = decode(&r, ResourceType::Listener, "0.0.0.0_8443");
+    let verification = |i: usize| {
+        let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any)) =
+            &l.filter_chains[i].transport_socket.as_ref().expect("tls").config_type
+        else {
+            panic!("typed config")
+        };
+        let ctx = DownstreamTlsContext::decode(any.value.as_slice()).expect("decodes");
+        let Some(ValidationContextType::CombinedValidationContext(v)) =
+            ctx.common_tls_context.expect("common").validation_context_type
+        else {
+            panic!("combined validation")
+        };
+        v.default_validation_context.expect("checks").trust_chain_verification
+    };
+    assert_eq!(verification(0), TrustChainVerification::VerifyTrustChain as i32, "MUTUAL still verifies");
+    assert_eq!(verification(1), TrustChainVerification::AcceptUntrusted as i32, "OPTIONAL_MUTUAL falls back");
+}

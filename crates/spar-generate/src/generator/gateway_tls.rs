@@ -71,10 +71,19 @@ pub(super) fn client_checks(tls: &GatewayServersTls) -> xds_tls::CertificateVali
             })
         })
         .collect();
+    // `insecureSkipVerify` with OPTIONAL_MUTUAL (Gateway API's `AllowInsecureFallback`):
+    // a certificate that does not verify is taken as none, which OPTIONAL_MUTUAL admits
+    // anyway. With MUTUAL it is not honoured: that would admit any client.
+    let accept_untrusted = tls.insecure_skip_verify == Some(true) && tls.mode.as_ref() == Some(&Mode::OptionalMutual);
     xds_tls::CertificateValidationContext {
         match_typed_subject_alt_names: matchers,
         verify_certificate_hash: tls.verify_certificate_hash.clone().unwrap_or_default(),
         verify_certificate_spki: tls.verify_certificate_spki.clone().unwrap_or_default(),
+        trust_chain_verification: if accept_untrusted {
+            xds_tls::certificate_validation_context::TrustChainVerification::AcceptUntrusted as i32
+        } else {
+            0
+        },
         ..Default::default()
     }
 }

@@ -329,7 +329,13 @@ fn server(
     let tls = match &l.tls {
         Some(t) => match tls(ctx, obj, l, t, &mut notes) {
             Ok(mut settings) => {
-                let terminates = t.mode != Some(GatewayListenersTlsMode::Passthrough);
+                // istiod's ISTIO_SIMPLE and ISTIO_MUTUAL modes use the mesh's own
+                // certificates and skip the Gateway's client validation.
+                let istio_mode = matches!(
+                    t.options.as_ref().and_then(|o| o.get("gateway.istio.io/tls-terminate-mode")).map(String::as_str),
+                    Some("ISTIO_SIMPLE" | "ISTIO_MUTUAL")
+                );
+                let terminates = t.mode != Some(GatewayListenersTlsMode::Passthrough) && !istio_mode;
                 if terminates
                     && let Some(v) = frontend.and_then(|f| validation_for(f, l.port))
                     && let Err(e) = client_validation(ctx, obj, t, v, &mut settings)
@@ -593,10 +599,11 @@ fn validation_for(f: &Frontend, port: i32) -> Option<&FrontendValidation> {
 }
 
 /// Client certificate validation into the server's settings (istiod's part of
-/// `buildTLS`): the CA from a Secret (`kubernetes-gateway://ns/name-cacert`), MUTUAL, or
-/// OPTIONAL_MUTUAL with `AllowInsecureFallback`. A CA Spar cannot load (a ConfigMap, a
-/// missing Secret, another kind) is an error: the caller then serves nothing rather than
-/// a listener that does not check clients.
+/// `buildTLS`): the CA bundle (`ca.crt`) of a ConfigMap (`configmap://ns/name-cacert`) or
+/// a Secret (`kubernetes-gateway://ns/name-cacert`), MUTUAL, or OPTIONAL_MUTUAL with
+/// `AllowInsecureFallback`. A CA that cannot be loaded (missing, malformed, another
+/// kind, another namespace without a grant) is an error: the caller then serves nothing
+/// rather than a listener that does not check clients.
 fn client_validation(
     ctx: &Ctx<'_>,
     obj: &Object,
@@ -610,25 +617,9 @@ fn client_validation(
     };
     let ca_ns = r.namespace.as_deref().unwrap_or(ns);
     let what = format!("{}/{}/{}.{}", r.group, r.kind, r.name, r.namespace.as_deref().unwrap_or_default());
-    match (r.group.as_str(), r.kind.as_str()) {
-        ("", "Secret") => {}
-        ("", "ConfigMap") => {
-            return Err((
-                "InvalidCACertificateRef",
-                format!(
-                    "CA certificate reference {what}: Spar reads CA bundles from Secrets, not ConfigMaps (put ca.crt in a \
-                 Secret)"
-                ),
-            ));
-        }
-        _ => {
-            return Err((
-                "InvalidCACertificateKind",
-                format!("invalid CA certificate reference {what}, only secret and configmap are allowed"),
-            ));
-        }
-    }
-    if ca_ns != ns && !ctx.granted("Gateway", ns, "", "Secret", &r.name, ca_ns) {
+    let secret = r.group.is_empty() && r.kind == "Secret";
+    let grant_kind = if secret { "Secret" } else { "ConfigMap" };
+    if ca_ns != ns && !ctx.granted("Gateway", ns, "", grant_kind, &r.name, ca_ns) {
         return Err((
             "RefNotPermitted",
             format!(
@@ -637,21 +628,50 @@ fn client_validation(
             ),
         ));
     }
-    let has_ca = ctx
-        .secrets
-        .get(&(ca_ns, r.name.as_str()))
-        .and_then(|s| s.data.as_ref())
-        .is_some_and(|d| d.get("ca.crt").is_some_and(|v| !v.0.is_empty()));
-    if !has_ca {
-        return Err((
-            "InvalidCACertificateRef",
-            format!("invalid CA certificate reference {what}, secret {ca_ns}/{} has no ca.crt", r.name),
-        ));
+    let key = (ca_ns, r.name.as_str());
+    let (scheme, bundle) = match (r.group.as_str(), r.kind.as_str()) {
+        ("", "Secret") => {
+            let Some(s) = ctx.secrets.get(&key) else {
+                return Err((
+                    "InvalidCACertificateRef",
+                    format!("invalid CA certificate reference {what}, secret {ca_ns}/{} not found", r.name),
+                ));
+            };
+            let ca = s.data.as_ref().and_then(|d| d.get("ca.crt")).map(|v| String::from_utf8_lossy(&v.0).into_owned());
+            ("kubernetes-gateway", ca)
+        }
+        ("", "ConfigMap") => {
+            let Some(c) = ctx.config_maps.get(&key) else {
+                return Err((
+                    "InvalidCACertificateRef",
+                    format!("invalid CA certificate reference {what}, configmap {ca_ns}/{} not found", r.name),
+                ));
+            };
+            ("configmap", c.data.as_ref().and_then(|d| d.get("ca.crt")).cloned())
+        }
+        _ => {
+            return Err((
+                "InvalidCACertificateKind",
+                format!("invalid CA certificate reference {what}, only secret and configmap are allowed"),
+            ));
+        }
+    };
+    match bundle {
+        None => {
+            return Err(("InvalidCACertificateRef", format!("invalid CA certificate reference {what}, no ca.crt")));
+        }
+        Some(b) if !b.contains("-----BEGIN CERTIFICATE-----") => {
+            return Err((
+                "InvalidCACertificateRef",
+                format!("invalid CA certificate reference {what}, the bundle is malformed"),
+            ));
+        }
+        Some(_) => {}
     }
     let fallback = v.mode.as_deref() == Some("AllowInsecureFallback");
     out["mode"] = json!(if fallback { "OPTIONAL_MUTUAL" } else { "MUTUAL" });
     out["insecureSkipVerify"] = json!(fallback);
-    out["caCertCredentialName"] = json!(format!("kubernetes-gateway://{ca_ns}/{}-cacert", r.name));
+    out["caCertCredentialName"] = json!(format!("{scheme}://{ca_ns}/{}-cacert", r.name));
     match t.options.as_ref().and_then(|o| o.get("gateway.istio.io/tls-terminate-mode")).map(String::as_str) {
         Some("MUTUAL") => {
             out["mode"] = json!("MUTUAL");

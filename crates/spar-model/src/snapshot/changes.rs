@@ -94,6 +94,7 @@ impl Snapshot {
             secret_readers,
             secret_grants,
             secrets,
+            config_maps,
             gateways,
             telemetries,
             envoy_filters,
@@ -117,6 +118,7 @@ impl Snapshot {
             && *telemetries == prev.telemetries
             && *envoy_filters == prev.envoy_filters
             && *outbound_label_keys == prev.outbound_label_keys
+            && *config_maps == prev.config_maps
             && secrets.len() == prev.secrets.len()
             && secrets.iter().zip(&prev.secrets).all(|((k, a), (pk, b))| k == pk && (Arc::ptr_eq(a, b) || a == b))
             && services.len() == prev.services.len();
