@@ -104,14 +104,8 @@ pub async fn tls_request(addr: SocketAddr, sni: &str, ca_pem: &str, path: &str) 
     tls_request_as(addr, sni, ca_pem, None, path).await
 }
 
-/// [`tls_request`] presenting a client certificate (`client`: chain and key, PEM).
-pub async fn tls_request_as(
-    addr: SocketAddr,
-    sni: &str,
-    ca_pem: &str,
-    client: Option<&Cert>,
-    path: &str,
-) -> anyhow::Result<HttpResponse> {
+/// A TLS client trusting `ca_pem`, presenting `client` when given.
+pub fn client_config(ca_pem: &str, client: Option<&Cert>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c?)?;
@@ -127,7 +121,18 @@ pub async fn tls_request_as(
         }
         None => builder.with_no_client_auth(),
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Ok(Arc::new(config))
+}
+
+/// [`tls_request`] presenting a client certificate (`client`: chain and key, PEM).
+pub async fn tls_request_as(
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+    client: Option<&Cert>,
+    path: &str,
+) -> anyhow::Result<HttpResponse> {
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca_pem, client)?);
     let fut = async {
         let tcp = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         let mut tls = connector.connect(ServerName::try_from(sni.to_string())?, tcp).await.context("TLS handshake")?;

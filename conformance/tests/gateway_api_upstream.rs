@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use spar_conformance::tls::{Cert, Pki, handshake, secret_yaml};
+use spar_conformance::tls::{Cert, Pki, client_config, handshake, secret_yaml};
 use spar_conformance::{Envoy, Harness, Pod, project_root, wait_for};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -396,27 +396,6 @@ impl Resp {
 struct Tls {
     sni: String,
     config: Arc<rustls::ClientConfig>,
-}
-
-fn client_config(ca_pem: &str, client: Option<&Cert>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(c?)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let config = match client {
-        Some(c) => {
-            let chain: Vec<CertificateDer<'static>> =
-                CertificateDer::pem_slice_iter(c.cert_pem.as_bytes()).collect::<Result<_, _>>()?;
-            builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())?)?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Ok(Arc::new(config))
 }
 
 /// One HTTP/1.1 request (`Connection: close`) to `addr`, over TLS when asked, and its
