@@ -1293,19 +1293,16 @@ macro_rules! case {
 }
 
 /// Two tests, SotW and delta, for a group of upstream tests on one suite (started by
-/// `Suite::$suite`), like `both_variants_mod!`; with a reason, both are `#[ignore]`d (a
-/// ported test that fails because of Spar).
+/// `Suite::$suite`), like `both_variants_mod!`.
 macro_rules! group {
-    ($module:ident, $suite:ident, [$($case:ident),* $(,)?] $(, ignore = $reason:literal)?) => {
+    ($module:ident, $suite:ident, [$($case:ident),* $(,)?]) => {
         mod $module {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            $(#[ignore = $reason])?
             async fn sotw() -> anyhow::Result<()> {
                 let s = super::Suite::$suite(concat!("gwapi-upstream-", stringify!($module)), false).await?;
                 super::run(s, &[$((stringify!($case), super::$case as super::Case)),*]).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            $(#[ignore = $reason])?
             async fn delta() -> anyhow::Result<()> {
                 let s = super::Suite::$suite(concat!("gwapi-upstream-", stringify!($module)), true).await?;
                 super::run(s, &[$((stringify!($case), super::$case as super::Case)),*]).await

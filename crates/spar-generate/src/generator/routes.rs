@@ -363,23 +363,10 @@ fn forward_action(
         }
     }
     if let Some(rw) = &rule.rewrite {
-        let separated = match route.r#match.as_ref().and_then(|m| m.path_specifier.as_ref()) {
-            Some(xds_route::route_match::PathSpecifier::PathSeparatedPrefix(p)) => Some(p.clone()),
-            _ => None,
-        };
-        match (&rw.uri, separated) {
-            (Some(uri), Some(prefix)) if gateway_api && uri == "/" => {
-                // Remove the prefix, keeping a `/` when nothing is left.
-                ra.regex_rewrite = Some(xds_matcher::RegexMatchAndSubstitute {
-                    pattern: Some(xds_matcher::RegexMatcher {
-                        regex: format!("^{}(/?)(.*)", spar_model::gateway_api::quote_meta(&prefix)),
-                        ..Default::default()
-                    }),
-                    substitution: r"/\2".into(),
-                });
-            }
-            (Some(uri), _) => ra.prefix_rewrite = uri.clone(),
-            (None, _) => {}
+        if let Some(uri) = &rw.uri {
+            // Under Gateway API's semantics a `/` after a segment prefix is redone per
+            // match (`remove_matched_prefix`).
+            ra.prefix_rewrite = uri.clone();
         }
         if let Some(rr) = &rw.uri_regex_rewrite {
             ra.regex_rewrite = Some(xds_matcher::RegexMatchAndSubstitute {
@@ -447,6 +434,20 @@ fn http_routes(
         None | Some([]) => vec![None],
         Some(ms) => ms.iter().map(Some).collect(),
     };
+    let mut template = xds_route::Route::default();
+    let action = if let Some(rd) = &rule.redirect {
+        redirect_action(rd, port)
+    } else if let Some(d) = &rule.direct_response {
+        direct_response_action(d)
+    } else {
+        match forward_action(scope, vs_ns, rule, port, &mut template, gateway_api) {
+            Some(a) => a,
+            // delegate: resolved by the caller when supported; nothing to route here.
+            None => return,
+        }
+    };
+    finish_route(rule, &mut template);
+    let removes_prefix = gateway_api && rule.rewrite.as_ref().and_then(|r| r.uri.as_deref()) == Some("/");
     for m in matches {
         if m.is_some_and(|m| !match_applies(scope, m, port, binding, vs_ns)) {
             continue;
@@ -458,25 +459,35 @@ fn http_routes(
             },
             |m| route_match(m, gateway_api),
         );
-        // The action depends on the match under Gateway API's semantics (a rewrite of a
-        // segment prefix), so each match builds its own.
-        let mut r = xds_route::Route { r#match: Some(rm), ..Default::default() };
-        let action = if let Some(rd) = &rule.redirect {
-            redirect_action(rd, port)
-        } else if let Some(d) = &rule.direct_response {
-            direct_response_action(d)
-        } else {
-            match forward_action(scope, vs_ns, rule, port, &mut r, gateway_api) {
-                Some(a) => a,
-                // delegate: resolved by the caller when supported; nothing to route here.
-                None => return,
-            }
-        };
-        finish_route(rule, &mut r);
+        let mut r = template.clone();
         r.name = rule.name.clone().or_else(|| m.and_then(|m| m.name.clone())).unwrap_or_default();
+        let mut action = action.clone();
+        if removes_prefix {
+            remove_matched_prefix(&mut action, &rm);
+        }
+        r.r#match = Some(rm);
         r.action = Some(action);
         out.push(r);
     }
+}
+
+/// Gateway API's prefix rewrite to `/` after a segment prefix removes the matched prefix,
+/// keeping a `/` when nothing is left (istiod's regex, as Envoy's `prefix_rewrite` would
+/// leave `//x`).
+fn remove_matched_prefix(action: &mut xds_route::route::Action, rm: &xds_route::RouteMatch) {
+    let (xds_route::route::Action::Route(ra), Some(xds_route::route_match::PathSpecifier::PathSeparatedPrefix(prefix))) =
+        (action, rm.path_specifier.as_ref())
+    else {
+        return;
+    };
+    ra.prefix_rewrite.clear();
+    ra.regex_rewrite = Some(xds_matcher::RegexMatchAndSubstitute {
+        pattern: Some(xds_matcher::RegexMatcher {
+            regex: format!("^{}(/?)(.*)", spar_model::gateway_api::quote_meta(prefix)),
+            ..Default::default()
+        }),
+        substitution: r"/\2".into(),
+    });
 }
 
 /// The parts of a route that come from the rule alone: header operations, fault
