@@ -796,13 +796,16 @@ impl Snapshot {
         // Gateway API routes (GAMMA) apply to a Service from its own namespace (the
         // producer's) or from the client's (the consumer's, which comes first), as in
         // istiod.
-        let service_ns = self.services.get(hostname).map(|s| s.namespace.as_str());
         let consumer = |c: &Config<VirtualServiceSpec>| c.generated.is_some() && c.namespace == proxy_ns;
-        positions.sort_by_key(|i| !consumer(&self.virtual_services[*i].0));
+        if positions.iter().any(|i| consumer(&self.virtual_services[*i].0)) {
+            positions.sort_by_key(|i| !consumer(&self.virtual_services[*i].0));
+        }
         positions.into_iter().filter_map(move |i| {
             let c = &self.virtual_services[i].0;
             let visible = match &c.generated {
-                Some(_) => c.namespace == proxy_ns || Some(c.namespace.as_str()) == service_ns,
+                Some(_) => {
+                    c.namespace == proxy_ns || self.services.get(hostname).is_some_and(|s| s.namespace == c.namespace)
+                }
                 None => crate::export_allows(c.spec.export_to.as_deref().unwrap_or_default(), &c.namespace, proxy_ns),
             };
             let mesh_bound = c.spec.gateways.as_ref().is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
